@@ -1,0 +1,291 @@
+"""Wire config models of the policy objectives; the ONLY home of their default hyper-parameters.
+
+One strict model per objective, discriminated by ``name`` (``AlgorithmConfig``), and one per
+importance-sampling correction, discriminated by ``mode`` (``ISCorrection``). The worker turns a
+model into the keyword arguments of the registered objective with :func:`objective_kwargs`; a
+contract test keeps the field names equal to the objective functions' keywords.
+
+Defaults follow paper-spec.md: MiniRL ε_low 0.2, ε_high 0.27, TIS cap 5 on the full token IS
+weight, no length normalization, sum over tokens / mean over responses, group-mean advantages
+(Eq. 7, §4.2); the other objectives use their own papers' settings (§7–8).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ObjectiveName = Literal[
+    "minirl",
+    "reinforce",
+    "grpo",
+    "cispo",
+    "gspo",
+    "gspo_token",
+    "dr_grpo",
+    "dapo",
+    "decoupled_ppo_tis",
+]
+LossAggregation = Literal[
+    "seq_mean_token_sum", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"
+]
+AdvantageMode = Literal["group_mean", "mean_std", "rloo"]
+ISScope = Literal["full", "train_infer"]
+ClipAnchor = Literal["pi_old", "mu_old"]
+
+# Fields of an algorithm model that are not keywords of its objective function: ``name`` selects
+# the function and ``advantage`` is consumed earlier, by the advantage computation.
+NON_OBJECTIVE_FIELDS = frozenset({"name", "advantage"})
+
+Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
+PositiveBound = Annotated[float, Field(gt=0.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Bounds(_Strict):
+    lower: float = Field(ge=0.0)
+    upper: PositiveBound
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Bounds:
+        if not self.lower < self.upper:
+            raise ValueError(f"lower ({self.lower}) must be below upper ({self.upper})")
+        return self
+
+
+# ---- importance-sampling corrections (paper-spec §8.1–8.3) ---------------------------------
+
+
+class TokenTruncate(_Strict):
+    """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (§4.2); ``inf`` gives the untruncated
+    ("vanilla-IS") weight."""
+
+    mode: Literal["token_truncate"] = "token_truncate"
+    cap: PositiveBound = 5.0
+
+
+class TokenMask(_Bounds):
+    """IcePop: w_t = ρ_t if lower ≤ ρ_t ≤ upper else 0 (Ring-1T: α 0.5, β 5)."""
+
+    mode: Literal["token_mask"] = "token_mask"
+    lower: float = Field(default=0.5, ge=0.0)
+    upper: PositiveBound = 5.0
+
+
+class SeqTruncate(_Strict):
+    """Seq-TIS: every token gets min(ρ(y), cap) (Liu et al. stabilize with C = 2)."""
+
+    mode: Literal["seq_truncate"] = "seq_truncate"
+    cap: PositiveBound = 2.0
+
+
+class SeqMask(_Bounds):
+    """Seq-MIS: every token gets ρ(y) if lower ≤ ρ(y) ≤ upper, else the response is dropped."""
+
+    mode: Literal["seq_mask"] = "seq_mask"
+    lower: float = Field(default=0.0, ge=0.0)
+    upper: PositiveBound = 2.0
+
+
+class GeoMask(_Bounds):
+    """Geo-RS: drop y when ρ(y)^{1/|y|} leaves [lower, upper]; ``token_cap`` adds token TIS."""
+
+    mode: Literal["geo_mask"] = "geo_mask"
+    lower: float = Field(default=0.999, ge=0.0)
+    upper: PositiveBound = 1.001
+    token_cap: PositiveBound | None = None
+
+
+ISCorrection = Annotated[
+    TokenTruncate | TokenMask | SeqTruncate | SeqMask | GeoMask, Field(discriminator="mode")
+]
+
+# ---- objectives -----------------------------------------------------------------------------
+
+
+class MiniRLConfig(_Strict):
+    """MiniRL, paper Eq. 7 (§3.1) with the ablation switches of §3.4.
+
+    ``is_correction`` corrects the token IS weight; ``None`` drops the training–inference factor
+    π_old/μ_old (the "w/o train-infer IS" ablation). ``is_scope="full"`` corrects π_θ/μ_old (the
+    literal reading); ``"train_infer"`` corrects only π_old/μ_old. ``use_clip=False`` is the
+    "no clipping" ablation; ``clip_anchor="mu_old"`` anchors the clip mask on the rollout policy.
+    ``length_norm=True`` is the "+ length-norm" ablation (divide each response by |y|).
+    """
+
+    name: Literal["minirl"] = "minirl"
+    eps_low: Epsilon = 0.2
+    eps_high: PositiveBound = 0.27
+    use_clip: bool = True
+    clip_anchor: ClipAnchor = "pi_old"
+    is_correction: ISCorrection | None = Field(default_factory=TokenTruncate)
+    is_scope: ISScope = "full"
+    length_norm: bool = False
+    loss_agg: LossAggregation = "seq_mean_token_sum"
+    advantage: AdvantageMode = "group_mean"
+
+    @model_validator(mode="after")
+    def _single_length_norm(self) -> MiniRLConfig:
+        if self.length_norm and self.loss_agg in ("token_mean", "seq_mean_token_mean"):
+            raise ValueError(
+                f"length_norm=True with loss_agg={self.loss_agg!r} would normalize by length "
+                "twice; use loss_agg='seq_mean_token_sum'"
+            )
+        return self
+
+
+class ReinforceConfig(_Strict):
+    """REINFORCE without any IS weight: the paper's "w/o train-infer IS" objective (§3.4)."""
+
+    name: Literal["reinforce"] = "reinforce"
+    loss_agg: LossAggregation = "seq_mean_token_sum"
+    advantage: AdvantageMode = "group_mean"
+
+
+class GRPOConfig(_Strict):
+    """GRPO as written in the paper's App. A (ε_low/ε_high of the GSPO paper's GRPO baseline)."""
+
+    name: Literal["grpo"] = "grpo"
+    eps_low: Epsilon = 0.2
+    eps_high: PositiveBound = 0.27
+    is_correction: ISCorrection | None = None
+    loss_agg: LossAggregation = "seq_mean_token_mean"
+    advantage: AdvantageMode = "mean_std"
+
+
+class DrGRPOConfig(_Strict):
+    """Dr. GRPO (§8.6): no 1/|y|, no std; constant divisor via ``seq_mean_token_sum_norm``."""
+
+    name: Literal["dr_grpo"] = "dr_grpo"
+    eps_low: Epsilon = 0.2
+    eps_high: PositiveBound = 0.2
+    is_correction: ISCorrection | None = None
+    loss_agg: LossAggregation = "seq_mean_token_sum_norm"
+    advantage: AdvantageMode = "group_mean"
+
+
+class DAPOConfig(_Strict):
+    """DAPO (§8.7): clip-higher (0.2 / 0.28) and token-mean aggregation."""
+
+    name: Literal["dapo"] = "dapo"
+    eps_low: Epsilon = 0.2
+    eps_high: PositiveBound = 0.28
+    is_correction: ISCorrection | None = None
+    loss_agg: LossAggregation = "token_mean"
+    advantage: AdvantageMode = "mean_std"
+
+
+class CISPOConfig(_Strict):
+    """CISPO (§8.5): ε_low 1.0 = no lower bound on the weight, as MiniMax use it in practice."""
+
+    name: Literal["cispo"] = "cispo"
+    eps_low: Epsilon = 1.0
+    eps_high: PositiveBound = 0.27
+    is_correction: ISCorrection | None = None
+    loss_agg: LossAggregation = "token_mean"
+    advantage: AdvantageMode = "mean_std"
+
+
+class GSPOConfig(_Strict):
+    """GSPO (§8.4): sequence ratio with the paper's clip range 3e-4 / 4e-4."""
+
+    name: Literal["gspo"] = "gspo"
+    eps_low: Epsilon = 3e-4
+    eps_high: PositiveBound = 4e-4
+    is_correction: ISCorrection | None = None
+    loss_agg: LossAggregation = "seq_mean_token_mean"
+    advantage: AdvantageMode = "mean_std"
+
+
+class GSPOTokenConfig(_Strict):
+    """GSPO-token (§8.4): GSPO's sequence ratio with a per-token gradient path."""
+
+    name: Literal["gspo_token"] = "gspo_token"
+    eps_low: Epsilon = 3e-4
+    eps_high: PositiveBound = 4e-4
+    is_correction: ISCorrection | None = None
+    loss_agg: LossAggregation = "seq_mean_token_mean"
+    advantage: AdvantageMode = "mean_std"
+
+
+class DecoupledPPOTISConfig(_Strict):
+    """Decoupled PPO with TIS (Yao et al., §8.1): symmetric ε 0.2, weight min(π_old/μ_old, 2)
+    (verl's default threshold)."""
+
+    name: Literal["decoupled_ppo_tis"] = "decoupled_ppo_tis"
+    eps_low: Epsilon = 0.2
+    eps_high: PositiveBound = 0.2
+    is_correction: ISCorrection = Field(default_factory=lambda: TokenTruncate(cap=2.0))
+    loss_agg: LossAggregation = "token_mean"
+    advantage: AdvantageMode = "mean_std"
+
+
+AlgorithmConfig = Annotated[
+    MiniRLConfig
+    | ReinforceConfig
+    | GRPOConfig
+    | DrGRPOConfig
+    | DAPOConfig
+    | CISPOConfig
+    | GSPOConfig
+    | GSPOTokenConfig
+    | DecoupledPPOTISConfig,
+    Field(discriminator="name"),
+]
+
+ALGORITHM_MODELS: dict[str, type[BaseModel]] = {
+    model.model_fields["name"].default: model
+    for model in (
+        MiniRLConfig,
+        ReinforceConfig,
+        GRPOConfig,
+        DrGRPOConfig,
+        DAPOConfig,
+        CISPOConfig,
+        GSPOConfig,
+        GSPOTokenConfig,
+        DecoupledPPOTISConfig,
+    )
+}
+
+
+def objective_kwargs(cfg: BaseModel) -> dict[str, Any]:
+    """Keyword arguments for ``OBJECTIVES[cfg.name]`` (all but NON_OBJECTIVE_FIELDS).
+
+    Nested IS-correction models become plain dicts ``{"mode": ..., **params}``, the form the
+    worker's core expects; an infinite TIS cap stays ``math.inf``.
+    """
+    dumped = cfg.model_dump()
+    return {key: value for key, value in dumped.items() if key not in NON_OBJECTIVE_FIELDS}
+
+
+__all__ = [
+    "ALGORITHM_MODELS",
+    "NON_OBJECTIVE_FIELDS",
+    "AdvantageMode",
+    "AlgorithmConfig",
+    "CISPOConfig",
+    "ClipAnchor",
+    "DAPOConfig",
+    "DecoupledPPOTISConfig",
+    "DrGRPOConfig",
+    "GRPOConfig",
+    "GSPOConfig",
+    "GSPOTokenConfig",
+    "GeoMask",
+    "ISCorrection",
+    "ISScope",
+    "LossAggregation",
+    "MiniRLConfig",
+    "ObjectiveName",
+    "ReinforceConfig",
+    "SeqMask",
+    "SeqTruncate",
+    "TokenMask",
+    "TokenTruncate",
+    "objective_kwargs",
+]

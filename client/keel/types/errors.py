@@ -1,0 +1,52 @@
+"""The one error envelope every keel endpoint returns: `{code, detail, errors?, state?}`.
+
+`code` is stable and machine-readable; `detail` is a sentence a person can act on; `errors` lists
+field problems of a 422; `state` carries the resource's current state on a 409 (e.g. a rollout).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from keel.types.common import ResponseModel
+
+ErrorCode = Literal[
+    "validation_error",  # 422: wrong field, type or impossible setting
+    "unauthorized",  # 401: missing or unknown key
+    "forbidden",  # 403: the key is valid but this kind of key may not do this
+    "not_found",  # 404: unknown id, or one that belongs to another project or job
+    "conflict",  # 409: generic state conflict (e.g. cancel a finished job)
+    "reward_conflict",  # 409: a different reward was already recorded for the rollout
+    "rollout_not_awaiting_reward",  # 409: rollout expired or otherwise closed
+    "payload_too_large",  # 413
+    "broker_unavailable",  # 503: the job was stored but could not be enqueued
+    "unavailable",  # 503: readiness failed
+    "internal_error",  # 500
+]
+
+STATUS_OF_CODE: dict[str, int] = {
+    "validation_error": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "reward_conflict": 409,
+    "rollout_not_awaiting_reward": 409,
+    "payload_too_large": 413,
+    "broker_unavailable": 503,
+    "unavailable": 503,
+    "internal_error": 500,
+}
+
+
+class FieldError(ResponseModel):
+    loc: list[str | int]
+    msg: str
+    type: str = "value_error"
+
+
+class ErrorBody(ResponseModel):
+    code: str
+    detail: str
+    errors: list[FieldError] | None = None
+    state: dict[str, Any] | None = None

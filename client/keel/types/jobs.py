@@ -1,0 +1,190 @@
+"""Wire types of the jobs resource: the create request, the job, its events.
+
+A job is a `TrainingConfig` (model, algorithm, rollout, optimizer, steps, ...; owned by
+`keel.types.training`, whose validators reject impossible settings at creation) plus where its
+prompts come from and how its rollouts are rewarded (architecture.md §6).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, HttpUrl, model_validator
+
+from keel.types.common import RequestModel, ResponseModel
+from keel.types.prompts import PromptIn
+from keel.types.training import TrainingConfig
+
+JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+JobRequest = Literal["pause", "cancel"]
+VerifierName = Literal["task", "exact_match", "numeric"]
+REFERENCE_VERIFIERS = frozenset({"exact_match", "numeric"})
+
+
+# ---- prompt sources ----------------------------------------------------------------------------
+
+
+class TaskPrompts(RequestModel):
+    """Prompts of `config.task` (a built-in task, or its inline `dataset` items)."""
+
+    type: Literal["task"] = "task"
+
+
+class DatasetPrompts(RequestModel):
+    """A fixed dataset given at creation: inline, or a JSONL file uploaded to `/v1/files`.
+
+    The worker cycles through it in order (epochs) from a data cursor kept in checkpoints.
+    """
+
+    type: Literal["dataset"] = "dataset"
+    prompts: list[PromptIn] | None = Field(default=None, min_length=1)
+    file_id: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetPrompts:
+        if (self.prompts is None) == (self.file_id is None):
+            raise ValueError("give exactly one of `prompts` (inline) or `file_id` (uploaded)")
+        return self
+
+
+class ClientPrompts(RequestModel):
+    """Prompts posted by the client in batches; the job waits when it runs out."""
+
+    type: Literal["client"] = "client"
+
+
+PromptSource = Annotated[TaskPrompts | DatasetPrompts | ClientPrompts, Field(discriminator="type")]
+
+
+# ---- reward sources ----------------------------------------------------------------------------
+
+
+class _RewardBase(RequestModel):
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="Seconds a rollout waits for its reward; default server's."
+    )
+    min_value: float | None = Field(default=None, description="Rewards below are rejected (422).")
+    max_value: float | None = Field(default=None, description="Rewards above are rejected (422).")
+    drop_incomplete_groups: bool = Field(
+        default=True, description="Drop a group with an expired member (never scored as 0)."
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> _RewardBase:
+        both = self.min_value is not None and self.max_value is not None
+        if both and self.min_value > self.max_value:
+            raise ValueError("min_value must not exceed max_value")
+        return self
+
+
+class BuiltinReward(_RewardBase):
+    """A verifier run inside the worker (`task` = the built-in task's own reward)."""
+
+    type: Literal["builtin"] = "builtin"
+    verifier: VerifierName = Field(
+        default="task",
+        description="`task`: the reward of `config.task`; `exact_match`/`numeric`: compare the "
+        "completion with each dataset prompt's `reference`.",
+    )
+
+
+class WebhookReward(_RewardBase):
+    """Each step's rollouts are POSTed to `url`, signed (see `keel_server.webhooks`)."""
+
+    type: Literal["webhook"] = "webhook"
+    url: HttpUrl
+    secret: str | None = Field(
+        default=None, min_length=16, description="HMAC key; generated and returned once if unset."
+    )
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+
+
+class ExternalReward(_RewardBase):
+    """No push: reward services poll `awaiting_reward` rollouts with the job's reward token."""
+
+    type: Literal["external"] = "external"
+
+
+RewardSource = Annotated[
+    BuiltinReward | WebhookReward | ExternalReward, Field(discriminator="type")
+]
+
+
+# ---- jobs --------------------------------------------------------------------------------------
+
+
+class JobCreate(RequestModel):
+    name: str | None = Field(default=None, max_length=200)
+    config: TrainingConfig
+    prompts: PromptSource = Field(default_factory=TaskPrompts)
+    reward: RewardSource = Field(default_factory=BuiltinReward)
+
+    @model_validator(mode="after")
+    def _sources_fit(self) -> JobCreate:
+        reward, prompts = self.reward, self.prompts
+        if not isinstance(reward, BuiltinReward):
+            return self
+        if reward.verifier == "task" and not isinstance(prompts, TaskPrompts):
+            raise ValueError(
+                "the `task` verifier scores `config.task` prompts only; use `exact_match` or "
+                "`numeric` with references, or a webhook/external reward source"
+            )
+        if reward.verifier in REFERENCE_VERIFIERS and isinstance(prompts, TaskPrompts):
+            raise ValueError(f"verifier `{reward.verifier}` needs dataset or client prompts")
+        inline = isinstance(prompts, DatasetPrompts) and prompts.prompts
+        if reward.verifier in REFERENCE_VERIFIERS and inline:
+            missing = [i for i, p in enumerate(prompts.prompts) if p.reference is None]
+            if missing:
+                raise ValueError(
+                    f"verifier `{reward.verifier}` needs a `reference` on every prompt; "
+                    f"missing at positions {missing[:10]}"
+                )
+        return self
+
+
+class Job(ResponseModel):
+    id: str
+    project_id: str
+    name: str | None = None
+    status: JobStatus
+    requested: JobRequest | None = Field(
+        default=None, description="A pause or cancel the worker has not acted on yet."
+    )
+    config: dict[str, Any]
+    prompts: dict[str, Any] = Field(description="Prompt source without inline prompts.")
+    reward: dict[str, Any] = Field(description="Reward source without its secret.")
+    num_prompts: int = 0
+    step: int = Field(default=0, description="Last step whose update completed.")
+    steps: int | None = None
+    policy_version: int = 0
+    error: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobCreated(Job):
+    """Returned once by `POST /v1/jobs`: the only time the secrets are shown."""
+
+    reward_token: str = Field(
+        description="Token that may only read and reward this job's rollouts."
+    )
+    webhook_secret: str | None = None
+
+
+EventType = Literal["status", "metrics", "checkpoint"]
+
+
+class JobEvent(ResponseModel):
+    """One Server-Sent Event of `GET /v1/jobs/{id}/events` (its `id:` is `id`)."""
+
+    id: int
+    job_id: str
+    type: EventType
+    data: dict[str, Any]
+    created_at: datetime

@@ -1,0 +1,67 @@
+"""Wire types of rewards and of the webhook reward-service contract.
+
+Posting a reward is idempotent per rollout: the same value again answers 200, a different value
+409 `reward_conflict`; non-finite values are a 422. A webhook delivery is a `WebhookPayload`
+POSTed with the headers of `keel_server.webhooks`; the receiver may answer with a `WebhookReply`
+holding scores inline, or an empty one and post the rewards later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field, FiniteFloat
+
+from keel.types.common import RequestModel, ResponseModel
+from keel.types.errors import ErrorBody
+from keel.types.rollouts import RolloutStatus
+
+
+class RewardCreate(RequestModel):
+    value: FiniteFloat
+
+
+class RewardItem(RequestModel):
+    rollout_id: str
+    value: FiniteFloat
+
+
+class RewardBatch(RequestModel):
+    rewards: list[RewardItem] = Field(min_length=1, max_length=10_000)
+
+
+class RewardResult(ResponseModel):
+    rollout_id: str
+    ok: bool = True
+    status: RolloutStatus | None = None
+    reward: float | None = None
+    rewarded_at: datetime | None = None
+    created: bool = Field(default=False, description="False when the same value was already set.")
+    error: ErrorBody | None = None
+
+
+class RewardBatchResult(ResponseModel):
+    results: list[RewardResult]
+
+
+class WebhookRollout(ResponseModel):
+    id: str
+    step: int
+    group_index: int
+    sample_index: int
+    prompt: str
+    reference: str | None = None
+    completion: str
+    token_count: int
+    deadline_at: datetime
+
+
+class WebhookPayload(ResponseModel):
+    type: str = "rollouts"
+    job_id: str
+    step: int
+    rollouts: list[WebhookRollout]
+
+
+class WebhookReply(ResponseModel):
+    rewards: list[RewardItem] = Field(default_factory=list)

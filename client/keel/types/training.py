@@ -1,0 +1,164 @@
+"""Wire models for one training run: model, task, rollout, optimizer and the step schedule.
+
+These are the only place where the defaults of a run live (house style rule 1). The schedule
+follows paper-spec §3.3: each global step samples `prompts_per_step` prompts × `group_size`
+responses, splits them into `num_minibatches` mini-batches and applies one AdamW update per
+mini-batch. Routing Replay `auto` is the paper's recipe (paper-spec §5.3): none for N = 1 (R2 is
+a no-op there and R3 gave no gain), R2 for N = 2, R3 for N ≥ 4.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from keel.types.algorithm import AlgorithmConfig
+
+RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
+ResolvedReplay = Literal["none", "R2", "R3"]
+VerifierName = Literal["exact_match", "numeric"]
+
+# Advantage modes that subtract a baseline estimated from the other members of the group: with a
+# single response per prompt every advantage would be exactly zero (or undefined for rloo).
+GROUP_ADVANTAGE_MODES = frozenset({"group_mean", "mean_std", "rloo"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Which policy to train."""
+
+    name: str = Field(
+        "smollm2-135m-instruct",
+        min_length=1,
+        description="A built-in model name, a local Hugging Face directory, a .gguf file or a "
+        "hub id (hub ids need a machine that is online).",
+    )
+
+
+class TaskItem(_Strict):
+    """One prompt with its reference answer."""
+
+    prompt: str = Field(min_length=1, description="The user turn; the chat template is applied.")
+    answer: str = Field(description="Reference answer the verifier compares against.")
+
+
+class TaskConfig(_Strict):
+    """Where prompts and built-in rewards come from.
+
+    `name` is a built-in task (`addition`) or `dataset`, which needs `items` and scores with
+    `verifier`. Either way a deterministic held-out split is kept for evaluation.
+    """
+
+    name: str = Field("addition", min_length=1)
+    items: list[TaskItem] | None = Field(None, description="The prompts of a `dataset` task.")
+    verifier: VerifierName = Field(
+        "numeric", description="How a `dataset` task scores a completion against its answer."
+    )
+    held_out_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of the items kept out of training for eval."
+    )
+    split_seed: int = Field(0, description="Seed of the deterministic train / held-out split.")
+
+    @model_validator(mode="after")
+    def _items_only_for_datasets(self) -> TaskConfig:
+        if self.name == "dataset" and not self.items:
+            raise ValueError("task 'dataset' needs a non-empty 'items' list")
+        if self.name != "dataset" and self.items is not None:
+            raise ValueError(f"built-in task {self.name!r} takes no 'items'; use name='dataset'")
+        if self.items is not None and len(self.items) < 2:
+            raise ValueError("a dataset needs at least 2 items (one to train, one held out)")
+        return self
+
+
+class RolloutConfig(_Strict):
+    """How the inference engine samples (the μ_θold of paper-spec §1.1)."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    precision: Literal["fp32", "bf16", "fp8"] = Field(
+        "fp32", description="Inference weights precision; fp8 = fake-quantized float8_e4m3fn."
+    )
+    max_new_tokens: int = Field(64, ge=1, le=32768)
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class OptimizerConfig(_Strict):
+    """AdamW and gradient clipping (the paper states none of these: paper-spec §4)."""
+
+    lr: float = Field(1e-6, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float | None = Field(1.0, gt=0.0, description="Max global grad norm; None = off.")
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> OptimizerConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError("betas must lie in [0, 1)")
+        return self
+
+
+def _default_algorithm() -> AlgorithmConfig:
+    return TypeAdapter(AlgorithmConfig).validate_python({"name": "minirl"})
+
+
+class TrainingConfig(_Strict):
+    """One whole run, in-process or as a service job."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=_default_algorithm)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    prompts_per_step: int = Field(8, ge=1, description="B: prompts sampled per global step.")
+    group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
+    num_minibatches: int = Field(1, ge=1, description="N: optimizer updates per global step.")
+    micro_batch_size: int = Field(
+        16, ge=1, description="Responses per forward/backward; gradients accumulate exactly."
+    )
+    routing_replay: RoutingReplayMode = "auto"
+    train_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 = autocast for the training forwards (weights stay fp32)."
+    )
+    steps: int = Field(10, ge=1)
+    seed: int = 0
+    eval_every: int = Field(10, ge=0, description="Greedy held-out eval every k steps; 0 = off.")
+    eval_size: int = Field(32, ge=1, description="Held-out prompts per evaluation (at most).")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every k steps; 0 = at the end.")
+
+    @property
+    def responses_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.responses_per_step // self.num_minibatches
+
+    def resolved_routing_replay(self, *, is_moe: bool) -> ResolvedReplay:
+        """The replay mode actually used: `auto` follows paper-spec §5.3; dense models get none."""
+        if self.routing_replay != "auto":
+            return self.routing_replay
+        if not is_moe or self.num_minibatches == 1:
+            return "none"
+        return "R2" if self.num_minibatches == 2 else "R3"
+
+    @model_validator(mode="after")
+    def _schedule_is_possible(self) -> TrainingConfig:
+        n_responses = self.responses_per_step
+        if n_responses % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} does not divide prompts_per_step × "
+                f"group_size = {n_responses}"
+            )
+        mode = self.algorithm.advantage
+        if self.group_size == 1 and mode in GROUP_ADVANTAGE_MODES:
+            raise ValueError(
+                f"group_size=1 with the group-based advantage {mode!r} gives zero advantages; "
+                "use group_size ≥ 2"
+            )
+        return self
+

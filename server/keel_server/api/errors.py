@@ -1,0 +1,65 @@
+"""One JSON error envelope for every failure: ServiceError, FastAPI validation errors, HTTP
+errors (unknown route, wrong method), oversized bodies and unexpected exceptions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from keel.types.errors import ErrorBody
+from keel_server.services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+_CODE_OF_STATUS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "validation_error",
+}
+
+
+def envelope(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    body = ErrorBody(code=code, detail=detail, **extra).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status)
+
+
+def too_large(limit: int) -> JSONResponse:
+    return envelope(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return envelope(exc.status, exc.code, exc.detail, errors=exc.errors, state=exc.state)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_field_error(e) for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return envelope(422, "validation_error", f"{where}: {first['msg']}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _CODE_OF_STATUS.get(exc.status_code, "http_error")
+        return envelope(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return envelope(500, "internal_error", f"internal error ({type(exc).__name__})")
+
+
+def _field_error(err: dict) -> dict:
+    # pydantic's messages already list the valid choices of a Literal or a discriminator.
+    msg = err.get("msg", "invalid")
+    return {"loc": list(err.get("loc", [])), "msg": msg, "type": err.get("type", "value_error")}

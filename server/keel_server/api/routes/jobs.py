@@ -1,0 +1,99 @@
+"""`/v1/jobs`: create, list, retrieve, cancel, pause, resume, and the SSE event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from keel.types.common import Page
+from keel.types.jobs import Job, JobCreate, JobCreated
+from keel_server.api.deps import Caller, Ctx, IdempotencyKey
+from keel_server.services import events as events_service
+from keel_server.services import jobs as service
+from keel_server.services.context import ServiceContext
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/jobs", response_model=JobCreated, status_code=201)
+def create_job(
+    body: JobCreate, ctx: Ctx, caller: Caller, response: Response, idem: IdempotencyKey = None
+) -> JobCreated:
+    job, created = service.create(ctx, caller, body, idempotency_key=idem)
+    if not created:
+        response.status_code = 200
+    return job
+
+
+@router.get("/jobs", response_model=Page[Job])
+def list_jobs(
+    ctx: Ctx,
+    caller: Caller,
+    status: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    cursor: str | None = None,
+    limit: int | None = None,
+) -> Page[Job]:
+    statuses = [s for value in status for s in value.split(",") if s]
+    return service.list_(ctx, caller, statuses=statuses, cursor=cursor, limit=limit)
+
+
+@router.get("/jobs/{job_id}", response_model=Job)
+def retrieve_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+    return service.retrieve(ctx, caller, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=Job)
+def cancel_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+    return service.cancel(ctx, caller, job_id)
+
+
+@router.post("/jobs/{job_id}/pause", response_model=Job)
+def pause_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+    return service.pause(ctx, caller, job_id)
+
+
+@router.post("/jobs/{job_id}/resume", response_model=Job)
+def resume_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+    return service.resume(ctx, caller, job_id)
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+async def job_events(
+    job_id: str,
+    ctx: Ctx,
+    caller: Caller,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `status`, `metrics`, `checkpoint`; each `id:` resumes the stream via
+    `Last-Event-ID`. The stream ends after the job's final event."""
+    await run_in_threadpool(events_service.check_access, ctx, caller, job_id)
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(
+        _stream(ctx, job_id, after), media_type="text/event-stream", headers=headers
+    )
+
+
+async def _stream(ctx: ServiceContext, job_id: str, after: int) -> AsyncIterator[str]:
+    settings = ctx.settings
+    last_sent = time.monotonic()
+    yield f"retry: {int(settings.sse_poll_interval_s * 1000)}\n\n"
+    while True:
+        events, ended = await run_in_threadpool(events_service.poll, ctx, job_id, after_id=after)
+        for event in events:
+            data = json.dumps(event.model_dump(mode="json"))
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+            after, last_sent = event.id, time.monotonic()
+        if ended:
+            return
+        if time.monotonic() - last_sent > settings.sse_keepalive_s:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(settings.sse_poll_interval_s)

@@ -1,0 +1,29 @@
+"""`/v1/jobs/{id}/metrics`: per-step metric rows by name and step range."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from keel.types.metrics import MetricPoint
+from keel_server.api.deps import Caller, Ctx
+from keel_server.services import metrics as service
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint])
+def list_metrics(
+    job_id: str,
+    ctx: Ctx,
+    caller: Caller,
+    name: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    step_min: int | None = None,
+    step_max: int | None = None,
+    limit: int | None = None,
+) -> list[MetricPoint]:
+    names = [n for value in name for n in value.split(",") if n]
+    return service.list_(
+        ctx, caller, job_id, names=names, step_min=step_min, step_max=step_max, limit=limit
+    )

@@ -1,0 +1,21 @@
+"""`/v1/rollouts/{id}/reward` and `/v1/rewards` (batch): post rewards, idempotently."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from keel.types.rewards import RewardBatch, RewardBatchResult, RewardCreate, RewardResult
+from keel_server.api.deps import Caller, Ctx
+from keel_server.services import rewards as service
+
+router = APIRouter(tags=["rewards"])
+
+
+@router.post("/rollouts/{rollout_id}/reward", response_model=RewardResult)
+def post_reward(rollout_id: str, body: RewardCreate, ctx: Ctx, caller: Caller) -> RewardResult:
+    return service.post(ctx, caller, rollout_id, body.value)
+
+
+@router.post("/rewards", response_model=RewardBatchResult)
+def post_rewards(body: RewardBatch, ctx: Ctx, caller: Caller) -> RewardBatchResult:
+    return service.post_batch(ctx, caller, body)

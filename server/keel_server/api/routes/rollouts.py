@@ -1,0 +1,35 @@
+"""`/v1/jobs/{id}/rollouts` and `/v1/rollouts/{id}`: list by status and step; retrieve."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from keel.types.common import Page
+from keel.types.rollouts import Rollout
+from keel_server.api.deps import Caller, Ctx
+from keel_server.services import rollouts as service
+
+router = APIRouter(tags=["rollouts"])
+
+
+@router.get("/jobs/{job_id}/rollouts", response_model=Page[Rollout])
+def list_rollouts(
+    job_id: str,
+    ctx: Ctx,
+    caller: Caller,
+    status: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    step: int | None = None,
+    cursor: str | None = None,
+    limit: int | None = None,
+) -> Page[Rollout]:
+    statuses = [s for value in status for s in value.split(",") if s]
+    return service.list_(
+        ctx, caller, job_id, statuses=statuses, step=step, cursor=cursor, limit=limit
+    )
+
+
+@router.get("/rollouts/{rollout_id}", response_model=Rollout)
+def retrieve_rollout(rollout_id: str, ctx: Ctx, caller: Caller) -> Rollout:
+    return service.retrieve(ctx, caller, rollout_id)

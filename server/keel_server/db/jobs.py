@@ -1,0 +1,250 @@
+"""Job rows and their state machine (architecture.md §5), as compare-and-set updates.
+
+States: queued → running ⇄ paused → succeeded | failed | cancelled. Pause and cancel of a running
+job are cooperative: the API sets `requested`; the lease holder sees it in `heartbeat()` and ends
+with `finish_job(..., "paused" | "cancelled")`. Every update names the state it expects in its
+WHERE clause and reports whether it matched, so two writers can never both win (works on SQLite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from keel_server.db.base import utcnow
+from keel_server.db.events import append_event
+from keel_server.db.models import Job
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+WORKER_END_STATES = ("succeeded", "failed", "cancelled", "paused")
+
+
+class LeaseLost(RuntimeError):
+    """The caller no longer holds the job's lease (it was taken over or the job ended)."""
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    acquired: bool
+    job: Job | None  # the row after the attempt (None: no such job)
+    reason: str  # "acquired" | "missing" | "held" | "not_runnable"
+
+
+def cas_update(session: Session, stmt) -> bool:
+    """Run one guarded UPDATE; True when exactly the expected row matched."""
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
+def get_job(session: Session, job_id: str, *, project_id: str | None = None) -> Job | None:
+    stmt = select(Job).where(Job.id == job_id)
+    if project_id is not None:
+        stmt = stmt.where(Job.project_id == project_id)
+    return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def get_job_by_idempotency_key(session: Session, project_id: str, key: str) -> Job | None:
+    stmt = select(Job).where(Job.project_id == project_id, Job.idempotency_key == key)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def get_job_by_reward_token_hash(session: Session, token_hash: str) -> Job | None:
+    stmt = select(Job).where(Job.reward_token_hash == token_hash)
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def insert_job(session: Session, **fields: Any) -> Job:
+    job = Job(**fields)
+    session.add(job)
+    session.flush()
+    append_event(session, job.id, "status", {"status": job.status})
+    return job
+
+
+def list_jobs(
+    session: Session,
+    project_id: str,
+    *,
+    statuses: Sequence[str] = (),
+    before_id: str | None = None,
+    limit: int,
+) -> list[Job]:
+    """Newest first; `before_id` is the cursor (ids are time-ordered). Returns up to limit+1."""
+    stmt = select(Job).where(Job.project_id == project_id)
+    if statuses:
+        stmt = stmt.where(Job.status.in_(statuses))
+    if before_id is not None:
+        stmt = stmt.where(Job.id < before_id)
+    stmt = stmt.order_by(Job.id.desc()).limit(limit + 1)
+    return list(session.execute(stmt).scalars())
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    from_statuses: Iterable[str],
+    to: str,
+    owner: str | None = None,
+    values: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
+) -> bool:
+    """CAS `status: from_statuses → to` (and lease owner when given); logs a status event."""
+    now = utcnow()
+    new = {"status": to, "updated_at": now, **(values or {})}
+    if to in TERMINAL:
+        new.update(finished_at=now, lease_owner=None, requested=None)
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(tuple(from_statuses)))
+    if owner is not None:
+        stmt = stmt.where(Job.lease_owner == owner)
+    if not cas_update(session, stmt.values(**new)):
+        return False
+    append_event(session, job_id, "status", {"status": to, **(event or {})})
+    return True
+
+
+def set_requested(
+    session: Session, job_id: str, requested: str | None, *, from_statuses: Iterable[str]
+) -> bool:
+    """CAS the pending pause/cancel request of a job in one of `from_statuses`."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(tuple(from_statuses)))
+        .values(requested=requested, updated_at=utcnow())
+    )
+    return cas_update(session, stmt)
+
+
+def _stale(stale_before: datetime):
+    return or_(
+        Job.lease_owner.is_(None), Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before
+    )
+
+
+# ---- worker side: the lease ------------------------------------------------------------------
+
+
+def take_lease(
+    session: Session,
+    job_id: str,
+    owner: str,
+    *,
+    lease_timeout_s: float,
+    now: datetime | None = None,
+) -> LeaseResult:
+    """Take a queued job, or a running one whose holder stopped heartbeating (a dead worker).
+
+    A duplicate delivery finds a live lease and gets `acquired=False, reason="held"`: it must
+    exit without touching the job. Each successful take counts one attempt.
+    """
+    now = now or utcnow()
+    stale_before = now - timedelta(seconds=lease_timeout_s)
+    takeable = or_(
+        Job.status == "queued",
+        (Job.status == "running")
+        & or_(
+            Job.lease_owner.is_(None), Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before
+        ),
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, takeable)
+        .values(
+            status="running",
+            lease_owner=owner,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+    )
+    acquired = cas_update(session, stmt)
+    job = get_job(session, job_id)
+    if job is None:
+        return LeaseResult(False, None, "missing")
+    if acquired:
+        append_event(session, job_id, "status", {"status": "running", "attempt": job.attempts})
+        return LeaseResult(True, job, "acquired")
+    reason = "held" if job.status == "running" else "not_runnable"
+    return LeaseResult(False, job, reason)
+
+
+def heartbeat(
+    session: Session, job_id: str, owner: str, *, now: datetime | None = None
+) -> str | None:
+    """Renew the lease; returns the pending request ("pause" | "cancel" | None).
+
+    Raises LeaseLost when the caller is no longer the running job's lease holder.
+    """
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(heartbeat_at=now)
+    )
+    if not cas_update(session, stmt):
+        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+    return session.execute(select(Job.requested).where(Job.id == job_id)).scalar_one()
+
+
+def record_progress(
+    session: Session, job_id: str, owner: str, *, step: int, policy_version: int
+) -> None:
+    """Store the last completed step and policy version (also renews the heartbeat)."""
+    now = utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(step=step, policy_version=policy_version, heartbeat_at=now, updated_at=now)
+    )
+    if not cas_update(session, stmt):
+        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+
+
+def finish_job(
+    session: Session, job_id: str, owner: str, status: str, *, error: str | None = None
+) -> bool:
+    """End the lease holder's run: succeeded | failed | cancelled, or paused (after checkpoint).
+
+    Step, metrics and checkpoints stay; `error` is kept for a failed job.
+    """
+    if status not in WORKER_END_STATES:
+        raise ValueError(f"a worker ends a job as one of {WORKER_END_STATES}, not {status!r}")
+    values: dict[str, Any] = {"lease_owner": None, "requested": None}
+    if error is not None:
+        values["error"] = error
+    event = {"error": error} if error is not None else None
+    return transition(
+        session,
+        job_id,
+        from_statuses=("running",),
+        to=status,
+        owner=owner,
+        values=values,
+        event=event,
+    )
+
+
+def release_lease(session: Session, job_id: str, owner: str) -> bool:
+    """Give the lease up without changing status (e.g. worker shutdown): the next delivery of
+    `keel.run_job` may take the job over at once."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner)
+        .values(lease_owner=None, updated_at=utcnow())
+    )
+    return cas_update(session, stmt)
+
+
+def find_stale_jobs(
+    session: Session, *, lease_timeout_s: float, now: datetime | None = None
+) -> list[str]:
+    """Ids of running jobs whose lease holder stopped heartbeating (for a re-enqueue sweep)."""
+    stale_before = (now or utcnow()) - timedelta(seconds=lease_timeout_s)
+    stmt = select(Job.id).where(Job.status == "running", _stale(stale_before))
+    return list(session.execute(stmt).scalars())

@@ -1,0 +1,90 @@
+"""Projects, API keys (stored as sha256 hashes) and uploaded files."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from keel_server.db.base import new_id, utcnow
+from keel_server.db.jobs import cas_update
+from keel_server.db.models import ApiKey, File, Project
+
+
+def get_or_create_project(session: Session, name: str) -> Project:
+    row = session.execute(select(Project).where(Project.name == name)).scalar_one_or_none()
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():  # a concurrent creator may win the unique name
+            row = Project(id=new_id("proj"), name=name)
+            session.add(row)
+    except IntegrityError:
+        return session.execute(select(Project).where(Project.name == name)).scalar_one()
+    return row
+
+
+def get_project(session: Session, project_id: str) -> Project | None:
+    return session.get(Project, project_id)
+
+
+def insert_api_key(
+    session: Session, project_id: str, *, key_hash: str, prefix: str, name: str | None
+) -> ApiKey:
+    row = ApiKey(
+        id=new_id("key"), project_id=project_id, key_hash=key_hash, prefix=prefix, name=name
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_active_key(session: Session, key_hash: str) -> ApiKey | None:
+    stmt = select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def list_keys(session: Session, project_id: str) -> list[ApiKey]:
+    stmt = select(ApiKey).where(ApiKey.project_id == project_id).order_by(ApiKey.id)
+    return list(session.execute(stmt).scalars())
+
+
+def get_key(session: Session, key_id: str) -> ApiKey | None:
+    return session.get(ApiKey, key_id)
+
+
+def revoke_key(session: Session, key_id: str) -> bool:
+    stmt = (
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return cas_update(session, stmt)
+
+
+def insert_file(
+    session: Session,
+    project_id: str,
+    *,
+    file_id: str,
+    filename: str,
+    path: str,
+    num_prompts: int,
+    size_bytes: int,
+) -> File:
+    row = File(
+        id=file_id,
+        project_id=project_id,
+        filename=filename,
+        path=path,
+        num_prompts=num_prompts,
+        size_bytes=size_bytes,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_file(session: Session, file_id: str, *, project_id: str) -> File | None:
+    stmt = select(File).where(File.id == file_id, File.project_id == project_id)
+    return session.execute(stmt).scalar_one_or_none()

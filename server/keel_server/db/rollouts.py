@@ -1,0 +1,216 @@
+"""Rollouts and their reward life cycle: awaiting_reward → rewarded | expired (architecture §6).
+
+Rewards and expiry are CAS updates guarded by status and deadline, so a reward racing its
+deadline ends in exactly one state. A missing reward is never turned into 0: it expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from keel_server.db.base import new_id, utcnow
+from keel_server.db.jobs import cas_update
+from keel_server.db.models import Rollout
+from keel_server.db.session import SessionFactory, session_scope
+
+
+@dataclass(frozen=True)
+class NewRollout:
+    group_index: int
+    sample_index: int
+    prompt: str
+    completion: str
+    token_count: int
+    finish_reason: str | None = None
+    prompt_index: int | None = None
+    reference: str | None = None
+    payload: dict | None = None  # worker-private (token ids, ...) to resume the step
+
+
+class RewardOutcome(Enum):
+    CREATED = "created"  # the reward was recorded now
+    SAME = "same"  # the same value was already recorded: idempotent success
+    CONFLICT = "conflict"  # a different value was already recorded
+    EXPIRED = "expired"  # past its deadline (now or before)
+    NOT_FOUND = "not_found"
+
+
+def record_rollouts(
+    session: Session,
+    job_id: str,
+    *,
+    step: int,
+    policy_version: int,
+    deadline_at: datetime,
+    rollouts: Sequence[NewRollout],
+    rewards: Sequence[float] | None = None,
+) -> list[Rollout]:
+    """Insert one step's rollouts as awaiting_reward (or rewarded when `rewards` is given, for
+    builtin verifiers). (job, step, group, sample) is unique: a resumed step should reuse
+    `step_rollouts()` rather than insert again."""
+    now = utcnow()
+    rows = []
+    for i, r in enumerate(rollouts):
+        row = Rollout(
+            id=new_id("ro"),
+            job_id=job_id,
+            step=step,
+            group_index=r.group_index,
+            sample_index=r.sample_index,
+            prompt_index=r.prompt_index,
+            prompt=r.prompt,
+            reference=r.reference,
+            completion=r.completion,
+            token_count=r.token_count,
+            finish_reason=r.finish_reason,
+            payload=r.payload,
+            status="awaiting_reward",
+            policy_version=policy_version,
+            deadline_at=deadline_at,
+            created_at=now,
+        )
+        if rewards is not None:
+            row.status, row.reward, row.rewarded_at = "rewarded", float(rewards[i]), now
+        rows.append(row)
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
+    stmt = select(Rollout).where(Rollout.id == rollout_id)
+    return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def list_rollouts(
+    session: Session,
+    job_id: str,
+    *,
+    statuses: Sequence[str] = (),
+    step: int | None = None,
+    after: tuple[int, int, int] | None = None,
+    limit: int,
+) -> list[Rollout]:
+    """Ordered by (step, group, sample); `after` is that key of the last row seen (the cursor).
+    Returns up to limit+1 rows."""
+    stmt = select(Rollout).where(Rollout.job_id == job_id)
+    if statuses:
+        stmt = stmt.where(Rollout.status.in_(tuple(statuses)))
+    if step is not None:
+        stmt = stmt.where(Rollout.step == step)
+    key = (Rollout.step, Rollout.group_index, Rollout.sample_index)
+    if after is not None:
+        stmt = stmt.where(tuple_(*key) > tuple_(*after))
+    return list(session.execute(stmt.order_by(*key).limit(limit + 1)).scalars())
+
+
+def step_rollouts(session: Session, job_id: str, step: int) -> list[Rollout]:
+    """All rollouts of a step ordered by (group, sample)."""
+    stmt = (
+        select(Rollout)
+        .where(Rollout.job_id == job_id, Rollout.step == step)
+        .order_by(Rollout.group_index, Rollout.sample_index)
+        .execution_options(populate_existing=True)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def set_reward(
+    session: Session, rollout_id: str, value: float, *, now: datetime | None = None
+) -> tuple[RewardOutcome, Rollout | None]:
+    """Record a reward once. Idempotent for the same value; never overwrites a different one."""
+    now = now or utcnow()
+    stmt = (
+        update(Rollout)
+        .where(
+            Rollout.id == rollout_id,
+            Rollout.status == "awaiting_reward",
+            Rollout.deadline_at > now,
+        )
+        .values(status="rewarded", reward=value, rewarded_at=now)
+    )
+    created = cas_update(session, stmt)
+    row = get_rollout(session, rollout_id)
+    if row is None:
+        return RewardOutcome.NOT_FOUND, None
+    if created:
+        return RewardOutcome.CREATED, row
+    if row.status == "rewarded":
+        return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
+    if row.status == "awaiting_reward":  # past its deadline but not swept yet: expire it now
+        expire_due(session, row.job_id, now=now, rollout_id=rollout_id)
+        row = get_rollout(session, rollout_id)
+        if row is not None and row.status == "rewarded":  # lost a race to a valid post
+            return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
+    return RewardOutcome.EXPIRED, row
+
+
+def expire_due(
+    session: Session,
+    job_id: str,
+    *,
+    now: datetime | None = None,
+    step: int | None = None,
+    rollout_id: str | None = None,
+) -> int:
+    """Mark awaiting rollouts past their deadline as expired; returns how many."""
+    now = now or utcnow()
+    stmt = update(Rollout).where(
+        Rollout.job_id == job_id,
+        Rollout.status == "awaiting_reward",
+        Rollout.deadline_at <= now,
+    )
+    if step is not None:
+        stmt = stmt.where(Rollout.step == step)
+    if rollout_id is not None:
+        stmt = stmt.where(Rollout.id == rollout_id)
+    result = session.execute(
+        stmt.values(status="expired", expired_at=now).execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def count_by_status(session: Session, job_id: str, step: int) -> dict[str, int]:
+    stmt = (
+        select(Rollout.status, func.count())
+        .where(Rollout.job_id == job_id, Rollout.step == step)
+        .group_by(Rollout.status)
+    )
+    return dict(session.execute(stmt).tuples().all())
+
+
+@dataclass(frozen=True)
+class StepRewards:
+    rollouts: list[Rollout]  # ordered by (group, sample)
+    complete: bool  # False when should_stop() ended the wait with rewards still pending
+
+
+def wait_for_rewards(
+    factory: SessionFactory,
+    job_id: str,
+    step: int,
+    *,
+    poll_interval_s: float,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StepRewards:
+    """Poll until no rollout of the step awaits a reward (each is rewarded or expired).
+
+    `should_stop` is checked between polls (e.g. the worker's heartbeat seeing a cancel).
+    """
+    while True:
+        with session_scope(factory) as session:
+            expire_due(session, job_id, step=step)
+            counts = count_by_status(session, job_id, step)
+            if counts.get("awaiting_reward", 0) == 0:
+                return StepRewards(step_rollouts(session, job_id, step), True)
+            if should_stop():
+                return StepRewards(step_rollouts(session, job_id, step), False)
+        sleep(poll_interval_s)

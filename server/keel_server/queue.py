@@ -1,0 +1,61 @@
+"""The Celery producer side: broker configuration shared with the worker, and the enqueue of
+`keel.run_job` by name (the API never imports worker code). Messages carry the job id only and
+always expire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from keel_server.settings import Settings
+
+RUN_JOB_TASK = "keel.run_job"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Broker settings for both producer and worker (`Celery(...).conf.update(**this)`)."""
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": settings.job_queue,
+        "broker_connection_retry_on_startup": True,
+    }
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_dir
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": settings.broker_polling_interval_s,
+        }
+    return conf
+
+
+def make_producer(settings: Settings) -> Celery:
+    app = Celery("keel-producer")
+    app.conf.update(**celery_config(settings))
+    return app
+
+
+def enqueue_run_job(app: Celery, settings: Settings, job_id: str) -> str:
+    """Send `keel.run_job(job_id)`; returns the Celery task id."""
+    result = app.send_task(
+        RUN_JOB_TASK,
+        args=[job_id],
+        queue=settings.job_queue,
+        expires=settings.job_task_expires_s,
+    )
+    return result.id
+
+
+def broker_reachable(app: Celery, *, timeout_s: float = 2.0) -> bool:
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        return True
+    except Exception:
+        return False

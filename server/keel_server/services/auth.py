@@ -1,0 +1,78 @@
+"""Authentication (API keys, the admin bootstrap key, per-job reward tokens) and the one place
+where ownership is checked: a resource of another project, or of another job for a reward
+token, is reported as not found (404, never 403, so ids do not leak)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from keel_server.db import checkpoints as ckpt_db
+from keel_server.db import jobs as jobs_db
+from keel_server.db import keys as keys_db
+from keel_server.db import rollouts as rollouts_db
+from keel_server.db import session_scope
+from keel_server.db.models import Checkpoint, Job, Rollout
+from keel_server.security import REWARD_TOKEN_PREFIX, hash_secret, same_secret
+from keel_server.services.context import Principal, ServiceContext
+from keel_server.services.errors import ServiceError, not_found
+
+ADMIN_PROJECT = "default"
+REWARD_TOKEN_SCOPE = "a reward token may only list its job's pending rollouts and post rewards"
+
+
+def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
+    if not token:
+        raise ServiceError("unauthorized", "missing API key: send `Authorization: Bearer <key>`")
+    with session_scope(ctx.sessions) as session:
+        admin = ctx.settings.admin_key
+        if admin and same_secret(token, admin):
+            project = keys_db.get_or_create_project(session, ADMIN_PROJECT)
+            return Principal(project.id, is_admin=True)
+        if token.startswith(REWARD_TOKEN_PREFIX):
+            job = jobs_db.get_job_by_reward_token_hash(session, hash_secret(token))
+            if job is not None:
+                return Principal(job.project_id, job_id=job.id)
+        else:
+            key = keys_db.find_active_key(session, hash_secret(token))
+            if key is not None:
+                return Principal(key.project_id)
+    raise ServiceError("unauthorized", "unknown or revoked API key")
+
+
+def require_api_key(principal: Principal) -> None:
+    if principal.is_reward_token:
+        raise ServiceError("forbidden", REWARD_TOKEN_SCOPE)
+
+
+def load_job(
+    session: Session, principal: Principal, job_id: str, *, reward_token_ok: bool = False
+) -> Job:
+    job = jobs_db.get_job(session, job_id, project_id=principal.project_id)
+    if job is None or (principal.is_reward_token and job.id != principal.job_id):
+        raise not_found("job", job_id)
+    if principal.is_reward_token and not reward_token_ok:
+        raise ServiceError("forbidden", REWARD_TOKEN_SCOPE)
+    return job
+
+
+def load_rollout(session: Session, principal: Principal, rollout_id: str) -> tuple[Rollout, Job]:
+    rollout = rollouts_db.get_rollout(session, rollout_id)
+    if rollout is None:
+        raise not_found("rollout", rollout_id)
+    try:
+        job = load_job(session, principal, rollout.job_id, reward_token_ok=True)
+    except ServiceError as exc:
+        raise not_found("rollout", rollout_id) from exc
+    return rollout, job
+
+
+def load_checkpoint(session: Session, principal: Principal, checkpoint_id: str) -> Checkpoint:
+    require_api_key(principal)
+    row = ckpt_db.get_checkpoint(session, checkpoint_id)
+    if row is None:
+        raise not_found("checkpoint", checkpoint_id)
+    try:
+        load_job(session, principal, row.job_id)
+    except ServiceError as exc:
+        raise not_found("checkpoint", checkpoint_id) from exc
+    return row

@@ -1,0 +1,39 @@
+"""The one service exception. The API turns it into the JSON envelope `{code, detail, errors?,
+state?}` with the HTTP status of its code (`keel.types.errors.STATUS_OF_CODE`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keel.types.errors import STATUS_OF_CODE
+
+
+class ServiceError(Exception):
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.errors, self.state = code, detail, errors, state
+
+    @property
+    def status(self) -> int:
+        return STATUS_OF_CODE.get(self.code, 500)
+
+
+def not_found(kind: str, id_: str) -> ServiceError:
+    return ServiceError("not_found", f"{kind} {id_!r} does not exist")
+
+
+def invalid(loc: list[str | int], msg: str) -> ServiceError:
+    """A 422 naming the offending field."""
+    where = ".".join(str(part) for part in loc)
+    return ServiceError(
+        "validation_error",
+        f"{where}: {msg}",
+        errors=[{"loc": loc, "msg": msg, "type": "value_error"}],
+    )

@@ -1,0 +1,72 @@
+"""Client-submitted prompts: batches appended to a `client` job's prompt stream; listing."""
+
+from __future__ import annotations
+
+from keel.types.common import Page
+from keel.types.jobs import REFERENCE_VERIFIERS, TERMINAL_STATUSES
+from keel.types.prompts import Prompt, PromptBatch, PromptBatchResult
+from keel_server.db import prompts as prompts_db
+from keel_server.db import session_scope
+from keel_server.services import convert
+from keel_server.services.auth import load_job
+from keel_server.services.context import Principal, ServiceContext
+from keel_server.services.errors import ServiceError, invalid
+from keel_server.services.jobs import page_limit
+
+
+def add_batch(
+    ctx: ServiceContext,
+    principal: Principal,
+    job_id: str,
+    batch: PromptBatch,
+    *,
+    idempotency_key: str | None,
+) -> PromptBatchResult:
+    with session_scope(ctx.sessions) as session:
+        job = load_job(session, principal, job_id)
+        if job.prompt_source.get("type") != "client":
+            raise ServiceError(
+                "conflict",
+                f"job {job_id} takes its prompts from its {job.prompt_source.get('type')} "
+                "source; only jobs created with prompts.type='client' accept batches",
+            )
+        if job.status in TERMINAL_STATUSES:
+            raise ServiceError("conflict", f"job {job_id} is already {job.status}")
+        verifier = job.reward_source.get("verifier")
+        if job.reward_source.get("type") == "builtin" and verifier in REFERENCE_VERIFIERS:
+            missing = [i for i, p in enumerate(batch.prompts) if p.reference is None]
+            if missing:
+                raise invalid(
+                    ["body", "prompts", missing[0], "reference"],
+                    f"verifier `{verifier}` needs a reference on every prompt",
+                )
+        if idempotency_key:
+            already = prompts_db.count_batch(session, job_id, idempotency_key)
+            if already:
+                total = prompts_db.count_prompts(session, job_id)
+                return PromptBatchResult(job_id=job_id, accepted=already, total=total)
+        pairs = [(p.text, p.reference) for p in batch.prompts]
+        total = prompts_db.add_prompts(session, job_id, pairs, batch_key=idempotency_key)
+    return PromptBatchResult(job_id=job_id, accepted=len(pairs), total=total)
+
+
+def list_(
+    ctx: ServiceContext, principal: Principal, job_id: str, *, cursor: str | None, limit: int | None
+) -> Page[Prompt]:
+    limit = page_limit(ctx, limit)
+    start = _index_cursor(cursor)
+    with session_scope(ctx.sessions) as session:
+        load_job(session, principal, job_id)
+        rows = prompts_db.fetch_prompts(session, job_id, start=start, limit=limit + 1)
+        data = [convert.prompt(r) for r in rows[:limit]]
+    has_more = len(rows) > limit
+    next_cursor = str(data[-1].index + 1) if has_more else None
+    return Page[Prompt](data=data, has_more=has_more, next_cursor=next_cursor)
+
+
+def _index_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit():
+        raise invalid(["query", "cursor"], "not a cursor returned by this endpoint")
+    return int(cursor)

@@ -1,0 +1,73 @@
+"""Posting rewards (architecture.md §6): idempotent per rollout, never overwriting a different
+value, refused past the deadline with the rollout's state, bounded by the job's reward range."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from keel.types.errors import ErrorBody
+from keel.types.rewards import RewardBatch, RewardBatchResult, RewardResult
+from keel_server.db import rollouts as rollouts_db
+from keel_server.db import session_scope
+from keel_server.db.rollouts import RewardOutcome
+from keel_server.services import convert
+from keel_server.services.auth import load_rollout
+from keel_server.services.context import Principal, ServiceContext
+from keel_server.services.errors import ServiceError, invalid
+
+
+def post(ctx: ServiceContext, principal: Principal, rollout_id: str, value: float) -> RewardResult:
+    with session_scope(ctx.sessions) as session:
+        return _post(session, principal, rollout_id, value, loc=["body", "value"])
+
+
+def post_batch(ctx: ServiceContext, principal: Principal, batch: RewardBatch) -> RewardBatchResult:
+    """Each item succeeds or fails on its own (a retry of the whole batch is safe)."""
+    results = []
+    with session_scope(ctx.sessions) as session:
+        for i, item in enumerate(batch.rewards):
+            try:
+                loc = ["body", "rewards", i, "value"]
+                results.append(_post(session, principal, item.rollout_id, item.value, loc=loc))
+            except ServiceError as exc:
+                error = ErrorBody(
+                    code=exc.code, detail=exc.detail, errors=exc.errors, state=exc.state
+                )
+                results.append(RewardResult(rollout_id=item.rollout_id, ok=False, error=error))
+    return RewardBatchResult(results=results)
+
+
+def _post(
+    session: Session, principal: Principal, rollout_id: str, value: float, *, loc: list
+) -> RewardResult:
+    _, job = load_rollout(session, principal, rollout_id)
+    _check_range(job.reward_source, value, loc)
+    outcome, row = rollouts_db.set_reward(session, rollout_id, value)
+    if outcome in (RewardOutcome.CREATED, RewardOutcome.SAME):
+        return RewardResult(
+            rollout_id=row.id, status=row.status, reward=row.reward,
+            rewarded_at=row.rewarded_at, created=outcome is RewardOutcome.CREATED,
+        )  # fmt: skip
+    if outcome is RewardOutcome.CONFLICT:
+        raise ServiceError(
+            "reward_conflict",
+            f"rollout {rollout_id} already has reward {row.reward}; a reward is set once "
+            f"and {value} differs",
+            state=convert.rollout_state(row),
+        )
+    if outcome is RewardOutcome.EXPIRED:
+        raise ServiceError(
+            "rollout_not_awaiting_reward",
+            f"rollout {rollout_id} is {row.status}: its reward deadline "
+            f"{row.deadline_at.isoformat()} has passed; the group was dropped, not scored 0",
+            state=convert.rollout_state(row),
+        )
+    raise ServiceError("not_found", f"rollout {rollout_id!r} does not exist")
+
+
+def _check_range(reward_source: dict, value: float, loc: list) -> None:
+    low, high = reward_source.get("min_value"), reward_source.get("max_value")
+    if low is not None and value < low:
+        raise invalid(loc, f"reward {value} is below this job's min_value {low}")
+    if high is not None and value > high:
+        raise invalid(loc, f"reward {value} is above this job's max_value {high}")

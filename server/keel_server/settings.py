@@ -1,0 +1,76 @@
+"""Process-wide configuration for the API, the worker and the CLI.
+
+`Settings` is built once per process (`get_settings()` or explicitly in tests) and passed down;
+nothing else in keel reads the environment. Every variable has the prefix `KEEL_`, e.g.
+`KEEL_DATABASE_URL`. The defaults are the embedded deployment of architecture.md §7: SQLite, the
+Celery `filesystem://` broker and artifacts, all under `home` (`.keel/`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore")
+
+    home: Path = Field(default=Path(".keel"), description="Root of the embedded-mode state.")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty = SQLite file `<home>/keel.db`."
+    )
+    broker_url: str = Field(
+        default="filesystem://", description="Celery broker; `filesystem://` = `<home>/broker`."
+    )
+    broker_dir: Path | None = Field(
+        default=None, description="Folder of the filesystem broker; default `<home>/broker`."
+    )
+    broker_polling_interval_s: float = 0.01  # the kombu default (1 s) adds a second per task
+    artifacts_dir: Path | None = Field(
+        default=None, description="Checkpoints and uploaded files; default `<home>/artifacts`."
+    )
+    admin_key: str | None = Field(
+        default=None, description="Bootstrap admin API key; it may create projects and keys."
+    )
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    reward_deadline_s: float = Field(default=600.0, gt=0, description="Default reward deadline.")
+    lease_timeout_s: float = Field(
+        default=60.0, gt=0, description="A lease whose heartbeat is older than this is stale."
+    )
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    reward_poll_interval_s: float = Field(default=0.2, gt=0)
+    prompt_poll_interval_s: float = Field(default=0.5, gt=0)
+    job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
+    job_task_expires_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_s: float = Field(default=0.5, ge=0)
+    sse_poll_interval_s: float = Field(default=0.5, gt=0)
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    page_size_default: int = Field(default=50, ge=1)
+    page_size_max: int = Field(default=500, ge=1)
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.home / 'keel.db').as_posix()}"
+        if self.broker_dir is None:
+            self.broker_dir = self.home / "broker"
+        if self.artifacts_dir is None:
+            self.artifacts_dir = self.home / "artifacts"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's one Settings, read from the environment on first use."""
+    return Settings()

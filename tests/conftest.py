@@ -1,0 +1,67 @@
+"""Shared database fixtures: every test gets its own database.
+
+`pg_url` creates a fresh PostgreSQL database on the local server (127.0.0.1:5432, trust auth) and
+drops it afterwards; `sqlite_url` is a file in the test's tmp dir; `db_url` runs a test on both
+(the PostgreSQL variant carries the `services` marker). Schemas come from the Alembic migrations,
+so tests exercise the same DDL as production.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("KEEL_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin():
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped after the test."""
+    name = f"keel_test_{secrets.token_hex(6)}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'keel.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def db_url(request) -> str:
+    """Empty database URL, once for SQLite and once for PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def migrated_url(db_url: str) -> str:
+    from keel_server.migrate import upgrade
+
+    upgrade(db_url)
+    return db_url
+
+
+@pytest.fixture
+def session_factory(migrated_url: str):
+    from keel_server.db import make_engine, make_session_factory
+
+    engine = make_engine(migrated_url)
+    yield make_session_factory(engine)
+    engine.dispose()

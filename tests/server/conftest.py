@@ -1,0 +1,97 @@
+"""API fixtures: the real FastAPI app in-process on a fresh, migrated database (PostgreSQL under
+the `services` marker, and SQLite), a filesystem broker and artifacts dir under tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from keel_server.api.app import create_app
+from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
+from keel_server.db.rollouts import NewRollout, record_rollouts
+from keel_server.settings import Settings
+
+ADMIN_KEY = "keel_admin_test_key_0123456789"
+
+
+@pytest.fixture
+def settings(migrated_url: str, tmp_path) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        database_url=migrated_url,
+        admin_key=ADMIN_KEY,
+        max_body_bytes=64 * 1024,
+        sse_poll_interval_s=0.05,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture
+def project_key(client: TestClient, admin) -> Callable[[str], dict[str, str]]:
+    """Auth headers of a new API key in the named project (created on first use)."""
+
+    def make(project: str) -> dict[str, str]:
+        r = client.post("/v1/keys", json={"project": project, "name": "test"}, headers=admin)
+        assert r.status_code == 201, r.text
+        return {"Authorization": f"Bearer {r.json()['key']}"}
+
+    return make
+
+
+@pytest.fixture
+def job_body() -> Callable[..., dict]:
+    """A valid small job create body; keyword overrides replace top-level fields, and
+    `config={...}` updates the config."""
+    return make_job_body
+
+
+def make_job_body(**overrides) -> dict:
+    config = {
+        "model": {"name": "tiny-moe"},
+        "steps": 2,
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "micro_batch_size": 4,
+    }
+    config.update(overrides.pop("config", {}))
+    return {"config": config, **overrides}
+
+
+@pytest.fixture
+def sessions(settings: Settings):
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def add_rollouts(sessions) -> Callable[..., list[str]]:
+    """Write one step's rollouts as the worker would (2 groups × 2 samples by default)."""
+
+    def add(job_id: str, *, step: int = 1, deadline_s: float = 600.0, groups: int = 2) -> list[str]:
+        items = [
+            NewRollout(g, s, f"prompt {g}", f"completion {g}.{s}", token_count=3 + s)
+            for g in range(groups)
+            for s in range(2)
+        ]
+        with session_scope(sessions) as session:
+            rows = record_rollouts(
+                session, job_id, step=step, policy_version=step - 1,
+                deadline_at=utcnow() + timedelta(seconds=deadline_s), rollouts=items,
+            )  # fmt: skip
+            return [r.id for r in rows]
+
+    return add

@@ -1,0 +1,54 @@
+"""Compare-and-set under real concurrency (threads, separate connections): exactly one writer
+wins a lease or a reward, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from keel_server.db import jobs as jobs_db
+from keel_server.db import keys as keys_db
+from keel_server.db import new_id, session_scope, utcnow
+from keel_server.db import rollouts as ro
+
+THREADS = 6
+
+
+def _job(factory) -> str:
+    with session_scope(factory) as s:
+        project = keys_db.get_or_create_project(s, "p")
+        return jobs_db.insert_job(
+            s, id=new_id("job"), project_id=project.id, status="queued", config={},
+            prompt_source={"type": "task"}, reward_source={"type": "external"},
+            reward_token_hash=new_id("h"),
+        ).id  # fmt: skip
+
+
+def test_exactly_one_worker_takes_the_lease(session_factory) -> None:
+    job_id = _job(session_factory)
+
+    def take(i: int) -> bool:
+        with session_scope(session_factory) as s:
+            return jobs_db.take_lease(s, job_id, f"w{i}", lease_timeout_s=60).acquired
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(take, range(THREADS)))
+    assert sum(results) == 1
+
+
+def test_exactly_one_reward_value_wins(session_factory) -> None:
+    job_id = _job(session_factory)
+    with session_scope(session_factory) as s:
+        (row,) = ro.record_rollouts(
+            s, job_id, step=1, policy_version=0, deadline_at=utcnow() + timedelta(minutes=1),
+            rollouts=[ro.NewRollout(0, 0, "p", "c", 1)],
+        )  # fmt: skip
+
+    def post(i: int) -> ro.RewardOutcome:
+        with session_scope(session_factory) as s:
+            return ro.set_reward(s, row.id, float(i))[0]
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        outcomes = list(pool.map(post, range(THREADS)))
+    assert outcomes.count(ro.RewardOutcome.CREATED) == 1
+    assert outcomes.count(ro.RewardOutcome.CONFLICT) == THREADS - 1

@@ -1,0 +1,102 @@
+"""Rollout reward life cycle in the DB layer: CAS reward vs deadline, waiting for a step."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from keel_server.db import jobs as jobs_db
+from keel_server.db import keys as keys_db
+from keel_server.db import new_id, prompts, session_scope, utcnow
+from keel_server.db import rollouts as ro
+from keel_server.db.metrics import step_metrics, write_step_metrics
+
+
+@pytest.fixture
+def job_id(session_factory) -> str:
+    with session_scope(session_factory) as s:
+        project = keys_db.get_or_create_project(s, "p")
+        return jobs_db.insert_job(
+            s, id=new_id("job"), project_id=project.id, status="queued", config={},
+            prompt_source={"type": "client"}, reward_source={"type": "external"},
+            reward_token_hash=new_id("h"),
+        ).id  # fmt: skip
+
+
+def _record(factory, job_id, *, step=1, deadline_s=60.0, rewards=None):
+    items = [ro.NewRollout(g, i, "p", "c", 2) for g in range(2) for i in range(2)]
+    with session_scope(factory) as s:
+        rows = ro.record_rollouts(
+            s, job_id, step=step, policy_version=0, rollouts=items, rewards=rewards,
+            deadline_at=utcnow() + timedelta(seconds=deadline_s),
+        )  # fmt: skip
+        return [r.id for r in rows]
+
+
+def test_reward_outcomes(session_factory, job_id) -> None:
+    ids = _record(session_factory, job_id)
+    with session_scope(session_factory) as s:
+        assert ro.set_reward(s, ids[0], 1.0)[0] is ro.RewardOutcome.CREATED
+        assert ro.set_reward(s, ids[0], 1.0)[0] is ro.RewardOutcome.SAME
+        assert ro.set_reward(s, ids[0], 0.0)[0] is ro.RewardOutcome.CONFLICT
+        assert ro.set_reward(s, "ro_missing", 0.0)[0] is ro.RewardOutcome.NOT_FOUND
+        late = utcnow() + timedelta(seconds=61)
+        outcome, row = ro.set_reward(s, ids[1], 1.0, now=late)
+        assert outcome is ro.RewardOutcome.EXPIRED
+        assert (row.status, row.reward) == ("expired", None)
+        assert ro.count_by_status(s, job_id, 1) == {
+            "rewarded": 1,
+            "expired": 1,
+            "awaiting_reward": 2,
+        }
+
+
+def test_builtin_rewards_are_recorded_with_the_rollouts(session_factory, job_id) -> None:
+    _record(session_factory, job_id, rewards=[1.0, 0.0, 0.5, 0.25])
+    with session_scope(session_factory) as s:
+        rows = ro.step_rollouts(s, job_id, 1)
+    assert [(r.status, r.reward) for r in rows] == [
+        ("rewarded", 1.0), ("rewarded", 0.0), ("rewarded", 0.5), ("rewarded", 0.25),
+    ]  # fmt: skip
+
+
+def test_wait_for_rewards_returns_when_all_are_rewarded_or_expired(session_factory, job_id):
+    ids = _record(session_factory, job_id, deadline_s=0.3)
+    polls = []
+
+    def sleep(seconds):  # a reward service answering between polls
+        polls.append(seconds)
+        if len(polls) == 1:
+            with session_scope(session_factory) as s:
+                for rollout_id in ids[:3]:
+                    ro.set_reward(s, rollout_id, 1.0)
+        else:
+            import time
+
+            time.sleep(seconds)
+
+    result = ro.wait_for_rewards(session_factory, job_id, 1, poll_interval_s=0.05, sleep=sleep)
+    assert result.complete
+    assert [(r.status, r.reward) for r in result.rollouts] == [
+        ("rewarded", 1.0), ("rewarded", 1.0), ("rewarded", 1.0), ("expired", None),
+    ]  # fmt: skip
+
+
+def test_wait_stops_when_asked(session_factory, job_id) -> None:
+    _record(session_factory, job_id)
+    result = ro.wait_for_rewards(
+        session_factory, job_id, 1, poll_interval_s=0.01, should_stop=lambda: True
+    )
+    assert not result.complete and len(result.rollouts) == 4
+
+
+def test_prompts_stream_and_metrics_replace(session_factory, job_id) -> None:
+    with session_scope(session_factory) as s:
+        assert prompts.add_prompts(s, job_id, [("a", None), ("b", "B")]) == 2
+        assert prompts.add_prompts(s, job_id, [("c", None)], batch_key="k") == 3
+        assert [p.text for p in prompts.fetch_prompts(s, job_id, start=1, limit=5)] == ["b", "c"]
+        assert prompts.count_batch(s, job_id, "k") == 1
+        write_step_metrics(s, job_id, 1, {"a": 1.0, "b": 2.0})
+        write_step_metrics(s, job_id, 1, {"a": 3.0})
+        assert step_metrics(s, job_id, 1) == {"a": 3.0}

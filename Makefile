@@ -30,7 +30,7 @@ test-fast: lint
 	$(VENV)/bin/pytest -m "not slow"
 
 demo: install
-	$(PY) -m keel_server.demo
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf $(VENV) .keel

@@ -29,6 +29,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
             "processed_folder": str(folder / "processed"),
+            # kombu keeps its exchange tables in `./control` unless told: keep them with the queue.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": settings.broker_polling_interval_s,
         }

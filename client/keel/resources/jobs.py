@@ -1,0 +1,194 @@
+"""`client.jobs`: create, list, retrieve, cancel, pause, resume, events (SSE) and wait.
+
+`wait()` is the one method that is more than one HTTP call: it polls `retrieve` until the job is
+terminal and raises `JobFailedError` / `JobCancelledError` instead of returning quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from keel._errors import APIConnectionError, JobCancelledError, JobFailedError, WaitTimeoutError
+from keel._sse import ServerEvent, SSEDecoder, aiter_events, iter_events
+from keel.resources._base import AsyncResource, Call, SyncResource, body
+from keel.types.common import Page
+from keel.types.jobs import TERMINAL_STATUSES, Job, JobCreated, JobEvent
+
+
+def _create(config: Any, name: str | None, prompts: Any, reward: Any) -> Call:
+    payload: dict[str, Any] = {"config": body(config)}
+    if name is not None:
+        payload["name"] = name
+    if prompts is not None:
+        payload["prompts"] = body(prompts)
+    if reward is not None:
+        payload["reward"] = body(reward)
+    return Call("POST", "/v1/jobs", JobCreated, json=payload)
+
+
+def _list(status: str | list[str] | None, limit: int | None, cursor: str | None) -> Call:
+    params = {"status": status, "limit": limit, "cursor": cursor}
+    return Call("GET", "/v1/jobs", Page[Job], params=params)
+
+
+def _action(job_id: str, verb: str) -> Call:
+    return Call("POST", f"/v1/jobs/{job_id}/{verb}", Job)
+
+
+def _finished(job: Job) -> Job:
+    """Return a succeeded job; raise for failed or cancelled ones."""
+    if job.status == "failed":
+        raise JobFailedError(job)
+    if job.status == "cancelled":
+        raise JobCancelledError(job)
+    return job
+
+
+def _to_job_event(job_id: str, event: ServerEvent) -> JobEvent:
+    data = event.data
+    if isinstance(data, dict) and {"id", "type", "data"} <= data.keys():
+        return JobEvent.model_validate({"job_id": job_id, **data})
+    return JobEvent(
+        id=int(event.id or 0),
+        job_id=job_id,
+        type=event.event,  # type: ignore[arg-type]
+        data=data if isinstance(data, dict) else {"value": data},
+        created_at=datetime.now(UTC),
+    )
+
+
+def _sse_headers(last_event_id: str | None) -> dict[str, str]:
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    return headers
+
+
+class Jobs(SyncResource):
+    def create(
+        self, config: Any, *, name: str | None = None, prompts: Any = None, reward: Any = None
+    ) -> JobCreated:
+        """Create a job; the answer holds the reward token (and webhook secret) once."""
+        return self._run(_create(config, name, prompts, reward))
+
+    def list(
+        self,
+        *,
+        status: str | list[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Job]:
+        return self._run(_list(status, limit, cursor))
+
+    def retrieve(self, job_id: str) -> Job:
+        return self._run(Call("GET", f"/v1/jobs/{job_id}", Job))
+
+    def cancel(self, job_id: str) -> Job:
+        return self._run(_action(job_id, "cancel"))
+
+    def pause(self, job_id: str) -> Job:
+        return self._run(_action(job_id, "pause"))
+
+    def resume(self, job_id: str) -> Job:
+        return self._run(_action(job_id, "resume"))
+
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
+        """Stream the job's events; a dropped connection resumes from the last event seen."""
+        decoder = SSEDecoder()
+        decoder.last_event_id = last_event_id
+        drops = 0
+        while True:
+            headers = _sse_headers(decoder.last_event_id)
+            path = f"/v1/jobs/{job_id}/events"
+            try:
+                with self._transport.stream("GET", path, headers=headers) as r:
+                    for event in iter_events(r.iter_lines(), decoder):
+                        yield _to_job_event(job_id, event)
+                return
+            except (httpx.TransportError, APIConnectionError):
+                drops += 1
+                if drops > self._transport.config.max_retries:
+                    raise
+                time.sleep(self._transport.config.backoff_base_s)
+
+    def wait(
+        self, job_id: str, *, timeout_s: float | None = None, poll_interval_s: float = 1.0
+    ) -> Job:
+        """Block until the job is terminal; return it if it succeeded, else raise `JobError`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.retrieve(job_id)
+            if job.status in TERMINAL_STATUSES:
+                return _finished(job)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
+            time.sleep(poll_interval_s)
+
+
+class AsyncJobs(AsyncResource):
+    async def create(
+        self, config: Any, *, name: str | None = None, prompts: Any = None, reward: Any = None
+    ) -> JobCreated:
+        """Create a job; the answer holds the reward token (and webhook secret) once."""
+        return await self._run(_create(config, name, prompts, reward))
+
+    async def list(
+        self,
+        *,
+        status: str | list[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> Page[Job]:
+        return await self._run(_list(status, limit, cursor))
+
+    async def retrieve(self, job_id: str) -> Job:
+        return await self._run(Call("GET", f"/v1/jobs/{job_id}", Job))
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self._run(_action(job_id, "cancel"))
+
+    async def pause(self, job_id: str) -> Job:
+        return await self._run(_action(job_id, "pause"))
+
+    async def resume(self, job_id: str) -> Job:
+        return await self._run(_action(job_id, "resume"))
+
+    async def events(
+        self, job_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[JobEvent]:
+        """Stream the job's events; a dropped connection resumes from the last event seen."""
+        decoder = SSEDecoder()
+        decoder.last_event_id = last_event_id
+        drops = 0
+        while True:
+            headers = _sse_headers(decoder.last_event_id)
+            path = f"/v1/jobs/{job_id}/events"
+            try:
+                async with self._transport.stream("GET", path, headers=headers) as r:
+                    async for event in aiter_events(r.aiter_lines(), decoder):
+                        yield _to_job_event(job_id, event)
+                return
+            except (httpx.TransportError, APIConnectionError):
+                drops += 1
+                if drops > self._transport.config.max_retries:
+                    raise
+                await asyncio.sleep(self._transport.config.backoff_base_s)
+
+    async def wait(
+        self, job_id: str, *, timeout_s: float | None = None, poll_interval_s: float = 1.0
+    ) -> Job:
+        """Block until the job is terminal; return it if it succeeded, else raise `JobError`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = await self.retrieve(job_id)
+            if job.status in TERMINAL_STATUSES:
+                return _finished(job)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
+            await asyncio.sleep(poll_interval_s)

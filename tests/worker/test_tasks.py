@@ -1,0 +1,262 @@
+"""`keel.run_job` in-process on the real database and the tiny MoE model: the lease (duplicate
+deliveries leave the job alone, a stale lease is taken over and resumed from the latest
+checkpoint), metrics once per step, checkpoints registered, cooperative pause and cancel, and
+errors recorded with the step reached. Fault tests with real worker processes are in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+import keel
+from keel_server.api.app import create_app
+from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
+from keel_server.db.jobs import finish_job, get_job, take_lease
+from keel_server.migrate import upgrade
+from keel_server.settings import Settings
+from keel_worker.jobrunner.runner import run_job
+
+ADMIN_KEY = "keel_admin_worker_test_0123456789"
+BASE_URL = "http://testserver"
+
+
+def job_config(**overrides) -> dict:
+    config = {
+        "model": {"name": "tiny-moe"},
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "micro_batch_size": 4,
+        "rollout": {"max_new_tokens": 6},
+        "optimizer": {"lr": 1e-3},
+        "steps": 2,
+        "eval_every": 0,
+        "checkpoint_every": 1,
+    }
+    return {**config, **overrides}
+
+
+@pytest.fixture
+def settings(sqlite_url: str, tmp_path) -> Settings:
+    upgrade(sqlite_url)
+    return Settings(
+        home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
+        heartbeat_interval_s=0.2, lease_timeout_s=3.0, reward_poll_interval_s=0.05,
+        prompt_poll_interval_s=0.05,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def sdk(settings: Settings):
+    with TestClient(create_app(settings), base_url=BASE_URL) as http:
+        yield keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
+
+
+@pytest.fixture
+def sessions(settings: Settings):
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _job_row(sessions, job_id: str) -> dict:
+    with session_scope(sessions) as session:
+        job = get_job(session, job_id)
+        return {c: getattr(job, c) for c in ("status", "step", "attempts", "lease_owner",
+                                             "heartbeat_at", "updated_at", "error")}  # fmt: skip
+
+
+def _metric_steps(sdk: keel.Client, job_id: str, name: str = "optim/loss") -> list[int]:
+    return [m.step for m in sdk.metrics.list(job_id, name=name)]
+
+
+@pytest.mark.slow
+def test_builtin_job_runs_to_the_end(sdk, settings):
+    job = sdk.jobs.create(job_config())
+    outcome = run_job(job.id, settings)
+    assert (outcome.status, outcome.step) == ("succeeded", 2)
+    done = sdk.jobs.retrieve(job.id)
+    assert (done.status, done.step, done.policy_version, done.attempts) == ("succeeded", 2, 2, 1)
+    assert _metric_steps(sdk, job.id) == [1, 2]
+    assert [c.step for c in sdk.checkpoints.list(job.id).data] == [1, 2]
+    rollouts = sdk.rollouts.list(job.id, step=1).data
+    assert len(rollouts) == 4 and all(r.status == "rewarded" for r in rollouts)
+    assert all(r.reward in (0.0, 1.0) for r in rollouts)  # the addition task's verifier
+
+
+def test_duplicate_delivery_with_a_live_lease_leaves_the_job_alone(sdk, settings, sessions):
+    job = sdk.jobs.create(job_config())
+    with session_scope(sessions) as session:
+        assert take_lease(session, job.id, "live-worker", lease_timeout_s=60).acquired
+    before = _job_row(sessions, job.id)
+    outcome = run_job(job.id, settings)
+    assert outcome.status == "held"
+    assert _job_row(sessions, job.id) == before
+    assert sdk.rollouts.list(job.id).data == []
+
+
+def test_delivery_of_a_finished_job_does_nothing(sdk, settings, sessions):
+    job = sdk.jobs.create(job_config(steps=1))
+    with session_scope(sessions) as session:
+        assert take_lease(session, job.id, "earlier-worker", lease_timeout_s=60).acquired
+        assert finish_job(session, job.id, "earlier-worker", "succeeded")
+    before = _job_row(sessions, job.id)
+    assert run_job(job.id, settings).status == "not_runnable"
+    assert _job_row(sessions, job.id) == before
+
+
+def _start(settings, job_id: str) -> tuple[threading.Thread, list]:
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(run_job(job_id, settings)))
+    thread.start()
+    return thread, result
+
+
+def _reward(sdk, job_id: str, step: int, *, count: int | None = None) -> list[str]:
+    """Wait for the step's rollouts, reward the first `count` (all by default); their ids."""
+    deadline = time.monotonic() + 120
+    while len(rollouts := sdk.rollouts.list(job_id, step=step).data) < 4:
+        assert time.monotonic() < deadline, f"no rollouts for step {step}"
+        time.sleep(0.02)
+    chosen = rollouts[:count] if count is not None else rollouts
+    for r in chosen:
+        sdk.rewards.create(r.id, float(r.sample_index))
+    return [r.id for r in chosen]
+
+
+def _pause_during_step_2(sdk, settings, job_id: str) -> str:
+    """Run the job until it waits for step 2's rewards with one posted, then pause it.
+    Returns the id of the rollout rewarded before the pause."""
+    thread, result = _start(settings, job_id)
+    _reward(sdk, job_id, 1)
+    kept = _reward(sdk, job_id, 2, count=1)[0]
+    sdk.jobs.pause(job_id)
+    thread.join(60)
+    assert result[0].status == "paused"
+    return kept
+
+
+@pytest.mark.slow
+def test_pause_checkpoints_and_resume_keeps_the_pending_rewards(sdk, settings):
+    job = sdk.jobs.create(job_config(checkpoint_every=0), reward={"type": "external"})
+    kept = _pause_during_step_2(sdk, settings, job.id)
+    paused = sdk.jobs.retrieve(job.id)
+    assert (paused.status, paused.step) == ("paused", 1)
+    assert [c.step for c in sdk.checkpoints.list(job.id).data] == [1]  # pause checkpointed
+
+    assert sdk.jobs.resume(job.id).status == "queued"
+    thread, result = _start(settings, job.id)
+    _reward_remaining(sdk, job.id, step=2)
+    thread.join(120)
+    assert result[0].status == "succeeded"
+    assert _metric_steps(sdk, job.id) == [1, 2]
+    step2 = sdk.rollouts.list(job.id, step=2).data
+    assert len(step2) == 4 and kept in {r.id for r in step2}  # re-run step reused its rows
+    assert sdk.rollouts.retrieve(kept).reward is not None
+    assert sdk.metrics.list(job.id, name="groups/dropped")[-1].value == 0.0
+
+
+def _reward_remaining(sdk, job_id: str, *, step: int) -> None:
+    for r in sdk.rollouts.list(job_id, step=step, status="awaiting_reward").data:
+        sdk.rewards.create(r.id, float(r.sample_index))
+
+
+@pytest.mark.slow
+def test_a_stale_lease_is_taken_over_and_resumed_from_the_latest_checkpoint(
+    sdk, settings, sessions
+):
+    job = sdk.jobs.create(job_config(checkpoint_every=0), reward={"type": "external"})
+    kept = _pause_during_step_2(sdk, settings, job.id)
+    # Put the job back to running under a worker whose heartbeat stopped long ago.
+    sdk.jobs.resume(job.id)
+    with session_scope(sessions) as session:
+        long_ago = utcnow() - timedelta(seconds=600)
+        assert take_lease(session, job.id, "dead-worker", lease_timeout_s=3, now=long_ago).acquired
+    thread, result = _start(settings, job.id)
+    _reward_remaining(sdk, job.id, step=2)
+    thread.join(120)
+    assert (result[0].status, result[0].step) == ("succeeded", 2)
+    assert sdk.jobs.retrieve(job.id).attempts == 3
+    assert _metric_steps(sdk, job.id) == [1, 2]
+    assert sdk.rollouts.retrieve(kept).status == "rewarded"
+
+
+@pytest.mark.slow
+def test_cancel_while_waiting_for_rewards(sdk, settings):
+    job = sdk.jobs.create(job_config(), reward={"type": "external", "deadline_s": 120})
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(run_job(job.id, settings)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not sdk.rollouts.list(job.id).data and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sdk.jobs.cancel(job.id)
+    thread.join(30)
+    assert result[0].status == "cancelled"
+    assert sdk.jobs.retrieve(job.id).status == "cancelled"
+    assert _metric_steps(sdk, job.id) == []
+
+
+def test_a_failing_job_records_the_error_and_the_step_reached(sdk, settings):
+    # Break the job in a way only the worker can see: a corrupt checkpoint to resume from.
+    broken = sdk.jobs.create(job_config(steps=1))
+    ckpts = settings.artifacts_dir / "jobs" / broken.id / "checkpoints" / "step_000000"
+    ckpts.mkdir(parents=True)
+    (ckpts / "trainer_state.pt").write_bytes(b"not a checkpoint")
+    outcome = run_job(broken.id, settings)
+    assert outcome.status == "failed"
+    failed = sdk.jobs.retrieve(broken.id)
+    assert failed.status == "failed" and "after step 0" in failed.error
+    with pytest.raises(keel.JobFailedError):
+        sdk.jobs.wait(broken.id, timeout_s=1)
+
+
+def test_celery_app_settings():
+    import keel_worker.tasks  # noqa: F401 - registers keel.run_job
+    from keel_worker.celery_app import RUN_JOB_TASK, app
+
+    conf = app.conf
+    assert (conf.task_acks_late, conf.task_reject_on_worker_lost) == (True, True)
+    assert conf.worker_prefetch_multiplier == 1 and conf.worker_concurrency == 1
+    assert RUN_JOB_TASK in app.tasks
+    assert conf.task_default_queue == app.keel_settings.job_queue
+
+
+def test_reaper_enqueues_each_stale_job_once_per_lease_timeout(sdk, settings, sessions):
+    from keel_worker.jobrunner.reaper import LeaseReaper
+
+    stale, live = sdk.jobs.create(job_config()), sdk.jobs.create(job_config())
+    long_ago = utcnow() - timedelta(seconds=600)
+    with session_scope(sessions) as session:
+        assert take_lease(session, stale.id, "dead", lease_timeout_s=3, now=long_ago).acquired
+        assert take_lease(session, live.id, "alive", lease_timeout_s=3).acquired
+    sent: list[str] = []
+    reaper = LeaseReaper(sessions, sent.append, lease_timeout_s=3.0)
+    assert reaper.sweep() == [stale.id]
+    assert reaper.sweep() == []  # not again within one lease timeout
+    assert sent == [stale.id]
+
+
+def test_rewards_match_rollouts_by_position_and_text():
+    from types import SimpleNamespace
+
+    from keel.types.training import TaskItem
+    from keel_worker.jobrunner.rewards import _match, db_text
+    from keel_worker.training.scoring import Rollout
+
+    item = TaskItem(prompt="p", answer="1")
+    rollouts = [Rollout(0, s, item, f"c{s}\x00", 2, "stop", 0) for s in range(4)]
+
+    def row(s: int, status: str, reward: float | None, text: str | None = None):
+        completion = text if text is not None else db_text(f"c{s}\x00")
+        return SimpleNamespace(group_index=0, sample_index=s, status=status, reward=reward,
+                               completion=completion)  # fmt: skip
+
+    rows = [row(0, "rewarded", 0.5), row(1, "expired", None), row(2, "rewarded", 1.0, "other")]
+    # rewarded → its value; expired → None; a different stored text → None; no row → None.
+    assert _match(rollouts, rows) == [0.5, None, None, None]
+    assert db_text("a\x00b") == "a\ufffdb"

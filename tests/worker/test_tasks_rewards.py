@@ -1,0 +1,187 @@
+"""Reward sources in `keel.run_job`, in-process on the tiny MoE model: a webhook receiver (a
+real HTTP server) that checks the HMAC signature and answers inline, after a 503 first; one
+that answers later through the SDK, with a member missing its deadline (its group is dropped,
+never scored 0, and the late post gets a clear 409)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+
+import keel
+from keel_server.api.app import create_app
+from keel_server.migrate import upgrade
+from keel_server.settings import Settings
+from keel_server.webhooks import verify
+from keel_worker.jobrunner.runner import run_job
+
+ADMIN_KEY = "keel_admin_reward_test_0123456789"
+BASE_URL = "http://testserver"
+SECRET = "webhook-secret-0123456789abcdef"
+
+pytestmark = pytest.mark.slow
+
+
+def job_config(**overrides) -> dict:
+    config = {
+        "model": {"name": "tiny-moe"},
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "micro_batch_size": 4,
+        "rollout": {"max_new_tokens": 6},
+        "steps": 2,
+        "eval_every": 0,
+    }
+    return {**config, **overrides}
+
+
+@pytest.fixture
+def settings(sqlite_url: str, tmp_path) -> Settings:
+    upgrade(sqlite_url)
+    return Settings(
+        home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
+        heartbeat_interval_s=0.2, reward_poll_interval_s=0.05, webhook_backoff_s=0.05,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def sdk(settings: Settings) -> Iterator[keel.Client]:
+    with TestClient(create_app(settings), base_url=BASE_URL) as http:
+        yield keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
+
+
+class Receiver:
+    """A webhook endpoint: verifies each delivery, then answers with `reply(payload)` (a
+    status and a JSON body)."""
+
+    def __init__(self, reply: Callable[[dict], tuple[int, dict]]) -> None:
+        self.reply = reply
+        self.deliveries: list[dict] = []
+        self.bad_signatures = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not verify(SECRET, dict(self.headers), body):
+                    receiver.bad_signatures += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                payload = json.loads(body)
+                receiver.deliveries.append(payload)
+                status, answer = receiver.reply(payload)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_webhook_answers_inline_after_a_retry(sdk, settings):
+    calls = {"n": 0}
+
+    def reply(payload: dict) -> tuple[int, dict]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return 503, {}  # the first delivery fails: the worker retries with backoff
+        rewards = [{"rollout_id": r["id"], "value": float(r["group_index"] == 0)}
+                   for r in payload["rollouts"]]  # fmt: skip
+        return 200, {"rewards": rewards}
+
+    receiver = Receiver(reply)
+    try:
+        reward = {"type": "webhook", "url": receiver.url, "secret": SECRET}
+        job = sdk.jobs.create(job_config(), reward=reward)
+        assert run_job(job.id, settings).status == "succeeded"
+    finally:
+        receiver.close()
+    assert receiver.bad_signatures == 0
+    assert [d["step"] for d in receiver.deliveries] == [1, 1, 2]  # step 1 delivered twice
+    rollouts = sdk.rollouts.list(job.id).data
+    assert len(rollouts) == 8
+    assert all(r.status == "rewarded" and r.reward == float(r.group_index == 0) for r in rollouts)
+    dropped = sdk.metrics.list(job.id, name="groups/dropped")
+    assert [(m.step, m.value) for m in dropped] == [(1, 0.0), (2, 0.0)]
+
+
+def test_rewards_posted_later_and_a_missed_deadline(sdk, settings):
+    receiver = Receiver(lambda payload: (202, {}))
+    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "deadline_s": 1.5}
+    job = sdk.jobs.create(job_config(), reward=reward)
+    worker = threading.Thread(target=lambda: run_job(job.id, settings))
+    worker.start()
+    service = keel.Client(base_url=BASE_URL, api_key=job.reward_token,
+                          http_client=sdk._transport.http, max_retries=0)  # fmt: skip
+    try:
+        late_id = _score_each_step(receiver, service)
+    finally:
+        worker.join(120)
+        receiver.close()
+    assert sdk.jobs.retrieve(job.id).status == "succeeded"
+    # Step 1: one member of group 1 missed its deadline, so group 1 is dropped, not zeroed.
+    metrics = {(m.step, m.name): m.value for m in sdk.metrics.list(job.id)}
+    assert metrics[(1, "groups/dropped")] == 1.0 and metrics[(1, "rewards/expired")] == 1.0
+    assert metrics[(2, "groups/dropped")] == 0.0
+    late = sdk.rollouts.retrieve(late_id)
+    assert (late.status, late.reward) == ("expired", None)
+    with pytest.raises(keel.ConflictError) as refused:
+        service.rewards.create(late_id, 1.0)
+    assert refused.value.code == "rollout_not_awaiting_reward"
+
+
+def _score_each_step(receiver: Receiver, service: keel.Client) -> str:
+    """Post rewards for each delivered step; in step 1 leave one rollout of group 1 unscored.
+    Returns that rollout's id."""
+    late_id = ""
+    for step in (1, 2):
+        deadline = time.monotonic() + 120
+        while len(receiver.deliveries) < step and time.monotonic() < deadline:
+            time.sleep(0.02)
+        rollouts = receiver.deliveries[step - 1]["rollouts"]
+        for r in rollouts:
+            if step == 1 and (r["group_index"], r["sample_index"]) == (1, 1):
+                late_id = r["id"]
+                continue
+            service.rewards.create(r["id"], float(r["sample_index"]))
+    return late_id
+
+
+def test_client_prompts_are_waited_for_and_scored_by_a_builtin_verifier(sdk, settings):
+    reward = {"type": "builtin", "verifier": "numeric"}
+    job = sdk.jobs.create(job_config(), prompts={"type": "client"}, reward=reward)
+    worker = threading.Thread(target=lambda: run_job(job.id, settings))
+    worker.start()
+    time.sleep(1.0)  # the job is running and waiting: it has no prompts yet
+    assert sdk.jobs.retrieve(job.id).status == "running" and not sdk.rollouts.list(job.id).data
+    prompts = [{"text": f"What is {a} + 1?", "reference": str(a + 1)} for a in range(4)]
+    sdk.prompts.create(job.id, prompts[:3])
+    time.sleep(0.5)
+    sdk.prompts.create(job.id, prompts[3:])
+    worker.join(120)
+    assert sdk.jobs.retrieve(job.id).status == "succeeded"
+    rollouts = sdk.rollouts.list(job.id, limit=100).data
+    seen = [(r.step, r.group_index, r.prompt, r.reference) for r in rollouts if r.sample_index == 0]
+    assert sorted(seen) == [(1, 0, prompts[0]["text"], "1"), (1, 1, prompts[1]["text"], "2"),
+                            (2, 0, prompts[2]["text"], "3"), (2, 1, prompts[3]["text"], "4")]
+    assert all(r.status == "rewarded" and r.reward in (0.0, 1.0) for r in rollouts)

@@ -1,0 +1,8 @@
+"""What `keel.run_job` does with one job: lease, prompts, rewards, the step loop, checkpoints.
+
+Split by concept: `control` (lease heartbeat, cancel/pause requests), `prompts` (the job's
+prompt source), `rewards` (builtin / webhook / external reward sources over the database),
+`loop` (the training loop around `keel_worker.training.step.Trainer`), `runner` (one delivery of
+the task, start to finish), `reaper` (re-enqueues jobs whose worker died). Only `loop` imports
+torch; the rest stays light so `keel_worker.tasks` imports fast.
+"""

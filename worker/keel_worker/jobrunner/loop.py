@@ -1,0 +1,219 @@
+"""The training loop of one service job, around `keel_worker.training.step.Trainer`.
+
+It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
+sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
+checkpoints registered for download, and the cooperative stops of `control` checked between
+phases. Order per step: metrics + progress in one transaction, then the checkpoint. A crash in
+between re-runs the step from the previous checkpoint and replaces its metric rows, so every
+step appears exactly once.
+
+A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
+before any update, so the state from before the step is exact: a pause checkpoints that state
+(weights, optimizer, the cursor and RNG as they were when the step began), and the resumed job
+re-runs the step, finding the rollouts and rewards already posted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from keel.types.training import TrainingConfig
+from keel_server.db import SessionFactory, session_scope
+from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
+from keel_server.db.jobs import record_progress
+from keel_server.db.metrics import write_step_metrics
+from keel_server.db.rollouts import count_by_status
+from keel_server.settings import Settings
+from keel_server.storage import archive_digest
+from keel_worker.engines.models import is_moe_model, load_model
+from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.prompts import make_prompt_source
+from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
+from keel_worker.jobrunner.spec import JobSpec
+from keel_worker.training.checkpoint import (
+    TrainerState,
+    capture_rng,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from keel_worker.training.evaluate import evaluate
+from keel_worker.training.run import build_engine, step_seed
+from keel_worker.training.step import Trainer
+from keel_worker.training.tasks import Task, build_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """Where a step starts from, captured before it draws prompts or random numbers."""
+
+    step: int
+    cursor: int
+    rng: dict[str, Any]
+
+
+class JobLoop:
+    """Runs a job's remaining steps; `run()` returns the end state for `finish_job`."""
+
+    def __init__(
+        self, spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.factory = factory
+        self.control = control
+        self.workdir = Path(settings.artifacts_dir) / "jobs" / spec.id
+        self.step_reached = 0
+
+    def run(self) -> str:
+        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun)."""
+        cfg = self.spec.config
+        self._setup()
+        for step in range(self.step_reached, cfg.steps):
+            before = _Resume(step, self.prompts.cursor, capture_rng())
+            try:
+                self.control.check()
+                metrics = self._one_step(step)
+            except StopRun as stop:
+                return self._stop(stop.reason, before)
+            done = step + 1
+            with session_scope(self.factory) as session:
+                metrics.update(_reward_counts(session, self.spec.id, done))
+                write_step_metrics(session, self.spec.id, done, metrics)
+                record_progress(
+                    session, self.spec.id, self.control.owner,
+                    step=done, policy_version=self.trainer.policy_version,
+                )
+            self.step_reached = done
+            every = cfg.checkpoint_every
+            if (every and done % every == 0) or done == cfg.steps:
+                self._checkpoint(done, self.prompts.cursor, capture_rng())
+        return "succeeded"
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg, spec = self.spec.config, self.spec
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.manual_seed(cfg.seed)
+        ckpt = latest_checkpoint(self.workdir)
+        state: TrainerState | None = None
+        if ckpt is not None:
+            model, tokenizer, state = load_checkpoint(ckpt, device=device)
+            log.info("job %s: resuming from %s", spec.id, ckpt)
+        else:
+            loaded = load_model(cfg.model.name, cache_dir=Path(self.settings.home) / "models")
+            model, tokenizer = loaded.model.to(device), loaded.tokenizer
+        model.eval()
+        self.model, self.tokenizer = model, tokenizer
+        self.task = _task_or_none(cfg, spec.prompt_source, spec.reward_source)
+        self.engine = build_engine(cfg, model, tokenizer, workdir=self.workdir)
+        self.trainer = Trainer(cfg, model, tokenizer, self.engine, is_moe=is_moe_model(model))
+        cursor = 0
+        if state is not None:
+            self.trainer.optimizer.load_state_dict(state.optimizer)
+            self.trainer.policy_version = state.policy_version
+            restore_rng(state.rng)
+            cursor, self.step_reached = state.data_cursor, state.step
+            self._ensure_registered(ckpt, state)
+        self.prompts = make_prompt_source(
+            spec.prompt_source, task=self.task, seed=cfg.seed, cursor=cursor,
+            factory=self.factory, job_id=spec.id, control=self.control,
+            poll_interval_s=self.settings.prompt_poll_interval_s,
+        )
+        verifier = None
+        if spec.reward_source.get("type", "builtin") == "builtin":
+            verifier = builtin_verifier(spec.reward_source, self.task)
+        self.rewards = RewardContext(
+            factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
+            source=spec.reward_source, webhook_secret=spec.webhook_secret, verifier=verifier,
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _one_step(self, step: int) -> dict[str, float]:
+        cfg = self.spec.config
+        metrics: dict[str, float] = {}
+        if self.task is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+            metrics.update(self._evaluate())
+        items = self.prompts.take(cfg.prompts_per_step)
+        scorer = StepScorer(
+            self.rewards, step=step + 1, policy_version=self.trainer.policy_version
+        )
+        metrics.update(self.trainer.step(items, scorer, seed=step_seed(cfg.seed, step)))
+        if step + 1 == cfg.steps and self.task is not None and cfg.eval_every > 0:
+            metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
+        return metrics
+
+    def _evaluate(self) -> dict[str, float]:
+        assert self.task is not None
+        return evaluate(
+            self.engine, self.tokenizer, self.task, size=self.spec.config.eval_size,
+            max_new_tokens=self.spec.config.rollout.max_new_tokens,
+        )
+
+    # ------------------------------------------------------------------ stops and checkpoints
+    def _stop(self, reason: str, before: _Resume) -> str:
+        if reason == "lost":
+            raise StopRun("lost")
+        if reason == "pause":
+            # Pause checkpoints first: the state from before the abandoned step.
+            self._checkpoint(before.step, before.cursor, before.rng)
+            return "paused"
+        return "cancelled"
+
+    def _checkpoint(self, step: int, cursor: int, rng: dict[str, Any]) -> None:
+        state = TrainerState(
+            step=step,
+            policy_version=self.trainer.policy_version,
+            data_cursor=cursor,
+            optimizer=self.trainer.optimizer.state_dict(),
+            rng=rng,
+        )
+        path = save_checkpoint(
+            checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,
+            state=state, summary={"job_id": self.spec.id},
+        )
+        self._register(path, state)
+
+    def _register(self, path: Path, state: TrainerState) -> None:
+        size_bytes, sha256 = archive_digest(path)
+        with session_scope(self.factory) as session:
+            register_checkpoint(
+                session, self.spec.id, step=state.step, policy_version=state.policy_version,
+                path=str(path), size_bytes=size_bytes, sha256=sha256,
+            )
+
+    def _ensure_registered(self, path: Path, state: TrainerState) -> None:
+        """A worker that died between saving and registering left a checkpoint the DB lacks."""
+        with session_scope(self.factory) as session:
+            rows = list_checkpoints(session, self.spec.id, after_step=state.step - 1, limit=1)
+            known = bool(rows) and rows[0].step == state.step
+        if not known:
+            self._register(path, state)
+
+
+def _task_or_none(
+    cfg: TrainingConfig, prompt_source: dict[str, Any], reward_source: dict[str, Any]
+) -> Task | None:
+    """The built-in task, when the job draws prompts or rewards from it."""
+    uses_task = prompt_source.get("type", "task") == "task" or (
+        reward_source.get("type", "builtin") == "builtin"
+        and reward_source.get("verifier", "task") == "task"
+    )
+    return build_task(cfg.task) if uses_task else None
+
+
+def _reward_counts(session, job_id: str, step: int) -> dict[str, float]:
+    counts = count_by_status(session, job_id, step)
+    return {
+        "rewards/rewarded": float(counts.get("rewarded", 0)),
+        "rewards/expired": float(counts.get("expired", 0)),
+    }

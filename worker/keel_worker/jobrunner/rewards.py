@@ -1,0 +1,209 @@
+"""Rewards of one step from the job's reward source, through the database (architecture §6).
+
+Every step's rollouts are written to the database first, so clients and reward services see
+them whatever the source:
+
+- `builtin`: a verifier runs here and the rows are written already rewarded.
+- `webhook`: the awaiting rows are POSTed, signed, to the receiver (`keel_server.webhooks`,
+  retried with backoff on connection errors, 408, 429 and 5xx); scores it answers inline are
+  recorded at once, the rest arrive through the API before the deadline.
+- `external`: nothing is pushed; reward services poll and post.
+
+Then the step waits until no rollout is still `awaiting_reward` (each rewarded, or expired at its
+deadline). An expired rollout scores `None`, never 0: the trainer drops its whole group.
+
+A resumed step finds its rollouts already in the database (the engine is seeded per step, so the
+regenerated completions are the same): the rows and every reward already posted are reused. A
+row whose stored completion differs from the regenerated one scores `None` rather than lend its
+reward to another completion.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from keel.types.rewards import RewardItem, WebhookPayload, WebhookRollout
+from keel_server.db import SessionFactory, session_scope, utcnow
+from keel_server.db.models import Rollout as RolloutRow
+from keel_server.db.rollouts import (
+    NewRollout,
+    record_rollouts,
+    set_reward,
+    step_rollouts,
+    wait_for_rewards,
+)
+from keel_server.settings import Settings
+from keel_server.webhooks import WebhookDeliveryError, deliver
+from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.training.scoring import Rollout
+from keel_worker.training.tasks import VERIFIERS, Task, numeric_reward
+
+log = logging.getLogger(__name__)
+
+Verifier = Callable[[Rollout], float]
+
+
+def builtin_verifier(source: dict[str, Any], task: Task | None) -> Verifier:
+    """The worker-side verifier named by a `builtin` reward source."""
+    name = source.get("verifier", "task")
+    if name == "task":
+        if task is None:
+            raise ValueError("the `task` verifier needs config.task to name a built-in task")
+        return lambda r: task.reward(r.completion, r.item)
+    if name == "regex":
+        pattern = re.compile(source["pattern"])
+        return lambda r: 1.0 if pattern.search(r.completion) else 0.0
+    if name == "math_verify":
+        # No symbolic checker ships with the worker: numeric equivalence of the final answer.
+        return lambda r: numeric_reward(r.completion, r.item.answer)
+    verifier = VERIFIERS[name]
+    return lambda r: verifier(r.completion, r.item.answer)
+
+
+@dataclass
+class RewardContext:
+    """What every step's scorer of one job needs."""
+
+    factory: SessionFactory
+    settings: Settings
+    control: JobControl
+    job_id: str
+    source: dict[str, Any]
+    webhook_secret: str | None
+    verifier: Verifier | None  # builtin sources only
+
+    @property
+    def deadline_s(self) -> float:
+        return float(self.source.get("deadline_s") or self.settings.reward_deadline_s)
+
+
+class StepScorer:
+    """The `ScoreFn` of one global step: one reward (or None) per rollout, in order."""
+
+    def __init__(self, ctx: RewardContext, *, step: int, policy_version: int) -> None:
+        self.ctx = ctx
+        self.step = step
+        self.policy_version = policy_version
+
+    def __call__(self, rollouts: Sequence[Rollout]) -> list[float | None]:
+        ctx = self.ctx
+        computed = [ctx.verifier(r) for r in rollouts] if ctx.verifier else None
+        rows, fresh = self._rows(rollouts, computed)
+        if computed is not None:
+            return list(computed)
+        if ctx.source.get("type") == "webhook":
+            self._push(rows if fresh else [r for r in rows if r.status == "awaiting_reward"])
+        result = wait_for_rewards(
+            ctx.factory, ctx.job_id, self.step,
+            poll_interval_s=ctx.settings.reward_poll_interval_s,
+            should_stop=lambda: ctx.control.stop_reason() is not None,
+        )
+        if not result.complete:
+            raise StopRun(ctx.control.stop_reason() or "cancel")
+        return _match(rollouts, result.rollouts)
+
+    def _rows(
+        self, rollouts: Sequence[Rollout], computed: list[float] | None
+    ) -> tuple[list[RolloutRow], bool]:
+        """This step's rows: inserted now (fresh), or found from before a resume."""
+        with session_scope(self.ctx.factory) as session:
+            existing = step_rollouts(session, self.ctx.job_id, self.step)
+            if existing:
+                return existing, False
+            rows = record_rollouts(
+                session,
+                self.ctx.job_id,
+                step=self.step,
+                policy_version=self.policy_version,
+                deadline_at=utcnow() + timedelta(seconds=self.ctx.deadline_s),
+                rollouts=[_new_rollout(r) for r in rollouts],
+                rewards=computed,
+            )
+            return rows, True
+
+    def _push(self, rows: list[RolloutRow]) -> None:
+        """Deliver the awaiting rows to the webhook and record the rewards it answers inline."""
+        if not rows:
+            return
+        ctx, source = self.ctx, self.ctx.source
+        payload = WebhookPayload(
+            job_id=ctx.job_id, step=self.step, rollouts=[_webhook_rollout(r) for r in rows]
+        )
+        try:
+            reply = deliver(
+                str(source["url"]),
+                ctx.webhook_secret or "",
+                payload,
+                timeout_s=float(source.get("timeout_s") or ctx.settings.webhook_timeout_s),
+                max_attempts=int(source.get("max_attempts") or ctx.settings.webhook_max_attempts),
+                backoff_s=ctx.settings.webhook_backoff_s,
+            )
+        except WebhookDeliveryError as exc:
+            # The rows stay awaiting: the receiver may still post, else they expire.
+            log.warning("job %s step %d: webhook delivery failed: %s", ctx.job_id, self.step, exc)
+            return
+        self._record_inline({r.id for r in rows}, reply.rewards)
+
+    def _record_inline(self, allowed_ids: set[str], items: list[RewardItem]) -> None:
+        low, high = self.ctx.source.get("min_value"), self.ctx.source.get("max_value")
+        with session_scope(self.ctx.factory) as session:
+            for item in items:
+                value = float(item.value)
+                in_range = (low is None or value >= low) and (high is None or value <= high)
+                if item.rollout_id not in allowed_ids or not math.isfinite(value) or not in_range:
+                    log.warning("job %s: ignoring inline reward %s", self.ctx.job_id, item)
+                    continue
+                set_reward(session, item.rollout_id, value)
+
+
+def db_text(text: str) -> str:
+    """Text as the database stores it: PostgreSQL text cannot hold NUL, which an untrained
+    byte-level model can sample; it becomes U+FFFD, the replacement character."""
+    return text.replace("\x00", "\ufffd")
+
+
+def _new_rollout(r: Rollout) -> NewRollout:
+    return NewRollout(
+        group_index=r.group_index,
+        sample_index=r.sample_index,
+        prompt=db_text(r.item.prompt),
+        reference=db_text(r.item.answer) if r.item.answer else None,
+        completion=db_text(r.completion),
+        token_count=r.token_count,
+        finish_reason=r.finish_reason,
+    )
+
+
+def _webhook_rollout(row: RolloutRow) -> WebhookRollout:
+    return WebhookRollout(
+        id=row.id,
+        step=row.step,
+        group_index=row.group_index,
+        sample_index=row.sample_index,
+        prompt=row.prompt,
+        reference=row.reference,
+        completion=row.completion,
+        token_count=row.token_count,
+        deadline_at=row.deadline_at,
+    )
+
+
+def _match(rollouts: Sequence[Rollout], rows: list[RolloutRow]) -> list[float | None]:
+    """Reward per rollout from its row; expired, missing or mismatched rows give None."""
+    by_key = {(row.group_index, row.sample_index): row for row in rows}
+    rewards: list[float | None] = []
+    for r in rollouts:
+        row = by_key.get((r.group_index, r.sample_index))
+        usable = (
+            row is not None
+            and row.status == "rewarded"
+            and row.completion == db_text(r.completion)
+        )
+        rewards.append(row.reward if usable else None)
+    return rewards

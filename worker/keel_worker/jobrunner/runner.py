@@ -1,0 +1,107 @@
+"""One delivery of `keel.run_job(job_id)`, start to finish (architecture.md §5).
+
+1. Take the lease (compare-and-set). A duplicate delivery finds a live lease, or a job that is
+   not runnable (finished, paused, cancelled), and returns without writing anything.
+2. Heartbeat while the loop runs; the loop resumes from the latest checkpoint when there is one.
+3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
+   A lost lease (another worker took over) ends it without touching the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
+from keel_server.db.jobs import LeaseLost, finish_job, take_lease
+from keel_server.settings import Settings
+from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.spec import JobSpec
+
+log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 4000
+
+_FACTORIES: dict[str, SessionFactory] = {}
+
+
+def session_factory(settings: Settings) -> SessionFactory:
+    """One engine per database per process (created lazily: after Celery forks)."""
+    url = settings.database_url
+    if url not in _FACTORIES:
+        _FACTORIES[url] = make_session_factory(make_engine(url))
+    return _FACTORIES[url]
+
+
+def dispose_engines() -> None:
+    """Drop connections inherited from a parent process (call right after a fork)."""
+    for factory in _FACTORIES.values():
+        factory.kw["bind"].dispose(close=False)
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one delivery did: `status` is the job's end state, or why it left the job alone."""
+
+    job_id: str
+    status: str  # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost
+    step: int = 0
+
+
+def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> RunOutcome:
+    factory = session_factory(settings)
+    owner = owner or new_owner()
+    with session_scope(factory) as session:
+        lease = take_lease(session, job_id, owner, lease_timeout_s=settings.lease_timeout_s)
+    if not lease.acquired:
+        log.info("job %s: not taken (%s)", job_id, lease.reason)
+        return RunOutcome(job_id, lease.reason)
+    try:
+        spec = JobSpec.from_row(lease.job)
+    except ValueError as exc:
+        _end(factory, job_id, owner, "failed", error=_describe(exc, lease.job.step))
+        return RunOutcome(job_id, "failed", lease.job.step)
+    log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
+    with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
+        return _run_leased(spec, settings, factory, control)
+
+
+def _run_leased(
+    spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
+) -> RunOutcome:
+    from keel_worker.jobrunner.loop import JobLoop  # torch stays out of light imports
+
+    loop = None
+    try:
+        loop = JobLoop(spec, settings, factory, control)
+        status = loop.run()
+    except (StopRun, LeaseLost):
+        log.warning("job %s: lease lost; leaving the job to its new holder", spec.id)
+        return RunOutcome(spec.id, "lost", loop.step_reached if loop else 0)
+    except Exception as exc:
+        step = loop.step_reached if loop else 0
+        log.exception("job %s failed at step %d", spec.id, step)
+        _end(factory, spec.id, control.owner, "failed", error=_describe(exc, step))
+        return RunOutcome(spec.id, "failed", step)
+    _end(factory, spec.id, control.owner, status)
+    return RunOutcome(spec.id, status, loop.step_reached)
+
+
+def _end(
+    factory: SessionFactory, job_id: str, owner: str, status: str, *, error: str | None = None
+) -> None:
+    with session_scope(factory) as session:
+        if not finish_job(session, job_id, owner, status, error=error):
+            log.warning("job %s: could not record %s (lease no longer held)", job_id, status)
+
+
+def _describe(exc: BaseException, step: int) -> str:
+    text = f"{type(exc).__name__} after step {step}: {exc}"
+    return text[:MAX_ERROR_CHARS]
+

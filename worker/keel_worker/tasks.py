@@ -1,0 +1,72 @@
+"""Celery tasks of the worker. `keel.run_job(job_id)` carries the job id only; everything else
+is read from the database (house style rule 5). See `keel_worker.jobrunner.runner`.
+
+Worker start-up imports the training stack once in the parent process (forked pool processes
+start with torch loaded) and starts the lease reaper (`jobrunner.reaper`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from sqlalchemy.exc import OperationalError
+
+from keel_server.queue import enqueue_run_job
+from keel_worker.celery_app import RUN_JOB_TASK, app
+from keel_worker.jobrunner.reaper import LeaseReaper
+from keel_worker.jobrunner.runner import dispose_engines, session_factory
+from keel_worker.jobrunner.runner import run_job as run_job_once
+
+log = logging.getLogger(__name__)
+_reaper: LeaseReaper | None = None
+
+
+@app.task(
+    name=RUN_JOB_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    # The database unreachable before the lease is taken: try again later rather than drop the
+    # message and leave the job queued forever. Failures after the lease end the job as failed.
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=30,
+)
+def run_job(job_id: str) -> dict[str, Any]:
+    """Run (or resume) one job to its end; a duplicate delivery returns without touching it."""
+    outcome = run_job_once(job_id, app.keel_settings)
+    log.info("keel.run_job(%s) -> %s at step %d", job_id, outcome.status, outcome.step)
+    return asdict(outcome)
+
+
+@worker_init.connect
+def _preload_training_stack(**_: Any) -> None:
+    """Import torch and the training stack once, before the pool forks its processes."""
+    import keel_worker.jobrunner.loop  # noqa: F401
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    settings = app.keel_settings
+    _reaper = LeaseReaper(
+        session_factory(settings),
+        lambda job_id: enqueue_run_job(app, settings, job_id),
+        lease_timeout_s=settings.lease_timeout_s,
+    ).start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
+
+
+@worker_process_init.connect
+def _fresh_engines(**_: Any) -> None:
+    """A forked pool process must not reuse the parent's database connections."""
+    dispose_engines()

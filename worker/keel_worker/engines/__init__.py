@@ -1,0 +1,1 @@
+"""Models, rollout engines and Routing Replay mechanics (heavy imports live in the submodules)."""

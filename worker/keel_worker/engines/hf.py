@@ -1,0 +1,191 @@
+"""The `hf` rollout engine: batched sampling with a KV cache on a transformers model (CPU path).
+
+Owns `HFEngine`. A hand-written decode loop replaces `generate` because on a CPU the per-token
+overhead of `generate` (logits processors, stopping criteria, cache bookkeeping) dominates; the
+loop also shares each prompt's prefill among its n samples and drops finished rows from the batch.
+
+μ_θold logprobs (paper-spec §1, the denominator of the IS weight) follow `engines.sampling`:
+log softmax(logits / T)[token] of the raw logits the sampler used. Prompts are left padded and
+position ids come from the attention mask, so padding never shifts a token's position and the
+fp32 engine reproduces the trainer's logprobs to ~1e-6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from keel_worker.engines.base import Precision, RolloutBatch
+from keel_worker.engines.kv_cache import make_cache
+from keel_worker.engines.precision import copy_weights, make_engine_copy
+from keel_worker.engines.routes import RouteCollector
+from keel_worker.engines.routing_replay import RoutingReplay, find_routers
+from keel_worker.engines.sampling import sample_tokens
+
+_COMPACT_FRACTION = 8  # drop finished rows once they are 1/8 of the running batch
+
+
+@dataclass
+class _Rows:
+    """The running batch: the response index of each row and its decoding state."""
+
+    response_R: torch.Tensor
+    sampling_R: torch.Tensor  # bool: the row still samples tokens
+    positions_R: torch.Tensor  # position id of the next token fed
+    attention_R_S: torch.Tensor
+
+    def select(self, keep_R: torch.Tensor) -> _Rows:
+        return _Rows(
+            self.response_R[keep_R],
+            self.sampling_R[keep_R],
+            self.positions_R[keep_R],
+            self.attention_R_S[keep_R],
+        )
+
+
+class HFEngine:
+    """Rollout engine on a private copy of a transformers causal LM at an inference precision."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, precision: Precision = "fp32") -> None:
+        self.precision = precision
+        self.tokenizer = tokenizer
+        self.model = make_engine_copy(model, precision)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.replay = RoutingReplay(self.model) if find_routers(self.model) else None
+
+    def load_weights(self, model: nn.Module) -> None:
+        """Sync the engine copy from the trainer's weights (after each optimizer step)."""
+        copy_weights(self.model, model, self.precision)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        *,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> RolloutBatch:
+        """Sample `n` responses per prompt; the responses of one prompt are adjacent."""
+        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("generate needs at least one non-empty prompt")
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError("n and max_new_tokens must be at least 1")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        sampler = (temperature, top_p, generator)
+        if self.replay is None:
+            return self._generate(prompt_ids, n, max_new_tokens, sampler, RouteCollector(None))
+        with self.replay.record() as recording:
+            collector = RouteCollector(recording, prompt_ids, n, max_new_tokens)
+            return self._generate(prompt_ids, n, max_new_tokens, sampler, collector)
+
+    def _generate(self, prompt_ids, n, max_new_tokens, sampler, routes: RouteCollector):
+        num_responses = len(prompt_ids) * n
+        tokens_B_T = torch.full((num_responses, max_new_tokens), self.pad_id, dtype=torch.long)
+        logprobs_B_T = torch.zeros(num_responses, max_new_tokens)
+        lengths_B = torch.zeros(num_responses, dtype=torch.long)
+        stopped_B = torch.zeros(num_responses, dtype=torch.bool)
+        eos_ids = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
+
+        cache, logits_R_V, rows = self._prefill(prompt_ids, n, max_new_tokens)
+        routes.take_prefill()
+        for step in range(max_new_tokens):
+            sampling_R = rows.sampling_R
+            tokens_R, logprobs_R = sample_tokens(logits_R_V, *sampler)
+            active_R = rows.response_R[sampling_R]
+            tokens_B_T[active_R, step] = tokens_R[sampling_R]
+            logprobs_B_T[active_R, step] = logprobs_R[sampling_R]
+            lengths_B[active_R] = step + 1
+            eos_R = torch.isin(tokens_R, eos_ids) & sampling_R
+            stopped_B[rows.response_R[eos_R]] = True
+            rows.sampling_R = sampling_R & ~eos_R & (step + 1 < max_new_tokens)
+            # MoE: every sampled token is fed once more so its routes are recorded too.
+            feeding_R = sampling_R if routes.active else rows.sampling_R
+            if not feeding_R.any():
+                break
+            cache, rows, feeding_R = self._compact(cache, rows, feeding_R)
+            logits_R_V = self._decode(tokens_B_T[rows.response_R, step], cache, rows)
+            routes.take_step(rows.response_R, feeding_R, step)
+        return _to_batch(prompt_ids, n, tokens_B_T, logprobs_B_T, lengths_B, stopped_B, routes)
+
+    def _prefill(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int):
+        """One forward over the left-padded prompts, then its cache repeated for the n samples."""
+        width = max(len(p) for p in prompt_ids)
+        input_P_S = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+        attention_P_S = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for i, prompt in enumerate(prompt_ids):
+            input_P_S[i, width - len(prompt) :] = torch.tensor(prompt)
+            attention_P_S[i, width - len(prompt) :] = 1
+        positions_P_S = (attention_P_S.cumsum(-1) - 1).clamp(min=0)
+        cache = make_cache(self.model.config, capacity=width + max_new_tokens)
+        out = self.model(
+            input_ids=input_P_S,
+            attention_mask=attention_P_S,
+            position_ids=positions_P_S,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_repeat_interleave(n)
+        response_R = torch.arange(len(prompt_ids) * n)
+        rows = _Rows(
+            response_R=response_R,
+            sampling_R=torch.ones_like(response_R, dtype=torch.bool),
+            positions_R=positions_P_S[:, -1].repeat_interleave(n) + 1,
+            attention_R_S=attention_P_S.repeat_interleave(n, dim=0),
+        )
+        return cache, out.logits[:, -1].float().repeat_interleave(n, dim=0), rows
+
+    def _decode(self, feed_R: torch.Tensor, cache: DynamicCache, rows: _Rows) -> torch.Tensor:
+        ones_R_1 = torch.ones((feed_R.shape[0], 1), dtype=rows.attention_R_S.dtype)
+        rows.attention_R_S = torch.cat([rows.attention_R_S, ones_R_1], dim=1)
+        out = self.model(
+            input_ids=feed_R[:, None],
+            attention_mask=rows.attention_R_S,
+            position_ids=rows.positions_R[:, None],
+            cache=cache,
+            use_cache=True,
+        )
+        rows.positions_R = rows.positions_R + 1
+        return out.logits[:, -1].float()
+
+    @staticmethod
+    def _compact(cache: DynamicCache, rows: _Rows, feeding_R: torch.Tensor):
+        """Drop rows with nothing left to feed once enough of them accumulate."""
+        done = int((~feeding_R).sum())
+        if done == 0 or done * _COMPACT_FRACTION < feeding_R.shape[0]:
+            return cache, rows, feeding_R
+        keep_R = feeding_R.nonzero().squeeze(-1)
+        cache.batch_select_indices(keep_R)
+        return cache, rows.select(keep_R), feeding_R[keep_R]
+
+
+def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(generation_eos, int):
+        ids.add(generation_eos)
+    elif generation_eos:
+        ids.update(generation_eos)
+    if not ids:
+        raise ValueError("the tokenizer and generation config define no EOS token")
+    return ids
+
+
+def _to_batch(prompt_ids, n, tokens_B_T, logprobs_B_T, lengths_B, stopped_B, routes):
+    prompt_index = [i // n for i in range(tokens_B_T.shape[0])]
+    lengths = lengths_B.tolist()
+    return RolloutBatch(
+        prompt_ids=[prompt_ids[p] for p in prompt_index],
+        response_ids=[tokens_B_T[i, :length].tolist() for i, length in enumerate(lengths)],
+        rollout_logprobs=[logprobs_B_T[i, :length].clone() for i, length in enumerate(lengths)],
+        finish_reasons=["stop" if stopped else "length" for stopped in stopped_B.tolist()],
+        routes=routes.per_response(lengths) if routes.active else None,
+        prompt_index=prompt_index,
+    )

@@ -1,0 +1,58 @@
+"""The training config rejects impossible schedules and resolves `auto` replay (paper-spec §5.3)."""
+
+import pytest
+from pydantic import ValidationError
+
+from keel.types.training import TaskConfig, TaskItem, TrainingConfig
+
+
+def test_defaults_are_minirl_on_addition():
+    cfg = TrainingConfig()
+    assert cfg.algorithm.name == "minirl"
+    assert cfg.task.name == "addition"
+    assert cfg.responses_per_step == 64
+    assert cfg.minibatch_size == 64
+
+
+@pytest.mark.parametrize("mode", ["group_mean", "mean_std", "rloo"])
+def test_group_size_one_with_group_advantage_is_rejected(mode):
+    with pytest.raises(ValidationError, match="group_size=1"):
+        TrainingConfig(group_size=1, algorithm={"name": "minirl", "advantage": mode})
+
+
+def test_minibatches_must_divide_the_step():
+    with pytest.raises(ValidationError, match="does not divide"):
+        TrainingConfig(prompts_per_step=3, group_size=4, num_minibatches=5)
+    assert TrainingConfig(prompts_per_step=3, group_size=4, num_minibatches=6).minibatch_size == 2
+
+
+def test_unknown_fields_are_rejected():
+    with pytest.raises(ValidationError):
+        TrainingConfig(learning_rate=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("n", "is_moe", "expected"),
+    [(1, True, "none"), (2, True, "R2"), (4, True, "R3"), (8, True, "R3"), (4, False, "none")],
+)
+def test_auto_replay_follows_the_paper_recipe(n, is_moe, expected):
+    cfg = TrainingConfig(prompts_per_step=8, group_size=8, num_minibatches=n)
+    assert cfg.resolved_routing_replay(is_moe=is_moe) == expected
+
+
+def test_explicit_replay_mode_is_kept():
+    cfg = TrainingConfig(routing_replay="R3")
+    assert cfg.resolved_routing_replay(is_moe=True) == "R3"
+
+
+def test_dataset_task_needs_items_and_builtins_take_none():
+    with pytest.raises(ValidationError, match="needs a non-empty"):
+        TaskConfig(name="dataset")
+    with pytest.raises(ValidationError, match="takes no 'items'"):
+        TaskConfig(name="addition", items=[TaskItem(prompt="p", answer="1")] * 2)
+    TaskConfig(name="dataset", items=[TaskItem(prompt="p", answer="1")] * 2)
+
+
+def test_optimizer_betas_are_checked():
+    with pytest.raises(ValidationError, match="betas"):
+        TrainingConfig(optimizer={"betas": (0.9, 1.0)})

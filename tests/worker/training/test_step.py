@@ -1,0 +1,181 @@
+"""The training step on tiny models: replay modes, exact normalization, metrics, resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import parity_reward, tiny_config
+
+from keel.types.training import TaskItem
+from keel_worker.engines.hf import HFEngine
+from keel_worker.engines.models import load_model
+from keel_worker.training.checkpoint import load_checkpoint
+from keel_worker.training.run import train
+from keel_worker.training.step import Trainer
+from keel_worker.training.tasks import build_task
+
+ITEMS = [TaskItem(prompt=f"What is {a} + 1?", answer=str(a + 1)) for a in range(2)]
+
+
+def _trainer(config, cache_dir):
+    loaded = load_model(config.model.name, cache_dir=cache_dir)
+    engine = HFEngine(loaded.model, loaded.tokenizer, precision=config.rollout.precision)
+    trainer = Trainer(config, loaded.model, loaded.tokenizer, engine, is_moe=loaded.is_moe)
+    return trainer, loaded.model
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _after_each_update(trainer):
+    """Snapshots of the weights after every optimizer step."""
+    snapshots = []
+    trainer.optimizer.register_step_post_hook(
+        lambda *_: snapshots.append(_params(trainer.model))
+    )
+    return snapshots
+
+
+@pytest.mark.parametrize("replay", ["R2", "R3"])
+def test_two_steps_on_tiny_moe(tmp_path, cache_dir, replay):
+    config = tiny_config(routing_replay=replay, eval_every=1, eval_size=4)
+    initial = _params(load_model("tiny-moe", cache_dir=cache_dir).model)
+    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
+
+    assert [r.step for r in results] == [1, 2]
+    assert [r.policy_version for r in results] == [1, 2]
+    metrics = results[-1].metrics
+    for key in (
+        "reward/mean", "response/length_mean", "response/length_max",
+        "response/truncation_rate", "optim/grad_norm", "optim/lr", "optim/loss",
+        "train/entropy", "time/generate_s", "time/recompute_s", "time/update_s", "time/sync_s",
+        "routing/infer_vs_train_any", "routing/infer_vs_train_L0", "routing/infer_vs_train_L3",
+        "routing/old_vs_current_any", "eval/accuracy", "eval/accuracy_final",
+    ):
+        assert key in metrics, key
+        assert math.isfinite(metrics[key]), key
+    assert any(k.startswith("mismatch/") for k in metrics)
+    assert metrics["optim/grad_norm"] > 0
+    final, _, state = load_checkpoint(results[-1].checkpoint)
+    moved = [n for n, p in final.named_parameters() if not torch.equal(p, initial[n])]
+    assert "model.layers.0.mlp.gate.weight" in moved  # the router learns under replay
+    assert len(moved) > len(initial) // 2
+    assert state.step == 2 and state.data_cursor == 4
+
+
+def test_r2_first_minibatch_equals_no_replay(cache_dir):
+    """Paper-spec §2.3 Table 1: in mini-batch 1 the replayed routes are the natural ones."""
+    snaps = {}
+    for mode in ("none", "R2"):
+        trainer, _ = _trainer(tiny_config(routing_replay=mode), cache_dir)
+        snaps[mode] = _after_each_update(trainer)
+        metrics = trainer.step(ITEMS, parity_reward, seed=7)
+    first_none, first_r2 = snaps["none"][0], snaps["R2"][0]
+    assert all(torch.equal(first_none[n], first_r2[n]) for n in first_none)
+    # Mini-batch 2 replays the π_old routes where the updated router would choose others.
+    assert metrics["routing/old_vs_current_any"] > 0
+    second_none, second_r2 = snaps["none"][1], snaps["R2"][1]
+    assert any(not torch.equal(second_none[n], second_r2[n]) for n in second_none)
+
+
+def test_micro_batching_does_not_change_the_gradient(cache_dir):
+    """The global normalizer makes accumulated micro-batch gradients equal the full batch's."""
+    grads = {}
+    for size in (1, 8):
+        trainer, model = _trainer(tiny_config(num_minibatches=1, micro_batch_size=size), cache_dir)
+
+        def keep_grads(*_, size=size, model=model):
+            grads[size] = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+        trainer.optimizer.register_step_pre_hook(keep_grads)
+        trainer.step(ITEMS, parity_reward, seed=3)
+    assert any(g.abs().sum() > 0 for g in grads[8].values())
+    for name, value in grads[1].items():
+        torch.testing.assert_close(value, grads[8][name], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["tiny-dense", "tiny-moe"])
+def test_fp32_engine_matches_the_trainer(cache_dir, model):
+    """With fp32 on both sides μ_old = π_old up to float noise: the mismatch is ~0."""
+    trainer, _ = _trainer(tiny_config(model={"name": model}), cache_dir)
+    metrics = trainer.step(ITEMS, parity_reward, seed=1)
+    assert abs(metrics["mismatch/kl_k1"]) < 1e-5
+    assert metrics["mismatch/kl_k3"] < 1e-9
+    assert metrics["mismatch/prob_diff_max"] < 1e-5
+    if model == "tiny-moe":
+        assert metrics["routing/infer_vs_train_any"] == 0.0
+
+
+def test_r3_lowers_the_training_inference_kl_under_fp8(cache_dir):
+    kl = {}
+    for mode in ("none", "R3"):
+        config = tiny_config(
+            routing_replay=mode, rollout={"precision": "fp8", "max_new_tokens": 16},
+            prompts_per_step=4, group_size=4,
+        )
+        trainer, _ = _trainer(config, cache_dir)
+        metrics = trainer.step(ITEMS * 2, parity_reward, seed=5)
+        kl[mode] = metrics["mismatch/kl_k3"]
+        if mode == "none":
+            assert metrics["routing/infer_vs_train_any"] > 0  # fp8 flips some routes
+    assert kl["R3"] < kl["none"]
+
+
+def test_missing_rewards_drop_the_whole_group(cache_dir):
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+
+    def first_group_unscored(rollouts):
+        return [None if r.group_index == 0 else parity_reward([r])[0] for r in rollouts]
+
+    metrics = trainer.step(ITEMS, first_group_unscored, seed=2)
+    assert metrics["groups/dropped"] == 1.0
+    assert metrics["reward/missing"] == 4.0
+    assert trainer.policy_version == 1
+
+
+def test_resume_reproduces_the_next_step(tmp_path, cache_dir):
+    config = tiny_config(checkpoint_every=1)
+    straight = list(train(config, workdir=tmp_path / "a", reward_fn=parity_reward,
+                          cache_dir=cache_dir))
+    first = tiny_config(checkpoint_every=1, steps=1)
+    list(train(first, workdir=tmp_path / "b", reward_fn=parity_reward, cache_dir=cache_dir))
+    resumed = list(train(config, workdir=tmp_path / "b", reward_fn=parity_reward,
+                         cache_dir=cache_dir))
+    assert [r.step for r in resumed] == [2]
+    a, b = straight[-1].metrics, resumed[-1].metrics
+    for key in a:
+        if not key.startswith("time/"):
+            assert a[key] == b[key], key
+    model_a, _, state_a = load_checkpoint(straight[-1].checkpoint)
+    model_b, _, state_b = load_checkpoint(resumed[-1].checkpoint)
+    assert state_a.data_cursor == state_b.data_cursor
+    for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_dense_model_with_replay_is_a_clear_error(cache_dir):
+    from keel_worker.engines.routing_replay import RoutingReplayError
+
+    with pytest.raises(RoutingReplayError, match="dense"):
+        _trainer(tiny_config(model={"name": "tiny-dense"}, routing_replay="R3"), cache_dir)
+
+
+def test_task_rewards_are_used_by_default(tmp_path, cache_dir):
+    config = tiny_config(model={"name": "tiny-dense"}, steps=1, num_minibatches=1)
+    (result,) = train(config, workdir=tmp_path, cache_dir=cache_dir)
+    assert result.metrics["reward/mean"] == 0.0  # an untrained byte model never adds up
+    assert len(build_task(config.task).eval_items) == 20
+
+
+def test_should_stop_checkpoints_and_ends_the_run(tmp_path, cache_dir):
+    config = tiny_config(model={"name": "tiny-dense"}, steps=5, num_minibatches=1)
+    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward,
+                         cache_dir=cache_dir, should_stop=lambda: True))
+    assert [r.step for r in results] == [1]
+    assert results[0].checkpoint is not None
+    resumed = list(train(config.model_copy(update={"steps": 2}), workdir=tmp_path,
+                         reward_fn=parity_reward, cache_dir=cache_dir))
+    assert [r.step for r in resumed] == [2]

@@ -1,0 +1,116 @@
+"""Pack rollouts into padded training micro-batches, bucketed by length.
+
+A response's training input is `prompt + response[:-1]`: the last sampled token is only ever a
+target, never an input, so it needs no route either (the engine's last route row is unused).
+Sequences are right-padded, so positions 0..n-1 of every row are its real tokens and the default
+position ids are correct; the logits at position `len(prompt) - 1 + j` score response token `j`.
+
+Micro-batches are built by sorting a mini-batch by length and cutting it into runs of
+`micro_batch_size`, so each micro-batch pads only to its own longest row (no padding waste
+worth the name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Tensors for one forward/backward over `rows` (indices into the step's responses).
+
+    S = longest input in the micro-batch, T = longest response.
+    """
+
+    rows: list[int]
+    input_ids_B_S: torch.Tensor
+    attention_mask_B_S: torch.Tensor
+    positions_B_T: torch.Tensor  # input position whose logits score response token t
+    targets_B_T: torch.Tensor
+    mask_B_T: torch.Tensor  # bool, real response tokens
+    rollout_logprobs_B_T: torch.Tensor
+    advantages_B: torch.Tensor
+    routes_B_S_L_K: torch.Tensor | None  # engine routes laid out like input_ids_B_S (R3)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask_B_S.sum())
+
+
+def bucket_by_length(
+    rows: Sequence[int], lengths: Sequence[int], micro_batch_size: int
+) -> list[list[int]]:
+    """Cut `rows` (sorted longest first) into runs of at most `micro_batch_size`."""
+    ordered = sorted(rows, key=lambda r: -lengths[r])
+    return [ordered[i : i + micro_batch_size] for i in range(0, len(ordered), micro_batch_size)]
+
+
+def pad_routes(routes: Sequence[torch.Tensor], lengths: Sequence[int]) -> torch.Tensor:
+    """Stack per-response routes `[≥n_i, L, K]`, keeping the first `n_i` rows, into `[B, S, L, K]`.
+
+    Padding rows repeat expert 0: they sit after every real token of their row, so under causal
+    attention they never influence a real token's output.
+    """
+    first = routes[0]
+    out = torch.zeros((len(routes), max(lengths), *first.shape[1:]), dtype=first.dtype)
+    for i, (r, n) in enumerate(zip(routes, lengths, strict=True)):
+        out[i, :n] = r[:n]
+    return out
+
+
+def make_micro_batch(
+    rows: list[int],
+    *,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    rollout_logprobs: Sequence[torch.Tensor],
+    advantages_R: torch.Tensor,
+    routes: Sequence[torch.Tensor] | None,
+    pad_id: int,
+) -> MicroBatch:
+    """Build the padded tensors of `rows` (an empty response contributes no token)."""
+    inputs = [list(prompt_ids[r]) + list(response_ids[r][:-1]) for r in rows]
+    n_prompt = [len(prompt_ids[r]) for r in rows]
+    n_resp = [len(response_ids[r]) for r in rows]
+    B, S, T = len(rows), max(map(len, inputs)), max(1, *n_resp)
+
+    input_ids_B_S = torch.full((B, S), pad_id, dtype=torch.long)
+    attention_mask_B_S = torch.zeros((B, S), dtype=torch.long)
+    targets_B_T = torch.full((B, T), pad_id, dtype=torch.long)
+    rollout_B_T = torch.zeros((B, T), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        input_ids_B_S[i, : len(inputs[i])] = torch.tensor(inputs[i])
+        attention_mask_B_S[i, : len(inputs[i])] = 1
+        targets_B_T[i, : n_resp[i]] = torch.tensor(response_ids[r])
+        rollout_B_T[i, : n_resp[i]] = rollout_logprobs[r].float()
+
+    t_T = torch.arange(T)
+    mask_B_T = t_T[None, :] < torch.tensor(n_resp)[:, None]
+    # Padded response slots point at position 0; they are masked out everywhere.
+    positions_B_T = torch.where(mask_B_T, torch.tensor(n_prompt)[:, None] - 1 + t_T[None, :], 0)
+    routes_B_S_L_K = None
+    if routes is not None:
+        routes_B_S_L_K = pad_routes([routes[r] for r in rows], [len(x) for x in inputs])
+    return MicroBatch(
+        rows=rows,
+        input_ids_B_S=input_ids_B_S,
+        attention_mask_B_S=attention_mask_B_S,
+        positions_B_T=positions_B_T,
+        targets_B_T=targets_B_T,
+        mask_B_T=mask_B_T,
+        rollout_logprobs_B_T=rollout_B_T,
+        advantages_B=advantages_R[rows],
+        routes_B_S_L_K=routes_B_S_L_K,
+    )
+
+
+def gather_rows(per_row: dict[int, torch.Tensor], rows: Sequence[int], width: int) -> torch.Tensor:
+    """Right-pad the per-response 1-D tensors of `rows` to `[B, width]` (zeros beyond length)."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        v = per_row[r]
+        out[i, : v.shape[0]] = v
+    return out

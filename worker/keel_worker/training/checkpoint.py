@@ -1,0 +1,119 @@
+"""Checkpoints: a Hugging Face directory that transformers (and vLLM) load as-is, plus the
+trainer state needed to resume a run exactly.
+
+Layout of `<workdir>/checkpoints/step_000010/`:
+    config.json, generation_config.json, model.safetensors, tokenizer files   (plain HF dir)
+    trainer_state.pt    optimizer state, step, policy version, RNG states, data cursor
+    keel.json           small human-readable summary (step, policy version, config)
+
+Writes are atomic: everything goes to a hidden temporary sibling directory that is renamed into
+place only when complete, so a crash never leaves a half-written checkpoint that resume would
+pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_FILE = "trainer_state.pt"
+SUMMARY_FILE = "keel.json"
+_PREFIX = "step_"
+
+
+@dataclass
+class TrainerState:
+    """Everything besides the weights that an exact resume needs."""
+
+    step: int
+    policy_version: int
+    data_cursor: int
+    optimizer: dict[str, Any]
+    rng: dict[str, Any] = field(default_factory=dict)
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(workdir: Path, step: int) -> Path:
+    return Path(workdir) / CHECKPOINTS_DIR / f"{_PREFIX}{step:06d}"
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state: TrainerState,
+    summary: dict[str, Any] | None = None,
+) -> Path:
+    """Write an HF directory + trainer state to `path` atomically; returns `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(state.__dict__, tmp / TRAINER_STATE_FILE)
+        info = {"step": state.step, "policy_version": state.policy_version, **(summary or {})}
+        (tmp / SUMMARY_FILE).write_text(json.dumps(info, indent=2, default=str))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def latest_checkpoint(workdir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `workdir`, if any."""
+    root = Path(workdir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.iterdir()
+        if p.name.startswith(_PREFIX) and (p / TRAINER_STATE_FILE).is_file()
+    ]
+    return max(done, key=lambda p: int(p.name[len(_PREFIX) :]), default=None)
+
+
+def load_trainer_state(path: Path) -> TrainerState:
+    raw = torch.load(Path(path) / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    return TrainerState(**raw)
+
+
+def load_checkpoint(
+    path: Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any, TrainerState]:
+    """Load (model, tokenizer, trainer state) from a checkpoint written by `save_checkpoint`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, load_trainer_state(path)

@@ -1,0 +1,78 @@
+"""Per-step metric accumulation with a single device→host transfer.
+
+Every metric is a ratio Σ numerators / Σ denominators over the places it was added (micro-batches,
+mini-batches), which covers means, token-weighted means and sums alike. Tensors stay on their
+device until `finish()`, which stacks them all and calls `.tolist()` once (house style: no
+`.item()` per token or per micro-batch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Literal
+
+import torch
+
+Reduce = Literal["mean", "ratio", "sum"]
+
+
+class MetricSink:
+    def __init__(self) -> None:
+        self._num: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._den: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._floats: dict[str, float] = {}
+
+    def add(
+        self,
+        name: str,
+        value: torch.Tensor,
+        *,
+        reduce: Reduce = "mean",
+        denom: torch.Tensor | float | None = None,
+        weighted: bool = False,
+    ) -> None:
+        """`mean`: average of the added values; `sum`: their sum; `ratio`: Σ value / Σ denom
+        (with `weighted`, `value` is a rate and is multiplied by `denom` first)."""
+        value = value.detach().float().reshape(())
+        if reduce == "ratio":
+            assert denom is not None, "ratio metrics need a denominator"
+            den = torch.as_tensor(denom, dtype=torch.float32).to(value.device).reshape(())
+            self._num[name].append(value * den if weighted else value)
+            self._den[name].append(den)
+        else:
+            self._num[name].append(value)
+            one_or_zero = 1.0 if reduce == "mean" else 0.0
+            self._den[name].append(torch.full((), one_or_zero, device=value.device))
+
+    def add_weighted(self, metrics: dict[str, torch.Tensor], *, weight: torch.Tensor) -> None:
+        """Token-weighted mean of each (micro-batch level) metric."""
+        for name, value in metrics.items():
+            self.add(name, value, reduce="ratio", denom=weight, weighted=True)
+
+    def add_float(self, name: str, value: float) -> None:
+        self._floats[name] = float(value)
+
+    def time(self, phase: str, start: float) -> None:
+        self._floats[f"time/{phase}_s"] = time.perf_counter() - start
+
+    def finish(self) -> dict[str, float]:
+        out = dict(self._floats)
+        names = list(self._num)
+        if names:
+            flat = [v for n in names for v in self._num[n]] + [
+                v for n in names for v in self._den[n]
+            ]
+            device = flat[0].device
+            # The one device→host synchronization of the step.
+            values = torch.stack([v.to(device) for v in flat]).tolist()
+            n_flat = len(flat) // 2
+            nums, dens = values[:n_flat], values[n_flat:]
+            i = 0
+            for n in names:
+                k = len(self._num[n])
+                num, den = sum(nums[i : i + k]), sum(dens[i : i + k])
+                out[n] = num / den if den else num
+                i += k
+        out["time/step_s"] = sum(v for k, v in out.items() if k.startswith("time/"))
+        return out

@@ -1,0 +1,309 @@
+"""One global step of the synchronous RL schedule (paper-spec §3.3), readable top to bottom.
+
+    rollout   engine samples B prompts × G responses: tokens, μ logprobs, routes (MoE)
+    score     score(rollouts) -> reward or None per response; incomplete groups are dropped
+    advantage core.compute_advantages per group
+    split     shuffle the responses, cut them into N mini-batches
+    π_old     recompute log π_θold in the trainer for mini-batches 2..N (R3 replays the engine's
+              routes, R2 records the natural ones); mini-batch 1 reuses its own update forward,
+              where θ = θ_old exactly (paper-spec §2.3: R2 on the first mini-batch is a no-op)
+    update    per mini-batch: micro-batches bucketed by length, forward (with replay), objective
+              with the global normalizer, backward; clip the gradient norm; one AdamW step
+    sync      push the new weights to the engine; bump the policy version
+
+Metrics are collected as tensors and moved to the host with one `.tolist()` per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+
+from keel.types.algorithm import objective_kwargs
+from keel.types.training import TaskItem, TrainingConfig
+from keel_worker.core.advantages import compute_advantages
+from keel_worker.core.aggregation import loss_normalizer
+from keel_worker.core.diagnostics import mismatch_metrics, routing_disagreement
+from keel_worker.core.objectives import OBJECTIVES
+from keel_worker.core.types import PolicyBatch
+from keel_worker.engines.base import RolloutBatch, RolloutEngine
+from keel_worker.engines.chat import encode_prompt
+from keel_worker.engines.routing_replay import RoutingReplay
+from keel_worker.training.batching import (
+    MicroBatch,
+    bucket_by_length,
+    gather_rows,
+    make_micro_batch,
+    pad_routes,
+)
+from keel_worker.training.forward import ForwardOutput, PolicyForward
+from keel_worker.training.metrics import MetricSink
+from keel_worker.training.scoring import Rollout, ScoreFn, complete_groups
+
+
+class Trainer:
+    """Owns the policy's optimizer, replay hooks and policy version; `step()` runs one step."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        model: torch.nn.Module,
+        tokenizer,
+        engine: RolloutEngine,
+        *,
+        is_moe: bool,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.replay_mode = config.resolved_routing_replay(is_moe=is_moe)
+        # Dense models asked for R2/R3 fail here with RoutingReplayError; MoE models always get
+        # hooks so that routing disagreement is reported even without replay.
+        needs_hooks = is_moe or self.replay_mode != "none"
+        self.replay = RoutingReplay(model.get_decoder()) if needs_hooks else None
+        self.forward = PolicyForward(
+            model,
+            temperature=config.rollout.temperature,
+            bf16_autocast=config.train_dtype == "bf16",
+            replay=self.replay,
+        )
+        opt = config.optimizer
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps,
+            weight_decay=opt.weight_decay,
+        )
+        self.objective = OBJECTIVES[config.algorithm.name]
+        self.objective_kwargs = objective_kwargs(config.algorithm)
+        self.loss_agg: str = config.algorithm.loss_agg
+        self.pad_id = _pad_id(tokenizer)
+        self.policy_version = 0
+
+    # ------------------------------------------------------------------ the step
+    def step(self, items: Sequence[TaskItem], score: ScoreFn, *, seed: int) -> dict[str, float]:
+        cfg, sink = self.config, MetricSink()
+        G = cfg.group_size
+
+        # 1. Rollout: B prompts × G responses from the engine (μ_θold).
+        t0 = time.perf_counter()
+        prompt_ids = [encode_prompt(self.tokenizer, item.prompt) for item in items]
+        batch = self.engine.generate(
+            prompt_ids, n=G, max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=seed,
+        )
+        sink.time("generate", t0)
+
+        # 2. Score; a group with any missing reward is dropped whole.
+        t0 = time.perf_counter()
+        rewards = list(score(self._rollouts(batch, items)))
+        kept_groups = complete_groups(rewards, G)
+        sink.time("score", t0)
+        self._rollout_metrics(sink, batch, rewards, len(items) - len(kept_groups))
+        if not kept_groups:
+            return sink.finish()
+
+        # 3. Advantages per group (core), then one flat row per kept response.
+        rewards_P_G = torch.tensor(
+            [rewards[g * G : (g + 1) * G] for g in kept_groups], dtype=torch.float32
+        )
+        advantages_P_G, zero_variance_P = compute_advantages(
+            rewards_P_G, mode=cfg.algorithm.advantage
+        )
+        sink.add("advantage/zero_variance_frac", zero_variance_P.float().mean())
+        sink.add("advantage/abs_mean", advantages_P_G.abs().mean())
+        rows = [g * G + s for g in kept_groups for s in range(G)]
+        advantages_R = torch.zeros(len(batch))
+        advantages_R[rows] = advantages_P_G.flatten()
+
+        # 4. Shuffle and split into N mini-batches.
+        shuffle = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(rows), generator=shuffle).tolist()
+        minibatches = [
+            [rows[i] for i in chunk.tolist()]
+            for chunk in torch.tensor_split(torch.tensor(order), cfg.num_minibatches)
+        ]
+        lengths = [
+            len(p) + max(len(r) - 1, 0)
+            for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)
+        ]
+        micro = [bucket_by_length(mb, lengths, cfg.micro_batch_size) for mb in minibatches]
+        build = partial(
+            make_micro_batch, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
+            rollout_logprobs=batch.rollout_logprobs, advantages_R=advantages_R,
+            routes=batch.routes, pad_id=self.pad_id,
+        )
+
+        # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet).
+        t0 = time.perf_counter()
+        old_logprobs: dict[int, torch.Tensor] = {}
+        old_routes: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            for rows_mb in (r for mb in micro[1:] for r in mb):
+                mb = build(rows_mb)
+                out = self.forward(mb, replay_routes_B_S_L_K=self._r3_routes(mb))
+                self._remember_old(mb, out, old_logprobs, old_routes, sink)
+        sink.time("recompute", t0)
+
+        # 6. N updates, one AdamW step per mini-batch.
+        # The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old.
+        t0 = time.perf_counter()
+        for i, mb_micro in enumerate(micro):
+            n_resp = [len(batch.response_ids[r]) for r in minibatches[i]]
+            normalizer = loss_normalizer(
+                self.loss_agg, mask_B_T=_length_mask(n_resp), constant=self._norm_constant()
+            )
+            for rows_mb in mb_micro:
+                mb = build(rows_mb)
+                out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old_routes))
+                if i == 0:
+                    # First mini-batch: θ = θ_old, so this forward IS the π_old recompute.
+                    self._remember_old(mb, out, old_logprobs, old_routes, sink)
+                elif out.natural_routes_B_S_L_K is not None:
+                    self._routing_drift(sink, mb, out, old_routes)
+                device = out.logprobs_B_T.device
+                policy_batch = PolicyBatch(
+                    logprobs_B_T=out.logprobs_B_T,
+                    old_logprobs_B_T=gather_rows(old_logprobs, mb.rows, mb.mask_B_T.shape[1])
+                    .to(device),
+                    rollout_logprobs_B_T=mb.rollout_logprobs_B_T.to(device),
+                    advantages_B=mb.advantages_B.to(device),
+                    mask_B_T=mb.mask_B_T.to(device),
+                )
+                loss = self.objective(policy_batch, normalizer=normalizer, **self.objective_kwargs)
+                loss.loss.backward()
+                sink.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
+                sink.add("optim/loss", loss.loss / cfg.num_minibatches, reduce="sum")
+            clip = cfg.optimizer.grad_clip
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), clip if clip is not None else float("inf")
+            )
+            sink.add("optim/grad_norm", grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        sink.time("update", t0)
+
+        # 7. Sync the new weights to the engine; the next step samples from them.
+        t0 = time.perf_counter()
+        self.engine.load_weights(self.model)
+        self.policy_version += 1
+        sink.time("sync", t0)
+
+        self._mismatch_metrics(sink, rows, batch, old_logprobs)
+        sink.add_float("optim/lr", self.optimizer.param_groups[0]["lr"])
+        sink.add_float("policy/version", float(self.policy_version))
+        return sink.finish()
+
+    # ------------------------------------------------------------------ helpers
+    def _rollouts(self, batch: RolloutBatch, items: Sequence[TaskItem]) -> list[Rollout]:
+        G = self.config.group_size
+        texts = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        return [
+            Rollout(
+                group_index=batch.prompt_index[r],
+                sample_index=r % G,
+                item=items[batch.prompt_index[r]],
+                completion=texts[r],
+                token_count=len(batch.response_ids[r]),
+                finish_reason=batch.finish_reasons[r],
+                policy_version=self.policy_version,
+            )
+            for r in range(len(batch))
+        ]
+
+    def _norm_constant(self) -> float:
+        # The fixed divisor of `seq_mean_token_sum_norm` (Dr. GRPO: the max generation length).
+        return float(self.config.rollout.max_new_tokens)
+
+    def _r3_routes(self, mb: MicroBatch) -> torch.Tensor | None:
+        return mb.routes_B_S_L_K if self.replay_mode == "R3" else None
+
+    def _update_routes(self, mb: MicroBatch, old_routes: dict[int, torch.Tensor]):
+        if self.replay_mode == "R3":
+            return mb.routes_B_S_L_K
+        if self.replay_mode == "R2" and all(r in old_routes for r in mb.rows):
+            # Mini-batches 2..N replay the routes recorded in the π_old recompute. In mini-batch 1
+            # the natural routes ARE the π_old routes, so recording them there is exact replay.
+            return pad_routes([old_routes[r] for r in mb.rows], _input_lengths(mb))
+        return None
+
+    def _remember_old(
+        self,
+        mb: MicroBatch,
+        out: ForwardOutput,
+        old_logprobs: dict[int, torch.Tensor],
+        old_routes: dict[int, torch.Tensor],
+        sink: MetricSink,
+    ) -> None:
+        lp = out.logprobs_B_T.detach()
+        n_resp = mb.mask_B_T.sum(dim=1).tolist()
+        n_in = _input_lengths(mb)
+        for i, r in enumerate(mb.rows):
+            old_logprobs[r] = lp[i, : n_resp[i]]
+            if out.natural_routes_B_S_L_K is not None:
+                old_routes[r] = out.natural_routes_B_S_L_K[i, : n_in[i]]
+        sink.add("train/entropy", out.entropy_sum, reduce="ratio", denom=mb.mask_B_T.sum())
+        if out.natural_routes_B_S_L_K is not None and mb.routes_B_S_L_K is not None:
+            # e^μ_old (engine) vs e^π_old (trainer's natural choice at θ_old).
+            self._add_disagreement(
+                sink, "routing/infer_vs_train", mb.routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
+            )
+
+    def _routing_drift(
+        self, sink: MetricSink, mb: MicroBatch, out: ForwardOutput, old_routes: dict
+    ) -> None:
+        """e^π_old vs the current θ's natural routes e^π_t (policy staleness in routing)."""
+        if not all(r in old_routes for r in mb.rows):
+            return
+        old = pad_routes([old_routes[r] for r in mb.rows], _input_lengths(mb))
+        self._add_disagreement(sink, "routing/old_vs_current", old, out.natural_routes_B_S_L_K, mb)
+
+    def _add_disagreement(
+        self, sink: MetricSink, prefix: str, a: torch.Tensor, b: torch.Tensor, mb: MicroBatch
+    ) -> None:
+        mask_B_S = mb.attention_mask_B_S.bool()
+        rates = routing_disagreement(a.long(), b.long(), mask_B_S)
+        weight = mask_B_S.sum()
+        for layer, rate in enumerate(rates["per_layer_L"].unbind(0)):
+            sink.add(f"{prefix}_L{layer}", rate, reduce="ratio", denom=weight, weighted=True)
+        sink.add(f"{prefix}_any", rates["any_layer"], reduce="ratio", denom=weight, weighted=True)
+        sink.add(f"{prefix}_mean", rates["mean"], reduce="ratio", denom=weight, weighted=True)
+
+    def _rollout_metrics(
+        self, sink: MetricSink, batch: RolloutBatch, rewards: list, dropped_groups: int
+    ) -> None:
+        scored = [r for r in rewards if r is not None]
+        lengths = [len(r) for r in batch.response_ids]
+        sink.add_float("reward/mean", sum(scored) / len(scored) if scored else float("nan"))
+        sink.add_float("reward/missing", float(len(rewards) - len(scored)))
+        sink.add_float("groups/dropped", float(dropped_groups))
+        sink.add_float("response/length_mean", sum(lengths) / len(lengths))
+        sink.add_float("response/length_max", float(max(lengths)))
+        truncated = sum(f == "length" for f in batch.finish_reasons)
+        sink.add_float("response/truncation_rate", truncated / len(lengths))
+
+    def _mismatch_metrics(
+        self, sink: MetricSink, rows: list[int], batch: RolloutBatch, old_logprobs: dict
+    ) -> None:
+        width = max(1, *(len(batch.response_ids[r]) for r in rows))
+        old_B_T = gather_rows(old_logprobs, rows, width)
+        rollout_B_T = gather_rows(dict(enumerate(batch.rollout_logprobs)), rows, width)
+        mask_B_T = _length_mask([len(batch.response_ids[r]) for r in rows], width)
+        for name, value in mismatch_metrics(old_B_T, rollout_B_T, mask_B_T).items():
+            sink.add(name if "/" in name else f"mismatch/{name}", value)
+
+
+def _length_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
+    width = width if width is not None else max(1, *lengths)
+    return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def _input_lengths(mb: MicroBatch) -> list[int]:
+    return mb.attention_mask_B_S.sum(dim=1).tolist()
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)

@@ -21,7 +21,7 @@ if [ -d "$WHEELS" ]; then
     && export PYTHONPATH="/tmp/keel_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "$PY" -c "import vllm" 2>/dev/null; then
-  if timeout 120 "$PY" -m pip install -q vllm; then echo "vllm installed"
+  if timeout 60 "$PY" -m pip install -q --retries 0 --timeout 5 vllm; then echo "vllm installed"
   else echo "WARNING: 'pip install vllm' failed (offline?): vLLM checks will be skipped"; fi
 fi
 # The project itself needs no new dependency on a machine with torch + transformers: use the

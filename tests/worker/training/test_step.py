@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import parity_reward, tiny_config
+from training_helpers import parity_reward, tiny_config
 
 from keel.types.training import TaskItem
 from keel_worker.engines.hf import HFEngine

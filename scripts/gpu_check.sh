@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from keel.types.training import TaskConfig, TrainingConfig
 from keel_worker.engines.models import load_model
-from keel_worker.training.run import build_engine
+from keel_worker.training.session import build_engine
 from keel_worker.training.step import Trainer
 from keel_worker.training.tasks import build_task
 

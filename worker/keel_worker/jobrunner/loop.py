@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
@@ -30,23 +28,14 @@ from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.settings import Settings
 from keel_server.storage import archive_digest
-from keel_worker.engines.models import is_moe_model, load_model
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
 from keel_worker.jobrunner.spec import JobSpec
-from keel_worker.training.checkpoint import (
-    TrainerState,
-    capture_rng,
-    checkpoint_dir,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
-from keel_worker.training.run import build_engine, step_seed
-from keel_worker.training.step import Trainer
+from keel_worker.training.run import step_seed
+from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -102,28 +91,17 @@ class JobLoop:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg, spec = self.spec.config, self.spec
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.manual_seed(cfg.seed)
-        ckpt = latest_checkpoint(self.workdir)
-        state: TrainerState | None = None
-        if ckpt is not None:
-            model, tokenizer, state = load_checkpoint(ckpt, device=device)
-            log.info("job %s: resuming from %s", spec.id, ckpt)
-        else:
-            loaded = load_model(cfg.model.name, cache_dir=Path(self.settings.home) / "models")
-            model, tokenizer = loaded.model.to(device), loaded.tokenizer
-        model.eval()
-        self.model, self.tokenizer = model, tokenizer
+        run = TrainingSession.open(
+            cfg, workdir=self.workdir, cache_dir=Path(self.settings.home) / "models"
+        )
+        if run.resumed_from is not None:
+            log.info("job %s: resuming from %s", spec.id, run.resumed_from)
+        self.run_state = run
+        self.trainer, self.engine, self.tokenizer = run.trainer, run.engine, run.tokenizer
         self.task = _task_or_none(cfg, spec.prompt_source, spec.reward_source)
-        self.engine = build_engine(cfg, model, tokenizer, workdir=self.workdir)
-        self.trainer = Trainer(cfg, model, tokenizer, self.engine, is_moe=is_moe_model(model))
-        cursor = 0
-        if state is not None:
-            self.trainer.optimizer.load_state_dict(state.optimizer)
-            self.trainer.policy_version = state.policy_version
-            restore_rng(state.rng)
-            cursor, self.step_reached = state.data_cursor, state.step
-            self._ensure_registered(ckpt, state)
+        self.step_reached, cursor = run.step, run.data_cursor
+        if run.resumed_from is not None:
+            self._ensure_registered(run.resumed_from, run.step, run.trainer.policy_version)
         self.prompts = make_prompt_source(
             spec.prompt_source, task=self.task, seed=cfg.seed, cursor=cursor,
             factory=self.factory, job_id=spec.id, control=self.control,
@@ -170,34 +148,26 @@ class JobLoop:
         return "cancelled"
 
     def _checkpoint(self, step: int, cursor: int, rng: dict[str, Any]) -> None:
-        state = TrainerState(
-            step=step,
-            policy_version=self.trainer.policy_version,
-            data_cursor=cursor,
-            optimizer=self.trainer.optimizer.state_dict(),
-            rng=rng,
+        path, state = self.run_state.save(
+            step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
         )
-        path = save_checkpoint(
-            checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,
-            state=state, summary={"job_id": self.spec.id},
-        )
-        self._register(path, state)
+        self._register(path, state.step, state.policy_version)
 
-    def _register(self, path: Path, state: TrainerState) -> None:
+    def _register(self, path: Path, step: int, policy_version: int) -> None:
         size_bytes, sha256 = archive_digest(path)
         with session_scope(self.factory) as session:
             register_checkpoint(
-                session, self.spec.id, step=state.step, policy_version=state.policy_version,
+                session, self.spec.id, step=step, policy_version=policy_version,
                 path=str(path), size_bytes=size_bytes, sha256=sha256,
             )
 
-    def _ensure_registered(self, path: Path, state: TrainerState) -> None:
+    def _ensure_registered(self, path: Path, step: int, policy_version: int) -> None:
         """A worker that died between saving and registering left a checkpoint the DB lacks."""
         with session_scope(self.factory) as session:
-            rows = list_checkpoints(session, self.spec.id, after_step=state.step - 1, limit=1)
-            known = bool(rows) and rows[0].step == state.step
+            rows = list_checkpoints(session, self.spec.id, after_step=step - 1, limit=1)
+            known = bool(rows) and rows[0].step == step
         if not known:
-            self._register(path, state)
+            self._register(path, step, policy_version)
 
 
 def _task_or_none(

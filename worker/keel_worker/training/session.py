@@ -1,0 +1,110 @@
+"""Open a run where it left off, and save it so it can be opened again: the state that both the
+in-process `train()` and the service's job loop carry from step to step.
+
+`TrainingSession.open` loads the latest checkpoint under `workdir` (weights, optimizer, policy
+version, RNG states, data cursor) or, for a new run, the configured model; builds the rollout
+engine and the `Trainer`. `save` writes the matching checkpoint. Keeping both in one place keeps
+resume exact for every caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from keel.types.training import TrainingConfig
+from keel_worker.engines.base import RolloutEngine
+from keel_worker.engines.models import is_moe_model, load_model
+from keel_worker.training.checkpoint import (
+    TrainerState,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from keel_worker.training.step import Trainer
+
+
+def build_engine(
+    config: TrainingConfig, model: torch.nn.Module, tokenizer, *, workdir: Path
+) -> RolloutEngine:
+    if config.rollout.engine == "vllm":
+        from keel_worker.engines.vllm import VLLMEngine
+
+        return VLLMEngine.from_model(
+            model, tokenizer, precision=config.rollout.precision, workdir=workdir / "vllm"
+        )
+    from keel_worker.engines.hf import HFEngine
+
+    return HFEngine(model, tokenizer, precision=config.rollout.precision)
+
+
+@dataclass
+class TrainingSession:
+    """A run's live objects plus where it resumes: `step` completed steps, `data_cursor`."""
+
+    config: TrainingConfig
+    workdir: Path
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: RolloutEngine
+    trainer: Trainer
+    step: int = 0
+    data_cursor: int = 0
+    resumed_from: Path | None = None
+
+    @classmethod
+    def open(
+        cls,
+        config: TrainingConfig,
+        *,
+        workdir: Path,
+        cache_dir: Path,
+        device: str | None = None,
+        resume: bool = True,
+    ) -> TrainingSession:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(config.seed)
+        ckpt = latest_checkpoint(workdir) if resume else None
+        state: TrainerState | None = None
+        if ckpt is not None:
+            model, tokenizer, state = load_checkpoint(ckpt)
+        else:
+            loaded = load_model(config.model.name, cache_dir=cache_dir)
+            model, tokenizer = loaded.model, loaded.tokenizer
+        model.eval()
+        # The engine takes its own copy of the weights where the model was loaded (the `hf`
+        # engine samples on the CPU); only then does the trainer's copy move to its device.
+        engine = build_engine(config, model, tokenizer, workdir=workdir)
+        model.to(device)
+        trainer = Trainer(config, model, tokenizer, engine, is_moe=is_moe_model(model))
+        session = cls(config, workdir, model, tokenizer, engine, trainer, resumed_from=ckpt)
+        if state is not None:
+            trainer.optimizer.load_state_dict(state.optimizer)
+            trainer.policy_version = state.policy_version
+            restore_rng(state.rng)
+            session.step, session.data_cursor = state.step, state.data_cursor
+        return session
+
+    def save(
+        self, step: int, *, data_cursor: int, rng: dict[str, Any], summary: dict[str, Any]
+    ) -> tuple[Path, TrainerState]:
+        """Checkpoint the run as it stands after `step` completed steps."""
+        state = TrainerState(
+            step=step,
+            policy_version=self.trainer.policy_version,
+            data_cursor=data_cursor,
+            optimizer=self.trainer.optimizer.state_dict(),
+            rng=rng,
+        )
+        path = save_checkpoint(
+            checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,
+            state=state, summary=summary,
+        )
+        return path, state

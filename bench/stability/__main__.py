@@ -1,0 +1,96 @@
+"""Command line of the stability harness.
+
+    python -m bench.stability run --full     # the whole matrix, ≈ 1 h on 2 cores
+    python -m bench.stability run --quick    # one seed, few steps: a few minutes
+    python -m bench.stability report         # rebuild summaries, figures and REPORT.md
+
+The cold-start cache lives under `--cache-dir`, else `$KEEL_STABILITY_CACHE`, else
+`.cache/keel/stability` (never committed). Full results go to `bench/results/stability`, quick
+ones to `bench/results/stability/tmp/quick` (ignored by git) unless `--out` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from bench.stability.coldstart import SFTBudget
+from bench.stability.matrix import FULL, QUICK, Budget
+
+RESULTS = Path("bench/results/stability")
+QUICK_RESULTS = RESULTS / "tmp" / "quick"
+DEFAULT_CACHE = Path(".cache/keel/stability")
+QUICK_SFT = SFTBudget(max_steps=300, check_every=100)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.stability", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="cold starts, probe, runs, then the report")
+    mode = run.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--full", action="store_true", help="every cell, 3 seeds")
+    mode.add_argument("--quick", action="store_true", help="every cell, 1 seed, 16 steps")
+    run.add_argument("--out", type=Path, help="results directory")
+    run.add_argument("--cache-dir", type=Path, help="cold-start cache")
+    run.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    run.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")))
+    run.add_argument("--grad-steps", type=int, help="gradient steps per run")
+    run.add_argument("--eval-every", type=int, help="gradient steps between evaluations")
+    run.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation")
+    run.add_argument("--cells", type=lambda s: tuple(s.split(",")),
+                     help="comma-separated substrings of cell names to keep")
+    run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
+    run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
+    report = sub.add_parser("report", help="rebuild summaries, figures and REPORT.md")
+    report.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    return parser
+
+
+def _budgets(args: argparse.Namespace) -> tuple[Budget, SFTBudget]:
+    budget, sft = (FULL, SFTBudget()) if args.full else (QUICK, QUICK_SFT)
+    overrides = {
+        "seeds": args.seeds,
+        "grad_steps": args.grad_steps,
+        "eval_every": args.eval_every,
+        "eval_prompts": args.eval_prompts,
+        "cells": args.cells,
+    }
+    budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
+    if args.sft_max_steps is not None:
+        sft = replace(sft, max_steps=args.sft_max_steps,
+                      check_every=min(sft.check_every, args.sft_max_steps))
+    return budget, sft
+
+
+def _deadline(text: str | None) -> float | None:
+    if text is None:
+        return None
+    hour, minute = (int(x) for x in text.split(":"))
+    return datetime.now().replace(hour=hour, minute=minute, second=0).timestamp()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from bench.stability.report import build_report
+
+    if args.command == "report":
+        print(build_report(args.out))
+        return 0
+    from bench.stability.orchestrate import run_matrix
+
+    budget, sft = _budgets(args)
+    out = args.out or (RESULTS if args.full else QUICK_RESULTS)
+    cache = args.cache_dir or Path(os.environ.get("KEEL_STABILITY_CACHE", DEFAULT_CACHE))
+    run_matrix(budget, sft, out_dir=out, cache_dir=cache, workers=args.workers,
+               deadline=_deadline(args.deadline))
+    print(build_report(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

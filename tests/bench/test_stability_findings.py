@@ -1,0 +1,54 @@
+"""The pre-declared agree / disagree rules of the findings, on hand-made run summaries."""
+
+from bench.stability.findings import better, evaluate_findings
+
+
+def runs(cell, finals, collapsed=(0, 0, 0)):
+    return [
+        {"cell": cell, "final_acc": f, "collapsed": c, "initial_acc": 0.2,
+         "mean_kl_k1": 1e-3, "mean_routing_infer_vs_train": 0.02,
+         "kl_start": 1e-3, "kl_end": 1e-3 + 0.1 * c}
+        for f, c in zip(finals, collapsed, strict=True)
+    ]
+
+
+def test_better_uses_accuracy_first_then_majority_collapse():
+    rows = {
+        "A": runs("A", [0.5, 0.52, 0.48]),
+        "B": runs("B", [0.3, 0.31, 0.29]),
+        # Same accuracy as C, but collapsed in 2 of 3 seeds while C never did.
+        "C": runs("C", [0.30, 0.30, 0.31]),
+        "D": runs("D", [0.30, 0.29, 0.30], collapsed=(1, 1, 0)),
+    }
+    assert better(rows, "A", "B") == 1 and better(rows, "B", "A") == -1
+    assert better(rows, "C", "D") == 1 and better(rows, "D", "C") == -1
+    assert better(rows, "B", "C") == 0
+
+
+def test_on_policy_is_finding_verdicts():
+    agree = runs("N1/minirl", [0.4, 0.42, 0.41]) + runs("N1/reinforce", [0.1, 0.12, 0.09])
+    by_key = {f.key: f for f in evaluate_findings(agree)}
+    assert by_key["F1"].verdict == "agrees"
+    assert by_key["F2"].verdict == "missing"  # no length-norm runs
+    flipped = runs("N1/minirl", [0.1, 0.12, 0.09]) + runs("N1/reinforce", [0.4, 0.42, 0.41])
+    assert {f.key: f for f in evaluate_findings(flipped)}["F1"].verdict == "disagrees"
+    same = runs("N1/minirl", [0.4, 0.42, 0.41]) + runs("N1/reinforce", [0.41, 0.4, 0.42])
+    assert {f.key: f for f in evaluate_findings(same)}["F1"].verdict == "not reproduced"
+
+
+def test_cold_start_finding_needs_every_pair_indistinguishable():
+    cells = ("N2/minirl+R2", "cold/short_heavy", "cold/long_heavy")
+    close = [r for c in cells for r in runs(c, [0.40, 0.42, 0.41])]
+    assert {f.key: f for f in evaluate_findings(close)}["F6"].verdict == "agrees"
+    apart = close[:6] + runs(cells[2], [0.2, 0.21, 0.2])
+    finding = {f.key: f for f in evaluate_findings(apart)}["F6"]
+    assert finding.verdict == "disagrees"
+    assert "pairs with a significant final difference: 2 of 3" in finding.lines
+
+
+def test_kl_finding_contrasts_collapsed_with_stable_runs():
+    # Collapsed runs end 0.1 above their starting KL, stable ones unchanged → agrees.
+    rows = runs("N1/minirl", [0.4, 0.42, 0.41]) + runs("N1/reinforce", [0.1, 0.1, 0.1], (1, 1, 1))
+    finding = {f.key: f for f in evaluate_findings(rows)}["F8"]
+    assert finding.verdict == "agrees"
+    assert finding.lines[0].startswith("3 collapsed runs")

@@ -95,7 +95,14 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     print(f"keel is up at {url}  (docs: {url}/docs)", flush=True)
     print(f"admin key: {settings.admin_key}", flush=True)
     print(f"state: {Path(settings.home).resolve()}  worker log: worker.log", flush=True)
+    # uvicorn re-raises a captured SIGTERM after its graceful shutdown; with the default handler
+    # that would kill this process before `finally` stops the worker, leaving it orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
         worker.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)

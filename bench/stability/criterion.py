@@ -16,8 +16,9 @@ benchmark, a sharp entropy drop and a rising training–inference KL. We make th
 3. **Numerical failure.** Any non-finite loss, gradient norm or entropy.
 
 Cells are compared on the final held-out accuracy per seed: A beats B when the difference of means
-exceeds both ``MIN_EFFECT`` and ``SE_MULTIPLIER`` standard errors of that difference (Welch); else
-they are indistinguishable at our scale. Collapse counts are reported beside every comparison.
+exceeds both ``MIN_EFFECT`` and ``SE_MULTIPLIER`` standard errors of that difference (Welch), with
+at least ``MIN_SEEDS`` seeds on each side; else they are indistinguishable at our scale. Collapse
+counts are reported beside every comparison.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ TAIL_STEPS = 3
 TAIL_EVALS = 3
 MIN_EFFECT = 0.03
 SE_MULTIPLIER = 2.0
+MIN_SEEDS = 2  # added mid-matrix for deadline-cut cells: a lone seed has no standard error
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,10 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
     """Welch-style comparison of per-seed final accuracies, thresholds from the module docstring."""
     a = [x for x in a if math.isfinite(x)]
     b = [x for x in b if math.isfinite(x)]
-    if not a or not b:
-        return Comparison(0, math.nan, math.nan)
+    if len(a) < MIN_SEEDS or len(b) < MIN_SEEDS:
+        # One seed has no spread to estimate: no verdict either way.
+        diff = fmean(a) - fmean(b) if a and b else math.nan
+        return Comparison(0, diff, math.nan)
     diff = fmean(a) - fmean(b)
     var_a = variance(a) if len(a) > 1 else 0.0
     var_b = variance(b) if len(b) > 1 else 0.0

@@ -2,7 +2,8 @@
 
 Inputs under the results directory: `runs/` (per-run CSV + JSON), `coldstarts.json` and
 `discrepancy.csv` (written by `run`), and the hand-written `interpretation.md` whose `## F<k>`
-sections (our explanations, written after reading the numbers) are spliced under each finding.
+sections (our explanations, written after reading the numbers) are spliced under each finding
+and whose `## Notes` section closes the findings.
 Outputs: `summary_runs.csv`, `summary_cells.csv`, `figures/<regime>.png` and `REPORT.md`.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from bench.stability import criterion
 from bench.stability.figures import regime_figure
 from bench.stability.findings import Finding, evaluate_findings
+from bench.stability.matrix import Budget, cells_for
 from bench.stability.results import Run, cell_summaries, load_runs, run_summary, write_csv
 
 REGIME_TITLES = {
@@ -43,7 +45,7 @@ def _interpretations(out_dir: Path) -> dict[str, str]:
     path = out_dir / "interpretation.md"
     if not path.is_file():
         return {}
-    sections = re.split(r"^## (F\d+)\s*$", path.read_text(), flags=re.M)
+    sections = re.split(r"^## (F\d+|Notes)\s*$", path.read_text(), flags=re.M)
     return {key: body.strip() for key, body in zip(sections[1::2], sections[2::2], strict=True)}
 
 
@@ -70,8 +72,10 @@ def _criterion_section() -> list[str]:
         "",
         f"Cells are compared on per-seed final held-out accuracy: A beats B when the difference "
         f"of means exceeds both {c.MIN_EFFECT:g} and {c.SE_MULTIPLIER:g} standard errors "
-        f"(Welch), or when B collapsed in a majority of seeds and A in none. Otherwise the two "
-        f"are indistinguishable at our scale.",
+        f"(Welch) with at least {c.MIN_SEEDS} seeds on each side (this minimum was added while "
+        f"the matrix ran, when a deadline threatened to leave cells with one seed; every cell "
+        f"got 3, so it changes no verdict), or when B collapsed in a "
+        f"majority of seeds and A in none. Otherwise the two are indistinguishable at our scale.",
         "",
     ]
 
@@ -127,6 +131,28 @@ def _discrepancy_section(out_dir: Path) -> list[str]:
             f"| {r['init']} | {r['precision']} | "
             + " | ".join(f"{float(r[k]):.2e}" for k in keys) + " |"
         )
+    return [*lines, ""]
+
+
+def _coverage_section(runs: list[Run]) -> list[str]:
+    """Which (cell, seed) runs of the budgeted matrix are missing, e.g. cut by the deadline."""
+    if not runs:
+        return []
+    b = runs[0].meta["budget"]
+    budget = Budget(**{**b, "seeds": tuple(b["seeds"]), "cells": tuple(b["cells"])})
+    done = {(r.cell, r.meta["seed"]) for r in runs}
+    missing = [
+        (c.name, s) for s in budget.seeds for c in cells_for(budget) if (c.name, s) not in done
+    ]
+    lines = ["## Coverage", ""]
+    if not missing:
+        return [*lines, f"Every cell ran with every seed of {budget.seeds}.", ""]
+    by_seed: dict[int, list[str]] = defaultdict(list)
+    for name, seed in missing:
+        by_seed[seed].append(f"`{name}`")
+    lines.append(f"{len(done)} of {len(done) + len(missing)} budgeted runs completed. Missing:")
+    lines.append("")
+    lines += [f"- seed {seed}: {', '.join(names)}" for seed, names in sorted(by_seed.items())]
     return [*lines, ""]
 
 
@@ -188,6 +214,7 @@ def build_report(out_dir: Path) -> Path:
         *_criterion_section(),
         *_setup_section(runs, out_dir),
         *_discrepancy_section(out_dir),
+        *_coverage_section(runs),
         "## Findings",
         "",
         "| finding | verdict |",
@@ -195,11 +222,15 @@ def build_report(out_dir: Path) -> Path:
         *[f"| {f.key}. {f.title} | {f.verdict} |" for f in findings],
         "",
         *[line for f in findings for line in _finding_section(f, notes)],
+        *(["## Notes", "", notes["Notes"], ""] if "Notes" in notes else []),
         "## All cells",
         "",
         *_cells_table(cells),
         "",
         "## Figures",
+        "",
+        "Mean over seeds with a min–max band; reward and KL smoothed over 5 steps. The per-batch "
+        "k1 estimate of the KL is noisy and can be ≤ 0; such points are drawn at 1e-6.",
         "",
         *[f"![{regime}](figures/{path.name})" for regime, path in figures],
         "",

@@ -56,3 +56,5 @@ def test_compare_needs_both_the_effect_floor_and_two_standard_errors():
     assert compare([0.5, 0.3, 0.7], [0.45, 0.5, 0.4]).sign == 0
     # No variance at all, but 0.02 is below the 0.03 effect floor.
     assert compare([0.5, 0.5, 0.5], [0.48, 0.48, 0.48]).sign == 0
+    # A lone seed has no standard error: never a verdict, however large the gap.
+    assert compare([0.9], [0.1, 0.12]).sign == 0

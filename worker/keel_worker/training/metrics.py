@@ -1,7 +1,8 @@
 """Per-step metric accumulation with a single device→host transfer.
 
 Every metric is a ratio Σ numerators / Σ denominators over the places it was added (micro-batches,
-mini-batches), which covers means, token-weighted means and sums alike. Tensors stay on their
+mini-batches), which covers means, token-weighted means and sums alike; extremes (`*_max`,
+`*_min`) are the max / min of the added values instead. Tensors stay on their
 device until `finish()`, which stacks them all and calls `.tolist()` once (house style: no
 `.item()` per token or per micro-batch).
 """
@@ -14,7 +15,8 @@ from typing import Literal
 
 import torch
 
-Reduce = Literal["mean", "ratio", "sum"]
+Reduce = Literal["mean", "ratio", "sum", "max", "min"]
+_EXTREMES = {"max": max, "min": min}
 
 
 class MetricSink:
@@ -22,6 +24,7 @@ class MetricSink:
         self._num: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._den: dict[str, list[torch.Tensor]] = defaultdict(list)
         self._floats: dict[str, float] = {}
+        self._extreme: dict[str, str] = {}
 
     def add(
         self,
@@ -32,8 +35,8 @@ class MetricSink:
         denom: torch.Tensor | float | None = None,
         weighted: bool = False,
     ) -> None:
-        """`mean`: average of the added values; `sum`: their sum; `ratio`: Σ value / Σ denom
-        (with `weighted`, `value` is a rate and is multiplied by `denom` first)."""
+        """`mean`: average of the added values; `sum`: their sum; `max`/`min`: their extreme;
+        `ratio`: Σ value / Σ denom (with `weighted`, `value` is a rate multiplied by `denom`)."""
         value = value.detach().float().reshape(())
         if reduce == "ratio":
             assert denom is not None, "ratio metrics need a denominator"
@@ -44,11 +47,16 @@ class MetricSink:
             self._num[name].append(value)
             one_or_zero = 1.0 if reduce == "mean" else 0.0
             self._den[name].append(torch.full((), one_or_zero, device=value.device))
+            if reduce in _EXTREMES:
+                self._extreme[name] = reduce
 
     def add_weighted(self, metrics: dict[str, torch.Tensor], *, weight: torch.Tensor) -> None:
-        """Token-weighted mean of each (micro-batch level) metric."""
+        """Token-weighted mean of each (micro-batch level) metric; extremes stay extremes."""
         for name, value in metrics.items():
-            self.add(name, value, reduce="ratio", denom=weight, weighted=True)
+            if name.endswith(("_max", "_min")):
+                self.add(name, value, reduce=name[-3:])
+            else:
+                self.add(name, value, reduce="ratio", denom=weight, weighted=True)
 
     def add_float(self, name: str, value: float) -> None:
         self._floats[name] = float(value)
@@ -71,8 +79,11 @@ class MetricSink:
             i = 0
             for n in names:
                 k = len(self._num[n])
-                num, den = sum(nums[i : i + k]), sum(dens[i : i + k])
-                out[n] = num / den if den else num
+                if n in self._extreme:
+                    out[n] = _EXTREMES[self._extreme[n]](nums[i : i + k])
+                else:
+                    num, den = sum(nums[i : i + k]), sum(dens[i : i + k])
+                    out[n] = num / den if den else num
                 i += k
         out["time/step_s"] = sum(v for k, v in out.items() if k.startswith("time/"))
         return out

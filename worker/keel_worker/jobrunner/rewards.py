@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from keel.types.rewards import RewardItem, WebhookPayload, WebhookRollout
+from keel.types.rewards import RewardItem
 from keel_server.db import SessionFactory, session_scope, utcnow
 from keel_server.db.models import Rollout as RolloutRow
 from keel_server.db.rollouts import (
@@ -39,7 +39,7 @@ from keel_server.db.rollouts import (
     wait_for_rewards,
 )
 from keel_server.settings import Settings
-from keel_server.webhooks import WebhookDeliveryError, deliver
+from keel_server.webhooks import WebhookDeliveryError, deliver, payload_for
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.training.scoring import Rollout
 from keel_worker.training.tasks import VERIFIERS, Task, numeric_reward
@@ -132,9 +132,7 @@ class StepScorer:
         if not rows:
             return
         ctx, source = self.ctx, self.ctx.source
-        payload = WebhookPayload(
-            job_id=ctx.job_id, step=self.step, rollouts=[_webhook_rollout(r) for r in rows]
-        )
+        payload = payload_for(ctx.job_id, self.step, rows)
         try:
             reply = deliver(
                 str(source["url"]),
@@ -177,20 +175,6 @@ def _new_rollout(r: Rollout) -> NewRollout:
         completion=db_text(r.completion),
         token_count=r.token_count,
         finish_reason=r.finish_reason,
-    )
-
-
-def _webhook_rollout(row: RolloutRow) -> WebhookRollout:
-    return WebhookRollout(
-        id=row.id,
-        step=row.step,
-        group_index=row.group_index,
-        sample_index=row.sample_index,
-        prompt=row.prompt,
-        reference=row.reference,
-        completion=row.completion,
-        token_count=row.token_count,
-        deadline_at=row.deadline_at,
     )
 
 

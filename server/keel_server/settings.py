@@ -35,7 +35,14 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(
         default=None, description="Bootstrap admin API key; it may create projects and keys."
     )
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0,
+        description="Body limit of uploads: job creation (inline datasets), prompts, files.",
+    )
+    max_small_body_bytes: int = Field(
+        default=1024 * 1024, gt=0,
+        description="Body limit of every other route (a 10,000-reward batch is about 700 KB).",
+    )
     reward_deadline_s: float = Field(default=600.0, gt=0, description="Default reward deadline.")
     lease_timeout_s: float = Field(
         default=60.0, gt=0, description="A lease whose heartbeat is older than this is stale."

@@ -24,6 +24,7 @@ def settings(migrated_url: str, tmp_path) -> Settings:
         database_url=migrated_url,
         admin_key=ADMIN_KEY,
         max_body_bytes=64 * 1024,
+        max_small_body_bytes=8 * 1024,
         sse_poll_interval_s=0.05,
     )
 

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from keel_server.api import errors
-from keel_server.api.limits import BodyLimitMiddleware
 from keel_server.api.routes import (
     checkpoints,
     files,
@@ -45,5 +44,4 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         app.include_router(module.router, prefix="/v1")
     app.include_router(health.router, prefix="/v1")
     app.include_router(health.router)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

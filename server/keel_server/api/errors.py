@@ -32,10 +32,6 @@ def envelope(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def too_large(limit: int) -> JSONResponse:
-    return envelope(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:

@@ -9,9 +9,10 @@ from fastapi.responses import StreamingResponse
 from keel.types.checkpoints import Checkpoint
 from keel.types.common import Page
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import checkpoints as service
 
-router = APIRouter(tags=["checkpoints"])
+router = APIRouter(tags=["checkpoints"], route_class=AuthenticatedRoute)
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=Page[Checkpoint])

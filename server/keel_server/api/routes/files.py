@@ -7,9 +7,10 @@ from fastapi.concurrency import run_in_threadpool
 
 from keel.types.prompts import FileObject
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.guard import UploadRoute
 from keel_server.services import files as service
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], route_class=UploadRoute)
 
 
 @router.post("/files", response_model=FileObject, status_code=201)

@@ -15,11 +15,12 @@ from fastapi.responses import StreamingResponse
 from keel.types.common import Page
 from keel.types.jobs import Job, JobCreate, JobCreated
 from keel_server.api.deps import Caller, Ctx, IdempotencyKey
+from keel_server.api.guard import UploadRoute
 from keel_server.services import events as events_service
 from keel_server.services import jobs as service
 from keel_server.services.context import ServiceContext
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=UploadRoute)
 
 
 @router.post("/jobs", response_model=JobCreated, status_code=201)

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from keel.types.keys import ApiKey, ApiKeyCreate, ApiKeyCreated, Whoami
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import keys as service
 
-router = APIRouter(tags=["keys"])
+router = APIRouter(tags=["keys"], route_class=AuthenticatedRoute)
 
 
 @router.post("/keys", response_model=ApiKeyCreated, status_code=201)

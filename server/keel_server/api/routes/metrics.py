@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 
 from keel.types.metrics import MetricPoint
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import metrics as service
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], route_class=AuthenticatedRoute)
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint])

@@ -7,9 +7,10 @@ from fastapi import APIRouter
 from keel.types.common import Page
 from keel.types.prompts import Prompt, PromptBatch, PromptBatchResult
 from keel_server.api.deps import Caller, Ctx, IdempotencyKey
+from keel_server.api.guard import UploadRoute
 from keel_server.services import prompts as service
 
-router = APIRouter(tags=["prompts"])
+router = APIRouter(tags=["prompts"], route_class=UploadRoute)
 
 
 @router.post("/jobs/{job_id}/prompts", response_model=PromptBatchResult)

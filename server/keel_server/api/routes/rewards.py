@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 from keel.types.rewards import RewardBatch, RewardBatchResult, RewardCreate, RewardResult
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import rewards as service
 
-router = APIRouter(tags=["rewards"])
+router = APIRouter(tags=["rewards"], route_class=AuthenticatedRoute)
 
 
 @router.post("/rollouts/{rollout_id}/reward", response_model=RewardResult)

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from keel.types.common import Page
 from keel.types.rollouts import Rollout
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import rollouts as service
 
-router = APIRouter(tags=["rollouts"])
+router = APIRouter(tags=["rollouts"], route_class=AuthenticatedRoute)
 
 
 @router.get("/jobs/{job_id}/rollouts", response_model=Page[Rollout])

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from keel.types.common import Float
+
 ObjectiveName = Literal[
     "minirl",
     "reinforce",
@@ -38,8 +40,11 @@ ClipAnchor = Literal["pi_old", "mu_old"]
 # the function and ``advantage`` is consumed earlier, by the advantage computation.
 NON_OBJECTIVE_FIELDS = frozenset({"name", "advantage"})
 
-Epsilon = Annotated[float, Field(gt=0.0, le=1.0)]
-PositiveBound = Annotated[float, Field(gt=0.0)]
+# Upper bounds (README "Limits"): ε_high and the IS caps/bounds are ratios; 10 and 1e6 are far
+# beyond any published setting, and keep an absurd value (ε_high = 2e16) out of a job.
+Epsilon = Annotated[Float, Field(gt=0.0, le=1.0)]
+EpsilonHigh = Annotated[Float, Field(gt=0.0, le=10.0)]
+PositiveBound = Annotated[Float, Field(gt=0.0, le=1e6)]
 
 
 class _Strict(BaseModel):
@@ -47,7 +52,7 @@ class _Strict(BaseModel):
 
 
 class _Bounds(_Strict):
-    lower: float = Field(ge=0.0)
+    lower: Float = Field(ge=0.0, le=1e6)
     upper: PositiveBound
 
     @model_validator(mode="after")
@@ -61,8 +66,8 @@ class _Bounds(_Strict):
 
 
 class TokenTruncate(_Strict):
-    """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (§4.2); ``inf`` gives the untruncated
-    ("vanilla-IS") weight."""
+    """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (§4.2); the largest cap (1e6) is the
+    untruncated ("vanilla-IS") weight in practice."""
 
     mode: Literal["token_truncate"] = "token_truncate"
     cap: PositiveBound = 5.0
@@ -72,7 +77,7 @@ class TokenMask(_Bounds):
     """IcePop: w_t = ρ_t if lower ≤ ρ_t ≤ upper else 0 (Ring-1T: α 0.5, β 5)."""
 
     mode: Literal["token_mask"] = "token_mask"
-    lower: float = Field(default=0.5, ge=0.0)
+    lower: Float = Field(default=0.5, ge=0.0, le=1e6)
     upper: PositiveBound = 5.0
 
 
@@ -87,7 +92,7 @@ class SeqMask(_Bounds):
     """Seq-MIS: every token gets ρ(y) if lower ≤ ρ(y) ≤ upper, else the response is dropped."""
 
     mode: Literal["seq_mask"] = "seq_mask"
-    lower: float = Field(default=0.0, ge=0.0)
+    lower: Float = Field(default=0.0, ge=0.0, le=1e6)
     upper: PositiveBound = 2.0
 
 
@@ -95,7 +100,7 @@ class GeoMask(_Bounds):
     """Geo-RS: drop y when ρ(y)^{1/|y|} leaves [lower, upper]; ``token_cap`` adds token TIS."""
 
     mode: Literal["geo_mask"] = "geo_mask"
-    lower: float = Field(default=0.999, ge=0.0)
+    lower: Float = Field(default=0.999, ge=0.0, le=1e6)
     upper: PositiveBound = 1.001
     token_cap: PositiveBound | None = None
 
@@ -119,7 +124,7 @@ class MiniRLConfig(_Strict):
 
     name: Literal["minirl"] = "minirl"
     eps_low: Epsilon = 0.2
-    eps_high: PositiveBound = 0.27
+    eps_high: EpsilonHigh = 0.27
     use_clip: bool = True
     clip_anchor: ClipAnchor = "pi_old"
     is_correction: ISCorrection | None = Field(default_factory=TokenTruncate)
@@ -151,7 +156,7 @@ class GRPOConfig(_Strict):
 
     name: Literal["grpo"] = "grpo"
     eps_low: Epsilon = 0.2
-    eps_high: PositiveBound = 0.27
+    eps_high: EpsilonHigh = 0.27
     is_correction: ISCorrection | None = None
     loss_agg: LossAggregation = "seq_mean_token_mean"
     advantage: AdvantageMode = "mean_std"
@@ -162,7 +167,7 @@ class DrGRPOConfig(_Strict):
 
     name: Literal["dr_grpo"] = "dr_grpo"
     eps_low: Epsilon = 0.2
-    eps_high: PositiveBound = 0.2
+    eps_high: EpsilonHigh = 0.2
     is_correction: ISCorrection | None = None
     loss_agg: LossAggregation = "seq_mean_token_sum_norm"
     advantage: AdvantageMode = "group_mean"
@@ -173,7 +178,7 @@ class DAPOConfig(_Strict):
 
     name: Literal["dapo"] = "dapo"
     eps_low: Epsilon = 0.2
-    eps_high: PositiveBound = 0.28
+    eps_high: EpsilonHigh = 0.28
     is_correction: ISCorrection | None = None
     loss_agg: LossAggregation = "token_mean"
     advantage: AdvantageMode = "mean_std"
@@ -184,7 +189,7 @@ class CISPOConfig(_Strict):
 
     name: Literal["cispo"] = "cispo"
     eps_low: Epsilon = 1.0
-    eps_high: PositiveBound = 0.27
+    eps_high: EpsilonHigh = 0.27
     is_correction: ISCorrection | None = None
     loss_agg: LossAggregation = "token_mean"
     advantage: AdvantageMode = "mean_std"
@@ -195,7 +200,7 @@ class GSPOConfig(_Strict):
 
     name: Literal["gspo"] = "gspo"
     eps_low: Epsilon = 3e-4
-    eps_high: PositiveBound = 4e-4
+    eps_high: EpsilonHigh = 4e-4
     is_correction: ISCorrection | None = None
     loss_agg: LossAggregation = "seq_mean_token_mean"
     advantage: AdvantageMode = "mean_std"
@@ -206,7 +211,7 @@ class GSPOTokenConfig(_Strict):
 
     name: Literal["gspo_token"] = "gspo_token"
     eps_low: Epsilon = 3e-4
-    eps_high: PositiveBound = 4e-4
+    eps_high: EpsilonHigh = 4e-4
     is_correction: ISCorrection | None = None
     loss_agg: LossAggregation = "seq_mean_token_mean"
     advantage: AdvantageMode = "mean_std"
@@ -218,7 +223,7 @@ class DecoupledPPOTISConfig(_Strict):
 
     name: Literal["decoupled_ppo_tis"] = "decoupled_ppo_tis"
     eps_low: Epsilon = 0.2
-    eps_high: PositiveBound = 0.2
+    eps_high: EpsilonHigh = 0.2
     is_correction: ISCorrection = Field(default_factory=lambda: TokenTruncate(cap=2.0))
     loss_agg: LossAggregation = "token_mean"
     advantage: AdvantageMode = "mean_std"
@@ -257,7 +262,7 @@ def objective_kwargs(cfg: BaseModel) -> dict[str, Any]:
     """Keyword arguments for ``OBJECTIVES[cfg.name]`` (all but NON_OBJECTIVE_FIELDS).
 
     Nested IS-correction models become plain dicts ``{"mode": ..., **params}``, the form the
-    worker's core expects; an infinite TIS cap stays ``math.inf``.
+    worker's core expects.
     """
     dumped = cfg.model_dump()
     return {key: value for key, value in dumped.items() if key not in NON_OBJECTIVE_FIELDS}

@@ -11,28 +11,36 @@ from typing import Any, Literal
 from keel.types.common import ResponseModel
 
 ErrorCode = Literal[
+    "bad_request",  # 400: a body that could not be read
     "validation_error",  # 422: wrong field, type or impossible setting
     "unauthorized",  # 401: missing or unknown key
     "forbidden",  # 403: the key is valid but this kind of key may not do this
     "not_found",  # 404: unknown id, or one that belongs to another project or job
+    "method_not_allowed",  # 405
     "conflict",  # 409: generic state conflict (e.g. cancel a finished job)
     "reward_conflict",  # 409: a different reward was already recorded for the rollout
     "rollout_not_awaiting_reward",  # 409: rollout expired or otherwise closed
+    "idempotency_conflict",  # 409: the Idempotency-Key was used with a different request
     "payload_too_large",  # 413
+    "rate_limited",  # 429: too many requests or running jobs for the project; see Retry-After
     "broker_unavailable",  # 503: the job was stored but could not be enqueued
     "unavailable",  # 503: readiness failed
     "internal_error",  # 500
 ]
 
-STATUS_OF_CODE: dict[str, int] = {
+STATUS_OF_CODE: dict[ErrorCode, int] = {
+    "bad_request": 400,
     "validation_error": 422,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "reward_conflict": 409,
     "rollout_not_awaiting_reward": 409,
+    "idempotency_conflict": 409,
     "payload_too_large": 413,
+    "rate_limited": 429,
     "broker_unavailable": 503,
     "unavailable": 503,
     "internal_error": 500,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, HttpUrl, model_validator
 
-from keel.types.common import RequestModel, ResponseModel
+from keel.types.common import Float, Int, RequestModel, ResponseModel, Text
 from keel.types.prompts import PromptIn
 from keel.types.training import TrainingConfig
 
@@ -40,7 +40,7 @@ class DatasetPrompts(RequestModel):
 
     type: Literal["dataset"] = "dataset"
     prompts: list[PromptIn] | None = Field(default=None, min_length=1)
-    file_id: str | None = None
+    file_id: Text | None = Field(default=None, max_length=40)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetPrompts:
@@ -61,12 +61,16 @@ PromptSource = Annotated[TaskPrompts | DatasetPrompts | ClientPrompts, Field(dis
 # ---- reward sources ----------------------------------------------------------------------------
 
 
+MAX_DEADLINE_S = 7 * 24 * 3600.0
+
+
 class _RewardBase(RequestModel):
-    deadline_s: float | None = Field(
-        default=None, gt=0, description="Seconds a rollout waits for its reward; default server's."
+    deadline_s: Float | None = Field(
+        default=None, gt=0, le=MAX_DEADLINE_S,
+        description="Seconds a rollout waits for its reward (at most 7 days); default server's.",
     )
-    min_value: float | None = Field(default=None, description="Rewards below are rejected (422).")
-    max_value: float | None = Field(default=None, description="Rewards above are rejected (422).")
+    min_value: Float | None = Field(default=None, description="Rewards below are rejected (422).")
+    max_value: Float | None = Field(default=None, description="Rewards above are rejected (422).")
     drop_incomplete_groups: bool = Field(
         default=True, description="Drop a group with an expired member (never scored as 0)."
     )
@@ -95,11 +99,12 @@ class WebhookReward(_RewardBase):
 
     type: Literal["webhook"] = "webhook"
     url: HttpUrl
-    secret: str | None = Field(
-        default=None, min_length=16, description="HMAC key; generated and returned once if unset."
+    secret: Text | None = Field(
+        default=None, min_length=16, max_length=200,
+        description="HMAC key; generated and returned once if unset.",
     )
-    timeout_s: float = Field(default=10.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=20)
+    timeout_s: Float = Field(default=10.0, gt=0, le=300.0)
+    max_attempts: Int = Field(default=5, ge=1, le=20)
 
 
 class ExternalReward(_RewardBase):
@@ -117,7 +122,7 @@ RewardSource = Annotated[
 
 
 class JobCreate(RequestModel):
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
     config: TrainingConfig
     prompts: PromptSource = Field(default_factory=TaskPrompts)
     reward: RewardSource = Field(default_factory=BuiltinReward)

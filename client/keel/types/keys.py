@@ -6,17 +6,17 @@ from datetime import datetime
 
 from pydantic import Field
 
-from keel.types.common import RequestModel, ResponseModel
+from keel.types.common import RequestModel, ResponseModel, Text
 
 
 class ApiKeyCreate(RequestModel):
-    project: str | None = Field(
+    project: Text | None = Field(
         default=None,
         min_length=1,
         max_length=100,
         description="Project name (admin only; created if new). Default: the caller's project.",
     )
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
 
 
 class ApiKey(ResponseModel):

@@ -9,15 +9,15 @@ from datetime import datetime
 
 from pydantic import Field
 
-from keel.types.common import RequestModel, ResponseModel
+from keel.types.common import RequestModel, ResponseModel, Text
 
 MAX_PROMPT_CHARS = 100_000
 MAX_BATCH = 10_000
 
 
 class PromptIn(RequestModel):
-    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    reference: str | None = Field(
+    text: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    reference: Text | None = Field(
         default=None, max_length=MAX_PROMPT_CHARS, description="Answer for built-in verifiers."
     )
 

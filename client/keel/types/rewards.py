@@ -8,22 +8,37 @@ holding scores inline, or an empty one and post the rewards later.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
-from pydantic import Field, FiniteFloat
+from pydantic import Field
 
-from keel.types.common import RequestModel, ResponseModel
+from keel.types.common import Float, RequestModel, ResponseModel, Text
 from keel.types.errors import ErrorBody
 from keel.types.rollouts import RolloutStatus
 
 
+def reward_problem(value: float, *, min_value: float | None, max_value: float | None) -> str | None:
+    """Why `value` is not an acceptable reward for a job with this range, or None if it is.
+
+    The one home of the rule: the API answers a 422 with this reason, and the worker drops an
+    inline webhook reward for it."""
+    if not math.isfinite(value):
+        return f"reward {value} is not a finite number"
+    if min_value is not None and value < min_value:
+        return f"reward {value} is below this job's min_value {min_value}"
+    if max_value is not None and value > max_value:
+        return f"reward {value} is above this job's max_value {max_value}"
+    return None
+
+
 class RewardCreate(RequestModel):
-    value: FiniteFloat
+    value: Float
 
 
 class RewardItem(RequestModel):
-    rollout_id: str
-    value: FiniteFloat
+    rollout_id: Text = Field(max_length=40)
+    value: Float
 
 
 class RewardBatch(RequestModel):

@@ -14,14 +14,25 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from keel.types.algorithm import AlgorithmConfig
+from keel.types.common import MAX_INT, Float, Int, Text
+from keel.types.prompts import MAX_PROMPT_CHARS
 
 RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
 ResolvedReplay = Literal["none", "R2", "R3"]
 VerifierName = Literal["exact_match", "numeric"]
+# The worker's task registry (`keel_worker.training.tasks.TASKS`) has exactly these names; a
+# contract test keeps them equal, so an unknown task is a 422 at job creation.
+TaskName = Literal["addition", "dataset"]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).
 GROUP_ADVANTAGE_MODES = frozenset({"group_mean", "mean_std", "rloo"})
+
+# Upper bounds of the schedule (README "Limits"): far above any run keel is built for, low
+# enough that no request can ask a worker for unbounded memory or time.
+MAX_STEPS = 1_000_000
+MAX_RESPONSES_PER_STEP = 65_536
+MAX_TASK_ITEMS = 1_000_000
 
 
 class _Strict(BaseModel):
@@ -42,8 +53,13 @@ class ModelConfig(_Strict):
 class TaskItem(_Strict):
     """One prompt with its reference answer."""
 
-    prompt: str = Field(min_length=1, description="The user turn; the chat template is applied.")
-    answer: str = Field(description="Reference answer the verifier compares against.")
+    prompt: Text = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS,
+        description="The user turn; the chat template is applied.",
+    )
+    answer: Text = Field(
+        max_length=MAX_PROMPT_CHARS, description="Reference answer the verifier compares against."
+    )
 
 
 class TaskConfig(_Strict):
@@ -53,15 +69,19 @@ class TaskConfig(_Strict):
     `verifier`. Either way a deterministic held-out split is kept for evaluation.
     """
 
-    name: str = Field("addition", min_length=1)
-    items: list[TaskItem] | None = Field(None, description="The prompts of a `dataset` task.")
+    name: TaskName = "addition"
+    items: list[TaskItem] | None = Field(
+        None, max_length=MAX_TASK_ITEMS, description="The prompts of a `dataset` task."
+    )
     verifier: VerifierName = Field(
         "numeric", description="How a `dataset` task scores a completion against its answer."
     )
-    held_out_fraction: float = Field(
+    held_out_fraction: Float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of the items kept out of training for eval."
     )
-    split_seed: int = Field(0, description="Seed of the deterministic train / held-out split.")
+    split_seed: Int = Field(
+        0, ge=0, le=MAX_INT, description="Seed of the deterministic train / held-out split."
+    )
 
     @model_validator(mode="after")
     def _items_only_for_datasets(self) -> TaskConfig:
@@ -81,19 +101,21 @@ class RolloutConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp8"] = Field(
         "fp32", description="Inference weights precision; fp8 = fake-quantized float8_e4m3fn."
     )
-    max_new_tokens: int = Field(64, ge=1, le=32768)
-    temperature: float = Field(1.0, gt=0.0, le=10.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: Int = Field(64, ge=1, le=32768)
+    temperature: Float = Field(1.0, gt=0.0, le=10.0)
+    top_p: Float = Field(1.0, gt=0.0, le=1.0)
 
 
 class OptimizerConfig(_Strict):
     """AdamW and gradient clipping (the paper states none of these: paper-spec §4)."""
 
-    lr: float = Field(1e-6, gt=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0.0)
-    grad_clip: float | None = Field(1.0, gt=0.0, description="Max global grad norm; None = off.")
+    lr: Float = Field(1e-6, gt=0.0, lt=1.0)
+    weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
+    betas: tuple[Float, Float] = (0.9, 0.999)
+    eps: Float = Field(1e-8, gt=0.0, le=1.0)
+    grad_clip: Float | None = Field(
+        1.0, gt=0.0, le=1e6, description="Max global grad norm; None = off."
+    )
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> OptimizerConfig:
@@ -114,21 +136,32 @@ class TrainingConfig(_Strict):
     algorithm: AlgorithmConfig = Field(default_factory=_default_algorithm)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    prompts_per_step: int = Field(8, ge=1, description="B: prompts sampled per global step.")
-    group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
-    num_minibatches: int = Field(1, ge=1, description="N: optimizer updates per global step.")
-    micro_batch_size: int = Field(
-        16, ge=1, description="Responses per forward/backward; gradients accumulate exactly."
+    prompts_per_step: Int = Field(
+        8, ge=1, le=4096, description="B: prompts sampled per global step."
+    )
+    group_size: Int = Field(8, ge=1, le=1024, description="G: responses sampled per prompt.")
+    num_minibatches: Int = Field(
+        1, ge=1, le=1024, description="N: optimizer updates per global step."
+    )
+    micro_batch_size: Int = Field(
+        16, ge=1, le=4096,
+        description="Responses per forward/backward; gradients accumulate exactly.",
     )
     routing_replay: RoutingReplayMode = "auto"
     train_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 = autocast for the training forwards (weights stay fp32)."
     )
-    steps: int = Field(10, ge=1)
-    seed: int = 0
-    eval_every: int = Field(10, ge=0, description="Greedy held-out eval every k steps; 0 = off.")
-    eval_size: int = Field(32, ge=1, description="Held-out prompts per evaluation (at most).")
-    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every k steps; 0 = at the end.")
+    steps: Int = Field(10, ge=1, le=MAX_STEPS)
+    seed: Int = Field(0, ge=0, le=MAX_INT)
+    eval_every: Int = Field(
+        10, ge=0, le=MAX_STEPS, description="Greedy held-out eval every k steps; 0 = off."
+    )
+    eval_size: Int = Field(
+        32, ge=1, le=10_000, description="Held-out prompts per evaluation (at most)."
+    )
+    checkpoint_every: Int = Field(
+        0, ge=0, le=MAX_STEPS, description="Checkpoint every k steps; 0 = at the end."
+    )
 
     @property
     def responses_per_step(self) -> int:
@@ -149,6 +182,11 @@ class TrainingConfig(_Strict):
     @model_validator(mode="after")
     def _schedule_is_possible(self) -> TrainingConfig:
         n_responses = self.responses_per_step
+        if n_responses > MAX_RESPONSES_PER_STEP:
+            raise ValueError(
+                f"prompts_per_step × group_size = {n_responses} exceeds "
+                f"{MAX_RESPONSES_PER_STEP} responses per step"
+            )
         if n_responses % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} does not divide prompts_per_step × "

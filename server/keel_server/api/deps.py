@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from keel.types.common import MAX_INT
 from keel_server.services.context import Principal, ServiceContext
+
+_NO_NUL = r"^[^\x00]*$"
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -32,4 +35,12 @@ def get_principal(
 
 Ctx = Annotated[ServiceContext, Depends(get_ctx)]
 Caller = Annotated[Principal, Depends(get_principal)]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=_NO_NUL)
+]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)]
+# Path and query values reach SQL: bounded, NUL-free, integers within the INTEGER columns.
+Id = Annotated[str, Path(max_length=40, pattern=_NO_NUL)]
+Cursor = Annotated[str | None, Query(max_length=100, pattern=r"^[0-9A-Za-z_.]+$")]
+Step = Annotated[int | None, Query(ge=0, le=MAX_INT)]
+Limit = Annotated[int | None, Query(ge=1, le=MAX_INT)]

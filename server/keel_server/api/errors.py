@@ -11,12 +11,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from keel.types.errors import ErrorBody
+from keel.types.errors import ErrorBody, ErrorCode
 from keel_server.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-_CODE_OF_STATUS = {
+# The generic code of an HTTP error raised by the framework (unknown route, wrong method, ...).
+_CODE_OF_STATUS: dict[int, ErrorCode] = {
+    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -24,12 +26,20 @@ _CODE_OF_STATUS = {
     409: "conflict",
     413: "payload_too_large",
     422: "validation_error",
+    429: "rate_limited",
 }
 
 
-def envelope(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+def envelope(
+    status: int,
+    code: ErrorCode,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     body = ErrorBody(code=code, detail=detail, **extra).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install(app: FastAPI) -> None:
@@ -46,13 +56,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _CODE_OF_STATUS.get(exc.status_code, "http_error")
+        code = _CODE_OF_STATUS.get(exc.status_code, "bad_request")
         return envelope(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return envelope(500, "internal_error", f"internal error ({type(exc).__name__})")
+        # Starlette re-raises the exception after this response and the server then drops the
+        # connection: say so, or a keep-alive client would send its next request into it.
+        return envelope(
+            500, "internal_error", f"internal error ({type(exc).__name__})",
+            headers={"Connection": "close"},
+        )
 
 
 def _field_error(err: dict) -> dict:

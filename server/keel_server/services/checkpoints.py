@@ -12,8 +12,8 @@ from keel_server.db import session_scope
 from keel_server.services import convert
 from keel_server.services.auth import load_checkpoint, load_job
 from keel_server.services.context import Principal, ServiceContext
-from keel_server.services.errors import ServiceError, invalid
-from keel_server.services.jobs import page_limit
+from keel_server.services.errors import ServiceError
+from keel_server.services.paging import int_cursor, page_limit
 from keel_server.storage import iter_archive
 
 
@@ -21,11 +21,9 @@ def list_(
     ctx: ServiceContext, principal: Principal, job_id: str, *, cursor: str | None, limit: int | None
 ) -> Page[Checkpoint]:
     limit = page_limit(ctx, limit)
-    if cursor is not None and not cursor.isdigit():
-        raise invalid(["query", "cursor"], "not a cursor returned by this endpoint")
+    after = int_cursor(cursor)[0] if cursor is not None else None
     with session_scope(ctx.sessions) as session:
         load_job(session, principal, job_id)
-        after = int(cursor) if cursor is not None else None
         rows = ckpt_db.list_checkpoints(session, job_id, after_step=after, limit=limit)
         data = [convert.checkpoint(r) for r in rows[:limit]]
     has_more = len(rows) > limit

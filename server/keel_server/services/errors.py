@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from keel.types.errors import STATUS_OF_CODE
+from keel.types.errors import STATUS_OF_CODE, ErrorCode
 
 
 class ServiceError(Exception):
     def __init__(
         self,
-        code: str,
+        code: ErrorCode,
         detail: str,
         *,
         errors: list[dict[str, Any]] | None = None,
@@ -22,7 +22,7 @@ class ServiceError(Exception):
 
     @property
     def status(self) -> int:
-        return STATUS_OF_CODE.get(self.code, 500)
+        return STATUS_OF_CODE[self.code]
 
 
 def not_found(kind: str, id_: str) -> ServiceError:

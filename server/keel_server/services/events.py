@@ -8,18 +8,25 @@ from keel_server.db import jobs as jobs_db
 from keel_server.db import session_scope
 from keel_server.services.auth import load_job
 from keel_server.services.context import Principal, ServiceContext
+from keel_server.services.paging import int_cursor
 
 BATCH = 200
 
 
-def check_access(ctx: ServiceContext, principal: Principal, job_id: str) -> None:
+def open_stream(
+    ctx: ServiceContext, principal: Principal, job_id: str, last_event_id: str | None
+) -> int:
+    """Check access and return the event id the stream starts after (`Last-Event-ID`, else 0)."""
+    loc = ["header", "Last-Event-ID"]
+    after = int_cursor(last_event_id, loc=loc)[0] if last_event_id is not None else 0
     with session_scope(ctx.sessions) as session:
         load_job(session, principal, job_id)
+    return after
 
 
 def poll(ctx: ServiceContext, job_id: str, *, after_id: int) -> tuple[list[JobEvent], bool]:
     """(events with id > after_id, whether the job has ended). Access is checked once by
-    `check_access` when the stream opens."""
+    `open_stream` when the stream opens."""
     with session_scope(ctx.sessions) as session:
         # Status first: a terminal status and its event commit together, so reading events
         # after seeing the end cannot miss the final one.

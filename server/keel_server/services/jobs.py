@@ -25,6 +25,7 @@ from keel_server.services.auth import load_job, require_api_key
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
 from keel_server.services.models_check import check_model
+from keel_server.services.paging import page_limit
 
 JOB_STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
 
@@ -150,14 +151,6 @@ def list_(
         data = [convert.job(r) for r in rows[:limit]]
     has_more = len(rows) > limit
     return Page[Job](data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
-
-
-def page_limit(ctx: ServiceContext, limit: int | None) -> int:
-    if limit is None:
-        return ctx.settings.page_size_default
-    if not 1 <= limit <= ctx.settings.page_size_max:
-        raise invalid(["query", "limit"], f"must be between 1 and {ctx.settings.page_size_max}")
-    return limit
 
 
 # ---- controls --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from keel_server.services import convert
 from keel_server.services.auth import load_job
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
-from keel_server.services.jobs import page_limit
+from keel_server.services.paging import int_cursor, page_limit
 
 
 def add_batch(
@@ -54,7 +54,7 @@ def list_(
     ctx: ServiceContext, principal: Principal, job_id: str, *, cursor: str | None, limit: int | None
 ) -> Page[Prompt]:
     limit = page_limit(ctx, limit)
-    start = _index_cursor(cursor)
+    start = int_cursor(cursor)[0] if cursor is not None else 0
     with session_scope(ctx.sessions) as session:
         load_job(session, principal, job_id)
         rows = prompts_db.fetch_prompts(session, job_id, start=start, limit=limit + 1)
@@ -62,11 +62,3 @@ def list_(
     has_more = len(rows) > limit
     next_cursor = str(data[-1].index + 1) if has_more else None
     return Page[Prompt](data=data, has_more=has_more, next_cursor=next_cursor)
-
-
-def _index_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    if not cursor.isdigit():
-        raise invalid(["query", "cursor"], "not a cursor returned by this endpoint")
-    return int(cursor)

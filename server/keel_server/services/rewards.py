@@ -6,7 +6,8 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from keel.types.errors import ErrorBody
-from keel.types.rewards import RewardBatch, RewardBatchResult, RewardResult
+from keel.types.jobs import TERMINAL_STATUSES
+from keel.types.rewards import RewardBatch, RewardBatchResult, RewardResult, reward_problem
 from keel_server.db import rollouts as rollouts_db
 from keel_server.db import session_scope
 from keel_server.db.rollouts import RewardOutcome
@@ -41,7 +42,17 @@ def _post(
     session: Session, principal: Principal, rollout_id: str, value: float, *, loc: list
 ) -> RewardResult:
     _, job = load_rollout(session, principal, rollout_id)
-    _check_range(job.reward_source, value, loc)
+    if job.status in TERMINAL_STATUSES:
+        raise ServiceError(
+            "conflict",
+            f"job {job.id} is {job.status}: it takes no more rewards",
+            state={"job_id": job.id, "status": job.status},
+        )
+    source = job.reward_source
+    problem = reward_problem(value, min_value=source.get("min_value"),
+                             max_value=source.get("max_value"))  # fmt: skip
+    if problem:
+        raise invalid(loc, problem)
     outcome, row = rollouts_db.set_reward(session, rollout_id, value)
     if outcome in (RewardOutcome.CREATED, RewardOutcome.SAME):
         return RewardResult(
@@ -63,11 +74,3 @@ def _post(
             state=convert.rollout_state(row),
         )
     raise ServiceError("not_found", f"rollout {rollout_id!r} does not exist")
-
-
-def _check_range(reward_source: dict, value: float, loc: list) -> None:
-    low, high = reward_source.get("min_value"), reward_source.get("max_value")
-    if low is not None and value < low:
-        raise invalid(loc, f"reward {value} is below this job's min_value {low}")
-    if high is not None and value > high:
-        raise invalid(loc, f"reward {value} is above this job's max_value {high}")

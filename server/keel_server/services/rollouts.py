@@ -11,7 +11,7 @@ from keel_server.services import convert
 from keel_server.services.auth import REWARD_TOKEN_SCOPE, load_job, load_rollout
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
-from keel_server.services.jobs import page_limit
+from keel_server.services.paging import int_cursor, page_limit
 
 ROLLOUT_STATUSES = ("awaiting_reward", "rewarded", "expired")
 
@@ -36,26 +36,18 @@ def list_(
             raise ServiceError("forbidden", REWARD_TOKEN_SCOPE)
         statuses = ["awaiting_reward"]
     limit = page_limit(ctx, limit)
+    after = tuple(int_cursor(cursor, parts=3)) if cursor is not None else None
     with session_scope(ctx.sessions) as session:
         load_job(session, principal, job_id, reward_token_ok=True)
         rollouts_db.expire_due(session, job_id)
         rows = rollouts_db.list_rollouts(
-            session, job_id, statuses=statuses, step=step, after=_parse(cursor), limit=limit
+            session, job_id, statuses=statuses, step=step, after=after, limit=limit
         )
         data = [convert.rollout(r) for r in rows[:limit]]
     has_more = len(rows) > limit
     last = data[-1] if has_more else None
     next_cursor = f"{last.step}.{last.group_index}.{last.sample_index}" if last else None
     return Page[Rollout](data=data, has_more=has_more, next_cursor=next_cursor)
-
-
-def _parse(cursor: str | None) -> tuple[int, int, int] | None:
-    if cursor is None:
-        return None
-    parts = cursor.split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise invalid(["query", "cursor"], "not a cursor returned by this endpoint")
-    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def retrieve(ctx: ServiceContext, principal: Principal, rollout_id: str) -> Rollout:

@@ -21,14 +21,13 @@ reward to another completion.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from keel.types.rewards import RewardItem
+from keel.types.rewards import RewardItem, reward_problem
 from keel_server.db import SessionFactory, session_scope, utcnow
 from keel_server.db.models import Rollout as RolloutRow
 from keel_server.db.rollouts import (
@@ -153,8 +152,8 @@ class StepScorer:
         with session_scope(self.ctx.factory) as session:
             for item in items:
                 value = float(item.value)
-                in_range = (low is None or value >= low) and (high is None or value <= high)
-                if item.rollout_id not in allowed_ids or not math.isfinite(value) or not in_range:
+                problem = reward_problem(value, min_value=low, max_value=high)
+                if item.rollout_id not in allowed_ids or problem:
                     log.warning("job %s: ignoring inline reward %s", self.ctx.job_id, item)
                     continue
                 set_reward(session, item.rollout_id, value)

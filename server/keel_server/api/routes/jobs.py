@@ -8,13 +8,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from keel.types.common import Page
+from keel.types.common import Page, Text
 from keel.types.jobs import Job, JobCreate, JobCreated
-from keel_server.api.deps import Caller, Ctx, IdempotencyKey
+from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, LastEventId, Limit
 from keel_server.api.guard import UploadRoute
 from keel_server.services import events as events_service
 from keel_server.services import jobs as service
@@ -37,45 +37,44 @@ def create_job(
 def list_jobs(
     ctx: Ctx,
     caller: Caller,
-    status: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
-    cursor: str | None = None,
-    limit: int | None = None,
+    status: Annotated[list[Text], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    cursor: Cursor = None,
+    limit: Limit = None,
 ) -> Page[Job]:
     statuses = [s for value in status for s in value.split(",") if s]
     return service.list_(ctx, caller, statuses=statuses, cursor=cursor, limit=limit)
 
 
 @router.get("/jobs/{job_id}", response_model=Job)
-def retrieve_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+def retrieve_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
     return service.retrieve(ctx, caller, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=Job)
-def cancel_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+def cancel_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
     return service.cancel(ctx, caller, job_id)
 
 
 @router.post("/jobs/{job_id}/pause", response_model=Job)
-def pause_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+def pause_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
     return service.pause(ctx, caller, job_id)
 
 
 @router.post("/jobs/{job_id}/resume", response_model=Job)
-def resume_job(job_id: str, ctx: Ctx, caller: Caller) -> Job:
+def resume_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
     return service.resume(ctx, caller, job_id)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
 async def job_events(
-    job_id: str,
+    job_id: Id,
     ctx: Ctx,
     caller: Caller,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `metrics`, `checkpoint`; each `id:` resumes the stream via
     `Last-Event-ID`. The stream ends after the job's final event."""
-    await run_in_threadpool(events_service.check_access, ctx, caller, job_id)
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = await run_in_threadpool(events_service.open_stream, ctx, caller, job_id, last_event_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
         _stream(ctx, job_id, after), media_type="text/event-stream", headers=headers

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keel.types.keys import ApiKey, ApiKeyCreate, ApiKeyCreated, Whoami
-from keel_server.api.deps import Caller, Ctx
+from keel_server.api.deps import Caller, Ctx, Id
 from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import keys as service
 
@@ -23,7 +23,7 @@ def list_keys(ctx: Ctx, caller: Caller) -> list[ApiKey]:
 
 
 @router.delete("/keys/{key_id}", response_model=ApiKey)
-def revoke_key(key_id: str, ctx: Ctx, caller: Caller) -> ApiKey:
+def revoke_key(key_id: Id, ctx: Ctx, caller: Caller) -> ApiKey:
     return service.revoke(ctx, caller, key_id)
 
 

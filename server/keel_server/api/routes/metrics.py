@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from keel.types.common import Text
 from keel.types.metrics import MetricPoint
-from keel_server.api.deps import Caller, Ctx
+from keel_server.api.deps import Caller, Ctx, Id, Limit, Step
 from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import metrics as service
 
@@ -16,13 +17,13 @@ router = APIRouter(tags=["metrics"], route_class=AuthenticatedRoute)
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint])
 def list_metrics(
-    job_id: str,
+    job_id: Id,
     ctx: Ctx,
     caller: Caller,
-    name: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
-    step_min: int | None = None,
-    step_max: int | None = None,
-    limit: int | None = None,
+    name: Annotated[list[Text], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    step_min: Step = None,
+    step_max: Step = None,
+    limit: Limit = None,
 ) -> list[MetricPoint]:
     names = [n for value in name for n in value.split(",") if n]
     return service.list_(

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from keel.types.common import Page
 from keel.types.prompts import Prompt, PromptBatch, PromptBatchResult
-from keel_server.api.deps import Caller, Ctx, IdempotencyKey
+from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, Limit
 from keel_server.api.guard import UploadRoute
 from keel_server.services import prompts as service
 
@@ -15,13 +15,13 @@ router = APIRouter(tags=["prompts"], route_class=UploadRoute)
 
 @router.post("/jobs/{job_id}/prompts", response_model=PromptBatchResult)
 def add_prompts(
-    job_id: str, body: PromptBatch, ctx: Ctx, caller: Caller, idem: IdempotencyKey = None
+    job_id: Id, body: PromptBatch, ctx: Ctx, caller: Caller, idem: IdempotencyKey = None
 ) -> PromptBatchResult:
     return service.add_batch(ctx, caller, job_id, body, idempotency_key=idem)
 
 
 @router.get("/jobs/{job_id}/prompts", response_model=Page[Prompt])
 def list_prompts(
-    job_id: str, ctx: Ctx, caller: Caller, cursor: str | None = None, limit: int | None = None
+    job_id: Id, ctx: Ctx, caller: Caller, cursor: Cursor = None, limit: Limit = None
 ) -> Page[Prompt]:
     return service.list_(ctx, caller, job_id, cursor=cursor, limit=limit)

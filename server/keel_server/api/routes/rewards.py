@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keel.types.rewards import RewardBatch, RewardBatchResult, RewardCreate, RewardResult
-from keel_server.api.deps import Caller, Ctx
+from keel_server.api.deps import Caller, Ctx, Id
 from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import rewards as service
 
@@ -13,7 +13,7 @@ router = APIRouter(tags=["rewards"], route_class=AuthenticatedRoute)
 
 
 @router.post("/rollouts/{rollout_id}/reward", response_model=RewardResult)
-def post_reward(rollout_id: str, body: RewardCreate, ctx: Ctx, caller: Caller) -> RewardResult:
+def post_reward(rollout_id: Id, body: RewardCreate, ctx: Ctx, caller: Caller) -> RewardResult:
     return service.post(ctx, caller, rollout_id, body.value)
 
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from keel.types.common import Page
+from keel.types.common import Page, Text
 from keel.types.rollouts import Rollout
-from keel_server.api.deps import Caller, Ctx
+from keel_server.api.deps import Caller, Ctx, Cursor, Id, Limit, Step
 from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import rollouts as service
 
@@ -17,13 +17,13 @@ router = APIRouter(tags=["rollouts"], route_class=AuthenticatedRoute)
 
 @router.get("/jobs/{job_id}/rollouts", response_model=Page[Rollout])
 def list_rollouts(
-    job_id: str,
+    job_id: Id,
     ctx: Ctx,
     caller: Caller,
-    status: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
-    step: int | None = None,
-    cursor: str | None = None,
-    limit: int | None = None,
+    status: Annotated[list[Text], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    step: Step = None,
+    cursor: Cursor = None,
+    limit: Limit = None,
 ) -> Page[Rollout]:
     statuses = [s for value in status for s in value.split(",") if s]
     return service.list_(
@@ -32,5 +32,5 @@ def list_rollouts(
 
 
 @router.get("/rollouts/{rollout_id}", response_model=Rollout)
-def retrieve_rollout(rollout_id: str, ctx: Ctx, caller: Caller) -> Rollout:
+def retrieve_rollout(rollout_id: Id, ctx: Ctx, caller: Caller) -> Rollout:
     return service.retrieve(ctx, caller, rollout_id)

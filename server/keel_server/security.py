@@ -3,13 +3,31 @@
 They carry 256 bits of entropy, so an unsalted sha256 is safe to store and lets a request's key be
 looked up by its hash. Prefixes tell the two kinds apart: `keel_sk_` (API key), `keel_rt_`
 (reward token).
+
+Secrets keel must read back are sealed (Fernet: AES-128-CBC + HMAC-SHA256) with the operator's
+`Settings.secret_key`: a job's webhook secret, which the worker signs with, and its reward token,
+which an idempotent repeat of `POST /v1/jobs` returns again. Without `KEEL_SECRET_KEY` the key is
+`<home>/secret_key`, created (owner-only) on first use; API and workers on other machines must
+then be given the same `KEEL_SECRET_KEY`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from keel_server.settings import Settings
+
+SECRET_KEY_FILE = "secret_key"
+
+
+class SealError(ValueError):
+    """A sealed secret does not open with this key (KEEL_SECRET_KEY differs from the sealer's)."""
 
 API_KEY_PREFIX = "keel_sk_"
 REWARD_TOKEN_PREFIX = "keel_rt_"
@@ -33,3 +51,33 @@ def new_webhook_secret() -> str:
 
 def same_secret(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
+
+
+def sealing_key(settings: Settings) -> str:
+    """`Settings.secret_key`, else the key in `<home>/secret_key` (created 0600 if missing)."""
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.home) / SECRET_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it first: use theirs
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(Fernet.generate_key().decode() + "\n")
+    return path.read_text().strip()
+
+
+def seal(key: str, secret: str) -> str:
+    return Fernet(key.encode()).encrypt(secret.encode()).decode()
+
+
+def unseal(key: str, sealed: str) -> str:
+    try:
+        return Fernet(key.encode()).decrypt(sealed.encode()).decode()
+    except InvalidToken as exc:
+        raise SealError(
+            "a stored secret does not decrypt with this process's secret key: give the API and "
+            "every worker the same KEEL_SECRET_KEY"
+        ) from exc

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(
         default=None, description="Bootstrap admin API key; it may create projects and keys."
     )
+    secret_key: str | None = Field(
+        default=None,
+        description="Fernet key (`keel_server.security`) sealing webhook secrets and reward "
+        "tokens at rest; the API and every worker need the same one. Unset: `<home>/secret_key`.",
+    )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0,
         description="Body limit of uploads: job creation (inline datasets), prompts, files.",
@@ -59,6 +64,18 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)
     sse_keepalive_s: float = Field(default=15.0, gt=0)
+    max_active_jobs_per_project: int = Field(
+        default=16, ge=1, description="Queued + running jobs a project may have (429 past it)."
+    )
+    rate_limit_per_s: float = Field(
+        default=200.0, gt=0, description="Sustained requests per second per project, per API "
+        "process (429 with Retry-After past it)."
+    )
+    rate_limit_burst: int = Field(default=1000, ge=1, description="Requests a project may burst.")
+    max_reward_wait_s: float = Field(
+        default=24 * 3600.0, gt=0, description="Operator cap on the total time one job may wait "
+        "for rewards; past it the worker fails the job instead of holding its GPU."
+    )
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
 

@@ -70,7 +70,7 @@ def test_compose_config_accepts_the_file():
     cmd = _compose_command()
     if cmd is None:
         pytest.skip("no compose binary on this machine")
-    env = {**os.environ, "KEEL_ADMIN_KEY": "k" * 32}
+    env = {**os.environ, "KEEL_ADMIN_KEY": "k" * 32, "KEEL_SECRET_KEY": "s" * 43 + "="}
     done = subprocess.run([*cmd, "config", "-q"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -96,7 +96,7 @@ def test_prompts_stream_and_metrics_replace(session_factory, job_id) -> None:
         assert prompts.add_prompts(s, job_id, [("a", None), ("b", "B")]) == 2
         assert prompts.add_prompts(s, job_id, [("c", None)], batch_key="k") == 3
         assert [p.text for p in prompts.fetch_prompts(s, job_id, start=1, limit=5)] == ["b", "c"]
-        assert prompts.count_batch(s, job_id, "k") == 1
+        assert [p.text for p in prompts.batch_prompts(s, job_id, "k")] == ["c"]
         write_step_metrics(s, job_id, 1, {"a": 1.0, "b": 2.0})
         write_step_metrics(s, job_id, 1, {"a": 3.0})
         assert step_metrics(s, job_id, 1) == {"a": 3.0}

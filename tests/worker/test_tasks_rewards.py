@@ -185,3 +185,19 @@ def test_client_prompts_are_waited_for_and_scored_by_a_builtin_verifier(sdk, set
     assert sorted(seen) == [(1, 0, prompts[0]["text"], "1"), (1, 1, prompts[1]["text"], "2"),
                             (2, 0, prompts[2]["text"], "3"), (2, 1, prompts[3]["text"], "4")]
     assert all(r.status == "rewarded" and r.reward in (0.0, 1.0) for r in rollouts)
+
+
+def test_the_operator_cap_on_reward_waiting_fails_the_job(settings, tmp_path):
+    capped = settings.model_copy(update={"max_reward_wait_s": 1.0})
+    with TestClient(create_app(capped), base_url=BASE_URL) as http:
+        sdk = keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
+        with pytest.raises(keel.UnprocessableEntityError):  # a deadline past the cap: refused
+            sdk.jobs.create(job_config(), reward={"type": "external", "deadline_s": 5.0})
+        # Nobody posts: each step waits out its 0.8 s deadline; the second step passes the cap.
+        job = sdk.jobs.create(job_config(steps=5), reward={"type": "external", "deadline_s": 0.8})
+        started = time.monotonic()
+        run_job(job.id, capped)
+        final = sdk.jobs.retrieve(job.id)
+    assert final.status == "failed"
+    assert "KEEL_MAX_REWARD_WAIT_S" in final.error
+    assert final.step < 5 and time.monotonic() - started < 60

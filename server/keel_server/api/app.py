@@ -20,6 +20,7 @@ from keel_server.api.routes import (
     rollouts,
 )
 from keel_server.services.context import ServiceContext
+from keel_server.services.quotas import RateLimiter
 from keel_server.settings import Settings, get_settings
 
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     errors.install(app)
     for module in (jobs, prompts, files, rollouts, rewards, metrics, checkpoints, keys):
         app.include_router(module.router, prefix="/v1")

@@ -4,6 +4,7 @@ errors (unknown route, wrong method), oversized bodies and unexpected exceptions
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,7 +46,11 @@ def envelope(
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return envelope(exc.status, exc.code, exc.detail, errors=exc.errors, state=exc.state)
+        retry = exc.retry_after_s
+        headers = {"Retry-After": str(max(1, math.ceil(retry)))} if retry is not None else None
+        return envelope(
+            exc.status, exc.code, exc.detail, headers=headers, errors=exc.errors, state=exc.state
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,7 +3,8 @@
 FastAPI reads and parses a body before it solves dependencies, so an authentication dependency
 alone would let an anonymous caller make the API buffer and parse a body (and answer 422 instead
 of 401). `AuthenticatedRoute` authenticates first, from the headers only, and hands the route a
-`receive` that counts body bytes and stops at the route's limit with a 413: a declared
+`receive` that counts body bytes and stops at the route's limit with a 413 (a caller over its
+project's request rate gets its 429 before any body is read, too): a declared
 `Content-Length` over the limit is refused before anything is read, a chunked body as soon as it
 passes the limit. Routes with small bodies (rewards, keys) get `Settings.max_small_body_bytes`,
 uploads (`UploadRoute`: jobs with inline datasets, prompt batches, files) `Settings.max_body_bytes`.
@@ -38,7 +39,9 @@ class AuthenticatedRoute(APIRoute):
         async def authenticate_first(request: Request):
             token = bearer_token(request.headers.get("authorization"))
             ctx = request.app.state.ctx
-            request.state.principal = await run_in_threadpool(auth.authenticate, ctx, token)
+            principal = await run_in_threadpool(auth.authenticate, ctx, token)
+            request.app.state.rate_limiter.check(principal)
+            request.state.principal = principal
             return await read_body_and_run(request)
 
         return authenticate_first

@@ -84,6 +84,11 @@ def list_jobs(
     return list(session.execute(stmt).scalars())
 
 
+def count_jobs(session: Session, project_id: str, *, statuses: Sequence[str]) -> int:
+    stmt = select(func.count()).where(Job.project_id == project_id, Job.status.in_(statuses))
+    return session.execute(stmt).scalar_one()
+
+
 def transition(
     session: Session,
     job_id: str,

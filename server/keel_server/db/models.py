@@ -78,8 +78,12 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reward_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    webhook_secret: Mapped[str | None] = mapped_column(String(200))  # the worker signs with it
+    # Sealed with Settings.secret_key (keel_server.security): returned again by an idempotent
+    # repeat of the create request; the worker signs webhook deliveries with the secret.
+    reward_token_sealed: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))  # of the create request
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from keel_server.db.models import Job, Prompt
@@ -43,10 +43,14 @@ def add_prompts(
     return total
 
 
-def count_batch(session: Session, job_id: str, batch_key: str) -> int:
-    """Prompts already stored under this idempotency key (0: the batch is new)."""
-    stmt = select(func.count()).where(Prompt.job_id == job_id, Prompt.batch_key == batch_key)
-    return session.execute(stmt).scalar_one()
+def batch_prompts(session: Session, job_id: str, batch_key: str) -> list[Prompt]:
+    """The prompts stored under this idempotency key, in order (empty: the batch is new)."""
+    stmt = (
+        select(Prompt)
+        .where(Prompt.job_id == job_id, Prompt.batch_key == batch_key)
+        .order_by(Prompt.index)
+    )
+    return list(session.execute(stmt).scalars())
 
 
 def count_prompts(session: Session, job_id: str) -> int:

@@ -16,9 +16,11 @@ class ServiceError(Exception):
         *,
         errors: list[dict[str, Any]] | None = None,
         state: dict[str, Any] | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(detail)
         self.code, self.detail, self.errors, self.state = code, detail, errors, state
+        self.retry_after_s = retry_after_s  # sent as `Retry-After` (a 429)
 
     @property
     def status(self) -> int:

@@ -7,6 +7,11 @@ a job nobody runs (queued or paused) changes state at once (architecture.md §5)
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+from sqlalchemy.exc import IntegrityError
+
 from keel.types.common import Page
 from keel.types.jobs import (
     DatasetPrompts,
@@ -19,13 +24,21 @@ from keel_server.db import jobs as jobs_db
 from keel_server.db import new_id, session_scope
 from keel_server.db import prompts as prompts_db
 from keel_server.queue import enqueue_run_job
-from keel_server.security import hash_secret, new_reward_token, new_webhook_secret
+from keel_server.security import (
+    hash_secret,
+    new_reward_token,
+    new_webhook_secret,
+    seal,
+    sealing_key,
+    unseal,
+)
 from keel_server.services import convert, files
 from keel_server.services.auth import load_job, require_api_key
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
 from keel_server.services.models_check import check_model
 from keel_server.services.paging import page_limit
+from keel_server.services.quotas import check_active_jobs
 
 JOB_STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
 
@@ -33,22 +46,73 @@ JOB_STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled
 def create(
     ctx: ServiceContext, principal: Principal, req: JobCreate, *, idempotency_key: str | None
 ) -> tuple[JobCreated, bool]:
-    """Returns (the job with its one-time secrets, whether it was created now).
+    """Returns (the job with its secrets, whether it was created now).
 
-    A repeat with the same `Idempotency-Key` returns the first job (secrets are not shown again).
+    A repeat with the same `Idempotency-Key` and the same request returns what the first call
+    returned, secrets included (they are kept sealed for this); the same key with a different
+    request is a 409 `idempotency_conflict` naming the key.
     """
     require_api_key(principal)
     check_model(req.config.model.name, req.config.routing_replay)
+    _check_deadline(ctx, req)
+    fingerprint = _fingerprint(req)
+    if idempotency_key:
+        replay = _replay(ctx, principal, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay, False
     dataset = _dataset_prompts(ctx, principal, req)
+    try:
+        created = _insert(ctx, principal, req, dataset, idempotency_key, fingerprint)
+    except IntegrityError:
+        # A concurrent request with the same key won the insert: answer as its replay.
+        replay = _replay(ctx, principal, idempotency_key, fingerprint) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay, False
+    _enqueue(ctx, created.id)
+    created.num_prompts = len(dataset)
+    return created, True
+
+
+def _fingerprint(req: JobCreate) -> str:
+    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(
+    ctx: ServiceContext, principal: Principal, key: str, fingerprint: str
+) -> JobCreated | None:
     with session_scope(ctx.sessions) as session:
-        if idempotency_key:
-            existing = jobs_db.get_job_by_idempotency_key(
-                session, principal.project_id, idempotency_key
+        row = jobs_db.get_job_by_idempotency_key(session, principal.project_id, key)
+        if row is None:
+            return None
+        if row.request_sha256 != fingerprint:  # rows from before revision 0002 have none
+            raise ServiceError(
+                "idempotency_conflict",
+                f"Idempotency-Key {key!r} was already used for job {row.id} with a different "
+                "request; use a new key for a new job",
+                state={"idempotency_key": key, "job_id": row.id},
             )
-            if existing is not None:
-                return JobCreated(**convert.job(existing).model_dump(), reward_token=""), False
-        token = new_reward_token()
-        secret = _webhook_secret(req)
+        sealing = sealing_key(ctx.settings)
+        return JobCreated(
+            **convert.job(row).model_dump(),
+            reward_token=unseal(sealing, row.reward_token_sealed),
+            webhook_secret=unseal(sealing, row.webhook_secret) if row.webhook_secret else None,
+        )
+
+
+def _insert(
+    ctx: ServiceContext,
+    principal: Principal,
+    req: JobCreate,
+    dataset: list[tuple[str, str | None]],
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> JobCreated:
+    token, secret = new_reward_token(), _webhook_secret(req)
+    sealing = sealing_key(ctx.settings)
+    with session_scope(ctx.sessions) as session:
+        check_active_jobs(ctx, session, principal.project_id)
         row = jobs_db.insert_job(
             session,
             id=new_id("job"),
@@ -60,17 +124,16 @@ def create(
             reward_source=_reward_source(ctx, req),
             steps=req.config.steps,
             reward_token_hash=hash_secret(token),
-            webhook_secret=secret,
+            reward_token_sealed=seal(sealing, token),
+            webhook_secret=seal(sealing, secret) if secret else None,
             idempotency_key=idempotency_key,
+            request_sha256=fingerprint,
         )
         if dataset:
             prompts_db.add_prompts(session, row.id, dataset)
-        created = JobCreated(
+        return JobCreated(
             **convert.job(row).model_dump(), reward_token=token, webhook_secret=secret
         )
-    _enqueue(ctx, created.id)
-    created.num_prompts = len(dataset)
-    return created, True
 
 
 def _dataset_prompts(
@@ -101,6 +164,15 @@ def _reward_source(ctx: ServiceContext, req: JobCreate) -> dict:
     source = req.reward.model_dump(mode="json", exclude={"secret"})
     source["deadline_s"] = req.reward.deadline_s or ctx.settings.reward_deadline_s
     return source
+
+
+def _check_deadline(ctx: ServiceContext, req: JobCreate) -> None:
+    cap_s = ctx.settings.max_reward_wait_s
+    if req.reward.deadline_s is not None and req.reward.deadline_s > cap_s:
+        raise invalid(
+            ["body", "reward", "deadline_s"],
+            f"exceeds this server's cap of {cap_s:g} s on a job's total reward wait",
+        )
 
 
 def _webhook_secret(req: JobCreate) -> str | None:

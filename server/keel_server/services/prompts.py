@@ -40,14 +40,27 @@ def add_batch(
                     ["body", "prompts", missing[0], "reference"],
                     f"verifier `{verifier}` needs a reference on every prompt",
                 )
-        if idempotency_key:
-            already = prompts_db.count_batch(session, job_id, idempotency_key)
-            if already:
-                total = prompts_db.count_prompts(session, job_id)
-                return PromptBatchResult(job_id=job_id, accepted=already, total=total)
         pairs = [(p.text, p.reference) for p in batch.prompts]
+        if idempotency_key:
+            stored = prompts_db.batch_prompts(session, job_id, idempotency_key)
+            if stored:
+                return _replay(job_id, idempotency_key, stored, pairs)
         total = prompts_db.add_prompts(session, job_id, pairs, batch_key=idempotency_key)
     return PromptBatchResult(job_id=job_id, accepted=len(pairs), total=total)
+
+
+def _replay(
+    job_id: str, key: str, stored: list, pairs: list[tuple[str, str | None]]
+) -> PromptBatchResult:
+    """What the first call with this key returned, if this batch is the same one."""
+    if [(p.text, p.reference) for p in stored] != pairs:
+        raise ServiceError(
+            "idempotency_conflict",
+            f"Idempotency-Key {key!r} was already used on job {job_id} for a different batch of "
+            "prompts; use a new key for a new batch",
+            state={"idempotency_key": key, "job_id": job_id},
+        )
+    return PromptBatchResult(job_id=job_id, accepted=len(stored), total=stored[-1].index + 1)
 
 
 def list_(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,6 +66,11 @@ def builtin_verifier(source: dict[str, Any], task: Task | None) -> Verifier:
     return lambda r: verifier(r.completion, r.item.answer)
 
 
+class RewardWaitExceeded(RuntimeError):
+    """The job spent more than `Settings.max_reward_wait_s` waiting for rewards: it fails
+    rather than hold its worker."""
+
+
 @dataclass
 class RewardContext:
     """What every step's scorer of one job needs."""
@@ -76,6 +82,7 @@ class RewardContext:
     source: dict[str, Any]
     webhook_secret: str | None
     verifier: Verifier | None  # builtin sources only
+    waited_s: float = 0.0  # time this run has spent waiting for rewards, all steps together
 
     @property
     def deadline_s(self) -> float:
@@ -98,13 +105,25 @@ class StepScorer:
             return list(computed)
         if ctx.source.get("type") == "webhook":
             self._push(rows if fresh else [r for r in rows if r.status == "awaiting_reward"])
+        started = time.monotonic()
+        cap_s = ctx.settings.max_reward_wait_s
+
+        def over_cap() -> bool:
+            return ctx.waited_s + (time.monotonic() - started) > cap_s
+
         result = wait_for_rewards(
             ctx.factory, ctx.job_id, self.step,
             poll_interval_s=ctx.settings.reward_poll_interval_s,
-            should_stop=lambda: ctx.control.stop_reason() is not None,
-        )
+            should_stop=lambda: over_cap() or ctx.control.stop_reason() is not None,
+        )  # fmt: skip
+        ctx.waited_s += time.monotonic() - started
         if not result.complete:
-            raise StopRun(ctx.control.stop_reason() or "cancel")
+            if ctx.control.stop_reason() is None:
+                raise RewardWaitExceeded(
+                    f"the job waited {ctx.waited_s:.0f} s for rewards in total, over the "
+                    f"operator's cap of {cap_s:g} s (KEEL_MAX_REWARD_WAIT_S)"
+                )
+            raise StopRun(ctx.control.stop_reason())
         return _match(rollouts, result.rollouts)
 
     def _rows(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
 from keel_server.db.jobs import LeaseLost, finish_job, take_lease
+from keel_server.security import sealing_key
 from keel_server.settings import Settings
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.spec import JobSpec
@@ -63,7 +64,7 @@ def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> Run
         log.info("job %s: not taken (%s)", job_id, lease.reason)
         return RunOutcome(job_id, lease.reason)
     try:
-        spec = JobSpec.from_row(lease.job)
+        spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
     except ValueError as exc:
         _end(factory, job_id, owner, "failed", error=_describe(exc, lease.job.step))
         return RunOutcome(job_id, "failed", lease.job.step)

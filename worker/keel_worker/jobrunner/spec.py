@@ -7,6 +7,7 @@ from typing import Any
 
 from keel.types.training import TrainingConfig
 from keel_server.db.models import Job
+from keel_server.security import unseal
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,13 @@ class JobSpec:
     webhook_secret: str | None
 
     @classmethod
-    def from_row(cls, job: Job) -> JobSpec:
-        """Raises pydantic's ValidationError when the stored config no longer validates."""
+    def from_row(cls, job: Job, *, sealing_key: str) -> JobSpec:
+        """Raises a ValueError when the stored config no longer validates (pydantic's
+        ValidationError) or the webhook secret does not decrypt with `sealing_key` (SealError)."""
         return cls(
             id=job.id,
             config=TrainingConfig.model_validate(job.config),
             prompt_source=dict(job.prompt_source or {}),
             reward_source=dict(job.reward_source or {}),
-            webhook_secret=job.webhook_secret,
+            webhook_secret=unseal(sealing_key, job.webhook_secret) if job.webhook_secret else None,
         )

@@ -30,7 +30,7 @@ def ensure_admin_key(home: Path) -> str:
     path = home / ADMIN_KEY_FILE
     if path.is_file():
         return path.read_text().strip()
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = f"keel_admin_{secrets.token_urlsafe(24)}"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -88,6 +88,9 @@ def up(settings: Settings, *, host: str, port: int) -> None:
 
     from keel_server.api.app import create_app
 
+    # Everything keel up and its worker create (state, broker messages, artifacts, logs) is
+    # readable by this user only; the worker inherits the umask.
+    os.umask(0o077)
     upgrade(settings.database_url)
     Path(settings.home).mkdir(parents=True, exist_ok=True)
     worker = WorkerProcess.start(settings, log_path=Path(settings.home) / "worker.log")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import subprocess
 
 import pytest
@@ -41,6 +42,10 @@ def test_webhook_job_on_keel_up(tmp_path, helpers):
         helpers.assert_every_step_once(client, job.id, steps=2)
         helpers.assert_rewards_kept(client, job.id, service.posted())
         assert (home / "keel.db").is_file() and (home / "broker").is_dir()
+        private = [home, home / "keel.db", home / "broker", home / "secret_key", home / "artifacts"]
+        assert {p.name: stat.S_IMODE(p.stat().st_mode) & 0o077 for p in private} == dict.fromkeys(
+            [p.name for p in private], 0
+        )  # state files are the owner's only
         checkpoint, model = helpers.load_checkpoint(client, job.id, tmp_path / "model")
         assert checkpoint.step == 2
         with torch.no_grad():

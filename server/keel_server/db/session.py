@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ def make_engine(database_url: str) -> Engine:
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        _create_private(Path(url.database))
     # API threads and the worker process share one file: WAL + a busy timeout, and every
     # transaction starts with BEGIN IMMEDIATE. A deferred transaction that reads and then writes
     # fails at once with "database is locked" when another writer committed in between (the
@@ -27,6 +29,15 @@ def make_engine(database_url: str) -> Engine:
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin_immediate)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file owner-only (0600, its folder 0700 when keel makes it) before
+    SQLite does: it holds API-key hashes and sealed secrets. SQLite gives its -wal and -shm
+    files the database file's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _begin_immediate(connection) -> None:

@@ -9,7 +9,7 @@ from keel.types.errors import ErrorBody
 from keel.types.jobs import TERMINAL_STATUSES
 from keel.types.rewards import RewardBatch, RewardBatchResult, RewardResult, reward_problem
 from keel_server.db import rollouts as rollouts_db
-from keel_server.db import session_scope
+from keel_server.db import session_scope, utcnow
 from keel_server.db.rollouts import RewardOutcome
 from keel_server.services import convert
 from keel_server.services.auth import load_rollout
@@ -41,8 +41,12 @@ def post_batch(ctx: ServiceContext, principal: Principal, batch: RewardBatch) ->
 def _post(
     session: Session, principal: Principal, rollout_id: str, value: float, *, loc: list
 ) -> RewardResult:
-    _, job = load_rollout(session, principal, rollout_id)
-    if job.status in TERMINAL_STATUSES:
+    rollout, job = load_rollout(session, principal, rollout_id)
+    # A rollout still open for a reward, of a job that has ended: nobody will read it. (An
+    # expired or rewarded one answers as usual: its own state is the more precise 409, and the
+    # same value again stays an idempotent 200.)
+    open_ = rollout.status == "awaiting_reward" and rollout.deadline_at > utcnow()
+    if job.status in TERMINAL_STATUSES and open_:
         raise ServiceError(
             "conflict",
             f"job {job.id} is {job.status}: it takes no more rewards",

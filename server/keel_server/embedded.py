@@ -20,6 +20,7 @@ from pathlib import Path
 
 from keel_server.migrate import upgrade
 from keel_server.settings import Settings
+from keel_server.webhook_targets import LOOPBACK
 
 ADMIN_KEY_FILE = "admin_key"
 WORKER_STOP_TIMEOUT_S = 10.0
@@ -42,6 +43,9 @@ def embedded_settings(home: Path | None = None, **overrides: object) -> Settings
     """Settings of the embedded deployment: everything under `home` unless the environment
     already names other URLs. The admin key is filled from `<home>/admin_key` when unset."""
     settings = Settings(**({"home": home} if home is not None else {}), **overrides)
+    if "webhook_allow" not in settings.model_fields_set:
+        # One machine: the reward service is usually a local process.
+        settings = settings.model_copy(update={"webhook_allow": LOOPBACK})
     if not settings.admin_key:
         settings = settings.model_copy(update={"admin_key": ensure_admin_key(settings.home)})
     return settings

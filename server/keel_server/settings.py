@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."
     )
+    webhook_allow: str = Field(
+        default="",
+        description="Comma-separated hostnames and IP networks webhooks may be delivered to "
+        "although they are not public (keel_server.webhook_targets); `keel up` allows loopback.",
+    )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=0.5, ge=0)

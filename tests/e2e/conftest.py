@@ -161,6 +161,7 @@ def base_env(tmp: Path, **keel: str) -> dict[str, str]:
         KEEL_REWARD_POLL_INTERVAL_S="0.1",
         KEEL_SSE_POLL_INTERVAL_S="0.1",
         KEEL_WEBHOOK_BACKOFF_S="0.2",
+        KEEL_WEBHOOK_ALLOW="127.0.0.1",  # the reward service runs on this machine
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
     )

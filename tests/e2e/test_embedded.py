@@ -20,6 +20,7 @@ def test_webhook_job_on_keel_up(tmp_path, helpers):
     home = tmp_path / "dot-keel"
     env = helpers.base_env(tmp_path)
     env.pop("KEEL_ADMIN_KEY")  # keel up makes one and prints it
+    env.pop("KEEL_WEBHOOK_ALLOW")  # keel up allows loopback by itself
     env["KEEL_HOME"] = str(home)
     stack = helpers.Stack(tmp_path, env)
     try:

@@ -25,6 +25,7 @@ def settings(migrated_url: str, tmp_path) -> Settings:
         admin_key=ADMIN_KEY,
         max_body_bytes=64 * 1024,
         max_small_body_bytes=8 * 1024,
+        webhook_allow="127.0.0.1",  # the tests' receivers are local
         sse_poll_interval_s=0.05,
     )
 

@@ -208,3 +208,25 @@ def test_a_finished_job_takes_no_rewards(
                         headers=headers).json()  # fmt: skip
     assert batch["results"][0]["error"]["state"]["status"] == final
     assert client.get(f"/v1/rollouts/{ids[0]}", headers=headers).json()["reward"] is None
+
+
+# ---- item 3: webhook SSRF ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8000/v1/jobs", "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.7/hook", "http://[::1]/hook", "http://localhost:9/hook"],
+)  # fmt: skip
+def test_a_webhook_to_a_non_public_address_is_422_by_default(job_body, settings, url) -> None:
+    from fastapi.testclient import TestClient
+
+    from keel_server.api.app import create_app
+
+    production = settings.model_copy(update={"webhook_allow": ""})
+    admin = {"Authorization": f"Bearer {settings.admin_key}"}
+    with TestClient(create_app(production)) as client:
+        r = client.post("/v1/jobs", json=job_body(reward={"type": "webhook", "url": url}),
+                        headers=admin)  # fmt: skip
+    _assert_4xx(r)
+    assert r.json()["errors"][0]["loc"] == ["body", "reward", "url"]
+    assert "KEEL_WEBHOOK_ALLOW" in r.json()["detail"] or "resolve" in r.json()["detail"]

@@ -47,6 +47,7 @@ def settings(sqlite_url: str, tmp_path) -> Settings:
     return Settings(
         home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
         heartbeat_interval_s=0.2, reward_poll_interval_s=0.05, webhook_backoff_s=0.05,
+        webhook_allow="127.0.0.1",  # the receivers below are local
     )  # fmt: skip
 
 
@@ -201,3 +202,20 @@ def test_the_operator_cap_on_reward_waiting_fails_the_job(settings, tmp_path):
     assert final.status == "failed"
     assert "KEEL_MAX_REWARD_WAIT_S" in final.error
     assert final.step < 5 and time.monotonic() - started < 60
+
+
+def test_a_refused_delivery_shows_on_the_job_as_an_event_and_a_metric(sdk, settings):
+    receiver = Receiver(lambda payload: (200, {}))
+    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "deadline_s": 0.5}
+    job = sdk.jobs.create(job_config(steps=1), reward=reward)
+    # The worker's policy refuses loopback (as a production worker would after a DNS change).
+    try:
+        run_job(job.id, settings.model_copy(update={"webhook_allow": ""}))
+    finally:
+        receiver.close()
+    assert receiver.deliveries == []
+    metrics = {(m.step, m.name): m.value for m in sdk.metrics.list(job.id)}
+    assert metrics[(1, "webhook/delivery_failures")] == 1.0
+    events = [e for e in sdk.jobs.events(job.id) if e.type == "webhook"]
+    assert [(e.data["step"], e.data["delivered"]) for e in events] == [(1, False)]
+    assert "KEEL_WEBHOOK_ALLOW" in events[0].data["error"]

@@ -182,7 +182,7 @@ class JobCreated(Job):
     webhook_secret: str | None = None
 
 
-EventType = Literal["status", "metrics", "checkpoint"]
+EventType = Literal["status", "metrics", "checkpoint", "webhook"]
 
 
 class JobEvent(ResponseModel):

@@ -39,6 +39,7 @@ from keel_server.services.errors import ServiceError, invalid
 from keel_server.services.models_check import check_model
 from keel_server.services.paging import page_limit
 from keel_server.services.quotas import check_active_jobs
+from keel_server.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 
 JOB_STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
 
@@ -55,6 +56,7 @@ def create(
     require_api_key(principal)
     check_model(req.config.model.name, req.config.routing_replay)
     _check_deadline(ctx, req)
+    _check_webhook_target(ctx, req)
     fingerprint = _fingerprint(req)
     if idempotency_key:
         replay = _replay(ctx, principal, idempotency_key, fingerprint)
@@ -173,6 +175,15 @@ def _check_deadline(ctx: ServiceContext, req: JobCreate) -> None:
             ["body", "reward", "deadline_s"],
             f"exceeds this server's cap of {cap_s:g} s on a job's total reward wait",
         )
+
+
+def _check_webhook_target(ctx: ServiceContext, req: JobCreate) -> None:
+    if not isinstance(req.reward, WebhookReward):
+        return
+    try:
+        resolve_target(str(req.reward.url), WebhookAllow.parse(ctx.settings.webhook_allow))
+    except WebhookTargetRefused as exc:
+        raise invalid(["body", "reward", "url"], str(exc)) from exc
 
 
 def _webhook_secret(req: JobCreate) -> str | None:

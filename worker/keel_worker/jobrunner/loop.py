@@ -126,6 +126,8 @@ class JobLoop:
             self.rewards, step=step + 1, policy_version=self.trainer.policy_version
         )
         metrics.update(self.trainer.step(items, scorer, seed=step_seed(cfg.seed, step)))
+        if self.spec.reward_source.get("type") == "webhook":
+            metrics["webhook/delivery_failures"] = float(scorer.delivery_failures)
         if step + 1 == cfg.steps and self.task is not None and cfg.eval_every > 0:
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics

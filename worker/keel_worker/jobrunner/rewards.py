@@ -30,6 +30,7 @@ from typing import Any
 
 from keel.types.rewards import RewardItem, reward_problem
 from keel_server.db import SessionFactory, session_scope, utcnow
+from keel_server.db.events import append_event
 from keel_server.db.models import Rollout as RolloutRow
 from keel_server.db.rollouts import (
     NewRollout,
@@ -39,8 +40,9 @@ from keel_server.db.rollouts import (
     wait_for_rewards,
 )
 from keel_server.settings import Settings
-from keel_server.webhooks import WebhookDeliveryError, deliver, payload_for
+from keel_server.webhook_targets import WebhookAllow
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver, payload_for
 from keel_worker.training.scoring import Rollout
 from keel_worker.training.tasks import VERIFIERS, Task, numeric_reward
 
@@ -96,6 +98,7 @@ class StepScorer:
         self.ctx = ctx
         self.step = step
         self.policy_version = policy_version
+        self.delivery_failures = 0  # webhook deliveries of this step that failed for good
 
     def __call__(self, rollouts: Sequence[Rollout]) -> list[float | None]:
         ctx = self.ctx
@@ -156,13 +159,19 @@ class StepScorer:
                 str(source["url"]),
                 ctx.webhook_secret or "",
                 payload,
+                allow=WebhookAllow.parse(ctx.settings.webhook_allow),
                 timeout_s=float(source.get("timeout_s") or ctx.settings.webhook_timeout_s),
                 max_attempts=int(source.get("max_attempts") or ctx.settings.webhook_max_attempts),
                 backoff_s=ctx.settings.webhook_backoff_s,
             )
         except WebhookDeliveryError as exc:
-            # The rows stay awaiting: the receiver may still post, else they expire.
+            # The rows stay awaiting: the receiver may still post, else they expire. The job's
+            # owner sees the failure as an event and the step's `webhook/delivery_failures`.
             log.warning("job %s step %d: webhook delivery failed: %s", ctx.job_id, self.step, exc)
+            self.delivery_failures += 1
+            event = {"step": self.step, "delivered": False, "error": str(exc)}
+            with session_scope(ctx.factory) as session:
+                append_event(session, ctx.job_id, "webhook", event)
             return
         self._record_inline({r.id for r in rows}, reply.rewards)
 

@@ -72,8 +72,9 @@ async def job_events(
     caller: Caller,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: `status`, `metrics`, `checkpoint`; each `id:` resumes the stream via
-    `Last-Event-ID`. The stream ends after the job's final event."""
+    """Server-Sent Events: `status`, `metrics`, `checkpoint`, `webhook` (a failed delivery);
+    each `id:` resumes the stream via `Last-Event-ID`. The stream ends after the job's final
+    event."""
     after = await run_in_threadpool(events_service.open_stream, ctx, caller, job_id, last_event_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(

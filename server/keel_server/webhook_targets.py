@@ -1,0 +1,90 @@
+"""Where a webhook may be delivered (SSRF guard, architecture.md §6).
+
+A `reward.url` names a host that keel's workers will POST signed JSON to, from inside the
+operator's network. Every address the host resolves to must be public (not loopback, private,
+link-local, shared, multicast, reserved or unspecified) unless the operator allows it in
+`Settings.webhook_allow`: comma-separated hostnames (exact, case-insensitive) and IP networks
+(`10.1.0.0/16`, `127.0.0.1`). Embedded mode (`keel up`) allows loopback. The API checks at job
+creation (a 422); the worker checks again before each delivery and connects to the very address
+it checked, so a DNS answer that changes in between (rebinding) cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]
+LOOPBACK = "127.0.0.0/8,::1"
+
+
+class WebhookTargetRefused(ValueError):
+    """The URL's host is not a place this server delivers webhooks to."""
+
+
+@dataclass(frozen=True)
+class WebhookAllow:
+    hosts: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> WebhookAllow:
+        hosts, networks = set(), []
+        for item in (part.strip() for part in spec.split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                hosts.add(item.lower().rstrip("."))
+        return cls(frozenset(hosts), tuple(networks))
+
+    def permits(self, host: str, address: IPAddress) -> bool:
+        if host.lower().rstrip(".") in self.hosts:
+            return True
+        if any(address in net for net in self.networks):
+            return True
+        return address.is_global and not address.is_multicast
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({info[4][0] for info in infos})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked delivery target: connect to `address`, name `host` (Host header, TLS SNI)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str
+
+
+def resolve_target(url: str, allow: WebhookAllow, *, resolve: Resolver = system_resolver) -> Target:
+    """The address to deliver `url` to, or WebhookTargetRefused saying why not."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        raise WebhookTargetRefused(f"{url!r} is not an http(s) URL with a host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [ipaddress.ip_address(a.split("%")[0]) for a in resolve(host, port)]
+    except (OSError, UnicodeError) as exc:
+        raise WebhookTargetRefused(f"the webhook host {host!r} does not resolve: {exc}") from exc
+    if not addresses:
+        raise WebhookTargetRefused(f"the webhook host {host!r} does not resolve")
+    refused = [a for a in addresses if not allow.permits(host, a)]
+    if refused:
+        raise WebhookTargetRefused(
+            f"the webhook host {host!r} resolves to {refused[0]}, a loopback, private or "
+            "otherwise non-public address; an operator may allow it with KEEL_WEBHOOK_ALLOW"
+        )
+    return Target(url, parts.scheme, host, port, str(addresses[0]))

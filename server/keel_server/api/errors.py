@@ -31,6 +31,28 @@ _CODE_OF_STATUS: dict[int, ErrorCode] = {
 }
 
 
+_DESCRIPTION = {
+    400: "The body could not be read.",
+    401: "Missing, unknown or revoked key.",
+    403: "This kind of key may not do this (e.g. a reward token).",
+    404: "No such resource in the caller's project.",
+    409: "The resource's state forbids it; `state` says which.",
+    413: "The body is over this route's limit.",
+    422: "A field, parameter or header is invalid; `errors` lists each.",
+    429: "A project quota; retry after `Retry-After` seconds.",
+    503: "The broker refused the job; it is stored as failed.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting the envelope for these statuses."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTION[s]} for s in statuses}
+
+
+# What any authenticated route may answer besides its success.
+ROUTE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429)
+
+
 def envelope(
     status: int,
     code: ErrorCode,

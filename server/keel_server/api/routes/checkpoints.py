@@ -9,10 +9,11 @@ from fastapi.responses import StreamingResponse
 from keel.types.checkpoints import Checkpoint
 from keel.types.common import Page
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, Limit
+from keel_server.api.errors import ROUTE_ERRORS
 from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import checkpoints as service
 
-router = APIRouter(tags=["checkpoints"], route_class=AuthenticatedRoute)
+router = APIRouter(tags=["checkpoints"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=Page[Checkpoint])

@@ -7,10 +7,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from keel.types.prompts import FileObject
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.errors import ROUTE_ERRORS
 from keel_server.api.guard import UploadRoute
 from keel_server.services import files as service
 
-router = APIRouter(tags=["files"], route_class=UploadRoute)
+router = APIRouter(tags=["files"], route_class=UploadRoute, responses=ROUTE_ERRORS)
 
 
 @router.post("/files", response_model=FileObject, status_code=201)

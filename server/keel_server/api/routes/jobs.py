@@ -15,15 +15,24 @@ from fastapi.responses import StreamingResponse
 from keel.types.common import Page, Text
 from keel.types.jobs import Job, JobCreate, JobCreated
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, LastEventId, Limit
+from keel_server.api.errors import ROUTE_ERRORS, error_responses
 from keel_server.api.guard import UploadRoute
 from keel_server.services import events as events_service
 from keel_server.services import jobs as service
 from keel_server.services.context import ServiceContext
 
-router = APIRouter(tags=["jobs"], route_class=UploadRoute)
+router = APIRouter(tags=["jobs"], route_class=UploadRoute, responses=ROUTE_ERRORS)
 
 
-@router.post("/jobs", response_model=JobCreated, status_code=201)
+@router.post(
+    "/jobs",
+    response_model=JobCreated,
+    status_code=201,
+    responses={
+        200: {"model": JobCreated, "description": "A replay of an earlier Idempotency-Key."},
+        **error_responses(503),
+    },
+)
 def create_job(
     body: JobCreate, ctx: Ctx, caller: Caller, response: Response, idem: IdempotencyKey = None
 ) -> JobCreated:
@@ -60,7 +69,7 @@ def pause_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
     return service.pause(ctx, caller, job_id)
 
 
-@router.post("/jobs/{job_id}/resume", response_model=Job)
+@router.post("/jobs/{job_id}/resume", response_model=Job, responses=error_responses(503))
 def resume_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
     return service.resume(ctx, caller, job_id)
 

@@ -6,10 +6,11 @@ from fastapi import APIRouter
 
 from keel.types.keys import ApiKey, ApiKeyCreate, ApiKeyCreated, Whoami
 from keel_server.api.deps import Caller, Ctx, Id
+from keel_server.api.errors import ROUTE_ERRORS
 from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import keys as service
 
-router = APIRouter(tags=["keys"], route_class=AuthenticatedRoute)
+router = APIRouter(tags=["keys"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)
 
 
 @router.post("/keys", response_model=ApiKeyCreated, status_code=201)

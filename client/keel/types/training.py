@@ -34,8 +34,10 @@ class ModelConfig(_Strict):
     name: str = Field(
         "smollm2-135m-instruct",
         min_length=1,
-        description="A built-in model name, a local Hugging Face directory, a .gguf file or a "
-        "hub id (hub ids need a machine that is online).",
+        max_length=1024,
+        description="A built-in model name, a hub id 'org/name' (needs a machine that is "
+        "online), or an absolute path to a Hugging Face directory or .gguf file under a model "
+        "root the operator allows (`KEEL_MODEL_ROOTS`).",
     )
 
 

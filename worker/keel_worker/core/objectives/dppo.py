@@ -13,6 +13,8 @@ mismatch). Only log π_θ carries gradient: the gradient is Σ_t M_t · w_t · �
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -32,19 +34,24 @@ def _detached_logprobs(batch: PolicyBatch) -> tuple[Tensor, Tensor]:
     return logprobs_B_T, rollout_B_T
 
 
-def _masked_pg_loss(
+def _dppo_loss(
     batch: PolicyBatch,
-    keep_B_T: Tensor,
+    trust_region: Callable[..., Tensor],
     *,
     normalizer: float | Tensor,
+    delta_low: float,
+    delta_high: float,
     is_cap: float,
     loss_agg: str,
 ) -> LossOutput:
-    """−M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ, aggregated, with the mask and IS metrics."""
+    """−M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ with M_t = ``trust_region(log p, log q, Â)``."""
     mask_B_T = batch.mask_B_T
     advantages_B_T = batch.advantages_B_T
     logprobs_B_T, rollout_B_T = _detached_logprobs(batch)
-    # Stop-gradient: the truncated IS weight and the mask are constants (both computed detached).
+    # Stop-gradient: the mask and the truncated IS weight are computed from detached log-probs.
+    keep_B_T = trust_region(
+        logprobs_B_T, rollout_B_T, advantages_B_T, delta_low=delta_low, delta_high=delta_high
+    )
     raw_B_T, weight_B_T = token_truncate(
         masked_log_ratio(logprobs_B_T, rollout_B_T, mask_B_T), mask_B_T, cap=is_cap
     )
@@ -66,15 +73,15 @@ def dppo_tv(
     loss_agg: str,
 ) -> LossOutput:
     """DPPO-Binary-TV: drop tokens with Â > 0 and p − q > δ_high, or Â < 0 and p − q < −δ_low."""
-    logprobs_B_T, rollout_B_T = _detached_logprobs(batch)
-    keep_B_T = binary_tv_mask(
-        logprobs_B_T,
-        rollout_B_T,
-        batch.advantages_B_T,
+    return _dppo_loss(
+        batch,
+        binary_tv_mask,
+        normalizer=normalizer,
         delta_low=delta_low,
         delta_high=delta_high,
+        is_cap=is_cap,
+        loss_agg=loss_agg,
     )
-    return _masked_pg_loss(batch, keep_B_T, normalizer=normalizer, is_cap=is_cap, loss_agg=loss_agg)
 
 
 @register("dppo_kl")
@@ -92,12 +99,12 @@ def dppo_kl(
     D = q·log(q/p) + (1−q)·log((1−q)/(1−p)), the KL between the two Bernoulli distributions
     "the sampled token / any other token" under μ_old and π_θ.
     """
-    logprobs_B_T, rollout_B_T = _detached_logprobs(batch)
-    keep_B_T = binary_kl_mask(
-        logprobs_B_T,
-        rollout_B_T,
-        batch.advantages_B_T,
+    return _dppo_loss(
+        batch,
+        binary_kl_mask,
+        normalizer=normalizer,
         delta_low=delta_low,
         delta_high=delta_high,
+        is_cap=is_cap,
+        loss_agg=loss_agg,
     )
-    return _masked_pg_loss(batch, keep_B_T, normalizer=normalizer, is_cap=is_cap, loss_agg=loss_agg)

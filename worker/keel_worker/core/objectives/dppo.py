@@ -5,10 +5,10 @@ Qi et al., "Rethinking the Trust Region in LLM RL" (arXiv 2602.04879), Binary-TV
     ℓ_t = −M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ(y_t|·)     aggregated by ``loss_agg``
 
 M_t is :func:`~keel_worker.core.clipping.binary_tv_mask` or
-:func:`~keel_worker.core.clipping.binary_kl_mask` on p = π_θ(y_t) and q = μ_old(y_t). Unlike
-MiniRL, the anchor of both the mask and the IS weight is μ, the policy that sampled, never the
-recomputed π_old (DPPO's critique: a π_old anchor does not bound the training–inference
-mismatch). Only log π_θ carries gradient: the gradient is Σ_t M_t · w_t · Â · ∇log π_θ.
+:func:`~keel_worker.core.clipping.binary_kl_mask` on p = π_θ(y_t) and q = μ_old(y_t). MiniRL
+anchors its mask on the recomputed π_old; here the mask and the IS weight are both anchored on
+μ, the policy that sampled (DPPO's critique: a π_old anchor does not bound the training–inference
+mismatch), and π_old plays no part. Only log π_θ carries gradient: Σ_t M_t · w_t · Â · ∇log π_θ.
 """
 
 from __future__ import annotations

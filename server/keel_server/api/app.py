@@ -1,6 +1,6 @@
 """The FastAPI application factory: REST under `/v1`, OpenAPI at `/docs`, health also at
-`/health/*` for probes, Prometheus at `/metrics`. The app holds one ServiceContext built from the
-given Settings."""
+`/health/*` for probes, Prometheus at `/metrics`, the web dashboard at `/dashboard`. The app holds
+one ServiceContext built from the given Settings."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from keel_server.api import errors, prometheus
 from keel_server.api.limits import BodyLimitMiddleware
 from keel_server.api.routes import (
     checkpoints,
+    dashboard,
     files,
     health,
     jobs,
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     errors.install(app)
     v1 = (jobs, prompts, files, rollouts, rewards, metrics, checkpoints, keys, health)
     includes = [(module.router, "/v1") for module in v1]
-    includes += [(health.router, ""), (prometheus.router, "")]
+    includes += [(health.router, ""), (prometheus.router, ""), (dashboard.router, "")]
     for router, prefix in includes:
         app.include_router(router, prefix=prefix)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -338,7 +338,8 @@ function drawHeatmaps(series) {
       .filter((v) => v !== null);
     const top = Math.max(0, ...values);
     const cell = 14;
-    const chart = svg("svg", { width: 40 + steps.length * cell, height: 20 + layers.length * cell });
+    const chart = svg("svg",
+      { width: 40 + steps.length * cell, height: 20 + layers.length * cell });
     layers.forEach((layer, row) => {
       const name = svg("text", { x: 0, y: 12 + row * cell, "font-size": 10, fill: "#6b7385" });
       name.textContent = `L${layer}`;

@@ -5,14 +5,15 @@ in with an API key and the /v1 routes decide what it may see. Not part of the Op
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from keel_server.services.errors import not_found
+
 router = APIRouter(include_in_schema=False)
 FILES = Path(__file__).resolve().parents[1] / "dashboard"
-MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css"}
+ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 # no-cache: a browser revalidates, so an upgraded server never runs an old script.
 HEADERS = {"Cache-Control": "no-cache"}
 
@@ -23,6 +24,7 @@ def page() -> FileResponse:
 
 
 @router.get("/dashboard/static/{name}")
-def asset(name: Literal["dashboard.js", "dashboard.css"]) -> FileResponse:
-    path = FILES / name
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=HEADERS)
+def asset(name: str) -> FileResponse:
+    if name not in ASSETS:
+        raise not_found("dashboard file", name)
+    return FileResponse(FILES / name, media_type=ASSETS[name], headers=HEADERS)

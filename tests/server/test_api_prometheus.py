@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import os
+import secrets
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +15,9 @@ from keel_server.api.app import create_app
 from keel_server.db import jobs as jobs_db
 from keel_server.db import session_scope
 from keel_server.db.metrics import write_step_metrics
+from keel_server.queue import make_producer
+
+REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 
 STEP_METRICS = {
     "reward/mean": 0.625,
@@ -156,3 +161,28 @@ def test_metrics_access_is_the_operators_choice(
         assert project.status_code == (200 if access == "open" else status if access == "off"
                                        else 401)  # fmt: skip
         assert "/metrics" not in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.services
+def test_queue_depth_on_redis(settings, admin, job_body) -> None:
+    """The production broker: the depth is the queue's message count, and a path nobody routes
+    is one `unmatched` label however many paths are tried."""
+    queue = f"keel-metrics-{secrets.token_hex(4)}"
+    on_redis = settings.model_copy(update={"broker_url": REDIS_URL, "job_queue": queue})
+    try:
+        with TestClient(create_app(on_redis)) as client:
+            assert scrape(client, admin)[("keel_queue_depth", (("queue", queue),))] == 0
+            for _ in range(2):
+                assert client.post("/v1/jobs", json=job_body(), headers=admin).status_code == 201
+            for path in ("/a", "/b/c", "/v1/nothing"):
+                assert client.get(path).status_code == 404
+            assert client.request("BREW", "/v1/jobs").status_code == 405
+            got = scrape(client, admin)
+    finally:
+        with make_producer(on_redis).connection_for_write() as conn:
+            conn.default_channel.client.delete(queue)
+    assert got[("keel_queue_depth", (("queue", queue),))] == 2
+    unmatched = (("method", "GET"), ("route", "unmatched"), ("status", "404"))
+    assert got[("keel_http_requests_total", unmatched)] == 3
+    brewed = (("method", "OTHER"), ("route", "/v1/jobs"), ("status", "405"))
+    assert got[("keel_http_requests_total", brewed)] == 1

@@ -67,6 +67,10 @@ def test_scrape_matches_the_api(
         url = f"/v1/rollouts/{rollout_ids[index]}/reward"
         assert client.post(url, json={"value": value}, headers=alpha).status_code == status
     assert client.post("/v1/rollouts/ro_missing/reward", json={"value": 1}, headers=alpha)
+    batch = [{"rollout_id": rollout_ids[3], "value": 1.0}, {"rollout_id": rollout_ids[0],
+                                                            "value": 0.25}]  # fmt: skip
+    results = client.post("/v1/rewards", json={"rewards": batch}, headers=alpha).json()["results"]
+    assert [r["ok"] for r in results] == [True, False]  # each item counted on its own
     for _ in range(3):
         assert client.get(f"/v1/jobs/{running}", headers=alpha).status_code == 200
 
@@ -83,7 +87,7 @@ def test_scrape_matches_the_api(
     for status in ("awaiting_reward", "rewarded", "expired"):
         expected = sum(r["status"] == status for r in rollouts)
         assert got[("keel_rollouts", (("status", status),))] == expected, status
-    assert got[("keel_rollouts", (("status", "rewarded"),))] == 2
+    assert got[("keel_rollouts", (("status", "rewarded"),))] == 3
     # Each create enqueued one message and no Celery worker consumes this (filesystem) queue.
     assert got[("keel_queue_depth", (("queue", "keel"),))] == 3
 
@@ -108,7 +112,7 @@ def test_scrape_matches_the_api(
 
     rewards = {o: got[("keel_reward_posts_total", (("outcome", o),))] for o in
                ("accepted", "duplicate", "conflicting", "rejected")}  # fmt: skip
-    assert rewards == {"accepted": 2, "duplicate": 1, "conflicting": 1, "rejected": 2}
+    assert rewards == {"accepted": 3, "duplicate": 1, "conflicting": 2, "rejected": 2}
     route = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200"))
     assert got[("keel_http_requests_total", route)] == 3
     assert got[("keel_http_requests_total", (

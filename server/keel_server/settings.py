@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
+    metrics_access: Literal["token", "open", "off"] = Field(
+        default="token",
+        description="Prometheus `GET /metrics`: `token` = Bearer `metrics_token` or the admin "
+        "key; `open` = no auth (a scrape network you trust); `off` = 404.",
+    )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token a Prometheus scraper sends to `GET /metrics`."
+    )
 
     @field_validator("model_roots", mode="before")
     @classmethod

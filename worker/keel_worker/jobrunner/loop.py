@@ -3,7 +3,8 @@
 It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
 sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
 checkpoints registered for download, and the cooperative stops of `control` checked between
-phases. Order per step: metrics + progress in one transaction, then the checkpoint. A crash in
+phases. Order per step: metrics + progress in one transaction, the same metrics to the
+TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
 step appears exactly once.
 
@@ -39,6 +40,7 @@ from keel_worker.training.evaluate import evaluate
 from keel_worker.training.run import step_seed
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
+from keel_worker.training.trackers import StepTrackers
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,14 @@ class JobLoop:
 
     def run(self) -> str:
         """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun)."""
-        cfg = self.spec.config
         self._setup()
+        try:
+            return self._steps()
+        finally:
+            self.trackers.close()
+
+    def _steps(self) -> str:
+        cfg = self.spec.config
         for step in range(self.step_reached, cfg.steps):
             before = _Resume(step, self.prompts.cursor, capture_rng())
             try:
@@ -84,6 +92,7 @@ class JobLoop:
                     session, self.spec.id, self.control.owner,
                     step=done, policy_version=self.trainer.policy_version,
                 )
+            self.trackers.log(done, metrics)
             self.step_reached = done
             every = cfg.checkpoint_every
             if (every and done % every == 0) or done == cfg.steps:
@@ -115,6 +124,9 @@ class JobLoop:
         self.rewards = RewardContext(
             factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
             source=spec.reward_source, webhook_secret=spec.webhook_secret, verifier=verifier,
+        )
+        self.trackers = StepTrackers.open(
+            cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
         )
 
     def _model_cache(self) -> Path:

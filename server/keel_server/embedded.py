@@ -41,14 +41,12 @@ class HomeInUse(RuntimeError):
 class HomeLock:
     """The exclusive lock on `<home>/keel.pid`, whose text names the processes holding it."""
 
-    path: Path
     fd: int
 
     @classmethod
     def acquire(cls, home: Path) -> HomeLock:
         home.mkdir(parents=True, exist_ok=True)
-        path = home / PID_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(home / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -58,7 +56,7 @@ class HomeLock:
                 f"keel is already running on {home.resolve()} ({holders}); stop those processes "
                 "first (a worker left by a killed `keel up` included), then start again"
             ) from None
-        return cls(path, fd)
+        return cls(fd)
 
     def record(self, **pids: int) -> None:
         os.ftruncate(self.fd, 0)

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="A lease whose heartbeat is older than this is stale."
     )
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    reaper_interval_s: float | None = Field(
+        default=None, gt=0,
+        description="How often the API and each worker sweep for orphaned jobs; default half "
+        "the lease timeout.",
+    )  # fmt: skip
     reward_poll_interval_s: float = Field(default=0.2, gt=0)
     prompt_poll_interval_s: float = Field(default=0.5, gt=0)
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")

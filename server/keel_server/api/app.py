@@ -1,6 +1,8 @@
 """The FastAPI application factory: REST under `/v1`, OpenAPI at `/docs`, health also at
 `/health/*` for probes, Prometheus at `/metrics`, the web dashboard at `/dashboard`. The app holds
-one ServiceContext built from the given Settings."""
+one ServiceContext built from the given Settings and, while it serves, runs the lease reaper
+(`keel_server.leases`): a job whose worker died is re-enqueued even when no worker is left to
+notice."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from keel_server.api.routes import (
     rewards,
     rollouts,
 )
+from keel_server.leases import start_reaper
 from keel_server.services.context import ServiceContext
 from keel_server.settings import Settings, get_settings
 
@@ -32,8 +35,12 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        yield
-        ctx.close()
+        reaper = start_reaper(ctx.sessions, ctx.producer, settings)
+        try:
+            yield
+        finally:
+            reaper.stop()
+            ctx.close()
 
     app = FastAPI(
         title="keel",

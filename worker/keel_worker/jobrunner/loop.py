@@ -8,6 +8,10 @@ TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
 step appears exactly once.
 
+A job that trained on nothing fails instead of succeeding: when its last step is done and the
+policy version is still 0, no step kept a single complete reward group (every group had an
+expired or unscored member), so no update ever ran (`TrainedOnNothing`).
+
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
 (weights, optimizer, the cursor and RNG as they were when the step began), and the resumed job
@@ -45,6 +49,10 @@ from keel_worker.training.trackers import StepTrackers
 log = logging.getLogger(__name__)
 
 
+class TrainedOnNothing(RuntimeError):
+    """Every step of the job dropped all its groups: the model was never updated."""
+
+
 @dataclass(frozen=True)
 class _Resume:
     """Where a step starts from, captured before it draws prompts or random numbers."""
@@ -68,7 +76,8 @@ class JobLoop:
         self.step_reached = 0
 
     def run(self) -> str:
-        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun)."""
+        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
+        Raises TrainedOnNothing when no step updated the model."""
         self._setup()
         try:
             return self._steps()
@@ -97,6 +106,11 @@ class JobLoop:
             every = cfg.checkpoint_every
             if (every and done % every == 0) or done == cfg.steps:
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
+        if self.trainer.policy_version == 0:
+            raise TrainedOnNothing(
+                f"trained on nothing: none of the {cfg.steps} steps kept a complete reward group "
+                "(each group had an expired or unscored reward), so the model was never updated"
+            )
         return "succeeded"
 
     # ------------------------------------------------------------------ setup

@@ -8,11 +8,13 @@ Celery `filesystem://` broker and artifacts, all under `home` (`.keel/`).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -40,6 +42,11 @@ class Settings(BaseSettings):
         description="Fernet key (`keel_server.security`) sealing webhook secrets and reward "
         "tokens at rest; the API and every worker need the same one. Unset: `<home>/secret_key`.",
     )
+    model_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Folders under which a job may name a local model by absolute path "
+        f"(`{os.pathsep}`-separated in the environment); empty = no local paths at all.",
+    )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0,
         description="Body limit of uploads: job creation (inline datasets), prompts, files.",
@@ -53,6 +60,11 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="A lease whose heartbeat is older than this is stale."
     )
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    reaper_interval_s: float | None = Field(
+        default=None, gt=0,
+        description="How often the API and each worker sweep for orphaned jobs; default half "
+        "the lease timeout.",
+    )  # fmt: skip
     reward_poll_interval_s: float = Field(default=0.2, gt=0)
     prompt_poll_interval_s: float = Field(default=0.5, gt=0)
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
@@ -83,6 +95,21 @@ class Settings(BaseSettings):
     )
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
+    metrics_access: Literal["token", "open", "off"] = Field(
+        default="token",
+        description="Prometheus `GET /metrics`: `token` = Bearer `metrics_token` or the admin "
+        "key; `open` = no auth (a scrape network you trust); `off` = 404.",
+    )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token a Prometheus scraper sends to `GET /metrics`."
+    )
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(p) for p in value.split(os.pathsep) if p.strip())
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -23,6 +23,7 @@ VerifierName = Literal["exact_match", "numeric"]
 # The worker's task registry (`keel_worker.training.tasks.TASKS`) has exactly these names; a
 # contract test keeps them equal, so an unknown task is a 422 at job creation.
 TaskName = Literal["addition", "dataset"]
+RolloutPrecision = Literal["fp32", "bf16", "fp8", "fp8_tensor", "int4"]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).
@@ -45,8 +46,10 @@ class ModelConfig(_Strict):
     name: str = Field(
         "smollm2-135m-instruct",
         min_length=1,
-        description="A built-in model name, a local Hugging Face directory, a .gguf file or a "
-        "hub id (hub ids need a machine that is online).",
+        max_length=1024,
+        description="A built-in model name, a hub id 'org/name' (needs a machine that is "
+        "online), or an absolute path to a Hugging Face directory or .gguf file under a model "
+        "root the operator allows (`KEEL_MODEL_ROOTS`).",
     )
 
 
@@ -98,12 +101,23 @@ class RolloutConfig(_Strict):
     """How the inference engine samples (the μ_θold of paper-spec §1.1)."""
 
     engine: Literal["hf", "vllm"] = "hf"
-    precision: Literal["fp32", "bf16", "fp8"] = Field(
-        "fp32", description="Inference weights precision; fp8 = fake-quantized float8_e4m3fn."
+    precision: RolloutPrecision = Field(
+        "fp32",
+        description="Inference weights: fp32 (exact copy), bf16, fp8 (float8_e4m3fn, a scale per "
+        "output channel), fp8_tensor (one scale per tensor), int4 (4-bit, a scale and zero point "
+        "per group of 32 inputs, as AWQ/GPTQ).",
     )
     max_new_tokens: Int = Field(64, ge=1, le=32768)
     temperature: Float = Field(1.0, gt=0.0, le=10.0)
     top_p: Float = Field(1.0, gt=0.0, le=1.0)
+    top_k: Int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Sample only among the k most likely tokens; 0 = off. Like top_p, it "
+        "truncates what is drawn while μ is reported from the full distribution (vLLM's raw "
+        "logprobs), a sampling mismatch no IS weight sees.",
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -124,6 +138,25 @@ class OptimizerConfig(_Strict):
         return self
 
 
+class WandbConfig(_Strict):
+    """Weights & Biases run of a job (the worker needs the `wandb` extra). `online` reads the
+    worker's own W&B login (`WANDB_API_KEY`); `offline` keeps the run under the job's artifacts
+    for `wandb sync`."""
+
+    project: Text = Field(min_length=1, max_length=128)
+    mode: Literal["online", "offline"] = "online"
+
+
+class LoggingConfig(_Strict):
+    """Where the worker also writes each step's metrics, under keel's own metric names."""
+
+    tensorboard: bool = Field(
+        False, description="Event files under the job's artifacts `tensorboard/` folder "
+        "(the worker needs the `tensorboard` extra)."
+    )
+    wandb: WandbConfig | None = Field(None, description="A W&B run per job; None = off.")
+
+
 def _default_algorithm() -> AlgorithmConfig:
     return TypeAdapter(AlgorithmConfig).validate_python({"name": "minirl"})
 
@@ -136,6 +169,7 @@ class TrainingConfig(_Strict):
     algorithm: AlgorithmConfig = Field(default_factory=_default_algorithm)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     prompts_per_step: Int = Field(
         8, ge=1, le=4096, description="B: prompts sampled per global step."
     )

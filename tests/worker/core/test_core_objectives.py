@@ -218,6 +218,8 @@ ALL_HYPER = {
     "gspo": PPO | {"loss_agg": "seq_mean_token_mean"},
     "gspo_token": PPO | {"loss_agg": "seq_mean_token_mean"},
     "decoupled_ppo_tis": PPO | {"is_correction": TIS5, "loss_agg": "token_mean"},
+    "dppo_tv": {"delta_low": 0.15, "delta_high": 0.15, "is_cap": 10.0, "loss_agg": "token_mean"},
+    "dppo_kl": {"delta_low": 0.05, "delta_high": 0.05, "is_cap": 10.0, "loss_agg": "token_mean"},
 }
 
 

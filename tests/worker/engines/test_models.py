@@ -16,7 +16,7 @@ from keel_worker.engines.smollm2 import converted_dir, smollm2_gguf_path
 
 
 def test_builtin_tiny_models(tiny_dense, tiny_moe) -> None:
-    assert BUILTIN_MODELS == ("tiny-dense", "tiny-moe", "smollm2-135m-instruct")
+    assert BUILTIN_MODELS == ("tiny-dense", "tiny-moe", "tiny-moe-deep", "smollm2-135m-instruct")
     assert not tiny_dense.is_moe and tiny_moe.is_moe
     assert 0.5e6 < sum(p.numel() for p in tiny_dense.model.parameters()) < 3e6
     routers = find_routers(tiny_moe.model)
@@ -47,7 +47,8 @@ def test_local_hf_directory_round_trip(tmp_path: Path, tiny_moe) -> None:
 
 
 def test_errors_name_the_builtins_or_the_missing_file(tmp_path: Path, tiny_dense) -> None:
-    with pytest.raises(ModelNotFoundError, match="tiny-dense, tiny-moe, smollm2-135m-instruct"):
+    builtins = "tiny-dense, tiny-moe, tiny-moe-deep, smollm2-135m-instruct"
+    with pytest.raises(ModelNotFoundError, match=builtins):
         load_model("no-such-model", cache_dir=tmp_path)
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         load_model(str(tmp_path / "missing.gguf"), cache_dir=tmp_path)
@@ -75,3 +76,17 @@ def test_smollm2_is_converted_once_then_loaded_from_the_cache(tmp_path: Path) ->
     ids = torch.tensor([[1, 504, 3458, 314]])
     with torch.no_grad():
         assert torch.equal(first.model(ids).logits, second.model(ids).logits)
+
+
+def test_without_local_paths_a_hub_shaped_folder_is_never_read(
+    tmp_path: Path, tiny_moe, monkeypatch
+) -> None:
+    """The service decides a name is a hub id; the worker must not find it on its disk."""
+    tiny_moe.model.save_pretrained(tmp_path / "org" / "name")
+    tiny_moe.tokenizer.save_pretrained(tmp_path / "org" / "name")
+    monkeypatch.chdir(tmp_path)
+    assert load_model("org/name", cache_dir=tmp_path).is_moe  # the library reads the folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelNotFoundError, match="hub is disabled"):
+        load_model("org/name", cache_dir=tmp_path, local_paths=False)

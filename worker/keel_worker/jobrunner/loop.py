@@ -3,9 +3,14 @@
 It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
 sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
 checkpoints registered for download, and the cooperative stops of `control` checked between
-phases. Order per step: metrics + progress in one transaction, then the checkpoint. A crash in
+phases. Order per step: metrics + progress in one transaction, the same metrics to the
+TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
 step appears exactly once.
+
+A job that trained on nothing fails instead of succeeding: when its last step is done and the
+policy version is still 0, no step kept a single complete reward group (every group had an
+expired or unscored member), so no update ever ran (`TrainedOnNothing`).
 
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
@@ -26,8 +31,10 @@ from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
 from keel_server.db.jobs import record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
+from keel_server.model_access import ModelNotAllowed, resolve_model
 from keel_server.settings import Settings
 from keel_server.storage import archive_digest
+from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -37,8 +44,13 @@ from keel_worker.training.evaluate import evaluate
 from keel_worker.training.run import step_seed
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
+from keel_worker.training.trackers import StepTrackers
 
 log = logging.getLogger(__name__)
+
+
+class TrainedOnNothing(RuntimeError):
+    """Every step of the job dropped all its groups: the model was never updated."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,16 @@ class JobLoop:
         self.step_reached = 0
 
     def run(self) -> str:
-        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun)."""
-        cfg = self.spec.config
+        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
+        Raises TrainedOnNothing when no step updated the model."""
         self._setup()
+        try:
+            return self._steps()
+        finally:
+            self.trackers.close()
+
+    def _steps(self) -> str:
+        cfg = self.spec.config
         for step in range(self.step_reached, cfg.steps):
             before = _Resume(step, self.prompts.cursor, capture_rng())
             try:
@@ -82,17 +101,23 @@ class JobLoop:
                     session, self.spec.id, self.control.owner,
                     step=done, policy_version=self.trainer.policy_version,
                 )
+            self.trackers.log(done, metrics)
             self.step_reached = done
             every = cfg.checkpoint_every
             if (every and done % every == 0) or done == cfg.steps:
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
+        if self.trainer.policy_version == 0:
+            raise TrainedOnNothing(
+                f"trained on nothing: none of the {cfg.steps} steps kept a complete reward group "
+                "(each group had an expired or unscored reward), so the model was never updated"
+            )
         return "succeeded"
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg, spec = self.spec.config, self.spec
         run = TrainingSession.open(
-            cfg, workdir=self.workdir, cache_dir=Path(self.settings.home) / "models"
+            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
@@ -114,6 +139,25 @@ class JobLoop:
             factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
             source=spec.reward_source, webhook_secret=spec.webhook_secret, verifier=verifier,
         )
+        self.trackers = StepTrackers.open(
+            cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
+        )
+
+    def _model_cache(self) -> Path:
+        return Path(self.settings.home) / "models"
+
+    def _load_model(self) -> LoadedModel:
+        """The job's model under the same policy the API applied at creation (the settings may
+        have changed since); a refused or unloadable model fails the job without naming paths."""
+        name = self.spec.config.model.name
+        source = resolve_model(name, self.settings)
+        try:
+            return load_model(
+                source.spec, cache_dir=self._model_cache(), local_paths=source.kind == "local"
+            )
+        except Exception as exc:
+            log.exception("job %s: loading model %r failed", self.spec.id, name)
+            raise ModelNotAllowed(name) from exc
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ from keel_worker.training.evaluate import evaluate
 from keel_worker.training.scoring import ScoreFn, task_scorer
 from keel_worker.training.session import TrainingSession, build_engine
 from keel_worker.training.tasks import PromptStream, build_task
+from keel_worker.training.trackers import StepTrackers
 
 __all__ = ["DEFAULT_CACHE_DIR", "StepResult", "build_engine", "step_seed", "train"]
 
@@ -73,24 +74,32 @@ def train(
             max_new_tokens=config.rollout.max_new_tokens,
         )
 
-    for step in range(run.step, config.steps):
-        due_eval = config.eval_every > 0 and step % config.eval_every == 0
-        eval_metrics = held_out() if due_eval else {}
-        items = stream.take(config.prompts_per_step)
-        metrics = run.trainer.step(items, score, seed=step_seed(config.seed, step))
-        metrics.update(eval_metrics)
-        done = step + 1
-        if done == config.steps and config.eval_every > 0:
-            # The policy after the last update, so a run always reports where it ended.
-            metrics.update({f"{k}_final": v for k, v in held_out().items()})
-        saved = None
-        every = config.checkpoint_every
-        stopping = should_stop is not None and should_stop()
-        if (every and done % every == 0) or done == config.steps or stopping:
-            saved, _ = run.save(
-                done, data_cursor=stream.cursor, rng=capture_rng(),
-                summary={"config": config.model_dump(mode="json")},
-            )
-        yield StepResult(done, run.trainer.policy_version, metrics, saved)
-        if stopping:
-            return
+    trackers = StepTrackers.open(
+        config.logging, logdir=workdir, run_id=Path(workdir).name,
+        config=config.model_dump(mode="json"),
+    )  # fmt: skip
+    try:
+        for step in range(run.step, config.steps):
+            due_eval = config.eval_every > 0 and step % config.eval_every == 0
+            eval_metrics = held_out() if due_eval else {}
+            items = stream.take(config.prompts_per_step)
+            metrics = run.trainer.step(items, score, seed=step_seed(config.seed, step))
+            metrics.update(eval_metrics)
+            done = step + 1
+            if done == config.steps and config.eval_every > 0:
+                # The policy after the last update, so a run always reports where it ended.
+                metrics.update({f"{k}_final": v for k, v in held_out().items()})
+            saved = None
+            every = config.checkpoint_every
+            stopping = should_stop is not None and should_stop()
+            if (every and done % every == 0) or done == config.steps or stopping:
+                saved, _ = run.save(
+                    done, data_cursor=stream.cursor, rng=capture_rng(),
+                    summary={"config": config.model_dump(mode="json")},
+                )
+            trackers.log(done, metrics)
+            yield StepResult(done, run.trainer.policy_version, metrics, saved)
+            if stopping:
+                return
+    finally:
+        trackers.close()

@@ -32,7 +32,8 @@ def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_
     suite = SUITES[suite_name]
     mixture = next(m for m in suite.task.COLD_START_MIXTURES if m.name == name)
     cs = coldstart.ensure_cold_start(suite, mixture, sft, cache_dir=cache_dir, log=_log)
-    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate}
+    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate,
+            "weights_sha256": cs.weights_sha256}  # fmt: skip
 
 
 def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:

@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.full:
         orchestrate.run_stress(suite, budget, sft, **common, part=args.part,
                                deadline=_deadline(args.deadline))  # fmt: skip
-        print(build_report(out.parent if args.out is None else None, stress_dir=out))
+        # Beside the gentle suite's results (the default place): the one combined report.
+        gentle = out.parent if (out.parent / "runs").is_dir() else None
+        print(build_report(gentle, stress_dir=out))
     else:
         orchestrate.run_stress_quick(suite, budget, sft, **common)
         print(build_report(None, stress_dir=out))

@@ -285,7 +285,7 @@ def _mean_of(rows: Rows, cell: str, key: str) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-F9_RUNGS = ("fp8_tensor", "int4", "int4+top_p0.9")  # the stress suite's ladder, mildest first
+F9_RUNGS = ("fp32", "int4", "int4+top_p0.9")  # the stress suite's map rungs, mildest first
 
 
 def dppo_critique(rows: Rows) -> Finding:

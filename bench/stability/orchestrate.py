@@ -32,7 +32,8 @@ def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_
     suite = SUITES[suite_name]
     mixture = next(m for m in suite.task.COLD_START_MIXTURES if m.name == name)
     cs = coldstart.ensure_cold_start(suite, mixture, sft, cache_dir=cache_dir, log=_log)
-    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate}
+    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate,
+            "weights_sha256": cs.weights_sha256}  # fmt: skip
 
 
 def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:
@@ -84,11 +85,15 @@ def run_stress(
         if regime is None or part == "pilot":
             return regime
         cells, _ = stress.matrix_cells(regime)
-        map_only = {c.name for c in stress.map_cells(regime)}
-        findings = select([c for c in cells if c.name not in map_only], budget)
+        own = {c.name: c for c in cells}
+        findings = select([own[c.name] for c in stress.findings_cells(regime)], budget)
         run_cells(pool, suite, findings, budget, paths, out_dir=out_dir, cache_dir=cache_dir,
                   deadline=deadline)  # fmt: skip
+        f9 = select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget)
+        run_cells(pool, suite, f9, replace(budget, seeds=stress.F9_SEEDS), paths,
+                  out_dir=out_dir, cache_dir=cache_dir, deadline=deadline)  # fmt: skip
         if part == "all":
+            map_only = {c.name for c in stress.map_cells(regime)}
             screening = select([c for c in cells if c.name in map_only], budget)
             run_cells(pool, suite, screening, replace(budget, seeds=(0,)), paths,
                       out_dir=out_dir, cache_dir=cache_dir, deadline=deadline)  # fmt: skip

@@ -15,7 +15,7 @@ from bench.stability import stress
 from bench.stability.figures import collapse_figure, stability_map_figure
 from bench.stability.findings import FINDINGS, dppo_critique, evaluate_findings
 from bench.stability.results import cell_summaries, load_runs, run_summary
-from bench.stability.suites import LADDER, NO_MISMATCH, STRESS
+from bench.stability.suites import STRESS
 
 PROBE_KEYS = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "seq_log_ratio_p05",
               "seq_log_ratio_p95", "tis_cap_hit_frac", "sampling_kl", "routing_layer_max",
@@ -128,7 +128,7 @@ def _discrepancy(out_dir: Path) -> list[str]:
 def _map(out_dir: Path, rows: list[dict], aliases: dict[str, str]) -> list[str]:
     """The stability map figure from every cell that has run (aliases resolved)."""
     by_cell = {c["cell"]: c for c in cell_summaries(rows)}
-    rungs = [d.name for d in (NO_MISMATCH, *LADDER)]
+    rungs = [d.name for d in stress.MAP_RUNGS]
     grid = {}
     for rung in rungs:
         for n in stress.MAP_N:

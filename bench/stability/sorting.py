@@ -19,10 +19,9 @@ the held-out split is disjoint from the RL pool and from every SFT mixture.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from keel_worker.training.tasks import exact_match_reward
+from bench.stability.problems import Splits, score  # noqa: F401 (score: the task's reward)
 
 RL_POOL_SEED = 3_000
 HELD_OUT_SEED = 4_000
@@ -72,36 +71,8 @@ def _problem(rng: random.Random, mixture: Mixture) -> Problem:
     return Problem("".join(str(rng.randrange(10)) for _ in range(n)))
 
 
-def draw(mixture: Mixture, n: int, *, exclude: Iterable[Problem] = ()) -> list[Problem]:
-    """``n`` distinct problems from ``mixture``, none of them in ``exclude``."""
-    rng = random.Random(mixture.seed)
-    seen = set(exclude)
-    out: list[Problem] = []
-    while len(out) < n:
-        problem = _problem(rng, mixture)
-        if problem not in seen:
-            seen.add(problem)
-            out.append(problem)
-    return out
-
-
-def held_out(n: int = 256) -> list[Problem]:
-    return draw(HELD_OUT_MIXTURE, n)
-
-
-def rl_pool(n: int = 4_096, *, held_out_size: int = 256) -> list[Problem]:
-    return draw(RL_MIXTURE, n, exclude=held_out(held_out_size))
-
-
-def sft_stream(mixture: Mixture, *, held_out_size: int = 256) -> Iterator[Problem]:
-    rng = random.Random(mixture.seed)
-    excluded = set(held_out(held_out_size))
-    while True:
-        problem = _problem(rng, mixture)
-        if problem not in excluded:
-            yield problem
-
-
-def score(answer: str, response_text: str) -> float:
-    """Exact-answer reward (the shared rule: `keel_worker.training.tasks.exact_match_reward`)."""
-    return exact_match_reward(response_text, answer)
+_SPLITS = Splits(_problem, rl=RL_MIXTURE, held_out=HELD_OUT_MIXTURE)
+draw = _SPLITS.draw
+held_out = _SPLITS.held_out
+rl_pool = _SPLITS.rl_pool
+sft_stream = _SPLITS.sft_stream

@@ -76,27 +76,32 @@ def run_stress(
     workers: int, part: str, deadline: float | None = None,
 ) -> stress.Regime | None:
     """The stress suite, resumably: pilots and the regime rules (`stress`), then the findings
-    and F9 cells at `budget.seeds`, then the map's own cells at seed 0. `part` stops early:
-    `pilot`, `findings` (pilots + findings) or `all`. Returns the regime once chosen."""
-    inits = [DEFAULT_INIT] if part == "pilot" else [m.name for m in suite.task.COLD_START_MIXTURES]
+    cells at `budget.seeds`, the F9 cells at `stress.F9_SEEDS` and the map's own cells at seed 0,
+    each list filtered by `budget.cells`. `part` stops early: `pilot`, `findings` (pilots +
+    findings + F9) or `all`. Cold starts are made only for the cells that run. Returns the
+    regime once chosen."""
     with open_pool(workers) as pool:
-        paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
+        paths = prepare(pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir,
+                        cache_dir=cache_dir)  # fmt: skip
         regime = _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline)
         if regime is None or part == "pilot":
             return regime
         cells, _ = stress.matrix_cells(regime)
         own = {c.name: c for c in cells}
-        findings = select([own[c.name] for c in stress.findings_cells(regime)], budget)
-        run_cells(pool, suite, findings, budget, paths, out_dir=out_dir, cache_dir=cache_dir,
-                  deadline=deadline)  # fmt: skip
-        f9 = select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget)
-        run_cells(pool, suite, f9, replace(budget, seeds=stress.F9_SEEDS), paths,
-                  out_dir=out_dir, cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+        groups = [
+            (select([own[c.name] for c in stress.findings_cells(regime)], budget), budget),
+            (select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget),
+             replace(budget, seeds=stress.F9_SEEDS)),
+        ]  # fmt: skip
         if part == "all":
             map_only = {c.name for c in stress.map_cells(regime)}
             screening = select([c for c in cells if c.name in map_only], budget)
-            run_cells(pool, suite, screening, replace(budget, seeds=(0,)), paths,
-                      out_dir=out_dir, cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+            groups.append((screening, replace(budget, seeds=(0,))))
+        inits = sorted({c.init for group, _ in groups for c in group})
+        paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
+        for group, group_budget in groups:
+            run_cells(pool, suite, group, group_budget, paths, out_dir=out_dir,
+                      cache_dir=cache_dir, deadline=deadline)  # fmt: skip
     return regime
 
 

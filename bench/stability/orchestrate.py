@@ -158,18 +158,26 @@ def prepare(
     pool, suite, inits: list[str], sft: coldstart.SFTBudget, budget: Budget, *, out_dir: Path,
     cache_dir: Path,
 ) -> dict[str, str]:
-    """Cold starts (cached) and the discrepancy probe of each; returns init name -> path."""
+    """Cold starts (cached) and the discrepancy probe of each init not probed yet; returns init
+    name -> path. `coldstarts.json` and `discrepancy.csv` keep the inits of earlier calls."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _log(f"{suite.name}: cold starts {inits}")
     n = len(inits)
     colds = list(pool.map(_cold_start_job, [suite.name] * n, inits, [sft] * n, [cache_dir] * n))
-    (out_dir / "coldstarts.json").write_text(
-        json.dumps([c | {"sft": asdict(sft)} for c in colds], indent=2)
-    )
-    _log(f"{suite.name}: discrepancy probe ({len(suite.dials)} dials)")
-    jobs = [(suite.name, c["name"], c["path"], d, budget) for c in colds for d in suite.dials]
-    probes = list(pool.map(_probe_job, *zip(*jobs, strict=True)))
-    _write_rows(out_dir / "discrepancy.csv", probes)
+    known_path = out_dir / "coldstarts.json"
+    known = json.loads(known_path.read_text()) if known_path.is_file() else []
+    fresh = {c["name"]: c | {"sft": asdict(sft)} for c in colds}
+    merged = [fresh.pop(c["name"], c) for c in known] + list(fresh.values())
+    known_path.write_text(json.dumps(merged, indent=2))
+    probe_path = out_dir / "discrepancy.csv"
+    rows = list(csv.DictReader(probe_path.open())) if probe_path.is_file() else []
+    probed = {r["init"] for r in rows}
+    todo = [c for c in colds if c["name"] not in probed]
+    if todo:
+        _log(f"{suite.name}: discrepancy probe of {[c['name'] for c in todo]}")
+        jobs = [(suite.name, c["name"], c["path"], d, budget) for c in todo for d in suite.dials]
+        rows += list(pool.map(_probe_job, *zip(*jobs, strict=True)))
+        _write_rows(probe_path, rows)
     return {c["name"]: c["path"] for c in colds}
 
 

@@ -19,6 +19,7 @@ from keel_server.db import make_engine, make_session_factory, session_scope, utc
 from keel_server.db.jobs import finish_job, get_job, take_lease
 from keel_server.migrate import upgrade
 from keel_server.settings import Settings
+from keel_server.storage import job_dir
 from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_worker_test_0123456789"
@@ -83,6 +84,10 @@ def test_builtin_job_runs_to_the_end(sdk, settings):
     assert (done.status, done.step, done.policy_version, done.attempts) == ("succeeded", 2, 2, 1)
     assert _metric_steps(sdk, job.id) == [1, 2]
     assert [c.step for c in sdk.checkpoints.list(job.id).data] == [1, 2]
+    # The worker's checkpoints live in the one job directory that storage defines.
+    checkpoints = job_dir(settings.artifacts_dir, job.id) / "checkpoints"
+    saved = sorted(p.name for p in checkpoints.iterdir())
+    assert saved == ["step_000001", "step_000002"]
     rollouts = sdk.rollouts.list(job.id, step=1).data
     assert len(rollouts) == 4 and all(r.status == "rewarded" for r in rollouts)
     assert all(r.reward in (0.0, 1.0) for r in rollouts)  # the addition task's verifier

@@ -27,7 +27,7 @@ from keel_server.db.jobs import record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.settings import Settings
-from keel_server.storage import archive_digest
+from keel_server.storage import archive_digest, job_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -60,7 +60,7 @@ class JobLoop:
         self.settings = settings
         self.factory = factory
         self.control = control
-        self.workdir = Path(settings.artifacts_dir) / "jobs" / spec.id
+        self.workdir = job_dir(settings.artifacts_dir, spec.id)
         self.step_reached = 0
 
     def run(self) -> str:

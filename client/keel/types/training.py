@@ -4,7 +4,8 @@ These are the only place where the defaults of a run live (house style rule 1). 
 follows paper-spec §3.3: each global step samples `prompts_per_step` prompts × `group_size`
 responses, splits them into `num_minibatches` mini-batches and applies one AdamW update per
 mini-batch. Routing Replay `auto` is the paper's recipe (paper-spec §5.3): none for N = 1 (R2 is
-a no-op there and R3 gave no gain), R2 for N = 2, R3 for N ≥ 4.
+a no-op there and R3 gave no gain), R2 for N = 2 (and 3, which the paper does not run), R3 for
+N ≥ 4.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class TrainingConfig(_Strict):
             return self.routing_replay
         if not is_moe or self.num_minibatches == 1:
             return "none"
-        return "R2" if self.num_minibatches == 2 else "R3"
+        return "R3" if self.num_minibatches >= 4 else "R2"
 
     @model_validator(mode="after")
     def _schedule_is_possible(self) -> TrainingConfig:

@@ -47,8 +47,6 @@ class Settings(BaseSettings):
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)
     sse_keepalive_s: float = Field(default=15.0, gt=0)

@@ -18,7 +18,9 @@ from keel.types.algorithm import AlgorithmConfig
 
 RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
 ResolvedReplay = Literal["none", "R2", "R3"]
-VerifierName = Literal["exact_match", "numeric"]
+# Verifiers that compare a completion with a reference answer (a dataset task's, or a builtin
+# reward source's): `math_verify` is the paper's math reward (symbolic equivalence, HF Math-Verify).
+VerifierName = Literal["exact_match", "numeric", "math_verify"]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).

@@ -7,12 +7,16 @@ a job nobody runs (queued or paused) changes state at once (architecture.md §5)
 
 from __future__ import annotations
 
+from typing import get_args
+
 from keel.types.common import Page
 from keel.types.jobs import (
+    REFERENCE_VERIFIERS,
     DatasetPrompts,
     Job,
     JobCreate,
     JobCreated,
+    JobStatus,
     WebhookReward,
 )
 from keel_server.db import jobs as jobs_db
@@ -26,7 +30,7 @@ from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
 from keel_server.services.models_check import check_model
 
-JOB_STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 
 
 def create(
@@ -82,7 +86,7 @@ def _dataset_prompts(
         return [(p.text, p.reference) for p in source.prompts]
     items = files.read_prompts(ctx, principal, source.file_id)
     verifier = getattr(req.reward, "verifier", None)
-    if verifier in ("exact_match", "numeric") and any(ref is None for _, ref in items):
+    if verifier in REFERENCE_VERIFIERS and any(ref is None for _, ref in items):
         raise invalid(
             ["body", "prompts", "file_id"],
             f"verifier `{verifier}` needs a `reference` on every line of the file",

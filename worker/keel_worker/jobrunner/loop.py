@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
@@ -98,21 +99,22 @@ class JobLoop:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
         self.run_state = run
         self.trainer, self.engine, self.tokenizer = run.trainer, run.engine, run.tokenizer
-        self.task = _task_or_none(cfg, spec.prompt_source, spec.reward_source)
+        self.task = _task_or_none(cfg, spec.prompt_type, spec.reward_source)
         self.step_reached, cursor = run.step, run.data_cursor
         if run.resumed_from is not None:
             self._ensure_registered(run.resumed_from, run.step, run.trainer.policy_version)
         self.prompts = make_prompt_source(
-            spec.prompt_source, task=self.task, seed=cfg.seed, cursor=cursor,
+            spec.prompt_type, task=self.task, seed=cfg.seed, cursor=cursor,
             factory=self.factory, job_id=spec.id, control=self.control,
             poll_interval_s=self.settings.prompt_poll_interval_s,
         )
+        source = spec.reward_source
         verifier = None
-        if spec.reward_source.get("type", "builtin") == "builtin":
-            verifier = builtin_verifier(spec.reward_source, self.task)
+        if isinstance(source, BuiltinReward):
+            verifier = builtin_verifier(source, self.task)
         self.rewards = RewardContext(
             factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
-            source=spec.reward_source, webhook_secret=spec.webhook_secret, verifier=verifier,
+            source=source, webhook_secret=spec.webhook_secret, verifier=verifier,
         )
 
     # ------------------------------------------------------------------ one step
@@ -171,12 +173,11 @@ class JobLoop:
 
 
 def _task_or_none(
-    cfg: TrainingConfig, prompt_source: dict[str, Any], reward_source: dict[str, Any]
+    cfg: TrainingConfig, prompt_type: PromptSourceType, reward_source: RewardSource
 ) -> Task | None:
     """The built-in task, when the job draws prompts or rewards from it."""
-    uses_task = prompt_source.get("type", "task") == "task" or (
-        reward_source.get("type", "builtin") == "builtin"
-        and reward_source.get("verifier", "task") == "task"
+    uses_task = prompt_type == "task" or (
+        isinstance(reward_source, BuiltinReward) and reward_source.verifier == "task"
     )
     return build_task(cfg.task) if uses_task else None
 

@@ -11,8 +11,9 @@ continues exactly where it stopped.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
+from keel.types.jobs import PromptSourceType
 from keel.types.training import TaskItem
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.prompts import fetch_prompts, wait_for_prompts
@@ -101,7 +102,7 @@ def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def make_prompt_source(
-    source: dict[str, Any],
+    kind: PromptSourceType,
     *,
     task: Task | None,
     seed: int,
@@ -111,14 +112,11 @@ def make_prompt_source(
     control: JobControl,
     poll_interval_s: float,
 ) -> PromptSource:
-    kind = source.get("type", "task")
     if kind == "task":
         if task is None:
             raise ValueError("prompt source `task` needs config.task to name a built-in task")
         return TaskPromptSource(task, seed=seed, cursor=cursor)
-    if kind in ("dataset", "client"):
-        return DbPromptSource(
-            factory, job_id, cycle=kind == "dataset", cursor=cursor, control=control,
-            poll_interval_s=poll_interval_s,
-        )
-    raise ValueError(f"unknown prompt source type {kind!r}")
+    return DbPromptSource(
+        factory, job_id, cycle=kind == "dataset", cursor=cursor, control=control,
+        poll_interval_s=poll_interval_s,
+    )

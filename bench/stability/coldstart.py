@@ -76,7 +76,7 @@ def sft_loss(forward: PolicyForward, tokenizer, problems: list[task.Problem]) ->
         prompt_ids=prompts,
         response_ids=responses,
         rollout_logprobs=[torch.zeros(len(r)) for r in responses],
-        advantages_R=torch.zeros(len(pairs)),
+        advantages_PG=torch.zeros(len(pairs)),
         routes=None,
         pad_id=tokenizer.pad_token_id,
     )

@@ -70,7 +70,7 @@ def measure(
         prompt_ids=batch.prompt_ids,
         response_ids=batch.response_ids,
         rollout_logprobs=batch.rollout_logprobs,
-        advantages_R=torch.zeros(len(batch)),
+        advantages_PG=torch.zeros(len(batch)),
         routes=batch.routes,
         pad_id=tokenizer.pad_token_id,
     )

@@ -29,7 +29,7 @@ def _micro_batch(prompt_lens, response_lens, routes):
     return make_micro_batch(
         list(range(n)), prompt_ids=prompts, response_ids=responses,
         rollout_logprobs=[torch.zeros(r) for r in response_lens],
-        advantages_R=torch.zeros(n), routes=routes, pad_id=PAD_ID,
+        advantages_PG=torch.zeros(n), routes=routes, pad_id=PAD_ID,
     )  # fmt: skip
 
 

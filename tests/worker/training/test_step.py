@@ -136,6 +136,35 @@ def test_missing_rewards_drop_the_whole_group(cache_dir):
     assert trainer.policy_version == 1
 
 
+def _rewards_of(table):
+    """A scorer returning table[group][sample] (None = the reward never arrived)."""
+    return lambda rollouts: [table[r.group_index][r.sample_index] for r in rollouts]
+
+
+def test_partial_groups_keep_their_rewarded_members_and_baseline_from_them(cache_dir):
+    # Group 0 = [1, 0, 1, missing], group 1 = [0, 0, 0, 0] (zero variance).
+    # Baseline from the three rewarded members: mean 2/3, advantages [1/3, −2/3, 1/3];
+    # abs mean over the 7 kept responses = (4/3) / 7 = 4/21. Scoring the missing one as 0
+    # would give [.5, −.5, .5, −.5] and 2/8 instead; dropping the group, 0.
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+    table = [[1.0, 0.0, 1.0, None], [0.0, 0.0, 0.0, 0.0]]
+    metrics = trainer.step(ITEMS, _rewards_of(table), seed=2, drop_incomplete_groups=False)
+    assert (metrics["groups/partial"], metrics["groups/dropped"]) == (1.0, 0.0)
+    assert metrics["reward/missing"] == 1.0
+    assert metrics["advantage/abs_mean"] == pytest.approx(4 / 21, rel=1e-6)
+    assert metrics["advantage/zero_variance_frac"] == 0.5
+    assert metrics["optim/grad_norm"] > 0 and trainer.policy_version == 1
+
+
+def test_a_partial_group_with_one_reward_left_is_dropped(cache_dir):
+    # One rewarded member has no group baseline to compare with: the group is dropped.
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+    table = [[1.0, None, None, None], [1.0, 0.0, 1.0, 0.0]]
+    metrics = trainer.step(ITEMS, _rewards_of(table), seed=2, drop_incomplete_groups=False)
+    assert (metrics["groups/partial"], metrics["groups/dropped"]) == (0.0, 1.0)
+    assert metrics["advantage/abs_mean"] == pytest.approx(0.5)
+
+
 def test_resume_reproduces_the_next_step(tmp_path, cache_dir):
     config = tiny_config(checkpoint_every=1)
     straight = list(train(config, workdir=tmp_path / "a", reward_fn=parity_reward,

@@ -127,7 +127,12 @@ class JobLoop:
         scorer = StepScorer(
             self.rewards, step=step + 1, policy_version=self.trainer.policy_version
         )
-        metrics.update(self.trainer.step(items, scorer, seed=step_seed(cfg.seed, step)))
+        metrics.update(
+            self.trainer.step(
+                items, scorer, seed=step_seed(cfg.seed, step),
+                drop_incomplete_groups=self.spec.reward_source.drop_incomplete_groups,
+            )
+        )
         if step + 1 == cfg.steps and self.task is not None and cfg.eval_every > 0:
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics

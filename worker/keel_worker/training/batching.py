@@ -76,7 +76,7 @@ def make_micro_batch(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[int]],
     rollout_logprobs: Sequence[torch.Tensor],
-    advantages_R: torch.Tensor,
+    advantages_PG: torch.Tensor,
     routes: Sequence[torch.Tensor] | None,
     pad_id: int,
 ) -> MicroBatch:
@@ -111,7 +111,7 @@ def make_micro_batch(
         targets_B_T=targets_B_T,
         mask_B_T=mask_B_T,
         rollout_logprobs_B_T=rollout_B_T,
-        advantages_B=advantages_R[rows],
+        advantages_B=advantages_PG[rows],
         routes_B_S_L_K=routes_B_S_L_K,
     )
 

@@ -35,7 +35,7 @@ from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_ver
 from keel_worker.jobrunner.spec import JobSpec
 from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
-from keel_worker.training.run import step_seed
+from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
 
@@ -62,6 +62,7 @@ class JobLoop:
         self.factory = factory
         self.control = control
         self.workdir = job_dir(settings.artifacts_dir, spec.id)
+        self.schedule = StepSchedule.of(spec.config)
         self.step_reached = 0
 
     def run(self) -> str:
@@ -84,8 +85,7 @@ class JobLoop:
                     step=done, policy_version=self.trainer.policy_version,
                 )
             self.step_reached = done
-            every = cfg.checkpoint_every
-            if (every and done % every == 0) or done == cfg.steps:
+            if self.schedule.checkpoints_after(done):
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
         return "succeeded"
 
@@ -119,9 +119,9 @@ class JobLoop:
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:
-        cfg = self.spec.config
+        cfg, schedule = self.spec.config, self.schedule
         metrics: dict[str, float] = {}
-        if self.task is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+        if self.task is not None and schedule.evaluates_before(step):
             metrics.update(self._evaluate())
         items = self.prompts.take(cfg.prompts_per_step)
         scorer = StepScorer(
@@ -129,11 +129,11 @@ class JobLoop:
         )
         metrics.update(
             self.trainer.step(
-                items, scorer, seed=step_seed(cfg.seed, step),
+                items, scorer, seed=schedule.seed_of(step),
                 drop_incomplete_groups=self.spec.reward_source.drop_incomplete_groups,
             )
         )
-        if step + 1 == cfg.steps and self.task is not None and cfg.eval_every > 0:
+        if self.task is not None and schedule.evaluates_after(step):
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics
 

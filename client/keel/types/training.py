@@ -80,7 +80,11 @@ class TaskConfig(_Strict):
 class RolloutConfig(_Strict):
     """How the inference engine samples (the μ_θold of paper-spec §1.1)."""
 
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="`hf`: transformers on the CPU, also on a CUDA worker (its decode loop is "
+        "CPU-only; the trainer still uses the GPU); `vllm`: the GPU rollout engine.",
+    )
     precision: Literal["fp32", "bf16", "fp8"] = Field(
         "fp32", description="Inference weights precision; fp8 = fake-quantized float8_e4m3fn."
     )

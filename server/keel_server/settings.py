@@ -8,11 +8,13 @@ Celery `filesystem://` broker and artifacts, all under `home` (`.keel/`).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -35,6 +37,11 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(
         default=None, description="Bootstrap admin API key; it may create projects and keys."
     )
+    model_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Folders under which a job may name a local model by absolute path "
+        f"(`{os.pathsep}`-separated in the environment); empty = no local paths at all.",
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     reward_deadline_s: float = Field(default=600.0, gt=0, description="Default reward deadline.")
     lease_timeout_s: float = Field(
@@ -52,6 +59,13 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(p) for p in value.split(os.pathsep) if p.strip())
+        return value
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

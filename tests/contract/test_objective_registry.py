@@ -93,6 +93,21 @@ def test_paper_defaults_for_minirl():
     assert cfg.advantage == "group_mean"
 
 
+def test_paper_defaults_for_dppo():
+    # δ from the authors' verl example (TV 0.15, KL 0.05), C = 10 from their Stable-RL code.
+    tv, kl = wire.DPPOTVConfig(), wire.DPPOKLConfig()
+    assert (tv.delta_low, tv.delta_high, tv.is_cap) == (0.15, 0.15, 10.0)
+    assert (kl.delta_low, kl.delta_high, kl.is_cap) == (0.05, 0.05, 10.0)
+    for cfg in (tv, kl):
+        assert (cfg.loss_agg, cfg.advantage) == ("seq_mean_token_sum", "group_mean")
+        fields = type(cfg).model_fields
+        assert all(fields[key].description for key in set(fields) - {"name"}), "field docstrings"
+    with pytest.raises(ValidationError):
+        wire.DPPOTVConfig(delta_high=1.5)  # p − q never exceeds 1
+    with pytest.raises(ValidationError):
+        wire.DPPOKLConfig(delta_low=0.0)
+
+
 def test_models_reject_unknown_fields_and_bad_values():
     adapter = TypeAdapter(wire.AlgorithmConfig)
     with pytest.raises(ValidationError):

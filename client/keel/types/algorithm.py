@@ -7,7 +7,8 @@ contract test keeps the field names equal to the objective functions' keywords.
 
 Defaults follow paper-spec.md: MiniRL ε_low 0.2, ε_high 0.27, TIS cap 5 on the full token IS
 weight, no length normalization, sum over tokens / mean over responses, group-mean advantages
-(Eq. 7, §4.2); the other objectives use their own papers' settings (§7–8).
+(Eq. 7, §4.2); the other objectives use their own papers' settings (§7–8). A default marked [I]
+is our own pick where the source gives none.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ ObjectiveName = Literal[
     "dr_grpo",
     "dapo",
     "decoupled_ppo_tis",
+    "dppo_tv",
+    "dppo_kl",
 ]
 LossAggregation = Literal[
     "seq_mean_token_sum", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"
@@ -224,6 +227,55 @@ class DecoupledPPOTISConfig(_Strict):
     advantage: AdvantageMode = "mean_std"
 
 
+class DPPOTVConfig(_Strict):
+    """DPPO-Binary-TV (Qi et al., arXiv 2602.04879; paper-spec §8.9), anchored on μ_old.
+
+    ℓ_t = −M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ, with M_t dropping tokens whose probability
+    moved more than δ from μ_old(y_t) in the direction their advantage pushes.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    name: Literal["dppo_tv"] = "dppo_tv"
+    delta_low: Epsilon = 0.15
+    """Â < 0 tokens with π_θ(y_t) − μ_old(y_t) < −δ_low get no gradient. 0.15 is the authors'
+    value for Qwen3-30B-A3B-Base (verl-project/verl examples/dppo_trainer/run_qwen30b_dppo.sh)."""
+    delta_high: Epsilon = 0.15
+    """Â > 0 tokens with π_θ(y_t) − μ_old(y_t) > δ_high get no gradient (same source, 0.15)."""
+    is_cap: PositiveBound = 10.0
+    """C of the truncated IS weight min(π_θ/μ_old, C): 10 in the authors' code (sail-sg/Stable-RL
+    ``compute_policy_loss_with_mask``, the sanity test of §8.9); ``inf`` disables truncation."""
+    loss_agg: LossAggregation = "seq_mean_token_sum"
+    """[I] MiniRL's sum over tokens, mean over responses, so the comparison with MiniRL differs
+    in the mask only (the authors' verl example divides that sum by a constant as well)."""
+    advantage: AdvantageMode = "group_mean"
+    """R − group mean without std division, as in the authors' example
+    (``norm_adv_by_std_in_grpo=False``) and MiniRL."""
+
+
+class DPPOKLConfig(_Strict):
+    """DPPO-Binary-KL (Qi et al., arXiv 2602.04879; paper-spec §8.9), anchored on μ_old.
+
+    Like ``dppo_tv`` with the mask on D = KL(Bernoulli(q) ‖ Bernoulli(p)), q = μ_old(y_t),
+    p = π_θ(y_t): a token is dropped when D exceeds δ and p moved the way its advantage pushes.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    name: Literal["dppo_kl"] = "dppo_kl"
+    delta_low: PositiveBound = 0.05
+    """Â < 0 tokens with p < q and D > δ_low get no gradient. 0.05 is the authors' value
+    (verl-project/verl examples/dppo_trainer/run_qwen30b_dppo.sh)."""
+    delta_high: PositiveBound = 0.05
+    """Â > 0 tokens with p > q and D > δ_high get no gradient (same source, 0.05)."""
+    is_cap: PositiveBound = 10.0
+    """C of the truncated IS weight min(π_θ/μ_old, C), as for ``dppo_tv``."""
+    loss_agg: LossAggregation = "seq_mean_token_sum"
+    """[I] MiniRL's aggregation, as for ``dppo_tv``."""
+    advantage: AdvantageMode = "group_mean"
+    """R − group mean without std division, as for ``dppo_tv``."""
+
+
 AlgorithmConfig = Annotated[
     MiniRLConfig
     | ReinforceConfig
@@ -233,7 +285,9 @@ AlgorithmConfig = Annotated[
     | CISPOConfig
     | GSPOConfig
     | GSPOTokenConfig
-    | DecoupledPPOTISConfig,
+    | DecoupledPPOTISConfig
+    | DPPOTVConfig
+    | DPPOKLConfig,
     Field(discriminator="name"),
 ]
 
@@ -249,6 +303,8 @@ ALGORITHM_MODELS: dict[str, type[BaseModel]] = {
         GSPOConfig,
         GSPOTokenConfig,
         DecoupledPPOTISConfig,
+        DPPOTVConfig,
+        DPPOKLConfig,
     )
 }
 
@@ -271,6 +327,8 @@ __all__ = [
     "CISPOConfig",
     "ClipAnchor",
     "DAPOConfig",
+    "DPPOKLConfig",
+    "DPPOTVConfig",
     "DecoupledPPOTISConfig",
     "DrGRPOConfig",
     "GRPOConfig",

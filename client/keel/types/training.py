@@ -21,6 +21,7 @@ ResolvedReplay = Literal["none", "R2", "R3"]
 # Verifiers that compare a completion with a reference answer (a dataset task's, or a builtin
 # reward source's): `math_verify` is the paper's math reward (symbolic equivalence, HF Math-Verify).
 VerifierName = Literal["exact_match", "numeric", "math_verify"]
+RolloutPrecision = Literal["fp32", "bf16", "fp8", "fp8_tensor", "int4"]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).
@@ -37,8 +38,10 @@ class ModelConfig(_Strict):
     name: str = Field(
         "smollm2-135m-instruct",
         min_length=1,
-        description="A built-in model name, a local Hugging Face directory, a .gguf file or a "
-        "hub id (hub ids need a machine that is online).",
+        max_length=1024,
+        description="A built-in model name, a hub id 'org/name' (needs a machine that is "
+        "online), or an absolute path to a Hugging Face directory or .gguf file under a model "
+        "root the operator allows (`KEEL_MODEL_ROOTS`).",
     )
 
 
@@ -85,12 +88,23 @@ class RolloutConfig(_Strict):
         description="`hf`: transformers on the CPU, also on a CUDA worker (its decode loop is "
         "CPU-only; the trainer still uses the GPU); `vllm`: the GPU rollout engine.",
     )
-    precision: Literal["fp32", "bf16", "fp8"] = Field(
-        "fp32", description="Inference weights precision; fp8 = fake-quantized float8_e4m3fn."
+    precision: RolloutPrecision = Field(
+        "fp32",
+        description="Inference weights: fp32 (exact copy), bf16, fp8 (float8_e4m3fn, a scale per "
+        "output channel), fp8_tensor (one scale per tensor), int4 (4-bit, a scale and zero point "
+        "per group of 32 inputs, as AWQ/GPTQ).",
     )
     max_new_tokens: int = Field(64, ge=1, le=32768)
     temperature: float = Field(1.0, gt=0.0, le=10.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Sample only among the k most likely tokens; 0 = off. Like top_p, it "
+        "truncates what is drawn while μ is reported from the full distribution (vLLM's raw "
+        "logprobs), a sampling mismatch no IS weight sees.",
+    )
 
 
 class OptimizerConfig(_Strict):

@@ -41,7 +41,7 @@ def create(
     A repeat with the same `Idempotency-Key` returns the first job (secrets are not shown again).
     """
     require_api_key(principal)
-    check_model(req.config.model.name, req.config.routing_replay)
+    check_model(req.config.model.name, req.config.routing_replay, ctx.settings)
     dataset = _dataset_prompts(ctx, principal, req)
     with session_scope(ctx.sessions) as session:
         if idempotency_key:

@@ -75,3 +75,17 @@ def test_smollm2_is_converted_once_then_loaded_from_the_cache(tmp_path: Path) ->
     ids = torch.tensor([[1, 504, 3458, 314]])
     with torch.no_grad():
         assert torch.equal(first.model(ids).logits, second.model(ids).logits)
+
+
+def test_without_local_paths_a_hub_shaped_folder_is_never_read(
+    tmp_path: Path, tiny_moe, monkeypatch
+) -> None:
+    """The service decides a name is a hub id; the worker must not find it on its disk."""
+    tiny_moe.model.save_pretrained(tmp_path / "org" / "name")
+    tiny_moe.tokenizer.save_pretrained(tmp_path / "org" / "name")
+    monkeypatch.chdir(tmp_path)
+    assert load_model("org/name", cache_dir=tmp_path).is_moe  # the library reads the folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelNotFoundError, match="hub is disabled"):
+        load_model("org/name", cache_dir=tmp_path, local_paths=False)

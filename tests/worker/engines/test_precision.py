@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from keel_worker.engines.precision import fake_quantize_fp8, make_engine_copy
+from keel_worker.engines.precision import (
+    compute_dtype,
+    fake_quantize_fp8,
+    fake_quantize_fp8_tensor,
+    fake_quantize_int4,
+    make_engine_copy,
+)
 
 
 def test_fp8_fake_quant_by_hand() -> None:
@@ -29,3 +36,41 @@ def test_engine_copies_are_separate_and_at_their_precision(tiny_dense) -> None:
     embed = "model.embed_tokens.weight"
     assert torch.equal(dict(fp8.named_parameters())[embed], params[embed].bfloat16())
     assert fp32.model.embed_tokens.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+
+
+def test_int4_group_quant_by_hand() -> None:
+    # One group of 4: min −1, max 2 → scale 3/15 = 0.2, zero point round(1/0.2) = 5.
+    # −1 → level 0 → −1.0; 0 → level 5 → 0.0; 0.5/0.2 = 2.5 rounds half to even → 2, level 7 →
+    # 0.4; 2 → level 15 → 2.0. A second group [0, 0, 0, 0.3]: min clamps to 0, scale 0.02,
+    # zero 0; 0.3 → level 15 → 0.3.
+    weight = torch.tensor([[-1.0, 0.0, 0.5, 2.0, 0.0, 0.0, 0.0, 0.3]])
+    quantized = fake_quantize_int4(weight, group=4)
+    torch.testing.assert_close(quantized, torch.tensor([[-1.0, 0.0, 0.4, 2.0, 0, 0, 0, 0.3]]))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        fake_quantize_int4(torch.ones(2, 6), group=4)
+
+
+def test_per_tensor_fp8_loses_small_channels_that_per_channel_keeps() -> None:
+    # Per tensor the scale is 448/448 = 1, so row 1 (values 1e-3) falls to the e4m3 subnormals:
+    # 1e-3 / 2^-9 = 0.51 rounds to one subnormal step, 2^-9 ≈ 1.95e-3 (a 95% error); per channel
+    # row 1 gets its own scale and keeps its value to e4m3's 3 mantissa bits.
+    weight = torch.tensor([[448.0, 100.0], [1e-3, 1e-3]])
+    per_tensor = fake_quantize_fp8_tensor(weight)
+    per_channel = fake_quantize_fp8(weight)
+    torch.testing.assert_close(per_tensor[1], torch.full((2,), 2.0**-9))
+    torch.testing.assert_close(per_channel[1], weight[1])
+    torch.testing.assert_close(per_tensor[0], per_channel[0])
+
+
+@pytest.mark.parametrize("precision", ["fp8_tensor", "int4"])
+def test_weight_only_precisions_round_matrices_and_compute_in_fp32(tiny_moe, precision) -> None:
+    model = tiny_moe.model
+    engine = make_engine_copy(model, precision)
+    source, copied = dict(model.named_parameters()), dict(engine.named_parameters())
+    assert all(p.dtype == torch.float32 for p in copied.values())
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.experts.down_proj"):
+        assert not torch.equal(copied[name], source[name]), name
+    for name in ("model.embed_tokens.weight", "model.layers.0.mlp.gate.weight",
+                 "model.layers.0.input_layernorm.weight"):  # fmt: skip
+        assert torch.equal(copied[name], source[name]), name
+    assert compute_dtype(precision) == torch.float32

@@ -208,3 +208,18 @@ def test_should_stop_checkpoints_and_ends_the_run(tmp_path, cache_dir):
     resumed = list(train(config.model_copy(update={"steps": 2}), workdir=tmp_path,
                          reward_fn=parity_reward, cache_dir=cache_dir))
     assert [r.step for r in resumed] == [2]
+
+
+@pytest.mark.parametrize("name", ["dppo_tv", "dppo_kl"])
+def test_dppo_objectives_train_with_their_mask_metrics(cache_dir, name):
+    """The wire name reaches the step: DPPO's μ-anchored mask statistics come back, finite."""
+    config = tiny_config(
+        model={"name": "tiny-dense"}, algorithm={"name": name}, rollout={"precision": "fp8"}
+    )
+    trainer, _ = _trainer(config, cache_dir)
+    metrics = trainer.step(ITEMS, parity_reward, seed=4)
+    for key in ("clip/frac", "clip/tv_mean", "clip/binary_kl_mean", "is/truncated_frac"):
+        assert key in metrics, key
+        assert math.isfinite(metrics[key]), key
+    assert metrics["clip/tv_mean"] > 0  # fp8 rollout: π_θ ≠ μ_old from the first update on
+    assert metrics["optim/grad_norm"] > 0

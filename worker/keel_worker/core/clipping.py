@@ -1,4 +1,5 @@
-"""The trust-region pieces: the decoupled-PPO clip mask and the PPO min/clip surrogate.
+"""The trust-region pieces: the decoupled-PPO clip mask, the PPO min/clip surrogate, and DPPO's
+divergence masks.
 
 MiniRL's token mask (paper Eq. 7, §3.1 item 4), with r_t = π_θ/π_anchor:
 
@@ -10,6 +11,18 @@ Ties resolve as the spec's strict inequalities say: r_t exactly at 1 + ε_high (
 the token, and Â = 0 never masks (its gradient is zero anyway). The PPO surrogate
 min(r·Â, clip(r, 1−ε_low, 1+ε_high)·Â) has gradient exactly M_t · r_t · Â · ∇log π_θ (§3.1 item 4,
 "Equivalence"), with the same tie rule because torch.clamp passes the gradient at its bounds.
+
+DPPO's masks (Qi et al., arXiv 2602.04879; paper-spec §8.9) bound a divergence between the
+two-outcome distributions "the sampled token / any other token" under π_θ and the anchor, with
+p = π_θ(y_t) and q = π_anchor(y_t):
+
+    Binary-TV:  M_t = 0 if Â > 0 and p − q > δ_high,   or Â < 0 and p − q < −δ_low
+    Binary-KL:  D_t = q·log(q/p) + (1−q)·log((1−q)/(1−p))
+                M_t = 0 if Â > 0 and D_t > δ_high and p > q,   or Â < 0 and D_t > δ_low and p < q
+
+A token is masked only when the update pushed it out of the region in the direction its advantage
+asks for. Ties keep the token (p − q = δ_high, D_t = δ exactly: "<=" keeps), and Â = 0 never masks,
+as for the PPO mask.
 """
 
 from __future__ import annotations
@@ -69,5 +82,80 @@ def clip_metrics(
         "clip/ratio_max": masked_max(ratio_B_T, mask_B_T),
         "clip/ratio_min": masked_min(ratio_B_T, mask_B_T),
         "clip/ppo_kl": masked_mean(-log_ratio_B_T, mask_B_T),
+    }
+    return {key: value.detach() for key, value in metrics.items()}
+
+
+def binary_tv_mask(
+    logprobs_B_T: Tensor,
+    anchor_logprobs_B_T: Tensor,
+    advantages_B_T: Tensor,
+    *,
+    delta_low: float,
+    delta_high: float,
+) -> Tensor:
+    """DPPO's Binary-TV M_t on p − q (True = the token keeps its gradient)."""
+    diff_B_T = torch.exp(logprobs_B_T) - torch.exp(anchor_logprobs_B_T)
+    above_B_T = (advantages_B_T > 0) & (diff_B_T > delta_high)
+    below_B_T = (advantages_B_T < 0) & (diff_B_T < -delta_low)
+    return ~(above_B_T | below_B_T)
+
+
+def _log_one_minus(logprobs_B_T: Tensor) -> Tensor:
+    # log(1 − p) via expm1 (accurate near p = 1), clamped so that p = 1 gives a large finite
+    # value instead of −inf (and 0·log 0 below stays 0 instead of NaN).
+    tiny = torch.finfo(logprobs_B_T.dtype).tiny
+    return torch.log((-torch.expm1(logprobs_B_T)).clamp_min(tiny))
+
+
+def binary_kl(logprobs_B_T: Tensor, anchor_logprobs_B_T: Tensor) -> Tensor:
+    """D_t = KL(Bernoulli(q) ‖ Bernoulli(p)) per token, from finite log p and log q."""
+    q_B_T = torch.exp(anchor_logprobs_B_T)
+    token_B_T = q_B_T * (anchor_logprobs_B_T - logprobs_B_T)
+    log_rest_ratio_B_T = _log_one_minus(anchor_logprobs_B_T) - _log_one_minus(logprobs_B_T)
+    rest_B_T = (1.0 - q_B_T) * log_rest_ratio_B_T
+    return token_B_T + rest_B_T
+
+
+def binary_kl_mask(
+    logprobs_B_T: Tensor,
+    anchor_logprobs_B_T: Tensor,
+    advantages_B_T: Tensor,
+    *,
+    delta_low: float,
+    delta_high: float,
+) -> Tensor:
+    """DPPO's Binary-KL M_t (True = the token keeps its gradient)."""
+    kl_B_T = binary_kl(logprobs_B_T, anchor_logprobs_B_T)
+    up_B_T = logprobs_B_T > anchor_logprobs_B_T
+    down_B_T = logprobs_B_T < anchor_logprobs_B_T
+    above_B_T = (advantages_B_T > 0) & up_B_T & (kl_B_T > delta_high)
+    below_B_T = (advantages_B_T < 0) & down_B_T & (kl_B_T > delta_low)
+    return ~(above_B_T | below_B_T)
+
+
+def divergence_metrics(
+    logprobs_B_T: Tensor,
+    anchor_logprobs_B_T: Tensor,
+    keep_B_T: Tensor,
+    advantages_B_T: Tensor,
+    mask_B_T: Tensor,
+) -> dict[str, Tensor]:
+    """DPPO mask statistics, all over response tokens, with the names of :func:`clip_metrics`.
+
+    ``clip/frac_pos`` / ``clip/frac_neg``: masked tokens with Â > 0 / Â < 0; ``clip/frac``: all
+    masked tokens; ``clip/tv_mean`` = mean |p − q|; ``clip/binary_kl_mean`` = mean D_t.
+    """
+    logprobs_B_T = logprobs_B_T.detach()
+    anchor_logprobs_B_T = anchor_logprobs_B_T.detach()
+    dtype = logprobs_B_T.dtype
+    dropped_B_T = ~keep_B_T
+    tv_B_T = (torch.exp(logprobs_B_T) - torch.exp(anchor_logprobs_B_T)).abs()
+    metrics = {
+        "clip/frac": masked_fraction(dropped_B_T, mask_B_T, dtype),
+        "clip/frac_pos": masked_fraction(dropped_B_T & (advantages_B_T > 0), mask_B_T, dtype),
+        "clip/frac_neg": masked_fraction(dropped_B_T & (advantages_B_T < 0), mask_B_T, dtype),
+        "clip/tv_mean": masked_mean(tv_B_T, mask_B_T),
+        "clip/binary_kl_mean": masked_mean(binary_kl(logprobs_B_T, anchor_logprobs_B_T), mask_B_T),
     }
     return {key: value.detach() for key, value in metrics.items()}

@@ -11,8 +11,9 @@ from typing import Literal, Protocol
 
 import torch
 
+from keel.types.training import RolloutPrecision as Precision  # noqa: F401 (re-exported)
+
 FinishReason = Literal["stop", "length"]
-Precision = Literal["fp32", "bf16", "fp8"]
 
 
 @dataclass
@@ -56,6 +57,7 @@ class RolloutEngine(Protocol):
         max_new_tokens: int,
         temperature: float,
         top_p: float,
+        top_k: int,
         seed: int | None,
     ) -> RolloutBatch: ...
 

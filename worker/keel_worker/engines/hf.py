@@ -70,6 +70,7 @@ class HFEngine:
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
+        top_k: int = 0,
         seed: int | None = None,
     ) -> RolloutBatch:
         """Sample `n` responses per prompt; the responses of one prompt are adjacent."""
@@ -78,7 +79,7 @@ class HFEngine:
         if n < 1 or max_new_tokens < 1:
             raise ValueError("n and max_new_tokens must be at least 1")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        sampler = (temperature, top_p, generator)
+        sampler = (temperature, top_p, generator, top_k)
         if self.replay is None:
             return self._generate(prompt_ids, n, max_new_tokens, sampler, RouteCollector(None))
         with self.replay.record() as recording:

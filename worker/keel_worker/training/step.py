@@ -114,7 +114,8 @@ class Trainer:
         prompt_ids = [encode_prompt(self.tokenizer, item.prompt) for item in items]
         batch = self.engine.generate(
             prompt_ids, n=cfg.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=seed,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k, seed=seed,
         )
         sink.time("generate", t0)
 

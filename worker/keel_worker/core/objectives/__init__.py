@@ -6,7 +6,16 @@ the defaults and the keyword names live on the wire models of ``keel.types.algor
 contract test keeps the two equal). Importing this package registers every objective.
 """
 
-from keel_worker.core.objectives import minirl, policy_gradient, ppo, sequence
+from keel_worker.core.objectives import dppo, minirl, policy_gradient, ppo, sequence
 from keel_worker.core.objectives.registry import OBJECTIVES, Objective, register
 
-__all__ = ["OBJECTIVES", "Objective", "minirl", "policy_gradient", "ppo", "register", "sequence"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "dppo",
+    "minirl",
+    "policy_gradient",
+    "ppo",
+    "register",
+    "sequence",
+]

@@ -1,0 +1,91 @@
+"""Which model a job's `config.model.name` may name, decided the same way by the API (at
+creation) and by the worker (before it loads anything).
+
+A name is a built-in model, a hub id (`org/name`, never looked up on the local disk), or an
+absolute local path that resolves (symlinks and `..` followed) under one of the operator's
+`Settings.model_roots` and outside keel's own state (`home`, `artifacts_dir`: a project
+continues from its own checkpoints by id, never by path). Every refusal gives the same answer
+whether the path is outside the roots, missing or unreadable, so the API is no oracle for the
+server's files (hardening issue items 1 and 2).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from keel_server.settings import Settings
+
+# name -> is it a Mixture-of-Experts model (a contract test keeps it equal to the worker's list)
+BUILTIN_MODELS: dict[str, bool] = {
+    "tiny-dense": False,
+    "tiny-moe": True,
+    "smollm2-135m-instruct": False,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+class ModelNotAllowed(ValueError):
+    """The name is no built-in, no hub id and no readable model under an allowed root."""
+
+    def __init__(self, name: str) -> None:
+        builtin = ", ".join(sorted(BUILTIN_MODELS))
+        super().__init__(
+            f"model {name!r} is not available: use a built-in model ({builtin}), a hub id "
+            "'org/name', or an absolute path to a model directory or .gguf file under a model "
+            "root the operator allows (KEEL_MODEL_ROOTS)"
+        )
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a model name resolved to; `spec` is what the worker passes to `load_model`."""
+
+    kind: Literal["builtin", "hub", "local"]
+    spec: str
+    is_moe: bool | None  # None: a hub id, decided when the worker downloads it
+
+
+def resolve_model(name: str, settings: Settings) -> ModelSource:
+    """Classify `name` under the operator's policy; raises `ModelNotAllowed` otherwise."""
+    if name in BUILTIN_MODELS:
+        return ModelSource("builtin", name, BUILTIN_MODELS[name])
+    if _HUB_ID.match(name):
+        return ModelSource("hub", name, None)
+    path = _allowed_path(name, settings)
+    if path is None:
+        raise ModelNotAllowed(name)
+    return ModelSource("local", str(path), _local_is_moe(path, name))
+
+
+def _allowed_path(name: str, settings: Settings) -> Path | None:
+    """The resolved path of `name` when it is an existing model under an allowed root."""
+    if not settings.model_roots or not name.startswith("/") or "\x00" in name:
+        return None
+    try:
+        path = Path(name).resolve(strict=True)
+        roots = [root.resolve() for root in settings.model_roots]
+        own_state = [Path(settings.home).resolve(), Path(settings.artifacts_dir).resolve()]
+        is_model = (path.suffix == ".gguf" and path.is_file()) or (path / "config.json").is_file()
+    except (OSError, RuntimeError):  # missing, too long, a symlink loop, unreadable
+        return None
+    inside = any(path.is_relative_to(root) for root in roots)
+    if not inside or any(path.is_relative_to(state) for state in own_state) or not is_model:
+        return None
+    return path
+
+
+def _local_is_moe(path: Path, name: str) -> bool:
+    if path.suffix == ".gguf":
+        return False  # the GGUF files keel loads are dense Llama-family models
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotAllowed(name) from exc
+    if not isinstance(config, dict):
+        raise ModelNotAllowed(name)
+    return any(config.get(key) for key in _MOE_KEYS)

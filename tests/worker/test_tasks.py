@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import merge_config, tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
@@ -27,18 +28,8 @@ BASE_URL = "http://testserver"
 
 
 def job_config(**overrides) -> dict:
-    config = {
-        "model": {"name": "tiny-moe"},
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-        "rollout": {"max_new_tokens": 6},
-        "optimizer": {"lr": 1e-3},
-        "steps": 2,
-        "eval_every": 0,
-        "checkpoint_every": 1,
-    }
-    return {**config, **overrides}
+    """The tiny job, learning fast and checkpointing every step (resume tests need both)."""
+    return merge_config(tiny_job_config(optimizer={"lr": 1e-3}, checkpoint_every=1), overrides)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
@@ -28,17 +29,7 @@ SECRET = "webhook-secret-0123456789abcdef"
 pytestmark = pytest.mark.slow
 
 
-def job_config(**overrides) -> dict:
-    config = {
-        "model": {"name": "tiny-moe"},
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-        "rollout": {"max_new_tokens": 6},
-        "steps": 2,
-        "eval_every": 0,
-    }
-    return {**config, **overrides}
+job_config = tiny_job_config
 
 
 @pytest.fixture

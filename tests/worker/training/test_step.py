@@ -14,7 +14,6 @@ from keel_worker.engines.models import load_model
 from keel_worker.training.checkpoint import load_checkpoint
 from keel_worker.training.run import train
 from keel_worker.training.step import Trainer
-from keel_worker.training.tasks import build_task
 
 ITEMS = [TaskItem(prompt=f"What is {a} + 1?", answer=str(a + 1)) for a in range(2)]
 
@@ -193,10 +192,32 @@ def test_dense_model_with_replay_is_a_clear_error(cache_dir):
 
 
 def test_task_rewards_are_used_by_default(tmp_path, cache_dir):
-    config = tiny_config(model={"name": "tiny-dense"}, steps=1, num_minibatches=1)
-    (result,) = train(config, workdir=tmp_path, cache_dir=cache_dir)
-    assert result.metrics["reward/mean"] == 0.0  # an untrained byte model never adds up
-    assert len(build_task(config.task).eval_items) == 20
+    # A dataset task scored by exact match. Run 1 (any reward_fn) records what the untrained
+    # model answers; run 2, seeded the same and given no reward_fn, gets each prompt's first
+    # answer as its reference, so the default scorer must give 1 to every completion equal to
+    # it and 0 to the others (an always-zero scorer fails; so does one that ignores the task).
+    prompts = [f"What is {a} + 1?" for a in range(5)]
+
+    def dataset(answers):
+        items = [{"prompt": p, "answer": answers.get(p, "?")} for p in prompts]
+        return {"name": "dataset", "items": items, "verifier": "exact_match"}
+
+    def config(answers):
+        return tiny_config(model={"name": "tiny-dense"}, steps=1, num_minibatches=1,
+                           task=dataset(answers))  # fmt: skip
+
+    seen = []
+
+    def recording(rollouts):
+        seen.extend(rollouts)
+        return [0.0] * len(rollouts)
+
+    list(train(config({}), workdir=tmp_path / "a", reward_fn=recording, cache_dir=cache_dir))
+    first = {r.item.prompt: r.completion for r in seen if r.sample_index == 0}
+    (result,) = train(config(first), workdir=tmp_path / "b", cache_dir=cache_dir)
+    expected = [r.completion.strip() == first[r.item.prompt].strip() for r in seen]
+    assert result.metrics["reward/mean"] == pytest.approx(sum(expected) / len(expected))
+    assert result.metrics["reward/mean"] >= 1 / 4  # at least each group's first answer
 
 
 def test_should_stop_checkpoints_and_ends_the_run(tmp_path, cache_dir):

@@ -291,7 +291,7 @@ def test_every_wire_verifier_scores_a_right_completion_1_and_a_wrong_one_0():
     from keel_worker.training.scoring import Rollout
     from keel_worker.training.tasks import build_task
 
-    names = {n for arg in get_args(RewardVerifier) for n in get_args(arg) or (arg,)}
+    names = {name for literal in get_args(RewardVerifier) for name in get_args(literal)}
     assert names == set(VERIFIER_CASES)
     task = build_task(TaskConfig())  # addition: the `task` verifier's integer reward
     for name, (extra, right, wrong, reference) in VERIFIER_CASES.items():

@@ -155,6 +155,16 @@ def test_partial_groups_keep_their_rewarded_members_and_baseline_from_them(cache
     assert metrics["optim/grad_norm"] > 0 and trainer.policy_version == 1
 
 
+def test_fewer_kept_responses_than_mini_batches_still_update(cache_dir):
+    # 2 prompts × 2 responses in N = 4 mini-batches; one group dropped leaves 2 responses, so
+    # two of the four mini-batches are empty: they are skipped, the kept ones still update.
+    trainer, _ = _trainer(tiny_config(group_size=2, num_minibatches=4, micro_batch_size=1),
+                          cache_dir)  # fmt: skip
+    metrics = trainer.step(ITEMS, _rewards_of([[None, 1.0], [1.0, 0.0]]), seed=2)
+    assert metrics["groups/dropped"] == 1.0
+    assert metrics["optim/grad_norm"] > 0 and trainer.policy_version == 1
+
+
 def test_a_partial_group_with_one_reward_left_is_dropped(cache_dir):
     # One rewarded member has no group baseline to compare with: the group is dropped.
     trainer, _ = _trainer(tiny_config(), cache_dir)

@@ -147,8 +147,9 @@ class Trainer:
 
         # 6. N updates, one AdamW step per mini-batch.
         t0 = time.perf_counter()
-        for i, (rows_N, micro_N) in enumerate(zip(minibatches, micro, strict=True)):
-            self._update(rows_N, micro_N, batch, build, old, sink, first=i == 0)
+        for i, (minibatch, micro_batches) in enumerate(zip(minibatches, micro, strict=True)):
+            if minibatch:  # fewer kept responses than N leave the last mini-batches empty
+                self._update(minibatch, micro_batches, batch, build, old, sink, first=i == 0)
         sink.time("update", t0)
 
         # 7. Sync the new weights to the engine; the next step samples from them.
@@ -222,8 +223,8 @@ class Trainer:
 
     def _update(
         self,
-        rows_N: list[int],
-        micro_N: list[list[int]],
+        minibatch: list[int],
+        micro_batches: list[list[int]],
         batch: RolloutBatch,
         build: BuildMicroBatch,
         old: OldPolicy,
@@ -236,11 +237,11 @@ class Trainer:
         The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old.
         """
         cfg = self.config
-        n_resp = [len(batch.response_ids[r]) for r in rows_N]
+        n_resp = [len(batch.response_ids[r]) for r in minibatch]
         normalizer = loss_normalizer(
             self.loss_agg, mask_B_T=_length_mask(n_resp), constant=self._norm_constant()
         )
-        for rows_mb in micro_N:
+        for rows_mb in micro_batches:
             mb = build(rows_mb)
             out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old.routes))
             if first:

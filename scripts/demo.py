@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting keel (embedded: SQLite + filesystem broker in {args.data_dir}) ...")
         admin_key = service.start()
         print(f"keel is up at {service.url} (API docs: {service.url}/docs)")
+        print(f"dashboard: {service.url}/dashboard (sign in with {service.home}/admin_key)")
         with Client(base_url=service.url, api_key=admin_key) as client:
             cancel_leftovers(client)
             run_job(client, args, started)

@@ -4,6 +4,9 @@
 drops it afterwards; `sqlite_url` is a file in the test's tmp dir; `db_url` runs a test on both
 (the PostgreSQL variant carries the `services` marker). Schemas come from the Alembic migrations,
 so tests exercise the same DDL as production.
+
+A PostgreSQL server that is down skips the PostgreSQL tier on a developer's machine, but fails it
+in CI (`CI=true`): there a skip would turn the whole production path green without running it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("KEEL_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def _pg_admin():
@@ -23,7 +27,10 @@ def _pg_admin():
     try:
         return psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+        reason = f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}"
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: the PostgreSQL tier must run)", pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture

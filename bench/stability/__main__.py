@@ -1,12 +1,17 @@
 """Command line of the stability harness.
 
-    python -m bench.stability run --full     # the whole matrix, ≈ 1 h on 2 cores
-    python -m bench.stability run --quick    # one seed, few steps: a few minutes
-    python -m bench.stability report         # rebuild summaries, figures and REPORT.md
+    python -m bench.stability run --full                  # the gentle matrix, ≈ 1 h on 2 cores
+    python -m bench.stability run --quick                 # one seed, few steps: a few minutes
+    python -m bench.stability run --suite stress --full   # pilots → regime → findings → map
+    python -m bench.stability run --suite stress --full --part pilot   # only the regime rules
+    python -m bench.stability run --suite stress --quick  # smoke test of the stress dials
+    python -m bench.stability report                      # rebuild summaries, figures, REPORT.md
 
-The cold-start cache lives under `--cache-dir`, else `$KEEL_STABILITY_CACHE`, else
-`.cache/keel/stability` (never committed). Full results go to `bench/results/stability`, quick
-ones to `bench/results/stability/tmp/quick` (ignored by git) unless `--out` says otherwise.
+Every run is kept as soon as it finishes and a rerun does only what is missing, so a long suite
+runs in parts (`--deadline HH:MM` starts no run after that time). The cold-start cache lives
+under `--cache-dir`, else `$KEEL_STABILITY_CACHE`, else `.cache/keel/stability` (never
+committed). Results go to `bench/results/stability` (gentle) and `bench/results/stability/stress`,
+quick ones to `<results>/tmp/quick` (ignored by git) unless `--out` says otherwise.
 """
 
 from __future__ import annotations
@@ -19,12 +24,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.stability.coldstart import SFTBudget
-from bench.stability.matrix import FULL, QUICK, Budget
+from bench.stability.matrix import Budget
+from bench.stability.suites import GENTLE, SUITES, Suite
 
-RESULTS = Path("bench/results/stability")
-QUICK_RESULTS = RESULTS / "tmp" / "quick"
 DEFAULT_CACHE = Path(".cache/keel/stability")
-QUICK_SFT = SFTBudget(max_steps=300, check_every=100)
+
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true", help="every cell, 3 seeds")
     mode.add_argument("--quick", action="store_true", help="every cell, 1 seed, 16 steps")
+    run.add_argument("--suite", choices=sorted(SUITES), default=GENTLE.name)
+    run.add_argument("--part", choices=("pilot", "findings", "all"), default="all",
+                     help="stress suite: stop after the pilots or the findings cells")
     run.add_argument("--out", type=Path, help="results directory")
     run.add_argument("--cache-dir", type=Path, help="cold-start cache")
     run.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
@@ -47,12 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
     run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
     report = sub.add_parser("report", help="rebuild summaries, figures and REPORT.md")
-    report.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    report.add_argument("--out", type=Path, default=GENTLE.results_dir,
+                        help="results directory of the gentle suite (the stress suite's is "
+                        "its stress/ subfolder)")
     return parser
 
 
-def _budgets(args: argparse.Namespace) -> tuple[Budget, SFTBudget]:
-    budget, sft = (FULL, SFTBudget()) if args.full else (QUICK, QUICK_SFT)
+def _budgets(args: argparse.Namespace, suite: Suite) -> tuple[Budget, SFTBudget]:
+    budget, sft = (suite.full, suite.sft) if args.full else (suite.quick, suite.quick_sft)
     overrides = {
         "seeds": args.seeds,
         "grad_steps": args.grad_steps,
@@ -81,14 +90,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         print(build_report(args.out))
         return 0
-    from bench.stability.orchestrate import run_matrix
+    from bench.stability import orchestrate
 
-    budget, sft = _budgets(args)
-    out = args.out or (RESULTS if args.full else QUICK_RESULTS)
+    suite = SUITES[args.suite]
+    budget, sft = _budgets(args, suite)
+    out = args.out or (suite.results_dir if args.full else suite.quick_dir)
     cache = args.cache_dir or Path(os.environ.get("KEEL_STABILITY_CACHE", DEFAULT_CACHE))
-    run_matrix(budget, sft, out_dir=out, cache_dir=cache, workers=args.workers,
-               deadline=_deadline(args.deadline))
-    print(build_report(out))
+    common = {"out_dir": out, "cache_dir": cache, "workers": args.workers}
+    if suite is GENTLE:
+        orchestrate.run_gentle(suite, budget, sft, **common, deadline=_deadline(args.deadline))
+        print(build_report(out))
+    elif args.full:
+        orchestrate.run_stress(suite, budget, sft, **common, part=args.part,
+                               deadline=_deadline(args.deadline))  # fmt: skip
+        # Beside the gentle suite's results (the default place): the one combined report.
+        gentle = out.parent if (out.parent / "runs").is_dir() else None
+        print(build_report(gentle, stress_dir=out))
+    else:
+        orchestrate.run_stress_quick(suite, budget, sft, **common)
+        print(build_report(None, stress_dir=out))
     return 0
 
 

@@ -86,3 +86,70 @@ def regime_figure(cells: dict[str, list[Run]], title: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def stability_map_figure(
+    grid: dict[tuple[str, int, str], tuple[float, int, int]],
+    rungs: list[str], ns: list[int], algorithms: list[str], path: Path,
+) -> None:
+    """One panel per mismatch rung: algorithm × N, colored by final held-out accuracy, with the
+    collapse count of the cell's seeds written in (✗ k/n); blank where the cell has no run.
+
+    `grid[(rung, n, algorithm)] = (mean final acc, collapsed seeds, seeds)`.
+    """
+    fig, axes = plt.subplots(1, len(rungs), figsize=(3.2 * len(rungs) + 1.5, 3.6), sharey=True)
+    image = None
+    for ax, rung in zip(axes, rungs, strict=True):
+        values = [[grid.get((rung, n, a), (float("nan"), 0, 0))[0] for n in ns]
+                  for a in algorithms]  # fmt: skip
+        image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        for i, a in enumerate(algorithms):
+            for j, n in enumerate(ns):
+                if (rung, n, a) not in grid:
+                    continue
+                acc, collapsed, seeds = grid[(rung, n, a)]
+                mark = f"\n✗ {collapsed}/{seeds}" if collapsed else ""
+                ax.text(j, i, f"{acc:.2f}{mark}", ha="center", va="center", fontsize=7,
+                        color="white" if acc < 0.6 else "black")  # fmt: skip
+        ax.set_title(rung, fontsize=9)
+        ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns], fontsize=8)
+        ax.set_yticks(range(len(algorithms)), algorithms, fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="final held-out acc (T=1)")
+    fig.suptitle("Stability map: which recipe stays stable (✗ = collapsed seeds)", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+COLLAPSE_PANELS = (
+    ("eval_acc", "held-out acc", False),
+    ("kl_k3", "KL k3 (μ‖π_old)", True),
+    ("is_trunc_frac", "IS truncated frac", False),
+    ("clip_frac", "clip frac", False),
+    ("entropy", "entropy", False),
+)
+
+
+def collapse_figure(runs: list[tuple[Run, int | None]], path: Path, *, limit: int = 8) -> None:
+    """The mechanism curves of collapsing runs, one row each, the collapse step marked: does
+    the training–inference KL (or the IS truncation, the clip fraction) rise before it?"""
+    runs = runs[:limit]
+    fig, axes = plt.subplots(len(runs), len(COLLAPSE_PANELS), squeeze=False,
+                             figsize=(2.6 * len(COLLAPSE_PANELS), 1.9 * len(runs)))  # fmt: skip
+    for row, (run, step) in zip(axes, runs, strict=True):
+        for ax, (column, label, log) in zip(row, COLLAPSE_PANELS, strict=True):
+            steps, values = run.column(column)
+            if log:
+                values = [max(v, KL_FLOOR) for v in values]
+            ax.plot(steps, values, lw=1.2)
+            if step is not None:
+                ax.axvline(step, color="red", lw=0.8, ls="--")
+            if log:
+                ax.set_yscale("log")
+            ax.set_title(f"{run.cell} s{run.meta['seed']}: {label}" if column == "eval_acc"
+                         else label, fontsize=7)  # fmt: skip
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

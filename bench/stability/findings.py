@@ -85,6 +85,8 @@ def _ordered(rows: Rows, a: str, b: str) -> str:
 
 
 def _combine(verdicts: list[str]) -> str:
+    if any(v == "missing" for v in verdicts):
+        return "missing"
     if all(v == "agrees" for v in verdicts):
         return "agrees"
     if all(v == "disagrees" for v in verdicts):
@@ -135,7 +137,7 @@ def on_policy_r3(rows: Rows) -> Finding:
         return guard
     no_gain = "agrees" if better(rows, cells[1], cells[0]) <= 0 else "disagrees"
     kl = {c: _mean_of(rows, c, "mean_kl_k1") for c in cells[:2]}
-    kl_verdict = "agrees" if kl[cells[1]] < kl[cells[0]] else "disagrees"
+    kl_verdict = _below(kl[cells[1]], kl[cells[0]])
     routing = {c: _mean_of(rows, c, "mean_routing_infer_vs_train") for c in cells[:2]}
     fails = _ordered(rows, cells[1], cells[2])
     lines = [_describe(rows, c) for c in cells]
@@ -160,7 +162,11 @@ def off_policy_clip_and_replay(rows: Rows) -> Finding:
         if _missing(rows, plain, r2_noclip, r2, r3):
             lines.append(f"N={n}: missing cells")
             continue
-        best = r2 if _mean_of(rows, r2, "final_acc") >= _mean_of(rows, r3, "final_acc") else r3
+        best = _higher_cell(rows, r2, r3, "final_acc")
+        if best is None:
+            lines.append(f"N={n}: no finite final accuracy for `{r2}` or `{r3}`")
+            verdicts.append("missing")
+            continue
         replay = _ordered(rows, r2_noclip, plain)
         clip = _ordered(rows, r2, r2_noclip)
         full = _combine([_ordered(rows, best, plain), _ordered(rows, best, r2_noclip)])
@@ -206,7 +212,9 @@ def cold_starts(rows: Rows) -> Finding:
     pairs = [(a, b) for i, a in enumerate(cells) for b in cells[i + 1 :]]
     signs = [better(rows, a, b) for a, b in pairs]
     verdict = "agrees" if all(s == 0 for s in signs) else "disagrees"
-    lines.append(f"pairs with a significant final difference: {sum(s != 0 for s in signs)} of 3")
+    lines.append(
+        f"pairs with a significant final difference: {sum(s != 0 for s in signs)} of {len(pairs)}"
+    )
     return Finding(key, title, claim, verdict, lines)
 
 
@@ -246,6 +254,8 @@ def kl_and_collapse(rows: Rows) -> Finding:
         return sum(changes) / len(changes) if changes else math.nan
 
     grow_c, grow_s = growth(collapsed), growth(stable)
+    if not (math.isfinite(grow_c) and math.isfinite(grow_s)):
+        return Finding(key, title, claim, "missing", ["no finite KL change to contrast"])
     lines = [
         f"{len(collapsed)} collapsed runs: KL k1 change (last − first tenth of steps) {grow_c:.2e}",
         f"{len(stable)} stable runs: KL k1 change {grow_s:.2e}",
@@ -255,9 +265,61 @@ def kl_and_collapse(rows: Rows) -> Finding:
     return Finding(key, title, claim, verdict, lines)
 
 
+def _below(a: float, b: float) -> str:
+    """'agrees' when a < b, 'disagrees' when not, 'missing' when either is not a number."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "missing"
+    return "agrees" if a < b else "disagrees"
+
+
+def _higher_cell(rows: Rows, a: str, b: str, key: str) -> str | None:
+    """The cell with the higher mean `key` (ties go to `a`); None when either is missing."""
+    va, vb = _mean_of(rows, a, key), _mean_of(rows, b, key)
+    if not (math.isfinite(va) and math.isfinite(vb)):
+        return None
+    return a if va >= vb else b
+
+
 def _mean_of(rows: Rows, cell: str, key: str) -> float:
     values = [r[key] for r in rows.get(cell, []) if math.isfinite(r[key])]
     return sum(values) / len(values) if values else math.nan
+
+
+F9_RUNGS = ("fp32", "int4", "int4+top_p0.9")  # the stress suite's map rungs, mildest first
+
+
+def dppo_critique(rows: Rows) -> Finding:
+    """F9, rule declared with the stress suite: per rung, DPPO-TV and MiniRL with the μ anchor
+    against MiniRL (π_old anchor) by `better`. Agrees when at some rung both μ-anchored variants
+    beat MiniRL and at no rung does either lose; disagrees when at some rung both lose and at no
+    rung does either win; not reproduced when every comparison is a tie; else partial."""
+    key, title = "F9", "DPPO: the trust region must be anchored on μ, not the recomputed π_old"
+    claim = ("MiniRL, whose clip mask is anchored on the recomputed π_old, fails to control the "
+             "training–inference mismatch and collapses as it grows; DPPO's Binary-TV mask "
+             "anchored on μ stays stable (Qi et al., paper-spec §8.9).")
+    signs, lines = [], []
+    for rung in F9_RUNGS:
+        mini, mu, dppo = (f"F9/{rung}/{v}" for v in ("minirl", "minirl-mu", "dppo_tv"))
+        if _missing(rows, mini, mu, dppo):
+            lines.append(f"{rung}: missing cells")
+            signs.append(None)
+            continue
+        pair = (better(rows, dppo, mini), better(rows, mu, mini))
+        signs.append(pair)
+        lines += [f"{rung}: " + _describe(rows, c) for c in (mini, mu, dppo)]
+        lines.append(f"{rung}: DPPO-TV vs MiniRL {pair[0]:+d}, MiniRL-μ vs MiniRL {pair[1]:+d}")
+    if any(p is None for p in signs):
+        return Finding(key, title, claim, "missing", lines)
+    flat = [x for p in signs for x in p]
+    if any(p == (1, 1) for p in signs) and -1 not in flat:
+        verdict = "agrees"
+    elif any(p == (-1, -1) for p in signs) and 1 not in flat:
+        verdict = "disagrees"
+    elif all(x == 0 for x in flat):
+        verdict = "not reproduced"
+    else:
+        verdict = "partial"
+    return Finding(key, title, claim, verdict, lines)
 
 
 FINDINGS: tuple[Callable[[Rows], Finding], ...] = (
@@ -272,8 +334,16 @@ FINDINGS: tuple[Callable[[Rows], Finding], ...] = (
 )
 
 
-def evaluate_findings(run_rows: list[dict[str, Any]]) -> list[Finding]:
+def evaluate_findings(
+    run_rows: list[dict[str, Any]], *, aliases: dict[str, str] | None = None,
+    findings: tuple[Callable[[Rows], Finding], ...] = FINDINGS,
+) -> list[Finding]:
+    """Every finding on the run summaries; `aliases` maps a cell that was not run twice to the
+    cell with the same configuration (the stress suite's deduplication)."""
     rows: Rows = {}
     for row in run_rows:
         rows.setdefault(row["cell"], []).append(row)
-    return [finding(rows) for finding in FINDINGS]
+    for alias, owner in (aliases or {}).items():
+        if owner in rows:
+            rows[alias] = rows[owner]
+    return [finding(rows) for finding in findings]

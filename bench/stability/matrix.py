@@ -37,7 +37,11 @@ OFF_POLICY_N = (2, 4, 8)
 
 @dataclass(frozen=True)
 class Cell:
-    """One configuration of the matrix; `regime` groups cells into one figure."""
+    """One configuration of the matrix; `regime` groups cells into one figure.
+
+    `precision`, `top_p` and `top_k` set the rollout engine (the mismatch dial); `lr` overrides
+    the budget's learning rate (the stress suite's staleness regime uses its own).
+    """
 
     name: str
     regime: str
@@ -46,6 +50,9 @@ class Cell:
     num_minibatches: int = 1
     init: str = DEFAULT_INIT
     precision: str = "fp8"
+    top_p: float = 1.0
+    top_k: int = 0
+    lr: float | None = None
 
     @property
     def slug(self) -> str:
@@ -67,6 +74,8 @@ class Budget:
     eval_samples: int = 4  # held-out accuracy = mean reward of these samples at temperature 1
     seeds: tuple[int, ...] = (0, 1, 2)
     cells: tuple[str, ...] = field(default=())  # name filter; empty = all
+    probe_prompts: int = 64  # the discrepancy probe: RL prompts × samples per cold start and dial
+    probe_samples: int = 8
 
     def global_steps(self, cell: Cell) -> int:
         if self.grad_steps % cell.num_minibatches:
@@ -77,8 +86,6 @@ class Budget:
         return asdict(self)
 
 
-FULL = Budget()
-QUICK = Budget(grad_steps=16, eval_every=8, eval_prompts=64, eval_samples=2, seeds=(0,))
 
 
 def _minirl(**overrides: Any) -> dict[str, Any]:
@@ -133,12 +140,16 @@ def all_cells() -> list[Cell]:
     return cells + _cold_starts() + _precision()
 
 
-def cells_for(budget: Budget) -> list[Cell]:
-    """The matrix, filtered by `budget.cells` (substring match on the cell name)."""
-    cells = all_cells()
+def select(cells: list[Cell], budget: Budget) -> list[Cell]:
+    """`cells` filtered by `budget.cells` (substring match on the cell name)."""
     if not budget.cells:
         return cells
     return [c for c in cells if any(pattern in c.name for pattern in budget.cells)]
+
+
+def cells_for(budget: Budget) -> list[Cell]:
+    """The gentle suite's matrix, filtered by `budget.cells`."""
+    return select(all_cells(), budget)
 
 
 def training_config(cell: Cell, budget: Budget, *, seed: int, model_dir: str) -> TrainingConfig:
@@ -148,9 +159,10 @@ def training_config(cell: Cell, budget: Budget, *, seed: int, model_dir: str) ->
             "model": ModelConfig(name=model_dir),
             "algorithm": cell.algorithm,
             "rollout": RolloutConfig(
-                precision=cell.precision, max_new_tokens=budget.max_new_tokens, temperature=1.0
+                precision=cell.precision, max_new_tokens=budget.max_new_tokens, temperature=1.0,
+                top_p=cell.top_p, top_k=cell.top_k,
             ),
-            "optimizer": OptimizerConfig(lr=budget.lr, grad_clip=budget.grad_clip),
+            "optimizer": OptimizerConfig(lr=cell.lr or budget.lr, grad_clip=budget.grad_clip),
             "prompts_per_step": budget.prompts_per_minibatch * cell.num_minibatches,
             "group_size": budget.group_size,
             "num_minibatches": cell.num_minibatches,

@@ -12,12 +12,14 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from bench.stability import coldstart, probe, runner, task
-from bench.stability.matrix import Budget, Cell, cells_for
+from bench.stability import coldstart, probe, runner, stress
+from bench.stability.matrix import DEFAULT_INIT, Budget, Cell, all_cells, select
+from bench.stability.results import load_runs
+from bench.stability.suites import SUITES
 
 
 def _init_worker() -> None:
@@ -26,24 +28,28 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _cold_start_job(name: str, sft: coldstart.SFTBudget, cache_dir: Path) -> dict:
-    mixture = next(m for m in task.COLD_START_MIXTURES if m.name == name)
-    cs = coldstart.ensure_cold_start(mixture, sft, cache_dir=cache_dir)
-    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate}
+def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_dir: Path):
+    suite = SUITES[suite_name]
+    mixture = next(m for m in suite.task.COLD_START_MIXTURES if m.name == name)
+    cs = coldstart.ensure_cold_start(suite, mixture, sft, cache_dir=cache_dir, log=_log)
+    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate,
+            "weights_sha256": cs.weights_sha256}  # fmt: skip
 
 
-def _probe_job(name: str, path: str, precision: str) -> dict:
-    return {"init": name, **probe.measure(Path(path), precision)}
+def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:
+    stats = probe.measure(SUITES[suite_name], Path(path), dial, prompts=budget.probe_prompts,
+                          n=budget.probe_samples)  # fmt: skip
+    return {"init": name, **stats}
 
 
 def _run_job(
-    cell: Cell, seed: int, budget: Budget, model_dir: str, out_dir: Path, cache_dir: Path,
-    deadline: float | None,
+    suite_name: str, cell: Cell, seed: int, budget: Budget, model_dir: str, out_dir: Path,
+    cache_dir: Path, deadline: float | None,
 ) -> dict | None:
     if deadline is not None and time.time() > deadline:
         return None
     return runner.run_one(
-        cell, seed, budget, model_dir=Path(model_dir), out_dir=out_dir,
+        SUITES[suite_name], cell, seed, budget, model_dir=Path(model_dir), out_dir=out_dir,
         work_dir=cache_dir / "work",
     )
 
@@ -52,58 +58,154 @@ def _log(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
-def run_matrix(
-    budget: Budget,
-    sft: coldstart.SFTBudget,
-    *,
-    out_dir: Path,
-    cache_dir: Path,
-    workers: int,
-    deadline: float | None = None,
+def run_gentle(
+    suite, budget: Budget, sft: coldstart.SFTBudget, *, out_dir: Path, cache_dir: Path,
+    workers: int, deadline: float | None = None,
 ) -> list[dict]:
-    """Cold starts → discrepancy probe → all runs; returns the metas of the runs done now."""
-    cells = cells_for(budget)
-    inits = sorted({c.init for c in cells})
+    """The gentle suite: cold starts → discrepancy probe → every cell of its matrix."""
+    cells = select(all_cells(), budget)
+    with open_pool(workers) as pool:
+        paths = prepare(pool, suite, sorted({c.init for c in cells}), sft, budget,
+                        out_dir=out_dir, cache_dir=cache_dir)  # fmt: skip
+        return run_cells(pool, suite, cells, budget, paths, out_dir=out_dir,
+                         cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+
+
+def run_stress(
+    suite, budget: Budget, sft: coldstart.SFTBudget, *, out_dir: Path, cache_dir: Path,
+    workers: int, part: str, deadline: float | None = None,
+) -> stress.Regime | None:
+    """The stress suite, resumably: pilots and the regime rules (`stress`), then the findings
+    and F9 cells at `budget.seeds`, then the map's own cells at seed 0. `part` stops early:
+    `pilot`, `findings` (pilots + findings) or `all`. Returns the regime once chosen."""
+    inits = [DEFAULT_INIT] if part == "pilot" else [m.name for m in suite.task.COLD_START_MIXTURES]
+    with open_pool(workers) as pool:
+        paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
+        regime = _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline)
+        if regime is None or part == "pilot":
+            return regime
+        cells, _ = stress.matrix_cells(regime)
+        own = {c.name: c for c in cells}
+        findings = select([own[c.name] for c in stress.findings_cells(regime)], budget)
+        run_cells(pool, suite, findings, budget, paths, out_dir=out_dir, cache_dir=cache_dir,
+                  deadline=deadline)  # fmt: skip
+        f9 = select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget)
+        run_cells(pool, suite, f9, replace(budget, seeds=stress.F9_SEEDS), paths,
+                  out_dir=out_dir, cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+        if part == "all":
+            map_only = {c.name for c in stress.map_cells(regime)}
+            screening = select([c for c in cells if c.name in map_only], budget)
+            run_cells(pool, suite, screening, replace(budget, seeds=(0,)), paths,
+                      out_dir=out_dir, cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+    return regime
+
+
+def _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline):
+    """Rules A, B, C of `stress` on their pilots (seed 0), each run once and kept in `pilot/`."""
+    path = out_dir / "regime.json"
+    if path.is_file():
+        return stress.Regime.load(path)
+    pilot_dir, one_seed = out_dir / "pilot", replace(budget, seeds=(0,), cells=())
+
+    def runs_of(cells):
+        run_cells(pool, suite, cells, one_seed, paths, out_dir=pilot_dir, cache_dir=cache_dir,
+                  deadline=deadline)  # fmt: skip
+        done = {r.cell: r for r in load_runs(pilot_dir)}
+        return done if all(c.name in done for c in cells) else None
+
+    if (runs := runs_of(stress.pilot_a_cells())) is None:
+        return None
+    lr_a, evidence_a = stress.rule_a(runs)
+    _log(f"rule A: lr_on_policy = {lr_a:g}")
+    if (runs := runs_of(stress.pilot_b_cells(lr_a))) is None:
+        return None
+    dial, collapsed_b, evidence_b = stress.rule_b(runs, lr_a)
+    _log(f"rule B: dial = {dial.name} (baseline collapsed: {collapsed_b})")
+    if (runs := runs_of(stress.pilot_c_cells(lr_a, dial))) is None:
+        return None
+    lr_c, collapsed_c, evidence_c = stress.rule_c(runs, lr_a, dial)
+    _log(f"rule C: lr_off_policy = {lr_c:g} (baseline collapsed: {collapsed_c})")
+    regime = stress.Regime(
+        lr_on_policy=lr_a, dial=dial.name, lr_off_policy=lr_c,
+        baseline_collapsed={"B": collapsed_b, "C": collapsed_c},
+        evidence={"A": evidence_a, "B": evidence_b, "C": evidence_c},
+    )  # fmt: skip
+    regime.save(path)
+    return regime
+
+
+def run_stress_quick(
+    suite, budget: Budget, sft: coldstart.SFTBudget, *, out_dir: Path, cache_dir: Path,
+    workers: int,
+) -> list[dict]:
+    """A smoke run of the stress dials: a short cold start, the probe on every dial, and the two
+    baselines of rules B and C on the int4 rung for a few steps (no regime is chosen)."""
+    int4 = next(d for d in suite.dials if d.name == "int4")
+    cells = [*stress.pilot_b_cells(stress.LR_GRID[0])[1:2],
+             *stress.pilot_c_cells(stress.LR_GRID[-1], int4)]  # fmt: skip
+    with open_pool(workers) as pool:
+        paths = prepare(pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir,
+                        cache_dir=cache_dir)  # fmt: skip
+        return run_cells(pool, suite, cells, budget, paths, out_dir=out_dir, cache_dir=cache_dir)
+
+
+def prepare(
+    pool, suite, inits: list[str], sft: coldstart.SFTBudget, budget: Budget, *, out_dir: Path,
+    cache_dir: Path,
+) -> dict[str, str]:
+    """Cold starts (cached) and the discrepancy probe of each; returns init name -> path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    _log(f"{suite.name}: cold starts {inits}")
+    n = len(inits)
+    colds = list(pool.map(_cold_start_job, [suite.name] * n, inits, [sft] * n, [cache_dir] * n))
+    (out_dir / "coldstarts.json").write_text(
+        json.dumps([c | {"sft": asdict(sft)} for c in colds], indent=2)
+    )
+    _log(f"{suite.name}: discrepancy probe ({len(suite.dials)} dials)")
+    jobs = [(suite.name, c["name"], c["path"], d, budget) for c in colds for d in suite.dials]
+    probes = list(pool.map(_probe_job, *zip(*jobs, strict=True)))
+    _write_rows(out_dir / "discrepancy.csv", probes)
+    return {c["name"]: c["path"] for c in colds}
+
+
+def open_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        _log(f"cold starts: {inits}")
-        colds = list(pool.map(_cold_start_job, inits, [sft] * len(inits), [cache_dir] * len(inits)))
-        (out_dir / "coldstarts.json").write_text(
-            json.dumps([c | {"sft": asdict(sft)} for c in colds], indent=2)
-        )
-        paths = {c["name"]: c["path"] for c in colds}
-        _log("discrepancy probe")
-        jobs = [(c["name"], c["path"], p) for c in colds for p in probe.PRECISIONS]
-        probes = list(pool.map(_probe_job, *zip(*jobs, strict=True)))
-        _write_rows(out_dir / "discrepancy.csv", probes)
-        todo = [
-            (cell, seed)
-            for seed in budget.seeds
-            for cell in cells
-            if not runner.is_done(out_dir, cell, seed)
-        ]
-        _log(f"{len(todo)} runs to do ({len(cells)} cells × {len(budget.seeds)} seeds)")
-        futures = {
-            pool.submit(
-                _run_job, cell, seed, budget, paths[cell.init], out_dir, cache_dir, deadline
-            ): (cell, seed)
-            for cell, seed in todo
-        }
-        done = []
-        for i, future in enumerate(as_completed(futures), 1):
-            cell, seed = futures[future]
-            try:
-                meta = future.result()
-            except Exception as exc:  # one broken run must not take the matrix down with it
-                _log(f"[{i}/{len(todo)}] {cell.name} seed {seed}: FAILED {exc!r}")
-                continue
-            if meta is None:
-                _log(f"[{i}/{len(todo)}] {cell.name} seed {seed}: skipped (deadline)")
-                continue
-            done.append(meta)
-            status = meta["error"] or "ok"
-            _log(f"[{i}/{len(todo)}] {cell.name} seed {seed}: {meta['wall_s']:.0f} s, {status}")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
+def run_cells(
+    pool, suite, cells: list[Cell], budget: Budget, paths: dict[str, str], *, out_dir: Path,
+    cache_dir: Path, deadline: float | None = None,
+) -> list[dict]:
+    """Every (cell, seed) not done yet, seed-major; returns the metas of the runs done now."""
+    todo = [
+        (cell, seed)
+        for seed in budget.seeds
+        for cell in cells
+        if not runner.is_done(out_dir, cell, seed)
+    ]
+    _log(f"{len(todo)} runs to do ({len(cells)} cells × {len(budget.seeds)} seeds)")
+    futures = {
+        pool.submit(
+            _run_job, suite.name, cell, seed, budget, paths[cell.init], out_dir, cache_dir,
+            deadline,
+        ): (cell, seed)
+        for cell, seed in todo
+    }
+    done = []
+    for i, future in enumerate(as_completed(futures), 1):
+        cell, seed = futures[future]
+        try:
+            meta = future.result()
+        except Exception as exc:  # one broken run must not take the matrix down with it
+            _log(f"[{i}/{len(todo)}] {cell.name} seed {seed}: FAILED {exc!r}")
+            continue
+        if meta is None:
+            _log(f"[{i}/{len(todo)}] {cell.name} seed {seed}: skipped (deadline)")
+            continue
+        done.append(meta)
+        status = meta["error"] or "ok"
+        _log(f"[{i}/{len(todo)}] {cell.name} seed {seed}: {meta['wall_s']:.0f} s, {status}")
     return done
 
 

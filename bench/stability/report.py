@@ -20,6 +20,7 @@ from bench.stability import criterion
 from bench.stability.figures import regime_figure
 from bench.stability.findings import Finding, evaluate_findings
 from bench.stability.matrix import Budget, cells_for
+from bench.stability.report_stress import stress_section
 from bench.stability.results import Run, cell_summaries, load_runs, run_summary, write_csv
 
 REGIME_TITLES = {
@@ -128,7 +129,7 @@ def _discrepancy_section(out_dir: Path) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {r['init']} | {r['precision']} | "
+            f"| {r['init']} | {r.get('dial', r.get('precision'))} | "
             + " | ".join(f"{float(r[k]):.2e}" for k in keys) + " |"
         )
     return [*lines, ""]
@@ -188,8 +189,20 @@ def _finding_section(f: Finding, notes: dict[str, str]) -> list[str]:
     ]
 
 
-def build_report(out_dir: Path) -> Path:
-    """Rebuild every derived artifact under `out_dir` from `out_dir/runs`."""
+def build_report(out_dir: Path | None, *, stress_dir: Path | None = None) -> Path:
+    """Rebuild every derived artifact from the saved runs; one REPORT.md for both suites.
+
+    `out_dir` is the gentle suite's results (None: a stress-only report, e.g. its quick mode);
+    the stress suite's results are `stress_dir`, by default `out_dir/stress` when it exists.
+    """
+    if stress_dir is None and out_dir is not None and (out_dir / "stress").is_dir():
+        stress_dir = out_dir / "stress"
+    stress_lines = stress_section(stress_dir) if stress_dir is not None else []
+    if out_dir is None:
+        assert stress_dir is not None, "build_report needs a gentle or a stress results dir"
+        report = stress_dir / "REPORT.md"
+        report.write_text("\n".join(stress_lines))
+        return report
     runs = load_runs(out_dir)
     run_rows = [run_summary(r) for r in runs]
     write_csv(out_dir / "summary_runs.csv", run_rows)
@@ -244,6 +257,8 @@ def build_report(out_dir: Path) -> Path:
             for r in run_rows
         ],
         "",
+        *(["---", "", *[f"#{line}" if line.startswith("#") else line for line in stress_lines]]
+          if stress_lines else []),
     ]
     report = out_dir / "REPORT.md"
     report.write_text("\n".join(lines))

@@ -69,6 +69,15 @@ def _sd(values: list[float]) -> float:
     return stdev(finite) if len(finite) > 1 else math.nan
 
 
+def _max_layer_mean(run: Run, prefix: str) -> float:
+    """The largest over MoE layers of the run's mean per-layer routing disagreement (NaN for a
+    run that logged no per-layer columns, e.g. the gentle suite's)."""
+    layers = sorted({k for row in run.rows for k in row if k.startswith(f"{prefix}_L")})
+    means = [_mean(run.column(k)[1]) for k in layers]
+    finite = [m for m in means if math.isfinite(m)]
+    return max(finite) if finite else math.nan
+
+
 def run_summary(run: Run) -> dict[str, Any]:
     """One row of `summary_runs.csv`."""
     v = run.verdict()
@@ -93,6 +102,7 @@ def run_summary(run: Run) -> dict[str, Any]:
         "kl_start": _mean(kl[:tenth]),  # first and last tenth of the logged steps
         "kl_end": _mean(kl[-tenth:]),
         **{f"mean_{k}": val for k, val in whole.items()},
+        **{f"max_layer_{p}": _max_layer_mean(run, p) for p in ROUTING_PREFIXES},
         "wall_s": run.meta.get("wall_s", math.nan),
         "error": run.meta.get("error") or "",
     }
@@ -109,6 +119,9 @@ RUN_MEANS = (
     "routing_old_vs_current",
     "grad_norm",
 )
+
+
+ROUTING_PREFIXES = ("routing_infer_vs_train", "routing_old_vs_current")
 
 
 def cell_summaries(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -130,6 +143,8 @@ def cell_summaries(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             summary[f"{key}_sd"] = _sd([r[key] for r in rows])
         for key in RUN_MEANS:
             summary[f"mean_{key}"] = _mean([r[f"mean_{key}"] for r in rows])
+        for prefix in ROUTING_PREFIXES:
+            summary[f"max_layer_{prefix}"] = _mean([r[f"max_layer_{prefix}"] for r in rows])
         out.append(summary)
     return out
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
-from bench.stability import task
+from bench.stability.coldstart import load_policy
 from bench.stability.matrix import Budget, Cell, training_config
 from keel.types.training import TaskItem
 from keel_worker.engines.chat import encode_prompt
-from keel_worker.engines.models import load_model
+from keel_worker.engines.models import is_moe_model
 from keel_worker.training.run import build_engine, step_seed
 from keel_worker.training.scoring import task_scorer
 from keel_worker.training.step import Trainer
@@ -63,14 +63,14 @@ def is_done(out_dir: Path, cell: Cell, seed: int) -> bool:
     return run_paths(out_dir, cell, seed)[1].is_file()
 
 
-def _task() -> Task:
+def _task(suite) -> Task:
     items = lambda problems: tuple(  # noqa: E731
         TaskItem(prompt=p.prompt, answer=p.answer) for p in problems
     )
     return Task(
-        name="addition-2-3-digit",
-        train_items=items(task.rl_pool()),
-        eval_items=items(task.held_out()),
+        name=suite.task.__name__.rsplit(".", 1)[-1],
+        train_items=items(suite.task.rl_pool()),
+        eval_items=items(suite.task.held_out()),
         verifier=exact_match_reward,
     )
 
@@ -105,20 +105,24 @@ def _row(metrics: dict[str, float]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for column, names in COLUMNS.items():
         row[column] = next((metrics[n] for n in names if n in metrics), "")
+    # Per-layer routing disagreement, e.g. routing/old_vs_current_L3 -> routing_old_vs_current_L3
+    for name, value in metrics.items():
+        if name.startswith("routing/") and name.rsplit("_", 1)[-1][:1] == "L":
+            row[name.replace("/", "_")] = value
     return row
 
 
 def run_one(
-    cell: Cell, seed: int, budget: Budget, *, model_dir: Path, out_dir: Path, work_dir: Path
+    suite, cell: Cell, seed: int, budget: Budget, *, model_dir: Path, out_dir: Path,
+    work_dir: Path,
 ) -> dict[str, Any]:
     """Train `cell` at `seed` from the cold start in `model_dir`; write its CSV and JSON."""
     torch.manual_seed(seed)
     config = training_config(cell, budget, seed=seed, model_dir=str(model_dir))
-    loaded = load_model(str(model_dir), cache_dir=work_dir / "models")
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer = load_policy(str(model_dir), cache_dir=work_dir)
     engine = build_engine(config, model, tokenizer, workdir=work_dir)
-    trainer = Trainer(config, model, tokenizer, engine, is_moe=loaded.is_moe)
-    rl_task = _task()
+    trainer = Trainer(config, model, tokenizer, engine, is_moe=is_moe_model(model))
+    rl_task = _task(suite)
     stream = PromptStream(rl_task.train_items, seed=seed)
     score = task_scorer(rl_task)
     held_out = rl_task.eval_items[: budget.eval_prompts]
@@ -149,8 +153,12 @@ def run_one(
         "algorithm": config.algorithm.model_dump(mode="json"),
         "replay": trainer.replay_mode,
         "num_minibatches": n,
+        "suite": suite.name,
         "init": cell.init,
         "precision": cell.precision,
+        "top_p": cell.top_p,
+        "top_k": cell.top_k,
+        "lr": config.optimizer.lr,
         "model_dir": str(model_dir),
         "budget": budget.as_dict(),
         "wall_s": time.perf_counter() - started,
@@ -163,8 +171,9 @@ def run_one(
 def _write(out_dir: Path, cell: Cell, seed: int, rows: list[dict], meta: dict) -> None:
     csv_path, json_path = run_paths(out_dir, cell, seed)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    layers = sorted({k for row in rows for k in row if k not in CSV_HEADER})
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_HEADER, restval="")
+        writer = csv.DictWriter(f, fieldnames=[*CSV_HEADER, *layers], restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(v) for k, v in row.items()})

@@ -12,8 +12,9 @@ disjoint from the RL pool and from every SFT mixture (problems are keyed by thei
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from bench.stability.problems import Splits, score  # noqa: F401 (score: the task's reward)
 
 RL_POOL_SEED = 1_000
 HELD_OUT_SEED = 2_000
@@ -68,39 +69,8 @@ def _problem(rng: random.Random, mixture: Mixture) -> Problem:
     return Problem(_operand(rng, mixture.p_three_digit), _operand(rng, mixture.p_three_digit))
 
 
-def draw(mixture: Mixture, n: int, *, exclude: Iterable[Problem] = ()) -> list[Problem]:
-    """``n`` distinct problems from ``mixture``, none of them in ``exclude``."""
-    rng = random.Random(mixture.seed)
-    seen = set(exclude)
-    out: list[Problem] = []
-    while len(out) < n:
-        problem = _problem(rng, mixture)
-        if problem not in seen:
-            seen.add(problem)
-            out.append(problem)
-    return out
-
-
-def held_out(n: int = 256) -> list[Problem]:
-    """The evaluation split, drawn first so every other set can exclude it."""
-    return draw(HELD_OUT_MIXTURE, n)
-
-
-def rl_pool(n: int = 4_096, *, held_out_size: int = 256) -> list[Problem]:
-    """The RL training prompts (the paper uses 4,096 prompts), disjoint from the held-out split."""
-    return draw(RL_MIXTURE, n, exclude=held_out(held_out_size))
-
-
-def sft_stream(mixture: Mixture, *, held_out_size: int = 256) -> Iterator[Problem]:
-    """An endless stream of SFT examples for one cold start, never from the held-out split."""
-    rng = random.Random(mixture.seed)
-    excluded = set(held_out(held_out_size))
-    while True:
-        problem = _problem(rng, mixture)
-        if problem not in excluded:
-            yield problem
-
-
-def score(answer: str, response_text: str) -> float:
-    """Exact-answer reward: 1.0 when the response (stripped of whitespace) equals the answer."""
-    return 1.0 if response_text.strip() == answer else 0.0
+_SPLITS = Splits(_problem, rl=RL_MIXTURE, held_out=HELD_OUT_MIXTURE)
+draw = _SPLITS.draw
+held_out = _SPLITS.held_out
+rl_pool = _SPLITS.rl_pool
+sft_stream = _SPLITS.sft_stream

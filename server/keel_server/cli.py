@@ -1,15 +1,18 @@
 """The `keel` command line (argparse).
 
-Operator commands act on this machine: `up` (embedded service), `server`, `worker`, `migrate`,
-`keys create` (writes the key straight into the database named by Settings). Client commands go
-through the SDK to a running server (`--base-url`/`KEEL_BASE_URL`, `--api-key`/`KEEL_API_KEY`):
-`jobs list|show|cancel|pause|resume|events`, `checkpoints list|download`.
+Operator commands act on this machine: `up` (embedded service), `server`, `worker` (runs the
+worker's own entry point, `python -m keel_worker`, as a program: this package never imports the
+worker), `migrate`, `keys create` (writes the key straight into the database named by Settings).
+Client commands go through the SDK to a running server (`--base-url`/`KEEL_BASE_URL`,
+`--api-key`/`KEEL_API_KEY`): `jobs list|show|cancel|pause|resume|events`,
+`checkpoints list|download`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +23,10 @@ from keel_server.settings import Settings, get_settings
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, passthrough = parser.parse_known_args(argv)
+    if passthrough and not getattr(args, "forward_unknown", False):
+        parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    args.passthrough = passthrough
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
@@ -30,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # one readable line instead of a traceback for expected failures
         from keel import KeelError
+        from keel_server.embedded import HomeInUse
 
-        if not isinstance(exc, KeelError | FileExistsError):
+        if not isinstance(exc, KeelError | FileExistsError | HomeInUse):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -61,11 +68,11 @@ def _operator_commands(sub: argparse._SubParsersAction) -> None:
     server.add_argument("--workers", type=int, default=1)
     server.set_defaults(func=_server)
 
-    worker = sub.add_parser("worker", help="run a Celery worker for keel.run_job")
-    worker.add_argument("--queue", "-Q", default=None, help="queue (default Settings.job_queue)")
-    worker.add_argument("--loglevel", default="info")
-    worker.add_argument("--hostname", "-n", default=None)
-    worker.set_defaults(func=_worker)
+    # Its options (--queue, --loglevel, --hostname, --help, ...) belong to `keel-worker`.
+    worker = sub.add_parser(
+        "worker", help="run a Celery worker for keel.run_job (= keel-worker)", add_help=False
+    )
+    worker.set_defaults(func=_worker, forward_unknown=True)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     migrate.add_argument("--revision", default="head")
@@ -93,24 +100,8 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker_argv(settings: Settings, *, queue: str | None, loglevel: str, hostname: str | None):
-    argv = ["worker", "-Q", queue or settings.job_queue, "--loglevel", loglevel]
-    argv += ["--concurrency", "1", "--prefetch-multiplier", "1"]
-    if hostname:
-        argv += ["--hostname", hostname]
-    if settings.broker_url.startswith("filesystem://"):
-        # No fanout exchange on the filesystem transport: no mingle, gossip or event heartbeat.
-        argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-    return argv
-
-
 def _worker(args: argparse.Namespace) -> int:
-    from keel_worker.celery_app import app
-
-    settings = app.keel_settings
-    app.worker_main(worker_argv(settings, queue=args.queue, loglevel=args.loglevel,
-                                hostname=args.hostname))  # fmt: skip
-    return 0
+    os.execv(sys.executable, [sys.executable, "-m", "keel_worker", *args.passthrough])
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -1,15 +1,22 @@
 """`keel up`: the whole service on one machine with no other servers (architecture.md §7).
 
 SQLite, the Celery `filesystem://` broker and the artifacts all live under `Settings.home`
-(`.keel/`). The API runs in this process (uvicorn); one Celery worker runs as a subprocess in the
-same process group, so Ctrl-C or a signal to the group stops both. Stopping keel stops the job
-the worker was running: its lease goes stale and the next `keel up` resumes it from its latest
-checkpoint. The admin key
+(`.keel/`). The API runs in this process (uvicorn); one Celery worker runs as its own program
+(`python -m keel_worker`) in a subprocess of the same process group, so Ctrl-C or a signal to the
+group stops both, and the worker dies with this process even when it is SIGKILLed
+(`--parent-pid`, see `keel_worker.lifeline`). Stopping keel stops the job the worker was running;
+the next `keel up` resumes it from its latest checkpoint.
+
+One home, one `keel up`: `<home>/keel.pid` holds the pids and an exclusive `flock` that the worker
+inherits, so the lock is free only when `keel up` and its worker are both gone. A second `keel up`
+on a home whose lock is held refuses to start and names the live processes. The admin key
 comes from `KEEL_ADMIN_KEY`, else from `<home>/admin_key`, created on first start.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import signal
@@ -22,7 +29,41 @@ from keel_server.migrate import upgrade
 from keel_server.settings import Settings
 
 ADMIN_KEY_FILE = "admin_key"
+PID_FILE = "keel.pid"
 WORKER_STOP_TIMEOUT_S = 10.0
+
+
+class HomeInUse(RuntimeError):
+    """Another `keel up`, or the worker an earlier one left, still holds this home."""
+
+
+@dataclass
+class HomeLock:
+    """The exclusive lock on `<home>/keel.pid`, whose text names the processes holding it."""
+
+    fd: int
+
+    @classmethod
+    def acquire(cls, home: Path) -> HomeLock:
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(home / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise HomeInUse(
+                f"keel is already running on {home.resolve()} ({holders}); stop those processes "
+                "first (a worker left by a killed `keel up` included), then start again"
+            ) from None
+        return cls(fd)
+
+    def record(self, **pids: int) -> None:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(pids).encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)  # the worker's inherited copy keeps the lock until it exits too
 
 
 def ensure_admin_key(home: Path) -> str:
@@ -63,11 +104,18 @@ class WorkerProcess:
     process: subprocess.Popen
 
     @classmethod
-    def start(cls, settings: Settings, *, log_path: Path | None = None) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "keel_server.cli", "worker", "--loglevel", "info"]
+    def start(
+        cls, settings: Settings, *, log_path: Path | None = None, lock: HomeLock | None = None
+    ) -> WorkerProcess:
+        """Start `python -m keel_worker`, bound to die with this process, holding `lock`."""
+        cmd = [sys.executable, "-m", "keel_worker", "--loglevel", "info"]
+        cmd += ["--parent-pid", str(os.getpid())]
         out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
         stderr = subprocess.STDOUT if out else None
-        process = subprocess.Popen(cmd, env=settings_env(settings), stdout=out, stderr=stderr)
+        process = subprocess.Popen(
+            cmd, env=settings_env(settings), stdout=out, stderr=stderr,
+            pass_fds=(lock.fd,) if lock else (),
+        )  # fmt: skip
         return cls(process)
 
     def stop(self) -> None:
@@ -88,9 +136,10 @@ def up(settings: Settings, *, host: str, port: int) -> None:
 
     from keel_server.api.app import create_app
 
+    lock = HomeLock.acquire(Path(settings.home))
     upgrade(settings.database_url)
-    Path(settings.home).mkdir(parents=True, exist_ok=True)
-    worker = WorkerProcess.start(settings, log_path=Path(settings.home) / "worker.log")
+    worker = WorkerProcess.start(settings, log_path=Path(settings.home) / "worker.log", lock=lock)
+    lock.record(keel_up=os.getpid(), worker=worker.process.pid)
     url = f"http://{host}:{port}"
     print(f"keel is up at {url}  (docs: {url}/docs)", flush=True)
     print(f"admin key: {settings.admin_key}", flush=True)
@@ -102,6 +151,7 @@ def up(settings: Settings, *, host: str, port: int) -> None:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
     finally:
         worker.stop()
+        lock.release()
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:

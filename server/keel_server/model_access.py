@@ -23,6 +23,7 @@ from keel_server.settings import Settings
 BUILTIN_MODELS: dict[str, bool] = {
     "tiny-dense": False,
     "tiny-moe": True,
+    "tiny-moe-deep": True,
     "smollm2-135m-instruct": False,
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

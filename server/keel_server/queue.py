@@ -61,3 +61,17 @@ def broker_reachable(app: Celery, *, timeout_s: float = 2.0) -> bool:
         return True
     except Exception:
         return False
+
+
+def queue_depth(app: Celery, queue: str, *, timeout_s: float = 2.0) -> int | None:
+    """Messages waiting in `queue` (not yet taken by a worker), or None when the broker does not
+    answer. A queue nobody has declared yet holds nothing."""
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout_s)
+            try:
+                return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+            except conn.channel_errors:
+                return 0
+    except Exception:
+        return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="A lease whose heartbeat is older than this is stale."
     )
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    reaper_interval_s: float | None = Field(
+        default=None, gt=0,
+        description="How often the API and each worker sweep for orphaned jobs; default half "
+        "the lease timeout.",
+    )  # fmt: skip
     reward_poll_interval_s: float = Field(default=0.2, gt=0)
     prompt_poll_interval_s: float = Field(default=0.5, gt=0)
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
@@ -59,6 +64,14 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(default=15.0, gt=0)
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
+    metrics_access: Literal["token", "open", "off"] = Field(
+        default="token",
+        description="Prometheus `GET /metrics`: `token` = Bearer `metrics_token` or the admin "
+        "key; `open` = no auth (a scrape network you trust); `off` = 404.",
+    )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token a Prometheus scraper sends to `GET /metrics`."
+    )
 
     @field_validator("model_roots", mode="before")
     @classmethod

@@ -52,3 +52,44 @@ def test_kl_finding_contrasts_collapsed_with_stable_runs():
     finding = {f.key: f for f in evaluate_findings(rows)}["F8"]
     assert finding.verdict == "agrees"
     assert finding.lines[0].startswith("3 collapsed runs")
+
+
+def test_a_missing_number_is_missing_never_agrees_or_disagrees():
+    nan = float("nan")
+    rows = (runs("N1/minirl", [0.4, 0.42, 0.41]) + runs("N1/minirl+R3", [0.4, 0.41, 0.4])
+            + runs("N1/reinforce+R3", [0.1, 0.1, 0.1]))  # fmt: skip
+    for r in rows:
+        r["mean_kl_k1"] = nan
+    assert {f.key: f for f in evaluate_findings(rows)}["F3"].verdict == "missing"
+    off = []
+    for cell in ("minirl-noclip", "minirl+R2-noclip", "minirl+R2", "minirl+R3"):
+        off += runs(f"N2/{cell}", [nan, nan, nan])
+    f4 = {f.key: f for f in evaluate_findings(off)}["F4"]
+    assert f4.verdict == "missing" and "no finite final accuracy" in " ".join(f4.lines)
+
+
+def test_dppo_critique_verdicts_and_aliases():
+    from bench.stability.findings import F9_RUNGS, dppo_critique
+
+    def cells(mini, mu, dppo):
+        out = []
+        for rung in F9_RUNGS:
+            out += runs(f"F9/{rung}/minirl", mini) + runs(f"F9/{rung}/minirl-mu", mu)
+            out += runs(f"F9/{rung}/dppo_tv", dppo)
+        return out
+
+    low, high = [0.1, 0.12, 0.11], [0.4, 0.42, 0.41]
+    agree = evaluate_findings(cells(low, high, high), findings=(dppo_critique,))
+    assert agree[0].verdict == "agrees"
+    assert evaluate_findings(cells(high, low, low), findings=(dppo_critique,))[0].verdict \
+        == "disagrees"
+    assert evaluate_findings(cells(high, high, high), findings=(dppo_critique,))[0].verdict \
+        == "not reproduced"
+    # The int4 MiniRL cell is the findings cell N4/minirl+R3 under another name.
+    rows = [r for r in cells(low, high, high) if r["cell"] != "F9/int4/minirl"]
+    rows += runs("N4/minirl+R3", low)
+    missing = evaluate_findings(rows, findings=(dppo_critique,))[0]
+    assert missing.verdict == "missing"
+    aliased = evaluate_findings(rows, aliases={"F9/int4/minirl": "N4/minirl+R3"},
+                                findings=(dppo_critique,))  # fmt: skip
+    assert aliased[0].verdict == "agrees"

@@ -113,6 +113,7 @@ def test_demo_small_budget_delivers_every_artifact(tmp_path):
 
     # The processes it started are gone; keel's data stays for a later `keel up`.
     url = re.search(r"keel is up at (\S+) ", out).group(1)
+    assert f"dashboard: {url}/dashboard (sign in with {home}/admin_key)" in out
     assert _refuses(url)
     assert _processes_using(home) == []
     assert (home / "keel.db").is_file() and (home / "admin_key").is_file()

@@ -22,7 +22,8 @@ def compose() -> dict:
 
 def test_services_and_their_order(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "prometheus"}
+    assert services["prometheus"]["profiles"] == ["monitoring"]  # opt-in
     assert services["migrate"]["command"] == ["keel", "migrate"]
     assert services["migrate"]["restart"] == "no"
     for name in ("api", "worker"):
@@ -49,6 +50,17 @@ def test_every_url_is_a_keel_setting(compose):
         assert set(env) <= fields, set(env) - fields
         assert env["KEEL_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["KEEL_BROKER_URL"].startswith("redis://")
+
+
+def test_prometheus_scrapes_the_api_with_the_metrics_token(compose):
+    scrape = yaml.safe_load(compose["configs"]["prometheus-scrape"]["content"])
+    (job,) = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["api:8000"]}]
+    assert job["authorization"]["credentials"] == "${KEEL_METRICS_TOKEN:-}"
+    assert compose["x-keel-env"]["KEEL_METRICS_TOKEN"] == "${KEEL_METRICS_TOKEN:-}"
+    mounted = compose["services"]["prometheus"]["configs"][0]
+    assert mounted == {"source": "prometheus-scrape", "target": "/etc/prometheus/prometheus.yml"}
 
 
 def test_dockerfile_installs_the_project_with_pinned_torch():

@@ -15,6 +15,6 @@ def test_builtin_model_names_match_the_worker() -> None:
 
 def test_builtin_moe_flags_match_the_worker(tmp_path) -> None:
     models = pytest.importorskip("keel_worker.engines.models")
-    for name in ("tiny-dense", "tiny-moe"):
+    for name in ("tiny-dense", "tiny-moe", "tiny-moe-deep"):
         loaded = models.load_model(name, cache_dir=tmp_path)
         assert models.is_moe_model(loaded.model) is BUILTIN_MODELS[name], name

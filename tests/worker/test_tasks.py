@@ -237,7 +237,7 @@ def test_celery_app_settings():
 
 
 def test_reaper_enqueues_each_stale_job_once_per_lease_timeout(sdk, settings, sessions):
-    from keel_worker.jobrunner.reaper import LeaseReaper
+    from keel_server.leases import LeaseReaper
 
     stale, live = sdk.jobs.create(job_config()), sdk.jobs.create(job_config())
     long_ago = utcnow() - timedelta(seconds=600)

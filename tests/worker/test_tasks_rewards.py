@@ -147,6 +147,19 @@ def test_rewards_posted_later_and_a_missed_deadline(sdk, settings, drop):
     assert refused.value.code == "rollout_not_awaiting_reward"
 
 
+def test_a_job_whose_every_reward_expired_fails_with_a_reason(sdk, settings):
+    reward = {"type": "external", "deadline_s": 0.5}  # nobody posts: every rollout expires
+    job = sdk.jobs.create(job_config(), reward=reward)
+    outcome = run_job(job.id, settings)
+    failed = sdk.jobs.retrieve(job.id)
+    assert (outcome.status, failed.status, failed.step) == ("failed", "failed", 2)
+    assert "trained on nothing" in failed.error and failed.policy_version == 0
+    dropped = [(m.step, m.value) for m in sdk.metrics.list(job.id, name="groups/dropped")]
+    assert dropped == [(1, 2.0), (2, 2.0)]
+    with pytest.raises(keel.JobFailedError, match="trained on nothing"):
+        sdk.jobs.wait(job.id, timeout_s=1)
+
+
 def _score_each_step(receiver: Receiver, service: keel.Client) -> str:
     """Post rewards for each delivered step; in step 1 leave one rollout of group 1 unscored.
     Returns that rollout's id."""

@@ -9,7 +9,8 @@ embedded mode. Jobs are long, so a message is acknowledged only after its task r
 pool process (`worker_max_tasks_per_child=1`) so its GPU memory is returned when it ends.
 Queues are named by device class (`Settings.job_queue`); start workers with `-Q <queue>`.
 
-Run a worker with `keel worker` or `celery -A keel_worker.celery_app worker`.
+Run a worker with `keel-worker` (`python -m keel_worker`, `keel worker`) or
+`celery -A keel_worker.celery_app worker`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ __all__ = ["RUN_JOB_TASK", "app", "make_celery"]
 
 # Redis re-delivers an unacknowledged message after this long. A duplicate finds the live lease
 # and exits, and a dead worker's job is re-enqueued much sooner by the lease reaper
-# (`keel_worker.jobrunner.reaper`), so this only has to be long, not exact.
+# (`keel_server.leases`), so this only has to be long, not exact.
 REDIS_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 

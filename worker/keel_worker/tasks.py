@@ -2,26 +2,30 @@
 is read from the database (house style rule 5). See `keel_worker.jobrunner.runner`.
 
 Worker start-up imports the training stack once in the parent process (forked pool processes
-start with torch loaded) and starts the lease reaper (`jobrunner.reaper`).
+start with torch loaded) and starts the lease reaper (`keel_server.leases`). Each pool process
+dies with the worker's main process (`lifeline`): a SIGKILLed worker must not leave its job
+running, lease renewed, in an orphan.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
-from keel_server.queue import enqueue_run_job
+from keel_server.leases import LeaseReaper, start_reaper
 from keel_worker.celery_app import RUN_JOB_TASK, app
-from keel_worker.jobrunner.reaper import LeaseReaper
 from keel_worker.jobrunner.runner import dispose_engines, session_factory
 from keel_worker.jobrunner.runner import run_job as run_job_once
+from keel_worker.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 _reaper: LeaseReaper | None = None
+_main_pid: int | None = None  # the worker's main process, recorded before the pool forks
 
 
 @app.task(
@@ -46,18 +50,15 @@ def run_job(job_id: str) -> dict[str, Any]:
 @worker_init.connect
 def _preload_training_stack(**_: Any) -> None:
     """Import torch and the training stack once, before the pool forks its processes."""
+    global _main_pid
+    _main_pid = os.getpid()
     import keel_worker.jobrunner.loop  # noqa: F401
 
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     global _reaper
-    settings = app.keel_settings
-    _reaper = LeaseReaper(
-        session_factory(settings),
-        lambda job_id: enqueue_run_job(app, settings, job_id),
-        lease_timeout_s=settings.lease_timeout_s,
-    ).start()
+    _reaper = start_reaper(session_factory(app.keel_settings), app, app.keel_settings)
 
 
 @worker_shutdown.connect
@@ -67,6 +68,8 @@ def _stop_reaper(**_: Any) -> None:
 
 
 @worker_process_init.connect
-def _fresh_engines(**_: Any) -> None:
-    """A forked pool process must not reuse the parent's database connections."""
+def _init_pool_process(**_: Any) -> None:
+    """A forked pool process dies with the main process and must not reuse its connections."""
+    if _main_pid is not None:
+        die_with_parent(_main_pid)
     dispose_engines()

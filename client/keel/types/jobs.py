@@ -187,6 +187,11 @@ class Job(ResponseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    heartbeat_at: datetime | None = Field(
+        default=None,
+        description="Last lease heartbeat of the worker running the job; a running job whose "
+        "heartbeat is older than the server's lease timeout is taken over and resumed.",
+    )
 
 
 class JobCreated(Job):

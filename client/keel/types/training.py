@@ -123,6 +123,25 @@ class OptimizerConfig(_Strict):
         return self
 
 
+class WandbConfig(_Strict):
+    """Weights & Biases run of a job (the worker needs the `wandb` extra). `online` reads the
+    worker's own W&B login (`WANDB_API_KEY`); `offline` keeps the run under the job's artifacts
+    for `wandb sync`."""
+
+    project: str = Field(min_length=1, max_length=128)
+    mode: Literal["online", "offline"] = "online"
+
+
+class LoggingConfig(_Strict):
+    """Where the worker also writes each step's metrics, under keel's own metric names."""
+
+    tensorboard: bool = Field(
+        False, description="Event files under the job's artifacts `tensorboard/` folder "
+        "(the worker needs the `tensorboard` extra)."
+    )
+    wandb: WandbConfig | None = Field(None, description="A W&B run per job; None = off.")
+
+
 def _default_algorithm() -> AlgorithmConfig:
     return TypeAdapter(AlgorithmConfig).validate_python({"name": "minirl"})
 
@@ -135,6 +154,7 @@ class TrainingConfig(_Strict):
     algorithm: AlgorithmConfig = Field(default_factory=_default_algorithm)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     prompts_per_step: int = Field(8, ge=1, description="B: prompts sampled per global step.")
     group_size: int = Field(8, ge=1, description="G: responses sampled per prompt.")
     num_minibatches: int = Field(1, ge=1, description="N: optimizer updates per global step.")

@@ -1,5 +1,8 @@
 """The FastAPI application factory: REST under `/v1`, OpenAPI at `/docs`, health also at
-`/health/*` for probes. The app holds one ServiceContext built from the given Settings."""
+`/health/*` for probes, Prometheus at `/metrics`, the web dashboard at `/dashboard`. The app holds
+one ServiceContext built from the given Settings and, while it serves, runs the lease reaper
+(`keel_server.leases`): a job whose worker died is re-enqueued even when no worker is left to
+notice."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from keel_server.api import errors
+from keel_server.api import errors, prometheus
 from keel_server.api.limits import BodyLimitMiddleware
 from keel_server.api.routes import (
     checkpoints,
+    dashboard,
     files,
     health,
     jobs,
@@ -20,6 +24,7 @@ from keel_server.api.routes import (
     rewards,
     rollouts,
 )
+from keel_server.leases import start_reaper
 from keel_server.services.context import ServiceContext
 from keel_server.settings import Settings, get_settings
 
@@ -30,8 +35,12 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        yield
-        ctx.close()
+        reaper = start_reaper(ctx.sessions, ctx.producer, settings)
+        try:
+            yield
+        finally:
+            reaper.stop()
+            ctx.close()
 
     app = FastAPI(
         title="keel",
@@ -41,9 +50,15 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (jobs, prompts, files, rollouts, rewards, metrics, checkpoints, keys):
-        app.include_router(module.router, prefix="/v1")
-    app.include_router(health.router, prefix="/v1")
-    app.include_router(health.router)
+    v1 = (jobs, prompts, files, rollouts, rewards, metrics, checkpoints, keys, health)
+    includes = [(module.router, "/v1") for module in v1]
+    includes += [(health.router, ""), (prometheus.router, ""), (dashboard.router, "")]
+    for router, prefix in includes:
+        app.include_router(router, prefix=prefix)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Added last, so outermost: it also counts the requests the body limit refuses.
+    app.add_middleware(
+        prometheus.RequestMetricsMiddleware,
+        telemetry=ctx.telemetry, templates=prometheus.route_templates(includes),
+    )  # fmt: skip
     return app

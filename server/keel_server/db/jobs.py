@@ -135,22 +135,21 @@ def take_lease(
     owner: str,
     *,
     lease_timeout_s: float,
+    dead_owner: str | None = None,
     now: datetime | None = None,
 ) -> LeaseResult:
-    """Take a queued job, or a running one whose holder stopped heartbeating (a dead worker).
+    """Take a queued job, or a running one whose holder stopped heartbeating (a dead worker),
+    or whose holder is `dead_owner` (known dead, `keel_server.leases.owner_is_dead`).
 
     A duplicate delivery finds a live lease and gets `acquired=False, reason="held"`: it must
     exit without touching the job. Each successful take counts one attempt.
     """
     now = now or utcnow()
     stale_before = now - timedelta(seconds=lease_timeout_s)
-    takeable = or_(
-        Job.status == "queued",
-        (Job.status == "running")
-        & or_(
-            Job.lease_owner.is_(None), Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before
-        ),
-    )
+    holder_gone = _stale(stale_before)
+    if dead_owner is not None:
+        holder_gone = or_(holder_gone, Job.lease_owner == dead_owner)
+    takeable = or_(Job.status == "queued", (Job.status == "running") & holder_gone)
     stmt = (
         update(Job)
         .where(Job.id == job_id, takeable)
@@ -237,3 +236,9 @@ def find_stale_jobs(
     stale_before = (now or utcnow()) - timedelta(seconds=lease_timeout_s)
     stmt = select(Job.id).where(Job.status == "running", _stale(stale_before))
     return list(session.execute(stmt).scalars())
+
+
+def running_leases(session: Session) -> list[tuple[str, str | None]]:
+    """(job id, lease owner) of every running job, for a sweep that checks the owners."""
+    stmt = select(Job.id, Job.lease_owner).where(Job.status == "running")
+    return [(job_id, owner) for job_id, owner in session.execute(stmt)]

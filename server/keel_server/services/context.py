@@ -1,15 +1,16 @@
 """What every service call needs: the process's Settings, the session factory, the Celery
-producer, and who is calling (a `Principal`)."""
+producer, the process's Prometheus instruments, and who is calling (a `Principal`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory
 from keel_server.queue import make_producer
 from keel_server.settings import Settings
+from keel_server.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class ServiceContext:
     settings: Settings
     sessions: SessionFactory
     producer: Celery
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceContext:

@@ -18,7 +18,7 @@ from keel_server.services.errors import ServiceError, invalid
 
 def post(ctx: ServiceContext, principal: Principal, rollout_id: str, value: float) -> RewardResult:
     with session_scope(ctx.sessions) as session:
-        return _post(session, principal, rollout_id, value, loc=["body", "value"])
+        return _counted(ctx, session, principal, rollout_id, value, loc=["body", "value"])
 
 
 def post_batch(ctx: ServiceContext, principal: Principal, batch: RewardBatch) -> RewardBatchResult:
@@ -28,13 +28,35 @@ def post_batch(ctx: ServiceContext, principal: Principal, batch: RewardBatch) ->
         for i, item in enumerate(batch.rewards):
             try:
                 loc = ["body", "rewards", i, "value"]
-                results.append(_post(session, principal, item.rollout_id, item.value, loc=loc))
+                results.append(
+                    _counted(ctx, session, principal, item.rollout_id, item.value, loc=loc)
+                )
             except ServiceError as exc:
                 error = ErrorBody(
                     code=exc.code, detail=exc.detail, errors=exc.errors, state=exc.state
                 )
                 results.append(RewardResult(rollout_id=item.rollout_id, ok=False, error=error))
     return RewardBatchResult(results=results)
+
+
+def _counted(
+    ctx: ServiceContext,
+    session: Session,
+    principal: Principal,
+    rollout_id: str,
+    value: float,
+    *,
+    loc: list,
+) -> RewardResult:
+    """`_post`, counted by outcome for Prometheus. A body that fails validation (a non-finite
+    value) never gets here: it shows as a 422 in `keel_http_requests`."""
+    try:
+        result = _post(session, principal, rollout_id, value, loc=loc)
+    except ServiceError as exc:
+        ctx.telemetry.count_reward("conflicting" if exc.code == "reward_conflict" else "rejected")
+        raise
+    ctx.telemetry.count_reward("accepted" if result.created else "duplicate")
+    return result
 
 
 def _post(

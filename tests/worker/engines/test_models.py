@@ -16,7 +16,7 @@ from keel_worker.engines.smollm2 import converted_dir, smollm2_gguf_path
 
 
 def test_builtin_tiny_models(tiny_dense, tiny_moe) -> None:
-    assert BUILTIN_MODELS == ("tiny-dense", "tiny-moe", "smollm2-135m-instruct")
+    assert BUILTIN_MODELS == ("tiny-dense", "tiny-moe", "tiny-moe-deep", "smollm2-135m-instruct")
     assert not tiny_dense.is_moe and tiny_moe.is_moe
     assert 0.5e6 < sum(p.numel() for p in tiny_dense.model.parameters()) < 3e6
     routers = find_routers(tiny_moe.model)
@@ -47,7 +47,8 @@ def test_local_hf_directory_round_trip(tmp_path: Path, tiny_moe) -> None:
 
 
 def test_errors_name_the_builtins_or_the_missing_file(tmp_path: Path, tiny_dense) -> None:
-    with pytest.raises(ModelNotFoundError, match="tiny-dense, tiny-moe, smollm2-135m-instruct"):
+    builtins = "tiny-dense, tiny-moe, tiny-moe-deep, smollm2-135m-instruct"
+    with pytest.raises(ModelNotFoundError, match=builtins):
         load_model("no-such-model", cache_dir=tmp_path)
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         load_model(str(tmp_path / "missing.gguf"), cache_dir=tmp_path)

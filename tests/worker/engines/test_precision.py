@@ -9,6 +9,8 @@ from keel_worker.engines.precision import (
     fake_quantize_fp8_tensor,
     fake_quantize_int4,
     make_engine_copy,
+    round_activation_bf16,
+    round_activation_fp8,
 )
 
 
@@ -74,3 +76,21 @@ def test_weight_only_precisions_round_matrices_and_compute_in_fp32(tiny_moe, pre
                  "model.layers.0.input_layernorm.weight"):  # fmt: skip
         assert torch.equal(copied[name], source[name]), name
     assert compute_dtype(precision) == torch.float32
+
+
+def test_w8a8_rounds_activations_per_tensor_and_w4a16_to_bf16(tiny_moe) -> None:
+    # fp8 activations: the absmax 896 maps to 448 (scale 2), so 2 → 1.0 stays; 0.6 → 0.3 lies in
+    # [0.25, 0.5) where e4m3's 3 mantissa bits step by 0.25/8 = 0.03125: 0.3 / 0.03125 = 9.6
+    # rounds to 10, i.e. 0.3125, times the scale 2 = 0.625.
+    x = torch.tensor([896.0, 2.0, 0.6])
+    torch.testing.assert_close(round_activation_fp8(x), torch.tensor([896.0, 2.0, 0.625]))
+    y = torch.tensor([1.0 + 2**-10])  # below bf16's 8 bits of mantissa: rounds to 1.0
+    assert round_activation_bf16(y).item() == 1.0
+    seen = []
+    engine = make_engine_copy(tiny_moe.model, "int4")
+    q_proj = engine.model.layers[0].self_attn.q_proj
+    q_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    engine(torch.tensor([[5, 6, 7]]))
+    assert torch.equal(seen[0], seen[0].bfloat16().float())  # the rounding hook ran first
+    assert not make_engine_copy(tiny_moe.model, "fp32").model.layers[0].self_attn.q_proj \
+        ._forward_pre_hooks

@@ -24,7 +24,7 @@ from keel_worker.engines import smollm2, tiny
 from keel_worker.engines.routing_replay import find_routers
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
-BUILTIN_MODELS: tuple[str, ...] = ("tiny-dense", "tiny-moe", SMOLLM2_NAME)
+BUILTIN_MODELS: tuple[str, ...] = ("tiny-dense", "tiny-moe", "tiny-moe-deep", SMOLLM2_NAME)
 
 
 class ModelNotFoundError(ValueError):

@@ -7,15 +7,19 @@ mismatch of paper-spec §1 (the π_θold / μ_θold factor of Eq. 6) real and tu
 - bf16: every floating tensor cast to bfloat16, computed in bfloat16;
 - fp8: the weight matrices of the linear and expert layers fake-quantized to float8_e4m3fn with one
   absmax scale per output channel (as fp8 inference kernels do), computed in bfloat16;
-- fp8_tensor: the same matrices on the float8_e4m3fn grid with ONE absmax scale per tensor (the
-  per-tensor scaling of the simplest fp8 serving recipes: small channels lose most of their bits);
-- int4: the same matrices rounded to 4-bit integers, asymmetric (a scale and a zero point) per
-  group of `INT4_GROUP` consecutive input elements, as AWQ/GPTQ-quantized rollout models are.
+- fp8_tensor: W8A8 as vLLM's `quantization="fp8"` serves a model: the same matrices on the
+  float8_e4m3fn grid with ONE absmax scale per tensor, and the activations entering them
+  quantized to fp8 with a dynamic per-tensor scale;
+- int4: W4A16 as AWQ/GPTQ-served rollout models are: the same matrices rounded to 4-bit integers,
+  asymmetric (a scale and a zero point) per group of `INT4_GROUP` input elements (AWQ's default;
+  a row shorter than that is one group), activations in bfloat16.
 
-fp8_tensor and int4 compute in float32: only the weights are rounded, so the mismatch they create
-is the same on every CPU, whatever its bf16 support (weight-only quantization is also what
-W4A16/W8A16 kernels do). Embeddings, the LM head, norms and routers are never quantized, as
-serving stacks leave them unquantized.
+fp8_tensor and int4 compute in float32 on values rounded to their formats (weights once,
+activations by a forward pre-hook on every quantized linear and expert module), so the mismatch
+they create is the same on every CPU, whatever its bf16 support. The fused expert modules of
+transformers compute their inner (down-projection) input themselves; it is rounded only through
+the weights. Embeddings, the LM head, norms and routers are never quantized, as serving stacks
+leave them unquantized.
 """
 
 
@@ -30,7 +34,7 @@ from torch import nn
 from keel_worker.engines.base import Precision
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
-INT4_GROUP = 32  # AWQ/GPTQ use 32–128; the tiny models' rows are 128 wide
+INT4_GROUP = 128  # AWQ's default q_group_size (GPTQ uses 32–128)
 INT4_LEVELS = 15  # 16 levels: 0..15
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 _BF16_COMPUTE = frozenset({"bf16", "fp8"})
@@ -66,6 +70,7 @@ def fake_quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.T
     z = round(−min / s); a value w becomes s · (clamp(round(w / s) + z, 0, 15) − z).
     """
     weight_f32 = weight.detach().float()
+    group = min(group, weight_f32.shape[-1])
     if weight_f32.shape[-1] % group:
         raise ValueError(f"last dimension {weight_f32.shape[-1]} is not a multiple of {group}")
     grouped = weight_f32.reshape(*weight_f32.shape[:-1], -1, group)
@@ -76,6 +81,18 @@ def fake_quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.T
     levels = torch.clamp(torch.round(grouped / scale) + zero, 0, INT4_LEVELS)
     return ((levels - zero) * scale).reshape(weight_f32.shape)
 
+
+def round_activation_fp8(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic per-tensor fp8 activation quantization (absmax scale of this very tensor)."""
+    scale = x.detach().abs().amax().clamp(min=1e-12) / FP8_MAX
+    return ((x / scale).to(torch.float8_e4m3fn).to(x.dtype) * scale).to(x.dtype)
+
+
+def round_activation_bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+_ACTIVATION_ROUNDING = {"fp8_tensor": round_activation_fp8, "int4": round_activation_bf16}
 
 _QUANTIZERS = {
     "fp8": fake_quantize_fp8,
@@ -94,7 +111,25 @@ def make_engine_copy(model: nn.Module, precision: Precision) -> nn.Module:
     engine_model.to(compute_dtype(precision))
     engine_model.requires_grad_(False)
     copy_weights(engine_model, model, precision)
+    _round_activations(engine_model, precision)
     return engine_model
+
+
+def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
+    """Pre-hooks that round the floating inputs of every quantized module to `precision`'s
+    activation format (none for fp32/bf16/fp8, whose compute dtype does it)."""
+    rounding = _ACTIVATION_ROUNDING.get(precision)
+    if rounding is None:
+        return
+    owners = {name.rsplit(".", 1)[0] for name in _quantized_parameter_names(engine_model)}
+
+    def hook(_module, args):
+        # Only the input activation: an expert module's later arguments are its routing.
+        return (rounding(args[0]), *args[1:]) if args else args
+
+    for name, module in engine_model.named_modules():
+        if name in owners:
+            module.register_forward_pre_hook(hook)
 
 
 @torch.no_grad()

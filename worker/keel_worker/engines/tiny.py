@@ -116,6 +116,23 @@ def tiny_moe_config(family: str = "qwen3_moe") -> transformers.PretrainedConfig:
     return MOE_FAMILY_CONFIGS[family]()
 
 
+def tiny_moe_deep_config() -> transformers.PretrainedConfig:
+    """The stress testbed's MoE (Qwen3-MoE): 8 MoE layers, 16 experts, top-2, hidden 128.
+
+    Deeper and wider in experts than `tiny-moe` so that routing is as fragile as in real MoE
+    models: with 16 narrow experts the 2nd and 3rd router logits are close for many tokens, and
+    eight layers let a routing change compound.
+    """
+    return transformers.Qwen3MoeConfig(
+        **{**_COMMON, "num_hidden_layers": 8},
+        num_experts=16,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        norm_topk_prob=True,
+        intermediate_size=256,
+    )
+
+
 def tiny_dense_config() -> transformers.PretrainedConfig:
     """Tiny Qwen3 (dense): 4 layers, hidden 128, MLP 512, about 1 M parameters."""
     return transformers.Qwen3Config(**_COMMON, intermediate_size=512)
@@ -129,7 +146,12 @@ def build_tiny_moe() -> tuple[PreTrainedModel, transformers.PreTrainedTokenizerF
     return build_from_config(tiny_moe_config("qwen3_moe")), build_byte_tokenizer()
 
 
+def build_tiny_moe_deep() -> tuple[PreTrainedModel, transformers.PreTrainedTokenizerFast]:
+    return build_from_config(tiny_moe_deep_config()), build_byte_tokenizer()
+
+
 TINY_BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, object]]] = {
     "tiny-dense": build_tiny_dense,
     "tiny-moe": build_tiny_moe,
+    "tiny-moe-deep": build_tiny_moe_deep,
 }

@@ -3,9 +3,14 @@
 It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
 sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
 checkpoints registered for download, and the cooperative stops of `control` checked between
-phases. Order per step: metrics + progress in one transaction, then the checkpoint. A crash in
+phases. Order per step: metrics + progress in one transaction, the same metrics to the
+TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
 step appears exactly once.
+
+A job that trained on nothing fails instead of succeeding: when its last step is done and the
+policy version is still 0, no step kept a single complete reward group (every group had an
+expired or unscored member), so no update ever ran (`TrainedOnNothing`).
 
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
@@ -40,8 +45,13 @@ from keel_worker.training.evaluate import evaluate
 from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
+from keel_worker.training.trackers import StepTrackers
 
 log = logging.getLogger(__name__)
+
+
+class TrainedOnNothing(RuntimeError):
+    """Every step of the job dropped all its groups: the model was never updated."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +78,16 @@ class JobLoop:
         self.step_reached = 0
 
     def run(self) -> str:
-        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun)."""
-        cfg = self.spec.config
+        """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
+        Raises TrainedOnNothing when no step updated the model."""
         self._setup()
+        try:
+            return self._steps()
+        finally:
+            self.trackers.close()
+
+    def _steps(self) -> str:
+        cfg = self.spec.config
         for step in range(self.step_reached, cfg.steps):
             before = _Resume(step, self.prompts.cursor, capture_rng())
             try:
@@ -86,9 +103,15 @@ class JobLoop:
                     session, self.spec.id, self.control.owner,
                     step=done, policy_version=self.trainer.policy_version,
                 )
+            self.trackers.log(done, metrics)
             self.step_reached = done
             if self.schedule.checkpoints_after(done):
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
+        if self.trainer.policy_version == 0:
+            raise TrainedOnNothing(
+                f"trained on nothing: none of the {cfg.steps} steps kept a complete reward group "
+                "(each group had an expired or unscored reward), so the model was never updated"
+            )
         return "succeeded"
 
     # ------------------------------------------------------------------ setup
@@ -117,6 +140,9 @@ class JobLoop:
         self.rewards = RewardContext(
             factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
             source=source, webhook_secret=spec.webhook_secret, verifier=verifier,
+        )
+        self.trackers = StepTrackers.open(
+            cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
         )
 
     def _model_cache(self) -> Path:

@@ -1,7 +1,8 @@
 """One delivery of `keel.run_job(job_id)`, start to finish (architecture.md §5).
 
-1. Take the lease (compare-and-set). A duplicate delivery finds a live lease, or a job that is
-   not runnable (finished, paused, cancelled), and returns without writing anything.
+1. Take the lease (compare-and-set), from a dead holder of this host at once
+   (`keel_server.leases`). A duplicate delivery finds a live lease, or a job that is not
+   runnable (finished, paused, cancelled), and returns without writing anything.
 2. Heartbeat while the loop runs; the loop resumes from the latest checkpoint when there is one.
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
    A lost lease (another worker took over) ends it without touching the job.
@@ -10,13 +11,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
-from keel_server.db.jobs import LeaseLost, finish_job, take_lease
+from keel_server.db.jobs import LeaseLost, finish_job, get_job, take_lease
+from keel_server.leases import new_owner, owner_is_dead
 from keel_server.settings import Settings
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.spec import JobSpec
@@ -41,10 +40,6 @@ def dispose_engines() -> None:
         factory.kw["bind"].dispose(close=False)
 
 
-def new_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     """What one delivery did: `status` is the job's end state, or why it left the job alone."""
@@ -58,7 +53,13 @@ def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> Run
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
-        lease = take_lease(session, job_id, owner, lease_timeout_s=settings.lease_timeout_s)
+        job = get_job(session, job_id)
+        # A holder of this host that no longer runs (this worker before a crash): take over now.
+        holder = job.lease_owner if job is not None else None
+        lease = take_lease(
+            session, job_id, owner, lease_timeout_s=settings.lease_timeout_s,
+            dead_owner=holder if owner_is_dead(holder) else None,
+        )  # fmt: skip
     if not lease.acquired:
         log.info("job %s: not taken (%s)", job_id, lease.reason)
         return RunOutcome(job_id, lease.reason)

@@ -23,6 +23,7 @@ from keel_worker.training.schedule import StepSchedule, step_seed
 from keel_worker.training.scoring import ScoreFn, task_scorer
 from keel_worker.training.session import TrainingSession, build_engine
 from keel_worker.training.tasks import PromptStream, build_task
+from keel_worker.training.trackers import StepTrackers
 
 __all__ = ["DEFAULT_CACHE_DIR", "StepResult", "build_engine", "step_seed", "train"]
 
@@ -69,22 +70,30 @@ def train(
             max_new_tokens=config.rollout.max_new_tokens,
         )
 
+    trackers = StepTrackers.open(
+        config.logging, logdir=workdir, run_id=Path(workdir).name,
+        config=config.model_dump(mode="json"),
+    )  # fmt: skip
     schedule = StepSchedule.of(config)
-    for step in range(run.step, config.steps):
-        eval_metrics = held_out() if schedule.evaluates_before(step) else {}
-        items = stream.take(config.prompts_per_step)
-        metrics = run.trainer.step(items, score, seed=schedule.seed_of(step))
-        metrics.update(eval_metrics)
-        if schedule.evaluates_after(step):
-            metrics.update({f"{k}_final": v for k, v in held_out().items()})
-        done = step + 1
-        saved = None
-        stopping = should_stop is not None and should_stop()
-        if schedule.checkpoints_after(done) or stopping:
-            saved, _ = run.save(
-                done, data_cursor=stream.cursor, rng=capture_rng(),
-                summary={"config": config.model_dump(mode="json")},
-            )
-        yield StepResult(done, run.trainer.policy_version, metrics, saved)
-        if stopping:
-            return
+    try:
+        for step in range(run.step, config.steps):
+            eval_metrics = held_out() if schedule.evaluates_before(step) else {}
+            items = stream.take(config.prompts_per_step)
+            metrics = run.trainer.step(items, score, seed=schedule.seed_of(step))
+            metrics.update(eval_metrics)
+            if schedule.evaluates_after(step):
+                metrics.update({f"{k}_final": v for k, v in held_out().items()})
+            done = step + 1
+            saved = None
+            stopping = should_stop is not None and should_stop()
+            if schedule.checkpoints_after(done) or stopping:
+                saved, _ = run.save(
+                    done, data_cursor=stream.cursor, rng=capture_rng(),
+                    summary={"config": config.model_dump(mode="json")},
+                )
+            trackers.log(done, metrics)
+            yield StepResult(done, run.trainer.policy_version, metrics, saved)
+            if stopping:
+                return
+    finally:
+        trackers.close()

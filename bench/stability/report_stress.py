@@ -1,0 +1,204 @@
+"""The stress suite's part of REPORT.md: the dials, the regime rules and their pilots, the
+discrepancy each dial creates, then the findings, F9 and the stability map as far as they ran.
+
+Everything is rebuilt from files under the stress results directory: `coldstarts.json`,
+`discrepancy.csv`, `pilot/runs/`, `regime.json` and `runs/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from bench.stability import stress
+from bench.stability.figures import collapse_figure, stability_map_figure
+from bench.stability.findings import FINDINGS, dppo_critique, evaluate_findings
+from bench.stability.results import cell_summaries, load_runs, run_summary
+from bench.stability.suites import STRESS
+
+PROBE_KEYS = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "seq_log_ratio_p05",
+              "seq_log_ratio_p95", "tis_cap_hit_frac", "sampling_kl", "routing_layer_max",
+              "routing_any_frac")  # fmt: skip
+
+
+def _f(value, digits: int = 3) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number != number:
+        return "–"
+    return f"{number:.2e}" if abs(number) < 1e-2 and number != 0 else f"{number:.{digits}f}"
+
+
+def _intro() -> list[str]:
+    budget = STRESS.full
+    return [
+        "# Stress suite",
+        "",
+        "Where the gentle suite could not make anything collapse, the stress suite turns up the "
+        "three causes the paper names (§2.4, §3.1), each a real, measured mechanism "
+        "(`bench/stability/suites.py`):",
+        "",
+        "- **Training–inference mismatch**: rollouts quantized as serving stacks do — "
+        "`fp8_tensor` (W8A8 as vLLM's fp8: float8_e4m3fn weights with one scale per tensor, "
+        "activations with a dynamic per-tensor scale), `int4` (W4A16 as AWQ: 4-bit weights "
+        "with a scale and zero point per group of 128 inputs, bf16 activations), all computed "
+        "in fp32 on the rounded values so the mismatch does not depend on the CPU — and "
+        "sampler truncation (`top_p` 0.9) while μ is reported from the raw distribution, as "
+        "vLLM's raw logprobs are. (`fp8`, per-channel fp8 computed in bf16, is probed for "
+        "comparison with the gentle suite.)",
+        "- **Response length**: sorting a string of 8–100 digits (`sorting.py`): answers of "
+        "9–101 tokens, mean 37, 2% of the RL prompts ≥ 96; binary exact-match reward.",
+        "- **MoE routing**: `tiny-moe-deep` (Qwen3-MoE, 8 MoE layers, 16 experts, top-2, "
+        "hidden 128, byte tokenizer); its routers are kept at their initialization during SFT "
+        "(a stand-in for the load-balancing loss that keeps real routers undecided) and train "
+        "during RL.",
+        f"- **Staleness**: N ∈ {{1, 2, 4, 8}} and the learning rate. Every run: "
+        f"{budget.grad_steps} gradient steps of B={budget.prompts_per_minibatch} × "
+        f"G={budget.group_size}, held-out accuracy on {budget.eval_prompts} prompts × "
+        f"{budget.eval_samples} samples at T=1 every {budget.eval_every} steps.",
+        "",
+    ]
+
+
+def _rules(out_dir: Path) -> list[str]:
+    lines = ["## Regime rules (declared in `bench/stability/stress.py` before any pilot ran)", ""]
+    blocks = (stress.__doc__ or "").split("\n\n")[1:]
+    rules = [b.strip() for b in blocks[: next(i for i, b in enumerate(blocks)
+                                              if b.startswith("The matrix"))]]  # fmt: skip
+    lines += [line for block in rules for line in (block, "")]
+    path = out_dir / "regime.json"
+    if not path.is_file():
+        return [*lines, "The pilots have not finished: no regime chosen yet.", ""]
+    regime = stress.Regime.load(path)
+    lines += [
+        f"**Chosen**: rule A lr_on_policy = {regime.lr_on_policy:g}; rule B dial = "
+        f"`{regime.dial}` (baseline collapsed: {regime.baseline_collapsed['B']}); rule C "
+        f"lr_off_policy = {regime.lr_off_policy:g} (baseline collapsed: "
+        f"{regime.baseline_collapsed['C']}).",
+        "",
+        "| rule | pilot cell | collapsed | reason | initial | peak | final |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rule, evidence in regime.evidence.items():
+        for e in evidence:
+            if e.get("missing"):
+                lines.append(f"| {rule} | `{e['cell']}` | missing | | | | |")
+                continue
+            lines.append(f"| {rule} | `{e['cell']}` | {e['collapsed']} | {e['reason']} | "
+                         f"{_f(e['initial_acc'])} | {_f(e['peak_acc'])} | {_f(e['final_acc'])} |")
+    return [*lines, ""]
+
+
+def _cold_starts(out_dir: Path) -> list[str]:
+    path = out_dir / "coldstarts.json"
+    if not path.is_file():
+        return []
+    lines = ["## Cold starts", "", "| init | SFT steps | pass rate (T=1) |", "|---|---|---|"]
+    for c in json.loads(path.read_text()):
+        lines.append(f"| {c['name']} | {c['steps']} | {c['pass_rate']:.3f} |")
+    return [*lines, ""]
+
+
+def _discrepancy(out_dir: Path) -> list[str]:
+    path = out_dir / "discrepancy.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [
+        "## What each dial does to the cold start (`probe.py`)",
+        "",
+        "Engine vs the fp32 trainer on the same sampled responses. `seq_log_ratio_*`: 5th/95th "
+        "percentile of Σ_t log(π_old/μ) per response; `tis_cap_hit_frac`: tokens with "
+        "π_old/μ outside [1/5, 5]; `sampling_kl`: mean −log of the mass the sampler keeps "
+        "(invisible to any IS weight); `routing_layer_max`: the largest per-layer share of "
+        "tokens whose top-2 set differs between engine and trainer.",
+        "",
+        "| init | dial | mean len | " + " | ".join(PROBE_KEYS) + " |",
+        "|---|---|---|" + "---|" * len(PROBE_KEYS),
+        *[f"| {r['init']} | `{r['dial']}` | {_f(r['response_len_mean'], 1)} | "
+          + " | ".join(_f(r[k]) for k in PROBE_KEYS) + " |" for r in rows],
+        "",
+    ]  # fmt: skip
+
+
+def _map(out_dir: Path, rows: list[dict], aliases: dict[str, str]) -> list[str]:
+    """The stability map figure from every cell that has run (aliases resolved)."""
+    by_cell = {c["cell"]: c for c in cell_summaries(rows)}
+    rungs = [d.name for d in stress.MAP_RUNGS]
+    grid = {}
+    for rung in rungs:
+        for n in stress.MAP_N:
+            for name in stress.MAP_ALGORITHMS:
+                cell = f"map/{rung}/N{n}/{name}"
+                summary = by_cell.get(aliases.get(cell, cell))
+                if summary is not None:
+                    grid[(rung, n, name)] = (summary["final_acc_mean"], summary["collapsed"],
+                                             summary["seeds"])  # fmt: skip
+    if not grid:
+        return []
+    path = out_dir / "figures" / "stability_map.png"
+    stability_map_figure(grid, rungs, list(stress.MAP_N), list(stress.MAP_ALGORITHMS), path)
+    return ["## Stability map", "", f"{len(grid)} of "
+            f"{len(rungs) * len(stress.MAP_N) * len(stress.MAP_ALGORITHMS)} cells have run.", "",
+            "![stability map](figures/stability_map.png)", ""]  # fmt: skip
+
+
+def _findings(rows: list[dict], aliases: dict[str, str]) -> list[str]:
+    findings = evaluate_findings(rows, aliases=aliases, findings=(*FINDINGS, dppo_critique))
+    lines = ["## Findings in the stress regime", "", "| finding | verdict |", "|---|---|"]
+    lines += [f"| {f.key}. {f.title} | {f.verdict} |" for f in findings] + [""]
+    for f in findings:
+        lines += [f"### {f.key}. {f.title} — **{f.verdict}**", "", f"*Claim:* {f.claim}", "",
+                  *[f"- {line}" for line in f.lines], ""]  # fmt: skip
+    return lines
+
+
+def _mechanisms(out_dir: Path, runs, rows: list[dict]) -> list[str]:
+    """Per cell the verdict next to the mechanism magnitudes, then the collapsing runs' curves."""
+    lines = ["## Mechanisms per cell", "",
+             "Means over each run's steps, then over seeds; routing: the most affected layer.", "",
+             "| cell | collapsed | final acc | KL k3 | IS trunc | clip | route≠ infer/train "
+             "(max layer) | route≠ old/current (max layer) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in cell_summaries(rows):
+        lines.append(
+            f"| `{c['cell']}` | {c['collapsed']}/{c['seeds']} | {_f(c['final_acc_mean'])} | "
+            f"{_f(c['mean_kl_k3'])} | {_f(c['mean_is_trunc_frac'])} | {_f(c['mean_clip_frac'])} | "
+            f"{_f(c['max_layer_routing_infer_vs_train'])} | "
+            f"{_f(c['max_layer_routing_old_vs_current'])} |"
+        )
+    collapsed = [(r, r.verdict().step) for r in runs if r.verdict().collapsed]
+    if collapsed:
+        collapse_figure(collapsed, out_dir / "figures" / "collapses.png")
+        lines += ["", f"{len(collapsed)} runs collapsed; the first eight, with the collapse "
+                  "step in red:", "", "![collapsing runs](figures/collapses.png)"]  # fmt: skip
+    return [*lines, ""]
+
+
+def _runs(out_dir: Path) -> list[str]:
+    runs = load_runs(out_dir)
+    if not runs:
+        return ["## Matrix", "", "No matrix run has finished yet.", ""]
+    rows = [run_summary(r) for r in runs]
+    regime_path = out_dir / "regime.json"
+    aliases = {}
+    if regime_path.is_file():
+        aliases = stress.matrix_cells(stress.Regime.load(regime_path))[1]
+    lines = [*_findings(rows, aliases), *_map(out_dir, rows, aliases),
+             *_mechanisms(out_dir, runs, rows)]  # fmt: skip
+    lines += ["## Matrix runs", "", "| cell | seed | collapsed | reason | initial | peak | final |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| `{r['cell']}` | {r['seed']} | {r['collapsed']} | {r['reason']} | "
+              f"{_f(r['initial_acc'])} | {_f(r['peak_acc'])} | {_f(r['final_acc'])} |"
+              for r in rows]  # fmt: skip
+    return [*lines, ""]
+
+
+def stress_section(out_dir: Path) -> list[str]:
+    """Markdown lines of the stress suite's report from the files under `out_dir`."""
+    return [*_intro(), *_rules(out_dir), *_cold_starts(out_dir), *_discrepancy(out_dir),
+            *_runs(out_dir)]  # fmt: skip

@@ -1,0 +1,439 @@
+"use strict";
+// The keel dashboard: one page over the /v1 JSON API. The API key lives in sessionStorage (this
+// tab only) and goes out as a Bearer header, so the API's own auth decides what a user sees:
+// the jobs of the key's project. Live curves come from the job's SSE stream, read with fetch()
+// because EventSource cannot send an Authorization header. Charts are plain SVG.
+
+const KEY = "keel.apiKey";
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const SVG = "http://www.w3.org/2000/svg";
+const COLORS = ["#2f6fde", "#e07b39", "#3a9d5d", "#8e44ad"];
+// [title, [[metric name, legend], ...]]: the stability signals of paper-spec §6.
+const CHARTS = [
+  ["Reward (mean)", [["reward/mean", "reward"]]],
+  ["Held-out accuracy", [["eval/accuracy", "greedy"]]],
+  ["KL(μ‖π_old)", [["mismatch/kl_k1", "k1"], ["mismatch/kl_k3", "k3"]]],
+  ["IS truncated fraction", [["is/truncated_frac", "truncated"]]],
+  ["Clip fraction by sign of Â", [["clip/frac_pos", "Â > 0"], ["clip/frac_neg", "Â < 0"]]],
+  ["Entropy", [["train/entropy", "entropy"]]],
+  ["Step time (s)", [["time/step_s", "step"]]],
+];
+const HEATMAPS = [
+  ["routing/infer_vs_train_L", "Routing disagreement, engine vs trainer (e^μ_old vs e^π_old)"],
+  ["routing/old_vs_current_L", "Routing disagreement, θ_old vs θ (e^π_old vs e^π_θ)"],
+];
+
+const state = { view: null, stop: null };
+
+// ---- small helpers ---------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "onclick") el.addEventListener("click", v);
+    else el.setAttribute(k, v);
+  }
+  for (const child of children) el.append(child ?? "");
+  return el;
+}
+
+function svg(tag, attrs = {}) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+function fmt(value) {
+  if (value === null || value === undefined) return "–";
+  if (value === 0) return "0";
+  const abs = Math.abs(value);
+  return abs >= 1e4 || abs < 1e-2 ? value.toExponential(2) : String(Number(value.toPrecision(4)));
+}
+
+function showOnly(id) {
+  for (const section of ["sign-in", "jobs", "job"]) $(section).hidden = section !== id;
+  $("sign-out").hidden = id === "sign-in";
+}
+
+// ---- the API ---------------------------------------------------------------------------------
+
+function authHeaders() {
+  return { Authorization: `Bearer ${sessionStorage.getItem(KEY)}` };
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = authHeaders();
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const isJson = (response.headers.get("content-type") || "").includes("json");
+  const data = isJson ? await response.json() : null;
+  if (response.status === 401) {
+    signOut("That API key was refused.");
+    throw new Error("unauthorized");
+  }
+  if (!response.ok) throw new Error(data?.detail || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+// Reads a job's Server-Sent Events; reconnects with Last-Event-ID until the job has ended.
+async function streamEvents(jobId, onEvent, signal) {
+  let lastId = "0";
+  let ended = false;
+  while (!signal.aborted && !ended) {
+    try {
+      const response = await fetch(`/v1/jobs/${jobId}/events`, {
+        headers: { ...authHeaders(), "Last-Event-ID": lastId }, signal,
+      });
+      if (!response.ok) throw new Error(`${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const event = parseEvent(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+          if (!event) continue;
+          lastId = event.id ?? lastId;
+          if (event.type === "status" && TERMINAL.has(event.data.status)) ended = true;
+          onEvent(event);
+        }
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+    }
+    if (!ended) await sleep(1000);
+  }
+}
+
+function parseEvent(block) {
+  const event = { id: null, type: "message", data: "" };
+  for (const line of block.split("\n")) {
+    if (line.startsWith("id: ")) event.id = line.slice(4);
+    else if (line.startsWith("event: ")) event.type = line.slice(7);
+    else if (line.startsWith("data: ")) event.data += line.slice(6);
+  }
+  if (!event.data) return null;
+  event.data = JSON.parse(event.data).data;
+  return event;
+}
+
+// ---- sign in ---------------------------------------------------------------------------------
+
+function signOut(message = "") {
+  sessionStorage.removeItem(KEY);
+  $("sign-in-error").textContent = message;
+  location.hash = "#/";
+  route();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, $("api-key").value.trim());
+  try {
+    await api("/v1/jobs?limit=1");
+    $("api-key").value = "";
+    $("sign-in-error").textContent = "";
+    route();
+  } catch (error) {
+    if (error.message !== "unauthorized") signOut(`Cannot sign in: ${error.message}`);
+  }
+}
+
+// ---- jobs list -------------------------------------------------------------------------------
+
+function actionButtons(job, after) {
+  const buttons = [];
+  const act = (verb) => async () => {
+    try {
+      await api(`/v1/jobs/${job.id}/${verb}`, { method: "POST" });
+    } catch (error) {
+      alert(`${verb} failed: ${error.message}`);
+    }
+    after();
+  };
+  if (!TERMINAL.has(job.status) && job.status !== "paused" && !job.requested) {
+    buttons.push(h("button", { "data-action": "pause", onclick: act("pause") }, "Pause"));
+  }
+  if (job.status === "paused") {
+    buttons.push(h("button", { "data-action": "resume", onclick: act("resume") }, "Resume"));
+  }
+  if (!TERMINAL.has(job.status)) {
+    buttons.push(h("button", { "data-action": "cancel", onclick: act("cancel") }, "Cancel"));
+  }
+  return buttons;
+}
+
+async function latestReward(job) {
+  if (job.step < 1) return null;
+  const points = await api(
+    `/v1/jobs/${job.id}/metrics?name=reward/mean&step_min=${job.step}&step_max=${job.step}`,
+  );
+  return points.length ? points[0].value : null;
+}
+
+async function renderJobs() {
+  const page = await api("/v1/jobs?limit=50");
+  const rewards = await Promise.all(page.data.map(latestReward));
+  const body = $("jobs-body");
+  body.replaceChildren(...page.data.map((job, i) => h("tr", { "data-job": job.id },
+    h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)),
+    h("td", {}, job.name || ""),
+    h("td", {}, h("span", { class: `status ${job.status}` }, job.status),
+      job.requested ? ` (${job.requested} requested)` : ""),
+    h("td", {}, `${job.step} / ${job.steps ?? "?"}`),
+    h("td", {}, fmt(rewards[i])),
+    h("td", { class: "actions" }, ...actionButtons(job, renderJobs)),
+  )));
+  $("jobs-empty").hidden = page.data.length > 0;
+}
+
+async function showJobs(signal) {
+  showOnly("jobs");
+  while (!signal.aborted) {
+    await renderJobs().catch(() => {});
+    await sleep(2000);
+  }
+}
+
+// ---- one job ---------------------------------------------------------------------------------
+
+async function showJob(jobId, signal) {
+  showOnly("job");
+  const series = new Map(); // metric name -> Map(step -> value)
+  let job = await api(`/v1/jobs/${jobId}`);
+  let drawPending = false;
+
+  const renderHeader = () => {
+    $("job-title").textContent = job.name || job.id;
+    $("job-status").textContent = job.requested ? `${job.status} (${job.requested} requested)`
+      : job.status;
+    $("job-status").className = `status ${job.status}`;
+    const model = job.config?.model?.name ?? "";
+    $("job-summary").textContent =
+      `${job.id} · ${model} · step ${job.step} / ${job.steps ?? "?"} · attempt ${job.attempts}`;
+    $("job-error").textContent = job.error || "";
+    $("job-actions").replaceChildren(...actionButtons(job, refreshJob));
+    $("live").textContent = TERMINAL.has(job.status) ? "" : "● live";
+  };
+  const refreshJob = async () => {
+    job = await api(`/v1/jobs/${jobId}`);
+    renderHeader();
+  };
+  const scheduleDraw = () => {
+    if (drawPending) return;
+    drawPending = true;
+    requestAnimationFrame(() => {
+      drawPending = false;
+      drawCharts(series);
+      drawHeatmaps(series);
+    });
+  };
+
+  renderHeader();
+  drawCharts(series);
+  $("heatmaps").replaceChildren();
+  $("rollouts-body").replaceChildren();
+  $("rollout-detail").hidden = true;
+  $("rollout-step").value = Math.max(job.step, 1);
+  $("rollout-filter").onsubmit = (event) => {
+    event.preventDefault();
+    showRollouts(jobId, Number($("rollout-step").value));
+  };
+  showRollouts(jobId, Math.max(job.step, 1));
+  showCheckpoints(jobId);
+
+  await streamEvents(jobId, (event) => {
+    if (event.type === "metrics") {
+      for (const [name, value] of Object.entries(event.data.values)) {
+        if (!series.has(name)) series.set(name, new Map());
+        series.get(name).set(event.data.step, value);
+      }
+      scheduleDraw();
+      refreshJob();
+    } else if (event.type === "status") {
+      refreshJob();
+    } else if (event.type === "checkpoint") {
+      showCheckpoints(jobId);
+    }
+  }, signal);
+  if (!signal.aborted) await refreshJob();
+}
+
+function drawCharts(series) {
+  $("charts").replaceChildren(...CHARTS.map(([title, lines]) => {
+    const present = lines.filter(([name]) => series.has(name));
+    const box = h("div", { class: "chart", "data-chart": lines[0][0] });
+    box.dataset.points = String(series.get(lines[0][0])?.size ?? 0);
+    box.append(h("h3", {}, title));
+    if (!present.length) {
+      box.append(h("p", { class: "empty" }, "no data yet"));
+      return box;
+    }
+    box.append(lineChart(present.map(([name]) => series.get(name))));
+    box.append(h("div", { class: "legend" }, ...present.map(([name, label], i) => {
+      const last = [...series.get(name).entries()].sort((a, b) => a[0] - b[0]).pop();
+      const span = h("span", {}, `${label}: ${fmt(last?.[1])}`);
+      span.style.color = COLORS[i];
+      return span;
+    })));
+    return box;
+  }));
+}
+
+function lineChart(lines, width = 320, height = 150) {
+  const pad = { left: 48, right: 8, top: 8, bottom: 20 };
+  const points = lines.map((line) => [...line.entries()]
+    .filter(([, v]) => v !== null && Number.isFinite(v)).sort((a, b) => a[0] - b[0]));
+  const all = points.flat();
+  const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}` });
+  if (!all.length) return chart;
+  const [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
+  let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+  if (y0 === y1) [y0, y1] = [y0 - (Math.abs(y0) || 1) * 0.1, y1 + (Math.abs(y1) || 1) * 0.1];
+  const x = (s) => pad.left + (x1 === x0 ? 0.5 : (s - x0) / (x1 - x0))
+    * (width - pad.left - pad.right);
+  const y = (v) => height - pad.bottom - ((v - y0) / (y1 - y0)) * (height - pad.top - pad.bottom);
+  const axis = { stroke: "#aab", "stroke-width": 1 };
+  chart.append(svg("line", { x1: pad.left, y1: pad.top, x2: pad.left, y2: height - pad.bottom,
+    ...axis }));
+  chart.append(svg("line", { x1: pad.left, y1: height - pad.bottom, x2: width - pad.right,
+    y2: height - pad.bottom, ...axis }));
+  const label = (text, attrs) => {
+    const el = svg("text", { "font-size": 10, fill: "#6b7385", ...attrs });
+    el.textContent = text;
+    chart.append(el);
+  };
+  label(fmt(y1), { x: 2, y: pad.top + 8 });
+  label(fmt(y0), { x: 2, y: height - pad.bottom });
+  label(`step ${x0}`, { x: pad.left, y: height - 4 });
+  label(`${x1}`, { x: width - pad.right - 20, y: height - 4 });
+  points.forEach((line, i) => {
+    const d = line.map(([s, v], j) => `${j ? "L" : "M"}${x(s).toFixed(1)},${y(v).toFixed(1)}`);
+    chart.append(svg("path", { d: d.join(""), fill: "none", stroke: COLORS[i],
+      "stroke-width": 1.5 }));
+    for (const [s, v] of line) {
+      chart.append(svg("circle", { cx: x(s), cy: y(v), r: 2, fill: COLORS[i] }));
+    }
+  });
+  return chart;
+}
+
+function drawHeatmaps(series) {
+  const maps = [];
+  for (const [prefix, title] of HEATMAPS) {
+    const layers = [...series.keys()].filter((n) => n.startsWith(prefix))
+      .map((n) => Number(n.slice(prefix.length))).filter(Number.isInteger).sort((a, b) => a - b);
+    if (!layers.length) continue;
+    const steps = [...new Set(layers.flatMap((l) => [...series.get(prefix + l).keys()]))]
+      .sort((a, b) => a - b);
+    const values = layers.flatMap((l) => [...series.get(prefix + l).values()])
+      .filter((v) => v !== null);
+    const top = Math.max(0, ...values);
+    const cell = 14;
+    const chart = svg("svg",
+      { width: 40 + steps.length * cell, height: 20 + layers.length * cell });
+    layers.forEach((layer, row) => {
+      const name = svg("text", { x: 0, y: 12 + row * cell, "font-size": 10, fill: "#6b7385" });
+      name.textContent = `L${layer}`;
+      chart.append(name);
+      steps.forEach((step, col) => {
+        const v = series.get(prefix + layer).get(step);
+        const rect = svg("rect", { x: 40 + col * cell, y: 2 + row * cell, width: cell - 1,
+          height: cell - 1, fill: v === null || v === undefined ? "#eee"
+            : `rgba(192, 57, 43, ${(0.08 + 0.92 * (top ? v / top : 0)).toFixed(3)})` });
+        const tip = svg("title");
+        tip.textContent = `layer ${layer}, step ${step}: ${v === undefined ? "missing" : fmt(v)}`;
+        rect.append(tip);
+        chart.append(rect);
+      });
+    });
+    maps.push(h("div", { class: "heatmap", "data-heatmap": prefix },
+      h("h3", {}, title), chart,
+      h("p", { class: "legend" }, `rows: MoE layers · columns: steps ${steps[0]}–${steps.at(-1)}`
+        + ` · darkest = ${fmt(top)} of tokens routed differently (hover a cell: its value)`)));
+  }
+  $("heatmaps").replaceChildren(...maps);
+}
+
+async function showRollouts(jobId, step) {
+  const page = await api(`/v1/jobs/${jobId}/rollouts?step=${step}&limit=200`);
+  $("rollouts-body").replaceChildren(...page.data.map((r) => h("tr",
+    { class: "clickable", "data-rollout": r.id, onclick: () => showRollout(r) },
+    h("td", {}, `${r.group_index}.${r.sample_index}`),
+    h("td", { class: "clip" }, r.prompt),
+    h("td", { class: "clip" }, r.completion),
+    h("td", {}, fmt(r.reward)),
+    h("td", {}, r.status.replace("_", " ")),
+  )));
+  if (!page.data.length) {
+    $("rollouts-body").append(h("tr", {}, h("td", { colspan: 5 }, `no rollouts at step ${step}`)));
+  }
+}
+
+function showRollout(r) {
+  $("rollout-detail").hidden = false;
+  $("rollout-detail-title").textContent =
+    `Rollout ${r.id} · step ${r.step} · group ${r.group_index} · sample ${r.sample_index}`;
+  $("rollout-prompt").textContent = r.prompt;
+  $("rollout-completion").textContent = r.completion;
+  $("rollout-reference").textContent = r.reference ?? "–";
+  $("rollout-reward").textContent = fmt(r.reward);
+  $("rollout-status").textContent = r.status;
+}
+
+async function showCheckpoints(jobId) {
+  const page = await api(`/v1/jobs/${jobId}/checkpoints?limit=100`);
+  $("checkpoints-body").replaceChildren(...page.data.map((c) => h("tr", { "data-checkpoint": c.id },
+    h("td", {}, String(c.step)),
+    h("td", {}, String(c.policy_version)),
+    h("td", {}, `${(c.size_bytes / 1e6).toFixed(1)} MB`),
+    h("td", {}, h("code", {}, c.sha256.slice(0, 16))),
+    h("td", {}, h("button", { onclick: () => download(c) }, "Download .tar")),
+  )));
+}
+
+// The download needs the Authorization header, so it goes through fetch and a blob URL.
+async function download(checkpoint) {
+  const response = await fetch(`/v1/checkpoints/${checkpoint.id}/download`,
+    { headers: authHeaders() });
+  if (!response.ok) return alert(`download failed: ${response.status}`);
+  const url = URL.createObjectURL(await response.blob());
+  const link = h("a", { href: url, download: `${checkpoint.id}.tar` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+// ---- routing: #/ = jobs, #/jobs/<id> = one job -----------------------------------------------
+
+function route() {
+  state.stop?.abort();
+  const controller = new AbortController();
+  state.stop = controller;
+  if (!sessionStorage.getItem(KEY)) {
+    showOnly("sign-in");
+    return;
+  }
+  $("whoami").textContent = "signed in";
+  const match = location.hash.match(/^#\/jobs\/([\w-]+)/);
+  const shown = match ? showJob(match[1], controller.signal) : showJobs(controller.signal);
+  shown.catch((error) => {
+    if (error.message !== "unauthorized") $("job-error").textContent = error.message;
+  });
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  route();
+});

@@ -1,0 +1,30 @@
+"""`/dashboard`: the web dashboard, a static page and one script over the /v1 JSON API (the files
+in `keel_server/api/dashboard/`). Serving them needs no key: they hold no data; the script signs
+in with an API key and the /v1 routes decide what it may see. Not part of the OpenAPI schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from keel_server.services.errors import not_found
+
+router = APIRouter(include_in_schema=False)
+FILES = Path(__file__).resolve().parents[1] / "dashboard"
+ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# no-cache: a browser revalidates, so an upgraded server never runs an old script.
+HEADERS = {"Cache-Control": "no-cache"}
+
+
+@router.get("/dashboard")
+def page() -> FileResponse:
+    return FileResponse(FILES / "index.html", media_type="text/html", headers=HEADERS)
+
+
+@router.get("/dashboard/static/{name}")
+def asset(name: str) -> FileResponse:
+    if name not in ASSETS:
+        raise not_found("dashboard file", name)
+    return FileResponse(FILES / name, media_type=ASSETS[name], headers=HEADERS)

@@ -1,0 +1,61 @@
+"""Contract: every module of keel, keel_server and keel_worker is under an import-linter contract
+of `.importlinter` (architecture.md §3: a rule that no contract checks is a rule nobody keeps).
+
+A module is under a contract when the contract lists it, or a package above it, as a source.
+The server is layered, so each of its modules must also sit in a layer (a source below the
+`keel_server` package itself), not only under the server-wide rule. And every source a contract
+names must exist, or the contract silently checks nothing.
+"""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {"keel": "client", "keel_server": "server", "keel_worker": "worker"}
+LAYERED = "keel_server"
+
+
+def repo_modules() -> set[str]:
+    modules = set()
+    for package, folder in PACKAGES.items():
+        for path in (ROOT / folder / package).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return modules
+
+
+def contract_sources() -> dict[str, set[str]]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    return {
+        section: set(config[section]["source_modules"].split())
+        for section in config.sections()
+        if section.startswith("importlinter:contract:")
+    }
+
+
+def _within(module: str, source: str) -> bool:
+    return module == source or module.startswith(source + ".")
+
+
+def test_every_module_is_the_source_of_some_contract():
+    sources = set().union(*contract_sources().values())
+    uncovered = sorted(m for m in repo_modules() if not any(_within(m, s) for s in sources))
+    assert not uncovered, f"modules in no import-linter contract: {uncovered}"
+
+
+def test_every_server_module_sits_in_a_layer():
+    layers = {s for group in contract_sources().values() for s in group if s != LAYERED}
+    server = {m for m in repo_modules() if _within(m, LAYERED) and m != LAYERED}
+    unlayered = sorted(m for m in server if not any(_within(m, s) for s in layers))
+    assert not unlayered, f"server modules in no layer contract: {unlayered}"
+
+
+def test_every_contract_source_exists():
+    modules = repo_modules()
+    for section, sources in contract_sources().items():
+        assert sources, section
+        missing = sorted(s for s in sources if s not in modules)
+        assert not missing, f"{section} names modules that do not exist: {missing}"

@@ -1,0 +1,112 @@
+"""The web dashboard as a person uses it, in headless Chromium (Debian's `/usr/bin/chromium`,
+installed by `make browsers`; Playwright drives it and never downloads a browser of its own),
+against the real API and a real Celery worker on PostgreSQL and Redis: sign in with a project's
+API key, see only that project's job, watch its curves grow from the SSE stream, pause and resume
+it from the page, open a rollout, download a checkpoint, and keep a screenshot of the job page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import keel
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The flags that work on these machines (closed network, root, no GPU); see environment docs.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+POINTS = "Number(document.querySelector('[data-chart=\"reward/mean\"]')?.dataset.points ?? 0)"
+STATUS = "document.getElementById('job-status').textContent"
+
+
+@pytest.fixture
+def page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "no /usr/bin/chromium: run `make browsers` (Debian's chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 1000},
+                                      accept_downloads=True)  # fmt: skip
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        yield page
+        context.close()
+        browser.close()
+
+
+def points(page) -> int:
+    return page.evaluate(f"() => {POINTS}")
+
+
+def wait_points_above(page, n: int) -> int:
+    page.wait_for_function(f"() => {POINTS} > {n}", timeout=90_000)
+    return points(page)
+
+
+def wait_status(page, status: str) -> None:
+    page.wait_for_function(f"() => {STATUS} === '{status}'", timeout=90_000)
+
+
+@pytest.mark.slow
+def test_dashboard_watch_pause_resume_and_open_a_rollout(production_stack, helpers, page,
+                                                         tmp_path):  # fmt: skip
+    base_url = production_stack.api()
+    production_stack.worker("w1")
+    admin = keel.Client(base_url=base_url, api_key=helpers.admin_key)
+    key = admin.keys.create(project="team-a", name="dashboard").key
+    user = keel.Client(base_url=base_url, api_key=key)
+    job = user.jobs.create(helpers.job_config(steps=400, checkpoint_every=0), name="watched")
+    elsewhere = admin.jobs.create(helpers.job_config(), name="another project's job")
+    admin.jobs.cancel(elsewhere.id)
+
+    page.goto(f"{base_url}/dashboard")
+    page.fill("#api-key", key)
+    page.click("#sign-in-form button")
+    page.wait_for_selector(f'tr[data-job="{job.id}"]')
+    assert page.locator("tr[data-job]").count() == 1  # the admin's project stays invisible
+
+    page.click(f'a[href="#/jobs/{job.id}"]')
+    first = wait_points_above(page, 1)
+    grown = wait_points_above(page, first)  # live: new steps arrive without a reload
+    assert grown > first
+    assert page.locator('[data-heatmap="routing/infer_vs_train_L"] rect').count() > 0
+
+    page.click('#job-actions [data-action="pause"]')
+    wait_status(page, "paused")
+    assert user.jobs.retrieve(job.id).status == "paused"
+    at_pause = points(page)
+    served = [m.step for m in user.metrics.list(job.id, name="reward/mean")]
+    assert at_pause == len(served)  # one point per completed step, as the API serves them
+
+    page.click('#job-actions [data-action="resume"]')
+    wait_status(page, "running")
+    assert wait_points_above(page, at_pause) > at_pause  # training goes on after the resume
+
+    rollout = user.rollouts.list(job.id, step=1).data[0]
+    page.fill("#rollout-step", "1")
+    page.click("#rollout-filter button")
+    page.click(f'tr[data-rollout="{rollout.id}"]')
+    page.wait_for_selector("#rollout-detail:not([hidden])")
+    assert page.text_content("#rollout-completion") == rollout.completion
+    assert page.text_content("#rollout-prompt") == rollout.prompt
+    assert page.text_content("#rollout-status") == rollout.status
+
+    (checkpoint,) = user.checkpoints.list(job.id).data  # the one the pause wrote
+    page.wait_for_selector(f'tr[data-checkpoint="{checkpoint.id}"] button')
+    with page.expect_download() as download:
+        page.click(f'tr[data-checkpoint="{checkpoint.id}"] button')
+    assert Path(download.value.path()).stat().st_size == checkpoint.size_bytes
+
+    shot = tmp_path / "dashboard.png"  # the test's artifact
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    page.click('#job-actions [data-action="cancel"]')
+    wait_status(page, "cancelled")
+    assert user.jobs.retrieve(job.id).status == "cancelled"

@@ -111,7 +111,7 @@ def sft_loss(forward: PolicyForward, tokenizer, problems: list) -> torch.Tensor:
             prompt_ids=[pairs[i][0] for i in bucket],
             response_ids=responses,
             rollout_logprobs=[torch.zeros(len(r)) for r in responses],
-            advantages_R=torch.zeros(len(bucket)),
+            advantages_PG=torch.zeros(len(bucket)),
             routes=None,
             pad_id=tokenizer.pad_token_id,
         )

@@ -106,7 +106,7 @@ def measure(suite, model_dir: Path, dial, *, prompts: int = 64, n: int = 4, seed
         prompt_ids=batch.prompt_ids,
         response_ids=batch.response_ids,
         rollout_logprobs=batch.rollout_logprobs,
-        advantages_R=torch.zeros(len(batch)),
+        advantages_PG=torch.zeros(len(batch)),
         routes=batch.routes,
         pad_id=tokenizer.pad_token_id,
     )

@@ -3,7 +3,8 @@
 One request = one REST call. Retries cover the failures that are safe to repeat: connection
 errors and timeouts, 408, 429 and 5xx, and a 409 only when the server marks it transient with
 `Retry-After` (a reward conflict carries no such header: it is a real disagreement and must reach
-the caller). Every POST carries an `Idempotency-Key` that stays the same across its retries, so a
+the caller). A streamed body that breaks off mid-read raises `APIConnectionError` too. Every POST
+carries an `Idempotency-Key` that stays the same across its retries, so a
 retried create cannot make a second job. Waits grow exponentially with jitter and honor
 `Retry-After` when the server sends one.
 """
@@ -120,7 +121,8 @@ def build_request_kwargs(
     }
 
 
-def _connection_error(exc: httpx.TransportError) -> APIConnectionError:
+def connection_error(exc: httpx.TransportError) -> APIConnectionError:
+    """The SDK's typed error for an httpx transport failure."""
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"request to the keel server timed out: {exc}")
     return APIConnectionError(f"could not connect to the keel server: {exc}")
@@ -162,6 +164,8 @@ class SyncTransport:
         response = self._send(kwargs, stream=True)
         try:
             yield response
+        except httpx.TransportError as exc:  # the body broke off while being read
+            raise connection_error(exc) from exc
         finally:
             response.close()
 
@@ -173,7 +177,7 @@ class SyncTransport:
                 response = self.http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 if last:
-                    raise _connection_error(exc) from exc
+                    raise connection_error(exc) from exc
                 time.sleep(backoff_s(self.config, attempt, None))
                 continue
             if response.is_success:
@@ -224,6 +228,8 @@ class AsyncTransport:
         response = await self._send(kwargs, stream=True)
         try:
             yield response
+        except httpx.TransportError as exc:  # the body broke off while being read
+            raise connection_error(exc) from exc
         finally:
             await response.aclose()
 
@@ -235,7 +241,7 @@ class AsyncTransport:
                 response = await self.http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 if last:
-                    raise _connection_error(exc) from exc
+                    raise connection_error(exc) from exc
                 await asyncio.sleep(backoff_s(self.config, attempt, None))
                 continue
             if response.is_success:

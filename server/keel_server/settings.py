@@ -76,8 +76,6 @@ class Settings(BaseSettings):
         description="Comma-separated hostnames and IP networks webhooks may be delivered to "
         "although they are not public (keel_server.webhook_targets); `keel up` allows loopback.",
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
-    webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)
     sse_keepalive_s: float = Field(default=15.0, gt=0)

@@ -20,8 +20,9 @@ def files_dir(artifacts_dir: Path) -> Path:
     return artifacts_dir / "files"
 
 
-def checkpoints_dir(artifacts_dir: Path, job_id: str) -> Path:
-    return artifacts_dir / "jobs" / job_id / "checkpoints"
+def job_dir(artifacts_dir: Path, job_id: str) -> Path:
+    """A job's working directory: its checkpoints (`checkpoints/step_…`) and engine files."""
+    return artifacts_dir / "jobs" / job_id
 
 
 class _Sink(io.RawIOBase):

@@ -10,6 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
@@ -82,18 +83,7 @@ def sessions(settings: Settings):
 @pytest.fixture
 def small_config() -> Callable[..., dict]:
     """A valid job config small enough for a CPU test run; keyword overrides replace fields."""
-    return make_small_config
-
-
-def make_small_config(**overrides) -> dict:
-    config = {
-        "model": {"name": "tiny-moe"},
-        "steps": 2,
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-    }
-    return {**config, **overrides}
+    return tiny_job_config
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@ plain Starlette app that fails on purpose; nothing of keel's is replaced)."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import functools
+import json
 import time
 
 import httpx
@@ -113,3 +116,142 @@ def test_connection_errors_are_retried_then_raised():
     with pytest.raises(keel.APIConnectionError):
         _client(http, max_retries=1).health.live()
     assert len(calls) == 2
+
+
+# ---- async twins of the retry loop ------------------------------------------------------------
+
+
+def run_async(test):
+    """Run an async test body with asyncio.run (no async pytest plugin needed)."""
+
+    @functools.wraps(test)
+    def wrapper() -> None:
+        asyncio.run(test())
+
+    return wrapper
+
+
+def _async_client(handler, **kw) -> keel.AsyncClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://flaky")
+    return keel.AsyncClient(base_url="http://flaky", api_key="k", http_client=http,
+                            backoff_base_s=0.0, **kw)  # fmt: skip
+
+
+def _scripted(outcomes: list):
+    """A handler answering request i with outcomes[i]: a status code (503: error envelope,
+    200: healthy) or an exception class to raise; records each request's Idempotency-Key."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("idempotency-key"))
+        outcome = outcomes[min(len(seen), len(outcomes)) - 1]
+        if isinstance(outcome, type):
+            raise outcome("scripted failure", request=request)
+        if outcome == 200:
+            return httpx.Response(200, json={"status": "ok", "checks": {}})
+        return httpx.Response(outcome, json={"code": "unavailable", "detail": f"({outcome})"})
+
+    return handler, seen
+
+
+@run_async
+async def test_async_transient_statuses_and_connection_errors_are_retried():
+    handler, seen = _scripted([503, httpx.ConnectError, 429, 200])
+    assert (await _async_client(handler, max_retries=3).health.live()).status == "ok"
+    assert len(seen) == 4
+
+
+@run_async
+async def test_async_retries_give_up_with_the_typed_errors():
+    handler, seen = _scripted([503])
+    with pytest.raises(keel.InternalServerError):
+        await _async_client(handler, max_retries=2).health.live()
+    assert len(seen) == 3
+    handler, seen = _scripted([httpx.ReadTimeout])
+    with pytest.raises(keel.APITimeoutError):
+        await _async_client(handler, max_retries=1).health.live()
+    assert len(seen) == 2
+
+
+@run_async
+async def test_async_post_keeps_one_idempotency_key_across_its_retries():
+    handler, seen = _scripted([502, 502, 200])
+    client = _async_client(handler, max_retries=2)
+    await client._transport.request("POST", "/health/live", json={})
+    assert len(seen) == 3 and seen[0] and len(set(seen)) == 1
+
+
+# ---- event streams that drop ------------------------------------------------------------------
+
+
+class _Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """An SSE body: `chunks`, then a dropped connection (ReadError) when `drops`."""
+
+    def __init__(self, chunks: list[bytes], *, drops: bool) -> None:
+        self.chunks, self.drops = chunks, drops
+
+    def __iter__(self):
+        yield from self.chunks
+        if self.drops:
+            raise httpx.ReadError("connection reset mid-stream")
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield chunk
+        if self.drops:
+            raise httpx.ReadError("connection reset mid-stream")
+
+
+def _event(i: int) -> bytes:
+    data = {"id": i, "job_id": "job_x", "type": "metrics", "data": {"step": i},
+            "created_at": "2026-12-01T12:00:00Z"}  # fmt: skip
+    return f"id: {i}\nevent: metrics\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _flaky_stream(events_per_connection: int, total: int):
+    """Each connection sends the next events after Last-Event-ID, then drops; the last one ends
+    cleanly. Records the Last-Event-ID of every connection."""
+    resumed_from: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        last = request.headers.get("last-event-id")
+        resumed_from.append(last)
+        start = int(last or 0) + 1
+        ids = list(range(start, min(start + events_per_connection, total + 1)))
+        body = _Body([_event(i) for i in ids], drops=not ids or ids[-1] < total)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    return handler, resumed_from
+
+
+def test_a_healthy_stream_that_drops_now_and_then_never_gives_up():
+    # One event per connection, then a drop: 5 drops in all with max_retries=1. Only drops in a
+    # row count, so the stream reaches its end.
+    handler, resumed_from = _flaky_stream(1, total=5)
+    client = _client(httpx.Client(transport=httpx.MockTransport(handler)), max_retries=1)
+    events = list(client.jobs.events("job_x"))
+    assert [e.id for e in events] == [1, 2, 3, 4, 5]
+    assert resumed_from == [None, "1", "2", "3", "4"]
+    # The event is the server's, id and time included (nothing invented by the SDK).
+    assert events[0].created_at.isoformat() == "2026-12-01T12:00:00+00:00"
+    assert events[0].data == {"step": 1}
+
+
+def test_a_stream_that_keeps_dropping_raises_the_typed_connection_error():
+    handler, resumed_from = _flaky_stream(0, total=5)  # every connection drops at once
+    client = _client(httpx.Client(transport=httpx.MockTransport(handler)), max_retries=2)
+    with pytest.raises(keel.APIConnectionError) as raised:
+        list(client.jobs.events("job_x"))
+    assert isinstance(raised.value.__cause__, httpx.ReadError)
+    assert len(resumed_from) == 3
+
+
+@run_async
+async def test_async_event_streams_reconnect_and_give_up_like_the_sync_ones():
+    handler, _ = _flaky_stream(1, total=4)
+    events = [e.id async for e in _async_client(handler, max_retries=1).jobs.events("job_x")]
+    assert events == [1, 2, 3, 4]
+    handler, resumed_from = _flaky_stream(0, total=4)
+    with pytest.raises(keel.APIConnectionError):
+        [e async for e in _async_client(handler, max_retries=1).jobs.events("job_x")]
+    assert len(resumed_from) == 2

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from job_configs import merge_config, tiny_job_config
 
 HERE = Path(__file__).resolve().parent
 ADMIN_KEY = "keel_admin_e2e_0123456789abcdef"
@@ -183,19 +184,9 @@ def production_stack(pg_url: str, tmp_path: Path) -> Iterator[Stack]:
 
 
 def job_config(**overrides) -> dict:
-    """A few tiny steps on the tiny MoE model: each e2e job takes well under a minute."""
-    config = {
-        "model": {"name": "tiny-moe"},
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-        "rollout": {"max_new_tokens": 6},
-        "optimizer": {"lr": 1e-3},
-        "steps": 2,
-        "eval_every": 0,
-        "checkpoint_every": 1,
-    }
-    return {**config, **overrides}
+    """The tiny job, learning fast and checkpointing every step: each e2e job takes well under a
+    minute."""
+    return merge_config(tiny_job_config(optimizer={"lr": 1e-3}, checkpoint_every=1), overrides)
 
 
 def webhook_reward(service: RewardService, **extra) -> dict:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import tiny_job_config
 
 from keel_server.api.app import create_app
 from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
@@ -61,14 +62,7 @@ def job_body() -> Callable[..., dict]:
 
 
 def make_job_body(**overrides) -> dict:
-    config = {
-        "model": {"name": "tiny-moe"},
-        "steps": 2,
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-    }
-    config.update(overrides.pop("config", {}))
+    config = tiny_job_config(**overrides.pop("config", {}))
     return {"config": config, **overrides}
 
 

@@ -56,6 +56,12 @@ def test_webhook_job_gets_a_generated_secret_not_stored_in_config(
         ),
         ({"config": {"model": {"name": "no-such-model"}}}, "name", "tiny-moe"),
         ({"reward": {"type": "carrier-pigeon"}}, "reward", "webhook"),
+        ({"reward": {"type": "builtin", "verifier": "regex"}}, "builtin", "pattern"),
+        (
+            {"reward": {"type": "builtin", "verifier": "regex", "pattern": "("}},
+            "builtin",
+            "not a regular expression",
+        ),
     ],
 )
 def test_impossible_or_malformed_jobs_are_422_naming_the_field(
@@ -170,6 +176,20 @@ def test_reference_verifier_needs_references(job_body, client, project_key) -> N
     r = client.post("/v1/jobs", json=body, headers=project_key("alpha"))
     assert r.status_code == 422
     assert "reference" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("verifier", ["exact_match", "numeric", "math_verify"])
+def test_every_reference_verifier_is_selectable_and_needs_references(
+    job_body, client, project_key, verifier
+) -> None:
+    headers = project_key("alpha")
+    reward = {"type": "builtin", "verifier": verifier}
+    missing = job_body(prompts={"type": "dataset", "prompts": [{"text": "1+1="}]}, reward=reward)
+    assert client.post("/v1/jobs", json=missing, headers=headers).status_code == 422
+    prompts = {"type": "dataset", "prompts": [{"text": "1+1=", "reference": "2"}]}
+    r = client.post("/v1/jobs", json=job_body(prompts=prompts, reward=reward), headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["reward"]["verifier"] == verifier
 
 
 def test_client_prompt_batches(job_body, client, project_key) -> None:

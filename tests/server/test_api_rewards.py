@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 
 def _job(client, headers, job_body, **reward) -> str:
@@ -26,14 +27,13 @@ def test_reward_is_idempotent_and_never_overwritten(job_body, client, project_ke
     assert other.status_code == 409
     body = other.json()
     assert body["code"] == "reward_conflict"
-    assert body["state"] == {
-        "rollout_id": rollout_id,
-        "status": "rewarded",
-        "reward": 0.75,
-        "deadline_at": body["state"]["deadline_at"],
-    }
     shown = client.get(f"/v1/rollouts/{rollout_id}", headers=headers).json()
     assert (shown["status"], shown["reward"]) == ("rewarded", 0.75)
+    # The conflict's state is the rollout's own, deadline included (the instant the API shows).
+    state = dict(body["state"])
+    deadline_at = datetime.fromisoformat(state.pop("deadline_at"))
+    assert state == {"rollout_id": rollout_id, "status": "rewarded", "reward": 0.75}
+    assert deadline_at == datetime.fromisoformat(shown["deadline_at"])
 
 
 def test_non_finite_and_out_of_range_rewards_are_422(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import tiny_job_config
 from sqlalchemy import update
 
 from keel_server.api.app import create_app
@@ -17,16 +18,9 @@ from keel_server.settings import Settings
 from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_policy_test_0123456789"
-CONFIG = {
-    "model": {"name": "tiny-dense"},
-    "prompts_per_step": 2,
-    "group_size": 2,
-    "micro_batch_size": 4,
-    "rollout": {"max_new_tokens": 4},
-    "steps": 1,
-    "eval_every": 0,
-    "checkpoint_every": 1,
-}
+CONFIG = tiny_job_config(
+    model={"name": "tiny-dense"}, rollout={"max_new_tokens": 4}, steps=1, checkpoint_every=1
+)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import merge_config, tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
@@ -19,6 +20,7 @@ from keel_server.db import make_engine, make_session_factory, session_scope, utc
 from keel_server.db.jobs import finish_job, get_job, take_lease
 from keel_server.migrate import upgrade
 from keel_server.settings import Settings
+from keel_server.storage import job_dir
 from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_worker_test_0123456789"
@@ -26,18 +28,8 @@ BASE_URL = "http://testserver"
 
 
 def job_config(**overrides) -> dict:
-    config = {
-        "model": {"name": "tiny-moe"},
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-        "rollout": {"max_new_tokens": 6},
-        "optimizer": {"lr": 1e-3},
-        "steps": 2,
-        "eval_every": 0,
-        "checkpoint_every": 1,
-    }
-    return {**config, **overrides}
+    """The tiny job, learning fast and checkpointing every step (resume tests need both)."""
+    return merge_config(tiny_job_config(optimizer={"lr": 1e-3}, checkpoint_every=1), overrides)
 
 
 @pytest.fixture
@@ -83,6 +75,10 @@ def test_builtin_job_runs_to_the_end(sdk, settings):
     assert (done.status, done.step, done.policy_version, done.attempts) == ("succeeded", 2, 2, 1)
     assert _metric_steps(sdk, job.id) == [1, 2]
     assert [c.step for c in sdk.checkpoints.list(job.id).data] == [1, 2]
+    # The worker's checkpoints live in the one job directory that storage defines.
+    checkpoints = job_dir(settings.artifacts_dir, job.id) / "checkpoints"
+    saved = sorted(p.name for p in checkpoints.iterdir())
+    assert saved == ["step_000001", "step_000002"]
     rollouts = sdk.rollouts.list(job.id, step=1).data
     assert len(rollouts) == 4 and all(r.status == "rewarded" for r in rollouts)
     assert all(r.reward in (0.0, 1.0) for r in rollouts)  # the addition task's verifier
@@ -204,7 +200,7 @@ def test_cancel_while_waiting_for_rewards(sdk, settings):
 def test_a_failing_job_records_the_error_and_the_step_reached(sdk, settings):
     # Break the job in a way only the worker can see: a corrupt checkpoint to resume from.
     broken = sdk.jobs.create(job_config(steps=1))
-    ckpts = settings.artifacts_dir / "jobs" / broken.id / "checkpoints" / "step_000000"
+    ckpts = job_dir(settings.artifacts_dir, broken.id) / "checkpoints" / "step_000000"
     ckpts.mkdir(parents=True)
     (ckpts / "trainer_state.pt").write_bytes(b"not a checkpoint")
     outcome = run_job(broken.id, settings)
@@ -213,6 +209,20 @@ def test_a_failing_job_records_the_error_and_the_step_reached(sdk, settings):
     assert failed.status == "failed" and "after step 0" in failed.error
     with pytest.raises(keel.JobFailedError):
         sdk.jobs.wait(broken.id, timeout_s=1)
+
+
+def test_a_stored_reward_source_that_no_longer_parses_fails_the_job_before_training(
+    sdk, settings, sessions
+):
+    # The worker parses the stored sources into their wire models once, at the lease.
+    job = sdk.jobs.create(job_config())
+    with session_scope(sessions) as session:
+        row = get_job(session, job.id)
+        row.reward_source = {**row.reward_source, "verifier": "carrier-pigeon"}
+    assert run_job(job.id, settings).status == "failed"
+    failed = sdk.jobs.retrieve(job.id)
+    assert "ValidationError" in failed.error and "carrier-pigeon" in failed.error
+    assert not (job_dir(settings.artifacts_dir, job.id) / "checkpoints").exists()
 
 
 def test_celery_app_settings():
@@ -260,3 +270,43 @@ def test_rewards_match_rollouts_by_position_and_text():
     # rewarded → its value; expired → None; a different stored text → None; no row → None.
     assert _match(rollouts, rows) == [0.5, None, None, None]
     assert db_text("a\x00b") == "a\ufffdb"
+
+
+# One (reward source, right completion, wrong completion, reference) per wire verifier name.
+VERIFIER_CASES = {
+    "task": ({}, "7 + 8 = 15", "16", "15"),
+    "exact_match": ({}, " Paris\n", "paris", "Paris"),
+    "numeric": ({}, "x = 2.50", "x = 2.51", "2.5"),
+    "math_verify": ({}, "so $\\frac{1}{2}$", "so $\\frac{1}{3}$", "0.5"),
+    "regex": ({"pattern": r"\bParis\b"}, "It is Paris.", "It is Parisian.", "Paris"),
+}
+
+
+def test_every_wire_verifier_scores_a_right_completion_1_and_a_wrong_one_0():
+    from typing import get_args
+
+    from keel.types.jobs import BuiltinReward, RewardVerifier
+    from keel.types.training import TaskConfig, TaskItem
+    from keel_worker.jobrunner.rewards import builtin_verifier
+    from keel_worker.training.scoring import Rollout
+    from keel_worker.training.tasks import build_task
+
+    names = {name for literal in get_args(RewardVerifier) for name in get_args(literal)}
+    assert names == set(VERIFIER_CASES)
+    task = build_task(TaskConfig())  # addition: the `task` verifier's integer reward
+    for name, (extra, right, wrong, reference) in VERIFIER_CASES.items():
+        verify = builtin_verifier(BuiltinReward(verifier=name, **extra), task)
+        item = TaskItem(prompt="q", answer=reference)
+        scores = [verify(Rollout(0, 0, item, text, 3, "stop", 0)) for text in (right, wrong)]
+        assert scores == [1.0, 0.0], name
+
+
+@pytest.mark.slow
+def test_a_regex_reward_chosen_on_the_wire_scores_the_job(sdk, settings):
+    # `^` matches every completion: every reward is 1 (an unread verifier field would give the
+    # addition task's mostly-0 rewards from an untrained model).
+    reward = {"type": "builtin", "verifier": "regex", "pattern": "^"}
+    job = sdk.jobs.create(job_config(steps=1, checkpoint_every=0), reward=reward)
+    assert run_job(job.id, settings).status == "succeeded"
+    rollouts = sdk.rollouts.list(job.id, step=1).data
+    assert len(rollouts) == 4 and all(r.reward == 1.0 for r in rollouts)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import tiny_job_config
 from tracker_files import tensorboard_scalars, wandb_history
 
 import keel
@@ -19,16 +20,7 @@ from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_logging_test_0123456789"
 BASE_URL = "http://testserver"
-CONFIG = {
-    "model": {"name": "tiny-moe"},
-    "prompts_per_step": 2,
-    "group_size": 2,
-    "micro_batch_size": 4,
-    "rollout": {"max_new_tokens": 6},
-    "optimizer": {"lr": 1e-3},
-    "steps": 2,
-    "eval_every": 0,
-}
+CONFIG = tiny_job_config(optimizer={"lr": 1e-3})
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
+from job_configs import tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
@@ -28,17 +29,7 @@ SECRET = "webhook-secret-0123456789abcdef"
 pytestmark = pytest.mark.slow
 
 
-def job_config(**overrides) -> dict:
-    config = {
-        "model": {"name": "tiny-moe"},
-        "prompts_per_step": 2,
-        "group_size": 2,
-        "micro_batch_size": 4,
-        "rollout": {"max_new_tokens": 6},
-        "steps": 2,
-        "eval_every": 0,
-    }
-    return {**config, **overrides}
+job_config = tiny_job_config
 
 
 @pytest.fixture
@@ -126,10 +117,12 @@ def test_webhook_answers_inline_after_a_retry(sdk, settings):
     assert [(m.step, m.value) for m in dropped] == [(1, 0.0), (2, 0.0)]
 
 
-def test_rewards_posted_later_and_a_missed_deadline(sdk, settings):
+@pytest.mark.parametrize("drop", [True, False])
+def test_rewards_posted_later_and_a_missed_deadline(sdk, settings, drop):
     receiver = Receiver(lambda payload: (202, {}))
-    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "deadline_s": 1.5}
-    job = sdk.jobs.create(job_config(), reward=reward)
+    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "deadline_s": 1.5,
+              "drop_incomplete_groups": drop}  # fmt: skip
+    job = sdk.jobs.create(job_config(group_size=3, micro_batch_size=6), reward=reward)
     worker = threading.Thread(target=lambda: run_job(job.id, settings))
     worker.start()
     service = keel.Client(base_url=BASE_URL, api_key=job.reward_token,
@@ -140,10 +133,14 @@ def test_rewards_posted_later_and_a_missed_deadline(sdk, settings):
         worker.join(120)
         receiver.close()
     assert sdk.jobs.retrieve(job.id).status == "succeeded"
-    # Step 1: one member of group 1 missed its deadline, so group 1 is dropped, not zeroed.
+    # Step 1: one member of group 1 missed its deadline, so group 1 is dropped, not zeroed; or,
+    # with drop_incomplete_groups off, trains on its two rewarded members.
     metrics = {(m.step, m.name): m.value for m in sdk.metrics.list(job.id)}
-    assert metrics[(1, "groups/dropped")] == 1.0 and metrics[(1, "rewards/expired")] == 1.0
-    assert metrics[(2, "groups/dropped")] == 0.0
+    assert metrics[(1, "rewards/expired")] == 1.0 and metrics[(1, "reward/missing")] == 1.0
+    assert (metrics[(1, "groups/dropped")], metrics[(1, "groups/partial")]) == (
+        (1.0, 0.0) if drop else (0.0, 1.0)
+    )
+    assert metrics[(2, "groups/dropped")] == metrics[(2, "groups/partial")] == 0.0
     late = sdk.rollouts.retrieve(late_id)
     assert (late.status, late.reward) == ("expired", None)
     with pytest.raises(keel.ConflictError) as refused:

@@ -2,6 +2,8 @@
 
 `wait()` is the one method that is more than one HTTP call: it polls `retrieve` until the job is
 terminal and raises `JobFailedError` / `JobCancelledError` instead of returning quietly.
+`events()` reconnects a dropped stream from the last event id; only `max_retries` drops in a row
+without an event in between give up, with the SDK's `APIConnectionError`, never a raw httpx one.
 """
 
 from __future__ import annotations
@@ -9,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
-
-import httpx
 
 from keel._errors import APIConnectionError, JobCancelledError, JobFailedError, WaitTimeoutError
 from keel._sse import ServerEvent, SSEDecoder, aiter_events, iter_events
+from keel._transport import ClientConfig
 from keel.resources._base import AsyncResource, Call, SyncResource, body
 from keel.types.common import Page
 from keel.types.jobs import TERMINAL_STATUSES, Job, JobCreated, JobEvent
@@ -50,17 +50,28 @@ def _finished(job: Job) -> Job:
     return job
 
 
-def _to_job_event(job_id: str, event: ServerEvent) -> JobEvent:
-    data = event.data
-    if isinstance(data, dict) and {"id", "type", "data"} <= data.keys():
-        return JobEvent.model_validate({"job_id": job_id, **data})
-    return JobEvent(
-        id=int(event.id or 0),
-        job_id=job_id,
-        type=event.event,  # type: ignore[arg-type]
-        data=data if isinstance(data, dict) else {"value": data},
-        created_at=datetime.now(UTC),
-    )
+def _to_job_event(event: ServerEvent) -> JobEvent:
+    """The server sends each `JobEvent` whole as the event's JSON data (id and time included)."""
+    return JobEvent.model_validate(event.data)
+
+
+class _Reconnects:
+    """Consecutive dropped connections of one event stream: each event received resets the
+    count, so only a stream that keeps failing without progress gives up."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.drops = 0
+
+    def received(self) -> None:
+        self.drops = 0
+
+    def dropped(self, exc: APIConnectionError) -> float:
+        """Seconds to wait before reconnecting; past `max_retries` in a row, raises `exc`."""
+        self.drops += 1
+        if self.drops > self.config.max_retries:
+            raise exc
+        return self.config.backoff_base_s
 
 
 def _sse_headers(last_event_id: str | None) -> dict[str, str]:
@@ -102,20 +113,18 @@ class Jobs(SyncResource):
         """Stream the job's events; a dropped connection resumes from the last event seen."""
         decoder = SSEDecoder()
         decoder.last_event_id = last_event_id
-        drops = 0
+        reconnects = _Reconnects(self._transport.config)
         while True:
             headers = _sse_headers(decoder.last_event_id)
             path = f"/v1/jobs/{job_id}/events"
             try:
                 with self._transport.stream("GET", path, headers=headers) as r:
                     for event in iter_events(r.iter_lines(), decoder):
-                        yield _to_job_event(job_id, event)
+                        reconnects.received()
+                        yield _to_job_event(event)
                 return
-            except (httpx.TransportError, APIConnectionError):
-                drops += 1
-                if drops > self._transport.config.max_retries:
-                    raise
-                time.sleep(self._transport.config.backoff_base_s)
+            except APIConnectionError as exc:
+                time.sleep(reconnects.dropped(exc))
 
     def wait(
         self, job_id: str, *, timeout_s: float | None = None, poll_interval_s: float = 1.0
@@ -165,20 +174,18 @@ class AsyncJobs(AsyncResource):
         """Stream the job's events; a dropped connection resumes from the last event seen."""
         decoder = SSEDecoder()
         decoder.last_event_id = last_event_id
-        drops = 0
+        reconnects = _Reconnects(self._transport.config)
         while True:
             headers = _sse_headers(decoder.last_event_id)
             path = f"/v1/jobs/{job_id}/events"
             try:
                 async with self._transport.stream("GET", path, headers=headers) as r:
                     async for event in aiter_events(r.aiter_lines(), decoder):
-                        yield _to_job_event(job_id, event)
+                        reconnects.received()
+                        yield _to_job_event(event)
                 return
-            except (httpx.TransportError, APIConnectionError):
-                drops += 1
-                if drops > self._transport.config.max_retries:
-                    raise
-                await asyncio.sleep(self._transport.config.backoff_base_s)
+            except APIConnectionError as exc:
+                await asyncio.sleep(reconnects.dropped(exc))
 
     async def wait(
         self, job_id: str, *, timeout_s: float | None = None, poll_interval_s: float = 1.0

@@ -7,20 +7,23 @@ prompts come from and how its rollouts are rewarded (architecture.md §6).
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, HttpUrl, model_validator
 
 from keel.types.common import Float, Int, RequestModel, ResponseModel, Text
 from keel.types.prompts import PromptIn
-from keel.types.training import TrainingConfig
+from keel.types.training import TrainingConfig, VerifierName
 
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JobRequest = Literal["pause", "cancel"]
-VerifierName = Literal["task", "exact_match", "numeric"]
-REFERENCE_VERIFIERS = frozenset({"exact_match", "numeric"})
+# A builtin reward source's verifier: the task's own reward, one that compares with each prompt's
+# reference (keel.types.training.VerifierName), or a regular expression the completion must match.
+RewardVerifier = Literal["task", "regex"] | VerifierName
+REFERENCE_VERIFIERS: frozenset[str] = frozenset(get_args(VerifierName))
 
 
 # ---- prompt sources ----------------------------------------------------------------------------
@@ -56,6 +59,8 @@ class ClientPrompts(RequestModel):
 
 
 PromptSource = Annotated[TaskPrompts | DatasetPrompts | ClientPrompts, Field(discriminator="type")]
+# The `type` of each prompt source: a stored job keeps the source without its inline prompts.
+PromptSourceType = Literal["task", "dataset", "client"]
 
 
 # ---- reward sources ----------------------------------------------------------------------------
@@ -87,11 +92,26 @@ class BuiltinReward(_RewardBase):
     """A verifier run inside the worker (`task` = the built-in task's own reward)."""
 
     type: Literal["builtin"] = "builtin"
-    verifier: VerifierName = Field(
+    verifier: RewardVerifier = Field(
         default="task",
-        description="`task`: the reward of `config.task`; `exact_match`/`numeric`: compare the "
-        "completion with each dataset prompt's `reference`.",
+        description="`task`: the reward of `config.task`; `exact_match`/`numeric`/`math_verify`: "
+        "compare the completion with each prompt's `reference`; `regex`: 1 when `pattern` "
+        "matches somewhere in the completion, else 0.",
     )
+    pattern: str | None = Field(
+        default=None, min_length=1, max_length=1000, description="The `regex` verifier's pattern."
+    )
+
+    @model_validator(mode="after")
+    def _pattern_only_for_regex(self) -> BuiltinReward:
+        if (self.verifier == "regex") != (self.pattern is not None):
+            raise ValueError("`pattern` goes with the `regex` verifier, and only with it")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"`pattern` is not a regular expression: {exc}") from None
+        return self
 
 
 class WebhookReward(_RewardBase):
@@ -134,8 +154,9 @@ class JobCreate(RequestModel):
             return self
         if reward.verifier == "task" and not isinstance(prompts, TaskPrompts):
             raise ValueError(
-                "the `task` verifier scores `config.task` prompts only; use `exact_match` or "
-                "`numeric` with references, or a webhook/external reward source"
+                "the `task` verifier scores `config.task` prompts only; use a reference verifier "
+                f"({', '.join(sorted(REFERENCE_VERIFIERS))}), `regex`, or a webhook/external "
+                "reward source"
             )
         if reward.verifier in REFERENCE_VERIFIERS and isinstance(prompts, TaskPrompts):
             raise ValueError(f"verifier `{reward.verifier}` needs dataset or client prompts")

@@ -4,7 +4,8 @@ These are the only place where the defaults of a run live (house style rule 1). 
 follows paper-spec §3.3: each global step samples `prompts_per_step` prompts × `group_size`
 responses, splits them into `num_minibatches` mini-batches and applies one AdamW update per
 mini-batch. Routing Replay `auto` is the paper's recipe (paper-spec §5.3): none for N = 1 (R2 is
-a no-op there and R3 gave no gain), R2 for N = 2, R3 for N ≥ 4.
+a no-op there and R3 gave no gain), R2 for N = 2 (and 3, which the paper does not run), R3 for
+N ≥ 4.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from keel.types.prompts import MAX_PROMPT_CHARS
 
 RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
 ResolvedReplay = Literal["none", "R2", "R3"]
-VerifierName = Literal["exact_match", "numeric"]
+# Verifiers that compare a completion with a reference answer (a dataset task's, or a builtin
+# reward source's): `math_verify` is the paper's math reward (symbolic equivalence, HF Math-Verify).
+VerifierName = Literal["exact_match", "numeric", "math_verify"]
 # The worker's task registry (`keel_worker.training.tasks.TASKS`) has exactly these names; a
 # contract test keeps them equal, so an unknown task is a 422 at job creation.
 TaskName = Literal["addition", "dataset"]
@@ -100,7 +103,11 @@ class TaskConfig(_Strict):
 class RolloutConfig(_Strict):
     """How the inference engine samples (the μ_θold of paper-spec §1.1)."""
 
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="`hf`: transformers on the CPU, also on a CUDA worker (its decode loop is "
+        "CPU-only; the trainer still uses the GPU); `vllm`: the GPU rollout engine.",
+    )
     precision: RolloutPrecision = Field(
         "fp32",
         description="Inference weights: fp32 (exact copy), bf16, fp8 (float8_e4m3fn, a scale per "
@@ -211,7 +218,7 @@ class TrainingConfig(_Strict):
             return self.routing_replay
         if not is_moe or self.num_minibatches == 1:
             return "none"
-        return "R2" if self.num_minibatches == 2 else "R3"
+        return "R3" if self.num_minibatches >= 4 else "R2"
 
     @model_validator(mode="after")
     def _schedule_is_possible(self) -> TrainingConfig:

@@ -234,17 +234,6 @@ def finish_job(
     )
 
 
-def release_lease(session: Session, job_id: str, owner: str) -> bool:
-    """Give the lease up without changing status (e.g. worker shutdown): the next delivery of
-    `keel.run_job` may take the job over at once."""
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == owner)
-        .values(lease_owner=None, updated_at=utcnow())
-    )
-    return cas_update(session, stmt)
-
-
 def find_stale_jobs(
     session: Session, *, lease_timeout_s: float, now: datetime | None = None
 ) -> list[str]:

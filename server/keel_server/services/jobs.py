@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import get_args
 
 from sqlalchemy.exc import IntegrityError
 
 from keel.types.common import Page
 from keel.types.jobs import (
+    REFERENCE_VERIFIERS,
     DatasetPrompts,
     Job,
     JobCreate,
     JobCreated,
+    JobStatus,
     WebhookReward,
 )
 from keel_server.db import jobs as jobs_db
@@ -41,7 +44,7 @@ from keel_server.services.paging import page_limit
 from keel_server.services.quotas import check_active_jobs
 from keel_server.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 
-JOB_STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 
 
 def create(
@@ -148,7 +151,7 @@ def _dataset_prompts(
         return [(p.text, p.reference) for p in source.prompts]
     items = files.read_prompts(ctx, principal, source.file_id)
     verifier = getattr(req.reward, "verifier", None)
-    if verifier in ("exact_match", "numeric") and any(ref is None for _, ref in items):
+    if verifier in REFERENCE_VERIFIERS and any(ref is None for _, ref in items):
         raise invalid(
             ["body", "prompts", "file_id"],
             f"verifier `{verifier}` needs a `reference` on every line of the file",

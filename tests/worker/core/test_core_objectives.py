@@ -12,6 +12,7 @@ and one padding position (1,2) holding log-probs of −inf. Losses are what is m
 
 from __future__ import annotations
 
+from inspect import signature
 from math import log, sqrt
 
 import pytest
@@ -237,7 +238,42 @@ def test_gradient_flows_only_through_current_logprobs(ref_batch, name):
     assert all(not value.requires_grad for value in out.metrics.values())
 
 
-def test_with_an_is_correction_every_objective_multiplies_the_train_infer_weight(ref_batch):
+def test_every_objective_is_in_the_hyperparameter_table():
+    # The "every objective" tests below parametrize over ALL_HYPER: it must name every one.
+    assert set(ALL_HYPER) == set(OBJECTIVES)
+
+
+WITH_IS_CORRECTION = sorted(n for n, h in ALL_HYPER.items() if "is_correction" in h)
+
+
+def test_the_train_infer_weight_test_covers_every_objective_that_takes_a_correction():
+    takes = {n for n, fn in OBJECTIVES.items() if "is_correction" in signature(fn).parameters}
+    assert set(WITH_IS_CORRECTION) == takes
+
+
+@pytest.mark.parametrize("name", WITH_IS_CORRECTION)
+def test_with_an_is_correction_every_objective_multiplies_the_train_infer_weight(
+    probs_batch, name
+):
+    # μ_old = π_old / 3 everywhere: π_old/μ_old = 3 on every token, so an uncapped truncation
+    # weight is v_t = 3 and the loss must be exactly 3× the loss without the correction. (For
+    # MiniRL's `full` scope the weight is π_θ/μ_old = 3 · π_θ/π_old, the no-correction weight.)
+    # The clip decisions look at π_θ/π_old only, so nothing else changes.
+    old = [[0.50, 0.50, 0.60], [0.50, 0.40, None]]
+    rollout = [[None if p is None else p / 3 for p in row] for row in old]
+    uncapped = {"mode": "token_truncate", "cap": 1e6}
+
+    def loss(correction):
+        batch = probs_batch([[0.60, 0.55, 0.90], [0.30, 0.80, None]], old, rollout, [1.0, -0.5])
+        hyper = ALL_HYPER[name] | {"is_correction": correction}
+        return OBJECTIVES[name](batch, normalizer=2.0, **hyper).loss.item()
+
+    plain = loss(None)
+    assert plain != 0.0
+    assert loss(uncapped) == pytest.approx(3.0 * plain, rel=1e-12)
+
+
+def test_icepop_masks_a_token_out_of_the_grpo_loss(ref_batch):
     # GRPO + IcePop on π_old/μ_old = [1.25, 10, 1 | 1, 2] with bounds [0.5, 5]: (0,1) is
     # masked out, the others keep their ratio. PPO terms [1.2, 1.1, 1.27 | −0.4, −1.0]:
     # Σ = 1.25·1.2 + 0 + 1.27 − 0.4 − 2·1.0 = 0.37 with token_mean over 5 tokens.

@@ -93,7 +93,7 @@ def test_moe_routes_match_the_trainer_forward(tiny_moe) -> None:
             tiny_moe.model(torch.tensor([sequence]))
         routes = batch.routes[i]
         assert routes.dtype == torch.uint8 and routes.shape == (len(sequence), 4, 2)
-        assert torch.equal(routes, recording.routes_B_T_L_K[0])
+        assert torch.equal(routes, recording.routes_B_S_L_K[0])
 
 
 def test_low_precision_engines_have_a_measurable_mismatch(tiny_moe) -> None:

@@ -27,12 +27,12 @@ def test_replaying_recorded_routes_is_bit_identical(moe) -> None:
     ids = _input_ids()
     with torch.no_grad(), replay.record() as recording:
         plain = moe(ids).logits
-    routes = recording.routes_B_T_L_K
+    routes = recording.routes_B_S_L_K
     assert routes.shape == (3, 9, 4, 2) and routes.dtype == torch.uint8
     with torch.no_grad(), replay.replay(routes) as natural:
         replayed = moe(ids).logits
     assert torch.equal(plain, replayed)
-    assert torch.equal(natural.routes_B_T_L_K, routes)
+    assert torch.equal(natural.routes_B_S_L_K, routes)
 
 
 def test_router_gets_gradients_under_replay(moe) -> None:
@@ -41,7 +41,7 @@ def test_router_gets_gradients_under_replay(moe) -> None:
     with torch.no_grad(), replay.record() as recording:
         moe(ids)
     moe.zero_grad()
-    with replay.replay(recording.routes_B_T_L_K):
+    with replay.replay(recording.routes_B_S_L_K):
         moe(ids).logits.logsumexp(-1).sum().backward()
     for router in replay.routers:
         # Only the recomputed gate weights connect the router to the loss.
@@ -54,7 +54,7 @@ def test_replaying_other_routes_changes_outputs_and_uses_them(moe) -> None:
     ids = _input_ids()
     with torch.no_grad(), replay.record() as recording:
         plain = moe(ids).logits
-    shifted = ((recording.routes_B_T_L_K.long() + 1) % replay.num_experts).to(torch.uint8)
+    shifted = ((recording.routes_B_S_L_K.long() + 1) % replay.num_experts).to(torch.uint8)
     captured: list[torch.Tensor] = []
     with torch.no_grad(), replay.replay(shifted):
         # Hooks run in registration order: this one, registered after the replay hook, sees the
@@ -94,7 +94,7 @@ def test_records_every_generate_call() -> None:
         )
     # Prefill (3 tokens) then 2 decode steps: the last generated token is never fed.
     assert [tuple(c.shape) for c in recording.calls] == [(1, 3, 4, 2), (1, 1, 4, 2), (1, 1, 4, 2)]
-    assert recording.routes_B_T_L_K.shape == (1, 5, 4, 2)
+    assert recording.routes_B_S_L_K.shape == (1, 5, 4, 2)
 
 
 def test_dense_model_and_bad_routes_raise(tiny_dense) -> None:
@@ -127,4 +127,4 @@ def test_hooking_the_decoder_records_the_same_routes() -> None:
         model(ids)
     with torch.no_grad(), RoutingReplay(model.get_decoder()).record() as on_decoder:
         model(ids)
-    assert torch.equal(on_lm.routes_B_T_L_K, on_decoder.routes_B_T_L_K)
+    assert torch.equal(on_lm.routes_B_S_L_K, on_decoder.routes_B_S_L_K)

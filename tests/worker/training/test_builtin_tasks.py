@@ -1,12 +1,18 @@
 """Built-in tasks and verifiers: the addition task of issue 3 and user datasets."""
 
-from keel.types.training import TaskConfig, TaskItem
+from typing import get_args
+
+import pytest
+
+from keel.types.training import TaskConfig, TaskItem, VerifierName
 from keel_worker.training.tasks import (
+    VERIFIERS,
     PromptStream,
     build_task,
     exact_match_reward,
     integer_reward,
     last_integer,
+    math_verify_reward,
     numeric_reward,
 )
 
@@ -49,6 +55,33 @@ def test_dataset_verifiers():
     task = build_task(TaskConfig(name="dataset", items=items, verifier="exact_match"))
     assert len(task.train_items) == 8 and len(task.eval_items) == 2
     assert task.reward("3", TaskItem(prompt="q3", answer="3")) == 1.0
+
+
+def test_every_wire_verifier_name_has_a_verifier():
+    assert set(VERIFIERS) == set(get_args(VerifierName))
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        ("The answer is $\\frac{1}{2}$.", "0.5", 1.0),  # symbolic equality, not string equality
+        ("so the result is \\boxed{\\sqrt{2}/2}", "\\frac{\\sqrt2}{2}", 1.0),
+        ("7 + 8 = 15", "15", 1.0),
+        ("7 + 8 = 16", "15", 0.0),
+        ("no number here", "15", 0.0),
+        ("$x = 2$ or maybe $\\frac{1}{3}$", "\\frac{1}{2}", 0.0),
+    ],
+)
+def test_math_verify_checks_mathematical_equivalence(completion, answer, expected):
+    assert math_verify_reward(completion, answer) == expected
+
+
+def test_math_verify_runs_outside_the_main_thread():
+    # Math-Verify's signal-based timeout cannot run in a thread; the verifier must still work.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(math_verify_reward, "$\\frac{2}{4}$", "0.5").result() == 1.0
 
 
 def test_prompt_stream_resumes_from_its_cursor():

@@ -33,10 +33,14 @@ def test_unknown_fields_are_rejected():
 
 @pytest.mark.parametrize(
     ("n", "is_moe", "expected"),
-    [(1, True, "none"), (2, True, "R2"), (4, True, "R3"), (8, True, "R3"), (4, False, "none")],
+    [
+        (1, True, "none"), (2, True, "R2"), (3, True, "R2"), (4, True, "R3"), (8, True, "R3"),
+        (4, False, "none"),
+    ],
 )
 def test_auto_replay_follows_the_paper_recipe(n, is_moe, expected):
-    cfg = TrainingConfig(prompts_per_step=8, group_size=8, num_minibatches=n)
+    # README: R2 below N = 4, R3 from N >= 4 (N = 3 is neither of the paper's runs: R2).
+    cfg = TrainingConfig(prompts_per_step=12, group_size=8, num_minibatches=n)
     assert cfg.resolved_routing_replay(is_moe=is_moe) == expected
 
 

@@ -14,7 +14,6 @@ from keel_worker.engines.models import load_model
 from keel_worker.training.checkpoint import load_checkpoint
 from keel_worker.training.run import train
 from keel_worker.training.step import Trainer
-from keel_worker.training.tasks import build_task
 
 ITEMS = [TaskItem(prompt=f"What is {a} + 1?", answer=str(a + 1)) for a in range(2)]
 
@@ -136,6 +135,45 @@ def test_missing_rewards_drop_the_whole_group(cache_dir):
     assert trainer.policy_version == 1
 
 
+def _rewards_of(table):
+    """A scorer returning table[group][sample] (None = the reward never arrived)."""
+    return lambda rollouts: [table[r.group_index][r.sample_index] for r in rollouts]
+
+
+def test_partial_groups_keep_their_rewarded_members_and_baseline_from_them(cache_dir):
+    # Group 0 = [1, 0, 1, missing], group 1 = [0, 0, 0, 0] (zero variance).
+    # Baseline from the three rewarded members: mean 2/3, advantages [1/3, −2/3, 1/3];
+    # abs mean over the 7 kept responses = (4/3) / 7 = 4/21. Scoring the missing one as 0
+    # would give [.5, −.5, .5, −.5] and 2/8 instead; dropping the group, 0.
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+    table = [[1.0, 0.0, 1.0, None], [0.0, 0.0, 0.0, 0.0]]
+    metrics = trainer.step(ITEMS, _rewards_of(table), seed=2, drop_incomplete_groups=False)
+    assert (metrics["groups/partial"], metrics["groups/dropped"]) == (1.0, 0.0)
+    assert metrics["reward/missing"] == 1.0
+    assert metrics["advantage/abs_mean"] == pytest.approx(4 / 21, rel=1e-6)
+    assert metrics["advantage/zero_variance_frac"] == 0.5
+    assert metrics["optim/grad_norm"] > 0 and trainer.policy_version == 1
+
+
+def test_fewer_kept_responses_than_mini_batches_still_update(cache_dir):
+    # 2 prompts × 2 responses in N = 4 mini-batches; one group dropped leaves 2 responses, so
+    # two of the four mini-batches are empty: they are skipped, the kept ones still update.
+    trainer, _ = _trainer(tiny_config(group_size=2, num_minibatches=4, micro_batch_size=1),
+                          cache_dir)  # fmt: skip
+    metrics = trainer.step(ITEMS, _rewards_of([[None, 1.0], [1.0, 0.0]]), seed=2)
+    assert metrics["groups/dropped"] == 1.0
+    assert metrics["optim/grad_norm"] > 0 and trainer.policy_version == 1
+
+
+def test_a_partial_group_with_one_reward_left_is_dropped(cache_dir):
+    # One rewarded member has no group baseline to compare with: the group is dropped.
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+    table = [[1.0, None, None, None], [1.0, 0.0, 1.0, 0.0]]
+    metrics = trainer.step(ITEMS, _rewards_of(table), seed=2, drop_incomplete_groups=False)
+    assert (metrics["groups/partial"], metrics["groups/dropped"]) == (0.0, 1.0)
+    assert metrics["advantage/abs_mean"] == pytest.approx(0.5)
+
+
 def test_resume_reproduces_the_next_step(tmp_path, cache_dir):
     config = tiny_config(checkpoint_every=1)
     straight = list(train(config, workdir=tmp_path / "a", reward_fn=parity_reward,
@@ -164,10 +202,32 @@ def test_dense_model_with_replay_is_a_clear_error(cache_dir):
 
 
 def test_task_rewards_are_used_by_default(tmp_path, cache_dir):
-    config = tiny_config(model={"name": "tiny-dense"}, steps=1, num_minibatches=1)
-    (result,) = train(config, workdir=tmp_path, cache_dir=cache_dir)
-    assert result.metrics["reward/mean"] == 0.0  # an untrained byte model never adds up
-    assert len(build_task(config.task).eval_items) == 20
+    # A dataset task scored by exact match. Run 1 (any reward_fn) records what the untrained
+    # model answers; run 2, seeded the same and given no reward_fn, gets each prompt's first
+    # answer as its reference, so the default scorer must give 1 to every completion equal to
+    # it and 0 to the others (an always-zero scorer fails; so does one that ignores the task).
+    prompts = [f"What is {a} + 1?" for a in range(5)]
+
+    def dataset(answers):
+        items = [{"prompt": p, "answer": answers.get(p, "?")} for p in prompts]
+        return {"name": "dataset", "items": items, "verifier": "exact_match"}
+
+    def config(answers):
+        return tiny_config(model={"name": "tiny-dense"}, steps=1, num_minibatches=1,
+                           task=dataset(answers))  # fmt: skip
+
+    seen = []
+
+    def recording(rollouts):
+        seen.extend(rollouts)
+        return [0.0] * len(rollouts)
+
+    list(train(config({}), workdir=tmp_path / "a", reward_fn=recording, cache_dir=cache_dir))
+    first = {r.item.prompt: r.completion for r in seen if r.sample_index == 0}
+    (result,) = train(config(first), workdir=tmp_path / "b", cache_dir=cache_dir)
+    expected = [r.completion.strip() == first[r.item.prompt].strip() for r in seen]
+    assert result.metrics["reward/mean"] == pytest.approx(sum(expected) / len(expected))
+    assert result.metrics["reward/mean"] >= 1 / 4  # at least each group's first answer
 
 
 def test_should_stop_checkpoints_and_ends_the_run(tmp_path, cache_dir):

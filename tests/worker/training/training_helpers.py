@@ -6,29 +6,24 @@ has a conftest.py, so `from conftest import ...` would pick whichever was import
 
 from __future__ import annotations
 
+from job_configs import merge_config, tiny_job_config
+
 from keel.types.training import TrainingConfig
+
+# The tiny job with groups of 4 in 2 mini-batches (so R2/R3 and π_old recompute have work), a
+# high lr and no gradient clipping (so one step visibly moves the weights).
+_STEP = {
+    "group_size": 4,
+    "num_minibatches": 2,
+    "micro_batch_size": 2,
+    "rollout": {"max_new_tokens": 8},
+    "optimizer": {"lr": 1e-2, "grad_clip": None},
+}
 
 
 def tiny_config(**overrides) -> TrainingConfig:
     """A step small enough for a 2-core CPU: 2 prompts × 4 responses of ≤ 8 tokens."""
-    base = {
-        "model": {"name": "tiny-moe"},
-        "prompts_per_step": 2,
-        "group_size": 4,
-        "num_minibatches": 2,
-        "micro_batch_size": 2,
-        "rollout": {"max_new_tokens": 8},
-        "optimizer": {"lr": 1e-2, "grad_clip": None},
-        "steps": 2,
-        "eval_every": 0,
-        "seed": 0,
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return TrainingConfig.model_validate(base)
+    return TrainingConfig.model_validate(merge_config(tiny_job_config(**_STEP), overrides))
 
 
 def parity_reward(rollouts):

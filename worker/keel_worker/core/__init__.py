@@ -9,6 +9,5 @@ Modules, one concept each:
     aggregation    loss aggregation modes and the global (micro-batch invariant) normalizer
     advantages     group_mean / mean_std / rloo advantages and zero-variance groups
     diagnostics    training–inference mismatch, entropy, routing disagreement
-    routing        routing-replay index alignment onto the training forward's positions
     masked         masked reductions and the clamped log-ratio shared by all of the above
 """

@@ -4,8 +4,8 @@ Owns the forward hooks on the `*TopKRouter` modules of the transformers MoE fami
 these routers returns `(router_logits, router_scores, router_indices)` from `forward`:
 
 - `record()` stores `router_indices` of every MoE layer for every forward call (prefill and each
-  decode step of `generate` alike) as a compact integer tensor `[B, T, L, K]`;
-- `replay(routes_B_T_L_K)` swaps only the discrete top-k choice (R2 replays the π_old training
+  decode step of `generate` alike) as a compact integer tensor `[B, S, L, K]`;
+- `replay(routes_B_S_L_K)` swaps only the discrete top-k choice (R2 replays the π_old training
   forward's routes, R3 the inference engine's, Eq. 6 of the paper). The gate weights are
   recomputed from the live router logits with the family's own normalization,
       g_i = I_ref,i · softmax(s)_i / Σ_j I_ref,j · softmax(s)_j   (normalized families),
@@ -53,12 +53,12 @@ def routes_dtype(num_experts: int) -> torch.dtype:
 
 @dataclass
 class RouteRecording:
-    """Routes captured by `RoutingReplay.record()`, one `[B, T_call, L, K]` tensor per forward."""
+    """Routes captured by `RoutingReplay.record()`, one `[B, S_call, L, K]` tensor per forward."""
 
     calls: list[torch.Tensor] = field(default_factory=list)
 
     @property
-    def routes_B_T_L_K(self) -> torch.Tensor:
+    def routes_B_S_L_K(self) -> torch.Tensor:
         """All calls concatenated along time (prefill then each decode step for `generate`)."""
         if not self.calls:
             raise RoutingReplayError("no forward pass ran inside record()")
@@ -91,7 +91,7 @@ class RoutingReplay:
 
         def on_model_end(*_args: object) -> None:
             batch, time = shape.pop()
-            layers = [_to_B_T_K(idx, batch, time) for idx in pending]
+            layers = [_to_B_S_K(idx, batch, time) for idx in pending]
             recording.calls.append(torch.stack(layers, dim=2).to("cpu", self.dtype))
 
         handles = [r.register_forward_hook(on_router) for r in self.routers]
@@ -104,22 +104,22 @@ class RoutingReplay:
                 handle.remove()
 
     @contextmanager
-    def replay(self, routes_B_T_L_K: torch.Tensor) -> Iterator[RouteRecording]:
-        """Replay `routes_B_T_L_K` (the layout `record()` produces) in every forward in the block.
+    def replay(self, routes_B_S_L_K: torch.Tensor) -> Iterator[RouteRecording]:
+        """Replay `routes_B_S_L_K` (the layout `record()` produces) in every forward in the block.
 
         Yields a recording of the routes the router would have chosen naturally (its own top-k on
         the live logits), so callers can measure routing disagreement without a second forward.
         """
-        self._check_routes(routes_B_T_L_K)
+        self._check_routes(routes_B_S_L_K)
         natural = RouteRecording()
         natural_layers: list[torch.Tensor | None] = [None] * self.num_layers
-        batch, time = routes_B_T_L_K.shape[:2]
+        batch, time = routes_B_S_L_K.shape[:2]
 
         def on_router(module: nn.Module, _inputs: tuple, output: tuple) -> tuple:
             layer = self.layer_of[id(module)]
             logits, scores, natural_idx = output
             natural_layers[layer] = natural_idx.detach()
-            idx = routes_B_T_L_K[:, :, layer, :].reshape(-1, self.top_k)
+            idx = routes_B_S_L_K[:, :, layer, :].reshape(-1, self.top_k)
             if idx.shape[0] != logits.shape[0]:
                 raise RoutingReplayError(
                     f"replay routes cover {idx.shape[0]} tokens ({batch}×{time}) but the forward "
@@ -129,7 +129,7 @@ class RoutingReplay:
             return logits, _replayed_gates(module, logits, idx, scores.dtype), idx
 
         def on_model_end(*_args: object) -> None:
-            layers = [_to_B_T_K(idx, batch, time) for idx in natural_layers]
+            layers = [_to_B_S_K(idx, batch, time) for idx in natural_layers]
             natural.calls.append(torch.stack(layers, dim=2).to("cpu", self.dtype))
 
         handles = [r.register_forward_hook(on_router) for r in self.routers]
@@ -140,14 +140,14 @@ class RoutingReplay:
             for handle in handles:
                 handle.remove()
 
-    def _check_routes(self, routes_B_T_L_K: torch.Tensor) -> None:
+    def _check_routes(self, routes_B_S_L_K: torch.Tensor) -> None:
         expected = (self.num_layers, self.top_k)
-        if routes_B_T_L_K.dim() != 4 or tuple(routes_B_T_L_K.shape[2:]) != expected:
+        if routes_B_S_L_K.dim() != 4 or tuple(routes_B_S_L_K.shape[2:]) != expected:
             raise RoutingReplayError(
-                f"routes must be [B, T, L={expected[0]}, K={expected[1]}], "
-                f"got {tuple(routes_B_T_L_K.shape)}"
+                f"routes must be [B, S, L={expected[0]}, K={expected[1]}], "
+                f"got {tuple(routes_B_S_L_K.shape)}"
             )
-        if routes_B_T_L_K.numel() and int(routes_B_T_L_K.max()) >= self.num_experts:
+        if routes_B_S_L_K.numel() and int(routes_B_S_L_K.max()) >= self.num_experts:
             raise RoutingReplayError(f"expert id out of range (model has {self.num_experts})")
 
 
@@ -169,7 +169,7 @@ def _replayed_gates(
     return gates.to(scores_dtype)
 
 
-def _to_B_T_K(idx_N_K: torch.Tensor | None, batch: int, time: int) -> torch.Tensor:
+def _to_B_S_K(idx_N_K: torch.Tensor | None, batch: int, time: int) -> torch.Tensor:
     if idx_N_K is None:
         raise RoutingReplayError("an MoE layer did not run during the forward")
     return idx_N_K.reshape(batch, time, -1)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
@@ -33,7 +34,7 @@ from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.model_access import ModelNotAllowed, resolve_model
 from keel_server.settings import Settings
-from keel_server.storage import archive_digest
+from keel_server.storage import archive_digest, job_dir
 from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
@@ -41,7 +42,7 @@ from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_ver
 from keel_worker.jobrunner.spec import JobSpec
 from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
-from keel_worker.training.run import step_seed
+from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
 from keel_worker.training.trackers import StepTrackers
@@ -72,7 +73,8 @@ class JobLoop:
         self.settings = settings
         self.factory = factory
         self.control = control
-        self.workdir = Path(settings.artifacts_dir) / "jobs" / spec.id
+        self.workdir = job_dir(settings.artifacts_dir, spec.id)
+        self.schedule = StepSchedule.of(spec.config)
         self.step_reached = 0
 
     def run(self) -> str:
@@ -103,8 +105,7 @@ class JobLoop:
                 )
             self.trackers.log(done, metrics)
             self.step_reached = done
-            every = cfg.checkpoint_every
-            if (every and done % every == 0) or done == cfg.steps:
+            if self.schedule.checkpoints_after(done):
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
         if self.trainer.policy_version == 0:
             raise TrainedOnNothing(
@@ -123,21 +124,22 @@ class JobLoop:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
         self.run_state = run
         self.trainer, self.engine, self.tokenizer = run.trainer, run.engine, run.tokenizer
-        self.task = _task_or_none(cfg, spec.prompt_source, spec.reward_source)
+        self.task = _task_or_none(cfg, spec.prompt_type, spec.reward_source)
         self.step_reached, cursor = run.step, run.data_cursor
         if run.resumed_from is not None:
             self._ensure_registered(run.resumed_from, run.step, run.trainer.policy_version)
         self.prompts = make_prompt_source(
-            spec.prompt_source, task=self.task, seed=cfg.seed, cursor=cursor,
+            spec.prompt_type, task=self.task, seed=cfg.seed, cursor=cursor,
             factory=self.factory, job_id=spec.id, control=self.control,
             poll_interval_s=self.settings.prompt_poll_interval_s,
         )
+        source = spec.reward_source
         verifier = None
-        if spec.reward_source.get("type", "builtin") == "builtin":
-            verifier = builtin_verifier(spec.reward_source, self.task)
+        if isinstance(source, BuiltinReward):
+            verifier = builtin_verifier(source, self.task)
         self.rewards = RewardContext(
             factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
-            source=spec.reward_source, webhook_secret=spec.webhook_secret, verifier=verifier,
+            source=source, webhook_secret=spec.webhook_secret, verifier=verifier,
         )
         self.trackers = StepTrackers.open(
             cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
@@ -161,18 +163,23 @@ class JobLoop:
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:
-        cfg = self.spec.config
+        cfg, schedule = self.spec.config, self.schedule
         metrics: dict[str, float] = {}
-        if self.task is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+        if self.task is not None and schedule.evaluates_before(step):
             metrics.update(self._evaluate())
         items = self.prompts.take(cfg.prompts_per_step)
         scorer = StepScorer(
             self.rewards, step=step + 1, policy_version=self.trainer.policy_version
         )
-        metrics.update(self.trainer.step(items, scorer, seed=step_seed(cfg.seed, step)))
-        if self.spec.reward_source.get("type") == "webhook":
+        metrics.update(
+            self.trainer.step(
+                items, scorer, seed=schedule.seed_of(step),
+                drop_incomplete_groups=self.spec.reward_source.drop_incomplete_groups,
+            )
+        )
+        if isinstance(self.spec.reward_source, WebhookReward):
             metrics["webhook/delivery_failures"] = float(scorer.delivery_failures)
-        if step + 1 == cfg.steps and self.task is not None and cfg.eval_every > 0:
+        if self.task is not None and schedule.evaluates_after(step):
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics
 
@@ -217,12 +224,11 @@ class JobLoop:
 
 
 def _task_or_none(
-    cfg: TrainingConfig, prompt_source: dict[str, Any], reward_source: dict[str, Any]
+    cfg: TrainingConfig, prompt_type: PromptSourceType, reward_source: RewardSource
 ) -> Task | None:
     """The built-in task, when the job draws prompts or rewards from it."""
-    uses_task = prompt_source.get("type", "task") == "task" or (
-        reward_source.get("type", "builtin") == "builtin"
-        and reward_source.get("verifier", "task") == "task"
+    uses_task = prompt_type == "task" or (
+        isinstance(reward_source, BuiltinReward) and reward_source.verifier == "task"
     )
     return build_task(cfg.task) if uses_task else None
 

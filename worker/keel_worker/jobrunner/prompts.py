@@ -11,13 +11,13 @@ continues exactly where it stopped.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Protocol
+from typing import Protocol
 
+from keel.types.jobs import PromptSourceType
 from keel.types.training import TaskItem
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.prompts import count_prompts, fetch_prompts
-from keel_worker.jobrunner.control import JobControl
+from keel_server.db.prompts import fetch_prompts, wait_for_prompts
+from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.training.tasks import PromptStream, Task
 
 
@@ -78,14 +78,16 @@ class DbPromptSource:
         return [TaskItem(prompt=rows[i].text, answer=rows[i].reference or "") for i in indices]
 
     def _wait_for(self, n: int) -> int:
-        """The job's prompt count once `n` prompts past the cursor can be read."""
-        while True:
-            with session_scope(self.factory) as session:
-                total = count_prompts(session, self.job_id)
-            if (self.cycle and total > 0) or total >= self.cursor + n:
-                return total
-            self.control.check()
-            time.sleep(self.poll_interval_s)
+        """The job's prompt count once `n` prompts past the cursor can be read (a dataset
+        cycles, so one prompt is enough); a pause, cancel or lost lease raises `StopRun`."""
+        needed = 1 if self.cycle else self.cursor + n
+        total = wait_for_prompts(
+            self.factory, self.job_id, needed=needed, poll_interval_s=self.poll_interval_s,
+            should_stop=lambda: self.control.stop_reason() is not None,
+        )
+        if total < needed:
+            raise StopRun(self.control.stop_reason() or "cancel")
+        return total
 
 
 def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -100,7 +102,7 @@ def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def make_prompt_source(
-    source: dict[str, Any],
+    kind: PromptSourceType,
     *,
     task: Task | None,
     seed: int,
@@ -110,14 +112,11 @@ def make_prompt_source(
     control: JobControl,
     poll_interval_s: float,
 ) -> PromptSource:
-    kind = source.get("type", "task")
     if kind == "task":
         if task is None:
             raise ValueError("prompt source `task` needs config.task to name a built-in task")
         return TaskPromptSource(task, seed=seed, cursor=cursor)
-    if kind in ("dataset", "client"):
-        return DbPromptSource(
-            factory, job_id, cycle=kind == "dataset", cursor=cursor, control=control,
-            poll_interval_s=poll_interval_s,
-        )
-    raise ValueError(f"unknown prompt source type {kind!r}")
+    return DbPromptSource(
+        factory, job_id, cycle=kind == "dataset", cursor=cursor, control=control,
+        poll_interval_s=poll_interval_s,
+    )

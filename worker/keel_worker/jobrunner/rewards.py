@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
+from keel.types.jobs import BuiltinReward, RewardSource, WebhookReward
 from keel.types.rewards import RewardItem, reward_problem
 from keel_server.db import SessionFactory, session_scope, utcnow
 from keel_server.db.events import append_event
@@ -44,27 +44,24 @@ from keel_server.webhook_targets import WebhookAllow
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver, payload_for
 from keel_worker.training.scoring import Rollout
-from keel_worker.training.tasks import VERIFIERS, Task, numeric_reward
+from keel_worker.training.tasks import VERIFIERS, Task
 
 log = logging.getLogger(__name__)
 
 Verifier = Callable[[Rollout], float]
 
 
-def builtin_verifier(source: dict[str, Any], task: Task | None) -> Verifier:
+def builtin_verifier(source: BuiltinReward, task: Task | None) -> Verifier:
     """The worker-side verifier named by a `builtin` reward source."""
-    name = source.get("verifier", "task")
-    if name == "task":
+    if source.verifier == "task":
         if task is None:
             raise ValueError("the `task` verifier needs config.task to name a built-in task")
         return lambda r: task.reward(r.completion, r.item)
-    if name == "regex":
-        pattern = re.compile(source["pattern"])
+    if source.verifier == "regex":
+        assert source.pattern is not None  # the wire model requires it with `regex`
+        pattern = re.compile(source.pattern)
         return lambda r: 1.0 if pattern.search(r.completion) else 0.0
-    if name == "math_verify":
-        # No symbolic checker ships with the worker: numeric equivalence of the final answer.
-        return lambda r: numeric_reward(r.completion, r.item.answer)
-    verifier = VERIFIERS[name]
+    verifier = VERIFIERS[source.verifier]
     return lambda r: verifier(r.completion, r.item.answer)
 
 
@@ -81,14 +78,14 @@ class RewardContext:
     settings: Settings
     control: JobControl
     job_id: str
-    source: dict[str, Any]
+    source: RewardSource
     webhook_secret: str | None
     verifier: Verifier | None  # builtin sources only
     waited_s: float = 0.0  # time this run has spent waiting for rewards, all steps together
 
     @property
     def deadline_s(self) -> float:
-        return float(self.source.get("deadline_s") or self.settings.reward_deadline_s)
+        return self.source.deadline_s or self.settings.reward_deadline_s
 
 
 class StepScorer:
@@ -106,7 +103,7 @@ class StepScorer:
         rows, fresh = self._rows(rollouts, computed)
         if computed is not None:
             return list(computed)
-        if ctx.source.get("type") == "webhook":
+        if isinstance(ctx.source, WebhookReward):
             self._push(rows if fresh else [r for r in rows if r.status == "awaiting_reward"])
         started = time.monotonic()
         cap_s = ctx.settings.max_reward_wait_s
@@ -153,15 +150,16 @@ class StepScorer:
         if not rows:
             return
         ctx, source = self.ctx, self.ctx.source
+        assert isinstance(source, WebhookReward)
         payload = payload_for(ctx.job_id, self.step, rows)
         try:
             reply = deliver(
-                str(source["url"]),
+                str(source.url),
                 ctx.webhook_secret or "",
                 payload,
                 allow=WebhookAllow.parse(ctx.settings.webhook_allow),
-                timeout_s=float(source.get("timeout_s") or ctx.settings.webhook_timeout_s),
-                max_attempts=int(source.get("max_attempts") or ctx.settings.webhook_max_attempts),
+                timeout_s=source.timeout_s,
+                max_attempts=source.max_attempts,
                 backoff_s=ctx.settings.webhook_backoff_s,
             )
         except WebhookDeliveryError as exc:
@@ -176,7 +174,7 @@ class StepScorer:
         self._record_inline({r.id for r in rows}, reply.rewards)
 
     def _record_inline(self, allowed_ids: set[str], items: list[RewardItem]) -> None:
-        low, high = self.ctx.source.get("min_value"), self.ctx.source.get("max_value")
+        low, high = self.ctx.source.min_value, self.ctx.source.max_value
         with session_scope(self.ctx.factory) as session:
             for item in items:
                 value = float(item.value)

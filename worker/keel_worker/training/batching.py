@@ -51,12 +51,21 @@ def bucket_by_length(
 def pad_routes(routes: Sequence[torch.Tensor], lengths: Sequence[int]) -> torch.Tensor:
     """Stack per-response routes `[≥n_i, L, K]`, keeping the first `n_i` rows, into `[B, S, L, K]`.
 
-    Padding rows repeat expert 0: they sit after every real token of their row, so under causal
-    attention they never influence a real token's output.
+    `n_i` is the response's input length (`prompt + response[:-1]`, every token the engine fed);
+    the engine's extra placeholder row for the last sampled token may be there or not. Padding
+    rows get the experts 0..K−1, a valid duplicate-free top-k set: they sit after every real
+    token of their row, so under causal attention they never influence a real token's output.
     """
     first = routes[0]
-    out = torch.zeros((len(routes), max(lengths), *first.shape[1:]), dtype=first.dtype)
+    _, layers, top_k = first.shape
+    fill_K = torch.arange(top_k, dtype=first.dtype)
+    out = fill_K.expand(len(routes), max(lengths), layers, top_k).clone()
     for i, (r, n) in enumerate(zip(routes, lengths, strict=True)):
+        if r.shape[0] < n or r.shape[1:] != (layers, top_k):
+            raise ValueError(
+                f"response {i}: routes of shape {tuple(r.shape)}, need at least "
+                f"({n}, {layers}, {top_k})"
+            )
         out[i, :n] = r[:n]
     return out
 
@@ -67,7 +76,7 @@ def make_micro_batch(
     prompt_ids: Sequence[Sequence[int]],
     response_ids: Sequence[Sequence[int]],
     rollout_logprobs: Sequence[torch.Tensor],
-    advantages_R: torch.Tensor,
+    advantages_PG: torch.Tensor,
     routes: Sequence[torch.Tensor] | None,
     pad_id: int,
 ) -> MicroBatch:
@@ -102,7 +111,7 @@ def make_micro_batch(
         targets_B_T=targets_B_T,
         mask_B_T=mask_B_T,
         rollout_logprobs_B_T=rollout_B_T,
-        advantages_B=advantages_R[rows],
+        advantages_B=advantages_PG[rows],
         routes_B_S_L_K=routes_B_S_L_K,
     )
 

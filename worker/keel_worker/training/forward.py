@@ -86,5 +86,5 @@ class PolicyForward:
         )
         all_N = torch.ones((1, scaled_N_V.shape[0]), dtype=torch.bool, device=device)
         entropy_sum, _ = entropy_from_logits(scaled_N_V.detach()[None], all_N)
-        natural = recording.routes_B_T_L_K if recording is not None else None
+        natural = recording.routes_B_S_L_K if recording is not None else None
         return ForwardOutput(logprobs_B_T, entropy_sum, natural)

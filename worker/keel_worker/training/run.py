@@ -19,6 +19,7 @@ from pathlib import Path
 from keel.types.training import TrainingConfig
 from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
+from keel_worker.training.schedule import StepSchedule, step_seed
 from keel_worker.training.scoring import ScoreFn, task_scorer
 from keel_worker.training.session import TrainingSession, build_engine
 from keel_worker.training.tasks import PromptStream, build_task
@@ -37,11 +38,6 @@ class StepResult:
     policy_version: int
     metrics: dict[str, float]
     checkpoint: Path | None = None
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Sampling/shuffling seed of one step: a function of (seed, step) only, for exact resume."""
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
 
 
 def train(
@@ -78,21 +74,19 @@ def train(
         config.logging, logdir=workdir, run_id=Path(workdir).name,
         config=config.model_dump(mode="json"),
     )  # fmt: skip
+    schedule = StepSchedule.of(config)
     try:
         for step in range(run.step, config.steps):
-            due_eval = config.eval_every > 0 and step % config.eval_every == 0
-            eval_metrics = held_out() if due_eval else {}
+            eval_metrics = held_out() if schedule.evaluates_before(step) else {}
             items = stream.take(config.prompts_per_step)
-            metrics = run.trainer.step(items, score, seed=step_seed(config.seed, step))
+            metrics = run.trainer.step(items, score, seed=schedule.seed_of(step))
             metrics.update(eval_metrics)
-            done = step + 1
-            if done == config.steps and config.eval_every > 0:
-                # The policy after the last update, so a run always reports where it ended.
+            if schedule.evaluates_after(step):
                 metrics.update({f"{k}_final": v for k, v in held_out().items()})
+            done = step + 1
             saved = None
-            every = config.checkpoint_every
             stopping = should_stop is not None and should_stop()
-            if (every and done % every == 0) or done == config.steps or stopping:
+            if schedule.checkpoints_after(done) or stopping:
                 saved, _ = run.save(
                     done, data_cursor=stream.cursor, rng=capture_rng(),
                     summary={"config": config.model_dump(mode="json")},

@@ -41,11 +41,32 @@ def task_scorer(task: Task) -> ScoreFn:
     return score
 
 
-def complete_groups(rewards: Sequence[float | None], group_size: int) -> list[int]:
-    """Indices of the groups whose every member has a reward."""
-    n_groups = len(rewards) // group_size
-    return [
-        g
-        for g in range(n_groups)
-        if all(r is not None for r in rewards[g * group_size : (g + 1) * group_size])
-    ]
+@dataclass(frozen=True)
+class ScoredGroups:
+    """Which groups of a step train: group indices, by what their members' rewards allow."""
+
+    complete: list[int]  # every member has a reward
+    partial: list[int]  # kept with only their rewarded members (at least two)
+    dropped: int
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.complete or self.partial)
+
+
+def scored_groups(
+    rewards: Sequence[float | None], group_size: int, *, keep_partial: bool
+) -> ScoredGroups:
+    """Split the step's groups by their missing rewards (None). A group missing one is dropped,
+    or with `keep_partial` kept with its rewarded members when at least two have one (a group
+    baseline from a single member would give it a zero advantage)."""
+    complete, partial, dropped = [], [], 0
+    for g in range(len(rewards) // group_size):
+        present = sum(r is not None for r in rewards[g * group_size : (g + 1) * group_size])
+        if present == group_size:
+            complete.append(g)
+        elif keep_partial and present >= 2:
+            partial.append(g)
+        else:
+            dropped += 1
+    return ScoredGroups(complete, partial, dropped)

@@ -83,8 +83,10 @@ class TrainingSession:
             loaded = load() if load else load_model(config.model.name, cache_dir=cache_dir)
             model, tokenizer = loaded.model, loaded.tokenizer
         model.eval()
-        # The engine takes its own copy of the weights where the model was loaded (the `hf`
-        # engine samples on the CPU); only then does the trainer's copy move to its device.
+        # The engine copies the weights before the trainer's copy moves to its device: the `hf`
+        # engine samples on the CPU even on a CUDA worker, because its decode loop builds its
+        # tokens, cache and sampling generator on the CPU (engines/hf.py); a GPU worker samples
+        # with `vllm` (RolloutConfig.engine says so). Each step's weight sync copies across.
         engine = build_engine(config, model, tokenizer, workdir=workdir)
         model.to(device)
         trainer = Trainer(config, model, tokenizer, engine, is_moe=is_moe_model(model))

@@ -2,6 +2,7 @@
 
     rollout   engine samples B prompts × G responses: tokens, μ logprobs, routes (MoE)
     score     score(rollouts) -> reward or None per response; incomplete groups are dropped
+              (or, with `drop_incomplete_groups=False`, keep their rewarded members)
     advantage core.compute_advantages per group
     split     shuffle the responses, cut them into N mini-batches
     π_old     recompute log π_θold in the trainer for mini-batches 2..N (R3 replays the engine's
@@ -11,13 +12,16 @@
               with the global normalizer, backward; clip the gradient norm; one AdamW step
     sync      push the new weights to the engine; bump the policy version
 
-Metrics are collected as tensors and moved to the host with one `.tolist()` per step.
+Metric values stay tensors (on the training device) until `MetricSink.finish()` moves them to the
+host in one transfer per step; only host-side bookkeeping (the shuffle order, sequence lengths
+of each micro-batch) is read with `.tolist()` on the way.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -41,7 +45,17 @@ from keel_worker.training.batching import (
 )
 from keel_worker.training.forward import ForwardOutput, PolicyForward
 from keel_worker.training.metrics import MetricSink
-from keel_worker.training.scoring import Rollout, ScoreFn, complete_groups
+from keel_worker.training.scoring import Rollout, ScoredGroups, ScoreFn, scored_groups
+
+BuildMicroBatch = Callable[[list[int]], MicroBatch]
+
+
+@dataclass
+class OldPolicy:
+    """Per response row: log π_old of its tokens and, for MoE models, π_old's natural routes."""
+
+    logprobs: dict[int, torch.Tensor] = field(default_factory=dict)
+    routes: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class Trainer:
@@ -83,43 +97,105 @@ class Trainer:
         self.policy_version = 0
 
     # ------------------------------------------------------------------ the step
-    def step(self, items: Sequence[TaskItem], score: ScoreFn, *, seed: int) -> dict[str, float]:
+    def step(
+        self,
+        items: Sequence[TaskItem],
+        score: ScoreFn,
+        *,
+        seed: int,
+        drop_incomplete_groups: bool = True,
+    ) -> dict[str, float]:
+        """One global step; `drop_incomplete_groups=False` keeps a group's rewarded members
+        (architecture §6 drops the group: the default, and a job's reward source may say so)."""
         cfg, sink = self.config, MetricSink()
-        G = cfg.group_size
 
         # 1. Rollout: B prompts × G responses from the engine (μ_θold).
         t0 = time.perf_counter()
         prompt_ids = [encode_prompt(self.tokenizer, item.prompt) for item in items]
         batch = self.engine.generate(
-            prompt_ids, n=G, max_new_tokens=cfg.rollout.max_new_tokens,
+            prompt_ids, n=cfg.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, seed=seed,
         )
         sink.time("generate", t0)
 
-        # 2. Score; a group with any missing reward is dropped whole.
+        # 2. Score. A missing reward is never 0: its group is dropped, or keeps the members that
+        #    have one (a baseline needs two of them).
         t0 = time.perf_counter()
         rewards = list(score(self._rollouts(batch, items)))
-        kept_groups = complete_groups(rewards, G)
+        groups = scored_groups(rewards, cfg.group_size, keep_partial=not drop_incomplete_groups)
         sink.time("score", t0)
-        self._rollout_metrics(sink, batch, rewards, len(items) - len(kept_groups))
-        if not kept_groups:
+        self._rollout_metrics(sink, batch, rewards, groups)
+        if not groups.kept:
             return sink.finish()
 
-        # 3. Advantages per group (core), then one flat row per kept response.
-        rewards_P_G = torch.tensor(
-            [rewards[g * G : (g + 1) * G] for g in kept_groups], dtype=torch.float32
-        )
-        advantages_P_G, zero_variance_P = compute_advantages(
-            rewards_P_G, mode=cfg.algorithm.advantage
-        )
-        sink.add("advantage/zero_variance_frac", zero_variance_P.float().mean())
-        sink.add("advantage/abs_mean", advantages_P_G.abs().mean())
-        rows = [g * G + s for g in kept_groups for s in range(G)]
-        advantages_R = torch.zeros(len(batch))
-        advantages_R[rows] = advantages_P_G.flatten()
+        # 3. Advantages per group (core); `rows` are the kept responses.
+        rows, advantages_PG = self._advantages(rewards, groups, len(batch), sink)
 
-        # 4. Shuffle and split into N mini-batches.
+        # 4. Shuffle and split into N mini-batches, each cut into micro-batches by length.
+        minibatches, micro = self._split(batch, rows, seed)
+        build = partial(
+            make_micro_batch, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
+            rollout_logprobs=batch.rollout_logprobs, advantages_PG=advantages_PG,
+            routes=batch.routes, pad_id=self.pad_id,
+        )
+
+        # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet).
+        t0 = time.perf_counter()
+        old = self._recompute_old(micro[1:], build, sink)
+        sink.time("recompute", t0)
+
+        # 6. N updates, one AdamW step per mini-batch.
+        t0 = time.perf_counter()
+        for i, (minibatch, micro_batches) in enumerate(zip(minibatches, micro, strict=True)):
+            if minibatch:  # fewer kept responses than N leave the last mini-batches empty
+                self._update(minibatch, micro_batches, batch, build, old, sink, first=i == 0)
+        sink.time("update", t0)
+
+        # 7. Sync the new weights to the engine; the next step samples from them.
+        t0 = time.perf_counter()
+        self.engine.load_weights(self.model)
+        self.policy_version += 1
+        sink.time("sync", t0)
+
+        self._mismatch_metrics(sink, rows, batch, old.logprobs)
+        sink.add_float("optim/lr", self.optimizer.param_groups[0]["lr"])
+        sink.add_float("policy/version", float(self.policy_version))
+        return sink.finish()
+
+    # ------------------------------------------------------------------ phases
+    def _advantages(
+        self, rewards: list, groups: ScoredGroups, n_responses: int, sink: MetricSink
+    ) -> tuple[list[int], torch.Tensor]:
+        """(kept rows, advantages_PG): one advantage per response of the step, 0 where dropped.
+
+        Complete groups go through core in one [P, G] tensor; a partial group (kept members only)
+        is its own [1, M] group, so its baseline comes from the members that have a reward.
+        """
+        G, mode = self.config.group_size, self.config.algorithm.advantage
+        complete = [[g * G + s for s in range(G)] for g in groups.complete]
+        partial = [
+            [g * G + s for s in range(G) if rewards[g * G + s] is not None] for g in groups.partial
+        ]
+        parts = ([complete] if complete else []) + [[members] for members in partial]
+        advantages, zero_variance = [], []
+        for part in parts:
+            rewards_P_G = torch.tensor([[rewards[r] for r in m] for m in part], dtype=torch.float32)
+            advantages_P_G, zero_variance_P = compute_advantages(rewards_P_G, mode=mode)
+            advantages.append(advantages_P_G.flatten())
+            zero_variance.append(zero_variance_P)
+        sink.add("advantage/zero_variance_frac", torch.cat(zero_variance).float().mean())
+        sink.add("advantage/abs_mean", torch.cat(advantages).abs().mean())
+        rows = [r for part in parts for members in part for r in members]
+        advantages_PG = torch.zeros(n_responses)
+        advantages_PG[rows] = torch.cat(advantages)
+        return rows, advantages_PG
+
+    def _split(
+        self, batch: RolloutBatch, rows: list[int], seed: int
+    ) -> tuple[list[list[int]], list[list[list[int]]]]:
+        """(rows of each mini-batch, its micro-batches' rows), shuffled by the step's seed."""
+        cfg = self.config
         shuffle = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(rows), generator=shuffle).tolist()
         minibatches = [
@@ -131,71 +207,68 @@ class Trainer:
             for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)
         ]
         micro = [bucket_by_length(mb, lengths, cfg.micro_batch_size) for mb in minibatches]
-        build = partial(
-            make_micro_batch, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
-            rollout_logprobs=batch.rollout_logprobs, advantages_R=advantages_R,
-            routes=batch.routes, pad_id=self.pad_id,
-        )
+        return minibatches, micro
 
-        # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet).
-        t0 = time.perf_counter()
-        old_logprobs: dict[int, torch.Tensor] = {}
-        old_routes: dict[int, torch.Tensor] = {}
+    def _recompute_old(
+        self, micro: list[list[list[int]]], build: BuildMicroBatch, sink: MetricSink
+    ) -> OldPolicy:
+        """log π_old (and its natural routes) of the given mini-batches, without gradient."""
+        old = OldPolicy()
         with torch.no_grad():
-            for rows_mb in (r for mb in micro[1:] for r in mb):
+            for rows_mb in (r for mb in micro for r in mb):
                 mb = build(rows_mb)
                 out = self.forward(mb, replay_routes_B_S_L_K=self._r3_routes(mb))
-                self._remember_old(mb, out, old_logprobs, old_routes, sink)
-        sink.time("recompute", t0)
+                self._remember_old(mb, out, old, sink)
+        return old
 
-        # 6. N updates, one AdamW step per mini-batch.
-        # The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old.
-        t0 = time.perf_counter()
-        for i, mb_micro in enumerate(micro):
-            n_resp = [len(batch.response_ids[r]) for r in minibatches[i]]
-            normalizer = loss_normalizer(
-                self.loss_agg, mask_B_T=_length_mask(n_resp), constant=self._norm_constant()
+    def _update(
+        self,
+        minibatch: list[int],
+        micro_batches: list[list[int]],
+        batch: RolloutBatch,
+        build: BuildMicroBatch,
+        old: OldPolicy,
+        sink: MetricSink,
+        *,
+        first: bool,
+    ) -> None:
+        """One mini-batch: accumulate every micro-batch's gradient, clip, one AdamW step.
+
+        The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old.
+        """
+        cfg = self.config
+        n_resp = [len(batch.response_ids[r]) for r in minibatch]
+        normalizer = loss_normalizer(
+            self.loss_agg, mask_B_T=_length_mask(n_resp), constant=self._norm_constant()
+        )
+        for rows_mb in micro_batches:
+            mb = build(rows_mb)
+            out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old.routes))
+            if first:
+                # First mini-batch: θ = θ_old, so this forward IS the π_old recompute.
+                self._remember_old(mb, out, old, sink)
+            elif out.natural_routes_B_S_L_K is not None:
+                self._routing_drift(sink, mb, out, old.routes)
+            device = out.logprobs_B_T.device
+            policy_batch = PolicyBatch(
+                logprobs_B_T=out.logprobs_B_T,
+                old_logprobs_B_T=gather_rows(old.logprobs, mb.rows, mb.mask_B_T.shape[1])
+                .to(device),
+                rollout_logprobs_B_T=mb.rollout_logprobs_B_T.to(device),
+                advantages_B=mb.advantages_B.to(device),
+                mask_B_T=mb.mask_B_T.to(device),
             )
-            for rows_mb in mb_micro:
-                mb = build(rows_mb)
-                out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old_routes))
-                if i == 0:
-                    # First mini-batch: θ = θ_old, so this forward IS the π_old recompute.
-                    self._remember_old(mb, out, old_logprobs, old_routes, sink)
-                elif out.natural_routes_B_S_L_K is not None:
-                    self._routing_drift(sink, mb, out, old_routes)
-                device = out.logprobs_B_T.device
-                policy_batch = PolicyBatch(
-                    logprobs_B_T=out.logprobs_B_T,
-                    old_logprobs_B_T=gather_rows(old_logprobs, mb.rows, mb.mask_B_T.shape[1])
-                    .to(device),
-                    rollout_logprobs_B_T=mb.rollout_logprobs_B_T.to(device),
-                    advantages_B=mb.advantages_B.to(device),
-                    mask_B_T=mb.mask_B_T.to(device),
-                )
-                loss = self.objective(policy_batch, normalizer=normalizer, **self.objective_kwargs)
-                loss.loss.backward()
-                sink.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
-                sink.add("optim/loss", loss.loss / cfg.num_minibatches, reduce="sum")
-            clip = cfg.optimizer.grad_clip
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), clip if clip is not None else float("inf")
-            )
-            sink.add("optim/grad_norm", grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        sink.time("update", t0)
-
-        # 7. Sync the new weights to the engine; the next step samples from them.
-        t0 = time.perf_counter()
-        self.engine.load_weights(self.model)
-        self.policy_version += 1
-        sink.time("sync", t0)
-
-        self._mismatch_metrics(sink, rows, batch, old_logprobs)
-        sink.add_float("optim/lr", self.optimizer.param_groups[0]["lr"])
-        sink.add_float("policy/version", float(self.policy_version))
-        return sink.finish()
+            loss = self.objective(policy_batch, normalizer=normalizer, **self.objective_kwargs)
+            loss.loss.backward()
+            sink.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
+            sink.add("optim/loss", loss.loss / cfg.num_minibatches, reduce="sum")
+        clip = cfg.optimizer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), clip if clip is not None else float("inf")
+        )
+        sink.add("optim/grad_norm", grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ helpers
     def _rollouts(self, batch: RolloutBatch, items: Sequence[TaskItem]) -> list[Rollout]:
@@ -231,20 +304,15 @@ class Trainer:
         return None
 
     def _remember_old(
-        self,
-        mb: MicroBatch,
-        out: ForwardOutput,
-        old_logprobs: dict[int, torch.Tensor],
-        old_routes: dict[int, torch.Tensor],
-        sink: MetricSink,
+        self, mb: MicroBatch, out: ForwardOutput, old: OldPolicy, sink: MetricSink
     ) -> None:
         lp = out.logprobs_B_T.detach()
         n_resp = mb.mask_B_T.sum(dim=1).tolist()
         n_in = _input_lengths(mb)
         for i, r in enumerate(mb.rows):
-            old_logprobs[r] = lp[i, : n_resp[i]]
+            old.logprobs[r] = lp[i, : n_resp[i]]
             if out.natural_routes_B_S_L_K is not None:
-                old_routes[r] = out.natural_routes_B_S_L_K[i, : n_in[i]]
+                old.routes[r] = out.natural_routes_B_S_L_K[i, : n_in[i]]
         sink.add("train/entropy", out.entropy_sum, reduce="ratio", denom=mb.mask_B_T.sum())
         if out.natural_routes_B_S_L_K is not None and mb.routes_B_S_L_K is not None:
             # e^μ_old (engine) vs e^π_old (trainer's natural choice at θ_old).
@@ -273,13 +341,14 @@ class Trainer:
         sink.add(f"{prefix}_mean", rates["mean"], reduce="ratio", denom=weight, weighted=True)
 
     def _rollout_metrics(
-        self, sink: MetricSink, batch: RolloutBatch, rewards: list, dropped_groups: int
+        self, sink: MetricSink, batch: RolloutBatch, rewards: list, groups: ScoredGroups
     ) -> None:
         scored = [r for r in rewards if r is not None]
         lengths = [len(r) for r in batch.response_ids]
         sink.add_float("reward/mean", sum(scored) / len(scored) if scored else float("nan"))
         sink.add_float("reward/missing", float(len(rewards) - len(scored)))
-        sink.add_float("groups/dropped", float(dropped_groups))
+        sink.add_float("groups/dropped", float(groups.dropped))
+        sink.add_float("groups/partial", float(len(groups.partial)))
         sink.add_float("response/length_mean", sum(lengths) / len(lengths))
         sink.add_float("response/length_max", float(max(lengths)))
         truncated = sum(f == "length" for f in batch.finish_reasons)

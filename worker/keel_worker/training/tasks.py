@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,7 +50,31 @@ def exact_match_reward(completion: str, answer: str) -> float:
     return 1.0 if completion.strip() == answer.strip() else 0.0
 
 
-VERIFIERS: dict[str, Verifier] = {"numeric": numeric_reward, "exact_match": exact_match_reward}
+MATH_VERIFY_TIMEOUT_S = 5
+
+
+def math_verify_reward(completion: str, answer: str) -> float:
+    """1.0 when the completion's final answer is mathematically equal to the reference (HF
+    Math-Verify: LaTeX or plain expressions, `\\boxed{}`, fractions, symbolic forms), else 0.0.
+
+    A reference without `$` is read as LaTeX math (`\\frac12` and `0.5` both work).
+    """
+    from math_verify import parse, verify  # a worker-only dependency; sympy is slow to import
+
+    # Math-Verify's timeouts use signal.alarm, which only the main thread may set; elsewhere
+    # (a worker thread in tests) it runs without one.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    timeout = MATH_VERIFY_TIMEOUT_S if in_main_thread else None
+    gold = parse(answer if "$" in answer else f"${answer}$", parsing_timeout=timeout)
+    predicted = parse(completion, parsing_timeout=timeout)
+    return 1.0 if verify(gold, predicted, timeout_seconds=timeout) else 0.0
+
+
+VERIFIERS: dict[str, Verifier] = {
+    "numeric": numeric_reward,
+    "exact_match": exact_match_reward,
+    "math_verify": math_verify_reward,
+}
 
 
 @dataclass(frozen=True)

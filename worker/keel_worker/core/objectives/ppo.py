@@ -1,4 +1,4 @@
-"""PPO-clip objectives: GRPO, Dr. GRPO, DAPO and decoupled PPO with TIS.
+"""PPO-clip objectives: GRPO, Dr. GRPO, DAPO and decoupled PPO with TIS, one function.
 
 All four share the per-token term (to minimize)
 
@@ -6,7 +6,16 @@ All four share the per-token term (to minimize)
 
 where v_t = correction(π_old/μ_old) is the optional training–inference IS factor (1 when the
 correction is None). Its gradient is v_t · M_t · r_t · Â · ∇log π_θ (§3.1 item 4, "Equivalence").
-They differ in defaults (ε, aggregation, advantage, correction) kept in ``keel.types.algorithm``.
+They differ only in defaults (ε, aggregation, advantage, correction) kept in
+``keel.types.algorithm``, so :func:`ppo_clip` is registered under each name (house style 13):
+
+- ``grpo`` (paper App. A, §7): (1/G) Σ_i (1/|y_i|) Σ_t min(r Â, clip(r) Â); the 1/|y_i| and 1/G
+  factors are ``loss_agg="seq_mean_token_mean"``.
+- ``dr_grpo`` (§8.6): the token sum divided by a constant, ``loss_agg="seq_mean_token_sum_norm"``.
+- ``dapo`` (§8.7): clip-higher with token-level aggregation 1/Σ_i|y_i| (``token_mean``); dynamic
+  sampling and overlong shaping act on rewards and batches, not on this loss.
+- ``decoupled_ppo_tis`` (Yao et al., §8.1 "PPO form"):
+  E[min(π_old/μ_old, C) · ∇ min(r Â, clip(r, 1−ε_low, 1+ε_high) Â)].
 """
 
 from __future__ import annotations
@@ -16,14 +25,15 @@ from typing import Any
 
 from torch import Tensor
 
-from keel_worker.core.clipping import clip_metrics, ppo_clip_surrogate
-from keel_worker.core.masked import masked_log_ratio, safe_exp
-from keel_worker.core.objectives.common import finish, train_infer_weights
+from keel_worker.core.masked import masked_log_ratio
+from keel_worker.core.objectives.common import ppo_clip_loss
 from keel_worker.core.objectives.registry import register
 from keel_worker.core.types import LossOutput, PolicyBatch
 
+PPO_CLIP_NAMES = ("grpo", "dr_grpo", "dapo", "decoupled_ppo_tis")
 
-def _ppo_clip_loss(
+
+def ppo_clip(
     batch: PolicyBatch,
     *,
     normalizer: float | Tensor,
@@ -32,113 +42,16 @@ def _ppo_clip_loss(
     is_correction: Mapping[str, Any] | None,
     loss_agg: str,
 ) -> LossOutput:
-    mask_B_T = batch.mask_B_T
-    advantages_B_T = batch.advantages_B_T
-    # Stop-gradient: the training–inference weight is a constant per token.
-    ti_weight_B_T, metrics = train_infer_weights(batch, is_correction)
+    """Token-level PPO-clip on r_t = π_θ/π_old, times the optional train–infer weight."""
     # r_t keeps its gradient here: the min/clip itself decides which tokens are "clipped".
-    log_ratio_B_T = masked_log_ratio(batch.logprobs_B_T, batch.old_logprobs_B_T.detach(), mask_B_T)
-    metrics |= clip_metrics(
-        log_ratio_B_T, advantages_B_T, mask_B_T, eps_low=eps_low, eps_high=eps_high
+    log_ratio_B_T = masked_log_ratio(
+        batch.logprobs_B_T, batch.old_logprobs_B_T.detach(), batch.mask_B_T
     )
-    surrogate_B_T = ppo_clip_surrogate(
-        safe_exp(log_ratio_B_T), advantages_B_T, eps_low=eps_low, eps_high=eps_high
-    )
-    per_token_B_T = -ti_weight_B_T * surrogate_B_T
-    return finish(per_token_B_T, batch, loss_agg=loss_agg, normalizer=normalizer, metrics=metrics)
-
-
-@register("grpo")
-def grpo(
-    batch: PolicyBatch,
-    *,
-    normalizer: float | Tensor,
-    eps_low: float,
-    eps_high: float,
-    is_correction: Mapping[str, Any] | None,
-    loss_agg: str,
-) -> LossOutput:
-    """GRPO as written in paper App. A (§7): (1/G) Σ_i (1/|y_i|) Σ_t min(r Â, clip(r) Â).
-
-    The 1/|y_i| and 1/G factors come from ``loss_agg="seq_mean_token_mean"`` (its default).
-    """
-    return _ppo_clip_loss(
-        batch,
-        normalizer=normalizer,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        is_correction=is_correction,
-        loss_agg=loss_agg,
+    return ppo_clip_loss(
+        batch, log_ratio_B_T, normalizer=normalizer, eps_low=eps_low, eps_high=eps_high,
+        is_correction=is_correction, loss_agg=loss_agg,
     )
 
 
-@register("dr_grpo")
-def dr_grpo(
-    batch: PolicyBatch,
-    *,
-    normalizer: float | Tensor,
-    eps_low: float,
-    eps_high: float,
-    is_correction: Mapping[str, Any] | None,
-    loss_agg: str,
-) -> LossOutput:
-    """Dr. GRPO (§8.6): the PPO-clip sum over tokens divided by a constant, no 1/|y_i|.
-
-    The constant divisor comes from ``loss_agg="seq_mean_token_sum_norm"`` (its default).
-    """
-    return _ppo_clip_loss(
-        batch,
-        normalizer=normalizer,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        is_correction=is_correction,
-        loss_agg=loss_agg,
-    )
-
-
-@register("dapo")
-def dapo(
-    batch: PolicyBatch,
-    *,
-    normalizer: float | Tensor,
-    eps_low: float,
-    eps_high: float,
-    is_correction: Mapping[str, Any] | None,
-    loss_agg: str,
-) -> LossOutput:
-    """DAPO (§8.7): clip-higher PPO with token-level aggregation 1/Σ_i|y_i|.
-
-    Dynamic sampling and overlong reward shaping act on rewards and batches, not on this loss.
-    """
-    return _ppo_clip_loss(
-        batch,
-        normalizer=normalizer,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        is_correction=is_correction,
-        loss_agg=loss_agg,
-    )
-
-
-@register("decoupled_ppo_tis")
-def decoupled_ppo_tis(
-    batch: PolicyBatch,
-    *,
-    normalizer: float | Tensor,
-    eps_low: float,
-    eps_high: float,
-    is_correction: Mapping[str, Any] | None,
-    loss_agg: str,
-) -> LossOutput:
-    """Decoupled PPO with TIS (Yao et al., §8.1 "PPO form"):
-
-    E[ min(π_old/μ_old, C) · ∇ min(r Â, clip(r, 1−ε_low, 1+ε_high) Â) ],  r = π_θ/π_old.
-    """
-    return _ppo_clip_loss(
-        batch,
-        normalizer=normalizer,
-        eps_low=eps_low,
-        eps_high=eps_high,
-        is_correction=is_correction,
-        loss_agg=loss_agg,
-    )
+for _name in PPO_CLIP_NAMES:
+    register(_name)(ppo_clip)

@@ -18,16 +18,14 @@ from typing import Any
 
 from torch import Tensor
 
-from keel_worker.core.clipping import clip_metrics, ppo_clip_surrogate
 from keel_worker.core.masked import (
     LOG_RATIO_CLAMP,
     broadcast_rows,
     masked_log_ratio,
     response_lengths,
-    safe_exp,
     zero_padding,
 )
-from keel_worker.core.objectives.common import finish, train_infer_weights
+from keel_worker.core.objectives.common import ppo_clip_loss
 from keel_worker.core.objectives.registry import register
 from keel_worker.core.types import LossOutput, PolicyBatch
 
@@ -38,31 +36,6 @@ def _log_seq_ratio_B(batch: PolicyBatch) -> Tensor:
     log_ratio_B_T = masked_log_ratio(batch.logprobs_B_T, batch.old_logprobs_B_T.detach(), mask_B_T)
     lengths_B = response_lengths(mask_B_T, log_ratio_B_T.dtype).clamp_min(1.0)
     return (log_ratio_B_T.sum(dim=-1) / lengths_B).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-
-
-def _sequence_objective(
-    batch: PolicyBatch,
-    log_ratio_B_T: Tensor,
-    *,
-    normalizer: float | Tensor,
-    eps_low: float,
-    eps_high: float,
-    is_correction: Mapping[str, Any] | None,
-    loss_agg: str,
-) -> LossOutput:
-    """PPO-clip on a (broadcast) sequence ratio, times the optional train–infer weight."""
-    mask_B_T = batch.mask_B_T
-    advantages_B_T = batch.advantages_B_T
-    # Stop-gradient: the training–inference weight is a constant per token.
-    ti_weight_B_T, metrics = train_infer_weights(batch, is_correction)
-    metrics |= clip_metrics(
-        log_ratio_B_T, advantages_B_T, mask_B_T, eps_low=eps_low, eps_high=eps_high
-    )
-    surrogate_B_T = ppo_clip_surrogate(
-        safe_exp(log_ratio_B_T), advantages_B_T, eps_low=eps_low, eps_high=eps_high
-    )
-    per_token_B_T = -ti_weight_B_T * surrogate_B_T
-    return finish(per_token_B_T, batch, loss_agg=loss_agg, normalizer=normalizer, metrics=metrics)
 
 
 @register("gspo")
@@ -77,7 +50,7 @@ def gspo(
 ) -> LossOutput:
     """GSPO (§8.4): PPO-clip on the length-normalized sequence ratio s_i (with gradient)."""
     log_ratio_B_T = broadcast_rows(_log_seq_ratio_B(batch), batch.logprobs_B_T)
-    return _sequence_objective(
+    return ppo_clip_loss(
         batch,
         log_ratio_B_T,
         normalizer=normalizer,
@@ -104,7 +77,7 @@ def gspo_token(
     log_seq_B_T = broadcast_rows(_log_seq_ratio_B(batch).detach(), batch.logprobs_B_T)
     logprobs_B_T = zero_padding(batch.logprobs_B_T, batch.mask_B_T)
     log_ratio_B_T = log_seq_B_T + (logprobs_B_T - logprobs_B_T.detach())
-    return _sequence_objective(
+    return ppo_clip_loss(
         batch,
         log_ratio_B_T,
         normalizer=normalizer,

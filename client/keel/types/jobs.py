@@ -98,7 +98,7 @@ class BuiltinReward(_RewardBase):
         "compare the completion with each prompt's `reference`; `regex`: 1 when `pattern` "
         "matches somewhere in the completion, else 0.",
     )
-    pattern: str | None = Field(
+    pattern: Text | None = Field(
         default=None, min_length=1, max_length=1000, description="The `regex` verifier's pattern."
     )
 

@@ -38,7 +38,7 @@ def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_
 
 def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:
     stats = probe.measure(SUITES[suite_name], Path(path), dial, prompts=budget.probe_prompts,
-                          n=budget.probe_samples)  # fmt: skip
+                          n=budget.probe_samples, max_new_tokens=budget.max_new_tokens)  # fmt: skip
     return {"init": name, **stats}
 
 

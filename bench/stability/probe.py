@@ -88,14 +88,17 @@ def _sampling_kl(engine: HFEngine, mb, dial) -> float:
 
 
 @torch.no_grad()
-def measure(suite, model_dir: Path, dial, *, prompts: int = 64, n: int = 4, seed: int = 0):
+def measure(
+    suite, model_dir: Path, dial, *, max_new_tokens: int, prompts: int = 64, n: int = 4,
+    seed: int = 0,
+):
     """Discrepancy statistics of the cold start in `model_dir` under the engine `dial`."""
     model, tokenizer = load_policy(str(model_dir), cache_dir=model_dir.parent)
     engine = HFEngine(model, tokenizer, precision=dial.precision)
     problems = suite.task.rl_pool()[:prompts]
     batch = engine.generate(
         [encode_prompt(tokenizer, p.prompt) for p in problems],
-        n=n, max_new_tokens=suite.task.MAX_NEW_TOKENS, temperature=1.0, top_p=dial.top_p,
+        n=n, max_new_tokens=max_new_tokens, temperature=1.0, top_p=dial.top_p,
         top_k=dial.top_k, seed=seed,
     )
     forward = PolicyForward(

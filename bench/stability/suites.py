@@ -48,7 +48,7 @@ class Suite:
     """Everything that differs between the gentle and the stress suite."""
 
     name: str
-    task: ModuleType  # rl_pool, held_out, sft_stream, score, COLD_START_MIXTURES, MAX_NEW_TOKENS
+    task: ModuleType  # rl_pool, held_out, sft_stream, score, COLD_START_MIXTURES
     base_model: str
     sft: SFTBudget
     quick_sft: SFTBudget

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.stability.criterion import compare
+from bench.stability.criterion import MIN_SEEDS, compare
 from bench.stability.matrix import OFF_POLICY_N
 
 Rows = dict[str, list[dict[str, Any]]]  # cell name -> its run-summary rows
@@ -76,7 +76,8 @@ def better(rows: Rows, a: str, b: str) -> int:
 
 
 def _missing(rows: Rows, *cells: str) -> list[str]:
-    return [c for c in cells if not rows.get(c)]
+    """Cells without the `MIN_SEEDS` runs a comparison needs (a lone seed has no spread)."""
+    return [c for c in cells if len(rows.get(c, [])) < MIN_SEEDS]
 
 
 def _ordered(rows: Rows, a: str, b: str) -> str:
@@ -99,7 +100,8 @@ def _combine(verdicts: list[str]) -> str:
 def _guard(rows: Rows, cells: list[str], key: str, title: str, claim: str) -> Finding | None:
     missing = _missing(rows, *cells)
     if missing:
-        return Finding(key, title, claim, "missing", [f"no runs for {', '.join(missing)}"])
+        return Finding(key, title, claim, "missing",
+                       [f"fewer than {MIN_SEEDS} runs for {', '.join(missing)}"])  # fmt: skip
     return None
 
 

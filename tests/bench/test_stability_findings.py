@@ -93,3 +93,9 @@ def test_dppo_critique_verdicts_and_aliases():
     aliased = evaluate_findings(rows, aliases={"F9/int4/minirl": "N4/minirl+R3"},
                                 findings=(dppo_critique,))  # fmt: skip
     assert aliased[0].verdict == "agrees"
+
+
+def test_one_seed_per_cell_is_missing_not_a_tie():
+    lone = runs("N1/minirl", [0.4], collapsed=(0,)) + runs("N1/reinforce", [0.1], collapsed=(0,))
+    f1 = {f.key: f for f in evaluate_findings(lone)}["F1"]
+    assert f1.verdict == "missing" and "fewer than 2 runs" in f1.lines[0]

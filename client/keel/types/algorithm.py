@@ -242,6 +242,8 @@ class DPPOTVConfig(_Strict):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     name: Literal["dppo_tv"] = "dppo_tv"
+    divergence: Literal["tv"] = "tv"
+    """The trust region's divergence: the absolute probability change |π_θ(y_t) − μ_old(y_t)|."""
     delta_low: Epsilon = 0.15
     """Â < 0 tokens with π_θ(y_t) − μ_old(y_t) < −δ_low get no gradient. 0.15 is the authors'
     value for Qwen3-30B-A3B-Base (verl-project/verl examples/dppo_trainer/run_qwen30b_dppo.sh)."""
@@ -268,6 +270,8 @@ class DPPOKLConfig(_Strict):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     name: Literal["dppo_kl"] = "dppo_kl"
+    divergence: Literal["kl"] = "kl"
+    """The trust region's divergence: the binary KL D of the two Bernoulli distributions."""
     delta_low: PositiveBound = 0.05
     """Â < 0 tokens with p < q and D > δ_low get no gradient. 0.05 is the authors' value
     (verl-project/verl examples/dppo_trainer/run_qwen30b_dppo.sh)."""

@@ -67,8 +67,8 @@ HYPER = {
         "eps_high": 0.2,
         "is_correction": {"mode": "token_mask", "lower": 0.5, "upper": 2.0},
     },
-    "dppo_tv": {"delta_low": 0.1, "delta_high": 0.15, "is_cap": 2.0},
-    "dppo_kl": {"delta_low": 0.02, "delta_high": 0.03, "is_cap": 2.0},
+    "dppo_tv": {"divergence": "tv", "delta_low": 0.1, "delta_high": 0.15, "is_cap": 2.0},
+    "dppo_kl": {"divergence": "kl", "delta_low": 0.02, "delta_high": 0.03, "is_cap": 2.0},
 }
 
 

@@ -39,7 +39,11 @@ D_REF = [
 ]
 
 
+DIVERGENCE = {"dppo_tv": "tv", "dppo_kl": "kl"}  # what each name's wire model fixes
+
+
 def run(name, batch, normalizer, **hyper):
+    hyper.setdefault("divergence", DIVERGENCE[name])
     out = OBJECTIVES[name](batch, normalizer=normalizer, **hyper)
     out.loss.backward()
     return out, batch.logprobs_B_T.grad
@@ -193,8 +197,20 @@ def test_masks_keep_the_tie_and_drop_above(mask_fn, divergence, adv, p, q):
 
 
 HYPER = {
-    "dppo_tv": {"delta_low": 0.1, "delta_high": 0.15, "is_cap": 2.0, "loss_agg": SUM},
-    "dppo_kl": {"delta_low": 0.02, "delta_high": 0.03, "is_cap": 2.0, "loss_agg": SUM},
+    "dppo_tv": {
+        "divergence": "tv",
+        "delta_low": 0.1,
+        "delta_high": 0.15,
+        "is_cap": 2.0,
+        "loss_agg": SUM,
+    },
+    "dppo_kl": {
+        "divergence": "kl",
+        "delta_low": 0.02,
+        "delta_high": 0.03,
+        "is_cap": 2.0,
+        "loss_agg": SUM,
+    },
 }
 MASKS = {"dppo_tv": binary_tv_mask, "dppo_kl": binary_kl_mask}
 
@@ -246,3 +262,10 @@ def test_the_anchor_is_mu_and_pi_old_plays_no_part(random_batch, name):
     other = _replace(other, rollout_logprobs_B_T=(other.rollout_logprobs_B_T - 0.4).clamp(max=0.0))
     moved_mu, _ = run(name, other, 6.0, **HYPER[name])
     assert abs(moved_mu.loss.item() - base.loss.item()) > 1e-3
+
+
+def test_one_loss_serves_both_names_and_an_unknown_divergence_is_refused(ref_batch):
+    assert OBJECTIVES["dppo_tv"] is OBJECTIVES["dppo_kl"]
+    with pytest.raises(ValueError, match="divergence"):
+        run("dppo_tv", ref_batch(), 2.0, divergence="js", delta_low=0.1, delta_high=0.1,
+            is_cap=10.0, loss_agg=SUM)  # fmt: skip

@@ -60,8 +60,15 @@ HYPER = {
         "is_correction": {"mode": "token_mask", "lower": 0.5, "upper": 5.0},
         "loss_agg": "token_mean",
     },
-    "dppo_tv": {"delta_low": 0.15, "delta_high": 0.15, "is_cap": 10.0, "loss_agg": "token_mean"},
+    "dppo_tv": {
+        "divergence": "tv",
+        "delta_low": 0.15,
+        "delta_high": 0.15,
+        "is_cap": 10.0,
+        "loss_agg": "token_mean",
+    },
     "dppo_kl": {
+        "divergence": "kl",
         "delta_low": 0.05,
         "delta_high": 0.05,
         "is_cap": 10.0,

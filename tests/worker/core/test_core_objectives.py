@@ -219,8 +219,20 @@ ALL_HYPER = {
     "gspo": PPO | {"loss_agg": "seq_mean_token_mean"},
     "gspo_token": PPO | {"loss_agg": "seq_mean_token_mean"},
     "decoupled_ppo_tis": PPO | {"is_correction": TIS5, "loss_agg": "token_mean"},
-    "dppo_tv": {"delta_low": 0.15, "delta_high": 0.15, "is_cap": 10.0, "loss_agg": "token_mean"},
-    "dppo_kl": {"delta_low": 0.05, "delta_high": 0.05, "is_cap": 10.0, "loss_agg": "token_mean"},
+    "dppo_tv": {
+        "divergence": "tv",
+        "delta_low": 0.15,
+        "delta_high": 0.15,
+        "is_cap": 10.0,
+        "loss_agg": "token_mean",
+    },
+    "dppo_kl": {
+        "divergence": "kl",
+        "delta_low": 0.05,
+        "delta_high": 0.05,
+        "is_cap": 10.0,
+        "loss_agg": "token_mean",
+    },
 }
 
 
@@ -252,9 +264,7 @@ def test_the_train_infer_weight_test_covers_every_objective_that_takes_a_correct
 
 
 @pytest.mark.parametrize("name", WITH_IS_CORRECTION)
-def test_with_an_is_correction_every_objective_multiplies_the_train_infer_weight(
-    probs_batch, name
-):
+def test_with_an_is_correction_every_objective_multiplies_the_train_infer_weight(probs_batch, name):
     # μ_old = π_old / 3 everywhere: π_old/μ_old = 3 on every token, so an uncapped truncation
     # weight is v_t = 3 and the loss must be exactly 3× the loss without the correction. (For
     # MiniRL's `full` scope the weight is π_θ/μ_old = 3 · π_θ/π_old, the no-correction weight.)

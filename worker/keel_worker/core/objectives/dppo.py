@@ -34,17 +34,27 @@ def _detached_logprobs(batch: PolicyBatch) -> tuple[Tensor, Tensor]:
     return logprobs_B_T, rollout_B_T
 
 
-def _dppo_loss(
+TRUST_REGIONS: dict[str, Callable[..., Tensor]] = {"tv": binary_tv_mask, "kl": binary_kl_mask}
+
+
+def dppo(
     batch: PolicyBatch,
-    trust_region: Callable[..., Tensor],
     *,
     normalizer: float | Tensor,
+    divergence: str,
     delta_low: float,
     delta_high: float,
     is_cap: float,
     loss_agg: str,
 ) -> LossOutput:
-    """−M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ with M_t = ``trust_region(log p, log q, Â)``."""
+    """−M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ, M_t the Binary-TV (``divergence="tv"``:
+    drop Â > 0 tokens with p − q > δ_high, Â < 0 ones with p − q < −δ_low) or Binary-KL mask
+    (``"kl"``: drop when D = q·log(q/p) + (1−q)·log((1−q)/(1−p)), the KL between the Bernoulli
+    distributions "the sampled token / any other token", exceeds δ and p moved the way Â pushes).
+    """
+    if divergence not in TRUST_REGIONS:
+        raise ValueError(f"divergence must be one of {sorted(TRUST_REGIONS)}, got {divergence!r}")
+    trust_region = TRUST_REGIONS[divergence]
     mask_B_T = batch.mask_B_T
     advantages_B_T = batch.advantages_B_T
     logprobs_B_T, rollout_B_T = _detached_logprobs(batch)
@@ -62,49 +72,6 @@ def _dppo_loss(
     return finish(per_token_B_T, batch, loss_agg=loss_agg, normalizer=normalizer, metrics=metrics)
 
 
-@register("dppo_tv")
-def dppo_tv(
-    batch: PolicyBatch,
-    *,
-    normalizer: float | Tensor,
-    delta_low: float,
-    delta_high: float,
-    is_cap: float,
-    loss_agg: str,
-) -> LossOutput:
-    """DPPO-Binary-TV: drop tokens with Â > 0 and p − q > δ_high, or Â < 0 and p − q < −δ_low."""
-    return _dppo_loss(
-        batch,
-        binary_tv_mask,
-        normalizer=normalizer,
-        delta_low=delta_low,
-        delta_high=delta_high,
-        is_cap=is_cap,
-        loss_agg=loss_agg,
-    )
-
-
-@register("dppo_kl")
-def dppo_kl(
-    batch: PolicyBatch,
-    *,
-    normalizer: float | Tensor,
-    delta_low: float,
-    delta_high: float,
-    is_cap: float,
-    loss_agg: str,
-) -> LossOutput:
-    """DPPO-Binary-KL: drop tokens with Â > 0, p > q and D > δ_high, or Â < 0, p < q and D > δ_low.
-
-    D = q·log(q/p) + (1−q)·log((1−q)/(1−p)), the KL between the two Bernoulli distributions
-    "the sampled token / any other token" under μ_old and π_θ.
-    """
-    return _dppo_loss(
-        batch,
-        binary_kl_mask,
-        normalizer=normalizer,
-        delta_low=delta_low,
-        delta_high=delta_high,
-        is_cap=is_cap,
-        loss_agg=loss_agg,
-    )
+# One loss, two registered names: the wire model of each fixes `divergence`.
+register("dppo_tv")(dppo)
+register("dppo_kl")(dppo)

@@ -170,7 +170,10 @@ def prepare(
     merged = [fresh.pop(c["name"], c) for c in known] + list(fresh.values())
     known_path.write_text(json.dumps(merged, indent=2))
     probe_path = out_dir / "discrepancy.csv"
-    rows = list(csv.DictReader(probe_path.open())) if probe_path.is_file() else []
+    rows = []
+    if probe_path.is_file():
+        with probe_path.open() as f:
+            rows = list(csv.DictReader(f))
     probed = {r["init"] for r in rows}
     todo = [c for c in colds if c["name"] not in probed]
     if todo:

@@ -10,7 +10,6 @@ Outputs: `summary_runs.csv`, `summary_cells.csv`, `figures/<regime>.png` and `RE
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +19,7 @@ from bench.stability import criterion
 from bench.stability.figures import regime_figure
 from bench.stability.findings import Finding, evaluate_findings
 from bench.stability.matrix import Budget, cells_for
-from bench.stability.report_stress import stress_section
+from bench.stability.report_stress import cold_start_table, stress_section
 from bench.stability.results import Run, cell_summaries, load_runs, run_summary, write_csv
 
 REGIME_TITLES = {
@@ -101,12 +100,9 @@ def _setup_section(runs: list[Run], out_dir: Path) -> list[str]:
             "(pilot CSVs in `pilot/`, rule in `bench/stability/matrix.py`); no ablation cell was "
             "looked at before the matrix ran.",
         ]
-    cold = out_dir / "coldstarts.json"
-    if cold.is_file():
+    if table := cold_start_table(out_dir):
         lines += ["", "Cold starts (SFT until the pass rate at T=1 reaches the target):", ""]
-        lines += ["| init | SFT steps | pass rate (T=1) |", "|---|---|---|"]
-        for c in json.loads(cold.read_text()):
-            lines.append(f"| {c['name']} | {c['steps']} | {c['pass_rate']:.3f} |")
+        lines += table
     return [*lines, ""]
 
 

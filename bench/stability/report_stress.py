@@ -92,14 +92,20 @@ def _rules(out_dir: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _cold_starts(out_dir: Path) -> list[str]:
+def cold_start_table(out_dir: Path) -> list[str]:
+    """The table of `coldstarts.json` (both suites' reports show it); [] when it is absent."""
     path = out_dir / "coldstarts.json"
     if not path.is_file():
         return []
-    lines = ["## Cold starts", "", "| init | SFT steps | pass rate (T=1) |", "|---|---|---|"]
-    for c in json.loads(path.read_text()):
-        lines.append(f"| {c['name']} | {c['steps']} | {c['pass_rate']:.3f} |")
-    return [*lines, ""]
+    lines = ["| init | SFT steps | pass rate (T=1) |", "|---|---|---|"]
+    lines += [f"| {c['name']} | {c['steps']} | {c['pass_rate']:.3f} |"
+              for c in json.loads(path.read_text())]  # fmt: skip
+    return lines
+
+
+def _cold_starts(out_dir: Path) -> list[str]:
+    table = cold_start_table(out_dir)
+    return ["## Cold starts", "", *table, ""] if table else []
 
 
 def _discrepancy(out_dir: Path) -> list[str]:
@@ -125,9 +131,9 @@ def _discrepancy(out_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _map(out_dir: Path, rows: list[dict], aliases: dict[str, str]) -> list[str]:
+def _map(out_dir: Path, cells: list[dict], aliases: dict[str, str]) -> list[str]:
     """The stability map figure from every cell that has run (aliases resolved)."""
-    by_cell = {c["cell"]: c for c in cell_summaries(rows)}
+    by_cell = {c["cell"]: c for c in cells}
     rungs = [d.name for d in stress.MAP_RUNGS]
     grid = {}
     for rung in rungs:
@@ -157,21 +163,23 @@ def _findings(rows: list[dict], aliases: dict[str, str]) -> list[str]:
     return lines
 
 
-def _mechanisms(out_dir: Path, runs, rows: list[dict]) -> list[str]:
+def _mechanisms(out_dir: Path, runs, rows: list[dict], cells: list[dict]) -> list[str]:
     """Per cell the verdict next to the mechanism magnitudes, then the collapsing runs' curves."""
     lines = ["## Mechanisms per cell", "",
              "Means over each run's steps, then over seeds; routing: the most affected layer.", "",
              "| cell | collapsed | final acc | KL k3 | IS trunc | clip | route≠ infer/train "
              "(max layer) | route≠ old/current (max layer) |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for c in cell_summaries(rows):
+    for c in cells:
         lines.append(
             f"| `{c['cell']}` | {c['collapsed']}/{c['seeds']} | {_f(c['final_acc_mean'])} | "
             f"{_f(c['mean_kl_k3'])} | {_f(c['mean_is_trunc_frac'])} | {_f(c['mean_clip_frac'])} | "
             f"{_f(c['max_layer_routing_infer_vs_train'])} | "
             f"{_f(c['max_layer_routing_old_vs_current'])} |"
         )
-    collapsed = [(r, r.verdict().step) for r in runs if r.verdict().collapsed]
+    # `rows` are the runs' summaries in the same order: their verdicts are already judged.
+    collapsed = [(run, row["collapse_step"] if row["collapse_step"] != "" else None)
+                 for run, row in zip(runs, rows, strict=True) if row["collapsed"]]  # fmt: skip
     if collapsed:
         collapse_figure(collapsed, out_dir / "figures" / "collapses.png")
         lines += ["", f"{len(collapsed)} runs collapsed; the first eight, with the collapse "
@@ -188,8 +196,9 @@ def _runs(out_dir: Path) -> list[str]:
     aliases = {}
     if regime_path.is_file():
         aliases = stress.matrix_cells(stress.Regime.load(regime_path))[1]
-    lines = [*_findings(rows, aliases), *_map(out_dir, rows, aliases),
-             *_mechanisms(out_dir, runs, rows)]  # fmt: skip
+    cells = cell_summaries(rows)
+    lines = [*_findings(rows, aliases), *_map(out_dir, cells, aliases),
+             *_mechanisms(out_dir, runs, rows, cells)]  # fmt: skip
     lines += ["## Matrix runs", "", "| cell | seed | collapsed | reason | initial | peak | final |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| `{r['cell']}` | {r['seed']} | {r['collapsed']} | {r['reason']} | "

@@ -2,7 +2,8 @@
 
 Split by concept: `control` (lease heartbeat, cancel/pause requests), `prompts` (the job's
 prompt source), `rewards` (builtin / webhook / external reward sources over the database),
-`loop` (the training loop around `keel_worker.training.step.Trainer`), `runner` (one delivery of
-the task, start to finish), `reaper` (re-enqueues jobs whose worker died). Only `loop` imports
-torch; the rest stays light so `keel_worker.tasks` imports fast.
+`webhook` (signed delivery to a reward service), `spec` (the job row parsed once), `loop` (the
+training loop around `keel_worker.training.step.Trainer`), `runner` (one delivery of the task,
+start to finish). Stale leases are re-enqueued by `keel_server.leases`, which the API and every
+worker run. Only `loop` imports torch; the rest stays light so `keel_worker.tasks` imports fast.
 """

@@ -56,6 +56,7 @@ from bench.stability.criterion import final_accuracy
 from bench.stability.matrix import Cell, all_cells
 from bench.stability.results import Run
 from bench.stability.suites import LADDER, NO_MISMATCH, Dial
+from keel_worker.training.replay_auto import prior_mode
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 PILOT_N = 4
@@ -170,10 +171,6 @@ def findings_cells(regime: Regime) -> list[Cell]:
     ]
 
 
-def _auto_replay(n: int) -> str:
-    return "none" if n == 1 else "R2" if n == 2 else "R3"
-
-
 def auto_choices(n: int) -> tuple[str, ...]:
     """The fixed replay choices `auto` is compared with at N = n (R2 is a no-op at N = 1)."""
     return ("none", "R3") if n == 1 else ("none", "R2", "R3")
@@ -203,7 +200,7 @@ def f9_cells(regime: Regime) -> list[Cell]:
 def map_cells(regime: Regime) -> list[Cell]:
     """Every map rung × N × algorithm, replay by the paper's recipe for that N."""
     return [
-        _on(Cell(f"map/{d.name}/N{n}/{name}", "map", algorithm, _auto_replay(n), n), d,
+        _on(Cell(f"map/{d.name}/N{n}/{name}", "map", algorithm, prior_mode(n), n), d,
             regime.lr_on_policy if n == 1 else regime.lr_off_policy)
         for d in MAP_RUNGS
         for n in MAP_N

@@ -20,7 +20,7 @@ The rule (paper-spec §2.2–2.3, §5.2; thresholds below, numbers in README "Ro
 4. S ≥ R3_STALENESS_RATIO × D → R3, else R2. R2 removes only the staleness factor, R3 both
    (Eq. 6). The paper finds R2 better at N = 2 and R3 at N ≥ 4 (§4.4); on our runs that switch
    is where staleness overtakes the training–inference routing mismatch (S/D ≈ 0.6 at N = 2,
-   1.1 at N = 4, 2.0 at N = 8 in the gentle suite; 0.3 at N = 2 under the stress dial).
+   1.1 at N = 4, 2.1 at N = 8 in the gentle suite; 0.3 at N = 2 under the stress dial).
 
 Hysteresis: once a measured decision is in force, the mode changes only when the rule with
 every threshold moved by HYSTERESIS (relative) towards the current mode also leaves it; the new

@@ -38,6 +38,8 @@ class TrainerState:
     data_cursor: int
     optimizer: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
+    # `AutoReplay.state_dict()`: the replay decision in force (absent in older checkpoints).
+    routing_replay: dict[str, Any] | None = None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -94,6 +94,8 @@ class TrainingSession:
         if state is not None:
             trainer.optimizer.load_state_dict(state.optimizer)
             trainer.policy_version = state.policy_version
+            if state.routing_replay is not None:
+                trainer.auto.load_state_dict(state.routing_replay)
             restore_rng(state.rng)
             session.step, session.data_cursor = state.step, state.data_cursor
         return session
@@ -108,6 +110,7 @@ class TrainingSession:
             data_cursor=data_cursor,
             optimizer=self.trainer.optimizer.state_dict(),
             rng=rng,
+            routing_replay=self.trainer.auto.state_dict(),
         )
         path = save_checkpoint(
             checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,

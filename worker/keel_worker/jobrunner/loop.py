@@ -21,6 +21,7 @@ re-runs the step, finding the rollouts and rewards already posted.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,24 @@ from typing import Any
 from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
+from keel_server.db.checkpoints import (
+    job_checkpoints,
+    list_checkpoints,
+    mark_deleted,
+    register_checkpoint,
+)
 from keel_server.db.jobs import record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
-from keel_server.model_access import ModelNotAllowed, resolve_model
+from keel_server.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.settings import Settings
-from keel_server.storage import archive_digest, job_dir
+from keel_server.storage import archive_kinds, job_dir
 from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
 from keel_worker.jobrunner.spec import JobSpec
-from keel_worker.training.checkpoint import capture_rng
+from keel_worker.training.checkpoint import capture_rng, checkpoints_to_delete
 from keel_worker.training.evaluate import evaluate
 from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
@@ -150,16 +156,20 @@ class JobLoop:
 
     def _load_model(self) -> LoadedModel:
         """The job's model under the same policy the API applied at creation (the settings may
-        have changed since); a refused or unloadable model fails the job without naming paths."""
-        name = self.spec.config.model.name
-        source = resolve_model(name, self.settings)
+        have changed since; a checkpoint must still be this project's and still have its
+        files); a refused or unloadable model fails the job without naming paths."""
+        model = self.spec.config.model
+        with session_scope(self.factory) as session:
+            source = resolve_job_model(model, self.settings, session, self.spec.project_id)
         try:
             return load_model(
-                source.spec, cache_dir=self._model_cache(), local_paths=source.kind == "local"
-            )
+                source.spec, cache_dir=self._model_cache(),
+                local_paths=source.kind in ("local", "checkpoint"),
+            )  # fmt: skip
         except Exception as exc:
-            log.exception("job %s: loading model %r failed", self.spec.id, name)
-            raise ModelNotAllowed(name) from exc
+            shown = model.name or model.checkpoint_id or ""
+            log.exception("job %s: loading model %r failed", self.spec.id, shown)
+            raise ModelNotAllowed(shown) from exc
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:
@@ -205,14 +215,36 @@ class JobLoop:
             step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
         )
         self._register(path, state.step, state.policy_version)
+        keep_last = self.spec.config.checkpoint_keep_last
+        if keep_last is not None:
+            self._apply_retention(keep_last)
 
     def _register(self, path: Path, step: int, policy_version: int) -> None:
-        size_bytes, sha256 = archive_digest(path)
+        kinds = archive_kinds(path)
         with session_scope(self.factory) as session:
             register_checkpoint(
                 session, self.spec.id, step=step, policy_version=policy_version,
-                path=str(path), size_bytes=size_bytes, sha256=sha256,
+                path=str(path), kinds=kinds,
             )
+
+    def _apply_retention(self, keep_last: int) -> None:
+        """Delete the files of the checkpoints `checkpoints_to_delete` names. Each row is marked
+        first, by a compare-and-set that fails if the guard pinned it meanwhile; files of rows
+        marked earlier whose deletion a crash interrupted are removed again here."""
+        with session_scope(self.factory) as session:
+            rows = job_checkpoints(session, self.spec.id)
+            live = {r.step: r.pinned for r in rows if r.deleted_at is None}
+            paths = {r.step: (r.id, Path(r.path)) for r in rows}
+            leftovers = [Path(r.path) for r in rows if r.deleted_at is not None]
+        for step in checkpoints_to_delete(live, keep_last=keep_last):
+            checkpoint_id, path = paths[step]
+            with session_scope(self.factory) as session:
+                marked = mark_deleted(session, checkpoint_id)
+            if marked:
+                leftovers.append(path)
+        for path in leftovers:
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
 
     def _ensure_registered(self, path: Path, step: int, policy_version: int) -> None:
         """A worker that died between saving and registering left a checkpoint the DB lacks."""

@@ -2,7 +2,8 @@
 
 It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
 sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
-checkpoints registered for download, and the cooperative stops of `control` checked between
+checkpoints registered for download (with the job's retention policy applied after each,
+`jobrunner.checkpoints`), and the cooperative stops of `control` checked between
 phases. Order per step: metrics + progress in one transaction, the same metrics to the
 TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
@@ -21,7 +22,6 @@ re-runs the step, finding the rollouts and rewards already posted.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,24 +29,20 @@ from typing import Any
 from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.checkpoints import (
-    job_checkpoints,
-    list_checkpoints,
-    mark_deleted,
-    register_checkpoint,
-)
+from keel_server.db.checkpoints import list_checkpoints
 from keel_server.db.jobs import record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.settings import Settings
-from keel_server.storage import archive_kinds, job_dir
+from keel_server.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
 from keel_worker.jobrunner.spec import JobSpec
-from keel_worker.training.checkpoint import capture_rng, checkpoints_to_delete
+from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
 from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
@@ -217,34 +213,12 @@ class JobLoop:
         self._register(path, state.step, state.policy_version)
         keep_last = self.spec.config.checkpoint_keep_last
         if keep_last is not None:
-            self._apply_retention(keep_last)
+            apply_retention(self.factory, self.spec.id, keep_last=keep_last)
 
     def _register(self, path: Path, step: int, policy_version: int) -> None:
-        kinds = archive_kinds(path)
-        with session_scope(self.factory) as session:
-            register_checkpoint(
-                session, self.spec.id, step=step, policy_version=policy_version,
-                path=str(path), kinds=kinds,
-            )
-
-    def _apply_retention(self, keep_last: int) -> None:
-        """Delete the files of the checkpoints `checkpoints_to_delete` names. Each row is marked
-        first, by a compare-and-set that fails if the guard pinned it meanwhile; files of rows
-        marked earlier whose deletion a crash interrupted are removed again here."""
-        with session_scope(self.factory) as session:
-            rows = job_checkpoints(session, self.spec.id)
-            live = {r.step: r.pinned for r in rows if r.deleted_at is None}
-            paths = {r.step: (r.id, Path(r.path)) for r in rows}
-            leftovers = [Path(r.path) for r in rows if r.deleted_at is not None]
-        for step in checkpoints_to_delete(live, keep_last=keep_last):
-            checkpoint_id, path = paths[step]
-            with session_scope(self.factory) as session:
-                marked = mark_deleted(session, checkpoint_id)
-            if marked:
-                leftovers.append(path)
-        for path in leftovers:
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
+        register_checkpoint_dir(
+            self.factory, self.spec.id, path, step=step, policy_version=policy_version
+        )
 
     def _ensure_registered(self, path: Path, step: int, policy_version: int) -> None:
         """A worker that died between saving and registering left a checkpoint the DB lacks."""

@@ -77,6 +77,17 @@ def test_old_checkpoints_go_pinned_and_newest_stay(settings, factory, tmp_path) 
         assert gone.status_code == 409 and "retention" in gone.json()["detail"]
         assert gone.json()["state"]["deleted_at"]
         assert http.get(f"/v1/checkpoints/{ids[2]}/download", headers=headers).status_code == 200
+        # A job may continue from a checkpoint that has its files, not from a deleted one.
+        for step, status in ((4, 201), (1, 422)):
+            config = {**tiny_job_config(), "model": {"checkpoint_id": ids[step]}}
+            r = http.post("/v1/jobs", json={"config": config}, headers=headers)
+            assert r.status_code == status, r.text
+        assert "deleted by its job's retention policy" in r.json()["detail"]
+        assert r.json()["errors"][0]["loc"] == ["body", "config", "model", "checkpoint_id"]
+        replay = {**tiny_job_config(routing_replay="R2", num_minibatches=2),
+                  "model": {"checkpoint_id": ids[4]}}  # fmt: skip
+        r = http.post("/v1/jobs", json={"config": replay}, headers=headers)
+        assert r.status_code == 422 and f"checkpoint {ids[4]!r} is dense" in r.json()["detail"]
 
         # A row marked before a crash removed its files loses them on the next pass; a second
         # pass over the same rows deletes nothing more.

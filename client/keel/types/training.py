@@ -58,11 +58,10 @@ class ModelConfig(_Strict):
         "online), or an absolute path to a Hugging Face directory or .gguf file under a model "
         "root the operator allows (`KEEL_MODEL_ROOTS`). Null when `checkpoint_id` is given.",
     )
-    checkpoint_id: str | None = Field(
+    checkpoint_id: Text | None = Field(
         None,
         min_length=1,
         max_length=40,
-        pattern=r"^[A-Za-z0-9_-]+$",
         description="Start from the weights of a checkpoint of this project (`ckpt_…`): a full "
         "fine-tune's weights, or a LoRA job's merged weights (base + adapter). The new job "
         "starts at step 0 with a fresh optimizer; another project's id is a 404.",

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from training_helpers import parity_reward, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from keel_worker.engines.models import load_model
@@ -17,6 +18,7 @@ from keel_worker.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from keel_worker.training.run import train
 
 
 def _state(step: int) -> TrainerState:
@@ -94,3 +96,14 @@ def test_prune_deletes_the_files_of_old_checkpoints_under_a_workdir(tmp_path):
         "step_000002", "step_000003",
     ]  # fmt: skip
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 3)
+
+
+@pytest.mark.slow
+def test_train_keeps_only_the_last_checkpoints_it_is_asked_to(tmp_path, cache_dir):
+    config = tiny_config(
+        model={"name": "tiny-dense"}, steps=2, checkpoint_every=1, checkpoint_keep_last=1,
+        group_size=2, num_minibatches=1, rollout={"max_new_tokens": 2},
+    )  # fmt: skip
+    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
+    assert [r.checkpoint.name for r in results] == ["step_000001", "step_000002"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]

@@ -401,7 +401,9 @@ async function showCheckpoints(jobId) {
 // The model weights (the default download kind), or what retention left of the checkpoint.
 function checkpointCells(c) {
   const weights = c.kinds.weights;
-  if (!weights) return [h("td", {}, c.deleted_at ? "deleted" : "–"), h("td", {}, ""), h("td", {}, "")];
+  if (!weights) {
+    return [h("td", {}, c.deleted_at ? "deleted" : "–"), h("td", {}, ""), h("td", {}, "")];
+  }
   return [
     h("td", {}, `${(weights.size_bytes / 1e6).toFixed(1)} MB`),
     h("td", {}, h("code", {}, weights.sha256.slice(0, 16))),

@@ -5,7 +5,7 @@ worker's own entry point, `python -m keel_worker`, as a program: this package ne
 worker), `migrate`, `keys create` (writes the key straight into the database named by Settings).
 Client commands go through the SDK to a running server (`--base-url`/`KEEL_BASE_URL`,
 `--api-key`/`KEEL_API_KEY`): `jobs list|show|cancel|pause|resume|events`,
-`checkpoints list|download`.
+`checkpoints list|download [--kind K]`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from keel.types.checkpoints import DEFAULT_CHECKPOINT_KIND, CheckpointKind
 from keel_server.settings import Settings, get_settings
 
 
@@ -170,7 +171,12 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     cl.set_defaults(func=_with_client(_checkpoints_list))
     dl = ckpts.add_parser("download", parents=[common], help="download and unpack a checkpoint")
     dl.add_argument("checkpoint_id")
-    dl.add_argument("dest", type=Path, help="directory to create (a Hugging Face model dir)")
+    dl.add_argument("dest", type=Path, help="directory to create")
+    dl.add_argument(
+        "--kind", choices=get_args(CheckpointKind), default=DEFAULT_CHECKPOINT_KIND,
+        help="weights (the HF model dir, default), adapter (PEFT, LoRA jobs), merged (a plain "
+        "HF dir), full (with the trainer state, to resume elsewhere)",
+    )  # fmt: skip
     dl.add_argument("--overwrite", action="store_true")
     dl.set_defaults(func=_with_client(_checkpoints_download))
 
@@ -213,12 +219,20 @@ def _jobs_events(client: Any, args: argparse.Namespace) -> int:
 
 def _checkpoints_list(client: Any, args: argparse.Namespace) -> int:
     for ckpt in client.checkpoints.list(args.job_id).data:
-        print(f"{ckpt.id}  step {ckpt.step:>6}  {ckpt.size_bytes:>12} B  sha256 {ckpt.sha256}")
+        flags = " pinned" if ckpt.pinned else ""
+        if ckpt.deleted_at is not None:
+            print(f"{ckpt.id}  step {ckpt.step:>6}  deleted by retention{flags}")
+            continue
+        print(f"{ckpt.id}  step {ckpt.step:>6}{flags}")
+        for kind, archive in ckpt.kinds.items():
+            print(f"    {kind:<8} {archive.size_bytes:>14} B  sha256 {archive.sha256}")
     return 0
 
 
 def _checkpoints_download(client: Any, args: argparse.Namespace) -> int:
-    path = client.checkpoints.download(args.checkpoint_id, args.dest, overwrite=args.overwrite)
+    path = client.checkpoints.download(
+        args.checkpoint_id, args.dest, kind=args.kind, overwrite=args.overwrite
+    )
     print(path)
     return 0
 

@@ -42,17 +42,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelConfig(_Strict):
-    """Which policy to train."""
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
-    name: str = Field(
-        "smollm2-135m-instruct",
+
+class ModelConfig(_Strict):
+    """Which policy to train: a model by `name`, or one of the project's own checkpoints by
+    `checkpoint_id` (how a user continues training), never both."""
+
+    name: str | None = Field(
+        DEFAULT_MODEL,
         min_length=1,
         max_length=1024,
         description="A built-in model name, a hub id 'org/name' (needs a machine that is "
         "online), or an absolute path to a Hugging Face directory or .gguf file under a model "
-        "root the operator allows (`KEEL_MODEL_ROOTS`).",
+        "root the operator allows (`KEEL_MODEL_ROOTS`). Null when `checkpoint_id` is given.",
     )
+    checkpoint_id: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=40,
+        description="Start from the weights of a checkpoint of this project (`ckpt_…`): a full "
+        "fine-tune's weights, or a LoRA job's merged weights (base + adapter). The new job "
+        "starts at step 0 with a fresh optimizer; another project's id is a 404.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpoint_replaces_the_default_name(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("checkpoint_id") is not None and "name" not in data:
+            return {**data, "name": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name is None) == (self.checkpoint_id is None):
+            raise ValueError("give the model as exactly one of 'name' or 'checkpoint_id'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name the model: its name, or its checkpoint id."""
+        return self.name if self.name is not None else f"checkpoint {self.checkpoint_id}"
 
 
 class TaskItem(_Strict):
@@ -214,6 +244,12 @@ class TrainingConfig(_Strict):
     )
     checkpoint_every: Int = Field(
         0, ge=0, le=MAX_STEPS, description="Checkpoint every k steps; 0 = at the end."
+    )
+    checkpoint_keep_last: Int | None = Field(
+        None, ge=1, le=MAX_STEPS,
+        description="Retention: keep the files of the newest k checkpoints and delete older "
+        "ones' after each save (their rows stay, marked deleted); pinned checkpoints and the "
+        "newest one are never deleted. None = keep every checkpoint.",
     )
 
     @property

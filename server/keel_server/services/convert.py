@@ -35,7 +35,7 @@ def rollout(row: models.Rollout) -> Rollout:
 def checkpoint(row: models.Checkpoint) -> Checkpoint:
     return Checkpoint(
         id=row.id, job_id=row.job_id, step=row.step, policy_version=row.policy_version,
-        size_bytes=row.size_bytes, sha256=row.sha256, created_at=row.created_at,
+        kinds=row.kinds, pinned=row.pinned, deleted_at=row.deleted_at, created_at=row.created_at,
     )  # fmt: skip
 
 

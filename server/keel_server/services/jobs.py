@@ -57,7 +57,7 @@ def create(
     request is a 409 `idempotency_conflict` naming the key.
     """
     require_api_key(principal)
-    check_model(req.config.model.name, req.config.routing_replay, ctx.settings)
+    check_model(ctx, principal, req.config)
     _check_deadline(ctx, req)
     _check_webhook_target(ctx, req)
     fingerprint = _fingerprint(req)

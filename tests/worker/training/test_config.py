@@ -52,3 +52,21 @@ def test_dataset_task_needs_items_and_builtins_take_none():
 def test_optimizer_betas_are_checked():
     with pytest.raises(ValidationError, match="betas"):
         TrainingConfig(optimizer={"betas": (0.9, 1.0)})
+
+
+def test_the_model_is_a_name_or_a_checkpoint_id_never_both():
+    assert TrainingConfig().model.name == "smollm2-135m-instruct"
+    assert TrainingConfig().model.checkpoint_id is None
+    by_id = TrainingConfig(model={"checkpoint_id": "ckpt_0123"}).model
+    assert (by_id.name, by_id.checkpoint_id) == (None, "ckpt_0123")
+    for model in ({"name": "tiny-dense", "checkpoint_id": "ckpt_0123"}, {"name": None},
+                  {"name": None, "checkpoint_id": None}):  # fmt: skip
+        with pytest.raises(ValidationError, match="exactly one of 'name' or 'checkpoint_id'"):
+            TrainingConfig(model=model)
+
+
+def test_checkpoint_keep_last_keeps_at_least_one():
+    assert TrainingConfig().checkpoint_keep_last is None
+    assert TrainingConfig(checkpoint_keep_last=1).checkpoint_keep_last == 1
+    with pytest.raises(ValidationError):
+        TrainingConfig(checkpoint_keep_last=0)

@@ -2,7 +2,8 @@
 
 It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
 sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
-checkpoints registered for download, and the cooperative stops of `control` checked between
+checkpoints registered for download (with the job's retention policy applied after each,
+`jobrunner.checkpoints`), and the cooperative stops of `control` checked between
 phases. Order per step: metrics + progress in one transaction, the same metrics to the
 TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
@@ -28,14 +29,15 @@ from typing import Any
 from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
+from keel_server.db.checkpoints import list_checkpoints
 from keel_server.db.jobs import record_progress, record_routing_replay
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
-from keel_server.model_access import ModelNotAllowed, resolve_model
+from keel_server.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.settings import Settings
-from keel_server.storage import archive_digest, job_dir
+from keel_server.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -155,16 +157,20 @@ class JobLoop:
 
     def _load_model(self) -> LoadedModel:
         """The job's model under the same policy the API applied at creation (the settings may
-        have changed since); a refused or unloadable model fails the job without naming paths."""
-        name = self.spec.config.model.name
-        source = resolve_model(name, self.settings)
+        have changed since; a checkpoint must still be this project's and still have its
+        files); a refused or unloadable model fails the job without naming paths."""
+        model = self.spec.config.model
+        with session_scope(self.factory) as session:
+            source = resolve_job_model(model, self.settings, session, self.spec.project_id)
         try:
             return load_model(
-                source.spec, cache_dir=self._model_cache(), local_paths=source.kind == "local"
-            )
+                source.spec, cache_dir=self._model_cache(),
+                local_paths=source.kind in ("local", "checkpoint"),
+            )  # fmt: skip
         except Exception as exc:
-            log.exception("job %s: loading model %r failed", self.spec.id, name)
-            raise ModelNotAllowed(name) from exc
+            shown = model.label
+            log.exception("job %s: loading model %r failed", self.spec.id, shown)
+            raise ModelNotAllowed(shown) from exc
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:
@@ -210,14 +216,14 @@ class JobLoop:
             step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
         )
         self._register(path, state.step, state.policy_version)
+        keep_last = self.spec.config.checkpoint_keep_last
+        if keep_last is not None:
+            apply_retention(self.factory, self.spec.id, keep_last=keep_last)
 
     def _register(self, path: Path, step: int, policy_version: int) -> None:
-        size_bytes, sha256 = archive_digest(path)
-        with session_scope(self.factory) as session:
-            register_checkpoint(
-                session, self.spec.id, step=step, policy_version=policy_version,
-                path=str(path), size_bytes=size_bytes, sha256=sha256,
-            )
+        register_checkpoint_dir(
+            self.factory, self.spec.id, path, step=step, policy_version=policy_version
+        )
 
     def _ensure_registered(self, path: Path, step: int, policy_version: int) -> None:
         """A worker that died between saving and registering left a checkpoint the DB lacks."""

@@ -23,6 +23,7 @@ _PROMPT_TYPE: TypeAdapter[PromptSourceType] = TypeAdapter(PromptSourceType)
 @dataclass(frozen=True)
 class JobSpec:
     id: str
+    project_id: str
     config: TrainingConfig
     prompt_type: PromptSourceType
     reward_source: RewardSource
@@ -34,6 +35,7 @@ class JobSpec:
         ValidationError) or the webhook secret does not decrypt with `sealing_key` (SealError)."""
         return cls(
             id=job.id,
+            project_id=job.project_id,
             config=TrainingConfig.model_validate(job.config),
             prompt_type=_PROMPT_TYPE.validate_python(job.prompt_source.get("type")),
             reward_source=_REWARD_SOURCE.validate_python(job.reward_source),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.types.training import TrainingConfig
-from keel_worker.training.checkpoint import capture_rng
+from keel_worker.training.checkpoint import capture_rng, prune_checkpoints
 from keel_worker.training.evaluate import evaluate
 from keel_worker.training.schedule import StepSchedule, step_seed
 from keel_worker.training.scoring import ScoreFn, task_scorer
@@ -91,6 +91,8 @@ def train(
                     done, data_cursor=stream.cursor, rng=capture_rng(),
                     summary={"config": config.model_dump(mode="json")},
                 )
+                if config.checkpoint_keep_last is not None:
+                    prune_checkpoints(workdir, keep_last=config.checkpoint_keep_last)
             trackers.log(done, metrics)
             yield StepResult(done, run.trainer.policy_version, metrics, saved)
             if stopping:

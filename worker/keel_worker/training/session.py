@@ -44,6 +44,15 @@ def build_engine(
     return HFEngine(model, tokenizer, precision=config.rollout.precision)
 
 
+def _load_by_name(config: TrainingConfig, cache_dir: Path) -> LoadedModel:
+    if config.model.name is None:
+        raise ValueError(
+            "model.checkpoint_id names a checkpoint of the service (a job's model); in-process, "
+            "pass the checkpoint's directory as model.name"
+        )
+    return load_model(config.model.name, cache_dir=cache_dir)
+
+
 @dataclass
 class TrainingSession:
     """A run's live objects plus where it resumes: `step` completed steps, `data_cursor`."""
@@ -80,7 +89,7 @@ class TrainingSession:
         if ckpt is not None:
             model, tokenizer, state = load_checkpoint(ckpt)
         else:
-            loaded = load() if load else load_model(config.model.name, cache_dir=cache_dir)
+            loaded = load() if load else _load_by_name(config, cache_dir)
             model, tokenizer = loaded.model, loaded.tokenizer
         model.eval()
         # The engine copies the weights before the trainer's copy moves to its device: the `hf`

@@ -402,7 +402,7 @@ def replay_hooks(
     """Record/replay hooks for an MoE model (also without replay, so routing disagreement is
     reported); None for a dense model, or for an MoE family keel cannot hook when the job asked
     for no replay. Anything else that cannot replay raises `RoutingReplayError`."""
-    mode, name = config.routing_replay, config.model.name
+    mode, name = config.routing_replay, config.model.label
     if not is_moe:
         if mode in ("R2", "R3"):
             raise RoutingReplayError(dense_replay_message(mode, name))

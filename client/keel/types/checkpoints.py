@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import Field
+
 from keel.types.common import ResponseModel
 
 
@@ -15,4 +17,8 @@ class Checkpoint(ResponseModel):
     policy_version: int
     size_bytes: int
     sha256: str
+    pinned: bool = Field(
+        default=False,
+        description="Kept whatever the retention: the last checkpoint before a guard trigger.",
+    )
     created_at: datetime

@@ -6,7 +6,7 @@ computes them with `storage.archive_digest(path)` before registering.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from keel_server.db.base import new_id, utcnow
@@ -64,3 +64,28 @@ def list_checkpoints(
     if after_step is not None:
         stmt = stmt.where(Checkpoint.step > after_step)
     return list(session.execute(stmt.order_by(Checkpoint.step).limit(limit + 1)).scalars())
+
+
+def latest_at_most(session: Session, job_id: str, step: int) -> Checkpoint | None:
+    """The job's checkpoint with the highest step ≤ `step`."""
+    stmt = (
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.step <= step)
+        .order_by(Checkpoint.step.desc())
+        .limit(1)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def pin(session: Session, checkpoint: Checkpoint) -> None:
+    """Mark a checkpoint that retention never deletes."""
+    checkpoint.pinned = True
+    session.flush()
+
+
+def delete_after(session: Session, job_id: str, step: int) -> list[str]:
+    """Drop the rows of the job's unpinned checkpoints past `step`; returns their paths."""
+    where = (Checkpoint.job_id == job_id, Checkpoint.step > step, Checkpoint.pinned.is_(False))
+    paths = list(session.execute(select(Checkpoint.path).where(*where)).scalars())
+    session.execute(delete(Checkpoint).where(*where))
+    return paths

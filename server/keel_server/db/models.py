@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Double,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -84,6 +86,7 @@ class Job(Base):
     webhook_secret: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_sha256: Mapped[str | None] = mapped_column(String(64))  # of the create request
+    guard: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # keel.types.jobs.GuardSummary
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -153,6 +156,8 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)  # the HF directory the download archives
     size_bytes: Mapped[int] = mapped_column(BigInteger)  # of the deterministic tar
     sha256: Mapped[str] = mapped_column(String(64))  # of the deterministic tar
+    # Never deleted by retention: the last checkpoint before a stability-guard trigger fired.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

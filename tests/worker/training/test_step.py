@@ -254,3 +254,32 @@ def test_dppo_objectives_train_with_their_mask_metrics(cache_dir, name):
         assert math.isfinite(metrics[key]), key
     assert metrics["clip/tv_mean"] > 0  # fp8 rollout: π_θ ≠ μ_old from the first update on
     assert metrics["optim/grad_norm"] > 0
+
+
+def test_a_non_finite_gradient_never_reaches_the_optimizer(cache_dir):
+    # A NaN gradient on one weight in the first of 2 mini-batches: that update is skipped
+    # (weights and AdamW state untouched, counted once), the second one runs as usual.
+    trainer, model = _trainer(tiny_config(), cache_dir)
+    weight = model.get_output_embeddings().weight
+    calls = []
+
+    def poison_first(grad):
+        calls.append(1)
+        return grad * math.nan if len(calls) == 1 else grad
+
+    weight.register_hook(poison_first)
+    before = _params(model)
+    snapshots = _after_each_update(trainer)
+    metrics = trainer.step(ITEMS, parity_reward, seed=2)
+    assert metrics["guard/skipped_updates"] == 1.0
+    assert math.isnan(metrics["optim/grad_norm"])  # the mean of a NaN and a finite norm
+    assert len(snapshots) == 1  # one AdamW step ran: the second mini-batch's
+    after = _params(model)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_finite_steps_count_no_skipped_update(cache_dir):
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+    metrics = trainer.step(ITEMS, parity_reward, seed=2)
+    assert metrics["guard/skipped_updates"] == 0.0

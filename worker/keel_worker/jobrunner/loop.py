@@ -15,10 +15,11 @@ expired or unscored member), so no update ever ran (`TrainedOnNothing`).
 The stability guard (`config.guard`, `jobrunner.guarding`) judges every completed step before
 its metrics are written. `pause` checkpoints the step just done and ends the run `paused` with
 the trigger's reason; `rollback` restores the last checkpoint from before the breach began
-(dropping the later ones), keeps the prompt cursor where it is (the batches drawn since are
-skipped), scales the learning rate and runs the steps from there again, replacing their metric
-rows; past `rollback.max_attempts`, or with no checkpoint to go back to, it pauses instead.
-When a trigger may roll back, a new job checkpoints once before its first step.
+(dropping the later ones and the rollouts of the abandoned steps), keeps the prompt cursor where
+it is (the batches drawn since are skipped), scales the learning rate and runs the steps from
+there again, replacing their metric rows; past `rollback.max_attempts`, or with no checkpoint
+to go back to, it pauses instead. When a trigger may roll back, a new job checkpoints once
+before its first step.
 
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
@@ -46,6 +47,7 @@ from keel_server.db.checkpoints import (
 from keel_server.db.jobs import record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
+from keel_server.db.rollouts import delete_after as delete_rollouts_after
 from keel_server.model_access import ModelNotAllowed, resolve_model
 from keel_server.settings import Settings
 from keel_server.storage import archive_digest, job_dir
@@ -116,6 +118,7 @@ class JobLoop:
             done = step + 1
             fired = self.guard.observe(done, metrics)
             act = strongest([f for f in fired if f.action != "alert"])
+            note = self._plan(act)
             with session_scope(self.factory) as session:
                 metrics.update(_reward_counts(session, self.spec.id, done))
                 write_step_metrics(session, self.spec.id, done, metrics)
@@ -123,7 +126,7 @@ class JobLoop:
                     session, self.spec.id, self.control.owner,
                     step=done, policy_version=self.trainer.policy_version,
                 )
-                self.guard.record(session, self.control.owner, fired, note=self._plan(act))
+                self.guard.record(session, self.control.owner, fired, note=note)
             self.trackers.log(done, metrics)
             self.step_reached = done
             if act is not None and act.action == "rollback" and self._can_roll_back(act):
@@ -172,6 +175,7 @@ class JobLoop:
         state = self.run_state.restore(Path(path))
         with session_scope(self.factory) as session:
             dropped = delete_after(session, self.spec.id, to_step)
+            delete_rollouts_after(session, self.spec.id, to_step)
             scale = self.guard.rolled_back(session, self.control.owner, to_step=to_step, fired=act)
             record_progress(
                 session, self.spec.id, self.control.owner,

@@ -226,6 +226,9 @@ def _markdown(result: dict[str, Any]) -> str:
         "collapsing runs by `bench/stability/criterion.py`: "
         + ", ".join(result["collapsed_runs"]) + ".",
         "",
+        "Caveat: the thresholds are chosen on these same runs (5 collapsing runs, all seed 0 "
+        "pilots; no held-out set), so the detection numbers below are in-sample.",
+        "",
         f"Rule: {result['rule']}. Lead = collapse grad step − first alert grad step "
         "(positive: the alert came first; the criterion dates a collapse at the first evaluation "
         "of its tail, evaluations are 8 grad steps apart).",

@@ -154,10 +154,18 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--limit", type=int, default=None)
     ls.add_argument("--cursor", default=None, help="`next_cursor` of the previous page")
     ls.set_defaults(func=_with_client(_jobs_list))
-    for verb in ("show", "cancel", "pause", "resume"):
+    for verb in ("show", "cancel", "pause"):
         action = jobs.add_parser(verb, parents=[common], help=f"{verb} a job")
         action.add_argument("job_id")
         action.set_defaults(func=_with_client(_job_action(verb)))
+    resume = jobs.add_parser("resume", parents=[common], help="resume a paused job")
+    resume.add_argument("job_id")
+    resume.add_argument("--lr", type=float, default=None, help="a new learning rate")
+    resume.add_argument(
+        "--algorithm", type=json.loads, default=None,
+        help='a new config.algorithm as JSON, e.g. \'{"name": "minirl"}\'',
+    )  # fmt: skip
+    resume.set_defaults(func=_with_client(_jobs_resume))
     events = jobs.add_parser("events", parents=[common], help="follow a job's events (SSE)")
     events.add_argument("job_id")
     events.add_argument("--last-event-id", default=None)
@@ -197,6 +205,8 @@ def _jobs_list(client: Any, args: argparse.Namespace) -> int:
     for job in page.data:
         steps = f"{job.step}/{job.steps if job.steps is not None else '?'}"
         print(f"{job.id:<32} {job.status:<10} {steps:>9}  {job.name or ''}")
+        if job.guard.last_reason:
+            print(f"{'':<32} guard: {job.guard.last_reason}")
     if page.has_more:
         print(f"... more: --cursor {page.next_cursor}")
     return 0
@@ -209,6 +219,11 @@ def _job_action(verb: str) -> Callable[[Any, argparse.Namespace], int]:
         return 0
 
     return act
+
+
+def _jobs_resume(client: Any, args: argparse.Namespace) -> int:
+    _print_json(client.jobs.resume(args.job_id, lr=args.lr, algorithm=args.algorithm))
+    return 0
 
 
 def _jobs_events(client: Any, args: argparse.Namespace) -> int:

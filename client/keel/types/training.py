@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from keel.types.algorithm import AlgorithmConfig
 from keel.types.common import MAX_INT, Float, Int, Text
+from keel.types.guard import GuardConfig
 from keel.types.prompts import MAX_PROMPT_CHARS
 
 RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
@@ -206,6 +207,10 @@ class TrainingConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    guard: GuardConfig = Field(
+        default_factory=GuardConfig,
+        description="The stability guard: signals, thresholds and actions (keel.types.guard).",
+    )
     prompts_per_step: Int = Field(
         8, ge=1, le=4096, description="B: prompts sampled per global step."
     )

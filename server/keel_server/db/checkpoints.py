@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from keel_server.db.base import new_id, utcnow
@@ -104,3 +104,24 @@ def list_checkpoints(
     if after_step is not None:
         stmt = stmt.where(Checkpoint.step > after_step)
     return list(session.execute(stmt.order_by(Checkpoint.step).limit(limit + 1)).scalars())
+
+
+def latest_at_most(session: Session, job_id: str, step: int) -> Checkpoint | None:
+    """The job's checkpoint with the highest step ≤ `step` whose files retention kept."""
+    stmt = (
+        select(Checkpoint)
+        .where(
+            Checkpoint.job_id == job_id, Checkpoint.step <= step, Checkpoint.deleted_at.is_(None)
+        )
+        .order_by(Checkpoint.step.desc())
+        .limit(1)
+    )
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def delete_after(session: Session, job_id: str, step: int) -> list[str]:
+    """Drop the rows of the job's unpinned checkpoints past `step`; returns their paths."""
+    where = (Checkpoint.job_id == job_id, Checkpoint.step > step, Checkpoint.pinned.is_(False))
+    paths = list(session.execute(select(Checkpoint.path).where(*where)).scalars())
+    session.execute(delete(Checkpoint).where(*where))
+    return paths

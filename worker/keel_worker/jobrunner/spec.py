@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import TypeAdapter
 
-from keel.types.jobs import PromptSourceType, RewardSource
+from keel.types.jobs import GuardSummary, PromptSourceType, RewardSource
 from keel.types.training import TrainingConfig
 from keel_server.db.models import Job
 from keel_server.security import unseal
@@ -28,6 +28,7 @@ class JobSpec:
     prompt_type: PromptSourceType
     reward_source: RewardSource
     webhook_secret: str | None
+    guard: GuardSummary
 
     @classmethod
     def from_row(cls, job: Job, *, sealing_key: str) -> JobSpec:
@@ -40,4 +41,5 @@ class JobSpec:
             prompt_type=_PROMPT_TYPE.validate_python(job.prompt_source.get("type")),
             reward_source=_REWARD_SOURCE.validate_python(job.reward_source),
             webhook_secret=unseal(sealing_key, job.webhook_secret) if job.webhook_secret else None,
+            guard=GuardSummary.model_validate(job.guard or {}),
         )

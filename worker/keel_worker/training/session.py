@@ -109,6 +109,23 @@ class TrainingSession:
             session.step, session.data_cursor = state.step, state.data_cursor
         return session
 
+    def restore(self, path: Path) -> TrainerState:
+        """Roll the live run back to the checkpoint at `path`: weights (trainer and engine),
+        optimizer state, policy version and RNG states; returns the checkpoint's state."""
+        model, _, state = load_checkpoint(path)
+        self.model.load_state_dict(model.state_dict())
+        self.trainer.optimizer.load_state_dict(state.optimizer)
+        self.trainer.policy_version = state.policy_version
+        self.engine.load_weights(self.model)
+        restore_rng(state.rng)
+        return state
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every parameter group (a resumed optimizer state keeps the one
+        it was saved with)."""
+        for group in self.trainer.optimizer.param_groups:
+            group["lr"] = lr
+
     def save(
         self, step: int, *, data_cursor: int, rng: dict[str, Any], summary: dict[str, Any]
     ) -> tuple[Path, TrainerState]:

@@ -9,7 +9,9 @@
               routes, R2 records the natural ones); mini-batch 1 reuses its own update forward,
               where θ = θ_old exactly (paper-spec §2.3: R2 on the first mini-batch is a no-op)
     update    per mini-batch: micro-batches bucketed by length, forward (with replay), objective
-              with the global normalizer, backward; clip the gradient norm; one AdamW step
+              with the global normalizer, backward; clip the gradient norm; one AdamW step,
+              skipped (and counted in `guard/skipped_updates`) when the loss or gradient is
+              not finite
     sync      push the new weights to the engine; bump the policy version
 
 Metric values stay tensors (on the training device) until `MetricSink.finish()` moves them to the
@@ -261,6 +263,7 @@ class Trainer:
         normalizer = loss_normalizer(
             self.loss_agg, mask_B_T=_length_mask(n_resp), constant=self._norm_constant()
         )
+        losses = []
         for rows_mb in micro_batches:
             mb = build(rows_mb)
             out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old.routes))
@@ -280,6 +283,7 @@ class Trainer:
             )
             loss = self.objective(policy_batch, normalizer=normalizer, **self.objective_kwargs)
             loss.loss.backward()
+            losses.append(loss.loss.detach())
             sink.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
             sink.add("optim/loss", loss.loss / cfg.num_minibatches, reduce="sum")
         clip = cfg.optimizer.grad_clip
@@ -287,7 +291,12 @@ class Trainer:
             self.model.parameters(), clip if clip is not None else float("inf")
         )
         sink.add("optim/grad_norm", grad_norm)
-        self.optimizer.step()
+        # A non-finite loss or gradient never reaches the optimizer (it would poison AdamW's
+        # moments for good): the update is skipped and counted. One host sync per mini-batch.
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(torch.stack(losses)).all())
+        sink.add("guard/skipped_updates", torch.tensor(0.0 if finite else 1.0), reduce="sum")
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ helpers

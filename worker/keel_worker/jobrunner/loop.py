@@ -36,6 +36,7 @@ from keel_server.model_access import ModelNotAllowed, resolve_model
 from keel_server.settings import Settings
 from keel_server.storage import archive_digest, job_dir
 from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -118,7 +119,8 @@ class JobLoop:
     def _setup(self) -> None:
         cfg, spec = self.spec.config, self.spec
         run = TrainingSession.open(
-            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model
+            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model,
+            vllm_options=VLLMOptions.from_settings(self.settings),
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)

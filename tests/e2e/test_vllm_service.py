@@ -27,6 +27,7 @@ CONFIG = {
 
 def _in_step_2_generation(client, job_id: str) -> bool:
     job = client.jobs.retrieve(job_id)
+    assert job.status in ("queued", "running"), f"{job.status}: {job.error}"
     if job.step != 1 or job.status != "running":
         return False
     saved = [c.step for c in client.checkpoints.list(job_id).data]

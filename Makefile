@@ -50,13 +50,13 @@ test: lint browsers
 	$(VENV)/bin/pytest
 
 test-fast: lint
+	$(VENV)/bin/pytest -m "not slow"
 
 # The tests marked `vllm` on the real vLLM CPU engine. KEEL_REQUIRE_VLLM makes a vLLM that does
 # not import a failure here (the main suite skips those tests instead). They live under
 # tests/worker and tests/e2e; the tier venv has no dev extra, which other folders import.
 test-vllm: $(VLLM_STAMP)
 	KEEL_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -m vllm tests/worker tests/e2e
-	$(VENV)/bin/pytest -m "not slow"
 
 demo: install
 	$(PY) scripts/demo.py

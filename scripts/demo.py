@@ -204,6 +204,7 @@ class Progress:
     def __init__(self, steps: int) -> None:
         self.steps, self.step = steps, 0
         self.values: dict[str, float | None] = {}
+        self.guard: str | None = None  # the last stability-guard trigger that fired
         self.started = time.monotonic()
         self.tty = sys.stdout.isatty()
         self._lock = threading.Lock()
@@ -218,6 +219,12 @@ class Progress:
             if ACC_FINAL in values:
                 self.values[ACC] = values[ACC_FINAL]
             self._draw(final=not self.tty)
+
+    def alert(self, event: dict[str, Any]) -> None:
+        """A `guard` event: shown on the progress line from now on, and once in full."""
+        with self._lock:
+            self.guard = f"{event.get('trigger')} at step {event.get('step')}"
+        self.note(f"guard: {event.get('reason')} ({event.get('action')})")
 
     def note(self, text: str) -> None:
         with self._lock:
@@ -241,6 +248,7 @@ class Progress:
             f"step {self.step:>3}/{self.steps} [{bar}] reward {_fmt(v.get(REWARD), '.2f')} | "
             f"held-out acc {_fmt(v.get(ACC), '.2f')} | KL(μ‖π_old) {_fmt(v.get(KL), '.1e')} | "
             f"clip {_fmt(v.get(CLIP), '.1%')} | {clock}"
+            + (f" | guard alert: {self.guard}" if self.guard else "")
         )
 
     def _draw(self, *, final: bool = False) -> None:
@@ -266,10 +274,14 @@ def follow(client: Client, job_id: str, progress: Progress) -> None:
             progress.update(int(data["step"]), data.get("values") or {})
         elif event.type == "checkpoint":
             progress.note(f"checkpoint saved at step {data.get('step')}")
+        elif event.type == "guard":
+            progress.alert(data)
         elif event.type == "status":
             status = data.get("status")
             hint = " (loading the model, then the held-out eval before step 1)"
             progress.note(f"job {status}{hint if status == 'running' else ''}")
+            if status == "paused":  # by the guard: its reason is on the job; resume via the SDK
+                return
 
 
 # ------------------------------------------------------------------------------ results
@@ -373,7 +385,7 @@ def run_job(client: Client, args: argparse.Namespace, started: float) -> dict[st
     progress.close()
     final = client.jobs.retrieve(job.id)
     if final.status != "succeeded":
-        raise RuntimeError(f"job {job.id} {final.status}: {final.error}")
+        raise RuntimeError(f"job {job.id} {final.status}: {final.error or final.guard.last_reason}")
     return finish(client, final, config, started, args.data_dir)
 
 

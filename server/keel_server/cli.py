@@ -5,7 +5,7 @@ worker's own entry point, `python -m keel_worker`, as a program: this package ne
 worker), `migrate`, `keys create` (writes the key straight into the database named by Settings).
 Client commands go through the SDK to a running server (`--base-url`/`KEEL_BASE_URL`,
 `--api-key`/`KEEL_API_KEY`): `jobs list|show|cancel|pause|resume|events`,
-`checkpoints list|download`.
+`checkpoints list|download [--kind K]`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from keel.types.checkpoints import DEFAULT_CHECKPOINT_KIND, CheckpointKind
 from keel_server.settings import Settings, get_settings
 
 
@@ -153,10 +154,18 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--limit", type=int, default=None)
     ls.add_argument("--cursor", default=None, help="`next_cursor` of the previous page")
     ls.set_defaults(func=_with_client(_jobs_list))
-    for verb in ("show", "cancel", "pause", "resume"):
+    for verb in ("show", "cancel", "pause"):
         action = jobs.add_parser(verb, parents=[common], help=f"{verb} a job")
         action.add_argument("job_id")
         action.set_defaults(func=_with_client(_job_action(verb)))
+    resume = jobs.add_parser("resume", parents=[common], help="resume a paused job")
+    resume.add_argument("job_id")
+    resume.add_argument("--lr", type=float, default=None, help="a new learning rate")
+    resume.add_argument(
+        "--algorithm", type=json.loads, default=None,
+        help='a new config.algorithm as JSON, e.g. \'{"name": "minirl"}\'',
+    )  # fmt: skip
+    resume.set_defaults(func=_with_client(_jobs_resume))
     events = jobs.add_parser("events", parents=[common], help="follow a job's events (SSE)")
     events.add_argument("job_id")
     events.add_argument("--last-event-id", default=None)
@@ -170,7 +179,12 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     cl.set_defaults(func=_with_client(_checkpoints_list))
     dl = ckpts.add_parser("download", parents=[common], help="download and unpack a checkpoint")
     dl.add_argument("checkpoint_id")
-    dl.add_argument("dest", type=Path, help="directory to create (a Hugging Face model dir)")
+    dl.add_argument("dest", type=Path, help="directory to create")
+    dl.add_argument(
+        "--kind", choices=get_args(CheckpointKind), default=DEFAULT_CHECKPOINT_KIND,
+        help="weights (the HF model dir, default), adapter (PEFT, LoRA jobs), merged (a plain "
+        "HF dir), full (with the trainer state, to resume elsewhere)",
+    )  # fmt: skip
     dl.add_argument("--overwrite", action="store_true")
     dl.set_defaults(func=_with_client(_checkpoints_download))
 
@@ -191,6 +205,8 @@ def _jobs_list(client: Any, args: argparse.Namespace) -> int:
     for job in page.data:
         steps = f"{job.step}/{job.steps if job.steps is not None else '?'}"
         print(f"{job.id:<32} {job.status:<10} {steps:>9}  {job.name or ''}")
+        if job.guard.last_reason:
+            print(f"{'':<32} guard: {job.guard.last_reason}")
     if page.has_more:
         print(f"... more: --cursor {page.next_cursor}")
     return 0
@@ -205,6 +221,11 @@ def _job_action(verb: str) -> Callable[[Any, argparse.Namespace], int]:
     return act
 
 
+def _jobs_resume(client: Any, args: argparse.Namespace) -> int:
+    _print_json(client.jobs.resume(args.job_id, lr=args.lr, algorithm=args.algorithm))
+    return 0
+
+
 def _jobs_events(client: Any, args: argparse.Namespace) -> int:
     for event in client.jobs.events(args.job_id, last_event_id=args.last_event_id):
         print(json.dumps(event.model_dump(mode="json")), flush=True)
@@ -213,12 +234,20 @@ def _jobs_events(client: Any, args: argparse.Namespace) -> int:
 
 def _checkpoints_list(client: Any, args: argparse.Namespace) -> int:
     for ckpt in client.checkpoints.list(args.job_id).data:
-        print(f"{ckpt.id}  step {ckpt.step:>6}  {ckpt.size_bytes:>12} B  sha256 {ckpt.sha256}")
+        flags = " pinned" if ckpt.pinned else ""
+        if ckpt.deleted_at is not None:
+            print(f"{ckpt.id}  step {ckpt.step:>6}  deleted by retention{flags}")
+            continue
+        print(f"{ckpt.id}  step {ckpt.step:>6}{flags}")
+        for kind, archive in ckpt.kinds.items():
+            print(f"    {kind:<8} {archive.size_bytes:>14} B  sha256 {archive.sha256}")
     return 0
 
 
 def _checkpoints_download(client: Any, args: argparse.Namespace) -> int:
-    path = client.checkpoints.download(args.checkpoint_id, args.dest, overwrite=args.overwrite)
+    path = client.checkpoints.download(
+        args.checkpoint_id, args.dest, kind=args.kind, overwrite=args.overwrite
+    )
     print(path)
     return 0
 

@@ -1,12 +1,18 @@
-"""Which model a job's `config.model.name` may name, decided the same way by the API (at
-creation) and by the worker (before it loads anything).
+"""Which model a job's `config.model` may name, decided the same way by the API (at creation)
+and by the worker (before it loads anything).
 
-A name is a built-in model, a hub id (`org/name`, never looked up on the local disk), or an
-absolute local path that resolves (symlinks and `..` followed) under one of the operator's
-`Settings.model_roots` and outside keel's own state (`home`, `artifacts_dir`: a project
-continues from its own checkpoints by id, never by path). Every refusal gives the same answer
-whether the path is outside the roots, missing or unreadable, so the API is no oracle for the
-server's files (hardening issue items 1 and 2).
+`config.model.checkpoint_id` names a checkpoint of the job's own project (`resolve_checkpoint`):
+the only way a job's model lies under keel's artifacts. Another project's id is
+`CheckpointNotFound`, whichever project asks, so ids of other projects do not leak (a 404 at
+the API, a failed job in the worker); a checkpoint whose files retention deleted is
+`CheckpointNotUsable`.
+
+`config.model.name` is a built-in model, a hub id (`org/name`, never looked up on the local
+disk), or an absolute local path that resolves (symlinks and `..` followed) under one of the
+operator's `Settings.model_roots` and outside keel's own state (`home`, `artifacts_dir`: a
+project continues from its own checkpoints by id, never by path). Every refusal gives the same
+answer whether the path is outside the roots, missing or unreadable, so the API is no oracle for
+the server's files (hardening issue items 1 and 2).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy.orm import Session
+
+from keel.types.training import ModelConfig
+from keel_server.db.checkpoints import get_project_checkpoint
 from keel_server.settings import Settings
 
 # name -> is it a Mixture-of-Experts model (a contract test keeps it equal to the worker's list)
@@ -42,13 +52,57 @@ class ModelNotAllowed(ValueError):
         )
 
 
+class CheckpointNotFound(LookupError):
+    """No checkpoint with this id belongs to the job's project."""
+
+    def __init__(self, checkpoint_id: str) -> None:
+        super().__init__(f"checkpoint {checkpoint_id!r} not found")
+        self.checkpoint_id = checkpoint_id
+
+
+class CheckpointNotUsable(ValueError):
+    """The project's checkpoint has no weights left to start from."""
+
+    def __init__(self, checkpoint_id: str) -> None:
+        super().__init__(
+            f"checkpoint {checkpoint_id!r} has no weights to start from: its files were deleted "
+            "by its job's retention policy (checkpoint_keep_last)"
+        )
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """What a model name resolved to; `spec` is what the worker passes to `load_model`."""
+    """What a job's model resolved to; `spec` is what the worker passes to `load_model`."""
 
-    kind: Literal["builtin", "hub", "local"]
+    kind: Literal["builtin", "hub", "local", "checkpoint"]
     spec: str
     is_moe: bool | None  # None: a hub id, decided when the worker downloads it
+    model_type: str | None = None  # config.json's `model_type` of a local HF directory
+
+
+def resolve_job_model(
+    model: ModelConfig, settings: Settings, session: Session, project_id: str
+) -> ModelSource:
+    """Either source of a job's model, for the job's project."""
+    if model.checkpoint_id is not None:
+        return resolve_checkpoint(session, model.checkpoint_id, project_id)
+    assert model.name is not None  # ModelConfig holds exactly one of the two
+    return resolve_model(model.name, settings)
+
+
+def resolve_checkpoint(session: Session, checkpoint_id: str, project_id: str) -> ModelSource:
+    """The top-level weights of `project_id`'s checkpoint (a LoRA job's are merged)."""
+    row = get_project_checkpoint(session, checkpoint_id, project_id)
+    if row is None:
+        raise CheckpointNotFound(checkpoint_id)
+    path = Path(row.path)
+    if row.deleted_at is not None or not (path / "config.json").is_file():
+        raise CheckpointNotUsable(checkpoint_id)
+    try:
+        is_moe, model_type = _local_kind(path, checkpoint_id)
+    except ModelNotAllowed as exc:
+        raise CheckpointNotUsable(checkpoint_id) from exc
+    return ModelSource("checkpoint", str(path), is_moe, model_type)
 
 
 def resolve_model(name: str, settings: Settings) -> ModelSource:
@@ -60,7 +114,8 @@ def resolve_model(name: str, settings: Settings) -> ModelSource:
     path = _allowed_path(name, settings)
     if path is None:
         raise ModelNotAllowed(name)
-    return ModelSource("local", str(path), _local_is_moe(path, name))
+    is_moe, model_type = _local_kind(path, name)
+    return ModelSource("local", str(path), is_moe, model_type)
 
 
 def _allowed_path(name: str, settings: Settings) -> Path | None:
@@ -80,13 +135,16 @@ def _allowed_path(name: str, settings: Settings) -> Path | None:
     return path
 
 
-def _local_is_moe(path: Path, name: str) -> bool:
+def _local_kind(path: Path, name: str) -> tuple[bool, str | None]:
+    """(is it MoE, its `model_type`) from the directory's config.json."""
     if path.suffix == ".gguf":
-        return False  # the GGUF files keel loads are dense Llama-family models
+        return False, None  # the GGUF files keel loads are dense Llama-family models
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelNotAllowed(name) from exc
     if not isinstance(config, dict):
         raise ModelNotAllowed(name)
-    return any(config.get(key) for key in _MOE_KEYS)
+    model_type = config.get("model_type")
+    is_moe = any(config.get(key) for key in _MOE_KEYS)
+    return is_moe, model_type if isinstance(model_type, str) else None

@@ -1,8 +1,19 @@
-"""Artifact paths and the deterministic checkpoint archive.
+"""Artifact paths, the checkpoint directory's layout and its deterministic archives.
 
-A checkpoint download is a tar of the HF directory built the same way every time (sorted
-entries, zeroed mtimes/owners), so the size and sha256 computed once at registration describe
-exactly the bytes every later download streams, and the SDK can verify them.
+A checkpoint directory (written by `keel_worker.training.checkpoint`) holds the HF model files
+at its top level, the trainer state in `trainer_state.pt`, and for a LoRA job PEFT's
+`save_pretrained` output in `adapter/` (the top-level files are then the merged weights). A
+download is a tar of one *kind* of it (`keel.types.checkpoints.CheckpointKind`):
+
+    weights   the HF model directory: everything but `trainer_state.pt` and `adapter/`
+    merged    the same files: a LoRA job's top level is already base + adapter merged, and a
+              full fine-tune's weights are its merged model
+    adapter   the contents of `adapter/` (only a LoRA job's checkpoints have it)
+    full      everything, trainer state included, to resume the run elsewhere
+
+Each tar is built the same way every time (sorted entries, zeroed mtimes/owners), so the size
+and sha256 the worker computes once at registration (`archive_kinds`) describe exactly the bytes
+every later download streams, and the SDK can verify them.
 """
 
 from __future__ import annotations
@@ -12,6 +23,9 @@ import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
+
+from keel.types.checkpoints import ADAPTER_DIR, TRAINER_STATE_FILE, CheckpointKind
 
 CHUNK_BYTES = 1 << 20
 
@@ -53,10 +67,29 @@ def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo:
     return info
 
 
-def iter_archive(directory: Path, *, root_name: str = "checkpoint") -> Iterator[bytes]:
-    """Stream a deterministic uncompressed tar of `directory` (entries under `root_name/`)."""
-    sink = _Sink()
+def _members(directory: Path, kind: CheckpointKind) -> tuple[Path, list[Path]]:
+    """The folder a kind's archive is rooted at and the paths it holds, sorted."""
+    if kind == "adapter":
+        directory = directory / ADAPTER_DIR
     paths = sorted(p for p in directory.rglob("*") if not p.is_symlink())
+    if kind in ("weights", "merged"):
+        dropped = (directory / TRAINER_STATE_FILE, directory / ADAPTER_DIR)
+        paths = [p for p in paths if not any(p == d or p.is_relative_to(d) for d in dropped)]
+    return directory, paths
+
+
+def has_kind(directory: Path, kind: CheckpointKind) -> bool:
+    """Whether a checkpoint directory holds this kind (only LoRA checkpoints have `adapter`)."""
+    return kind != "adapter" or (directory / ADAPTER_DIR).is_dir()
+
+
+def iter_archive(
+    directory: Path, *, kind: CheckpointKind = "full", root_name: str = "checkpoint"
+) -> Iterator[bytes]:
+    """Stream a deterministic uncompressed tar of one kind of a checkpoint `directory` (entries
+    under `root_name/`); `full`, the default, archives every file of any directory."""
+    sink = _Sink()
+    directory, paths = _members(directory, kind)
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(_tarinfo(directory, root_name))
         for path in paths:
@@ -75,10 +108,24 @@ def _chunks(data: bytes) -> Iterator[bytes]:
         yield data[i : i + CHUNK_BYTES]
 
 
-def archive_digest(directory: Path) -> tuple[int, str]:
-    """(size_bytes, sha256 hex) of `iter_archive(directory)`."""
+def archive_digest(directory: Path, *, kind: CheckpointKind = "full") -> tuple[int, str]:
+    """(size_bytes, sha256 hex) of `iter_archive(directory, kind=kind)`."""
     digest, size = hashlib.sha256(), 0
-    for chunk in iter_archive(directory):
+    for chunk in iter_archive(directory, kind=kind):
         digest.update(chunk)
         size += len(chunk)
     return size, digest.hexdigest()
+
+
+def archive_kinds(directory: Path) -> dict[str, dict[str, int | str]]:
+    """`{kind: {"size_bytes", "sha256"}}` for every kind the checkpoint holds, as stored on its
+    row: computed once, by the worker, so no request ever hashes a checkpoint. `merged` streams
+    the same bytes as `weights`, so it is hashed once."""
+    kinds: dict[str, dict[str, int | str]] = {}
+    for kind in get_args(CheckpointKind):
+        if kind == "merged":
+            kinds[kind] = dict(kinds["weights"])
+        elif has_kind(directory, kind):
+            size_bytes, sha256 = archive_digest(directory, kind=kind)
+            kinds[kind] = {"size_bytes": size_bytes, "sha256": sha256}
+    return kinds

@@ -11,7 +11,7 @@ import pytest
 import keel
 from keel_server.db import session_scope
 from keel_server.db.checkpoints import register_checkpoint
-from keel_server.storage import archive_digest
+from keel_server.storage import archive_kinds
 
 
 def _hf_dir(root: Path) -> Path:
@@ -24,12 +24,13 @@ def _hf_dir(root: Path) -> Path:
 
 
 def _register(sessions, job_id: str, path: Path, *, sha256: str | None = None) -> str:
-    size_bytes, digest = archive_digest(path)
+    kinds = archive_kinds(path)
+    if sha256 is not None:
+        kinds = {kind: {**archive, "sha256": sha256} for kind, archive in kinds.items()}
     with session_scope(sessions) as session:
         row = register_checkpoint(
-            session, job_id, step=2, policy_version=2, path=str(path), size_bytes=size_bytes,
-            sha256=sha256 or digest,
-        )  # fmt: skip
+            session, job_id, step=2, policy_version=2, path=str(path), kinds=kinds
+        )
         return row.id
 
 

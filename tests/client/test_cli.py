@@ -70,3 +70,12 @@ def test_client_commands_report_errors_in_one_line(tmp_path):
                       "--api-key", "k", env=env)  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith("error: could not connect")
+
+
+def test_jobs_resume_parses_a_new_lr_and_algorithm():
+    args = build_parser().parse_args(
+        ["jobs", "resume", "job_x", "--lr", "5e-7", "--algorithm", '{"name": "grpo"}']
+    )
+    assert (args.job_id, args.lr, args.algorithm) == ("job_x", 5e-7, {"name": "grpo"})
+    plain = build_parser().parse_args(["jobs", "resume", "job_x"])
+    assert (plain.lr, plain.algorithm) == (None, None)

@@ -101,7 +101,7 @@ def test_dashboard_watch_pause_resume_and_open_a_rollout(production_stack, helpe
     page.wait_for_selector(f'tr[data-checkpoint="{checkpoint.id}"] button')
     with page.expect_download() as download:
         page.click(f'tr[data-checkpoint="{checkpoint.id}"] button')
-    assert Path(download.value.path()).stat().st_size == checkpoint.size_bytes
+    assert Path(download.value.path()).stat().st_size == checkpoint.kinds["weights"].size_bytes
 
     shot = tmp_path / "dashboard.png"  # the test's artifact
     page.screenshot(path=str(shot), full_page=True)

@@ -13,7 +13,7 @@ from keel_server.db import checkpoints as ckpt_db
 from keel_server.db import jobs as jobs_db
 from keel_server.db import metrics as metrics_db
 from keel_server.db import session_scope
-from keel_server.storage import archive_digest
+from keel_server.storage import archive_digest, archive_kinds
 
 
 def test_oversized_body_is_413(job_body, client, project_key, settings) -> None:
@@ -71,18 +71,20 @@ def test_checkpoint_list_retrieve_and_download(
     (hf_dir / "sub").mkdir(parents=True)
     (hf_dir / "config.json").write_text('{"model_type": "llama"}')
     (hf_dir / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 10)
-    size, sha = archive_digest(hf_dir)
+    size, sha = archive_digest(hf_dir, kind="full")
     with session_scope(sessions) as s:
         row = ckpt_db.register_checkpoint(
-            s, job_id, step=2, policy_version=2, path=str(hf_dir), size_bytes=size, sha256=sha
+            s, job_id, step=2, policy_version=2, path=str(hf_dir), kinds=archive_kinds(hf_dir)
         )
         ckpt_id = row.id
     page = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()
-    assert [(c["id"], c["step"], c["size_bytes"], c["sha256"]) for c in page["data"]] == [
-        (ckpt_id, 2, size, sha)
+    full = {"size_bytes": size, "sha256": sha}
+    assert [(c["id"], c["step"], c["kinds"]["full"]) for c in page["data"]] == [
+        (ckpt_id, 2, full)
     ]
-    assert client.get(f"/v1/checkpoints/{ckpt_id}", headers=headers).json()["sha256"] == sha
-    r = client.get(f"/v1/checkpoints/{ckpt_id}/download", headers=headers)
+    retrieved = client.get(f"/v1/checkpoints/{ckpt_id}", headers=headers).json()
+    assert retrieved["kinds"]["full"]["sha256"] == sha
+    r = client.get(f"/v1/checkpoints/{ckpt_id}/download?kind=full", headers=headers)
     assert r.status_code == 200
     assert int(r.headers["content-length"]) == size == len(r.content)
     assert r.headers["x-keel-sha256"] == hashlib.sha256(r.content).hexdigest() == sha

@@ -7,7 +7,7 @@ import io
 import os
 import tarfile
 
-from keel_server.storage import archive_digest, iter_archive
+from keel_server.storage import archive_digest, archive_kinds, has_kind, iter_archive
 
 
 def test_archive_is_deterministic_and_digest_matches(tmp_path) -> None:
@@ -24,3 +24,51 @@ def test_archive_is_deterministic_and_digest_matches(tmp_path) -> None:
             "checkpoint", "checkpoint/b.txt", "checkpoint/nested", "checkpoint/nested/a.bin",
         ]  # fmt: skip
         assert tar.extractfile("checkpoint/b.txt").read() == b"bee"
+
+
+def _checkpoint_dir(root):
+    """The layout of a LoRA job's checkpoint: merged HF files on top, trainer state, adapter/."""
+    (root / "adapter").mkdir(parents=True)
+    (root / "config.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(b"w" * 5000)
+    (root / "trainer_state.pt").write_bytes(b"s" * 9000)
+    (root / "adapter" / "adapter_config.json").write_text('{"r": 4}')
+    (root / "adapter" / "adapter_model.safetensors").write_bytes(b"a" * 700)
+    return root
+
+
+def _names(directory, kind):
+    with tarfile.open(fileobj=io.BytesIO(b"".join(iter_archive(directory, kind=kind)))) as tar:
+        return tar.getnames()
+
+
+def test_each_kind_archives_its_part_of_the_checkpoint(tmp_path) -> None:
+    ckpt = _checkpoint_dir(tmp_path / "step_000002")
+    weights = ["checkpoint", "checkpoint/config.json", "checkpoint/model.safetensors"]
+    assert _names(ckpt, "weights") == _names(ckpt, "merged") == weights
+    assert _names(ckpt, "adapter") == [
+        "checkpoint", "checkpoint/adapter_config.json", "checkpoint/adapter_model.safetensors",
+    ]  # fmt: skip
+    assert _names(ckpt, "full") == [
+        "checkpoint", "checkpoint/adapter", "checkpoint/adapter/adapter_config.json",
+        "checkpoint/adapter/adapter_model.safetensors", "checkpoint/config.json",
+        "checkpoint/model.safetensors", "checkpoint/trainer_state.pt",
+    ]  # fmt: skip
+
+    kinds = archive_kinds(ckpt)
+    assert sorted(kinds) == ["adapter", "full", "merged", "weights"]
+    for kind, archive in kinds.items():
+        data = b"".join(iter_archive(ckpt, kind=kind))
+        assert archive == {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    # The trainer state (9000 B) and the adapter are what `full` adds to `weights`.
+    assert kinds["full"]["size_bytes"] - kinds["weights"]["size_bytes"] > 9000 + 700
+    assert kinds["merged"] == kinds["weights"]
+
+
+def test_a_full_fine_tune_has_no_adapter_kind(tmp_path) -> None:
+    ckpt = _checkpoint_dir(tmp_path / "step_000002")
+    for path in (ckpt / "adapter").iterdir():
+        path.unlink()
+    (ckpt / "adapter").rmdir()
+    assert not has_kind(ckpt, "adapter") and has_kind(ckpt, "weights")
+    assert sorted(archive_kinds(ckpt)) == ["full", "merged", "weights"]

@@ -41,6 +41,15 @@ def _action(job_id: str, verb: str) -> Call:
     return Call("POST", f"/v1/jobs/{job_id}/{verb}", Job)
 
 
+def _resume(job_id: str, lr: float | None, algorithm: Any) -> Call:
+    changes: dict[str, Any] = {}
+    if lr is not None:
+        changes["lr"] = lr
+    if algorithm is not None:
+        changes["algorithm"] = body(algorithm)
+    return Call("POST", f"/v1/jobs/{job_id}/resume", Job, json=changes or None)
+
+
 def _finished(job: Job) -> Job:
     """Return a succeeded job; raise for failed or cancelled ones."""
     if job.status == "failed":
@@ -106,8 +115,9 @@ class Jobs(SyncResource):
     def pause(self, job_id: str) -> Job:
         return self._run(_action(job_id, "pause"))
 
-    def resume(self, job_id: str) -> Job:
-        return self._run(_action(job_id, "resume"))
+    def resume(self, job_id: str, *, lr: float | None = None, algorithm: Any = None) -> Job:
+        """Resume a paused job, optionally with a new learning rate or `config.algorithm`."""
+        return self._run(_resume(job_id, lr, algorithm))
 
     def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
         """Stream the job's events; a dropped connection resumes from the last event seen."""
@@ -165,8 +175,11 @@ class AsyncJobs(AsyncResource):
     async def pause(self, job_id: str) -> Job:
         return await self._run(_action(job_id, "pause"))
 
-    async def resume(self, job_id: str) -> Job:
-        return await self._run(_action(job_id, "resume"))
+    async def resume(
+        self, job_id: str, *, lr: float | None = None, algorithm: Any = None
+    ) -> Job:
+        """Resume a paused job, optionally with a new learning rate or `config.algorithm`."""
+        return await self._run(_resume(job_id, lr, algorithm))
 
     async def events(
         self, job_id: str, *, last_event_id: str | None = None

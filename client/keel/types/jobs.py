@@ -13,8 +13,10 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, HttpUrl, model_validator
 
+from keel.types.algorithm import AlgorithmConfig
 from keel.types.common import Float, Int, RequestModel, ResponseModel, Text
 from keel.types.prompts import PromptIn
+from keel.types.routing import RoutingReplaySummary
 from keel.types.training import TrainingConfig, VerifierName
 
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
@@ -171,6 +173,23 @@ class JobCreate(RequestModel):
         return self
 
 
+class GuardSummary(ResponseModel):
+    """What the stability guard (`config.guard`) did so far in a job."""
+
+    triggers: int = Field(default=0, description="Trigger firings so far (alerts included).")
+    last_reason: str | None = Field(
+        default=None, description="Why the last trigger fired (and what the guard did)."
+    )
+    last_trigger: str | None = Field(default=None, description="The last trigger that fired.")
+    last_step: int | None = Field(default=None, description="The step it fired at.")
+    rollbacks: int = Field(default=0, description="Rollbacks done (bounded by the config).")
+    lr_scale: float = Field(
+        default=1.0,
+        description="Factor the rollbacks left on `config.optimizer.lr`; a resume with a new "
+        "learning rate resets it to 1.",
+    )
+
+
 class Job(ResponseModel):
     id: str
     project_id: str
@@ -197,6 +216,14 @@ class Job(ResponseModel):
         description="Last lease heartbeat of the worker running the job; a running job whose "
         "heartbeat is older than the server's lease timeout is taken over and resumed.",
     )
+    routing_replay: RoutingReplaySummary | None = Field(
+        default=None,
+        description="The Routing Replay mode the job runs with and why (`auto` re-decides from "
+        "measurements); None until its first step.",
+    )
+    guard: GuardSummary = Field(
+        default_factory=GuardSummary, description="The stability guard's triggers and reason."
+    )
 
 
 class JobCreated(Job):
@@ -208,7 +235,31 @@ class JobCreated(Job):
     webhook_secret: str | None = None
 
 
-EventType = Literal["status", "metrics", "checkpoint", "webhook"]
+class JobResume(RequestModel):
+    """Optional changes a paused job resumes with (`POST /v1/jobs/{id}/resume`), validated
+    against the job's whole config as at creation."""
+
+    lr: Float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="A new AdamW learning rate (`config.optimizer.lr`); resets the guard's "
+        "rollback scale to 1.",
+    )
+    algorithm: AlgorithmConfig | None = Field(
+        default=None, description="Another objective (`config.algorithm`), e.g. with clipping."
+    )
+
+    def apply(self, config: dict[str, Any]) -> TrainingConfig:
+        """The job's config with these changes; raises pydantic's ValidationError when the
+        result is not a valid run."""
+        changed = TrainingConfig.model_validate(config).model_dump(mode="json")
+        if self.lr is not None:
+            changed["optimizer"]["lr"] = self.lr
+        if self.algorithm is not None:
+            changed["algorithm"] = self.algorithm.model_dump(mode="json")
+        return TrainingConfig.model_validate(changed)
+
+
+EventType = Literal["status", "metrics", "checkpoint", "webhook", "guard"]
 
 
 class JobEvent(ResponseModel):

@@ -3,9 +3,9 @@
 These are the only place where the defaults of a run live (house style rule 1). The schedule
 follows paper-spec §3.3: each global step samples `prompts_per_step` prompts × `group_size`
 responses, splits them into `num_minibatches` mini-batches and applies one AdamW update per
-mini-batch. Routing Replay `auto` is the paper's recipe (paper-spec §5.3): none for N = 1 (R2 is
-a no-op there and R3 gave no gain), R2 for N = 2 (and 3, which the paper does not run), R3 for
-N ≥ 4.
+mini-batch. Routing Replay `auto` is decided from measured routing disagreement by the rule in
+`keel_worker.training.replay_auto` (README "Routing Replay"), re-decided every
+`routing_replay_every` steps.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from keel.types.algorithm import AlgorithmConfig
 from keel.types.common import MAX_INT, Float, Int, Text
+from keel.types.guard import GuardConfig
 from keel.types.prompts import MAX_PROMPT_CHARS
 
 RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
-ResolvedReplay = Literal["none", "R2", "R3"]
 # Verifiers that compare a completion with a reference answer (a dataset task's, or a builtin
 # reward source's): `math_verify` is the paper's math reward (symbolic equivalence, HF Math-Verify).
 VerifierName = Literal["exact_match", "numeric", "math_verify"]
@@ -43,17 +43,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelConfig(_Strict):
-    """Which policy to train."""
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
-    name: str = Field(
-        "smollm2-135m-instruct",
+
+class ModelConfig(_Strict):
+    """Which policy to train: a model by `name`, or one of the project's own checkpoints by
+    `checkpoint_id` (how a user continues training), never both."""
+
+    name: str | None = Field(
+        DEFAULT_MODEL,
         min_length=1,
         max_length=1024,
         description="A built-in model name, a hub id 'org/name' (needs a machine that is "
         "online), or an absolute path to a Hugging Face directory or .gguf file under a model "
-        "root the operator allows (`KEEL_MODEL_ROOTS`).",
+        "root the operator allows (`KEEL_MODEL_ROOTS`). Null when `checkpoint_id` is given.",
     )
+    checkpoint_id: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=40,
+        description="Start from the weights of a checkpoint of this project (`ckpt_…`): a full "
+        "fine-tune's weights, or a LoRA job's merged weights (base + adapter). The new job "
+        "starts at step 0 with a fresh optimizer; another project's id is a 404.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpoint_replaces_the_default_name(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("checkpoint_id") is not None and "name" not in data:
+            return {**data, "name": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name is None) == (self.checkpoint_id is None):
+            raise ValueError("give the model as exactly one of 'name' or 'checkpoint_id'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How messages name the model: its name, or its checkpoint id."""
+        return self.name if self.name is not None else f"checkpoint {self.checkpoint_id}"
 
 
 class TaskItem(_Strict):
@@ -177,6 +207,10 @@ class TrainingConfig(_Strict):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    guard: GuardConfig = Field(
+        default_factory=GuardConfig,
+        description="The stability guard: signals, thresholds and actions (keel.types.guard).",
+    )
     prompts_per_step: Int = Field(
         8, ge=1, le=4096, description="B: prompts sampled per global step."
     )
@@ -188,7 +222,20 @@ class TrainingConfig(_Strict):
         16, ge=1, le=4096,
         description="Responses per forward/backward; gradients accumulate exactly.",
     )
-    routing_replay: RoutingReplayMode = "auto"
+    routing_replay: RoutingReplayMode = Field(
+        "auto",
+        description="Routing Replay for MoE models (paper-spec §2.2): `none`, `R2` (replay the "
+        "trainer's π_old routes), `R3` (replay the engine's routes), or `auto`: chosen from the "
+        "measured per-layer routing disagreement (engine vs trainer, θ_old vs θ), README "
+        "'Routing Replay'. Dense models always run without replay.",
+    )
+    routing_replay_every: Int = Field(
+        10,
+        ge=0,
+        le=MAX_STEPS,
+        description="With `auto`: the first step measures and decides, then every k-th step "
+        "decides again from its own measurements (0 = decide once, after the first step).",
+    )
     train_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 = autocast for the training forwards (weights stay fp32)."
     )
@@ -203,6 +250,12 @@ class TrainingConfig(_Strict):
     checkpoint_every: Int = Field(
         0, ge=0, le=MAX_STEPS, description="Checkpoint every k steps; 0 = at the end."
     )
+    checkpoint_keep_last: Int | None = Field(
+        None, ge=1, le=MAX_STEPS,
+        description="Retention: keep the files of the newest k checkpoints and delete older "
+        "ones' after each save (their rows stay, marked deleted); pinned checkpoints and the "
+        "newest one are never deleted. None = keep every checkpoint.",
+    )
 
     @property
     def responses_per_step(self) -> int:
@@ -211,14 +264,6 @@ class TrainingConfig(_Strict):
     @property
     def minibatch_size(self) -> int:
         return self.responses_per_step // self.num_minibatches
-
-    def resolved_routing_replay(self, *, is_moe: bool) -> ResolvedReplay:
-        """The replay mode actually used: `auto` follows paper-spec §5.3; dense models get none."""
-        if self.routing_replay != "auto":
-            return self.routing_replay
-        if not is_moe or self.num_minibatches == 1:
-            return "none"
-        return "R3" if self.num_minibatches >= 4 else "R2"
 
     @model_validator(mode="after")
     def _schedule_is_possible(self) -> TrainingConfig:

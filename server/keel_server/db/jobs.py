@@ -210,19 +210,39 @@ def record_progress(
         raise LeaseLost(f"job {job_id}: lease not held by {owner}")
 
 
+def record_routing_replay(
+    session: Session, job_id: str, owner: str, summary: dict[str, Any]
+) -> None:
+    """Store the lease holder's Routing Replay summary (`RoutingReplaySummary`, dumped)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(routing_replay=summary)
+    )
+    if not cas_update(session, stmt):
+        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+
+
 def finish_job(
-    session: Session, job_id: str, owner: str, status: str, *, error: str | None = None
+    session: Session,
+    job_id: str,
+    owner: str,
+    status: str,
+    *,
+    error: str | None = None,
+    reason: str | None = None,
 ) -> bool:
     """End the lease holder's run: succeeded | failed | cancelled, or paused (after checkpoint).
 
-    Step, metrics and checkpoints stay; `error` is kept for a failed job.
+    Step, metrics and checkpoints stay; `error` is kept for a failed job; `reason` (why the
+    worker paused on its own: the stability guard) goes on the status event.
     """
     if status not in WORKER_END_STATES:
         raise ValueError(f"a worker ends a job as one of {WORKER_END_STATES}, not {status!r}")
     values: dict[str, Any] = {"lease_owner": None, "requested": None}
     if error is not None:
         values["error"] = error
-    event = {"error": error} if error is not None else None
+    event = {k: v for k, v in (("error", error), ("reason", reason)) if v is not None} or None
     return transition(
         session,
         job_id,
@@ -232,6 +252,21 @@ def finish_job(
         values=values,
         event=event,
     )
+
+
+def record_guard(
+    session: Session, job_id: str, owner: str, summary: dict[str, Any], events: list[dict]
+) -> None:
+    """Store the stability guard's summary and append its `guard` events (lease holder only)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(guard=summary, updated_at=utcnow())
+    )
+    if not cas_update(session, stmt):
+        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+    for event in events:
+        append_event(session, job_id, "guard", event)
 
 
 def find_stale_jobs(

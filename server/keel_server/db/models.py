@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Double,
     ForeignKey,
     Index,
@@ -84,6 +85,9 @@ class Job(Base):
     webhook_secret: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_sha256: Mapped[str | None] = mapped_column(String(64))  # of the create request
+    # keel.types.routing.RoutingReplaySummary, written by the worker after each step
+    routing_replay: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    guard: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # keel.types.jobs.GuardSummary
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -150,9 +154,11 @@ class Checkpoint(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     policy_version: Mapped[int] = mapped_column(Integer)
-    path: Mapped[str] = mapped_column(Text)  # the HF directory the download archives
-    size_bytes: Mapped[int] = mapped_column(BigInteger)  # of the deterministic tar
-    sha256: Mapped[str] = mapped_column(String(64))  # of the deterministic tar
+    path: Mapped[str] = mapped_column(Text)  # the checkpoint directory the downloads archive
+    # {kind: {"size_bytes", "sha256"}} of each kind's deterministic tar (keel_server.storage)
+    kinds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # retention never deletes it
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # files deleted by retention
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

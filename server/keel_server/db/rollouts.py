@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from keel_server.db.base import new_id, utcnow
@@ -120,6 +120,13 @@ def step_rollouts(session: Session, job_id: str, step: int) -> list[Rollout]:
         .execution_options(populate_existing=True)
     )
     return list(session.execute(stmt).scalars())
+
+
+def delete_after(session: Session, job_id: str, step: int) -> int:
+    """Drop the job's rollouts of steps past `step` (a guard rollback abandons those steps, and
+    their re-runs sample new batches); returns how many."""
+    stmt = delete(Rollout).where(Rollout.job_id == job_id, Rollout.step > step)
+    return session.execute(stmt).rowcount
 
 
 def set_reward(

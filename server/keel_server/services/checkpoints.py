@@ -1,11 +1,13 @@
-"""Checkpoints: list, retrieve, and open one for the streamed (deterministic tar) download."""
+"""Checkpoints: list, retrieve, and open one kind of one for the streamed (deterministic tar)
+download. The size and sha256 of every kind were computed by the worker at registration; a
+download never hashes anything."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
-from keel.types.checkpoints import Checkpoint
+from keel.types.checkpoints import Checkpoint, CheckpointArchive, CheckpointKind
 from keel.types.common import Page
 from keel_server.db import checkpoints as ckpt_db
 from keel_server.db import session_scope
@@ -37,12 +39,35 @@ def retrieve(ctx: ServiceContext, principal: Principal, checkpoint_id: str) -> C
 
 
 def open_download(
-    ctx: ServiceContext, principal: Principal, checkpoint_id: str
-) -> tuple[Checkpoint, Iterator[bytes]]:
-    """The checkpoint and an iterator over exactly `size_bytes` bytes hashing to `sha256`."""
+    ctx: ServiceContext, principal: Principal, checkpoint_id: str, kind: CheckpointKind
+) -> tuple[CheckpointArchive, Iterator[bytes]]:
+    """The kind's archive record and an iterator over exactly its `size_bytes` bytes hashing to
+    its `sha256`."""
     with session_scope(ctx.sessions) as session:
         row = load_checkpoint(session, principal, checkpoint_id)
         meta, path = convert.checkpoint(row), Path(row.path)
+    if meta.deleted_at is not None:
+        raise ServiceError(
+            "conflict",
+            f"the files of checkpoint {checkpoint_id} were deleted by its job's retention "
+            "policy (checkpoint_keep_last)",
+            state={"deleted_at": meta.deleted_at.isoformat()},
+        )
+    archive = meta.kinds.get(kind)
+    if archive is None:
+        raise ServiceError("conflict", _missing_kind(checkpoint_id, kind, sorted(meta.kinds)))
     if not path.is_dir():
         raise ServiceError("not_found", f"the files of checkpoint {checkpoint_id} are gone")
-    return meta, iter_archive(path)
+    return archive, iter_archive(path, kind=kind)
+
+
+def _missing_kind(checkpoint_id: str, kind: str, available: list[str]) -> str:
+    if kind == "adapter":
+        return (
+            f"checkpoint {checkpoint_id} has no adapter: its job is a full fine-tune, not a LoRA "
+            "job; download kind=weights (or merged, the same model)"
+        )
+    return (
+        f"checkpoint {checkpoint_id} has no {kind!r} archive (it predates per-kind archives); "
+        f"available: {', '.join(available)}"
+    )

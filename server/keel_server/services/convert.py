@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keel.types.checkpoints import Checkpoint
-from keel.types.jobs import Job
+from keel.types.jobs import GuardSummary, Job
 from keel.types.prompts import Prompt
 from keel.types.rollouts import Rollout
 from keel_server.db import models
@@ -17,6 +17,8 @@ def job(row: models.Job) -> Job:
         policy_version=row.policy_version, error=row.error, attempts=row.attempts,
         created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
         finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
+        routing_replay=row.routing_replay,
+        guard=GuardSummary.model_validate(row.guard or {}),
     )  # fmt: skip
 
 
@@ -34,7 +36,7 @@ def rollout(row: models.Rollout) -> Rollout:
 def checkpoint(row: models.Checkpoint) -> Checkpoint:
     return Checkpoint(
         id=row.id, job_id=row.job_id, step=row.step, policy_version=row.policy_version,
-        size_bytes=row.size_bytes, sha256=row.sha256, created_at=row.created_at,
+        kinds=row.kinds, pinned=row.pinned, deleted_at=row.deleted_at, created_at=row.created_at,
     )  # fmt: skip
 
 

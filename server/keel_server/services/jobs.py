@@ -11,6 +11,7 @@ import hashlib
 import json
 from typing import get_args
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from keel.types.common import Page
@@ -20,6 +21,7 @@ from keel.types.jobs import (
     Job,
     JobCreate,
     JobCreated,
+    JobResume,
     JobStatus,
     WebhookReward,
 )
@@ -57,7 +59,7 @@ def create(
     request is a 409 `idempotency_conflict` naming the key.
     """
     require_api_key(principal)
-    check_model(req.config.model.name, req.config.routing_replay, ctx.settings)
+    check_model(ctx, principal, req.config)
     _check_deadline(ctx, req)
     _check_webhook_target(ctx, req)
     fingerprint = _fingerprint(req)
@@ -273,18 +275,35 @@ def pause(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:
     return _control(ctx, principal, job_id, attempt)
 
 
-def resume(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:
+def resume(
+    ctx: ServiceContext, principal: Principal, job_id: str, changes: JobResume | None = None
+) -> Job:
+    """Resume a paused job (or withdraw a pending pause). `changes` (a new learning rate or
+    algorithm) apply to a paused job only and are validated against its whole config; a new
+    learning rate also resets the guard's rollback scale."""
     enqueue: list[str] = []
+    changing = changes is not None and (changes.lr is not None or changes.algorithm is not None)
 
     def attempt(session, job) -> bool:
         if job.status == "paused":
+            values = {"requested": None}
+            event = {"reason": "resumed by the user"}
+            if changing:
+                values.update(_resumed_with(job, changes))
+                event["changes"] = changes.model_dump(mode="json", exclude_none=True)
             ok = jobs_db.transition(
-                session, job.id, from_statuses=("paused",), to="queued",
-                values={"requested": None},
+                session, job.id, from_statuses=("paused",), to="queued", values=values,
+                event=event,
             )  # fmt: skip
             if ok:
                 enqueue.append(job.id)
             return ok
+        if changing:
+            raise ServiceError(
+                "conflict",
+                f"job {job.id} is {job.status}: only a paused job resumes with changes",
+                state={"job_id": job.id, "status": job.status},
+            )
         if job.status == "running" and job.requested == "pause":
             return jobs_db.set_requested(session, job.id, None, from_statuses=("running",))
         if job.status in ("queued", "running"):
@@ -295,6 +314,19 @@ def resume(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:
     if enqueue:
         _enqueue(ctx, job_id)
     return result
+
+
+def _resumed_with(job, changes: JobResume) -> dict:
+    """The row values of a paused job resumed with `changes` (422 when the result is invalid)."""
+    try:
+        config = changes.apply(job.config)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise invalid(["body", *first["loc"]], first["msg"]) from exc
+    values: dict = {"config": config.model_dump(mode="json")}
+    if changes.lr is not None:
+        values["guard"] = {**(job.guard or {}), "lr_scale": 1.0}
+    return values
 
 
 def _control(ctx: ServiceContext, principal: Principal, job_id: str, attempt) -> Job:

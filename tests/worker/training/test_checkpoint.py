@@ -1,18 +1,24 @@
-"""Checkpoints are plain HF directories plus trainer state, written atomically."""
+"""Checkpoints are plain HF directories plus trainer state, written atomically; retention keeps
+the newest k and every pinned one."""
 
 import json
 
+import pytest
 import torch
+from training_helpers import parity_reward, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from keel_worker.engines.models import load_model
 from keel_worker.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
+    checkpoints_to_delete,
     latest_checkpoint,
     load_checkpoint,
+    prune_checkpoints,
     save_checkpoint,
 )
+from keel_worker.training.run import train
 
 
 def _state(step: int) -> TrainerState:
@@ -54,3 +60,50 @@ def test_latest_checkpoint_skips_incomplete_and_temporary_dirs(tmp_path):
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 10)
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".step_0000")
                 and p.name != ".step_000020.tmp"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "keep_last", "deleted"),
+    [
+        ({1: False, 2: False, 3: False, 4: False}, 2, [1, 2]),  # the newest two stay
+        ({1: False, 2: True, 3: False, 4: False}, 1, [1, 3]),  # pinned 2 survives keep_last=1
+        ({2: False, 5: False, 9: False}, 1, [2, 5]),  # by step, not by count of saves
+        ({4: True}, 1, []),  # the newest is never deleted, pinned or not
+        ({4: False}, 1, []),
+        ({1: False, 2: False}, 5, []),  # fewer than keep_last: nothing to do
+        ({3: True, 1: True, 2: False}, 1, [2]),  # only pins keep older ones
+        ({}, 3, []),
+    ],
+)
+def test_retention_keeps_the_newest_and_every_pinned_checkpoint(steps, keep_last, deleted):
+    assert checkpoints_to_delete(steps, keep_last=keep_last) == deleted
+
+
+def test_retention_needs_at_least_one_kept():
+    with pytest.raises(ValueError, match="at least 1"):
+        checkpoints_to_delete({1: False}, keep_last=0)
+
+
+def test_prune_deletes_the_files_of_old_checkpoints_under_a_workdir(tmp_path):
+    loaded = load_model("tiny-dense", cache_dir=tmp_path / "cache")
+    for step in (1, 2, 3):
+        save_checkpoint(
+            checkpoint_dir(tmp_path, step), model=loaded.model, tokenizer=loaded.tokenizer,
+            state=_state(step),
+        )
+    assert prune_checkpoints(tmp_path, keep_last=2) == [1]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_000002", "step_000003",
+    ]  # fmt: skip
+    assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 3)
+
+
+@pytest.mark.slow
+def test_train_keeps_only_the_last_checkpoints_it_is_asked_to(tmp_path, cache_dir):
+    config = tiny_config(
+        model={"name": "tiny-dense"}, steps=2, checkpoint_every=1, checkpoint_keep_last=1,
+        group_size=2, num_minibatches=1, rollout={"max_new_tokens": 2},
+    )  # fmt: skip
+    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
+    assert [r.checkpoint.name for r in results] == ["step_000001", "step_000002"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]

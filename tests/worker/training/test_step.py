@@ -190,15 +190,11 @@ def test_resume_reproduces_the_next_step(tmp_path, cache_dir):
     model_a, _, state_a = load_checkpoint(straight[-1].checkpoint)
     model_b, _, state_b = load_checkpoint(resumed[-1].checkpoint)
     assert state_a.data_cursor == state_b.data_cursor
+    # `auto`'s decision (taken at step 1, before the interruption) survives the resume.
+    assert state_b.routing_replay == state_a.routing_replay
+    assert state_b.routing_replay["decision"]["step"] == 1
     for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
-
-
-def test_dense_model_with_replay_is_a_clear_error(cache_dir):
-    from keel_worker.engines.routing_replay import RoutingReplayError
-
-    with pytest.raises(RoutingReplayError, match="dense"):
-        _trainer(tiny_config(model={"name": "tiny-dense"}, routing_replay="R3"), cache_dir)
 
 
 def test_task_rewards_are_used_by_default(tmp_path, cache_dir):
@@ -254,3 +250,52 @@ def test_dppo_objectives_train_with_their_mask_metrics(cache_dir, name):
         assert math.isfinite(metrics[key]), key
     assert metrics["clip/tv_mean"] > 0  # fp8 rollout: π_θ ≠ μ_old from the first update on
     assert metrics["optim/grad_norm"] > 0
+
+
+def test_a_non_finite_gradient_never_reaches_the_optimizer(cache_dir):
+    # A NaN gradient on one weight in the first of 2 mini-batches: that update is skipped
+    # (weights and AdamW state untouched, counted once), the second one runs as usual.
+    trainer, model = _trainer(tiny_config(), cache_dir)
+    weight = model.get_output_embeddings().weight
+    calls = []
+
+    def poison_first(grad):
+        calls.append(1)
+        return grad * math.nan if len(calls) == 1 else grad
+
+    weight.register_hook(poison_first)
+    before = _params(model)
+    snapshots = _after_each_update(trainer)
+    metrics = trainer.step(ITEMS, parity_reward, seed=2)
+    assert metrics["guard/skipped_updates"] == 1.0
+    assert math.isnan(metrics["optim/grad_norm"])  # the mean of a NaN and a finite norm
+    assert len(snapshots) == 1  # one AdamW step ran: the second mini-batch's
+    after = _params(model)
+    assert all(torch.isfinite(p).all() for p in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_finite_steps_count_no_skipped_update(cache_dir):
+    trainer, _ = _trainer(tiny_config(), cache_dir)
+    metrics = trainer.step(ITEMS, parity_reward, seed=2)
+    assert metrics["guard/skipped_updates"] == 0.0
+
+
+def test_train_rolls_back_then_pauses_when_the_attempts_are_used_up(tmp_path, cache_dir):
+    # A TIS cap of 0.5 truncates every fp32 token (ρ = 1): the IS-fraction trigger fires on
+    # every step. Step 1 rolls back to the step-0 checkpoint (lr 1e-2 -> 5e-3, the batch
+    # skipped), fires again, finds its one attempt used and pauses with a checkpoint.
+    config = tiny_config(
+        model={"name": "tiny-dense"}, steps=3, num_minibatches=1,
+        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
+        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "rollback"},
+               "rollback": {"max_attempts": 1, "lr_scale": 0.5}},
+    )  # fmt: skip
+    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
+    assert [(r.step, [f.action for f in r.guard]) for r in results] == [
+        (1, ["rollback"]), (1, ["rollback"])]  # fmt: skip
+    assert [r.metrics["optim/lr"] for r in results] == [1e-2, 5e-3]
+    assert [r.policy_version for r in results] == [1, 1]  # restored to 0, then one update
+    assert results[0].checkpoint is None and results[1].checkpoint is not None
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert saved == ["step_000000", "step_000001"]

@@ -2,7 +2,8 @@
 
 It is `keel_worker.training.run.train` with what a job adds: prompts and rewards from the job's
 sources (`prompts`, `rewards`), metrics and progress written to the database once per step,
-checkpoints registered for download, and the cooperative stops of `control` checked between
+checkpoints registered for download (with the job's retention policy applied after each,
+`jobrunner.checkpoints`), and the cooperative stops of `control` checked between
 phases. Order per step: metrics + progress in one transaction, the same metrics to the
 TensorBoard / W&B trackers of `config.logging`, then the checkpoint. A crash in
 between re-runs the step from the previous checkpoint and replaces its metric rows, so every
@@ -11,6 +12,15 @@ step appears exactly once.
 A job that trained on nothing fails instead of succeeding: when its last step is done and the
 policy version is still 0, no step kept a single complete reward group (every group had an
 expired or unscored member), so no update ever ran (`TrainedOnNothing`).
+
+The stability guard (`config.guard`, `jobrunner.guarding`) judges every completed step before
+its metrics are written. `pause` checkpoints the step just done and ends the run `paused` with
+the trigger's reason; `rollback` restores the last checkpoint from before the breach began
+(dropping the later ones and the rollouts of the abandoned steps), keeps the prompt cursor where
+it is (the batches drawn since are skipped), scales the learning rate and runs the steps from
+there again, replacing their metric rows; past `rollback.max_attempts`, or with no checkpoint
+to go back to, it pauses instead. When a trigger may roll back, a new job checkpoints once
+before its first step.
 
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
@@ -21,6 +31,7 @@ re-runs the step, finding the rollouts and rewards already posted.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,21 +39,25 @@ from typing import Any
 from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
-from keel_server.db.jobs import record_progress
+from keel_server.db.checkpoints import delete_after, latest_at_most, list_checkpoints
+from keel_server.db.jobs import record_progress, record_routing_replay
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
-from keel_server.model_access import ModelNotAllowed, resolve_model
+from keel_server.db.rollouts import delete_after as delete_rollouts_after
+from keel_server.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.settings import Settings
-from keel_server.storage import archive_digest, job_dir
+from keel_server.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.engines.vllm import VLLMOptions
+from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.guarding import JobGuard
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
 from keel_worker.jobrunner.spec import JobSpec
 from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
+from keel_worker.training.guard import Fired, strongest
 from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
@@ -77,6 +92,8 @@ class JobLoop:
         self.workdir = job_dir(settings.artifacts_dir, spec.id)
         self.schedule = StepSchedule.of(spec.config)
         self.step_reached = 0
+        self.replay_written: dict[str, Any] | None = None  # the job row's routing_replay
+        self.end_reason: str | None = None  # why the run paused on its own (the guard)
 
     def run(self) -> str:
         """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
@@ -89,7 +106,8 @@ class JobLoop:
 
     def _steps(self) -> str:
         cfg = self.spec.config
-        for step in range(self.step_reached, cfg.steps):
+        step = self.step_reached
+        while step < cfg.steps:
             before = _Resume(step, self.prompts.cursor, capture_rng())
             try:
                 self.control.check()
@@ -97,6 +115,9 @@ class JobLoop:
             except StopRun as stop:
                 return self._stop(stop.reason, before)
             done = step + 1
+            fired = self.guard.observe(done, metrics)
+            act = strongest([f for f in fired if f.action != "alert"])
+            note = self._plan(act)
             with session_scope(self.factory) as session:
                 metrics.update(_reward_counts(session, self.spec.id, done))
                 write_step_metrics(session, self.spec.id, done, metrics)
@@ -104,16 +125,71 @@ class JobLoop:
                     session, self.spec.id, self.control.owner,
                     step=done, policy_version=self.trainer.policy_version,
                 )
+                replay = self.trainer.auto.summary()
+                if replay != self.replay_written:
+                    record_routing_replay(session, self.spec.id, self.control.owner, replay)
+                    self.replay_written = replay
+                self.guard.record(session, self.control.owner, fired, note=note)
             self.trackers.log(done, metrics)
             self.step_reached = done
+            if act is not None and act.action == "rollback" and self._can_roll_back(act):
+                step = self._rollback(act)
+                continue
+            if act is not None:
+                self._checkpoint(done, self.prompts.cursor, capture_rng())
+                self.end_reason = self.guard.summary.last_reason
+                return "paused"
             if self.schedule.checkpoints_after(done):
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
+            step = done
         if self.trainer.policy_version == 0:
             raise TrainedOnNothing(
                 f"trained on nothing: none of the {cfg.steps} steps kept a complete reward group "
                 "(each group had an expired or unscored reward), so the model was never updated"
             )
         return "succeeded"
+
+    # ------------------------------------------------------------------ guard actions
+    def _plan(self, act: Fired | None) -> str:
+        """What the guard does about `act`, for the reason it records."""
+        if act is None:
+            return ""
+        if act.action == "rollback":
+            if not self.guard.rollback_budget_left():
+                n = self.spec.config.guard.rollback.max_attempts
+                return f"paused: the {n} rollback attempts are used up"
+            if self._rollback_target(act) is None:
+                return f"paused: no checkpoint from before step {act.since} to roll back to"
+            return "rolling back"
+        return "paused"
+
+    def _rollback_target(self, act: Fired) -> tuple[int, str] | None:
+        """(step, path) of the last checkpoint taken before the breach began."""
+        with session_scope(self.factory) as session:
+            row = latest_at_most(session, self.spec.id, act.since - 1)
+            return (row.step, row.path) if row is not None else None
+
+    def _can_roll_back(self, act: Fired) -> bool:
+        return self.guard.rollback_budget_left() and self._rollback_target(act) is not None
+
+    def _rollback(self, act: Fired) -> int:
+        """Restore the pre-breach checkpoint; returns the step to run next."""
+        to_step, path = self._rollback_target(act)
+        state = self.run_state.restore(Path(path))
+        with session_scope(self.factory) as session:
+            dropped = delete_after(session, self.spec.id, to_step)
+            delete_rollouts_after(session, self.spec.id, to_step)
+            scale = self.guard.rolled_back(session, self.control.owner, to_step=to_step, fired=act)
+            record_progress(
+                session, self.spec.id, self.control.owner,
+                step=to_step, policy_version=state.policy_version,
+            )
+        for stale in dropped:  # the diverged states: a resume must never pick them up
+            shutil.rmtree(stale, ignore_errors=True)
+        self.run_state.set_lr(self.spec.config.optimizer.lr * scale)
+        log.warning("job %s: guard rolled back to step %d (%s)", self.spec.id, to_step, act.reason)
+        self.step_reached = to_step
+        return to_step
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -146,22 +222,31 @@ class JobLoop:
         self.trackers = StepTrackers.open(
             cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
         )
+        self.guard = JobGuard(cfg.guard, spec.guard, factory=self.factory, job_id=spec.id)
+        self.guard.warm(self.step_reached)
+        run.set_lr(cfg.optimizer.lr * spec.guard.lr_scale)
+        if run.resumed_from is None and cfg.guard.may_roll_back:
+            self._checkpoint(0, self.prompts.cursor, capture_rng())
 
     def _model_cache(self) -> Path:
         return Path(self.settings.home) / "models"
 
     def _load_model(self) -> LoadedModel:
         """The job's model under the same policy the API applied at creation (the settings may
-        have changed since); a refused or unloadable model fails the job without naming paths."""
-        name = self.spec.config.model.name
-        source = resolve_model(name, self.settings)
+        have changed since; a checkpoint must still be this project's and still have its
+        files); a refused or unloadable model fails the job without naming paths."""
+        model = self.spec.config.model
+        with session_scope(self.factory) as session:
+            source = resolve_job_model(model, self.settings, session, self.spec.project_id)
         try:
             return load_model(
-                source.spec, cache_dir=self._model_cache(), local_paths=source.kind == "local"
-            )
+                source.spec, cache_dir=self._model_cache(),
+                local_paths=source.kind in ("local", "checkpoint"),
+            )  # fmt: skip
         except Exception as exc:
-            log.exception("job %s: loading model %r failed", self.spec.id, name)
-            raise ModelNotAllowed(name) from exc
+            shown = model.label
+            log.exception("job %s: loading model %r failed", self.spec.id, shown)
+            raise ModelNotAllowed(shown) from exc
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:
@@ -207,14 +292,14 @@ class JobLoop:
             step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
         )
         self._register(path, state.step, state.policy_version)
+        keep_last = self.spec.config.checkpoint_keep_last
+        if keep_last is not None:
+            apply_retention(self.factory, self.spec.id, keep_last=keep_last)
 
     def _register(self, path: Path, step: int, policy_version: int) -> None:
-        size_bytes, sha256 = archive_digest(path)
-        with session_scope(self.factory) as session:
-            register_checkpoint(
-                session, self.spec.id, step=step, policy_version=policy_version,
-                path=str(path), size_bytes=size_bytes, sha256=sha256,
-            )
+        register_checkpoint_dir(
+            self.factory, self.spec.id, path, step=step, policy_version=policy_version
+        )
 
     def _ensure_registered(self, path: Path, step: int, policy_version: int) -> None:
         """A worker that died between saving and registering left a checkpoint the DB lacks."""
@@ -223,6 +308,7 @@ class JobLoop:
             known = bool(rows) and rows[0].step == step
         if not known:
             self._register(path, step, policy_version)
+
 
 
 def _task_or_none(

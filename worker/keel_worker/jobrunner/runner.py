@@ -91,15 +91,21 @@ def _run_leased(
         log.exception("job %s failed at step %d", spec.id, step)
         _end(factory, spec.id, control.owner, "failed", error=_describe(exc, step))
         return RunOutcome(spec.id, "failed", step)
-    _end(factory, spec.id, control.owner, status)
+    _end(factory, spec.id, control.owner, status, reason=loop.end_reason)
     return RunOutcome(spec.id, status, loop.step_reached)
 
 
 def _end(
-    factory: SessionFactory, job_id: str, owner: str, status: str, *, error: str | None = None
+    factory: SessionFactory,
+    job_id: str,
+    owner: str,
+    status: str,
+    *,
+    error: str | None = None,
+    reason: str | None = None,
 ) -> None:
     with session_scope(factory) as session:
-        if not finish_job(session, job_id, owner, status, error=error):
+        if not finish_job(session, job_id, owner, status, error=error, reason=reason):
             log.warning("job %s: could not record %s (lease no longer held)", job_id, status)
 
 

@@ -1,10 +1,17 @@
 """Checkpoints: a Hugging Face directory that transformers (and vLLM) load as-is, plus the
-trainer state needed to resume a run exactly.
+trainer state needed to resume a run exactly, and the retention rule that prunes old ones.
 
-Layout of `<workdir>/checkpoints/step_000010/`:
+Layout of `<workdir>/checkpoints/step_000010/` (the names are `keel.types.checkpoints`'s, since
+the download kinds of `keel_server.storage` are cut along them):
     config.json, generation_config.json, model.safetensors, tokenizer files   (plain HF dir)
     trainer_state.pt    optimizer state, step, policy version, RNG states, data cursor
     keel.json           small human-readable summary (step, policy version, config)
+    adapter/            a LoRA job's PEFT adapter; the top-level weights are then merged
+
+Retention (`config.checkpoint_keep_last`): after each save, the files of every checkpoint but
+the newest k are deleted, except pinned ones (`checkpoints_to_delete` is the rule; the service's
+job loop applies it to its checkpoint rows, where the guard pins, `prune_checkpoints` to a
+`train()` workdir, where nothing is pinned).
 
 Writes are atomic: everything goes to a hidden temporary sibling directory that is renamed into
 place only when complete, so a crash never leaves a half-written checkpoint that resume would
@@ -23,8 +30,9 @@ from typing import Any
 
 import torch
 
+from keel.types.checkpoints import TRAINER_STATE_FILE
+
 CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_FILE = "trainer_state.pt"
 SUMMARY_FILE = "keel.json"
 _PREFIX = "step_"
 
@@ -38,6 +46,8 @@ class TrainerState:
     data_cursor: int
     optimizer: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
+    # `AutoReplay.state_dict()`: the replay decision in force (absent in older checkpoints).
+    routing_replay: dict[str, Any] | None = None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -90,17 +100,40 @@ def save_checkpoint(
     return path
 
 
-def latest_checkpoint(workdir: Path) -> Path | None:
-    """The complete checkpoint with the highest step under `workdir`, if any."""
+def _complete_checkpoints(workdir: Path) -> dict[int, Path]:
     root = Path(workdir) / CHECKPOINTS_DIR
     if not root.is_dir():
-        return None
-    done = [
-        p
+        return {}
+    return {
+        int(p.name[len(_PREFIX) :]): p
         for p in root.iterdir()
         if p.name.startswith(_PREFIX) and (p / TRAINER_STATE_FILE).is_file()
-    ]
-    return max(done, key=lambda p: int(p.name[len(_PREFIX) :]), default=None)
+    }
+
+
+def latest_checkpoint(workdir: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `workdir`, if any."""
+    done = _complete_checkpoints(workdir)
+    return done[max(done)] if done else None
+
+
+def checkpoints_to_delete(steps: dict[int, bool], *, keep_last: int) -> list[int]:
+    """The steps whose files retention deletes, given `{step: pinned}` of the checkpoints that
+    still have files: all but the newest `keep_last` (≥ 1, so never the newest one), never a
+    pinned one."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    kept = set(sorted(steps)[-keep_last:])
+    return sorted(step for step, pinned in steps.items() if step not in kept and not pinned)
+
+
+def prune_checkpoints(workdir: Path, *, keep_last: int) -> list[int]:
+    """Apply retention to the checkpoints under a `train()` workdir; returns the steps deleted."""
+    done = _complete_checkpoints(workdir)
+    doomed = checkpoints_to_delete(dict.fromkeys(done, False), keep_last=keep_last)
+    for step in doomed:
+        shutil.rmtree(done[step])
+    return doomed
 
 
 def load_trainer_state(path: Path) -> TrainerState:

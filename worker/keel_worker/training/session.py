@@ -55,6 +55,15 @@ def build_engine(
     return HFEngine(model, tokenizer, precision=config.rollout.precision)
 
 
+def _load_by_name(config: TrainingConfig, cache_dir: Path) -> LoadedModel:
+    if config.model.name is None:
+        raise ValueError(
+            "model.checkpoint_id names a checkpoint of the service (a job's model); in-process, "
+            "pass the checkpoint's directory as model.name"
+        )
+    return load_model(config.model.name, cache_dir=cache_dir)
+
+
 @dataclass
 class TrainingSession:
     """A run's live objects plus where it resumes: `step` completed steps, `data_cursor`."""
@@ -93,7 +102,7 @@ class TrainingSession:
         if ckpt is not None:
             model, tokenizer, state = load_checkpoint(ckpt)
         else:
-            loaded = load() if load else load_model(config.model.name, cache_dir=cache_dir)
+            loaded = load() if load else _load_by_name(config, cache_dir)
             model, tokenizer = loaded.model, loaded.tokenizer
         model.eval()
         # The engine copies the weights before the trainer's copy moves to its device: the `hf`
@@ -109,9 +118,28 @@ class TrainingSession:
         if state is not None:
             trainer.optimizer.load_state_dict(state.optimizer)
             trainer.policy_version = state.policy_version
+            if state.routing_replay is not None:
+                trainer.auto.load_state_dict(state.routing_replay)
             restore_rng(state.rng)
             session.step, session.data_cursor = state.step, state.data_cursor
         return session
+
+    def restore(self, path: Path) -> TrainerState:
+        """Roll the live run back to the checkpoint at `path`: weights (trainer and engine),
+        optimizer state, policy version and RNG states; returns the checkpoint's state."""
+        model, _, state = load_checkpoint(path)
+        self.model.load_state_dict(model.state_dict())
+        self.trainer.optimizer.load_state_dict(state.optimizer)
+        self.trainer.policy_version = state.policy_version
+        self.engine.load_weights(self.model)
+        restore_rng(state.rng)
+        return state
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of every parameter group (a resumed optimizer state keeps the one
+        it was saved with)."""
+        for group in self.trainer.optimizer.param_groups:
+            group["lr"] = lr
 
     def save(
         self, step: int, *, data_cursor: int, rng: dict[str, Any], summary: dict[str, Any]
@@ -123,6 +151,7 @@ class TrainingSession:
             data_cursor=data_cursor,
             optimizer=self.trainer.optimizer.state_dict(),
             rng=rng,
+            routing_replay=self.trainer.auto.state_dict(),
         )
         path = save_checkpoint(
             checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,

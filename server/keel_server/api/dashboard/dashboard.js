@@ -394,15 +394,26 @@ async function showCheckpoints(jobId) {
   $("checkpoints-body").replaceChildren(...page.data.map((c) => h("tr", { "data-checkpoint": c.id },
     h("td", {}, String(c.step)),
     h("td", {}, String(c.policy_version)),
-    h("td", {}, `${(c.size_bytes / 1e6).toFixed(1)} MB`),
-    h("td", {}, h("code", {}, c.sha256.slice(0, 16))),
-    h("td", {}, h("button", { onclick: () => download(c) }, "Download .tar")),
+    ...checkpointCells(c),
   )));
+}
+
+// The model weights (the default download kind), or what retention left of the checkpoint.
+function checkpointCells(c) {
+  const weights = c.kinds.weights;
+  if (!weights) {
+    return [h("td", {}, c.deleted_at ? "deleted" : "–"), h("td", {}, ""), h("td", {}, "")];
+  }
+  return [
+    h("td", {}, `${(weights.size_bytes / 1e6).toFixed(1)} MB`),
+    h("td", {}, h("code", {}, weights.sha256.slice(0, 16))),
+    h("td", {}, h("button", { onclick: () => download(c) }, "Download .tar")),
+  ];
 }
 
 // The download needs the Authorization header, so it goes through fetch and a blob URL.
 async function download(checkpoint) {
-  const response = await fetch(`/v1/checkpoints/${checkpoint.id}/download`,
+  const response = await fetch(`/v1/checkpoints/${checkpoint.id}/download?kind=weights`,
     { headers: authHeaders() });
   if (!response.ok) return alert(`download failed: ${response.status}`);
   const url = URL.createObjectURL(await response.blob());

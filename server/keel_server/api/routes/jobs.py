@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from keel.types.common import Page, Text
-from keel.types.jobs import Job, JobCreate, JobCreated
+from keel.types.jobs import Job, JobCreate, JobCreated, JobResume
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, LastEventId, Limit
 from keel_server.api.errors import ROUTE_ERRORS, error_responses
 from keel_server.api.guard import UploadRoute
@@ -70,8 +70,9 @@ def pause_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
 
 
 @router.post("/jobs/{job_id}/resume", response_model=Job, responses=error_responses(503))
-def resume_job(job_id: Id, ctx: Ctx, caller: Caller) -> Job:
-    return service.resume(ctx, caller, job_id)
+def resume_job(job_id: Id, ctx: Ctx, caller: Caller, body: JobResume | None = None) -> Job:
+    """Resume a paused job; the optional body changes its learning rate or algorithm."""
+    return service.resume(ctx, caller, job_id, body)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
@@ -81,7 +82,8 @@ async def job_events(
     caller: Caller,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: `status`, `metrics`, `checkpoint`, `webhook` (a failed delivery);
+    """Server-Sent Events: `status`, `metrics`, `checkpoint`, `webhook` (a failed delivery),
+    `guard` (a stability-guard trigger fired);
     each `id:` resumes the stream via `Last-Event-ID`. The stream ends after the job's final
     event."""
     after = await run_in_threadpool(events_service.open_stream, ctx, caller, job_id, last_event_id)

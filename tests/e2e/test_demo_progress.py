@@ -1,0 +1,28 @@
+"""`scripts/demo.py`'s progress line shows a stability-guard alert once one fires (fast: the
+Progress class alone, fed the `guard` event the job's stream carries)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("keel_demo_script", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_progress_line_shows_a_guard_alert(capsys):
+    progress = _demo().Progress(16)
+    progress.update(3, {"reward/mean": 0.5})
+    assert "guard" not in progress.line()
+    event = {"trigger": "kl", "step": 3, "action": "alert",
+             "reason": "k3 KL(μ‖π_old) 0.02 > 2 × its baseline 0.003"}  # fmt: skip
+    progress.alert(event)
+    assert progress.line().endswith("| guard alert: kl at step 3")
+    out = capsys.readouterr().out
+    assert "guard: k3 KL(μ‖π_old) 0.02 > 2 × its baseline 0.003 (alert)" in out

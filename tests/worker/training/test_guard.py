@@ -1,0 +1,161 @@
+"""The guard's detector on synthetic metric sequences: each trigger fires where the threshold
+and patience say (step counted by hand), stays quiet on a stable sequence, and re-arms only after
+`patience` clean observations. Also: the defaults are the ones the committed replay chose."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from keel.types.guard import GuardConfig
+from keel_worker.training.guard import _JUDGES, TRIGGERS, StabilityGuard, guard_metrics, strongest
+
+RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "guard" / "thresholds.json"
+
+
+def only(trigger: str, **fields) -> GuardConfig:
+    off = {name: None for name in TRIGGERS if name != trigger}
+    default = getattr(GuardConfig(), trigger)
+    return GuardConfig(**off, **{trigger: default.model_copy(update=fields)})
+
+
+def fire_steps(config: GuardConfig, sequence: list[dict[str, float]]) -> list[int]:
+    guard = StabilityGuard(config)
+    return [step for step, m in enumerate(sequence, start=1) for _ in guard.observe(step, m)]
+
+
+def series(name: str, values: list[float]) -> list[dict[str, float]]:
+    return [{name: v} for v in values]
+
+
+def test_every_trigger_has_a_judge():
+    assert set(_JUDGES) == set(TRIGGERS)
+    assert set(TRIGGERS) <= set(GuardConfig.model_fields)
+
+
+# ---------------------------------------------------------------- kl
+def test_kl_fires_after_patience_steps_above_ratio_times_baseline():
+    # Baseline = median(1e-2) after warmup 1; 3e-2 = 3x > 2x (and > 5e-3) breaches at steps
+    # 4, 5, 6: patience 3 fires at step 6.
+    values = [1e-2, 1.1e-2, 0.9e-2, 3e-2, 3e-2, 3e-2]
+    assert fire_steps(only("kl"), series("mismatch/kl_k3", values)) == [6]
+
+
+def test_kl_is_quiet_on_a_stable_sequence_and_below_its_floor():
+    stable = [1e-2, 1.3e-2, 0.8e-2, 1.9e-2, 1.1e-2, 0.7e-2] * 5  # ≤ 1.9x the median
+    assert fire_steps(only("kl"), series("mismatch/kl_k3", stable)) == []
+    # fp32 rollouts: float noise around 0, hundreds of times its baseline, never above 5e-3.
+    noise = [-4.6e-9, 1e-9, 3e-7, 4e-6, 4e-6, 4e-6, 4e-6]
+    assert fire_steps(only("kl"), series("mismatch/kl_k3", noise)) == []
+
+
+def test_kl_baseline_ignores_breaching_steps():
+    # A breach streak cut short (2 < patience 3) must not raise the baseline: the next
+    # 3 breaches at the same level still fire.
+    values = [1e-2, 3e-2, 3e-2, 1e-2, 3e-2, 3e-2, 3e-2]
+    assert fire_steps(only("kl"), series("mismatch/kl_k3", values)) == [7]
+
+
+# ---------------------------------------------------------------- fractions
+def test_is_fraction_takes_the_larger_of_truncated_and_masked():
+    seq = [{"is/truncated_frac": 0.01, "is/masked_frac": 0.06}] * 2
+    assert fire_steps(only("is_fraction"), seq) == [2]  # patience 2
+    quiet = [{"is/truncated_frac": 0.04, "is/masked_frac": 0.01}] * 10
+    assert fire_steps(only("is_fraction"), quiet) == []
+
+
+def test_clip_fires_after_three_steps_over_five_percent():
+    assert fire_steps(only("clip"), series("clip/frac", [0.02, 0.06, 0.07, 0.08])) == [4]
+    assert fire_steps(only("clip"), series("clip/frac", [0.06, 0.06, 0.04] * 4)) == []
+
+
+# ---------------------------------------------------------------- entropy
+def test_entropy_fires_below_its_share_of_the_early_level():
+    # Early level = 1.0 (warmup 1); 0.29 < 0.3 breaches and fires at once (patience 1).
+    values = [1.0, 0.8, 0.5, 0.31, 0.29]
+    assert fire_steps(only("entropy"), series("train/entropy", values)) == [5]
+    assert fire_steps(only("entropy", warmup=2), series("train/entropy", [1.0, 0.2, 0.2])) == []
+
+
+# ---------------------------------------------------------------- grad norm
+def test_a_non_finite_gradient_norm_fires_at_once_whatever_the_patience():
+    seq = series("optim/grad_norm", [1.0, math.nan])
+    assert fire_steps(only("grad_norm", patience=5), seq) == [2]
+    assert fire_steps(only("grad_norm"), series("optim/grad_norm", [math.inf])) == [1]
+
+
+def test_grad_norm_fires_far_above_its_running_median():
+    values = [1.0, 2.0, 1.5, 1.2, 9.0, 16.0]  # median 1.35 (4 warmup steps, then 9 joins)
+    assert fire_steps(only("grad_norm"), series("optim/grad_norm", values)) == [6]
+
+
+# ---------------------------------------------------------------- peaks
+def test_reward_fires_when_its_window_mean_falls_below_a_fifth_of_its_peak():
+    # Window 4: peak 0.5 after the first 8 steps; the window mean after k zeros is
+    # 0.5 (4 - k) / 4: 0.125 at k = 3 (no breach), 0 from k = 4 (steps 12, 13, 14): patience 3
+    # fires at step 14.
+    values = [0.5] * 8 + [0.0] * 8
+    assert fire_steps(only("reward"), series("reward/mean", values)) == [14]
+    # A peak under min_peak is no reference: a run that never learnt does not "collapse".
+    assert fire_steps(only("reward"), series("reward/mean", [0.05] * 4 + [0.0] * 8)) == []
+
+
+def test_accuracy_is_judged_on_evaluated_steps_only():
+    # Evaluations at steps 1, 5, 9: 0.4, 0.5, 0.1 (< 0.3 × 0.5); steps between carry no
+    # accuracy and neither breach nor clear.
+    seq = [{"eval/accuracy": 0.4}, {}, {}, {}, {"eval/accuracy": 0.5}, {}, {}, {},
+           {"eval/accuracy": 0.1}]  # fmt: skip
+    assert fire_steps(only("accuracy"), seq) == [9]
+    assert fire_steps(only("accuracy", patience=2), seq) == []
+
+
+# ---------------------------------------------------------------- hysteresis
+def test_a_fired_trigger_stays_latched_until_patience_clean_steps_rearm_it():
+    # clip, patience 3: breaches 1-3 fire at 3; 4-5 still breach (latched, silent); 6-7 clean
+    # (2 < 3: still latched); 8 breach resets the clean count, so 9-11 clean re-arm it;
+    # breaches 12-14 fire again at 14.
+    b, c = 0.1, 0.0
+    values = [b, b, b, b, b, c, c, b, c, c, c, b, b, b]
+    assert fire_steps(only("clip"), series("clip/frac", values)) == [3, 14]
+
+
+def test_rearm_forgets_latches_but_keeps_baselines():
+    guard = StabilityGuard(only("clip", patience=1))
+    assert guard.observe(1, {"clip/frac": 0.1})
+    assert not guard.observe(2, {"clip/frac": 0.1})  # latched
+    guard.rearm()
+    assert guard.observe(3, {"clip/frac": 0.1})
+
+
+def test_fired_carries_the_breach_start_and_the_step_metrics():
+    guard = StabilityGuard(only("clip", action="pause"))
+    fired = [f for s, v in enumerate([0.0, 0.1, 0.1, 0.1], 1) for f in
+             guard.observe(s, {"clip/frac": v})]  # fmt: skip
+    assert [(f.trigger, f.action, f.step, f.since) for f in fired] == [("clip", "pause", 4, 2)]
+    assert guard_metrics(fired) == {"guard/fired": 1.0, "guard/clip": 1.0}
+    assert guard_metrics([]) == {"guard/fired": 0.0}
+
+
+def test_the_most_cautious_action_wins():
+    guard = StabilityGuard(GuardConfig(
+        clip={"action": "rollback", "patience": 1}, is_fraction={"action": "pause", "patience": 1},
+        kl=None,
+    ))  # fmt: skip
+    fired = guard.observe(1, {"clip/frac": 0.5, "is/truncated_frac": 0.5})
+    assert {f.trigger for f in fired} == {"clip", "is_fraction"}
+    assert strongest(fired).action == "pause"
+
+
+# ---------------------------------------------------------------- defaults = the replay's choice
+def test_the_defaults_are_what_the_committed_replay_chose():
+    result = json.loads(RESULTS.read_text())
+    for trigger, info in result["triggers"].items():
+        default = getattr(GuardConfig(), trigger)
+        if info["chosen"] is None:  # no evidence on the grid: the default is a prior
+            continue
+        for field, value in info["chosen"].items():
+            assert getattr(default, field) == pytest.approx(value), (trigger, field)
+    assert result["combined_defaults"]["stable_runs_alerted"] == {}

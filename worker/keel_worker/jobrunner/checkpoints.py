@@ -1,0 +1,55 @@
+"""A job's checkpoints in the database: registering a saved checkpoint directory (the size and
+sha256 of each download kind, hashed here once so no request ever hashes a checkpoint), and the
+job's retention policy (`config.checkpoint_keep_last`) applied to its rows.
+
+Retention deletes what `training.checkpoint.checkpoints_to_delete` names among the rows that
+still have files: all but the newest k, never a pinned one (`db.checkpoints.pin_checkpoint`,
+which the guard uses for the last good checkpoint). Each row is marked deleted first, by a
+compare-and-set that fails when the row was pinned meanwhile, and only then are its files
+removed; files of rows marked earlier whose removal a crash interrupted are removed on the next
+pass. A download of a deleted checkpoint is a 409 naming the policy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from keel_server.db import SessionFactory, session_scope
+from keel_server.db.checkpoints import job_checkpoints, mark_deleted, register_checkpoint
+from keel_server.storage import archive_kinds
+from keel_worker.training.checkpoint import checkpoints_to_delete
+
+
+def register_checkpoint_dir(
+    factory: SessionFactory, job_id: str, path: Path, *, step: int, policy_version: int
+) -> str:
+    """Hash every kind of the checkpoint at `path` and insert (or replace) its row; its id."""
+    kinds = archive_kinds(path)
+    with session_scope(factory) as session:
+        row = register_checkpoint(
+            session, job_id, step=step, policy_version=policy_version, path=str(path),
+            kinds=kinds,
+        )  # fmt: skip
+        return row.id
+
+
+def apply_retention(factory: SessionFactory, job_id: str, *, keep_last: int) -> list[int]:
+    """Delete the files of the job's checkpoints retention drops; returns their steps."""
+    with session_scope(factory) as session:
+        rows = job_checkpoints(session, job_id)
+        live = {r.step: r.pinned for r in rows if r.deleted_at is None}
+        by_step = {r.step: (r.id, Path(r.path)) for r in rows}
+        leftovers = [Path(r.path) for r in rows if r.deleted_at is not None]
+    deleted = []
+    for step in checkpoints_to_delete(live, keep_last=keep_last):
+        checkpoint_id, path = by_step[step]
+        with session_scope(factory) as session:
+            marked = mark_deleted(session, checkpoint_id)
+        if marked:
+            deleted.append(step)
+            leftovers.append(path)
+    for path in leftovers:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+    return deleted

@@ -1,0 +1,259 @@
+"""The stability guard's detector: one step's metrics in, the triggers that fired out.
+
+Pure Python (no torch, no I/O), so the job loop, `train()` and the threshold replay of
+`bench/guard_thresholds.py` run the same code on live metrics and on committed CSVs alike. The
+thresholds and what each trigger means are `keel.types.guard` (the one home of the defaults);
+this module keeps the running state each signal is judged against:
+
+    kl          mismatch/kl_k3 > ratio × median(non-breaching steps so far), and > min_value
+    is_fraction max(is/truncated_frac, is/masked_frac) > max_frac
+    clip        clip/frac > max_frac
+    entropy     train/entropy < min_ratio × mean(first `warmup` steps)
+    grad_norm   optim/grad_norm non-finite, or > ratio × median(non-breaching steps so far)
+    reward      mean(last `window` reward/mean) < min_ratio × its running peak (peak ≥ min_peak)
+    accuracy    eval/accuracy (evaluated steps only) < min_ratio × its running peak
+
+A trigger fires after `patience` consecutive breaches and is then latched until `patience`
+consecutive clean observations re-arm it. A step without the signal (no evaluation this step, a
+dense model's routing, a skipped update) is neither a breach nor a clean observation.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import get_args
+
+from keel.types.guard import (
+    ClipTrigger,
+    EntropyTrigger,
+    GradNormTrigger,
+    GuardConfig,
+    IsFractionTrigger,
+    KlTrigger,
+    TriggerName,
+)
+
+TRIGGERS: tuple[str, ...] = get_args(TriggerName)
+KL, ENTROPY, GRAD_NORM = "mismatch/kl_k3", "train/entropy", "optim/grad_norm"
+IS_FRACTIONS = ("is/truncated_frac", "is/masked_frac")
+CLIP, REWARD, ACCURACY = "clip/frac", "reward/mean", "eval/accuracy"
+# Which action wins when several triggers fire on one step: the most cautious.
+ACTION_RANK = {"alert": 0, "rollback": 1, "pause": 2}
+
+
+@dataclass(frozen=True)
+class Fired:
+    """One trigger firing at `step`; `since` is the first step of the breach streak."""
+
+    trigger: str
+    action: str
+    step: int
+    since: int
+    value: float
+    reference: float
+    reason: str
+
+    def as_event(self) -> dict:
+        return {
+            "trigger": self.trigger, "action": self.action, "step": self.step,
+            "since": self.since, "value": _json_float(self.value),
+            "reference": _json_float(self.reference), "reason": self.reason,
+        }  # fmt: skip
+
+
+@dataclass
+class _Latch:
+    """Patience and re-arming of one trigger."""
+
+    patience: int
+    breaches: int = 0
+    cleans: int = 0
+    since: int | None = None
+    latched: bool = False
+
+    def observe(self, step: int, breach: bool) -> bool:
+        """True when this observation fires the trigger."""
+        if not breach:
+            self.breaches, self.since = 0, None
+            self.cleans += 1
+            if self.latched and self.cleans >= self.patience:
+                self.latched = False
+            return False
+        self.cleans = 0
+        self.breaches += 1
+        if self.since is None:
+            self.since = step
+        if self.latched or self.breaches < self.patience:
+            return False
+        self.latched = True
+        return True
+
+
+@dataclass
+class _Signal:
+    """One trigger's running reference (baseline, early level or peak) and its latch."""
+
+    latch: _Latch
+    history: list[float] = field(default_factory=list)
+    window: deque = field(default_factory=deque)
+    peak: float = -math.inf
+
+
+class StabilityGuard:
+    """`observe(step, metrics)` once per completed step; returns the triggers that fired."""
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.config = config
+        self._signals = {
+            name: _Signal(_Latch(trigger.patience))
+            for name in TRIGGERS
+            if (trigger := getattr(config, name)) is not None
+        }
+
+    def rearm(self) -> None:
+        """Forget breach streaks and latches, keep the references (after a rollback)."""
+        for signal in self._signals.values():
+            signal.latch = _Latch(signal.latch.patience)
+            signal.window.clear()
+
+    def observe(self, step: int, metrics: Mapping[str, float]) -> list[Fired]:
+        fired = []
+        for name, signal in self._signals.items():
+            trigger = getattr(self.config, name)
+            judged = _JUDGES[name](trigger, signal, metrics)
+            if judged is None:
+                continue
+            breach, value, reference, reason = judged
+            if signal.latch.observe(step, breach):
+                since = signal.latch.since if signal.latch.since is not None else step
+                fired.append(Fired(name, trigger.action, step, since, value, reference, reason))
+        return fired
+
+
+# ---------------------------------------------------------------- one judge per trigger
+# Each returns (breach, value, reference, reason), or None when the step lacks the signal.
+
+
+def _finite(metrics: Mapping[str, float], name: str) -> float | None:
+    value = metrics.get(name)
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _against_median(
+    ratio: float, warmup: int, signal: _Signal, value: float, what: str, floor: float = -math.inf
+):
+    """Breach when value > ratio × median of the earlier non-breaching values (and > floor)."""
+    if len(signal.history) < warmup:
+        signal.history.append(value)
+        return False, value, math.nan, ""
+    baseline = statistics.median(signal.history)
+    breach = value > ratio * baseline and value > floor
+    if not breach:
+        signal.history.append(value)
+    reason = f"{what} {value:.3g} > {ratio:g} × its baseline {baseline:.3g}"
+    return breach, value, baseline, reason
+
+
+def _kl(trigger: KlTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    value = _finite(metrics, KL)
+    if value is None:
+        return None
+    return _against_median(
+        trigger.ratio, trigger.warmup, signal, value, "k3 KL(μ‖π_old)", floor=trigger.min_value
+    )
+
+
+def _is_fraction(trigger: IsFractionTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    values = [v for name in IS_FRACTIONS if (v := _finite(metrics, name)) is not None]
+    if not values:
+        return None
+    value = max(values)
+    reason = f"IS-corrected token fraction {value:.3g} > {trigger.max_frac:g}"
+    return value > trigger.max_frac, value, trigger.max_frac, reason
+
+
+def _clip(trigger: ClipTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    value = _finite(metrics, CLIP)
+    if value is None:
+        return None
+    reason = f"clip fraction {value:.3g} > {trigger.max_frac:g}"
+    return value > trigger.max_frac, value, trigger.max_frac, reason
+
+
+def _entropy(trigger: EntropyTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    value = _finite(metrics, ENTROPY)
+    if value is None:
+        return None
+    if len(signal.history) < trigger.warmup:
+        signal.history.append(value)
+        return False, value, math.nan, ""
+    early = statistics.fmean(signal.history)
+    reason = f"entropy {value:.3g} < {trigger.min_ratio:g} × its early level {early:.3g}"
+    return value < trigger.min_ratio * early, value, early, reason
+
+
+def _grad_norm(trigger: GradNormTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    value = metrics.get(GRAD_NORM)
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        signal.latch.breaches = max(signal.latch.breaches, signal.latch.patience - 1)
+        return True, float(value), math.nan, f"gradient norm is {value}"
+    return _against_median(trigger.ratio, trigger.warmup, signal, float(value), "gradient norm")
+
+
+def _peak(metric: str, what: str, *, windowed: bool):
+    """A judge of `metric` against its running peak; `windowed` averages `trigger.window` steps
+    (held-out accuracy is already a mean over its prompts)."""
+
+    def judge(trigger, signal: _Signal, metrics: Mapping[str, float]):
+        value = _finite(metrics, metric)
+        if value is None:
+            return None
+        window = trigger.window if windowed else 1
+        signal.window.append(value)
+        if len(signal.window) > window:
+            signal.window.popleft()
+        if len(signal.window) < window:
+            return None
+        smoothed = statistics.fmean(signal.window)
+        signal.peak = max(signal.peak, smoothed)
+        peak = signal.peak
+        breach = peak >= trigger.min_peak and smoothed < trigger.min_ratio * peak
+        reason = f"{what} {smoothed:.3g} < {trigger.min_ratio:g} × its peak {peak:.3g}"
+        return breach, smoothed, peak, reason
+
+    return judge
+
+
+_JUDGES = {
+    "kl": _kl,
+    "is_fraction": _is_fraction,
+    "clip": _clip,
+    "entropy": _entropy,
+    "grad_norm": _grad_norm,
+    "reward": _peak(REWARD, "reward", windowed=True),
+    "accuracy": _peak(ACCURACY, "held-out accuracy", windowed=False),
+}
+
+
+def strongest(fired: list[Fired]) -> Fired | None:
+    """The firing whose action the step takes (pause over rollback over alert)."""
+    return max(fired, key=lambda f: ACTION_RANK[f.action], default=None)
+
+
+def guard_metrics(fired: list[Fired]) -> dict[str, float]:
+    """The `guard/*` metrics of one step: how many triggers fired, and 1 per trigger that did."""
+    metrics = {"guard/fired": float(len(fired))}
+    metrics.update({f"guard/{f.trigger}": 1.0 for f in fired})
+    return metrics
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None

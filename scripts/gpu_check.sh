@@ -4,7 +4,10 @@
 #  1. installs vLLM and the project (best effort: a machine without PyPI keeps going without vLLM),
 #  2. runs the gpu-marked tests,
 #  3. runs a few training steps on tiny-moe with fp8 inference, without and with R3, and prints
-#     the training–inference mismatch of each (vLLM rollouts when vLLM imports, else `hf`).
+#     the training–inference mismatch of each (vLLM rollouts when vLLM imports, else `hf`). With
+#     vLLM, R3 replays the routes vLLM returns (`enable_return_routed_experts`, which vLLM's CPU
+#     backend cannot run) and the line "R3 routing disagreement" gives the share of tokens whose
+#     replayed (vLLM) and native (trainer) expert sets differ.
 # Keep it under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +24,7 @@ if [ -d "$WHEELS" ]; then
     && export PYTHONPATH="/tmp/keel_site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 if ! "$PY" -c "import vllm" 2>/dev/null; then
-  if timeout 60 "$PY" -m pip install -q --retries 0 --timeout 5 vllm; then echo "vllm installed"
+  if timeout 120 "$PY" -m pip install -q --retries 0 --timeout 5 vllm==0.32.0; then echo "vllm installed"
   else echo "WARNING: 'pip install vllm' failed (offline?): vLLM checks will be skipped"; fi
 fi
 # The project itself needs no new dependency on a machine with torch + transformers: use the
@@ -43,7 +46,9 @@ import sys, tempfile
 from pathlib import Path
 import torch
 from keel.types.training import TaskConfig, TrainingConfig
+from keel_server.settings import Settings
 from keel_worker.engines.models import load_model
+from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.session import build_engine
 from keel_worker.training.step import Trainer
 from keel_worker.training.tasks import build_task
@@ -65,7 +70,8 @@ for experts in ("default", "eager"):
             model = loaded.model
             if experts == "eager":
                 model.set_experts_implementation("eager")
-            engine = build_engine(cfg, model, loaded.tokenizer, workdir=Path(tempfile.mkdtemp()))
+            engine = build_engine(cfg, model, loaded.tokenizer, workdir=Path(tempfile.mkdtemp()),
+                                  vllm_options=VLLMOptions.from_settings(Settings()))
             model.cuda()
             trainer = Trainer(cfg, model, loaded.tokenizer, engine, is_moe=True)
             m = trainer.step(items, reward, seed=5)
@@ -74,5 +80,10 @@ for experts in ("default", "eager"):
                   f"kl_k1={m['mismatch/kl_k1']:.3e} "
                   f"route_diff={m['routing/infer_vs_train_any']:.3f} "
                   f"loss={m['optim/loss']:.3f} step_s={m['time/step_s']:.2f}", flush=True)
+            if replay == "R3":
+                layers = sorted(k for k in m if k.startswith("routing/infer_vs_train_L"))
+                print(f"  R3 routing disagreement, replayed ({engine_name}) vs native (trainer): "
+                      f"any layer {m['routing/infer_vs_train_any']:.3f}; per layer "
+                      + " ".join(f"{m[k]:.3f}" for k in layers), flush=True)
 PYEOF
 echo "== done"

@@ -17,8 +17,24 @@ from collections.abc import Iterator
 
 import pytest
 
+# `make test-vllm` sets it: there a vLLM that does not import fails the `vllm` tests.
+REQUIRE_VLLM = os.environ.get("KEEL_REQUIRE_VLLM", "").strip() in ("1", "true", "yes")
 PG_ADMIN_DSN = os.environ.get("KEEL_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked `vllm` need the vllm package (`.venv-vllm`): skipped in the main suite,
+    failed in the vLLM tier."""
+    if item.get_closest_marker("vllm") is None:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        reason = "vllm is not installed (make test-vllm runs these tests in .venv-vllm)"
+        if REQUIRE_VLLM:
+            pytest.fail(f"{reason}; KEEL_REQUIRE_VLLM=1: the vLLM tier must run", pytrace=False)
+        pytest.skip(reason)
 
 
 def _pg_admin():

@@ -102,6 +102,34 @@ class Settings(BaseSettings):
         default=None, description="Bearer token a Prometheus scraper sends to `GET /metrics`."
     )
 
+    # The `vllm` rollout engine on this worker (keel_worker.engines.vllm.VLLMOptions).
+    vllm_kv_cache_gib: float | None = Field(
+        default=None, gt=0,
+        description="KV cache size of the vllm engine in GiB (vLLM's kv_cache_memory_bytes; on "
+        "a CPU worker the memory it allocates for the cache). Unset: vLLM sizes it from "
+        "`vllm_gpu_memory_utilization`.",
+    )
+    vllm_cpu_reserved_cpus: int = Field(
+        default=0, ge=0,
+        description="CPU cores vLLM's CPU backend leaves out of its thread binding "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU); 0 uses every core the worker may run on.",
+    )
+    vllm_max_model_len: int | None = Field(
+        default=None, ge=2,
+        description="Longest prompt + response the vllm engine serves; unset: the model's "
+        "own context length. Lower it to fit the KV cache.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3, gt=0, le=1,
+        description="Share of GPU memory vLLM may take (weights, activations, KV cache); the "
+        "trainer shares the GPU, so well below vLLM's own 0.9. On a CPU: the share of RAM.",
+    )
+    vllm_tensor_parallel_size: int = Field(
+        default=1, ge=1,
+        description="GPUs one vllm engine shards the model over; 1 runs it in the worker's "
+        "process, more in vLLM worker processes that the weight sync reaches by RPC.",
+    )
+
     @field_validator("model_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:

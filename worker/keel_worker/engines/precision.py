@@ -164,3 +164,13 @@ def _quantized_parameter_names(model: nn.Module) -> set[str]:
             if param.dim() >= 2 and id(param) not in keep and not isinstance(module, nn.Embedding):
                 names.add(f"{module_name}.{param_name}" if module_name else param_name)
     return names
+
+
+def bf16_is_native() -> bool:
+    """Whether bfloat16 matmuls run in hardware here: CUDA, or a CPU with AMX or AVX512-BF16.
+
+    On an AVX2-only CPU torch emulates them, 5–60× slower than fp32 (environment.md), so
+    benchmarks and the vLLM tier pick fp32 there."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()

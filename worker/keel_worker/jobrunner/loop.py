@@ -48,6 +48,7 @@ from keel_server.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.settings import Settings
 from keel_server.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.guarding import JobGuard
@@ -194,7 +195,8 @@ class JobLoop:
     def _setup(self) -> None:
         cfg, spec = self.spec.config, self.spec
         run = TrainingSession.open(
-            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model
+            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model,
+            vllm_options=VLLMOptions.from_settings(self.settings),
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.types.training import TrainingConfig
+from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.checkpoint import (
     CHECKPOINTS_DIR,
     capture_rng,
@@ -64,15 +65,18 @@ def train(
     cache_dir: Path | None = None,
     device: str | None = None,
     should_stop: Callable[[], bool] | None = None,
+    vllm_options: VLLMOptions | None = None,
 ) -> Iterator[StepResult]:
     """Run `config.steps` global steps (fewer when resuming), yielding each step's metrics.
+
+    `vllm_options` (`VLLMOptions.from_settings(Settings())`) is needed by `rollout.engine = "vllm"`.
 
     `should_stop` is polled after every step; when it returns True the run checkpoints (so a
     later call resumes exactly there), yields that step and ends: cooperative pause / cancel.
     """
     run = TrainingSession.open(
         config, workdir=workdir, cache_dir=cache_dir or DEFAULT_CACHE_DIR, device=device,
-        resume=resume,
+        resume=resume, vllm_options=vllm_options,
     )
     task = build_task(config.task)
     stream = PromptStream(task.train_items, seed=config.seed)

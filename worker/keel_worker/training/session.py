@@ -19,6 +19,7 @@ import torch
 from keel.types.training import TrainingConfig
 from keel_worker.engines.base import RolloutEngine
 from keel_worker.engines.models import LoadedModel, is_moe_model, load_model
+from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
@@ -31,13 +32,23 @@ from keel_worker.training.step import Trainer
 
 
 def build_engine(
-    config: TrainingConfig, model: torch.nn.Module, tokenizer, *, workdir: Path
+    config: TrainingConfig,
+    model: torch.nn.Module,
+    tokenizer,
+    *,
+    workdir: Path,
+    vllm_options: VLLMOptions | None = None,
 ) -> RolloutEngine:
+    """The configured rollout engine; `vllm` needs the worker's `vllm_options`
+    (`VLLMOptions.from_settings`)."""
     if config.rollout.engine == "vllm":
         from keel_worker.engines.vllm import VLLMEngine
 
+        if vllm_options is None:
+            raise ValueError("rollout engine 'vllm' needs vllm_options (VLLMOptions.from_settings)")
         return VLLMEngine.from_model(
-            model, tokenizer, precision=config.rollout.precision, workdir=workdir / "vllm"
+            model, tokenizer, precision=config.rollout.precision, workdir=workdir / "vllm",
+            options=vllm_options,
         )
     from keel_worker.engines.hf import HFEngine
 
@@ -77,9 +88,11 @@ class TrainingSession:
         device: str | None = None,
         resume: bool = True,
         load: Callable[[], LoadedModel] | None = None,
+        vllm_options: VLLMOptions | None = None,
     ) -> TrainingSession:
         """`load` obtains the configured model for a new run (default: `load_model` of
-        `config.model.name`); the service passes one that applies its model policy."""
+        `config.model.name`); the service passes one that applies its model policy, and its
+        `Settings`' vLLM knobs as `vllm_options`."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,7 +109,9 @@ class TrainingSession:
         # engine samples on the CPU even on a CUDA worker, because its decode loop builds its
         # tokens, cache and sampling generator on the CPU (engines/hf.py); a GPU worker samples
         # with `vllm` (RolloutConfig.engine says so). Each step's weight sync copies across.
-        engine = build_engine(config, model, tokenizer, workdir=workdir)
+        engine = build_engine(
+            config, model, tokenizer, workdir=workdir, vllm_options=vllm_options
+        )
         model.to(device)
         trainer = Trainer(config, model, tokenizer, engine, is_moe=is_moe_model(model))
         session = cls(config, workdir, model, tokenizer, engine, trainer, resumed_from=ckpt)

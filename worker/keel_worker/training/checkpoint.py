@@ -5,6 +5,13 @@ Layout of `<workdir>/checkpoints/step_000010/`:
     config.json, generation_config.json, model.safetensors, tokenizer files   (plain HF dir)
     trainer_state.pt    optimizer state, step, policy version, RNG states, data cursor
     keel.json           small human-readable summary (step, policy version, config)
+    adapter/            LoRA runs only: peft's `save_pretrained` output (adapter_config.json,
+                        adapter_model.safetensors); `PeftModel.from_pretrained(base, it)`
+
+In a LoRA run the top-level model files hold the MERGED weights (W + (alpha / rank) · B A, see
+`engines.merged`), so plain transformers loads the trained policy, and the trainer state also
+holds the adapter tensors: an exact resume reloads the configured base model, puts them back
+and restores the optimizer (whose state covers the adapters only).
 
 Writes are atomic: everything goes to a hidden temporary sibling directory that is renamed into
 place only when complete, so a crash never leaves a half-written checkpoint that resume would
@@ -23,6 +30,9 @@ from typing import Any
 
 import torch
 
+from keel_worker.engines.merged import is_adapter_model, save_policy
+
+ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.pt"
 SUMMARY_FILE = "keel.json"
@@ -38,6 +48,7 @@ class TrainerState:
     data_cursor: int
     optimizer: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, torch.Tensor] | None = None  # LoRA runs: the trained A and B tensors
 
 
 def capture_rng() -> dict[str, Any]:
@@ -68,12 +79,15 @@ def save_checkpoint(
     state: TrainerState,
     summary: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an HF directory + trainer state to `path` atomically; returns `path`."""
+    """Write an HF directory (merged weights) + trainer state (+ `adapter/` for a LoRA policy)
+    to `path` atomically; returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        model.save_pretrained(tmp)
+        save_policy(model, tmp)
+        if is_adapter_model(model):
+            model.save_pretrained(tmp / ADAPTER_DIR)
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
@@ -108,12 +122,19 @@ def load_trainer_state(path: Path) -> TrainerState:
     return TrainerState(**raw)
 
 
+def load_policy(
+    path: Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) of a checkpoint: its top-level model (a LoRA run's merged weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
 def load_checkpoint(
     path: Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Any, TrainerState]:
     """Load (model, tokenizer, trainer state) from a checkpoint written by `save_checkpoint`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_policy(path, dtype=dtype, device=device)
     return model, tokenizer, load_trainer_state(path)

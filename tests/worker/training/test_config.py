@@ -60,3 +60,15 @@ def test_dataset_task_needs_items_and_builtins_take_none():
 def test_optimizer_betas_are_checked():
     with pytest.raises(ValidationError, match="betas"):
         TrainingConfig(optimizer={"betas": (0.9, 1.0)})
+
+
+def test_lora_is_off_by_default_and_its_fields_are_checked():
+    assert TrainingConfig().lora is None  # full fine-tuning
+    lora = TrainingConfig(lora={}).lora
+    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (16, 32.0, 0.0,
+                                                                          "all-linear")
+    assert TrainingConfig(lora={"target_modules": ["q_proj"]}).lora.target_modules == ["q_proj"]
+    for bad in ({"rank": 0}, {"alpha": 0}, {"dropout": 1.0}, {"target_modules": []},
+                {"target_modules": "all"}, {"target_modules": [""]}, {"scale": 2}):
+        with pytest.raises(ValidationError):
+            TrainingConfig(lora=bad)

@@ -7,9 +7,10 @@ Two measurements, each run in its own subprocess so that its peak RSS is its own
   warm-up, its generation / training split and peak RSS, full fine-tuning vs LoRA (keel's
   defaults: rank 16, alpha 32, all-linear);
 - `reward`: 16 demo-sized steps (`scripts/demo.py`'s job: 8 prompts × 8 samples in 2
-  mini-batches, ≤ 24 new tokens, bf16 rollouts, fp32 training, held-out fraction 0.3) through
-  the in-process `train()`, reward per step and greedy held-out accuracy on 30 sums before and
-  after; full fine-tuning at the demo's lr 1e-5, LoRA at 1e-4 (adapters want about 10× the lr).
+  mini-batches, ≤ 24 new tokens, bf16 rollouts (`--precision`), fp32 training, held-out
+  fraction 0.3) through the in-process `train()`: reward per step and greedy held-out accuracy
+  on 30 sums before and after; full fine-tuning at the demo's lr 1e-5, LoRA at 1e-4 (adapters
+  want about 10× the lr).
 
 Results go to `bench/results/lora.{json,md}` with the CPU model and the `uptime` load average
 around each run (the machine is shared). Each finished run is written at once, so an
@@ -40,14 +41,14 @@ DEMO_STEPS = 16
 VARIANTS = ("full", "lora")
 
 
-def demo_config(variant: str, cache_dir: Path, steps: int):
+def demo_config(variant: str, cache_dir: Path, steps: int, precision: str = "bf16"):
     from keel.types.training import TrainingConfig
 
     lora = {"lora": {}, "optimizer": {"lr": LORA_LR}} if variant == "lora" else {}
     return TrainingConfig.model_validate({
         "model": {"name": str(step_time._model_dir(cache_dir))},
         "task": {"name": "addition", "held_out_fraction": 0.3},
-        "rollout": {"engine": "hf", "precision": "bf16", "max_new_tokens": 24},
+        "rollout": {"engine": "hf", "precision": precision, "max_new_tokens": 24},
         "train_dtype": "fp32", "optimizer": {"lr": step_time.LR},
         "prompts_per_step": 8, "group_size": 8, "num_minibatches": 2,
         "steps": steps, "seed": 0, "eval_every": steps, "eval_size": 30, "checkpoint_every": 0,
@@ -55,12 +56,12 @@ def demo_config(variant: str, cache_dir: Path, steps: int):
     })  # fmt: skip
 
 
-def run_reward(variant: str, steps: int, cache_dir: Path) -> dict:
+def run_reward(variant: str, steps: int, cache_dir: Path, precision: str) -> dict:
     from keel_worker.training.run import train
 
     out: dict = {"reward_mean": [], "step_s": [], "kl_k3": []}
     with tempfile.TemporaryDirectory() as workdir:
-        config = demo_config(variant, cache_dir, steps)
+        config = demo_config(variant, cache_dir, steps, precision)
         for result in train(config, workdir=Path(workdir), resume=False, cache_dir=cache_dir):
             m = result.metrics
             out["reward_mean"].append(m["reward/mean"])
@@ -74,7 +75,7 @@ def run_reward(variant: str, steps: int, cache_dir: Path) -> dict:
     return out
 
 
-def child(kind: str, variant: str, steps: int, cache_dir: Path) -> None:
+def child(kind: str, variant: str, steps: int, cache_dir: Path, precision: str = "bf16") -> None:
     import torch
 
     torch.manual_seed(step_time.SEED)
@@ -82,15 +83,15 @@ def child(kind: str, variant: str, steps: int, cache_dir: Path) -> None:
         lora = {"lora": {}} if variant == "lora" else {}
         result = step_time.run_keel(steps, cache_dir, **lora)
     else:
-        result = run_reward(variant, steps, cache_dir)
+        result = run_reward(variant, steps, cache_dir, precision)
     result["peak_rss_bytes"] = step_time._peak_rss_bytes()
     result["torch_threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(kind: str, variant: str, steps: int, cache_dir: Path) -> dict:
+def spawn(kind: str, variant: str, steps: int, cache_dir: Path, precision: str = "bf16") -> dict:
     cmd = [sys.executable, __file__, kind, "--child", variant, "--steps", str(steps),
-           "--cache-dir", str(cache_dir)]  # fmt: skip
+           "--cache-dir", str(cache_dir), "--precision", precision]  # fmt: skip
     load_before = _uptime()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -112,20 +113,18 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _load() -> dict:
+def _save(name: str, part: dict) -> None:
+    """Merge one part (`step` or `reward`) into the results file, keeping the other part."""
     results = json.loads(RESULT_FILE.read_text()) if RESULT_FILE.is_file() else {}
     results["machine"] = f"{_cpu_model()}, {os.cpu_count()} cores ({platform.machine()})"
-    return results
-
-
-def _save(results: dict) -> None:
+    results[name] = part
     RESULTS.mkdir(parents=True, exist_ok=True)
     RESULT_FILE.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "lora.md").write_text(report(results))
 
 
-def measure_steps(results: dict, steps: int, warmup: int, cache_dir: Path) -> None:
-    part = results.setdefault("step", {})
+def measure_steps(steps: int, warmup: int, cache_dir: Path) -> None:
+    part: dict = {}
     part["work"] = (
         f"step_time.py's work: SmolLM2-135M-Instruct, addition, {step_time.B} prompts × "
         f"{step_time.G} samples, ≤{step_time.MAX_NEW_TOKENS} new tokens, T=1, fp32 rollouts and "
@@ -138,21 +137,22 @@ def measure_steps(results: dict, steps: int, warmup: int, cache_dir: Path) -> No
                          "uptime_before": raw["uptime_before"],
                          "uptime_after": raw["uptime_after"]}  # fmt: skip
         print(variant, json.dumps(part[variant]), flush=True)
-        _save(results)
+        _save("step", part)
 
 
-def measure_reward(results: dict, steps: int, cache_dir: Path) -> None:
-    part = results.setdefault("reward", {})
+def measure_reward(steps: int, cache_dir: Path, precision: str, variants: list[str]) -> None:
+    part: dict = {}
     part["work"] = (
         f"{steps} demo-sized steps: SmolLM2-135M-Instruct, addition (30 % held out), 8 prompts × "
-        "8 samples in 2 mini-batches, ≤24 new tokens, bf16 rollouts, fp32 training, seed 0; "
+        f"8 samples in 2 mini-batches, ≤24 new tokens, {precision} rollouts, fp32 training, "
+        "seed 0; "
         f"full fine-tuning lr {step_time.LR:g}, LoRA (rank 16, alpha 32, all-linear) lr {LORA_LR:g}"
     )
-    for variant in VARIANTS:
-        raw = spawn("reward", variant, steps, cache_dir)
+    for variant in variants:
+        raw = spawn("reward", variant, steps, cache_dir, precision)
         raw["peak_rss_gb"] = raw.pop("peak_rss_bytes") / 1e9
         part[variant] = raw
-        _save(results)
+        _save("reward", part)
 
 
 def report(results: dict) -> str:
@@ -207,16 +207,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/keel/models")
     parser.add_argument("--child", choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="which runs of the reward part, in this order")
+    parser.add_argument(
+        "--precision", default="bf16",
+        help="rollout precision of the reward runs (the demo's bf16; fp32 on a CPU whose bf16 "
+        "is emulated, e.g. AVX2-only, where bf16 is many times slower)",
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.kind, args.child, args.steps, args.cache_dir)
+        child(args.kind, args.child, args.steps, args.cache_dir, args.precision)
         return
     step_time._model_dir(args.cache_dir)  # convert once, outside the measured children
-    results = _load()
     if args.kind in ("step", "all"):
-        measure_steps(results, args.steps or 3, args.warmup, args.cache_dir)
+        measure_steps(args.steps or 3, args.warmup, args.cache_dir)
     if args.kind in ("reward", "all"):
-        measure_reward(results, args.steps or DEMO_STEPS, args.cache_dir)
+        measure_reward(args.steps or DEMO_STEPS, args.cache_dir, args.precision, args.variants)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import step_time  # the sibling benchmark (this script's folder is on sys.path) owns the step work
@@ -71,7 +72,7 @@ def run_reward(variant: str, steps: int, cache_dir: Path, precision: str) -> dic
                 out["eval_accuracy_before"] = m["eval/accuracy"]
             if "eval/accuracy_final" in m:
                 out["eval_accuracy_after"] = m["eval/accuracy_final"]
-            print(f"{variant} step {result.step}: reward {m['reward/mean']:.3f}", flush=True)
+            print("STEP " + json.dumps(out), flush=True)  # the parent keeps partial runs
     return out
 
 
@@ -89,17 +90,26 @@ def child(kind: str, variant: str, steps: int, cache_dir: Path, precision: str =
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def spawn(kind: str, variant: str, steps: int, cache_dir: Path, precision: str = "bf16") -> dict:
+def spawn(
+    kind: str, variant: str, steps: int, cache_dir: Path, precision: str = "bf16",
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
+    """Run one child; `on_step` gets each `STEP` line's partial result as it arrives."""
     cmd = [sys.executable, __file__, kind, "--child", variant, "--steps", str(steps),
            "--cache-dir", str(cache_dir), "--precision", precision]  # fmt: skip
     load_before = _uptime()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{kind}/{variant} run failed:\n{proc.stderr[-4000:]}")
-    raw = json.loads(lines[-1][len("RESULT ") :])
-    raw["uptime_before"], raw["uptime_after"] = load_before, _uptime()
-    return raw
+    result = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if line.startswith("STEP ") and on_step is not None:
+                partial = json.loads(line[len("STEP ") :])
+                on_step({**partial, "uptime_before": load_before, "uptime_after": _uptime()})
+            elif line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT ") :])
+    if proc.returncode or result is None:
+        raise RuntimeError(f"{kind}/{variant} run failed (exit {proc.returncode})")
+    result["uptime_before"], result["uptime_after"] = load_before, _uptime()
+    return result
 
 
 def _uptime() -> str:
@@ -148,11 +158,15 @@ def measure_reward(steps: int, cache_dir: Path, precision: str, variants: list[s
         "seed 0; "
         f"full fine-tuning lr {step_time.LR:g}, LoRA (rank 16, alpha 32, all-linear) lr {LORA_LR:g}"
     )
-    for variant in variants:
-        raw = spawn("reward", variant, steps, cache_dir, precision)
-        raw["peak_rss_gb"] = raw.pop("peak_rss_bytes") / 1e9
+    def keep(variant: str, raw: dict) -> None:
         part[variant] = raw
         _save("reward", part)
+
+    for variant in variants:
+        raw = spawn("reward", variant, steps, cache_dir, precision,
+                    on_step=lambda partial, v=variant: keep(v, {**partial, "partial": True}))
+        raw["peak_rss_gb"] = raw.pop("peak_rss_bytes") / 1e9
+        keep(variant, raw)
 
 
 def report(results: dict) -> str:
@@ -181,14 +195,7 @@ def report(results: dict) -> str:
         for v in VARIANTS:
             if v not in reward:
                 continue
-            r = reward[v]
-            steps_s = sorted(r["step_s"])[len(r["step_s"]) // 2]
-            lines.append(
-                f"| {v} | {r['reward_mean'][0]:.2f} | {r['reward_mean'][-1]:.2f} | "
-                f"{r.get('eval_accuracy_before', float('nan')):.2f} → "
-                f"{r.get('eval_accuracy_after', float('nan')):.2f} | {steps_s:.1f} | "
-                f"{r['peak_rss_gb']:.2f} |"
-            )
+            lines.append(_reward_row(v, reward[v]))
         for v in VARIANTS:
             if v in reward:
                 rewards = [round(x, 2) for x in reward[v]["reward_mean"]]
@@ -197,6 +204,20 @@ def report(results: dict) -> str:
                              f"`{reward[v]['uptime_after']}` after.")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
+
+
+def _reward_row(variant: str, r: dict) -> str:
+    """One table row; a run cut short shows how many steps it reached and no final numbers."""
+    median_step_s = sorted(r["step_s"])[len(r["step_s"]) // 2]
+    done = "peak_rss_gb" in r
+    name = variant if done else f"{variant} (partial: {len(r['reward_mean'])} steps)"
+    after = f"{r['eval_accuracy_after']:.2f}" if "eval_accuracy_after" in r else "—"
+    rss = f"{r['peak_rss_gb']:.2f}" if done else "—"
+    return (
+        f"| {name} | {r['reward_mean'][0]:.2f} | {r['reward_mean'][-1]:.2f} | "
+        f"{r.get('eval_accuracy_before', float('nan')):.2f} → {after} | {median_step_s:.1f} | "
+        f"{rss} |"
+    )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.stability.criterion import MIN_SEEDS, compare
 from bench.stability.matrix import OFF_POLICY_N
+from keel_worker.training.replay_auto import prior_mode
 
 Rows = dict[str, list[dict[str, Any]]]  # cell name -> its run-summary rows
 
@@ -226,7 +227,7 @@ def references(rows: Rows) -> Finding:
              "(CISPO also never masks), are inferior to MiniRL (App. A, §4.4).")
     verdicts, lines = [], []
     for n in OFF_POLICY_N:
-        rec = "R2" if n == 2 else "R3"
+        rec = prior_mode(n)
         mini = f"N{n}/minirl+{rec}"
         for ref in (f"N{n}/grpo+{rec}", f"N{n}/cispo+{rec}"):
             if _missing(rows, mini, ref):

@@ -10,7 +10,7 @@ Cells:
 - on-policy (N = 1): MiniRL, MiniRL + length-norm, `reinforce` (w/o train–infer IS), each ± R3;
 - off-policy (N = 2, 4, 8): MiniRL without clipping or replay, MiniRL + R2 without clipping,
   MiniRL + R2, MiniRL + R3, and GRPO and CISPO as references under the replay the paper recommends
-  for that N (`auto`: R2 at N = 2, R3 at N ≥ 4);
+  for that N (`replay_auto.prior_mode`: R2 at N = 2, R3 at N ≥ 4);
 - cold starts: the three initializations under MiniRL + R2, N = 2 (the balanced one is the
   off-policy MiniRL + R2 cell itself);
 - precision: the on-policy MiniRL and `reinforce` cells again with bf16 instead of fp8 rollouts.
@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.stability.task import COLD_START_MIXTURES
 from keel.types.training import ModelConfig, OptimizerConfig, RolloutConfig, TrainingConfig
+from keel_worker.training.replay_auto import prior_mode
 
 DEFAULT_INIT = COLD_START_MIXTURES[0].name
 
@@ -106,7 +107,7 @@ def _on_policy() -> list[Cell]:
 
 
 def _off_policy(n: int) -> list[Cell]:
-    recommended = "R2" if n == 2 else "R3"
+    recommended = prior_mode(n)
     regime = f"off_policy_N{n}"
     return [
         Cell(f"N{n}/minirl-noclip", regime, _minirl(use_clip=False), "none", n),

@@ -76,10 +76,10 @@ def run_stress(
     workers: int, part: str, deadline: float | None = None,
 ) -> stress.Regime | None:
     """The stress suite, resumably: pilots and the regime rules (`stress`), then the findings
-    cells at `budget.seeds`, the F9 cells at `stress.F9_SEEDS` and the map's own cells at seed 0,
-    each list filtered by `budget.cells`. `part` stops early: `pilot`, `findings` (pilots +
-    findings + F9) or `all`. Cold starts are made only for the cells that run. Returns the
-    regime once chosen."""
+    cells and the `auto` comparison's own cells at `budget.seeds`, the F9 cells at
+    `stress.F9_SEEDS` and the map's own cells at seed 0, each list filtered by `budget.cells`.
+    `part` stops early: `pilot`, `findings` (pilots + findings + auto + F9) or `all`. Cold
+    starts are made only for the cells that run. Returns the regime once chosen."""
     with open_pool(workers) as pool:
         paths = prepare(pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir,
                         cache_dir=cache_dir)  # fmt: skip
@@ -90,6 +90,8 @@ def run_stress(
         own = {c.name: c for c in cells}
         groups = [
             (select([own[c.name] for c in stress.findings_cells(regime)], budget), budget),
+            (select([own[c.name] for c in stress.auto_cells(regime) if c.name in own], budget),
+             budget),
             (select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget),
              replace(budget, seeds=stress.F9_SEEDS)),
         ]  # fmt: skip

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 
 from bench.stability import stress
+from bench.stability.criterion import MIN_SEEDS
 from bench.stability.figures import collapse_figure, stability_map_figure
-from bench.stability.findings import FINDINGS, dppo_critique, evaluate_findings
+from bench.stability.findings import FINDINGS, better, dppo_critique, evaluate_findings
 from bench.stability.results import cell_summaries, load_runs, run_summary
 from bench.stability.suites import STRESS
 
@@ -163,6 +164,70 @@ def _findings(rows: list[dict], aliases: dict[str, str]) -> list[str]:
     return lines
 
 
+def auto_verdict(rows: dict[str, list[dict]], auto: str, fixed: list[str]) -> tuple[str, str]:
+    """(best fixed cell, verdict) of `auto` at one N by the rule declared in `stress`: 'missing'
+    when a cell has fewer than MIN_SEEDS runs, else 'worse than X' when some fixed cell beats
+    `auto` by `findings.better`, else 'better' or 'within noise' against the best fixed cell."""
+    if any(len(rows.get(c, [])) < MIN_SEEDS for c in (auto, *fixed)):
+        return "", "missing"
+    means = {c: _finite_mean([r["final_acc"] for r in rows[c]]) for c in fixed}
+    best = max(fixed, key=lambda c: (means[c] == means[c], means[c]))  # NaN means last
+    beaten_by = [c for c in fixed if better(rows, auto, c) == -1]
+    if beaten_by:
+        return best, "worse than " + ", ".join(f"`{c}`" for c in beaten_by)
+    return best, "better" if better(rows, auto, best) == 1 else "within noise"
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def _auto_modes(runs, cell: str) -> str:
+    """Share of steps `auto` ran each mode, over the cell's seeds ('–' before any run)."""
+    codes = [v for r in runs if r.cell == cell for v in r.column("replay_mode")[1]]
+    if not codes:
+        return "–"
+    names = {0.0: "none", 2.0: "R2", 3.0: "R3"}
+    return ", ".join(f"{names[c]} {codes.count(c) / len(codes):.0%}"
+                     for c in sorted(set(codes)) if c in names)  # fmt: skip
+
+
+def auto_table(runs, run_rows: list[dict], aliases: dict[str, str]) -> list[str]:
+    """`auto` against the fixed choices at each N of the stress suite (rule in `stress`)."""
+    rows: dict[str, list[dict]] = {}
+    for row in run_rows:
+        rows.setdefault(row["cell"], []).append(row)
+    for alias, owner in aliases.items():
+        if owner in rows:
+            rows[alias] = rows[owner]
+    lines = ["## Routing Replay `auto` against the fixed choices", "",
+             "MiniRL with clipping; final held-out accuracy, mean over seeds (collapsed/seeds). "
+             "Rule declared in `bench/stability/stress.py`; 'missing': a cell with fewer than "
+             f"{MIN_SEEDS} runs.", "",
+             "| N | auto (modes run) | none | R2 | R3 | best fixed | auto vs fixed |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for n in stress.AUTO_N:
+        auto = f"auto/N{n}/minirl+auto"
+        fixed = [f"auto/N{n}/minirl+{c}" for c in stress.auto_choices(n)]
+        best, verdict = auto_verdict(rows, auto, fixed)
+        cell = {c.rsplit("+", 1)[1]: _acc(rows, c) for c in fixed}
+        lines.append(
+            f"| {n} | {_acc(rows, auto)} ({_auto_modes(runs, aliases.get(auto, auto))}) | "
+            f"{cell['none']} | {cell.get('R2', 'no-op (= none)')} | {cell['R3']} | "
+            f"{f'`{best}`' if best else '–'} | {verdict} |"
+        )
+    return [*lines, ""]
+
+
+def _acc(rows: dict[str, list[dict]], cell: str) -> str:
+    runs = rows.get(cell, [])
+    if not runs:
+        return "missing"
+    mean = _finite_mean([r["final_acc"] for r in runs])
+    return f"{_f(mean)} ({sum(r['collapsed'] for r in runs)}/{len(runs)})"
+
+
 def _mechanisms(out_dir: Path, runs, rows: list[dict], cells: list[dict]) -> list[str]:
     """Per cell the verdict next to the mechanism magnitudes, then the collapsing runs' curves."""
     lines = ["## Mechanisms per cell", "",
@@ -197,8 +262,8 @@ def _runs(out_dir: Path) -> list[str]:
     if regime_path.is_file():
         aliases = stress.matrix_cells(stress.Regime.load(regime_path))[1]
     cells = cell_summaries(rows)
-    lines = [*_findings(rows, aliases), *_map(out_dir, cells, aliases),
-             *_mechanisms(out_dir, runs, rows, cells)]  # fmt: skip
+    lines = [*_findings(rows, aliases), *auto_table(runs, rows, aliases),
+             *_map(out_dir, cells, aliases), *_mechanisms(out_dir, runs, rows, cells)]  # fmt: skip
     lines += ["## Matrix runs", "", "| cell | seed | collapsed | reason | initial | peak | final |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| `{r['cell']}` | {r['seed']} | {r['collapsed']} | {r['reason']} | "

@@ -49,6 +49,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "response_len": ("response/length_mean",),
     "zero_var_frac": ("advantage/zero_variance_frac",),
     "step_s": ("time/step_s",),
+    "replay_mode": ("routing/replay_mode",),  # 0 none, 2 R2, 3 R3: the mode the step ran with
 }
 EVAL_COLUMNS = ("eval_acc", "eval_greedy_acc")
 CSV_HEADER = ("grad_step", "global_step", *COLUMNS, *EVAL_COLUMNS)
@@ -151,7 +152,8 @@ def run_one(
         "regime": cell.regime,
         "seed": seed,
         "algorithm": config.algorithm.model_dump(mode="json"),
-        "replay": trainer.replay_mode,
+        "replay": config.routing_replay,
+        "routing_replay": trainer.auto.summary(),  # `auto`'s last decision and its reason
         "num_minibatches": n,
         "suite": suite.name,
         "init": cell.init,

@@ -24,6 +24,18 @@ minimum) and the stability map ({MiniRL, MiniRL w/o IS, GRPO, CISPO, DPPO-TV} ×
 seed per cell: a screening figure; the findings use ≥ 3 seeds). A cell whose configuration equals
 another's is not run twice.
 
+**Routing Replay `auto` against the fixed choices** (declared with issue 16, before any `auto`
+run): at every N of `AUTO_N` (1, 2, 4, 8), MiniRL with clipping under `auto` and under each
+fixed choice — none, R2, R3 (at N = 1 R2 is none) — at the findings' seeds, dial_B, lr_A for
+N = 1 and lr_C for N > 1. The fixed cells that equal findings cells (`N1/minirl`,
+`N1/minirl+R3`, `N{n}/minirl+R2`, `N{n}/minirl+R3`) are those runs; new are the four `auto` cells
+and MiniRL with clipping but no replay at N = 2, 4, 8 (the paper does not run it): 7 cells, 21
+runs. Rule: per N, the best fixed choice is the fixed cell with the highest mean final held-out
+accuracy; `auto` is "never worse" at that N when `findings.better(auto, fixed)` is not −1 for
+any fixed cell (the findings' comparison: a Welch difference beyond max(0.03, 2 SE), or a
+majority-of-seeds collapse against none). Fewer than `criterion.MIN_SEEDS` runs of a cell is
+"missing".
+
 **What we cut to fit the budget** (declared with the regime rules, before any matrix run; a run
 takes about 5 min on one core of this machine, two run at a time): F9 and the map use the rungs
 `MAP_RUNGS` (no mismatch, int4, int4 + top-p: the control, the middle and the strongest rung;
@@ -44,12 +56,14 @@ from bench.stability.criterion import final_accuracy
 from bench.stability.matrix import Cell, all_cells
 from bench.stability.results import Run
 from bench.stability.suites import LADDER, NO_MISMATCH, Dial
+from keel_worker.training.replay_auto import prior_mode
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 PILOT_N = 4
 MAP_N = (1, 4, 8)
 MAP_RUNGS: tuple[Dial, ...] = (NO_MISMATCH, LADDER[1], LADDER[2])
 F9_SEEDS = (0, 1)
+AUTO_N = (1, 2, 4, 8)
 MAP_ALGORITHMS: dict[str, dict[str, Any]] = {
     "minirl": {"name": "minirl"},
     "minirl-noIS": {"name": "reinforce"},
@@ -157,8 +171,20 @@ def findings_cells(regime: Regime) -> list[Cell]:
     ]
 
 
-def _auto_replay(n: int) -> str:
-    return "none" if n == 1 else "R2" if n == 2 else "R3"
+def auto_choices(n: int) -> tuple[str, ...]:
+    """The fixed replay choices `auto` is compared with at N = n (R2 is a no-op at N = 1)."""
+    return ("none", "R3") if n == 1 else ("none", "R2", "R3")
+
+
+def auto_cells(regime: Regime) -> list[Cell]:
+    """Per N of `AUTO_N`: MiniRL (clipping on) under `auto` and under each fixed choice."""
+    dial = regime.dial_setting
+    return [
+        _on(Cell(f"auto/N{n}/minirl+{replay}", "auto", {"name": "minirl"}, replay, n), dial,
+            regime.lr_on_policy if n == 1 else regime.lr_off_policy)
+        for n in AUTO_N
+        for replay in ("auto", *auto_choices(n))
+    ]  # fmt: skip
 
 
 def f9_cells(regime: Regime) -> list[Cell]:
@@ -174,7 +200,7 @@ def f9_cells(regime: Regime) -> list[Cell]:
 def map_cells(regime: Regime) -> list[Cell]:
     """Every map rung × N × algorithm, replay by the paper's recipe for that N."""
     return [
-        _on(Cell(f"map/{d.name}/N{n}/{name}", "map", algorithm, _auto_replay(n), n), d,
+        _on(Cell(f"map/{d.name}/N{n}/{name}", "map", algorithm, prior_mode(n), n), d,
             regime.lr_on_policy if n == 1 else regime.lr_off_policy)
         for d in MAP_RUNGS
         for n in MAP_N
@@ -193,7 +219,8 @@ def matrix_cells(regime: Regime) -> tuple[list[Cell], dict[str, str]]:
     cells: list[Cell] = []
     owner: dict[tuple, str] = {}
     aliases: dict[str, str] = {}
-    for cell in [*findings_cells(regime), *f9_cells(regime), *map_cells(regime)]:
+    for cell in [*findings_cells(regime), *auto_cells(regime), *f9_cells(regime),
+                 *map_cells(regime)]:  # fmt: skip
         key = config_key(cell)
         if key in owner:
             aliases[cell.name] = owner[key]

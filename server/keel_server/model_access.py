@@ -49,6 +49,7 @@ class ModelSource:
     kind: Literal["builtin", "hub", "local"]
     spec: str
     is_moe: bool | None  # None: a hub id, decided when the worker downloads it
+    model_type: str | None = None  # config.json's `model_type` of a local HF directory
 
 
 def resolve_model(name: str, settings: Settings) -> ModelSource:
@@ -60,7 +61,8 @@ def resolve_model(name: str, settings: Settings) -> ModelSource:
     path = _allowed_path(name, settings)
     if path is None:
         raise ModelNotAllowed(name)
-    return ModelSource("local", str(path), _local_is_moe(path, name))
+    is_moe, model_type = _local_kind(path, name)
+    return ModelSource("local", str(path), is_moe, model_type)
 
 
 def _allowed_path(name: str, settings: Settings) -> Path | None:
@@ -80,13 +82,16 @@ def _allowed_path(name: str, settings: Settings) -> Path | None:
     return path
 
 
-def _local_is_moe(path: Path, name: str) -> bool:
+def _local_kind(path: Path, name: str) -> tuple[bool, str | None]:
+    """(is it MoE, its `model_type`) from the directory's config.json."""
     if path.suffix == ".gguf":
-        return False  # the GGUF files keel loads are dense Llama-family models
+        return False, None  # the GGUF files keel loads are dense Llama-family models
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelNotAllowed(name) from exc
     if not isinstance(config, dict):
         raise ModelNotAllowed(name)
-    return any(config.get(key) for key in _MOE_KEYS)
+    model_type = config.get("model_type")
+    is_moe = any(config.get(key) for key in _MOE_KEYS)
+    return is_moe, model_type if isinstance(model_type, str) else None

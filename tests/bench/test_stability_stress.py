@@ -7,7 +7,7 @@ from statistics import fmean
 
 import pytest
 
-from bench.stability import sorting, stress
+from bench.stability import report_stress, sorting, stress
 from bench.stability.results import Run
 from bench.stability.suites import LADDER
 
@@ -103,3 +103,45 @@ def test_regime_round_trips(regime, tmp_path):
     regime.save(tmp_path / "regime.json")
     assert stress.Regime.load(tmp_path / "regime.json") == regime
     assert regime.dial_setting == LADDER[1]
+
+
+def test_auto_is_declared_against_every_fixed_choice_at_each_n(regime):
+    cells, aliases = stress.matrix_cells(regime)
+    by_name = {c.name: c for c in cells}
+    for n in (1, 2, 4, 8):
+        auto = by_name[f"auto/N{n}/minirl+auto"]  # its own run at every N
+        assert (auto.replay, auto.num_minibatches) == ("auto", n)
+        assert auto.algorithm == {"name": "minirl"}
+        assert auto.lr == (3e-4 if n == 1 else 1e-3) and auto.precision == "int4"
+    # The fixed choices are the findings' runs where those exist; R2 is no choice at N = 1.
+    assert aliases["auto/N1/minirl+none"] == "N1/minirl"
+    assert aliases["auto/N1/minirl+R3"] == "N1/minirl+R3"
+    assert "auto/N1/minirl+R2" not in aliases and "auto/N1/minirl+R2" not in by_name
+    for n in (2, 4, 8):
+        assert aliases[f"auto/N{n}/minirl+R2"] == f"N{n}/minirl+R2"
+        assert aliases[f"auto/N{n}/minirl+R3"] == f"N{n}/minirl+R3"
+        assert by_name[f"auto/N{n}/minirl+none"].algorithm == {"name": "minirl"}  # clip, no replay
+    assert len([c for c in cells if c.name.startswith("auto/")]) == 7
+
+
+def _summaries(cell: str, finals: list[float], collapsed: int = 0) -> list[dict]:
+    return [{"cell": cell, "final_acc": f, "collapsed": int(i < collapsed)}
+            for i, f in enumerate(finals)]  # fmt: skip
+
+
+def _verdict(auto: list[float], none: list[float], r3: list[float], collapsed: int = 0):
+    rows = {"a": _summaries("a", auto), "none": _summaries("none", none),
+            "r3": _summaries("r3", r3, collapsed)}  # fmt: skip
+    return report_stress.auto_verdict(rows, "a", ["none", "r3"])
+
+
+def test_auto_verdict_follows_the_findings_comparison():
+    # Within noise of the best fixed choice (R3 here): |0.40 − 0.42| < 0.03.
+    assert _verdict([0.40, 0.41, 0.39], [0.30, 0.31, 0.29], [0.42, 0.41, 0.43]) == (
+        "r3", "within noise")
+    # Beaten by a fixed choice beyond max(0.03, 2 SE): worse, naming it.
+    assert _verdict([0.30, 0.31, 0.29], [0.20, 0.21, 0.19], [0.42, 0.41, 0.43]) == (
+        "r3", "worse than `r3`")
+    assert _verdict([0.50, 0.51, 0.49], [0.20, 0.21, 0.19], [0.42, 0.41, 0.43])[1] == "better"
+    # A lone seed anywhere is missing, not a tie.
+    assert _verdict([0.50], [0.20, 0.21], [0.42, 0.41]) == ("", "missing")

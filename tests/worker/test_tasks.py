@@ -312,6 +312,18 @@ def test_a_regex_reward_chosen_on_the_wire_scores_the_job(sdk, settings):
     assert len(rollouts) == 4 and all(r.reward == 1.0 for r in rollouts)
 
 
+@pytest.mark.slow
+def test_the_job_shows_its_routing_replay_decision(sdk, settings):
+    job = sdk.jobs.create(job_config(num_minibatches=2, routing_replay_every=1))
+    assert run_job(job.id, settings).status == "succeeded"
+    replay = sdk.jobs.retrieve(job.id).routing_replay
+    assert (replay.requested, replay.decided_at_step) == ("auto", 2)
+    assert replay.mode in ("none", "R2", "R3") and "step 2: staleness S=" in replay.reason
+    modes = sdk.metrics.list(job.id, name="routing/replay_mode")
+    assert [(m.step, m.value) for m in modes][:1] == [(1, 2.0)]  # step 1: the prior for N = 2
+    assert [m.step for m in modes] == [1, 2]
+
+
 def test_a_lora_job_trains_through_the_service_and_its_checkpoint_loads_in_peft(sdk, settings):
     import torch
     from peft import PeftModel

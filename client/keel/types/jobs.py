@@ -15,6 +15,7 @@ from pydantic import Field, HttpUrl, model_validator
 
 from keel.types.common import Float, Int, RequestModel, ResponseModel, Text
 from keel.types.prompts import PromptIn
+from keel.types.routing import RoutingReplaySummary
 from keel.types.training import TrainingConfig, VerifierName
 
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
@@ -196,6 +197,11 @@ class Job(ResponseModel):
         default=None,
         description="Last lease heartbeat of the worker running the job; a running job whose "
         "heartbeat is older than the server's lease timeout is taken over and resumed.",
+    )
+    routing_replay: RoutingReplaySummary | None = Field(
+        default=None,
+        description="The Routing Replay mode the job runs with and why (`auto` re-decides from "
+        "measurements); None until its first step.",
     )
 
 

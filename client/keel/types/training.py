@@ -3,9 +3,9 @@
 These are the only place where the defaults of a run live (house style rule 1). The schedule
 follows paper-spec §3.3: each global step samples `prompts_per_step` prompts × `group_size`
 responses, splits them into `num_minibatches` mini-batches and applies one AdamW update per
-mini-batch. Routing Replay `auto` is the paper's recipe (paper-spec §5.3): none for N = 1 (R2 is
-a no-op there and R3 gave no gain), R2 for N = 2 (and 3, which the paper does not run), R3 for
-N ≥ 4.
+mini-batch. Routing Replay `auto` is decided from measured routing disagreement by the rule in
+`keel_worker.training.replay_auto` (README "Routing Replay"), re-decided every
+`routing_replay_every` steps.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from keel.types.common import MAX_INT, Float, Int, Text
 from keel.types.prompts import MAX_PROMPT_CHARS
 
 RoutingReplayMode = Literal["none", "R2", "R3", "auto"]
-ResolvedReplay = Literal["none", "R2", "R3"]
 # Verifiers that compare a completion with a reference answer (a dataset task's, or a builtin
 # reward source's): `math_verify` is the paper's math reward (symbolic equivalence, HF Math-Verify).
 VerifierName = Literal["exact_match", "numeric", "math_verify"]
@@ -230,7 +229,20 @@ class TrainingConfig(_Strict):
         16, ge=1, le=4096,
         description="Responses per forward/backward; gradients accumulate exactly.",
     )
-    routing_replay: RoutingReplayMode = "auto"
+    routing_replay: RoutingReplayMode = Field(
+        "auto",
+        description="Routing Replay for MoE models (paper-spec §2.2): `none`, `R2` (replay the "
+        "trainer's π_old routes), `R3` (replay the engine's routes), or `auto`: chosen from the "
+        "measured per-layer routing disagreement (engine vs trainer, θ_old vs θ), README "
+        "'Routing Replay'. Dense models always run without replay.",
+    )
+    routing_replay_every: Int = Field(
+        10,
+        ge=0,
+        le=MAX_STEPS,
+        description="With `auto`: the first step measures and decides, then every k-th step "
+        "decides again from its own measurements (0 = decide once, after the first step).",
+    )
     train_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 = autocast for the training forwards (weights stay fp32)."
     )
@@ -253,14 +265,6 @@ class TrainingConfig(_Strict):
     @property
     def minibatch_size(self) -> int:
         return self.responses_per_step // self.num_minibatches
-
-    def resolved_routing_replay(self, *, is_moe: bool) -> ResolvedReplay:
-        """The replay mode actually used: `auto` follows paper-spec §5.3; dense models get none."""
-        if self.routing_replay != "auto":
-            return self.routing_replay
-        if not is_moe or self.num_minibatches == 1:
-            return "none"
-        return "R3" if self.num_minibatches >= 4 else "R2"
 
     @model_validator(mode="after")
     def _schedule_is_possible(self) -> TrainingConfig:

@@ -210,6 +210,19 @@ def record_progress(
         raise LeaseLost(f"job {job_id}: lease not held by {owner}")
 
 
+def record_routing_replay(
+    session: Session, job_id: str, owner: str, summary: dict[str, Any]
+) -> None:
+    """Store the lease holder's Routing Replay summary (`RoutingReplaySummary`, dumped)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(routing_replay=summary)
+    )
+    if not cas_update(session, stmt):
+        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+
+
 def finish_job(
     session: Session, job_id: str, owner: str, status: str, *, error: str | None = None
 ) -> bool:

@@ -17,6 +17,7 @@ def job(row: models.Job) -> Job:
         policy_version=row.policy_version, error=row.error, attempts=row.attempts,
         created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
         finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
+        routing_replay=row.routing_replay,
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The training config rejects impossible schedules and resolves `auto` replay (paper-spec §5.3)."""
+"""The training config rejects impossible schedules and bad replay settings."""
 
 import pytest
 from pydantic import ValidationError
@@ -31,22 +31,14 @@ def test_unknown_fields_are_rejected():
         TrainingConfig(learning_rate=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("n", "is_moe", "expected"),
-    [
-        (1, True, "none"), (2, True, "R2"), (3, True, "R2"), (4, True, "R3"), (8, True, "R3"),
-        (4, False, "none"),
-    ],
-)
-def test_auto_replay_follows_the_paper_recipe(n, is_moe, expected):
-    # README: R2 below N = 4, R3 from N >= 4 (N = 3 is neither of the paper's runs: R2).
-    cfg = TrainingConfig(prompts_per_step=12, group_size=8, num_minibatches=n)
-    assert cfg.resolved_routing_replay(is_moe=is_moe) == expected
-
-
-def test_explicit_replay_mode_is_kept():
-    cfg = TrainingConfig(routing_replay="R3")
-    assert cfg.resolved_routing_replay(is_moe=True) == "R3"
+def test_replay_defaults_to_auto_and_its_interval_is_checked():
+    cfg = TrainingConfig()
+    assert (cfg.routing_replay, cfg.routing_replay_every) == ("auto", 10)
+    assert TrainingConfig(routing_replay_every=0).routing_replay_every == 0
+    with pytest.raises(ValidationError):
+        TrainingConfig(routing_replay_every=-1)
+    with pytest.raises(ValidationError):
+        TrainingConfig(routing_replay="R4")
 
 
 def test_dataset_task_needs_items_and_builtins_take_none():

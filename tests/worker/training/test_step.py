@@ -190,15 +190,11 @@ def test_resume_reproduces_the_next_step(tmp_path, cache_dir):
     model_a, _, state_a = load_checkpoint(straight[-1].checkpoint)
     model_b, _, state_b = load_checkpoint(resumed[-1].checkpoint)
     assert state_a.data_cursor == state_b.data_cursor
+    # `auto`'s decision (taken at step 1, before the interruption) survives the resume.
+    assert state_b.routing_replay == state_a.routing_replay
+    assert state_b.routing_replay["decision"]["step"] == 1
     for (name, pa), pb in zip(model_a.named_parameters(), model_b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
-
-
-def test_dense_model_with_replay_is_a_clear_error(cache_dir):
-    from keel_worker.engines.routing_replay import RoutingReplayError
-
-    with pytest.raises(RoutingReplayError, match="dense"):
-        _trainer(tiny_config(model={"name": "tiny-dense"}, routing_replay="R3"), cache_dir)
 
 
 def test_task_rewards_are_used_by_default(tmp_path, cache_dir):

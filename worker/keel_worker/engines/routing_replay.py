@@ -140,6 +140,21 @@ class RoutingReplay:
             for handle in handles:
                 handle.remove()
 
+    def check_rollout_routes(self, routes_T_L_K: list[torch.Tensor], lengths: list[int]) -> None:
+        """Raise unless there is one `[≥ n_i, L, K]` route tensor per response, `n_i` being the
+        tokens the engine fed for it (`lengths`), with this model's L and K."""
+        if len(routes_T_L_K) != len(lengths):
+            raise RoutingReplayError(
+                f"the engine returned routes for {len(routes_T_L_K)} of {len(lengths)} responses"
+            )
+        expected = (self.num_layers, self.top_k)
+        for i, (r, n) in enumerate(zip(routes_T_L_K, lengths, strict=True)):
+            if r.dim() != 3 or tuple(r.shape[1:]) != expected or r.shape[0] < n:
+                raise RoutingReplayError(
+                    f"response {i}: engine routes of shape {tuple(r.shape)}, the model needs "
+                    f"[≥{n}, L={expected[0]}, K={expected[1]}]"
+                )
+
     def _check_routes(self, routes_B_S_L_K: torch.Tensor) -> None:
         expected = (self.num_layers, self.top_k)
         if routes_B_S_L_K.dim() != 4 or tuple(routes_B_S_L_K.shape[2:]) != expected:

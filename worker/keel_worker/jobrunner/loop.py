@@ -29,7 +29,7 @@ from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, Webho
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
-from keel_server.db.jobs import record_progress
+from keel_server.db.jobs import record_progress, record_routing_replay
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.model_access import ModelNotAllowed, resolve_model
@@ -76,6 +76,7 @@ class JobLoop:
         self.workdir = job_dir(settings.artifacts_dir, spec.id)
         self.schedule = StepSchedule.of(spec.config)
         self.step_reached = 0
+        self.replay_written: dict[str, Any] | None = None  # the job row's routing_replay
 
     def run(self) -> str:
         """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
@@ -103,6 +104,10 @@ class JobLoop:
                     session, self.spec.id, self.control.owner,
                     step=done, policy_version=self.trainer.policy_version,
                 )
+                replay = self.trainer.auto.summary()
+                if replay != self.replay_written:
+                    record_routing_replay(session, self.spec.id, self.control.owner, replay)
+                    self.replay_written = replay
             self.trackers.log(done, metrics)
             self.step_reached = done
             if self.schedule.checkpoints_after(done):

@@ -48,6 +48,8 @@ class TrainerState:
     data_cursor: int
     optimizer: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
+    # `AutoReplay.state_dict()`: the replay decision in force (absent in older checkpoints).
+    routing_replay: dict[str, Any] | None = None
     adapter: dict[str, torch.Tensor] | None = None  # LoRA runs: the trained A and B tensors
 
 

@@ -104,6 +104,8 @@ class TrainingSession:
         if state is not None:
             trainer.optimizer.load_state_dict(state.optimizer)
             trainer.policy_version = state.policy_version
+            if state.routing_replay is not None:
+                trainer.auto.load_state_dict(state.routing_replay)
             restore_rng(state.rng)
             session.step, session.data_cursor = state.step, state.data_cursor
         return session
@@ -118,6 +120,7 @@ class TrainingSession:
             data_cursor=data_cursor,
             optimizer=self.trainer.optimizer.state_dict(),
             rng=rng,
+            routing_replay=self.trainer.auto.state_dict(),
             adapter=adapter_state(self.model) if self.config.lora is not None else None,
         )
         path = save_checkpoint(

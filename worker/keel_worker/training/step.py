@@ -33,6 +33,12 @@ from functools import partial
 import torch
 
 from keel.types.algorithm import objective_kwargs
+from keel.types.routing import (
+    ResolvedReplay,
+    dense_replay_message,
+    missing_routes_message,
+    unsupported_moe_message,
+)
 from keel.types.training import TaskItem, TrainingConfig
 from keel_worker.core.advantages import compute_advantages
 from keel_worker.core.aggregation import loss_normalizer
@@ -41,7 +47,7 @@ from keel_worker.core.objectives import OBJECTIVES
 from keel_worker.core.types import PolicyBatch
 from keel_worker.engines.base import RolloutBatch, RolloutEngine
 from keel_worker.engines.chat import encode_prompt
-from keel_worker.engines.routing_replay import RoutingReplay
+from keel_worker.engines.routing_replay import RoutingReplay, RoutingReplayError
 from keel_worker.training.batching import (
     MicroBatch,
     bucket_by_length,
@@ -52,6 +58,7 @@ from keel_worker.training.batching import (
 from keel_worker.training.forward import ForwardOutput, PolicyForward
 from keel_worker.training.lora import adapter_dropout
 from keel_worker.training.metrics import MetricSink
+from keel_worker.training.replay_auto import AutoReplay
 from keel_worker.training.scoring import Rollout, ScoredGroups, ScoreFn, scored_groups
 
 BuildMicroBatch = Callable[[list[int]], MicroBatch]
@@ -81,11 +88,12 @@ class Trainer:
         self.model = model
         self.tokenizer = tokenizer
         self.engine = engine
-        self.replay_mode = config.resolved_routing_replay(is_moe=is_moe)
-        # Dense models asked for R2/R3 fail here with RoutingReplayError; MoE models always get
-        # hooks so that routing disagreement is reported even without replay.
-        needs_hooks = is_moe or self.replay_mode != "none"
-        self.replay = RoutingReplay(model.get_decoder()) if needs_hooks else None
+        # The mode of each step: fixed, or `auto` re-decided from measurements (replay_auto).
+        self.auto = AutoReplay(
+            config.routing_replay, is_moe=is_moe, num_minibatches=config.num_minibatches,
+            every=config.routing_replay_every,
+        )
+        self.replay = replay_hooks(model, config, is_moe=is_moe)
         self.forward = PolicyForward(
             model,
             temperature=config.rollout.temperature,
@@ -106,6 +114,11 @@ class Trainer:
         self.pad_id = _pad_id(tokenizer)
         self.policy_version = 0
 
+    @property
+    def replay_mode(self) -> ResolvedReplay:
+        """The Routing Replay mode the next step runs with."""
+        return self.auto.mode
+
     # ------------------------------------------------------------------ the step
     def step(
         self,
@@ -116,7 +129,16 @@ class Trainer:
         drop_incomplete_groups: bool = True,
     ) -> dict[str, float]:
         """One global step; `drop_incomplete_groups=False` keeps a group's rewarded members
-        (architecture §6 drops the group: the default, and a job's reward source may say so)."""
+        (architecture §6 drops the group: the default, and a job's reward source may say so).
+        The metrics include the replay mode the step ran with (`routing/replay_*`)."""
+        metrics = self._step(items, score, seed=seed, drop_incomplete_groups=drop_incomplete_groups)
+        num_layers = self.replay.num_layers if self.replay is not None else 0
+        metrics.update(self.auto.after_step(metrics, num_layers=num_layers))
+        return metrics
+
+    def _step(
+        self, items: Sequence[TaskItem], score: ScoreFn, *, seed: int, drop_incomplete_groups: bool
+    ) -> dict[str, float]:
         cfg, sink = self.config, MetricSink()
 
         # 1. Rollout: B prompts × G responses from the engine (μ_θold).
@@ -128,6 +150,7 @@ class Trainer:
             top_k=cfg.rollout.top_k, seed=seed,
         )
         sink.time("generate", t0)
+        self._check_routes(batch)
 
         # 2. Score. A missing reward is never 0: its group is dropped, or keeps the members that
         #    have one (a baseline needs two of them).
@@ -215,10 +238,7 @@ class Trainer:
             [rows[i] for i in chunk.tolist()]
             for chunk in torch.tensor_split(torch.tensor(order), cfg.num_minibatches)
         ]
-        lengths = [
-            len(p) + max(len(r) - 1, 0)
-            for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)
-        ]
+        lengths = _fed_lengths(batch)
         micro = [bucket_by_length(mb, lengths, cfg.micro_batch_size) for mb in minibatches]
         return minibatches, micro
 
@@ -286,6 +306,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ helpers
+    def _check_routes(self, batch: RolloutBatch) -> None:
+        """Replay never runs silently without routes: R3 replays the engine's and `auto`
+        measures with them, so their absence or a wrong shape fails the step."""
+        if self.replay is None:
+            return
+        if batch.routes is None:
+            if self.config.routing_replay in ("R3", "auto"):
+                raise RoutingReplayError(missing_routes_message(self.config.routing_replay))
+            return
+        self.replay.check_rollout_routes(batch.routes, _fed_lengths(batch))
+
     def _rollouts(self, batch: RolloutBatch, items: Sequence[TaskItem]) -> list[Rollout]:
         G = self.config.group_size
         texts = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
@@ -378,6 +409,34 @@ class Trainer:
         mask_B_T = _length_mask([len(batch.response_ids[r]) for r in rows], width)
         for name, value in mismatch_metrics(old_B_T, rollout_B_T, mask_B_T).items():
             sink.add(name if "/" in name else f"mismatch/{name}", value)
+
+
+def replay_hooks(
+    model: torch.nn.Module, config: TrainingConfig, *, is_moe: bool
+) -> RoutingReplay | None:
+    """Record/replay hooks for an MoE model (also without replay, so routing disagreement is
+    reported); None for a dense model, or for an MoE family keel cannot hook when the job asked
+    for no replay. Anything else that cannot replay raises `RoutingReplayError`."""
+    mode, name = config.routing_replay, config.model.name
+    if not is_moe:
+        if mode in ("R2", "R3"):
+            raise RoutingReplayError(dense_replay_message(mode, name))
+        return None
+    try:
+        return RoutingReplay(model.get_decoder())
+    except RoutingReplayError:
+        if mode == "none":
+            return None
+        family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise RoutingReplayError(unsupported_moe_message(mode, name, family)) from None
+
+
+def _fed_lengths(batch: RolloutBatch) -> list[int]:
+    """Per response, the tokens the engine fed the model: the prompt and all but the last."""
+    return [
+        len(p) + max(len(r) - 1, 0)
+        for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)
+    ]
 
 
 def _length_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:

@@ -324,6 +324,7 @@ def test_the_job_shows_its_routing_replay_decision(sdk, settings):
     assert [m.step for m in modes] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_lora_job_trains_through_the_service_and_its_checkpoint_loads_in_peft(sdk, settings):
     import torch
     from peft import PeftModel

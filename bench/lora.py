@@ -133,17 +133,18 @@ def _save(name: str, part: dict) -> None:
     (RESULTS / "lora.md").write_text(report(results))
 
 
-def measure_steps(steps: int, warmup: int, cache_dir: Path) -> None:
-    part: dict = {}
+def measure_steps(steps: int, warmup: int, cache_dir: Path, variants: list[str]) -> None:
+    """Runs `variants`; the other variant's numbers already in the results file are kept."""
+    results = json.loads(RESULT_FILE.read_text()) if RESULT_FILE.is_file() else {}
+    part = {v: results["step"][v] for v in VARIANTS if v in results.get("step", {})}
     part["work"] = (
         f"step_time.py's work: SmolLM2-135M-Instruct, addition, {step_time.B} prompts × "
         f"{step_time.G} samples, ≤{step_time.MAX_NEW_TOKENS} new tokens, T=1, fp32 rollouts and "
         "training, 1 optimizer step per batch; LoRA rank 16, alpha 32, all-linear"
     )
-    part["warmup_steps"], part["measured_steps"] = warmup, steps
-    for variant in VARIANTS:
+    for variant in variants:
         raw = spawn("step", variant, steps + warmup, cache_dir)
-        part[variant] = {**step_time.summarize(raw, warmup),
+        part[variant] = {**step_time.summarize(raw, warmup), "warmup_steps": warmup,
                          "uptime_before": raw["uptime_before"],
                          "uptime_after": raw["uptime_after"]}  # fmt: skip
         print(variant, json.dumps(part[variant]), flush=True)
@@ -175,7 +176,7 @@ def report(results: dict) -> str:
     if "step" in results:
         step = results["step"]
         lines += [f"## Step time\n\n{step['work']}. Median over the measured steps after "
-                  f"{step['warmup_steps']} warm-up step(s); each variant in its own process.", "",
+                  "the warm-up step(s); each variant in its own process.", "",
                   "| | full | LoRA |", "|---|---:|---:|"]  # fmt: skip
         rows = [("median step (s)", "median_step_s"), ("  generation (s)", "median_generate_s"),
                 ("  training (s)", "median_train_s"), ("peak RSS (GB)", "peak_rss_gb")]
@@ -184,7 +185,9 @@ def report(results: dict) -> str:
             lines.append(f"| {name} | {' | '.join(cells)} |")
         for v in VARIANTS:
             if v in step:
-                lines.append(f"\n{v}: load `{step[v]['uptime_before']}` before, "
+                lines.append(f"\n{v}: {len(step[v]['step_s']) - step[v]['warmup_steps']} "
+                             f"measured step(s) after {step[v]['warmup_steps']} warm-up; load "
+                             f"`{step[v]['uptime_before']}` before, "
                              f"`{step[v]['uptime_after']}` after.")  # fmt: skip
         lines.append("")
     if "reward" in results:
@@ -229,7 +232,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/keel/models")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="which runs of the reward part, in this order")
+                        help="which runs, in this order")
     parser.add_argument(
         "--precision", default="bf16",
         help="rollout precision of the reward runs (the demo's bf16; fp32 on a CPU whose bf16 "
@@ -241,7 +244,7 @@ def main() -> None:
         return
     step_time._model_dir(args.cache_dir)  # convert once, outside the measured children
     if args.kind in ("step", "all"):
-        measure_steps(args.steps or 3, args.warmup, args.cache_dir)
+        measure_steps(args.steps or 3, args.warmup, args.cache_dir, args.variants)
     if args.kind in ("reward", "all"):
         measure_reward(args.steps or DEMO_STEPS, args.cache_dir, args.precision, args.variants)
 

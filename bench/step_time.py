@@ -38,17 +38,23 @@ def _model_dir(cache_dir: Path) -> Path:
     return smollm2.ensure_converted(smollm2.smollm2_gguf_path(), cache_dir)
 
 
-def run_keel(steps: int, cache_dir: Path) -> dict:
+def keel_config(steps: int, cache_dir: Path, **overrides):
+    """The benchmark's work as a keel `TrainingConfig` (`overrides`: e.g. `lora={}`)."""
     from keel.types.training import TrainingConfig
-    from keel_worker.training.run import train
 
-    config = TrainingConfig(
+    return TrainingConfig(
         model={"name": str(_model_dir(cache_dir))},
         prompts_per_step=B, group_size=G, num_minibatches=1, micro_batch_size=16,
         rollout={"max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "precision": "fp32"},
         optimizer={"lr": LR, "grad_clip": 1.0}, train_dtype="fp32",
-        steps=steps, eval_every=0, seed=SEED,
+        steps=steps, eval_every=0, seed=SEED, **overrides,
     )
+
+
+def run_keel(steps: int, cache_dir: Path, **overrides) -> dict:
+    from keel_worker.training.run import train
+
+    config = keel_config(steps, cache_dir, **overrides)
     out = {"step_s": [], "generate_s": [], "reward_mean": []}
     with tempfile.TemporaryDirectory() as workdir:
         for result in train(config, workdir=Path(workdir), resume=False, cache_dir=cache_dir):

@@ -322,3 +322,34 @@ def test_the_job_shows_its_routing_replay_decision(sdk, settings):
     modes = sdk.metrics.list(job.id, name="routing/replay_mode")
     assert [(m.step, m.value) for m in modes][:1] == [(1, 2.0)]  # step 1: the prior for N = 2
     assert [m.step for m in modes] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_lora_job_trains_through_the_service_and_its_checkpoint_loads_in_peft(sdk, settings):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from keel_worker.engines.models import load_model
+
+    with pytest.raises(keel.UnprocessableEntityError):
+        sdk.jobs.create(job_config(lora={"target_modules": []}))
+    # Rewards 0 and 1 in every group (by sample index) make a real update: the untrained
+    # model's all-zero addition rewards would leave the adapters at zero.
+    job = sdk.jobs.create(job_config(steps=1, lora={"rank": 4}), reward={"type": "external"})
+    thread, result = _start(settings, job.id)
+    _reward(sdk, job.id, step=1)
+    thread.join(120)
+    assert result[0].status == "succeeded"
+    assert sdk.metrics.list(job.id, name="optim/grad_norm")[-1].value > 0
+    (checkpoint,) = sdk.checkpoints.list(job.id).data
+    path = job_dir(settings.artifacts_dir, job.id) / "checkpoints" / "step_000001"
+    ids = torch.tensor([[1, 40, 41, 42, 43]])
+    base = load_model("tiny-moe", cache_dir=settings.home / "cache").model
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(path)(ids).logits
+        adapter = PeftModel.from_pretrained(base, path / "adapter")(ids).logits
+    torch.testing.assert_close(adapter, merged, rtol=0, atol=1e-5)
+    assert (merged - base_logits).abs().max() > 1e-4  # the job's update is in both
+    assert checkpoint.size_bytes > 0

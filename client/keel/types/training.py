@@ -10,7 +10,7 @@ mini-batch. Routing Replay `auto` is decided from measured routing disagreement 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -194,6 +194,45 @@ class LoggingConfig(_Strict):
     wandb: WandbConfig | None = Field(None, description="A W&B run per job; None = off.")
 
 
+LoraModuleName = Annotated[Text, Field(min_length=1, max_length=256)]
+LoraTargets = Literal["all-linear"] | Annotated[
+    list[LoraModuleName], Field(min_length=1, max_length=256)
+]
+
+
+class LoraConfig(_Strict):
+    """Train low-rank adapters (LoRA, arXiv 2106.09685) with `peft` instead of every weight.
+
+    Each adapted linear layer W (out × in) becomes W + (alpha / rank) · B A with A (rank × in)
+    and B (out × rank, zero at the start, so step 0 samples the base model exactly); only A and
+    B are trained and carry optimizer state. The routers of an MoE model stay frozen (they are
+    never adapted, and naming one in `target_modules` is an error): routing changes only through
+    the adapted layers around it, and Routing Replay hooks the same router modules as in full
+    fine-tuning. The rollout engine samples from the merged weights W + (alpha / rank) · B A at
+    its precision. LoRA usually wants a learning rate about 10× that of full fine-tuning.
+    """
+
+    rank: Int = Field(16, ge=1, le=1024, description="r: the inner dimension of A and B.")
+    alpha: Float = Field(
+        32.0, gt=0.0, le=1e6, description="The update is scaled by alpha / rank."
+    )
+    dropout: Float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on each adapter's input in the gradient forwards only (π_old and "
+        "the rollouts never use it); 0 = off, the paper's setting. With dropout > 0 the ratio "
+        "π_θ/π_old of the first mini-batch is no longer exactly 1 at θ = θ_old.",
+    )
+    target_modules: LoraTargets = Field(
+        "all-linear",
+        description="`all-linear`: every `nn.Linear` of the decoder (attention, dense and "
+        "shared-expert MLPs), not the LM head, embeddings or routers; fused MoE expert "
+        "tensors are not adapted. Or a list of module names, each matching a module's full "
+        "name or its last parts (`q_proj` matches every `...self_attn.q_proj`), as in peft.",
+    )
+
+
 def _default_algorithm() -> AlgorithmConfig:
     return TypeAdapter(AlgorithmConfig).validate_python({"name": "minirl"})
 
@@ -210,6 +249,9 @@ class TrainingConfig(_Strict):
     guard: GuardConfig = Field(
         default_factory=GuardConfig,
         description="The stability guard: signals, thresholds and actions (keel.types.guard).",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="Train LoRA adapters instead of all weights; None = full fine-tuning."
     )
     prompts_per_step: Int = Field(
         8, ge=1, le=4096, description="B: prompts sampled per global step."

@@ -70,3 +70,15 @@ def test_checkpoint_keep_last_keeps_at_least_one():
     assert TrainingConfig(checkpoint_keep_last=1).checkpoint_keep_last == 1
     with pytest.raises(ValidationError):
         TrainingConfig(checkpoint_keep_last=0)
+
+
+def test_lora_is_off_by_default_and_its_fields_are_checked():
+    assert TrainingConfig().lora is None  # full fine-tuning
+    lora = TrainingConfig(lora={}).lora
+    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (16, 32.0, 0.0,
+                                                                          "all-linear")
+    assert TrainingConfig(lora={"target_modules": ["q_proj"]}).lora.target_modules == ["q_proj"]
+    for bad in ({"rank": 0}, {"alpha": 0}, {"dropout": 1.0}, {"target_modules": []},
+                {"target_modules": "all"}, {"target_modules": [""]}, {"scale": 2}):
+        with pytest.raises(ValidationError):
+            TrainingConfig(lora=bad)

@@ -25,13 +25,13 @@ leave them unquantized.
 
 from __future__ import annotations
 
-import copy
 from typing import get_args
 
 import torch
 from torch import nn
 
 from keel_worker.engines.base import Precision
+from keel_worker.engines.merged import plain_copy, policy_tensors
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT4_GROUP = 128  # AWQ's default q_group_size (GPTQ uses 32–128)
@@ -104,10 +104,11 @@ _QUANTIZERS = {
 def make_engine_copy(model: nn.Module, precision: Precision) -> nn.Module:
     """A frozen, eval-mode copy of `model` holding the weights at `precision`.
 
-    Copy before hooking: `copy.deepcopy` also copies forward hooks, so the trainer must not be
-    inside a RoutingReplay context when the engine is built.
+    A LoRA policy's copy is the plain model with its adapters merged. Copy before hooking:
+    `copy.deepcopy` also copies forward hooks, so the trainer must not be inside a RoutingReplay
+    context when the engine is built.
     """
-    engine_model = copy.deepcopy(model).eval()
+    engine_model = plain_copy(model).eval()
     engine_model.to(compute_dtype(precision))
     engine_model.requires_grad_(False)
     copy_weights(engine_model, model, precision)
@@ -134,19 +135,21 @@ def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
 
 @torch.no_grad()
 def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precision) -> None:
-    """Overwrite the engine copy in place with `source`'s weights at `precision`."""
+    """Overwrite the engine copy in place with `source`'s weights at `precision`; a LoRA
+    policy's adapters are merged first (engines.merged), so the engine samples base + adapter."""
     quantize = _QUANTIZERS.get(precision)
     quantized = _quantized_parameter_names(engine_model) if quantize else set()
-    source_params = dict(source.named_parameters())
-    for name, param in engine_model.named_parameters():
-        value = source_params[name]
-        if name in quantized:
-            value = quantize(value)
-        param.copy_(value)
-    source_buffers = dict(source.named_buffers())
-    for name, buffer in engine_model.named_buffers():
-        if name in source_buffers and buffer.is_floating_point():
-            buffer.copy_(source_buffers[name])
+    params = dict(engine_model.named_parameters())
+    buffers = {n: b for n, b in engine_model.named_buffers() if b.is_floating_point()}
+    written: set[str] = set()
+    for name, value in policy_tensors(source):
+        if name in params:
+            params[name].copy_(quantize(value) if name in quantized else value)
+            written.add(name)
+        elif name in buffers:
+            buffers[name].copy_(value)
+    if missing := sorted(params.keys() - written):
+        raise ValueError(f"the policy has no weights for engine parameters {missing[:5]}")
 
 
 def _quantized_parameter_names(model: nn.Module) -> set[str]:

@@ -22,6 +22,15 @@ For MoE models the engine asks for `enable_return_routed_experts` (R3, GPU only:
 backend cannot return them); vLLM returns `[T_prompt + T_resp - 1, L, K]` expert ids (the last
 sampled token is never fed), and the missing last row repeats the previous one, as the trainer
 never feeds the last token either (see `training.batching`).
+
+LoRA runs sync MERGED weights, not adapters: vLLM starts from the policy written as a plain HF
+directory with W + (alpha / rank) · B A in each adapted layer and, after every step, reloads the
+merged tensors of `engines.merged.policy_tensors` in place, exactly like full fine-tuning. vLLM's
+own LoRA serving (`enable_lora`) was not chosen: it adds B A x at serving time through its
+own LoRA kernels, which the trainer does not run (one more source of training–inference
+mismatch), wants every step's adapter handed over as a new LoRA request, and keeps the adapter
+in high precision beside an fp8 base, whereas here (as with the `hf` engine) the merged matrix
+is what the rollout precision rounds, as a merged model would be served.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import torch
 from torch import nn
 
 from keel_worker.engines.base import Precision, RolloutBatch
+from keel_worker.engines.merged import policy_tensors, save_policy
 from keel_worker.engines.routing_replay import find_routers, routes_dtype
 
 _DTYPE_OF = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}
@@ -149,7 +159,7 @@ class VLLMEngine:
         """Start vLLM from the trainer's current weights (written once as an HF directory)."""
         model_dir = Path(workdir) / "initial_weights"
         model_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(model_dir)
+        save_policy(model, model_dir)  # a LoRA policy's merged weights
         tokenizer.save_pretrained(model_dir)
         return cls(
             model_dir, options=options, precision=precision,
@@ -195,9 +205,10 @@ class VLLMEngine:
             batch.routes.append(full_routes(completion.routed_experts, len(prompt) + len(tokens)))
 
     def load_weights(self, model: nn.Module) -> None:
-        """Copy the trainer's weights into vLLM's model in place; blocks cached under the old
-        weights are dropped and, salted with the old version, could never be hit again."""
-        weights = [(name, t.detach().cpu()) for name, t in model.state_dict().items()]
+        """Copy the trainer's weights (a LoRA policy's merged ones) into vLLM's model in place;
+        blocks cached under the old weights are dropped and, salted with the old version, could
+        never be hit again."""
+        weights = [(name, t.detach().cpu()) for name, t in policy_tensors(model)]
         self.llm.collective_rpc(
             "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
         )

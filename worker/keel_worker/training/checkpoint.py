@@ -6,7 +6,13 @@ the download kinds of `keel_server.storage` are cut along them):
     config.json, generation_config.json, model.safetensors, tokenizer files   (plain HF dir)
     trainer_state.pt    optimizer state, step, policy version, RNG states, data cursor
     keel.json           small human-readable summary (step, policy version, config)
-    adapter/            a LoRA job's PEFT adapter; the top-level weights are then merged
+    adapter/            LoRA runs only: peft's `save_pretrained` output (adapter_config.json,
+                        adapter_model.safetensors); `PeftModel.from_pretrained(base, it)`
+
+In a LoRA run the top-level model files hold the MERGED weights (W + (alpha / rank) · B A, see
+`engines.merged`), so plain transformers loads the trained policy, and the trainer state also
+holds the adapter tensors: an exact resume reloads the configured base model, puts them back
+and restores the optimizer (whose state covers the adapters only).
 
 Retention (`config.checkpoint_keep_last`): after each save, the files of every checkpoint but
 the newest k are deleted, except pinned ones (`checkpoints_to_delete` is the rule; the service's
@@ -30,7 +36,8 @@ from typing import Any
 
 import torch
 
-from keel.types.checkpoints import TRAINER_STATE_FILE
+from keel.types.checkpoints import ADAPTER_DIR, TRAINER_STATE_FILE
+from keel_worker.engines.merged import is_adapter_model, save_policy
 
 CHECKPOINTS_DIR = "checkpoints"
 SUMMARY_FILE = "keel.json"
@@ -48,6 +55,7 @@ class TrainerState:
     rng: dict[str, Any] = field(default_factory=dict)
     # `AutoReplay.state_dict()`: the replay decision in force (absent in older checkpoints).
     routing_replay: dict[str, Any] | None = None
+    adapter: dict[str, torch.Tensor] | None = None  # LoRA runs: the trained A and B tensors
 
 
 def capture_rng() -> dict[str, Any]:
@@ -78,12 +86,15 @@ def save_checkpoint(
     state: TrainerState,
     summary: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an HF directory + trainer state to `path` atomically; returns `path`."""
+    """Write an HF directory (merged weights) + trainer state (+ `adapter/` for a LoRA policy)
+    to `path` atomically; returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        model.save_pretrained(tmp)
+        save_policy(model, tmp)
+        if is_adapter_model(model):
+            model.save_pretrained(tmp / ADAPTER_DIR)
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
@@ -141,12 +152,19 @@ def load_trainer_state(path: Path) -> TrainerState:
     return TrainerState(**raw)
 
 
+def load_policy(
+    path: Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) of a checkpoint: its top-level model (a LoRA run's merged weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
 def load_checkpoint(
     path: Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, Any, TrainerState]:
     """Load (model, tokenizer, trainer state) from a checkpoint written by `save_checkpoint`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = load_policy(path, dtype=dtype, device=device)
     return model, tokenizer, load_trainer_state(path)

@@ -5,6 +5,10 @@ in-process `train()` and the service's job loop carry from step to step.
 version, RNG states, data cursor) or, for a new run, the configured model; builds the rollout
 engine and the `Trainer`. `save` writes the matching checkpoint. Keeping both in one place keeps
 resume exact for every caller.
+
+A LoRA run (`config.lora`) wraps the configured model in adapters (`training.lora`); resuming
+one reloads that base model and puts the checkpoint's adapter tensors back, never the merged
+top-level weights (unmerging them would not give W back exactly).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from keel_worker.training.checkpoint import (
     TrainerState,
     checkpoint_dir,
     latest_checkpoint,
-    load_checkpoint,
+    load_policy,
+    load_trainer_state,
     restore_rng,
     save_checkpoint,
 )
+from keel_worker.training.lora import adapter_state, apply_lora, load_adapter_state
 from keel_worker.training.step import Trainer
 
 
@@ -98,12 +104,16 @@ class TrainingSession:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(config.seed)
         ckpt = latest_checkpoint(workdir) if resume else None
-        state: TrainerState | None = None
-        if ckpt is not None:
-            model, tokenizer, state = load_checkpoint(ckpt)
+        state = _trainer_state(ckpt, config) if ckpt is not None else None
+        if ckpt is not None and config.lora is None:
+            model, tokenizer = load_policy(ckpt)
         else:
             loaded = load() if load else _load_by_name(config, cache_dir)
             model, tokenizer = loaded.model, loaded.tokenizer
+            if config.lora is not None:
+                model = apply_lora(model, config.lora)
+                if state is not None:
+                    load_adapter_state(model, state.adapter)
         model.eval()
         # The engine copies the weights before the trainer's copy moves to its device: the `hf`
         # engine samples on the CPU even on a CUDA worker, because its decode loop builds its
@@ -127,8 +137,12 @@ class TrainingSession:
     def restore(self, path: Path) -> TrainerState:
         """Roll the live run back to the checkpoint at `path`: weights (trainer and engine),
         optimizer state, policy version and RNG states; returns the checkpoint's state."""
-        model, _, state = load_checkpoint(path)
-        self.model.load_state_dict(model.state_dict())
+        state = _trainer_state(path, self.config)
+        if self.config.lora is None:
+            model, _ = load_policy(path)
+            self.model.load_state_dict(model.state_dict())
+        else:  # the base weights never change: only the adapters go back
+            load_adapter_state(self.model, state.adapter)
         self.trainer.optimizer.load_state_dict(state.optimizer)
         self.trainer.policy_version = state.policy_version
         self.engine.load_weights(self.model)
@@ -152,9 +166,21 @@ class TrainingSession:
             optimizer=self.trainer.optimizer.state_dict(),
             rng=rng,
             routing_replay=self.trainer.auto.state_dict(),
+            adapter=adapter_state(self.model) if self.config.lora is not None else None,
         )
         path = save_checkpoint(
             checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,
             state=state, summary=summary,
         )
         return path, state
+
+
+def _trainer_state(ckpt: Path, config: TrainingConfig) -> TrainerState:
+    """The checkpoint's trainer state, refused when it comes from the other kind of run."""
+    state = load_trainer_state(ckpt)
+    if (state.adapter is None) != (config.lora is None):
+        written = "full fine-tuning" if state.adapter is None else "LoRA"
+        raise ValueError(
+            f"{ckpt} was written by a {written} run; this run's config.lora does not match"
+        )
+    return state

@@ -7,12 +7,17 @@
     split     shuffle the responses, cut them into N mini-batches
     π_old     recompute log π_θold in the trainer for mini-batches 2..N (R3 replays the engine's
               routes, R2 records the natural ones); mini-batch 1 reuses its own update forward,
-              where θ = θ_old exactly (paper-spec §2.3: R2 on the first mini-batch is a no-op)
+              where θ = θ_old exactly (paper-spec §2.3: R2 on the first mini-batch is a no-op);
+              with LoRA dropout the update forwards are not π_old, so mini-batch 1 is recomputed
     update    per mini-batch: micro-batches bucketed by length, forward (with replay), objective
               with the global normalizer, backward; clip the gradient norm; one AdamW step,
               skipped (and counted in `guard/skipped_updates`) when the loss or gradient is
               not finite
-    sync      push the new weights to the engine; bump the policy version
+    sync      push the new weights to the engine (a LoRA policy's merged weights); bump the
+              policy version
+
+A LoRA run (`config.lora`, `training.lora`) trains the same way: its model is a `peft.PeftModel`
+whose base weights are frozen, so the optimizer and the gradient clip see the adapters alone.
 
 Metric values stay tensors (on the training device) until `MetricSink.finish()` moves them to the
 host in one transfer per step; only host-side bookkeeping (the shuffle order, sequence lengths
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -52,6 +58,7 @@ from keel_worker.training.batching import (
     pad_routes,
 )
 from keel_worker.training.forward import ForwardOutput, PolicyForward
+from keel_worker.training.lora import adapter_dropout
 from keel_worker.training.metrics import MetricSink
 from keel_worker.training.replay_auto import AutoReplay
 from keel_worker.training.scoring import Rollout, ScoredGroups, ScoreFn, scored_groups
@@ -95,9 +102,12 @@ class Trainer:
             bf16_autocast=config.train_dtype == "bf16",
             replay=self.replay,
         )
+        # Full fine-tuning trains every weight; a LoRA policy only its adapters (peft froze W).
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.adapter_dropout = config.lora is not None and config.lora.dropout > 0
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps,
+            self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
             weight_decay=opt.weight_decay,
         )
         self.objective = OBJECTIVES[config.algorithm.name]
@@ -165,16 +175,19 @@ class Trainer:
             routes=batch.routes, pad_id=self.pad_id,
         )
 
-        # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet).
+        # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet); also
+        #    for mini-batch 1 when LoRA dropout makes its update forward differ from π_old.
         t0 = time.perf_counter()
-        old = self._recompute_old(micro[1:], build, sink)
+        reuse_first = not self.adapter_dropout
+        old = self._recompute_old(micro[1:] if reuse_first else micro, build, sink)
         sink.time("recompute", t0)
 
         # 6. N updates, one AdamW step per mini-batch.
         t0 = time.perf_counter()
         for i, (minibatch, micro_batches) in enumerate(zip(minibatches, micro, strict=True)):
             if minibatch:  # fewer kept responses than N leave the last mini-batches empty
-                self._update(minibatch, micro_batches, batch, build, old, sink, first=i == 0)
+                first = i == 0 and reuse_first
+                self._update(minibatch, micro_batches, batch, build, old, sink, first=first)
         sink.time("update", t0)
 
         # 7. Sync the new weights to the engine; the next step samples from them.
@@ -256,7 +269,8 @@ class Trainer:
     ) -> None:
         """One mini-batch: accumulate every micro-batch's gradient, clip, one AdamW step.
 
-        The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old.
+        The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old. LoRA dropout,
+        when a run asks for it, is the one exception (and then π_old was recomputed for all).
         """
         cfg = self.config
         n_resp = [len(batch.response_ids[r]) for r in minibatch]
@@ -266,7 +280,8 @@ class Trainer:
         losses = []
         for rows_mb in micro_batches:
             mb = build(rows_mb)
-            out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old.routes))
+            with adapter_dropout(self.model) if self.adapter_dropout else nullcontext():
+                out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old.routes))
             if first:
                 # First mini-batch: θ = θ_old, so this forward IS the π_old recompute.
                 self._remember_old(mb, out, old, sink)
@@ -288,7 +303,7 @@ class Trainer:
             sink.add("optim/loss", loss.loss / cfg.num_minibatches, reduce="sum")
         clip = cfg.optimizer.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), clip if clip is not None else float("inf")
+            self.params, clip if clip is not None else float("inf")
         )
         sink.add("optim/grad_norm", grad_norm)
         # A non-finite loss or gradient never reaches the optimizer (it would poison AdamW's

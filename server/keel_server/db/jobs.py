@@ -210,6 +210,18 @@ def record_progress(
         raise LeaseLost(f"job {job_id}: lease not held by {owner}")
 
 
+def record_runtime(session: Session, job_id: str, owner: str, runtime: dict[str, Any]) -> None:
+    """Store the compute choices the lease holder made for this run (`keel.types.jobs.JobRuntime`
+    as JSON)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(runtime=runtime, updated_at=utcnow())
+    )
+    if not cas_update(session, stmt):
+        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+
+
 def finish_job(
     session: Session, job_id: str, owner: str, status: str, *, error: str | None = None
 ) -> bool:

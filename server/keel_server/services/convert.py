@@ -16,7 +16,7 @@ def job(row: models.Job) -> Job:
         reward=row.reward_source, num_prompts=row.num_prompts, step=row.step, steps=row.steps,
         policy_version=row.policy_version, error=row.error, attempts=row.attempts,
         created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
-        finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
+        finished_at=row.finished_at, heartbeat_at=row.heartbeat_at, runtime=row.runtime,
     )  # fmt: skip
 
 

@@ -4,7 +4,7 @@ Owns how the engine's weights differ from the trainer's, which is what makes the
 mismatch of paper-spec §1 (the π_θold / μ_θold factor of Eq. 6) real and tunable on a CPU:
 
 - fp32: an exact copy (the "no mismatch" control: μ logprobs equal the trainer's to ~1e-6);
-- bf16: every floating tensor cast to bfloat16, computed in bfloat16;
+- bf16: every floating tensor rounded to bfloat16, computed in bfloat16;
 - fp8: the weight matrices of the linear and expert layers fake-quantized to float8_e4m3fn with one
   absmax scale per output channel (as fp8 inference kernels do), computed in bfloat16;
 - fp8_tensor: W8A8 as vLLM's `quantization="fp8"` serves a model: the same matrices on the
@@ -20,18 +20,36 @@ they create is the same on every CPU, whatever its bf16 support. The fused exper
 transformers compute their inner (down-projection) input themselves; it is rounded only through
 the weights. Embeddings, the LM head, norms and routers are never quantized, as serving stacks
 leave them unquantized.
+
+bf16 and fp8 compute in bfloat16 only where the machine does so natively
+(`engines.hardware.device_profile`: advertised and measured at least as fast as fp32). Elsewhere
+(an AVX2-only CPU, where torch's bf16 GEMM runs 5–60× slower than fp32) the copy holds the same
+bf16-rounded weights in float32, every module's floating input and outputs are rounded to
+bfloat16 by hooks (what a bf16 forward stores between operations) and attention runs as the bf16
+kernel computes it (`sdpa_bf16`); the products inside a matmul are exact in both cases (bf16 ×
+bf16 fits fp32) and both accumulate in fp32, so the
+emulated copy keeps the bf16 mismatch against the fp32 trainer (`tests/worker/engines/
+test_precision.py` checks it against a native bf16 copy). `EmulatedBf16(linear=True)` does the same
+for the trainer's `train_dtype="bf16"`: autocast's rounding of each matmul's inputs and output,
+gradients included, computed in fp32.
 """
 
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from keel.types.jobs import ComputeChoice, DeviceProfile, JobRuntime
+from keel.types.training import TrainingConfig
 from keel_worker.engines.base import Precision
+from keel_worker.engines.hardware import device_profile
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT4_GROUP = 128  # AWQ's default q_group_size (GPTQ uses 32–128)
@@ -40,10 +58,43 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 _BF16_COMPUTE = frozenset({"bf16", "fp8"})
 
 
-def compute_dtype(precision: Precision) -> torch.dtype:
+def compute_dtype(precision: Precision, *, bf16_native: bool) -> torch.dtype:
+    """The dtype the engine copy computes in: bf16 for bf16/fp8 on a bf16-native machine."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    return torch.bfloat16 if precision in _BF16_COMPUTE else torch.float32
+    return torch.bfloat16 if precision in _BF16_COMPUTE and bf16_native else torch.float32
+
+
+def engine_bf16_native(precision: Precision) -> bool:
+    """Whether the CPU the `hf` engine samples on computes `precision` in native bf16 (measured
+    only for the precisions that compute in bf16)."""
+    return precision in _BF16_COMPUTE and device_profile("cpu").bf16_native
+
+
+def compute_report(config: TrainingConfig, train_device: str) -> JobRuntime:
+    """The compute dtypes this process uses for `config`'s rollouts and training, with the
+    device profiles they were chosen from (the `hf` engine samples on the CPU, `vllm` on CUDA)."""
+    precision, train_type = config.rollout.precision, torch.device(train_device).type
+    if config.rollout.engine == "vllm":
+        rollout_device, rollout_native = "cuda", True
+    else:
+        rollout_device, rollout_native = "cpu", engine_bf16_native(precision)
+    rollout_dtype = compute_dtype(precision, bf16_native=rollout_native)
+    train_bf16 = config.train_dtype == "bf16" and device_profile(train_device).bf16_native
+    devices = {"cpu", train_device} | ({"cuda"} if rollout_device == "cuda" else set())
+    return JobRuntime(
+        rollout=ComputeChoice(
+            device=rollout_device, requested=precision, compute_dtype=_DTYPE_NAMES[rollout_dtype]
+        ),
+        training=ComputeChoice(
+            device=train_type, requested=config.train_dtype,
+            compute_dtype="bf16" if train_bf16 else "fp32",
+        ),
+        devices=[DeviceProfile(**device_profile(d).to_json()) for d in sorted(devices)],
+    )  # fmt: skip
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 def fake_quantize_fp8(weight: torch.Tensor) -> torch.Tensor:
@@ -101,23 +152,79 @@ _QUANTIZERS = {
 }
 
 
-def make_engine_copy(model: nn.Module, precision: Precision) -> nn.Module:
+def make_engine_copy(
+    model: nn.Module, precision: Precision, *, bf16_native: bool | None = None
+) -> nn.Module:
     """A frozen, eval-mode copy of `model` holding the weights at `precision`.
 
-    Copy before hooking: `copy.deepcopy` also copies forward hooks, so the trainer must not be
-    inside a RoutingReplay context when the engine is built.
+    `bf16_native` says whether bf16/fp8 compute in native bfloat16 or emulate it in float32;
+    None measures the CPU (`engine_bf16_native`). Copy before hooking: `copy.deepcopy` also
+    copies forward hooks, so the trainer must not be inside a RoutingReplay context when the
+    engine is built.
     """
+    if bf16_native is None:
+        bf16_native = engine_bf16_native(precision)
     engine_model = copy.deepcopy(model).eval()
-    engine_model.to(compute_dtype(precision))
+    engine_model.to(compute_dtype(precision, bf16_native=bf16_native))
     engine_model.requires_grad_(False)
     copy_weights(engine_model, model, precision)
-    _round_activations(engine_model, precision)
+    if precision in _BF16_COMPUTE and not bf16_native:
+        _emulate_bf16_storage(engine_model)
+    else:
+        _round_activations(engine_model, precision)
     return engine_model
+
+
+def _emulate_bf16_storage(engine_model: nn.Module) -> None:
+    """Round what a bf16 forward stores to bfloat16: every module's first floating input and its
+    floating outputs (hooks) and the result of every arithmetic op (`EmulatedBf16`), except
+    inside norms and rotary embeddings, which upcast to float32 on purpose; a float32 copy of the
+    bf16-rounded weights computes in between."""
+    mode = EmulatedBf16(linear=False, arithmetic=True)
+
+    def pre_hook(module, args):
+        if _upcasts(module):
+            mode.exempt += 1
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            return (round_activation_bf16(args[0]), *args[1:])
+        return None
+
+    def hook(module, _args, output):
+        if _upcasts(module):
+            mode.exempt -= 1
+        return _round_floating(output)
+
+    for module in engine_model.modules():
+        module.register_forward_pre_hook(pre_hook)
+        module.register_forward_hook(hook, always_call=True)
+    forward = engine_model.forward
+
+    def emulated_forward(*args, **kwargs):
+        # The weights are rounded once (copy_weights), so F.linear needs no rounding here.
+        with mode:
+            return forward(*args, **kwargs)
+
+    engine_model.forward = emulated_forward
+
+
+def _upcasts(module: nn.Module) -> bool:
+    return type(module).__name__.endswith(("RMSNorm", "LayerNorm", "RotaryEmbedding"))
+
+
+def _round_floating(output):
+    """`output` with its floating tensors rounded to bf16 (a tensor, or a tuple/list of them);
+    anything else (a model output object, integer routes) is left as it is."""
+    if isinstance(output, torch.Tensor):
+        return round_activation_bf16(output) if output.is_floating_point() else output
+    if type(output) in (tuple, list):
+        return type(output)(_round_floating(x) for x in output)
+    return output
 
 
 def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
     """Pre-hooks that round the floating inputs of every quantized module to `precision`'s
-    activation format (none for fp32/bf16/fp8, whose compute dtype does it)."""
+    activation format (none for fp32, nor for bf16/fp8 computed natively: their compute dtype
+    does it)."""
     rounding = _ACTIVATION_ROUNDING.get(precision)
     if rounding is None:
         return
@@ -134,19 +241,21 @@ def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
 
 @torch.no_grad()
 def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precision) -> None:
-    """Overwrite the engine copy in place with `source`'s weights at `precision`."""
+    """Overwrite the engine copy in place with `source`'s weights at `precision` (bf16 and fp8
+    round to bfloat16 whether the copy holds bfloat16 or emulates it in float32)."""
     quantize = _QUANTIZERS.get(precision)
     quantized = _quantized_parameter_names(engine_model) if quantize else set()
+    storage = torch.bfloat16 if precision in _BF16_COMPUTE else torch.float32
     source_params = dict(source.named_parameters())
     for name, param in engine_model.named_parameters():
         value = source_params[name]
         if name in quantized:
             value = quantize(value)
-        param.copy_(value)
+        param.copy_(value.to(storage))
     source_buffers = dict(source.named_buffers())
     for name, buffer in engine_model.named_buffers():
         if name in source_buffers and buffer.is_floating_point():
-            buffer.copy_(source_buffers[name])
+            buffer.copy_(source_buffers[name].to(storage))
 
 
 def _quantized_parameter_names(model: nn.Module) -> set[str]:
@@ -164,3 +273,80 @@ def _quantized_parameter_names(model: nn.Module) -> set[str]:
             if param.dim() >= 2 and id(param) not in keep and not isinstance(module, nn.Embedding):
                 names.add(f"{module_name}.{param_name}" if module_name else param_name)
     return names
+
+
+class EmulatedBf16(TorchFunctionMode):
+    """bf16 numerics computed in float32 (a torch function mode, entered like torch.autocast).
+
+    Inside it, `scaled_dot_product_attention` runs as `sdpa_bf16`, and the inputs and output of
+    every other matmul-like op (`_MATMULS`; with `linear=True` also `F.linear`, as bf16
+    autocast casts the trainer's float32 weights) are rounded to bfloat16; with `arithmetic=True`
+    (the engine copy, where a bf16 forward stores everything in bf16) so is the result of every
+    elementwise and reduction op in `_ARITHMETIC`, outside the modules that hold `exempt`.
+    The rounding is `x.to(bf16).to(x.dtype)`, whose backward rounds the gradient the same way,
+    so a backward sees bf16-rounded operands as autocast's does; the weights themselves stay
+    float32 (the master copy the optimizer updates), as under autocast.
+    """
+
+    def __init__(self, *, linear: bool, arithmetic: bool = False) -> None:
+        super().__init__()
+        self.rounded = _MATMULS | {F.linear} if linear else _MATMULS
+        self.arithmetic = arithmetic
+        self.exempt = 0  # > 0 inside a module that computes in float32 on purpose (a norm)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return sdpa_bf16(*args, **kwargs)
+        if self.arithmetic and getattr(func, "__name__", "") in _ARITHMETIC:
+            result = func(*args, **kwargs)
+            return result if self.exempt else _round_floating(result)
+        if func not in self.rounded:
+            return func(*args, **kwargs)
+        args = tuple(_round_floating(a) for a in args)
+        kwargs = {k: _round_floating(v) for k, v in kwargs.items()}
+        return _round_floating(func(*args, **kwargs))
+
+
+# Ops whose result a bf16 forward stores rounded (in-place and view ops are left alone).
+_ARITHMETIC = frozenset({
+    "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "mul", "__mul__", "__rmul__",
+    "div", "__truediv__", "__rtruediv__", "neg", "__neg__", "exp", "silu", "gelu", "sigmoid",
+    "tanh", "relu", "softmax", "log_softmax", "rsqrt", "pow", "__pow__", "mean", "sum",
+})  # fmt: skip
+_MATMULS = frozenset({
+    torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm,
+    torch.addmm, torch.baddbmm,
+})  # fmt: skip
+
+
+def sdpa_bf16(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+              enable_gqa=False):  # fmt: skip
+    """`F.scaled_dot_product_attention` as the CPU's bf16 flash-attention kernel computes it
+    (fp32 scores and softmax statistics, the unnormalized probabilities rounded to bf16 for the
+    product with V, the output rounded), on float32 tensors holding bf16 values.
+
+    Measured against the native kernel: bit-identical up to one kernel block of keys, a few
+    percent of outputs one bf16 step apart beyond (its blockwise running max).
+    """
+    if dropout_p:
+        raise ValueError("emulated bf16 attention has no dropout (the engine and trainer use none)")
+    query, key, value = (round_activation_bf16(t) for t in (query, key, value))
+    if enable_gqa:
+        repeat = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    scores = (query @ key.transpose(-1, -2)) * scale
+    if is_causal:
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device)
+        scores = scores.masked_fill(~causal.tril(scores.shape[-1] - scores.shape[-2]), -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        else:
+            scores = scores + attn_mask
+    # A fully masked row (a left-padding query) gives zeros, not NaN, as the kernel's does.
+    peak = scores.amax(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
+    unnormalized = torch.exp(scores - peak)
+    total = unnormalized.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+    return round_activation_bf16((round_activation_bf16(unnormalized) @ value) / total)

@@ -29,13 +29,14 @@ from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, Webho
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints, register_checkpoint
-from keel_server.db.jobs import record_progress
+from keel_server.db.jobs import record_progress, record_runtime
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.model_access import ModelNotAllowed, resolve_model
 from keel_server.settings import Settings
 from keel_server.storage import archive_digest, job_dir
 from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.engines.precision import compute_report
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -122,6 +123,10 @@ class JobLoop:
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
+        runtime = compute_report(cfg, str(next(run.model.parameters()).device))
+        log.info("job %s: compute %s", spec.id, runtime.model_dump_json())
+        with session_scope(self.factory) as session:
+            record_runtime(session, spec.id, self.control.owner, runtime.model_dump(mode="json"))
         self.run_state = run
         self.trainer, self.engine, self.tokenizer = run.trainer, run.engine, run.tokenizer
         self.task = _task_or_none(cfg, spec.prompt_type, spec.reward_source)

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from keel_worker.core.diagnostics import entropy_from_logits
+from keel_worker.engines.hardware import device_profile
+from keel_worker.engines.precision import EmulatedBf16
 from keel_worker.engines.routing_replay import RoutingReplay
 from keel_worker.training.batching import MicroBatch
 
@@ -38,15 +40,29 @@ class PolicyForward:
         model: nn.Module,
         *,
         temperature: float,
-        bf16_autocast: bool,
+        bf16: bool,
         replay: RoutingReplay | None,
+        bf16_native: bool | None = None,
     ) -> None:
+        """`bf16` computes the forwards in bf16: torch.autocast where the device does so
+        natively, else `EmulatedBf16` (the same roundings, in float32); `bf16_native` None
+        measures the model's device (`engines.hardware.device_profile`)."""
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.temperature = temperature
-        self.bf16_autocast = bf16_autocast
+        self.bf16 = bf16
+        self.bf16_native = bf16_native
         self.replay = replay
+
+    def _compute_context(self, device: torch.device):
+        if not self.bf16:
+            return nullcontext()
+        if self.bf16_native is None:
+            self.bf16_native = device_profile(str(device)).bf16_native
+        if self.bf16_native:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return EmulatedBf16(linear=True)
 
     @property
     def device(self) -> torch.device:
@@ -63,8 +79,7 @@ class PolicyForward:
             routing = self.replay.record()
         else:
             routing = nullcontext(None)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast)
-        with routing as recording, autocast:
+        with routing as recording, self._compute_context(device):
             hidden_B_S_H = self.decoder(
                 input_ids=mb.input_ids_B_S.to(device),
                 attention_mask=mb.attention_mask_B_S.to(device),

@@ -82,7 +82,7 @@ class Trainer:
         self.forward = PolicyForward(
             model,
             temperature=config.rollout.temperature,
-            bf16_autocast=config.train_dtype == "bf16",
+            bf16=config.train_dtype == "bf16",
             replay=self.replay,
         )
         opt = config.optimizer

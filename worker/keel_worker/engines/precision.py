@@ -25,7 +25,7 @@ bf16 and fp8 compute in bfloat16 only where the machine does so natively
 (`engines.hardware.device_profile`: advertised and measured at least as fast as fp32). Elsewhere
 (an AVX2-only CPU, where torch's bf16 GEMM runs 5–60× slower than fp32) the copy holds the same
 bf16-rounded weights in float32, every module's floating input and outputs are rounded to
-bfloat16 by hooks (what a bf16 forward stores between operations) and attention runs as the bf16
+bfloat16 by hooks (what a bf16 forward stores between modules) and attention runs as the bf16
 kernel computes it (`sdpa_bf16`); the products inside a matmul are exact in both cases (bf16 ×
 bf16 fits fp32) and both accumulate in fp32, so the
 emulated copy keeps the bf16 mismatch against the fp32 trainer (`tests/worker/engines/
@@ -45,6 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from keel.types.jobs import ComputeChoice, DeviceProfile, JobRuntime
 from keel.types.training import TrainingConfig
@@ -177,38 +180,36 @@ def make_engine_copy(
 
 def _emulate_bf16_storage(engine_model: nn.Module) -> None:
     """Round what a bf16 forward stores to bfloat16: every module's first floating input and its
-    floating outputs (hooks) and the result of every arithmetic op (`EmulatedBf16`), except
-    inside norms and rotary embeddings, which upcast to float32 on purpose; a float32 copy of the
-    bf16-rounded weights computes in between."""
-    mode = EmulatedBf16(linear=False, arithmetic=True)
+    floating outputs (hooks), and attention as the bf16 kernel computes it (`sdpa_bf16`, through
+    an attention implementation of its own); a float32 copy of the bf16-rounded weights computes
+    in between. Module hooks, not a torch function mode around the whole forward: a mode
+    dispatches every torch call through Python, which made a SmolLM2 rollout 60 % slower."""
 
-    def pre_hook(module, args):
-        if _upcasts(module):
-            mode.exempt += 1
+    def pre_hook(_module, args):
         if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
             return (round_activation_bf16(args[0]), *args[1:])
         return None
 
-    def hook(module, _args, output):
-        if _upcasts(module):
-            mode.exempt -= 1
+    def hook(_module, _args, output):
         return _round_floating(output)
 
     for module in engine_model.modules():
         module.register_forward_pre_hook(pre_hook)
-        module.register_forward_hook(hook, always_call=True)
-    forward = engine_model.forward
-
-    def emulated_forward(*args, **kwargs):
-        # The weights are rounded once (copy_weights), so F.linear needs no rounding here.
-        with mode:
-            return forward(*args, **kwargs)
-
-    engine_model.forward = emulated_forward
+        module.register_forward_hook(hook)
+    if engine_model.config._attn_implementation == "sdpa":
+        engine_model.set_attn_implementation(BF16_SDPA)
 
 
-def _upcasts(module: nn.Module) -> bool:
-    return type(module).__name__.endswith(("RMSNorm", "LayerNorm", "RotaryEmbedding"))
+def _bf16_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention with `sdpa_bf16` in place of the fp32 kernel."""
+    with EmulatedBf16(linear=False):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+BF16_SDPA = "keel_bf16_sdpa"
+AttentionInterface.register(BF16_SDPA, _bf16_sdpa_attention)
+# The same masks as sdpa (padding included); an unregistered name would get none at all.
+AttentionMaskInterface.register(BF16_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def _round_floating(output):
@@ -280,27 +281,20 @@ class EmulatedBf16(TorchFunctionMode):
 
     Inside it, `scaled_dot_product_attention` runs as `sdpa_bf16`, and the inputs and output of
     every other matmul-like op (`_MATMULS`; with `linear=True` also `F.linear`, as bf16
-    autocast casts the trainer's float32 weights) are rounded to bfloat16; with `arithmetic=True`
-    (the engine copy, where a bf16 forward stores everything in bf16) so is the result of every
-    elementwise and reduction op in `_ARITHMETIC`, outside the modules that hold `exempt`.
+    autocast casts the trainer's float32 weights) are rounded to bfloat16.
     The rounding is `x.to(bf16).to(x.dtype)`, whose backward rounds the gradient the same way,
     so a backward sees bf16-rounded operands as autocast's does; the weights themselves stay
     float32 (the master copy the optimizer updates), as under autocast.
     """
 
-    def __init__(self, *, linear: bool, arithmetic: bool = False) -> None:
+    def __init__(self, *, linear: bool) -> None:
         super().__init__()
         self.rounded = _MATMULS | {F.linear} if linear else _MATMULS
-        self.arithmetic = arithmetic
-        self.exempt = 0  # > 0 inside a module that computes in float32 on purpose (a norm)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return sdpa_bf16(*args, **kwargs)
-        if self.arithmetic and getattr(func, "__name__", "") in _ARITHMETIC:
-            result = func(*args, **kwargs)
-            return result if self.exempt else _round_floating(result)
         if func not in self.rounded:
             return func(*args, **kwargs)
         args = tuple(_round_floating(a) for a in args)
@@ -308,12 +302,6 @@ class EmulatedBf16(TorchFunctionMode):
         return _round_floating(func(*args, **kwargs))
 
 
-# Ops whose result a bf16 forward stores rounded (in-place and view ops are left alone).
-_ARITHMETIC = frozenset({
-    "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "mul", "__mul__", "__rmul__",
-    "div", "__truediv__", "__rtruediv__", "neg", "__neg__", "exp", "silu", "gelu", "sigmoid",
-    "tanh", "relu", "softmax", "log_softmax", "rsqrt", "pow", "__pow__", "mean", "sum",
-})  # fmt: skip
 _MATMULS = frozenset({
     torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm,
     torch.addmm, torch.baddbmm,

@@ -160,7 +160,7 @@ class PolicyForward:
         rest_B_R_H = self.decoder(
             input_ids=fed_B_R.to(device),
             attention_mask=torch.cat([prompt_mask_U_P.to(device)[prompt_of_B],
-                                      fed_mask_B_R.to(device)], dim=1),  # fmt: skip
+                                      fed_mask_B_R.to(device)], dim=1),
             position_ids=(n_prompt_B[:, None] + t_R[None, :]).to(device),
             cache=cache,
             use_cache=True,

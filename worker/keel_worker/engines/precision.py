@@ -93,11 +93,20 @@ def compute_report(config: TrainingConfig, train_device: str) -> JobRuntime:
             device=train_type, requested=config.train_dtype,
             compute_dtype="bf16" if train_bf16 else "fp32",
         ),
-        devices=[DeviceProfile(**device_profile(d).to_json()) for d in sorted(devices)],
+        devices=[DeviceProfile(**p.to_json()) for p in _distinct_profiles(devices)],
     )  # fmt: skip
 
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def _distinct_profiles(devices: set[str]):
+    """One profile per device ("cuda" and "cuda:0" are the same one)."""
+    profiles = {}
+    for name in sorted(devices):
+        profile = device_profile(name)
+        profiles.setdefault(profile.device, profile)
+    return list(profiles.values())
 
 
 def fake_quantize_fp8(weight: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """the compute choices of a job's worker
 
-Revision ID: 0003
+Revision ID: 0006
 Revises: 0002
 Create Date: 2026-12-01
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
+revision: str = "0006"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

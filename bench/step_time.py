@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from keel_worker.engines.hardware import device_profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 B, G, MAX_NEW_TOKENS, LR, SEED = 8, 8, 64, 1e-5, 0
@@ -206,7 +209,11 @@ def main() -> None:
         "work": f"SmolLM2-135M-Instruct, addition, {B} prompts × {G} samples, ≤{MAX_NEW_TOKENS} "
         f"new tokens, T=1, fp32, 1 optimizer step per batch, no KL, lr {LR}",
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{__import__('os').cpu_count()} cores",
+        f"{os.cpu_count()} cores",
+        # The CPU model, its bf16 flags and GEMM rates per dtype, measured here as a job's worker
+        # does (keel_worker.engines.hardware); this work is fp32, so that is what both compute in.
+        "device_profile": device_profile("cpu").to_json(),
+        "load_1min_before": round(os.getloadavg()[0], 2),
         "warmup_steps": args.warmup,
         "measured_steps": args.steps,
     }

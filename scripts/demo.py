@@ -7,15 +7,18 @@ service and the SDK (`from keel import Client`):
    a subprocess, on port 8000 or on a free port when 8000 is taken;
 2. create a job: the built-in `addition` task and its verifier, MiniRL with the paper's defaults
    (decoupled clip ε_low 0.2 / ε_high 0.27, token-level TIS; paper-spec Eq. 7), bf16 rollouts and
-   fp32 training, so the training–inference mismatch the IS weight corrects is real;
+   fp32 training, so the training–inference mismatch the IS weight corrects is real (on a CPU
+   without native bf16 the worker computes the bf16 rollouts in fp32 on bf16-rounded values, and
+   the script says so: `job.runtime`);
 3. follow the job's events (SSE) with a one-line progress bar: step, reward, held-out accuracy,
    KL(μ‖π_old) (the k3 estimate, paper-spec §10.8), clip fraction;
 4. download the final checkpoint, write `training_curves.png` and `summary.json` next to it and
    print where they are and the line that loads the checkpoint with transformers;
 5. stop the processes it started and leave `.keel/` for a later `keel up`.
 
-Ctrl-C (or SIGTERM) cancels the job and stops the service. The defaults are sized for a 2-core
-CPU (about 15 minutes); the flags shrink the budget (`tests/e2e/test_demo.py` uses them).
+Ctrl-C (or SIGTERM) cancels the job and stops the service. The defaults are sized for an idle
+2-core CPU (under 8 minutes; `bench/demo_time.py` measures it); the flags shrink the budget
+(`tests/e2e/test_demo.py` uses them).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Interrupted(Exception):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=16, help="global RL steps (default 16)")
+    p.add_argument("--steps", type=int, default=8, help="global RL steps (default 8)")
     p.add_argument("--prompts-per-step", type=int, default=8, help="B (default 8)")
     p.add_argument("--group-size", type=int, default=8, help="G, samples per prompt (default 8)")
     p.add_argument("--minibatches", type=int, default=2, help="N updates per step (default 2)")
@@ -89,6 +92,8 @@ def job_config(args: argparse.Namespace) -> dict[str, Any]:
         "prompts_per_step": args.prompts_per_step,
         "group_size": args.group_size,
         "num_minibatches": args.minibatches,
+        # A mini-batch (32 responses) in one forward: the 8 samples of a prompt share its forward.
+        "micro_batch_size": 32,
         "steps": args.steps,
         "seed": args.seed,
         "eval_every": eval_every,
@@ -268,9 +273,13 @@ class Progress:
 
 def follow(client: Client, job_id: str, progress: Progress) -> None:
     """Consume the job's events until the stream ends (the job is terminal)."""
+    described = False
     for event in client.jobs.events(job_id):
         data = event.data
         if event.type == "metrics":
+            if not described and (runtime := client.jobs.retrieve(job_id).runtime) is not None:
+                progress.note(runtime_line(runtime))
+                described = True
             progress.update(int(data["step"]), data.get("values") or {})
         elif event.type == "checkpoint":
             progress.note(f"checkpoint saved at step {data.get('step')}")
@@ -282,6 +291,17 @@ def follow(client: Client, job_id: str, progress: Progress) -> None:
             progress.note(f"job {status}{hint if status == 'running' else ''}")
             if status == "paused":  # by the guard: its reason is on the job; resume via the SDK
                 return
+
+
+def runtime_line(runtime) -> str:
+    """What the worker computes the bf16 rollouts in, and the GEMM rates it chose from."""
+    cpu = next(d for d in runtime.devices if d.device == "cpu")
+    rates = ", ".join(f"{k} {v:.1f}" for k, v in cpu.gemm_gflops.items())
+    rollout = runtime.rollout
+    how = "natively" if rollout.compute_dtype == rollout.requested else (
+        f"as {rollout.compute_dtype} on {rollout.requested}-rounded weights and activations"
+    )  # fmt: skip
+    return f"{cpu.name}: {rollout.requested} rollouts computed {how} (GEMM GFLOP/s: {rates})"
 
 
 # ------------------------------------------------------------------------------ results
@@ -402,6 +422,7 @@ def finish(client, job, config: dict, started: float, data_dir: Path) -> dict[st
         "heldout_accuracy_before": before, "heldout_accuracy_after": after,
         "train_reward_first": first(curves[REWARD]), "train_reward_last": last(curves[REWARD]),
         "job_seconds": (job.finished_at - job.started_at).total_seconds(),
+        "runtime": job.runtime.model_dump(mode="json") if job.runtime else None,
         "wall_seconds": time.monotonic() - started,
         "checkpoint": str(checkpoint), "curves_png": str(png),
     }  # fmt: skip

@@ -154,7 +154,7 @@ def train_cold_start(
     torch.manual_seed(mixture.seed)
     model, tokenizer = load_policy(suite.base_model, cache_dir=cache_dir)
     tokenizer.chat_template = None
-    forward = PolicyForward(model, temperature=1.0, bf16_autocast=False, replay=None)
+    forward = PolicyForward(model, temperature=1.0, bf16=False, replay=None)
     if budget.freeze_routers:
         for router in find_routers(model):
             router.requires_grad_(False)

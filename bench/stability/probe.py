@@ -102,7 +102,7 @@ def measure(
         top_k=dial.top_k, seed=seed,
     )
     forward = PolicyForward(
-        model, temperature=1.0, bf16_autocast=False, replay=RoutingReplay(model.get_decoder())
+        model, temperature=1.0, bf16=False, replay=RoutingReplay(model.get_decoder())
     )
     mb = make_micro_batch(
         list(range(len(batch))),

@@ -91,6 +91,11 @@ def test_demo_small_budget_delivers_every_artifact(tmp_path):
     assert (summary["steps"], summary["seed"]) == (2, 0)
     assert config["algorithm"] == {"name": "minirl"} and config["task"]["name"] == "addition"
     assert (config["rollout"]["precision"], config["train_dtype"]) == ("bf16", "fp32")
+    # The worker's compute choice for the bf16 rollouts is served and printed.
+    rollout = summary["runtime"]["rollout"]
+    assert (rollout["device"], rollout["requested"]) == ("cpu", "bf16")
+    assert rollout["compute_dtype"] in ("bf16", "fp32")
+    assert re.search(r"bf16 rollouts computed (natively|as fp32 on bf16-rounded weights)", out)
     for key in ("heldout_accuracy_before", "heldout_accuracy_after", "train_reward_last"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert f"{summary['heldout_accuracy_before']:.2f} before" in out

@@ -50,7 +50,7 @@ def trainer_logprobs(
     model: torch.nn.Module, batch: RolloutBatch, *, temperature: float
 ) -> list[torch.Tensor]:
     """log π(y_t) of every response token by the trainer's forward (fp32, no replay)."""
-    forward = PolicyForward(model, temperature=temperature, bf16_autocast=False, replay=None)
+    forward = PolicyForward(model, temperature=temperature, bf16=False, replay=None)
     rows = list(range(len(batch)))
     mb = make_micro_batch(
         rows, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
@@ -76,6 +76,20 @@ def k3(batch: RolloutBatch, reference: list[torch.Tensor]) -> float:
     for i, (mu, ref) in enumerate(zip(batch.rollout_logprobs, reference, strict=True)):
         old_B_T[i, : len(ref)], mu_B_T[i, : len(mu)], mask_B_T[i, : len(mu)] = ref, mu, True
     return float(mismatch_metrics(old_B_T, mu_B_T, mask_B_T)["mismatch/kl_k3"])
+
+
+def tiny_qwen3():
+    """(model, tokenizer) of a tiny Qwen3 with head_dim 64 (vLLM's CPU attention needs ≥ 64)."""
+    import transformers
+
+    from keel_worker.engines.tiny import _COMMON, build_from_config
+    from keel_worker.engines.tokenizer import build_byte_tokenizer
+
+    config = transformers.Qwen3Config(
+        **{**_COMMON, "head_dim": 64, "num_attention_heads": 2, "num_key_value_heads": 1},
+        intermediate_size=256,
+    )
+    return build_from_config(config), build_byte_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -185,17 +199,9 @@ def test_bf16_mismatch_is_reported(smollm2, tmp_path):
 
 def test_a_keel_checkpoint_loads_unchanged_in_vllm_and_generates(tmp_path):
     """A tiny Qwen3 (head_dim 64) saved by `save_checkpoint` is served by `vllm.LLM` as is."""
-    import transformers
-
-    from keel_worker.engines.tiny import _COMMON, build_from_config
-    from keel_worker.engines.tokenizer import build_byte_tokenizer
     from keel_worker.training.checkpoint import TrainerState, checkpoint_dir, save_checkpoint
 
-    config = transformers.Qwen3Config(
-        **{**_COMMON, "head_dim": 64, "num_attention_heads": 2, "num_key_value_heads": 1},
-        intermediate_size=256,
-    )
-    model, tokenizer = build_from_config(config), build_byte_tokenizer()
+    model, tokenizer = tiny_qwen3()
     state = TrainerState(step=1, policy_version=1, data_cursor=0, optimizer={})
     ckpt = save_checkpoint(
         checkpoint_dir(tmp_path, 1), model=model, tokenizer=tokenizer, state=state
@@ -207,3 +213,39 @@ def test_a_keel_checkpoint_loads_unchanged_in_vllm_and_generates(tmp_path):
     gap = max_abs_gap(batch, trainer_logprobs(model, batch, temperature=1.0))
     print(f"\nvLLM fp32 on a keel checkpoint (tiny Qwen3, head_dim 64) vs trainer: {gap:.2e}")
     assert gap < FP32_TOL
+
+
+def _move_adapters(model, seed: int) -> None:
+    """What an update does: every B (zero at the start) gets a seeded non-zero value."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def test_vllm_samples_the_merged_lora_policy(tmp_path):
+    """A LoRA run's engine (merged-weight sync, engines/vllm.py): vLLM starts from the merged
+    weights `from_model` writes, and after an adapter update `load_weights` makes μ follow
+    base + adapter, not the base it started from."""
+    from keel.types.training import LoraConfig
+    from keel_worker.training.lora import apply_lora
+
+    base, tokenizer = tiny_qwen3()
+    policy = apply_lora(copy.deepcopy(base), LoraConfig(rank=4))
+    _move_adapters(policy, seed=0)
+    engine = VLLMEngine.from_model(
+        policy, tokenizer, precision="fp32", workdir=tmp_path / "vllm", options=_options()
+    )
+    prompts = [encode_prompt(tokenizer, t) for t in PROMPTS]
+
+    def gap(model, batch) -> float:
+        return max_abs_gap(batch, trainer_logprobs(model, batch, temperature=1.0))
+
+    first = engine.generate(prompts, n=2, max_new_tokens=8, temperature=1.0, seed=0)
+    assert gap(policy, first) < FP32_TOL
+    _move_adapters(policy, seed=1)
+    engine.load_weights(policy)
+    second = engine.generate(prompts, n=2, max_new_tokens=8, temperature=1.0, seed=0)
+    assert gap(policy, second) < FP32_TOL
+    assert gap(base, second) > 10 * FP32_TOL  # the adapters moved it: the checks can fail

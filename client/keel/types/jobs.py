@@ -190,6 +190,46 @@ class GuardSummary(ResponseModel):
     )
 
 
+class DeviceProfile(ResponseModel):
+    """What one device of the worker computes natively, as advertised and measured at job start."""
+
+    device: str = Field(description="`cpu` or `cuda:<index>`.")
+    name: str = Field(description="CPU model name or GPU name.")
+    capability: str = Field(
+        description="torch's CPU capability (AVX2, AVX512, ...) or the CUDA compute capability."
+    )
+    bf16_support: list[str] = Field(
+        description="What the device advertises for bf16: its CPU flags among amx_bf16 and "
+        "avx512_bf16, or `cuda`; empty when nothing."
+    )
+    gemm_size: int = Field(description="Side of the square GEMM timed per dtype.")
+    gemm_gflops: dict[str, float] = Field(description="Measured GFLOP/s per dtype (fp32, bf16).")
+    bf16_native: bool = Field(
+        description="bf16 is advertised and measured at least as fast as fp32: bf16 work runs in "
+        "bf16; otherwise it runs in fp32 on bf16-rounded values."
+    )
+
+
+class ComputeChoice(ResponseModel):
+    """Where a part of the job computes and in which dtype, for the precision it was asked for."""
+
+    device: str = Field(description="The device it runs on (`cpu`, `cuda`).")
+    requested: str = Field(description="`rollout.precision` or `train_dtype` as configured.")
+    compute_dtype: Literal["fp32", "bf16"] = Field(
+        description="The dtype the arithmetic runs in. fp32 under a bf16 request means emulated "
+        "bf16: the same bf16-rounded weights and activations, computed in fp32 because the device "
+        "is faster there."
+    )
+
+
+class JobRuntime(ResponseModel):
+    """The compute choices the worker made for the job from its measured device profiles."""
+
+    rollout: ComputeChoice = Field(description="The rollout engine.")
+    training: ComputeChoice = Field(description="The trainer's forward and backward passes.")
+    devices: list[DeviceProfile] = Field(description="The profiles the choices were made from.")
+
+
 class Job(ResponseModel):
     id: str
     project_id: str
@@ -223,6 +263,11 @@ class Job(ResponseModel):
     )
     guard: GuardSummary = Field(
         default_factory=GuardSummary, description="The stability guard's triggers and reason."
+    )
+    runtime: JobRuntime | None = Field(
+        default=None,
+        description="Set by the worker when it starts the job: the compute dtypes it chose and "
+        "the measured GEMM rates behind them (null until a worker has started it).",
     )
 
 

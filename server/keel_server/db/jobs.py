@@ -214,10 +214,21 @@ def record_routing_replay(
     session: Session, job_id: str, owner: str, summary: dict[str, Any]
 ) -> None:
     """Store the lease holder's Routing Replay summary (`RoutingReplaySummary`, dumped)."""
+    _update_held(session, job_id, owner, routing_replay=summary)
+
+
+def record_runtime(session: Session, job_id: str, owner: str, runtime: dict[str, Any]) -> None:
+    """Store the compute choices the lease holder made for this run (`keel.types.jobs.JobRuntime`
+    as JSON)."""
+    _update_held(session, job_id, owner, runtime=runtime, updated_at=utcnow())
+
+
+def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> None:
+    """Set `values` on a running job whose lease `owner` holds; `LeaseLost` otherwise."""
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
-        .values(routing_replay=summary)
+        .values(**values)
     )
     if not cas_update(session, stmt):
         raise LeaseLost(f"job {job_id}: lease not held by {owner}")

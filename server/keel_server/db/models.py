@@ -92,6 +92,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # keel.types.jobs.JobRuntime, written by the worker at the start of each run.
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Prompt(Base):

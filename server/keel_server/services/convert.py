@@ -19,6 +19,7 @@ def job(row: models.Job) -> Job:
         finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
         routing_replay=row.routing_replay,
         guard=GuardSummary.model_validate(row.guard or {}),
+        runtime=row.runtime,
     )  # fmt: skip
 
 

@@ -1,16 +1,25 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+import torch.nn.functional as F
 
+from keel_worker.engines.chat import encode_prompt
+from keel_worker.engines.hardware import cpu_model_name, device_profile, gemm_gflops
+from keel_worker.engines.hf import HFEngine
 from keel_worker.engines.precision import (
+    EmulatedBf16,
     compute_dtype,
+    engine_bf16_native,
     fake_quantize_fp8,
     fake_quantize_fp8_tensor,
     fake_quantize_int4,
     make_engine_copy,
     round_activation_bf16,
     round_activation_fp8,
+    sdpa_bf16,
 )
 
 
@@ -27,7 +36,7 @@ def test_fp8_fake_quant_by_hand() -> None:
 def test_engine_copies_are_separate_and_at_their_precision(tiny_dense) -> None:
     model = tiny_dense.model
     fp32 = make_engine_copy(model, "fp32")
-    fp8 = make_engine_copy(model, "fp8")
+    fp8 = make_engine_copy(model, "fp8", bf16_native=True)
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     params = dict(model.named_parameters())
     assert torch.equal(dict(fp32.named_parameters())[q_proj], params[q_proj])
@@ -38,6 +47,11 @@ def test_engine_copies_are_separate_and_at_their_precision(tiny_dense) -> None:
     embed = "model.embed_tokens.weight"
     assert torch.equal(dict(fp8.named_parameters())[embed], params[embed].bfloat16())
     assert fp32.model.embed_tokens.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    # Where bf16 is not native, the copy holds the same bf16 values in float32.
+    emulated = dict(make_engine_copy(model, "fp8", bf16_native=False).named_parameters())
+    assert emulated[q_proj].dtype == torch.float32
+    assert torch.equal(emulated[q_proj], fp8_q.float())
+    assert torch.equal(emulated[embed], params[embed].bfloat16().float())
 
 
 def test_int4_group_quant_by_hand() -> None:
@@ -75,7 +89,7 @@ def test_weight_only_precisions_round_matrices_and_compute_in_fp32(tiny_moe, pre
     for name in ("model.embed_tokens.weight", "model.layers.0.mlp.gate.weight",
                  "model.layers.0.input_layernorm.weight"):  # fmt: skip
         assert torch.equal(copied[name], source[name]), name
-    assert compute_dtype(precision) == torch.float32
+    assert compute_dtype(precision, bf16_native=True) == torch.float32
 
 
 def test_w8a8_rounds_activations_per_tensor_and_w4a16_to_bf16(tiny_moe) -> None:
@@ -94,3 +108,132 @@ def test_w8a8_rounds_activations_per_tensor_and_w4a16_to_bf16(tiny_moe) -> None:
     assert torch.equal(seen[0], seen[0].bfloat16().float())  # the rounding hook ran first
     assert not make_engine_copy(tiny_moe.model, "fp32").model.layers[0].self_attn.q_proj \
         ._forward_pre_hooks
+
+
+# ---- bf16 computed natively or emulated in fp32 (engines.hardware decides which) --------------
+
+
+def test_compute_dtype_follows_the_machine() -> None:
+    assert compute_dtype("bf16", bf16_native=True) == torch.bfloat16
+    assert compute_dtype("bf16", bf16_native=False) == torch.float32
+    assert compute_dtype("fp8", bf16_native=False) == torch.float32
+    assert compute_dtype("fp32", bf16_native=True) == torch.float32
+
+
+def test_emulated_attention_reproduces_the_native_bf16_kernel() -> None:
+    # The CPU kernel keeps scores and softmax statistics in fp32 and rounds the unnormalized
+    # probabilities to bf16 before the product with V; within one block of keys the emulation is
+    # bit-identical here. The bound is one bf16 step (2^-8 relative), for other kernels' blocking.
+    # Plain fp32 attention on the same bf16 inputs differs from it in about 20 % of outputs.
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 7, 16, generator=g).bfloat16() for h in (4, 2, 2))
+    native = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).float()
+    emulated = sdpa_bf16(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(emulated, native, rtol=2**-8, atol=1e-6)
+    plain = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True
+    ).bfloat16().float()
+    assert (plain != native).float().mean() > 0.05
+    # A fully masked query row (left padding) gives zeros, not NaN.
+    mask = torch.zeros(2, 1, 7, 7, dtype=torch.bool)
+    assert torch.equal(sdpa_bf16(q.float(), k.float(), v.float(), attn_mask=mask,
+                                 enable_gqa=True), torch.zeros(2, 4, 7, 16))  # fmt: skip
+
+
+def _rollout(loaded, precision: str, bf16_native: bool | None):
+    engine = HFEngine(loaded.model, loaded.tokenizer, precision=precision, bf16_native=bf16_native)
+    prompts = [encode_prompt(loaded.tokenizer, p) for p in ("hi", "What is 3 + 4?", "abc", "x y")]
+    return engine.generate(prompts, n=4, max_new_tokens=16, temperature=1.0, seed=0)
+
+
+def _logprob_gap(a, b) -> tuple[torch.Tensor, int, int]:
+    """|Δ logprob| over the tokens two rollouts of the same seed share (each row up to its first
+    differing token), the number of shared tokens and of all tokens of `a`."""
+    gaps, shared = [], 0
+    for ta, tb, la, lb in zip(a.response_ids, b.response_ids, a.rollout_logprobs,
+                              b.rollout_logprobs, strict=True):  # fmt: skip
+        n = 0
+        while n < min(len(ta), len(tb)) and ta[n] == tb[n]:
+            n += 1
+        gaps.append((la[:n] - lb[:n]).abs())
+        shared += n
+    return torch.cat(gaps), shared, sum(len(t) for t in a.response_ids)
+
+
+def test_emulated_bf16_rollouts_keep_the_bf16_mismatch(tiny_dense) -> None:
+    """The emulated engine is not silently fp32: its logprobs differ from the fp32 engine's by
+    what bf16 weights and activations cause, as much as a native bf16 engine's do, and it samples
+    nearly the same tokens as the native one.
+
+    Measured on tiny-dense (AMD EPYC, AVX2): mean |Δ logprob| emulated vs fp32 1.1e-3, native vs
+    fp32 1.3e-3, emulated vs native 1.2e-3 (max 5.7e-3), against 2e-7 for fp32 vs the trainer.
+    The two bf16 paths round the same values but not in the same order everywhere (a native op
+    rounds its result; the emulation rounds module and op outputs, norms excepted), and one ulp
+    of difference anywhere propagates, so they agree in distribution, not bit for bit: the
+    tolerances are a factor 2 on the mean gap against fp32, 2× the native-vs-fp32 gap between
+    the two bf16 paths and 0.05 on any token."""
+    fp32 = _rollout(tiny_dense, "fp32", None)
+    native = _rollout(tiny_dense, "bf16", True)
+    emulated = _rollout(tiny_dense, "bf16", False)
+    emulated_vs_fp32, shared_fp32, total = _logprob_gap(emulated, fp32)
+    native_vs_fp32, _, _ = _logprob_gap(native, fp32)
+    emulated_vs_native, shared_native, _ = _logprob_gap(emulated, native)
+    assert emulated_vs_fp32.mean() > 2e-4  # fp32 itself: ~2e-7 (test_hf)
+    assert 0.5 < emulated_vs_fp32.mean() / native_vs_fp32.mean() < 2.0
+    assert emulated_vs_native.mean() < 2 * native_vs_fp32.mean()
+    assert emulated_vs_native.max() < 0.05
+    assert shared_native > 0.8 * total and shared_fp32 > 0.8 * total
+
+
+def test_emulated_bf16_training_matches_autocast_in_distribution(tiny_dense) -> None:
+    """`EmulatedBf16(linear=True)` (train_dtype bf16 where bf16 is not native) rounds what bf16
+    autocast rounds, gradients included: not silently fp32, and as far from fp32 as autocast.
+
+    Measured on tiny-dense (AVX2): mean |Δ logprob| emulated vs autocast 1.1e-3, emulated vs
+    fp32 1.2e-3, autocast vs fp32 1.3e-3; relative gradient difference ‖g − g'‖/‖g'‖ 1.0e-2,
+    1.0e-2 and 1.1e-2 (fp32 against itself: 0). As for the rollouts, the two bf16 paths agree in
+    distribution, not bit for bit; the tolerances are a factor 2."""
+    model = tiny_dense.model
+    ids = torch.randint(3, 300, (4, 20), generator=torch.Generator().manual_seed(0))
+
+    def logprobs_and_grad(context):
+        model.zero_grad(set_to_none=True)
+        with context:
+            logits = model(ids).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        lp.sum().backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        model.zero_grad(set_to_none=True)
+        return lp.detach(), grad
+
+    fp32, g_fp32 = logprobs_and_grad(contextlib.nullcontext())
+    autocast, g_autocast = logprobs_and_grad(torch.autocast("cpu", dtype=torch.bfloat16))
+    emulated, g_emulated = logprobs_and_grad(EmulatedBf16(linear=True))
+
+    def gap(a, b):
+        return (a - b).abs().mean().item()
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    assert gap(emulated, fp32) > 2e-4 and rel(g_emulated, g_fp32) > 2e-3
+    assert 0.5 < gap(emulated, fp32) / gap(autocast, fp32) < 2.0
+    assert 0.5 < rel(g_emulated, g_fp32) / rel(g_autocast, g_fp32) < 2.0
+    assert gap(emulated, autocast) < 2 * gap(autocast, fp32)
+    assert rel(g_emulated, g_autocast) < 2 * rel(g_autocast, g_fp32)
+
+
+def test_device_profile_is_measured_once_and_decides_by_its_rule() -> None:
+    profile = device_profile("cpu")
+    assert device_profile("cpu") is profile  # cached per process
+    assert profile.name == cpu_model_name() and profile.device == "cpu"
+    assert set(profile.gemm_gflops) == {"fp32", "bf16"}
+    assert all(rate > 0 for rate in profile.gemm_gflops.values())
+    assert set(profile.bf16_support) <= {"amx_bf16", "avx512_bf16"}
+    rates = profile.gemm_gflops
+    assert profile.bf16_native == (bool(profile.bf16_support) and rates["bf16"] >= rates["fp32"])
+    # The engine follows it for the bf16-computing precisions only.
+    assert engine_bf16_native("bf16") == profile.bf16_native
+    assert engine_bf16_native("int4") is False
+    # One 256² product is 2·256³ FLOPs: the rate is that over the measured time, in GFLOP/s.
+    assert 0 < gemm_gflops(torch.float32, size=64, budget_s=0.01) < 1e5

@@ -50,10 +50,19 @@ class _Rows:
 class HFEngine:
     """Rollout engine on a private copy of a transformers causal LM at an inference precision."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, precision: Precision = "fp32") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        precision: Precision = "fp32",
+        bf16_native: bool | None = None,
+    ) -> None:
+        """`bf16_native`: compute bf16/fp8 in native bfloat16 or emulate it in float32 (None:
+        as the CPU measures, `engines.precision.engine_bf16_native`)."""
         self.precision = precision
         self.tokenizer = tokenizer
-        self.model = make_engine_copy(model, precision)
+        self.model = make_engine_copy(model, precision, bf16_native=bf16_native)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.replay = RoutingReplay(self.model) if find_routers(self.model) else None

@@ -4,7 +4,7 @@ Owns how the engine's weights differ from the trainer's, which is what makes the
 mismatch of paper-spec §1 (the π_θold / μ_θold factor of Eq. 6) real and tunable on a CPU:
 
 - fp32: an exact copy (the "no mismatch" control: μ logprobs equal the trainer's to ~1e-6);
-- bf16: every floating tensor cast to bfloat16, computed in bfloat16;
+- bf16: every floating tensor rounded to bfloat16, computed in bfloat16;
 - fp8: the weight matrices of the linear and expert layers fake-quantized to float8_e4m3fn with one
   absmax scale per output channel (as fp8 inference kernels do), computed in bfloat16;
 - fp8_tensor: W8A8 as vLLM's `quantization="fp8"` serves a model: the same matrices on the
@@ -20,17 +20,38 @@ they create is the same on every CPU, whatever its bf16 support. The fused exper
 transformers compute their inner (down-projection) input themselves; it is rounded only through
 the weights. Embeddings, the LM head, norms and routers are never quantized, as serving stacks
 leave them unquantized.
+
+bf16 and fp8 compute in bfloat16 only where the machine does so natively
+(`engines.hardware.device_profile`: advertised and measured at least as fast as fp32). Elsewhere
+(an AVX2-only CPU, where torch's bf16 GEMM runs 5–60× slower than fp32) the copy holds the same
+bf16-rounded weights in float32, every module's floating input and outputs are rounded to
+bfloat16 by hooks (what a bf16 forward stores between modules) and attention runs as the bf16
+kernel computes it (`sdpa_bf16`); the products inside a matmul are exact in both cases (bf16 ×
+bf16 fits fp32) and both accumulate in fp32, so the
+emulated copy keeps the bf16 mismatch against the fp32 trainer (`tests/worker/engines/
+test_precision.py` checks it against a native bf16 copy). `EmulatedBf16(linear=True)` does the same
+for the trainer's `train_dtype="bf16"`: autocast's rounding of each matmul's inputs and output,
+gradients included, computed in fp32.
 """
 
 
 from __future__ import annotations
 
+import math
 from typing import get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+from keel.types.jobs import ComputeChoice, DeviceProfile, JobRuntime
+from keel.types.training import TrainingConfig
 from keel_worker.engines.base import Precision
+from keel_worker.engines.hardware import device_profile
 from keel_worker.engines.merged import plain_copy, policy_tensors
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
@@ -40,10 +61,54 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 _BF16_COMPUTE = frozenset({"bf16", "fp8"})
 
 
-def compute_dtype(precision: Precision) -> torch.dtype:
+def compute_dtype(precision: Precision, *, bf16_native: bool) -> torch.dtype:
+    """The dtype the engine copy computes in: bf16 for bf16/fp8 on a bf16-native machine."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    return torch.bfloat16 if precision in _BF16_COMPUTE else torch.float32
+    return torch.bfloat16 if precision in _BF16_COMPUTE and bf16_native else torch.float32
+
+
+def engine_bf16_native(precision: Precision) -> bool:
+    """Whether the CPU the `hf` engine samples on computes `precision` in native bf16 (measured
+    only for the precisions that compute in bf16)."""
+    return precision in _BF16_COMPUTE and device_profile("cpu").bf16_native
+
+
+def compute_report(config: TrainingConfig, train_device: str) -> JobRuntime:
+    """The compute dtypes this process uses for `config`'s rollouts and training, with the
+    device profiles they were chosen from (the `hf` engine samples on the CPU, `vllm` on CUDA
+    where there is one)."""
+    precision, train_type = config.rollout.precision, torch.device(train_device).type
+    if config.rollout.engine == "vllm":  # vLLM computes where it runs: CUDA, or its CPU backend
+        rollout_device = "cuda" if torch.cuda.is_available() else "cpu"
+        rollout_native = precision in _BF16_COMPUTE and device_profile(rollout_device).bf16_native
+    else:
+        rollout_device, rollout_native = "cpu", engine_bf16_native(precision)
+    rollout_dtype = compute_dtype(precision, bf16_native=rollout_native)
+    train_bf16 = config.train_dtype == "bf16" and device_profile(train_device).bf16_native
+    devices = {"cpu", train_device} | ({"cuda"} if rollout_device == "cuda" else set())
+    return JobRuntime(
+        rollout=ComputeChoice(
+            device=rollout_device, requested=precision, compute_dtype=_DTYPE_NAMES[rollout_dtype]
+        ),
+        training=ComputeChoice(
+            device=train_type, requested=config.train_dtype,
+            compute_dtype="bf16" if train_bf16 else "fp32",
+        ),
+        devices=[DeviceProfile(**p.to_json()) for p in _distinct_profiles(devices)],
+    )  # fmt: skip
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def _distinct_profiles(devices: set[str]):
+    """One profile per device ("cuda" and "cuda:0" are the same one)."""
+    profiles = {}
+    for name in sorted(devices):
+        profile = device_profile(name)
+        profiles.setdefault(profile.device, profile)
+    return list(profiles.values())
 
 
 def fake_quantize_fp8(weight: torch.Tensor) -> torch.Tensor:
@@ -101,24 +166,77 @@ _QUANTIZERS = {
 }
 
 
-def make_engine_copy(model: nn.Module, precision: Precision) -> nn.Module:
+def make_engine_copy(
+    model: nn.Module, precision: Precision, *, bf16_native: bool | None = None
+) -> nn.Module:
     """A frozen, eval-mode copy of `model` holding the weights at `precision`.
 
-    A LoRA policy's copy is the plain model with its adapters merged. Copy before hooking:
-    `copy.deepcopy` also copies forward hooks, so the trainer must not be inside a RoutingReplay
-    context when the engine is built.
+    A LoRA policy's copy is the plain model with its adapters merged. `bf16_native` says
+    whether bf16/fp8 compute in native bfloat16 or emulate it in float32; None measures the CPU
+    (`engine_bf16_native`). Copy before hooking: `copy.deepcopy` also copies forward hooks, so
+    the trainer must not be inside a RoutingReplay context when the engine is built.
     """
+    if bf16_native is None:
+        bf16_native = engine_bf16_native(precision)
     engine_model = plain_copy(model).eval()
-    engine_model.to(compute_dtype(precision))
+    engine_model.to(compute_dtype(precision, bf16_native=bf16_native))
     engine_model.requires_grad_(False)
     copy_weights(engine_model, model, precision)
-    _round_activations(engine_model, precision)
+    if precision in _BF16_COMPUTE and not bf16_native:
+        _emulate_bf16_storage(engine_model)
+    else:
+        _round_activations(engine_model, precision)
     return engine_model
+
+
+def _emulate_bf16_storage(engine_model: nn.Module) -> None:
+    """Round what a bf16 forward stores to bfloat16: every module's first floating input and its
+    floating outputs (hooks), and attention as the bf16 kernel computes it (`sdpa_bf16`, through
+    an attention implementation of its own); a float32 copy of the bf16-rounded weights computes
+    in between. Module hooks, not a torch function mode around the whole forward: a mode
+    dispatches every torch call through Python, which made a SmolLM2 rollout 60 % slower."""
+
+    def pre_hook(_module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            return (round_activation_bf16(args[0]), *args[1:])
+        return None
+
+    def hook(_module, _args, output):
+        return _round_floating(output)
+
+    for module in engine_model.modules():
+        module.register_forward_pre_hook(pre_hook)
+        module.register_forward_hook(hook)
+    if engine_model.config._attn_implementation == "sdpa":
+        engine_model.set_attn_implementation(BF16_SDPA)
+
+
+def _bf16_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention with `sdpa_bf16` in place of the fp32 kernel."""
+    with EmulatedBf16(linear=False):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+BF16_SDPA = "keel_bf16_sdpa"
+AttentionInterface.register(BF16_SDPA, _bf16_sdpa_attention)
+# The same masks as sdpa (padding included); an unregistered name would get none at all.
+AttentionMaskInterface.register(BF16_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def _round_floating(output):
+    """`output` with its floating tensors rounded to bf16 (a tensor, or a tuple/list of them);
+    anything else (a model output object, integer routes) is left as it is."""
+    if isinstance(output, torch.Tensor):
+        return round_activation_bf16(output) if output.is_floating_point() else output
+    if type(output) in (tuple, list):
+        return type(output)(_round_floating(x) for x in output)
+    return output
 
 
 def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
     """Pre-hooks that round the floating inputs of every quantized module to `precision`'s
-    activation format (none for fp32/bf16/fp8, whose compute dtype does it)."""
+    activation format (none for fp32, nor for bf16/fp8 computed natively: their compute dtype
+    does it)."""
     rounding = _ACTIVATION_ROUNDING.get(precision)
     if rounding is None:
         return
@@ -136,18 +254,20 @@ def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
 @torch.no_grad()
 def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precision) -> None:
     """Overwrite the engine copy in place with `source`'s weights at `precision`; a LoRA
-    policy's adapters are merged first (engines.merged), so the engine samples base + adapter."""
+    policy's adapters are merged first (engines.merged), so the engine samples base + adapter
+    (bf16 and fp8 round to bfloat16 whether the copy holds bfloat16 or emulates it in float32)."""
     quantize = _QUANTIZERS.get(precision)
     quantized = _quantized_parameter_names(engine_model) if quantize else set()
+    storage = torch.bfloat16 if precision in _BF16_COMPUTE else torch.float32
     params = dict(engine_model.named_parameters())
     buffers = {n: b for n, b in engine_model.named_buffers() if b.is_floating_point()}
     written: set[str] = set()
     for name, value in policy_tensors(source):
         if name in params:
-            params[name].copy_(quantize(value) if name in quantized else value)
+            params[name].copy_((quantize(value) if name in quantized else value).to(storage))
             written.add(name)
         elif name in buffers:
-            buffers[name].copy_(value)
+            buffers[name].copy_(value.to(storage))
     if missing := sorted(params.keys() - written):
         raise ValueError(f"the policy has no weights for engine parameters {missing[:5]}")
 
@@ -170,10 +290,72 @@ def _quantized_parameter_names(model: nn.Module) -> set[str]:
 
 
 def bf16_is_native() -> bool:
-    """Whether bfloat16 matmuls run in hardware here: CUDA, or a CPU with AMX or AVX512-BF16.
+    """Whether bfloat16 matmuls run natively on the device this process computes on (CUDA if
+    present, else the CPU): the measured device profile's verdict (`engines.hardware`). On an
+    AVX2-only CPU torch emulates them, 5–60× slower than fp32 (environment.md), so benchmarks
+    and the vLLM tier pick fp32 there."""
+    return device_profile("cuda" if torch.cuda.is_available() else "cpu").bf16_native
 
-    On an AVX2-only CPU torch emulates them, 5–60× slower than fp32 (environment.md), so
-    benchmarks and the vLLM tier pick fp32 there."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+class EmulatedBf16(TorchFunctionMode):
+    """bf16 numerics computed in float32 (a torch function mode, entered like torch.autocast).
+
+    Inside it, `scaled_dot_product_attention` runs as `sdpa_bf16`, and the inputs and output of
+    every other matmul-like op (`_MATMULS`; with `linear=True` also `F.linear`, as bf16
+    autocast casts the trainer's float32 weights) are rounded to bfloat16.
+    The rounding is `x.to(bf16).to(x.dtype)`, whose backward rounds the gradient the same way,
+    so a backward sees bf16-rounded operands as autocast's does; the weights themselves stay
+    float32 (the master copy the optimizer updates), as under autocast.
+    """
+
+    def __init__(self, *, linear: bool) -> None:
+        super().__init__()
+        self.rounded = _MATMULS | {F.linear} if linear else _MATMULS
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return sdpa_bf16(*args, **kwargs)
+        if func not in self.rounded:
+            return func(*args, **kwargs)
+        args = tuple(_round_floating(a) for a in args)
+        kwargs = {k: _round_floating(v) for k, v in kwargs.items()}
+        return _round_floating(func(*args, **kwargs))
+
+
+_MATMULS = frozenset({
+    torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm,
+    torch.addmm, torch.baddbmm,
+})  # fmt: skip
+
+
+def sdpa_bf16(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+              enable_gqa=False):  # fmt: skip
+    """`F.scaled_dot_product_attention` as the CPU's bf16 flash-attention kernel computes it
+    (fp32 scores and softmax statistics, the unnormalized probabilities rounded to bf16 for the
+    product with V, the output rounded), on float32 tensors holding bf16 values.
+
+    Measured against the native kernel: bit-identical up to one kernel block of keys, a few
+    percent of outputs one bf16 step apart beyond (its blockwise running max).
+    """
+    if dropout_p:
+        raise ValueError("emulated bf16 attention has no dropout (the engine and trainer use none)")
+    query, key, value = (round_activation_bf16(t) for t in (query, key, value))
+    if enable_gqa:
+        repeat = query.shape[-3] // key.shape[-3]
+        key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    scores = (query @ key.transpose(-1, -2)) * scale
+    if is_causal:
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device)
+        scores = scores.masked_fill(~causal.tril(scores.shape[-1] - scores.shape[-2]), -math.inf)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        else:
+            scores = scores + attn_mask
+    # A fully masked row (a left-padding query) gives zeros, not NaN, as the kernel's does.
+    peak = scores.amax(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
+    unnormalized = torch.exp(scores - peak)
+    total = unnormalized.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
+    return round_activation_bf16((round_activation_bf16(unnormalized) @ value) / total)

@@ -40,7 +40,7 @@ from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, Webho
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import delete_after, latest_at_most, list_checkpoints
-from keel_server.db.jobs import record_progress, record_routing_replay
+from keel_server.db.jobs import record_progress, record_routing_replay, record_runtime
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.db.rollouts import delete_after as delete_rollouts_after
@@ -48,6 +48,7 @@ from keel_server.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.settings import Settings
 from keel_server.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.engines.precision import compute_report
 from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
@@ -200,6 +201,10 @@ class JobLoop:
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
+        runtime = compute_report(cfg, str(next(run.model.parameters()).device))
+        log.info("job %s: compute %s", spec.id, runtime.model_dump_json())
+        with session_scope(self.factory) as session:
+            record_runtime(session, spec.id, self.control.owner, runtime.model_dump(mode="json"))
         self.run_state = run
         self.trainer, self.engine, self.tokenizer = run.trainer, run.engine, run.tokenizer
         self.task = _task_or_none(cfg, spec.prompt_type, spec.reward_source)

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from keel_worker.core.diagnostics import entropy_from_logits
+from keel_worker.engines.hardware import device_profile
+from keel_worker.engines.precision import EmulatedBf16
 from keel_worker.engines.routing_replay import RoutingReplay
 from keel_worker.training.batching import MicroBatch
 
@@ -38,15 +41,29 @@ class PolicyForward:
         model: nn.Module,
         *,
         temperature: float,
-        bf16_autocast: bool,
+        bf16: bool,
         replay: RoutingReplay | None,
+        bf16_native: bool | None = None,
     ) -> None:
+        """`bf16` computes the forwards in bf16: torch.autocast where the device does so
+        natively, else `EmulatedBf16` (the same roundings, in float32); `bf16_native` None
+        measures the model's device (`engines.hardware.device_profile`)."""
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.temperature = temperature
-        self.bf16_autocast = bf16_autocast
+        self.bf16 = bf16
+        self.bf16_native = bf16_native
         self.replay = replay
+
+    def _compute_context(self, device: torch.device):
+        if not self.bf16:
+            return nullcontext()
+        if self.bf16_native is None:
+            self.bf16_native = device_profile(str(device)).bf16_native
+        if self.bf16_native:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return EmulatedBf16(linear=True)
 
     @property
     def device(self) -> torch.device:
@@ -63,18 +80,14 @@ class PolicyForward:
             routing = self.replay.record()
         else:
             routing = nullcontext(None)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast)
-        with routing as recording, autocast:
-            hidden_B_S_H = self.decoder(
-                input_ids=mb.input_ids_B_S.to(device),
-                attention_mask=mb.attention_mask_B_S.to(device),
-                use_cache=False,
-            ).last_hidden_state
-            mask_B_T = mb.mask_B_T.to(device)
-            width = hidden_B_S_H.shape[-1]
-            index_B_T_H = mb.positions_B_T.to(device)[..., None].expand(-1, -1, width)
-            hidden_N_H = hidden_B_S_H.gather(1, index_B_T_H)[mask_B_T]
-            logits_N_V = self.head(hidden_N_H)
+        mask_B_T = mb.mask_B_T.to(device)
+        shared = shared_prompts(mb) if self.replay is None else None
+        with routing as recording, self._compute_context(device):
+            if shared is not None:
+                hidden_B_T_H = self._hidden_shared_prompts(mb, *shared, device)
+            else:
+                hidden_B_T_H = self._hidden(mb, device)
+            logits_N_V = self.head(hidden_B_T_H[mask_B_T])
         scaled_N_V = logits_N_V.float() / self.temperature
         targets_N = mb.targets_B_T.to(device)[mask_B_T]
         # log softmax at the target only: z_target − logsumexp(z), no [N, V] log-prob tensor.
@@ -88,3 +101,83 @@ class PolicyForward:
         entropy_sum, _ = entropy_from_logits(scaled_N_V.detach()[None], all_N)
         natural = recording.routes_B_S_L_K if recording is not None else None
         return ForwardOutput(logprobs_B_T, entropy_sum, natural)
+
+    def _hidden(self, mb: MicroBatch, device: torch.device) -> torch.Tensor:
+        """The final hidden state that scores each response token, one forward per row."""
+        hidden_B_S_H = self.decoder(
+            input_ids=mb.input_ids_B_S.to(device),
+            attention_mask=mb.attention_mask_B_S.to(device),
+            use_cache=False,
+        ).last_hidden_state
+        width = hidden_B_S_H.shape[-1]
+        index_B_T_H = mb.positions_B_T.to(device)[..., None].expand(-1, -1, width)
+        return hidden_B_S_H.gather(1, index_B_T_H)
+
+    def _hidden_shared_prompts(
+        self,
+        mb: MicroBatch,
+        prompts: list[list[int]],
+        prompt_of_B: torch.Tensor,
+        n_prompt_B: torch.Tensor,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """`_hidden` with each distinct prompt run once (the G samples of a group share it).
+
+        The prompts go through the decoder left-padded, as the engine's prefill does; their KV
+        cache is indexed out to the rows (differentiable, so each row's gradient reaches the
+        shared prompt) and the rows' `response[:-1]` continue from it at their own positions.
+        The attention sees the same keys at the same positions as `_hidden`'s causal forward
+        of `prompt + response[:-1]`, so the logprobs and gradients are the same up to float
+        reassociation (`tests/worker/training/test_forward.py`); the prompt tokens are computed
+        once per prompt instead of once per response.
+        """
+        width = max(map(len, prompts))
+        prompt_U_P = torch.zeros((len(prompts), width), dtype=torch.long)  # 0: any id, masked
+        prompt_mask_U_P = torch.zeros((len(prompts), width), dtype=torch.long)
+        for u, prompt in enumerate(prompts):
+            prompt_U_P[u, width - len(prompt) :] = torch.tensor(prompt)
+            prompt_mask_U_P[u, width - len(prompt) :] = 1
+        cache = DynamicCache(config=self.model.config)
+        out = self.decoder(
+            input_ids=prompt_U_P.to(device),
+            attention_mask=prompt_mask_U_P.to(device),
+            position_ids=(prompt_mask_U_P.cumsum(-1) - 1).clamp(min=0).to(device),
+            cache=cache,
+            use_cache=True,
+        )
+        prompt_of_B = prompt_of_B.to(device)
+        # Response token 0 is scored by the prompt's last position.
+        first_B_1_H = out.last_hidden_state[:, -1:][prompt_of_B]
+        n_fed_B = mb.mask_B_T.sum(dim=1) - 1  # response[:-1]
+        fed = int(n_fed_B.max())
+        if fed <= 0:
+            return first_B_1_H
+        cache.batch_select_indices(prompt_of_B)
+        t_R = torch.arange(fed)
+        columns_B_R = (n_prompt_B[:, None] + t_R[None, :]).clamp(max=mb.input_ids_B_S.shape[1] - 1)
+        fed_mask_B_R = (t_R[None, :] < n_fed_B[:, None]).long()
+        fed_B_R = torch.where(fed_mask_B_R.bool(), mb.input_ids_B_S.gather(1, columns_B_R), 0)
+        rest_B_R_H = self.decoder(
+            input_ids=fed_B_R.to(device),
+            attention_mask=torch.cat([prompt_mask_U_P.to(device)[prompt_of_B],
+                                      fed_mask_B_R.to(device)], dim=1),
+            position_ids=(n_prompt_B[:, None] + t_R[None, :]).to(device),
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return torch.cat([first_B_1_H, rest_B_R_H], dim=1)
+
+
+def shared_prompts(mb: MicroBatch) -> tuple[list[list[int]], torch.Tensor, torch.Tensor] | None:
+    """(the distinct prompts, each row's prompt index, each row's prompt length) when some rows
+    of `mb` share a prompt, else None. A row's input is `prompt + response[:-1]`."""
+    n_input_B = mb.attention_mask_B_S.sum(dim=1)
+    n_prompt_B = n_input_B - (mb.mask_B_T.sum(dim=1) - 1).clamp(min=0)
+    index: dict[tuple[int, ...], int] = {}
+    prompt_of = []
+    for ids, n in zip(mb.input_ids_B_S.tolist(), n_prompt_B.tolist(), strict=True):
+        prompt_of.append(index.setdefault(tuple(ids[:n]), len(index)))
+    if len(index) == len(prompt_of):
+        return None
+    return [list(p) for p in index], torch.tensor(prompt_of), n_prompt_B
+

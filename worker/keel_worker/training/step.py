@@ -99,7 +99,7 @@ class Trainer:
         self.forward = PolicyForward(
             model,
             temperature=config.rollout.temperature,
-            bf16_autocast=config.train_dtype == "bf16",
+            bf16=config.train_dtype == "bf16",
             replay=self.replay,
         )
         # Full fine-tuning trains every weight; a LoRA policy only its adapters (peft froze W).

@@ -1,0 +1,123 @@
+"""Time `make demo` as a user runs it and write `bench/results/demo.json`.
+
+Runs `scripts/demo.py` (its defaults, or the arguments given after `--`) as a subprocess and
+records its wall time from start to exit (install and the one-time model conversion excluded:
+run the demo once before), the held-out accuracy before and after and the train reward from the
+demo's `summary.json`, the worker's compute choice (`job.runtime`: the CPU, its measured GEMM
+rates, the dtype the bf16 rollouts ran in), and the machine's load: the 1-minute load average
+before the start (other users of the machine) and sampled every 5 s during the run (which
+includes the demo's own threads, about 2 on a 2-core machine), with the CPU seconds its
+processes used (sampled from /proc: on a loaded machine, CPU seconds over cores bound the idle
+wall time).
+
+    python bench/demo_time.py [-- --steps 4 ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = REPO / "bench" / "results" / "demo.json"
+SAMPLE_S = 5.0
+
+
+def load_1min() -> float:
+    return os.getloadavg()[0]
+
+
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def descendants_cpu_s(root: int) -> dict[int, float]:
+    """user + system CPU seconds of every live descendant of `root`, from /proc."""
+    tick, children = os.sysconf("SC_CLK_TCK"), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu_s = (int(fields[11]) + int(fields[12])) / tick
+        children.setdefault(int(fields[1]), []).append((int(entry.name), cpu_s))
+    found, todo = {}, [root]
+    while todo:
+        for pid, cpu_s in children.get(todo.pop(), []):
+            found[pid] = cpu_s
+            todo.append(pid)
+    return found
+
+
+def newest_summary(after: float) -> dict:
+    summaries = [p for p in (REPO / ".keel" / "demo").glob("*/summary.json")
+                 if p.stat().st_mtime >= after]  # fmt: skip
+    if not summaries:
+        raise SystemExit("the demo wrote no summary.json")
+    return json.loads(max(summaries, key=lambda p: p.stat().st_mtime).read_text())
+
+
+def main(argv: list[str]) -> int:
+    demo_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    samples: list[float] = []
+    cpu_s: dict[int, float] = {}  # per process: the most seen (a process's CPU only grows)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(SAMPLE_S):
+            samples.append(load_1min())
+            for pid, seconds in descendants_cpu_s(os.getpid()).items():
+                cpu_s[pid] = max(seconds, cpu_s.get(pid, 0.0))
+
+    before = load_1min()
+    started_at, started = time.time(), time.monotonic()
+    threading.Thread(target=sample, daemon=True).start()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), *demo_args],
+                          cwd=REPO, check=False)  # fmt: skip
+    wall_s = time.monotonic() - started
+    done.set()
+    total_cpu_s = sum(cpu_s.values())  # to the last sample: up to SAMPLE_S short
+    if proc.returncode != 0:
+        raise SystemExit(f"the demo exited with {proc.returncode}")
+    summary = newest_summary(started_at)
+    before_acc, after_acc = summary["heldout_accuracy_before"], summary["heldout_accuracy_after"]
+    result = {
+        "command": " ".join(["scripts/demo.py", *demo_args]),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "wall_seconds": round(wall_s, 1), "job_seconds": round(summary["job_seconds"], 1),
+        "target_wall_seconds": 480,
+        "heldout_accuracy_before": before_acc, "heldout_accuracy_after": after_acc,
+        "heldout_accuracy_gain": round(after_acc - before_acc, 4),
+        "train_reward_first": summary["train_reward_first"],
+        "train_reward_last": summary["train_reward_last"],
+        # On a loaded machine the wall time says little; the CPU seconds of the demo's processes
+        # (API, worker, demo script) over the cores bound what an idle machine would take.
+        "cpu_seconds": round(total_cpu_s, 1),
+        "cpu_seconds_per_core": round(total_cpu_s / (os.cpu_count() or 1), 1),
+        "load_1min_before": round(before, 2),
+        "load_1min_during_mean": round(sum(samples) / len(samples), 2) if samples else None,
+        "load_1min_during_max": round(max(samples), 2) if samples else None,
+        "runtime": summary["runtime"], "config": summary["config"], "job_id": summary["job_id"],
+    }  # fmt: skip
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULT.relative_to(REPO)}: {wall_s / 60:.1f} min, accuracy {before_acc:.2f} -> "
+          f"{after_acc:.2f}, load {before:.1f} before / {result['load_1min_during_mean']} during")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,6 @@ fp32 engine reproduces the trainer's logprobs to ~1e-6.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from keel_worker.engines.base import Precision, RolloutBatch
-from keel_worker.engines.kv_cache import make_cache
+from keel_worker.engines.kv_cache import cache_kwarg, make_cache
 from keel_worker.engines.precision import copy_weights, make_engine_copy
 from keel_worker.engines.routes import RouteCollector
 from keel_worker.engines.routing_replay import RoutingReplay, find_routers
@@ -178,16 +177,6 @@ class HFEngine:
         return cache, rows.select(keep_R), feeding_R[keep_R]
 
 
-def cache_kwarg(model: nn.Module) -> str:
-    """The name the model's forward takes its KV cache under: `cache` from transformers 5.2x,
-    `past_key_values` before (5.18, the vLLM tier's). Either accepts the other silently (as
-    **kwargs) and then decodes every token without its context."""
-    parameters = inspect.signature(model.forward).parameters
-    if "cache" in parameters:
-        return "cache"
-    if "past_key_values" in parameters:
-        return "past_key_values"
-    raise TypeError(f"{type(model).__name__}.forward takes no KV cache argument")
 
 
 def _eos_ids(model: nn.Module, tokenizer) -> set[int]:

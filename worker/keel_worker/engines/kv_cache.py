@@ -4,11 +4,16 @@ transformers' `DynamicLayer` grows by `torch.cat` at every decode step, which co
 cache each token (about 15% of a SmolLM2 decode step on a CPU at batch 64). `make_cache` returns a
 `DynamicCache` whose full-attention layers are `BufferedLayer`s sized for prompt + new tokens; any
 other layer kind (sliding window, linear attention) keeps the stock implementation.
+`cache_kwarg` is the keyword a model's forward takes a cache under (it differs across the
+transformers versions keel supports; every forward that passes a cache asks it).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from torch import nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
@@ -69,3 +74,14 @@ def make_cache(config, capacity: int) -> DynamicCache:
         BufferedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers
     ]
     return cache
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The name the model's forward takes its KV cache under: `cache` from transformers 5.2x,
+    `past_key_values` before (5.18, the vLLM tier's). Either accepts the other silently (as
+    **kwargs) and then decodes every token without its context."""
+    parameters = inspect.signature(model.forward).parameters
+    if "cache" in parameters:
+        return "cache"
+    if "past_key_values" in parameters:
+        return "past_key_values"
+    raise TypeError(f"{type(model).__name__}.forward takes no KV cache argument")

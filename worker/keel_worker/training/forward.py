@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from keel_worker.core.diagnostics import entropy_from_logits
 from keel_worker.engines.hardware import device_profile
+from keel_worker.engines.kv_cache import cache_kwarg
 from keel_worker.engines.precision import EmulatedBf16
 from keel_worker.engines.routing_replay import RoutingReplay
 from keel_worker.training.batching import MicroBatch
@@ -142,7 +143,7 @@ class PolicyForward:
             input_ids=prompt_U_P.to(device),
             attention_mask=prompt_mask_U_P.to(device),
             position_ids=(prompt_mask_U_P.cumsum(-1) - 1).clamp(min=0).to(device),
-            cache=cache,
+            **{cache_kwarg(self.decoder): cache},
             use_cache=True,
         )
         prompt_of_B = prompt_of_B.to(device)
@@ -162,7 +163,7 @@ class PolicyForward:
             attention_mask=torch.cat([prompt_mask_U_P.to(device)[prompt_of_B],
                                       fed_mask_B_R.to(device)], dim=1),
             position_ids=(n_prompt_B[:, None] + t_R[None, :]).to(device),
-            cache=cache,
+            **{cache_kwarg(self.decoder): cache},
             use_cache=True,
         ).last_hidden_state
         return torch.cat([first_B_1_H, rest_B_R_H], dim=1)

@@ -352,4 +352,5 @@ def test_a_lora_job_trains_through_the_service_and_its_checkpoint_loads_in_peft(
         adapter = PeftModel.from_pretrained(base, path / "adapter")(ids).logits
     torch.testing.assert_close(adapter, merged, rtol=0, atol=1e-5)
     assert (merged - base_logits).abs().max() > 1e-4  # the job's update is in both
-    assert checkpoint.size_bytes > 0
+    assert set(checkpoint.kinds) == {"weights", "adapter", "merged", "full"}  # a LoRA job's
+    assert checkpoint.kinds["adapter"].size_bytes < checkpoint.kinds["weights"].size_bytes

@@ -111,7 +111,8 @@ def save_checkpoint(
     return path
 
 
-def _complete_checkpoints(workdir: Path) -> dict[int, Path]:
+def complete_checkpoints(workdir: Path) -> dict[int, Path]:
+    """`{step: path}` of the complete checkpoints under `workdir`."""
     root = Path(workdir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return {}
@@ -124,7 +125,7 @@ def _complete_checkpoints(workdir: Path) -> dict[int, Path]:
 
 def latest_checkpoint(workdir: Path) -> Path | None:
     """The complete checkpoint with the highest step under `workdir`, if any."""
-    done = _complete_checkpoints(workdir)
+    done = complete_checkpoints(workdir)
     return done[max(done)] if done else None
 
 
@@ -140,7 +141,7 @@ def checkpoints_to_delete(steps: dict[int, bool], *, keep_last: int) -> list[int
 
 def prune_checkpoints(workdir: Path, *, keep_last: int) -> list[int]:
     """Apply retention to the checkpoints under a `train()` workdir; returns the steps deleted."""
-    done = _complete_checkpoints(workdir)
+    done = complete_checkpoints(workdir)
     doomed = checkpoints_to_delete(dict.fromkeys(done, False), keep_last=keep_last)
     for step in doomed:
         shutil.rmtree(done[step])

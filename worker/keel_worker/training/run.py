@@ -26,12 +26,7 @@ from pathlib import Path
 
 from keel.types.training import TrainingConfig
 from keel_worker.engines.vllm import VLLMOptions
-from keel_worker.training.checkpoint import (
-    CHECKPOINTS_DIR,
-    capture_rng,
-    checkpoint_dir,
-    prune_checkpoints,
-)
+from keel_worker.training.checkpoint import capture_rng, complete_checkpoints, prune_checkpoints
 from keel_worker.training.evaluate import evaluate
 from keel_worker.training.guard import Fired, StabilityGuard, guard_metrics, strongest
 from keel_worker.training.schedule import StepSchedule, step_seed
@@ -140,20 +135,17 @@ def train(
         trackers.close()
 
 
-
 def _rollback_target(workdir: Path, act: Fired) -> tuple[int, Path] | None:
     """(step, path) of the last checkpoint under `workdir` from before the breach began."""
-    root = Path(workdir) / CHECKPOINTS_DIR
-    steps = [int(p.name.split("_")[1]) for p in root.glob("step_*")] if root.is_dir() else []
-    before = [s for s in steps if s <= act.since - 1]
-    return (max(before), checkpoint_dir(workdir, max(before))) if before else None
+    before = {s: p for s, p in complete_checkpoints(workdir).items() if s <= act.since - 1}
+    return (max(before), before[max(before)]) if before else None
 
 
 def _roll_back(run: TrainingSession, workdir: Path, target: tuple[int, Path]) -> int:
     """Restore the target checkpoint and delete the later ones; returns the step to run next."""
     to_step, path = target
     run.restore(path)
-    for later in (Path(workdir) / CHECKPOINTS_DIR).glob("step_*"):
-        if int(later.name.split("_")[1]) > to_step:
+    for step, later in complete_checkpoints(workdir).items():
+        if step > to_step:
             shutil.rmtree(later)
     return to_step

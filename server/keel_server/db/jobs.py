@@ -185,14 +185,7 @@ def heartbeat(
 
     Raises LeaseLost when the caller is no longer the running job's lease holder.
     """
-    now = now or utcnow()
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
-        .values(heartbeat_at=now)
-    )
-    if not cas_update(session, stmt):
-        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+    _update_held(session, job_id, owner, heartbeat_at=now or utcnow())
     return session.execute(select(Job.requested).where(Job.id == job_id)).scalar_one()
 
 
@@ -201,13 +194,10 @@ def record_progress(
 ) -> None:
     """Store the last completed step and policy version (also renews the heartbeat)."""
     now = utcnow()
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
-        .values(step=step, policy_version=policy_version, heartbeat_at=now, updated_at=now)
-    )
-    if not cas_update(session, stmt):
-        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+    _update_held(
+        session, job_id, owner,
+        step=step, policy_version=policy_version, heartbeat_at=now, updated_at=now,
+    )  # fmt: skip
 
 
 def record_routing_replay(
@@ -224,7 +214,8 @@ def record_runtime(session: Session, job_id: str, owner: str, runtime: dict[str,
 
 
 def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> None:
-    """Set `values` on a running job whose lease `owner` holds; `LeaseLost` otherwise."""
+    """Set `values` on a running job whose lease `owner` holds; `LeaseLost` otherwise (every
+    write of the lease holder goes through here)."""
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
@@ -269,13 +260,7 @@ def record_guard(
     session: Session, job_id: str, owner: str, summary: dict[str, Any], events: list[dict]
 ) -> None:
     """Store the stability guard's summary and append its `guard` events (lease holder only)."""
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
-        .values(guard=summary, updated_at=utcnow())
-    )
-    if not cas_update(session, stmt):
-        raise LeaseLost(f"job {job_id}: lease not held by {owner}")
+    _update_held(session, job_id, owner, guard=summary, updated_at=utcnow())
     for event in events:
         append_event(session, job_id, "guard", event)
 

@@ -284,10 +284,20 @@ class TrainingConfig(_Strict):
     steps: Int = Field(10, ge=1, le=MAX_STEPS)
     seed: Int = Field(0, ge=0, le=MAX_INT)
     eval_every: Int = Field(
-        10, ge=0, le=MAX_STEPS, description="Greedy held-out eval every k steps; 0 = off."
+        10, ge=0, le=MAX_STEPS, description="Held-out eval every k steps; 0 = off."
     )
     eval_size: Int = Field(
         32, ge=1, le=10_000, description="Held-out prompts per evaluation (at most)."
+    )
+    eval_temperature: Float = Field(
+        0.0, ge=0.0, le=10.0,
+        description="Sampling temperature of the held-out eval; 0 = greedy (the default). The "
+        "paper's avg@k is temperature 1 with `eval_samples` = k.",
+    )
+    eval_samples: Int = Field(
+        1, ge=1, le=64,
+        description="Responses per held-out prompt; `eval/accuracy` is their mean reward. "
+        "More than 1 needs `eval_temperature` > 0 (greedy responses are all the same).",
     )
     checkpoint_every: Int = Field(
         0, ge=0, le=MAX_STEPS, description="Checkpoint every k steps; 0 = at the end."
@@ -319,6 +329,11 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} does not divide prompts_per_step × "
                 f"group_size = {n_responses}"
+            )
+        if self.eval_samples > 1 and self.eval_temperature == 0.0:
+            raise ValueError(
+                f"eval_samples={self.eval_samples} with eval_temperature=0 repeats one greedy "
+                "response; set eval_temperature > 0 or eval_samples=1"
             )
         mode = self.algorithm.advantage
         if self.group_size == 1 and mode in GROUP_ADVANTAGE_MODES:

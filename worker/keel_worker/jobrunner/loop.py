@@ -277,10 +277,7 @@ class JobLoop:
 
     def _evaluate(self) -> dict[str, float]:
         assert self.task is not None
-        return evaluate(
-            self.engine, self.tokenizer, self.task, size=self.spec.config.eval_size,
-            max_new_tokens=self.spec.config.rollout.max_new_tokens,
-        )
+        return evaluate(self.engine, self.tokenizer, self.task, self.spec.config)
 
     # ------------------------------------------------------------------ stops and checkpoints
     def _stop(self, reason: str, before: _Resume) -> str:

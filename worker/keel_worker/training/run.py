@@ -79,10 +79,7 @@ def train(
     score = reward_fn or task_scorer(task)
 
     def held_out() -> dict[str, float]:
-        return evaluate(
-            run.engine, run.tokenizer, task, size=config.eval_size,
-            max_new_tokens=config.rollout.max_new_tokens,
-        )
+        return evaluate(run.engine, run.tokenizer, task, config)
 
     trackers = StepTrackers.open(
         config.logging, logdir=workdir, run_id=Path(workdir).name,

@@ -1,0 +1,256 @@
+"""The stability guard on the stress suite's configurations, as service jobs (issue 16 §3).
+
+Each case is one stress-suite cell (its library config, the same cold start, dial, lr and N) sent
+as a job through the real API (`create_app` + the SDK, SQLite) and run by the worker's job loop
+(`run_job`, in-process), with every guard trigger at its default threshold and the case's action.
+The task is the suite's sorting task as a `dataset` job (RL pool + held-out problems, the job's
+own deterministic split); the held-out eval is the suite's: `eval_prompts` problems,
+`eval_samples` responses each at temperature 1, every `eval_every` gradient steps.
+
+Rules, declared before any case ran:
+
+- **caught** (a collapsing cell): the job stopped on a guard pause (or, with `rollback`, the guard
+  fired), and at every evaluation up to that step its held-out accuracy was still ≥
+  `COLLAPSE_FRACTION` × its running peak: the guard acted before the fall. The cell's unguarded
+  harness run at the same seed (`bench/results/stability/stress/runs`) is the counterfactual: its
+  collapse by `bench/stability/criterion.py` dates the collapse, and lead = collapse grad step −
+  the firing's grad step. (The service job and the harness run share config and seed, not their
+  prompt order or eval problems, so the lead is approximate.)
+- **false alarm** (a stable cell): any pause or rollback. Alerts are counted, not judged.
+- **recovered** (rollback): the job ran to its last step and its own eval curve does not collapse
+  by the criterion.
+
+    python -m bench.guard_service [--cases ...] [--seeds 0,1,2]   # resumable, one job at a time
+    python -m bench.guard_service report                           # writes service.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.stability import stress
+from bench.stability.criterion import COLLAPSE_FRACTION, RunSeries, judge
+from bench.stability.matrix import Cell, training_config
+from bench.stability.results import load_runs
+from bench.stability.suites import STRESS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STRESS_DIR = RESULTS / "stability" / "stress"
+OUT = RESULTS / "guard" / "service"
+ADMIN_KEY = "keel_admin_guard_bench_0123456789"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    cell: str  # a stress-suite matrix cell
+    action: str  # every trigger's action
+    expect: str  # "collapse": the unguarded cell collapses; "stable": it does not
+
+
+# In priority order: the declared collapsing baseline (rule C), then the recipe at the same N,
+# then rollback on the baseline, then the on-policy recipe.
+CASES = (
+    Case("collapse-pause", "N4/minirl-noclip", "pause", "collapse"),
+    Case("stable-pause", "N4/minirl+R3", "pause", "stable"),
+    Case("collapse-rollback", "N4/minirl-noclip", "rollback", "collapse"),
+    Case("stable-pause-N1", "N1/minirl", "pause", "stable"),
+)
+SEEDS = (0, 1, 2)
+
+
+def _cell(name: str) -> Cell:
+    regime = stress.Regime.load(STRESS_DIR / "regime.json")
+    cells, _ = stress.matrix_cells(regime)
+    return next(c for c in cells if c.name == name)
+
+
+def _cold_start() -> Path:
+    [balanced] = [c for c in json.loads((STRESS_DIR / "coldstarts.json").read_text())
+                  if c["name"] == "balanced"]  # fmt: skip
+    return Path(balanced["path"])
+
+
+def job_config(case: Case, seed: int, model_dir: Path) -> dict[str, Any]:
+    """The cell's library config as a service job, with the guard armed and the suite's eval."""
+    from keel.types.guard import GuardConfig
+    from keel.types.training import TrainingConfig
+
+    cell, budget = _cell(case.cell), STRESS.full
+    config = training_config(cell, budget, seed=seed, model_dir=str(model_dir))
+    train, held_out = STRESS.task.rl_pool(), STRESS.task.held_out()
+    items = [{"prompt": p.prompt, "answer": p.answer} for p in (*train, *held_out)]
+    every = max(1, budget.eval_every // cell.num_minibatches)  # global steps between evals
+    guard = GuardConfig().model_dump(mode="json")
+    for trigger in guard.values():
+        if isinstance(trigger, dict) and "action" in trigger:
+            trigger["action"] = case.action
+    return TrainingConfig.model_validate(config.model_dump(mode="json") | {
+        "task": {"name": "dataset", "items": items, "verifier": "exact_match",
+                 "held_out_fraction": len(held_out) / len(items), "split_seed": seed},
+        "eval_every": every, "eval_size": budget.eval_prompts,
+        "eval_samples": budget.eval_samples, "eval_temperature": 1.0,
+        "checkpoint_every": every, "checkpoint_keep_last": 3, "guard": guard,
+    }).model_dump(mode="json")  # fmt: skip
+
+
+def run_case(case: Case, seed: int) -> dict[str, Any]:
+    """Create the job through the API, run it in this process's worker loop, read it back."""
+    from fastapi.testclient import TestClient
+
+    import keel
+    from keel_server.api.app import create_app
+    from keel_server.migrate import upgrade
+    from keel_server.settings import Settings
+    from keel_worker.jobrunner.runner import run_job
+
+    model_dir = _cold_start()
+    with tempfile.TemporaryDirectory(prefix="keel-guard-") as home:
+        url = f"sqlite:///{home}/keel.db"
+        upgrade(url)
+        settings = Settings(home=Path(home), database_url=url, admin_key=ADMIN_KEY,
+                            model_roots=(model_dir.parent,))  # fmt: skip
+        with TestClient(create_app(settings), base_url="http://testserver") as http:
+            sdk = keel.Client(base_url="http://testserver", api_key=ADMIN_KEY,
+                              http_client=http, max_retries=0)  # fmt: skip
+            job = sdk.jobs.create(job_config(case, seed, model_dir))
+            started = time.perf_counter()
+            status = run_job(job.id, settings).status
+            wall = time.perf_counter() - started
+            done = sdk.jobs.retrieve(job.id)
+            events = [e.data for e in _events(sdk, job.id) if e.type == "guard"]
+            series = {name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)}
+                      for name in ("eval/accuracy", "eval/accuracy_final", "guard/fired",
+                                   "train/entropy", "reward/mean", "mismatch/kl_k3")}  # fmt: skip
+    return {
+        "case": case.name, "cell": case.cell, "action": case.action, "seed": seed,
+        "status": status, "step": done.step, "steps": done.config["steps"],
+        "num_minibatches": done.config["num_minibatches"],
+        "guard": done.guard.model_dump(mode="json"), "events": events,
+        "metrics": {k: {str(s): v for s, v in m.items()} for k, m in series.items()},
+        "wall_s": wall,
+    }  # fmt: skip
+
+
+def _events(sdk, job_id: str) -> list:
+    """The job's events up to where it stands (a paused job's stream stays open)."""
+    status = sdk.jobs.retrieve(job_id).status
+    seen = []
+    for event in sdk.jobs.events(job_id):
+        seen.append(event)
+        if event.type == "status" and event.data["status"] == status:
+            break
+    return seen
+
+
+# ---------------------------------------------------------------------- judging and the report
+def eval_curve(result: dict[str, Any]) -> tuple[list[int], list[float]]:
+    """(grad steps, held-out accuracy): the eval logged at job step d saw the policy after d − 1
+    global steps; the final eval, the policy after the last one."""
+    n = result["num_minibatches"]
+    points = {(int(d) - 1) * n: v for d, v in result["metrics"]["eval/accuracy"].items()}
+    for d, v in result["metrics"]["eval/accuracy_final"].items():
+        points[int(d) * n] = v
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def _unguarded(cell: str, seed: int):
+    runs = {(r.cell, r.meta["seed"]): r for r in load_runs(STRESS_DIR)}
+    return runs.get((cell, seed))
+
+
+def judge_case(result: dict[str, Any]) -> dict[str, Any]:
+    n = result["num_minibatches"]
+    firings = [e for e in result["events"] if "to_step" not in e]
+    acting = [e for e in firings if e["action"] != "alert"]
+    first = acting[0] if acting else None
+    fired_grad = (first["step"] - 1) * n if first else None
+    steps, acc = eval_curve(result)
+    before = [a for s, a in zip(steps, acc, strict=True) if fired_grad is None or s <= fired_grad]
+    peak, above = -math.inf, True
+    for a in before:
+        peak = max(peak, a)
+        above = above and a >= COLLAPSE_FRACTION * peak
+    unguarded = _unguarded(result["cell"], result["seed"])
+    verdict = unguarded.verdict() if unguarded is not None else None
+    lead = (verdict.step - fired_grad
+            if verdict is not None and verdict.step is not None and fired_grad is not None
+            else None)  # fmt: skip
+    own = judge(RunSeries(steps, acc, [], [], []))
+    return {
+        "fired_grad_step": fired_grad,
+        "trigger": first["trigger"] if first else None,
+        "caught": first is not None and above,
+        "alerts": sum(e["action"] == "alert" for e in firings),
+        "acting": len(acting),
+        "unguarded_collapse_grad_step": verdict.step if verdict else None,
+        "unguarded_collapsed": verdict.collapsed if verdict else None,
+        "lead_grad_steps": lead,
+        "recovered": result["status"] == "succeeded" and not own.collapsed,
+        "final_acc": acc[-1] if acc else math.nan,
+        "peak_acc": max(acc) if acc else math.nan,
+    }
+
+
+def report() -> str:
+    lines = ["# The guard in service jobs on the stress suite", "",
+             "Written by `python -m bench.guard_service report` from "
+             "`bench/results/guard/service/*/seed*.json`; rules in `bench/guard_service.py`.", "",
+             "| case | cell | action | seed | status | step | first acting trigger (grad step) "
+             "| acc ≥ ½ peak until then | unguarded collapse (grad step) | lead | alerts "
+             "| final / peak acc | wall |", "|" + "---|" * 13]  # fmt: skip
+    for case in CASES:
+        for path in sorted((OUT / case.name).glob("seed*.json")):
+            r = json.loads(path.read_text())
+            j = judge_case(r)
+            fired = f"{j['trigger']} ({j['fired_grad_step']})" if j["trigger"] else "none"
+            collapse = ("no collapse" if j["unguarded_collapsed"] is False
+                        else "no run" if j["unguarded_collapsed"] is None
+                        else str(j["unguarded_collapse_grad_step"]))  # fmt: skip
+            lines.append(
+                f"| {case.name} | `{case.cell}` | {case.action} | {r['seed']} | {r['status']} | "
+                f"{r['step']}/{r['steps']} | {fired} | {j['caught'] if j['trigger'] else '–'} | "
+                f"{collapse} | {j['lead_grad_steps'] if j['lead_grad_steps'] is not None else '–'}"
+                f" | {j['alerts']} | {j['final_acc']:.3f} / {j['peak_acc']:.3f} | "
+                f"{r['wall_s'] / 60:.1f} min |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.guard_service")
+    parser.add_argument("command", nargs="?", choices=("run", "report"), default="run")
+    parser.add_argument("--cases", type=lambda s: s.split(","), default=[c.name for c in CASES])
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
+                        default=list(SEEDS))  # fmt: skip
+    parser.add_argument("--out", type=Path, default=OUT, help="where run writes the results")
+    args = parser.parse_args()
+    if args.command == "report":
+        (OUT.parent / "service.md").write_text(report())
+        return
+    import torch
+
+    torch.set_num_threads(1)  # as the harness's runs: one core per job
+    for case in (c for c in CASES if c.name in args.cases):
+        for seed in args.seeds:
+            path = args.out / case.name / f"seed{seed}.json"
+            if path.is_file():
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {case.name} seed {seed}", flush=True)
+            result = run_case(case, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2))
+            print(f"  {result['status']} at step {result['step']}, "
+                  f"{result['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The guard-in-service bench without training: the job it sends is the stress cell's run with
+every trigger armed, and its rules judge hand-made job results as declared."""
+
+from pathlib import Path
+
+from bench import guard_service
+from bench.guard_service import CASES, job_config, judge_case
+from keel.types.jobs import JobCreate
+
+
+def test_the_job_is_the_stress_cell_with_the_guard_armed_and_the_suites_eval():
+    case = next(c for c in CASES if c.name == "collapse-rollback")
+    config = job_config(case, seed=1, model_dir=Path("/models/cold"))
+    job = JobCreate.model_validate({"config": config})  # what the API accepts
+    cfg = job.config
+    assert (cfg.num_minibatches, cfg.routing_replay, cfg.seed) == (4, "none", 1)
+    assert (cfg.rollout.precision, cfg.rollout.top_p, cfg.optimizer.lr) == ("int4", 0.9, 3e-4)
+    assert cfg.algorithm.name == "minirl" and not cfg.algorithm.use_clip
+    # Every 8 gradient steps is every 2 global steps at N = 4; 64 prompts × 2 samples at T = 1.
+    assert (cfg.eval_every, cfg.eval_size, cfg.eval_samples, cfg.eval_temperature) == (
+        2, 64, 2, 1.0)  # fmt: skip
+    actions = {
+        name: getattr(cfg.guard, name).action
+        for name in ("kl", "is_fraction", "clip", "entropy", "grad_norm", "reward", "accuracy")
+    }
+    assert set(actions.values()) == {"rollback"}
+    assert cfg.task.name == "dataset" and len(cfg.task.items) == 4096 + 256
+
+
+def _result(evals: dict[int, float], events: list[dict], status: str = "paused") -> dict:
+    return {"cell": "N4/minirl-noclip", "seed": 99, "num_minibatches": 4, "status": status,
+            "events": events,
+            "metrics": {"eval/accuracy": {str(k): v for k, v in evals.items()},
+                        "eval/accuracy_final": {}}}  # fmt: skip
+
+
+def test_a_pause_before_the_fall_is_caught_and_one_after_it_is_not(monkeypatch):
+    monkeypatch.setattr(guard_service, "_unguarded", lambda cell, seed: None)
+    # Evals at job steps 1, 3, 5 saw grad steps 0, 8, 16. A pause fired at step 5 (grad 16)
+    # after accuracy 0.4 → 0.3 (≥ ½ × 0.4) is in time; 0.4 → 0.1 then a pause is too late.
+    pause = [{"trigger": "accuracy", "action": "pause", "step": 5}]
+    early = judge_case(_result({1: 0.4, 3: 0.3, 5: 0.25}, pause))
+    assert (early["caught"], early["fired_grad_step"], early["trigger"]) == (
+        True, 16, "accuracy")  # fmt: skip
+    late = judge_case(_result({1: 0.4, 3: 0.1, 5: 0.1}, pause))
+    assert late["caught"] is False
+    quiet = judge_case(_result({1: 0.4, 3: 0.4}, [], status="succeeded"))
+    assert (quiet["caught"], quiet["acting"], quiet["recovered"]) == (False, 0, True)
+
+
+def test_alerts_are_counted_apart_from_acting_firings_and_rollback_events(monkeypatch):
+    monkeypatch.setattr(guard_service, "_unguarded", lambda cell, seed: None)
+    events = [
+        {"trigger": "kl", "action": "alert", "step": 2},
+        {"trigger": "entropy", "action": "rollback", "step": 3},
+        {"to_step": 2, "lr_scale": 0.5},  # the rollback itself, not a firing
+    ]
+    j = judge_case(_result({1: 0.4, 3: 0.35}, events, status="succeeded"))
+    assert (j["alerts"], j["acting"], j["trigger"], j["fired_grad_step"]) == (
+        1, 1, "entropy", 8)  # fmt: skip

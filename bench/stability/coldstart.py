@@ -69,12 +69,16 @@ class ColdStart:
 
     @property
     def weights_sha256(self) -> str:
-        """Digest of the weights, so runs made in different sessions (each SFT'ing its own cache)
-        can be checked to start from the same cold start."""
-        digest = hashlib.sha256()
-        for file in sorted(self.path.glob("*.safetensors")):
-            digest.update(file.read_bytes())
-        return digest.hexdigest()
+        return weights_sha256(self.path)
+
+
+def weights_sha256(path: Path) -> str:
+    """Digest of a cold start's weights, so runs made in different sessions (each SFT'ing its
+    own cache) can be checked to start from the same cold start."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*.safetensors")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def _tokens(tokenizer, problem) -> tuple[list[int], list[int]]:

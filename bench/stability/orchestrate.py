@@ -168,6 +168,7 @@ def prepare(
     colds = list(pool.map(_cold_start_job, [suite.name] * n, inits, [sft] * n, [cache_dir] * n))
     known_path = out_dir / "coldstarts.json"
     known = json.loads(known_path.read_text()) if known_path.is_file() else []
+    _refuse_mixed_cold_starts(out_dir, known, colds)
     fresh = {c["name"]: c | {"sft": asdict(sft)} for c in colds}
     merged = [fresh.pop(c["name"], c) for c in known] + list(fresh.values())
     known_path.write_text(json.dumps(merged, indent=2))
@@ -189,6 +190,26 @@ def prepare(
 def open_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
+def _refuse_mixed_cold_starts(out_dir: Path, known: list[dict], colds: list[dict]) -> None:
+    """Stop before a run starts from other weights than the runs already in `out_dir`: the
+    cold start is SFT'd per machine, and a code change in the forward or the sampler can change
+    the weights it ends with (seen once: 800 instead of 900 SFT steps, another digest)."""
+    recorded = {c["name"]: c["weights_sha256"] for c in known}
+    for cold in colds:
+        before = recorded.get(cold["name"])
+        if before is None or before == cold["weights_sha256"]:
+            continue
+        made = [p for p in (out_dir / "runs").glob("*/seed*.json")
+                if json.loads(p.read_text()).get("init") == cold["name"]]  # fmt: skip
+        if made:
+            raise SystemExit(
+                f"{len(made)} runs in {out_dir / 'runs'} start from cold start "
+                f"{cold['name']!r} with weights {before[:12]}…, but this machine's is "
+                f"{cold['weights_sha256'][:12]}… ({cold['steps']} SFT steps): move those runs "
+                "aside (they cannot be compared with new ones) or use another --out"
+            )
 
 
 def run_cells(

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.stability.coldstart import load_policy
+from bench.stability.coldstart import load_policy, weights_sha256
 from bench.stability.matrix import Budget, Cell, training_config
 from keel.types.training import TaskItem
 from keel_worker.engines.chat import encode_prompt
@@ -162,6 +162,7 @@ def run_one(
         "top_k": cell.top_k,
         "lr": config.optimizer.lr,
         "model_dir": str(model_dir),
+        "init_sha256": weights_sha256(model_dir),  # which cold start, whatever its path
         "budget": budget.as_dict(),
         "wall_s": time.perf_counter() - started,
         "error": error,

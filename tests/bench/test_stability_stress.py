@@ -2,6 +2,7 @@
 pilot runs (they must pick what the declared rule says, from baselines only), and the matrix's
 deduplication of the stability map against the findings cells."""
 
+import json
 from itertools import islice
 from statistics import fmean
 
@@ -145,3 +146,20 @@ def test_auto_verdict_follows_the_findings_comparison():
     assert _verdict([0.50, 0.51, 0.49], [0.20, 0.21, 0.19], [0.42, 0.41, 0.43])[1] == "better"
     # A lone seed anywhere is missing, not a tie.
     assert _verdict([0.50], [0.20, 0.21], [0.42, 0.41]) == ("", "missing")
+
+
+def test_runs_from_another_cold_start_are_never_mixed_with_new_ones(tmp_path):
+    from bench.stability.orchestrate import _refuse_mixed_cold_starts
+
+    run = tmp_path / "runs" / "N4__minirl"
+    run.mkdir(parents=True)
+    (run / "seed0.json").write_text(json.dumps({"cell": "N4/minirl", "init": "balanced"}))
+    known = [{"name": "balanced", "weights_sha256": "a" * 64}]
+    same = [{"name": "balanced", "weights_sha256": "a" * 64, "steps": 900}]
+    other = [{"name": "balanced", "weights_sha256": "b" * 64, "steps": 800}]
+    _refuse_mixed_cold_starts(tmp_path, known, same)  # same weights: go on
+    _refuse_mixed_cold_starts(tmp_path, [], other)  # nothing recorded yet: go on
+    with pytest.raises(SystemExit, match=r"1 runs .* start from cold start 'balanced'"):
+        _refuse_mixed_cold_starts(tmp_path, known, other)
+    (run / "seed0.json").unlink()  # moved aside: the new cold start may run
+    _refuse_mixed_cold_starts(tmp_path, known, other)

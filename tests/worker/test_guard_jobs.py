@@ -37,6 +37,24 @@ def guarded(action: str, **overrides) -> dict:
     return merge_config(base, overrides)
 
 
+# Half the tiny model's random completions contain one of these letters: rewards that vary
+# within a group, so the policy moves (the addition verifier scores them all 0).
+SOME_LETTERS = {"type": "builtin", "verifier": "regex", "pattern": "[a-m]"}
+
+
+def clipping(action: str, **overrides) -> dict:
+    """The clip trigger armed at any clipped token: at lr 1e-2 the second of two mini-batches
+    leaves the clip range at every step (with `SOME_LETTERS` rewards). Clip judges the step's
+    own update, so the weights the step started from are good ones to roll back to."""
+    trigger = {"max_frac": 1e-6, "patience": 1, "action": action}
+    base = tiny_job_config(
+        model={"name": "tiny-dense"}, steps=3, checkpoint_every=1, group_size=4,
+        num_minibatches=2, micro_batch_size=2, rollout={"max_new_tokens": 8},
+        optimizer={"lr": 1e-2, "grad_clip": None}, guard={"clip": trigger},
+    )  # fmt: skip
+    return merge_config(base, overrides)
+
+
 @pytest.fixture
 def settings(sqlite_url: str, tmp_path) -> Settings:
     upgrade(sqlite_url)
@@ -126,36 +144,51 @@ def test_resume_with_changes_is_for_paused_jobs_only(sdk, settings):
 def test_rollback_restores_the_pre_breach_checkpoint_then_pauses_when_attempts_run_out(
     sdk, settings
 ):
-    config = guarded("rollback", steps=2)
+    config = clipping("rollback", steps=3)
     config["guard"]["rollback"] = {"max_attempts": 2, "lr_scale": 0.5}
-    job = sdk.jobs.create(config)
+    job = sdk.jobs.create(config, reward=SOME_LETTERS)
     assert run_job(job.id, settings).status == "paused"
     job_ = sdk.jobs.retrieve(job.id)
-    # Step 1 breaches every time: rolled back to the checkpoint of step 0 twice (lr 1e-3 ->
-    # 5e-4 -> 2.5e-4), the third firing finds the attempts used up and pauses.
+    # Step 1 clips nothing, step 2 clips every time: rolled back to the checkpoint of step 1
+    # (the weights step 2 started from; clip judges the update) twice (lr 1e-2 -> 5e-3 ->
+    # 2.5e-3), and the third firing finds the attempts used up and pauses.
     assert (job_.guard.rollbacks, job_.guard.lr_scale, job_.guard.triggers) == (2, 0.25, 3)
     assert job_.guard.last_reason.endswith("paused: the 2 rollback attempts are used up")
-    assert (job_.status, job_.step) == ("paused", 1)
+    assert (job_.status, job_.step) == ("paused", 2)
     guard = _events(sdk, job.id, "guard")
     firings = [e for e in guard if "to_step" not in e]
     assert [(e["action"], e["step"], e["kept_checkpoint_step"]) for e in firings] == [
-        ("rollback", 1, 0)] * 3  # fmt: skip
+        ("rollback", 2, 1)] * 3  # fmt: skip
     rollbacks = [e for e in guard if "to_step" in e]
-    assert [(e["to_step"], e["lr_scale"]) for e in rollbacks] == [(0, 0.5), (0, 0.25)]
+    assert [(e["to_step"], e["lr_scale"]) for e in rollbacks] == [(1, 0.5), (1, 0.25)]
     # The step after each rollback ran at the scaled rate, from the restored weights.
-    assert _metric(sdk, job.id, "optim/lr") == {1: 2.5e-4}
-    assert _metric(sdk, job.id, "policy/version") == {1: 1.0}
-    # The checkpoint from before the breach is pinned; the pause saved step 1 beside it.
+    assert _metric(sdk, job.id, "optim/lr") == {1: 1e-2, 2: 2.5e-3}
+    assert _metric(sdk, job.id, "policy/version") == {1: 1.0, 2: 2.0}
+    # The checkpoint rolled back to is pinned; the pause saved step 2 beside it.
     checkpoints = {c.step: c.pinned for c in sdk.checkpoints.list(job.id).data}
-    assert checkpoints == {0: True, 1: False}
-    # Only the last attempt's rollouts are kept (2 prompts × 2 samples), and they are not the
-    # first batch: each re-run skipped the batch drawn before it.
-    kept = sdk.rollouts.list(job.id, limit=100).data
-    assert [r.step for r in kept] == [1] * 4
-    unguarded = sdk.jobs.create(guarded("alert", steps=1))
+    assert checkpoints == {0: False, 1: True, 2: False}
+    # Only the last attempt's step-2 rollouts are kept (2 prompts × 4 samples), and they are
+    # not the first step-2 batch: each re-run skipped the batch drawn before it.
+    kept = [r for r in sdk.rollouts.list(job.id, limit=100).data if r.step == 2]
+    assert len(kept) == 8
+    unguarded = sdk.jobs.create(clipping("alert", steps=2), reward=SOME_LETTERS)
     assert run_job(unguarded.id, settings).status == "succeeded"
-    first_batch = {r.prompt for r in sdk.rollouts.list(unguarded.id, limit=100).data}
+    first_batch = {r.prompt for r in sdk.rollouts.list(unguarded.id, limit=100).data
+                   if r.step == 2}  # fmt: skip
     assert first_batch and not first_batch & {r.prompt for r in kept}
+
+
+def test_a_policy_signal_at_step_1_pauses_for_want_of_weights_that_never_breached(sdk, settings):
+    # The IS fraction breaches on the starting weights' own rollouts: the step-0 checkpoint holds
+    # the weights that breached, so there is nothing to roll back to and the job pauses at once.
+    job = sdk.jobs.create(guarded("rollback"))
+    assert run_job(job.id, settings).status == "paused"
+    job_ = sdk.jobs.retrieve(job.id)
+    assert (job_.guard.triggers, job_.guard.rollbacks, job_.step) == (1, 0, 1)
+    assert job_.guard.last_reason.endswith(
+        "paused: no checkpoint of weights from before the breach (step ≤ -1) to roll back to")
+    [firing] = _events(sdk, job.id, "guard")
+    assert (firing["action"], firing["kept_checkpoint_step"]) == ("rollback", None)
 
 
 def test_rollback_recovers_when_the_breach_does_not_come_back(sdk, settings):

@@ -8,9 +8,11 @@ hovering at its threshold fires once, not every step). What a fired trigger does
 - `alert`: a `guard` event on the job's stream and the `guard/*` metrics (every trigger's default);
 - `pause`: checkpoint, then pause the job with the trigger's reason (resume through the API,
   optionally with another learning rate or algorithm);
-- `rollback`: restore the last checkpoint taken before the breach began, skip the batches drawn
-  since, scale the learning rate by `rollback.lr_scale` and go on; after `rollback.max_attempts`
-  rollbacks the job pauses instead.
+- `rollback`: restore the newest checkpoint of weights that never breached (a breach first seen at
+  step d was produced by the weights after step d − 1, so that is step d − 2; d − 1 for
+  `grad_norm` and `clip`, which judge step d's update), skip the batches drawn since, scale the
+  learning rate by `rollback.lr_scale` and go on; after `rollback.max_attempts` rollbacks the job
+  pauses instead.
 
 The defaults come from replaying the stress suite's stable and collapsing runs through the
 detector (`bench/guard_thresholds.py`, results in `bench/results/guard/thresholds.md`): per

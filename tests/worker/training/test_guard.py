@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from keel.types.guard import GuardConfig
-from keel_worker.training.guard import _JUDGES, TRIGGERS, StabilityGuard, guard_metrics, strongest
+from keel_worker.training.guard import (
+    _JUDGES,
+    TRIGGERS,
+    Fired,
+    StabilityGuard,
+    guard_metrics,
+    strongest,
+)
 
 RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "guard" / "thresholds.json"
 
@@ -159,3 +166,16 @@ def test_the_defaults_are_what_the_committed_replay_chose():
         for field, value in info["chosen"].items():
             assert getattr(default, field) == pytest.approx(value), (trigger, field)
     assert result["combined_defaults"]["stable_runs_alerted"] == {}
+
+
+def test_a_rollback_goes_back_past_the_weights_that_produced_the_breach():
+    # A breach first seen at step 5 in a signal of the policy came from the weights after step
+    # 4 (step 5 sampled and was evaluated with them): the last good ones are step 3's. The
+    # gradient norm and the clip fraction judge step 5's own update: step 4's weights are good.
+    def since_5(trigger: str) -> Fired:
+        return Fired(trigger, "rollback", step=7, since=5, value=1.0, reference=0.5, reason="")
+
+    policy = ("kl", "is_fraction", "entropy", "reward", "accuracy")
+    assert [since_5(t).last_good_step for t in policy] == [3] * 5
+    assert [since_5(t).last_good_step for t in ("grad_norm", "clip")] == [4, 4]
+    assert set(policy) | {"grad_norm", "clip"} == set(TRIGGERS)

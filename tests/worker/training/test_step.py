@@ -282,20 +282,34 @@ def test_finite_steps_count_no_skipped_update(cache_dir):
 
 
 def test_train_rolls_back_then_pauses_when_the_attempts_are_used_up(tmp_path, cache_dir):
-    # A TIS cap of 0.5 truncates every fp32 token (ρ = 1): the IS-fraction trigger fires on
-    # every step. Step 1 rolls back to the step-0 checkpoint (lr 1e-2 -> 5e-3, the batch
-    # skipped), fires again, finds its one attempt used and pauses with a checkpoint.
+    # At lr 1e-2 the second mini-batch's ratios leave the clip range on every step, so a clip
+    # trigger at any clipped token fires at step 1. Clip judges the step's own update, so the
+    # step-0 weights are good: step 1 rolls back to them (lr 1e-2 -> 5e-3, the batch skipped),
+    # fires again, finds its one attempt used and pauses with a checkpoint.
     config = tiny_config(
-        model={"name": "tiny-dense"}, steps=3, num_minibatches=1,
-        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
-        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "rollback"},
+        model={"name": "tiny-dense"}, steps=3,
+        guard={"clip": {"max_frac": 1e-6, "patience": 1, "action": "rollback"},
                "rollback": {"max_attempts": 1, "lr_scale": 0.5}},
     )  # fmt: skip
     results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
-    assert [(r.step, [f.action for f in r.guard]) for r in results] == [
-        (1, ["rollback"]), (1, ["rollback"])]  # fmt: skip
+    assert [(r.step, [(f.trigger, f.action) for f in r.guard]) for r in results] == [
+        (1, [("clip", "rollback")]), (1, [("clip", "rollback")])]  # fmt: skip
     assert [r.metrics["optim/lr"] for r in results] == [1e-2, 5e-3]
-    assert [r.policy_version for r in results] == [1, 1]  # restored to 0, then one update
+    assert [r.policy_version for r in results] == [1, 1]  # restored to 0, then one step
     assert results[0].checkpoint is None and results[1].checkpoint is not None
     saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
     assert saved == ["step_000000", "step_000001"]
+
+
+def test_a_policy_signal_at_step_1_has_no_good_weights_to_roll_back_to(tmp_path, cache_dir):
+    # A TIS cap of 0.5 truncates every fp32 token (ρ = 1): the IS fraction breaches at step 1,
+    # on the rollouts of the starting weights themselves, so no checkpoint predates the breach
+    # and the run pauses at once instead of restoring the weights that breached.
+    config = tiny_config(
+        model={"name": "tiny-dense"}, steps=3, num_minibatches=1,
+        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
+        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "rollback"}},
+    )  # fmt: skip
+    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
+    assert [(r.step, [f.last_good_step for f in r.guard]) for r in results] == [(1, [-1])]
+    assert results[0].metrics["optim/lr"] == 1e-2 and results[0].checkpoint is not None

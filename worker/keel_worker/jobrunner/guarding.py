@@ -2,7 +2,7 @@
 each completed step's metrics, and what its firings leave in the database.
 
 Every firing (whatever its action) becomes a `guard` event, counts in the job's guard summary
-(`jobs.guard`, served as `Job.guard`) and pins the last checkpoint taken before its breach began,
+(`jobs.guard`, served as `Job.guard`) and pins the newest checkpoint of weights that never breached,
 so retention never deletes the state a user may want back. The loop (`jobrunner.loop`) carries
 out `pause` and `rollback`; this module keeps the bookkeeping they need: the rollback budget and
 the learning-rate scale rollbacks leave.
@@ -53,7 +53,7 @@ class JobGuard:
             return
         events = []
         for f in fired:
-            kept = latest_at_most(session, self.job_id, f.since - 1)
+            kept = latest_at_most(session, self.job_id, f.last_good_step)
             if kept is not None:
                 pin_checkpoint(session, kept.id)
             events.append({**f.as_event(), "kept_checkpoint_step": kept.step if kept else None})

@@ -13,14 +13,14 @@ A job that trained on nothing fails instead of succeeding: when its last step is
 policy version is still 0, no step kept a single complete reward group (every group had an
 expired or unscored member), so no update ever ran (`TrainedOnNothing`).
 
-The stability guard (`config.guard`, `jobrunner.guarding`) judges every completed step before
-its metrics are written. `pause` checkpoints the step just done and ends the run `paused` with
-the trigger's reason; `rollback` restores the last checkpoint from before the breach began
-(dropping the later ones and the rollouts of the abandoned steps), keeps the prompt cursor where
-it is (the batches drawn since are skipped), scales the learning rate and runs the steps from
-there again, replacing their metric rows; past `rollback.max_attempts`, or with no checkpoint
-to go back to, it pauses instead. When a trigger may roll back, a new job checkpoints once
-before its first step.
+The stability guard (`config.guard`, `jobrunner.guarding`) judges every completed step before its
+metrics are written. `pause` checkpoints the step just done and ends the run `paused` with the
+trigger's reason; `rollback` restores the newest checkpoint of weights that never breached
+(`Fired.last_good_step`; dropping the later ones and the rollouts of the abandoned steps), keeps the
+prompt cursor where it is (the batches drawn since are skipped), scales the learning rate and runs
+the steps from there again, replacing their metric rows; past `rollback.max_attempts`, or with no
+checkpoint to go back to, it pauses instead. When a trigger may roll back, a new job checkpoints
+once before its first step.
 
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
@@ -160,14 +160,15 @@ class JobLoop:
                 n = self.spec.config.guard.rollback.max_attempts
                 return f"paused: the {n} rollback attempts are used up"
             if self._rollback_target(act) is None:
-                return f"paused: no checkpoint from before step {act.since} to roll back to"
+                return (f"paused: no checkpoint of weights from before the breach (step ≤ "
+                        f"{act.last_good_step}) to roll back to")
             return "rolling back"
         return "paused"
 
     def _rollback_target(self, act: Fired) -> tuple[int, str] | None:
-        """(step, path) of the last checkpoint taken before the breach began."""
+        """(step, path) of the newest checkpoint of weights that never breached."""
         with session_scope(self.factory) as session:
-            row = latest_at_most(session, self.spec.id, act.since - 1)
+            row = latest_at_most(session, self.spec.id, act.last_good_step)
             return (row.step, row.path) if row is not None else None
 
     def _can_roll_back(self, act: Fired) -> bool:

@@ -43,6 +43,11 @@ IS_FRACTIONS = ("is/truncated_frac", "is/masked_frac")
 CLIP, REWARD, ACCURACY = "clip/frac", "reward/mean", "eval/accuracy"
 # Which action wins when several triggers fire on one step: the most cautious.
 ACTION_RANK = {"alert": 0, "rollback": 1, "pause": 2}
+# Step d (1-based) samples with θ_{d-1}, the weights after d − 1 steps, and updates them to θ_d.
+# Most signals describe θ_{d-1} itself (its rollouts' KL and IS weights, entropy and reward, its
+# held-out eval), so a breach first seen at step d means θ_{d-1} is already bad; these two
+# describe the update of step d, which θ_{d-1} did not cause.
+UPDATE_SIGNALS = frozenset({"grad_norm", "clip"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,13 @@ class Fired:
     value: float
     reference: float
     reason: str
+
+    @property
+    def last_good_step(self) -> int:
+        """The newest step whose weights never produced this breach, what a rollback restores:
+        `since` − 2 for a signal of the policy (θ_{since−1} breached), `since` − 1 for one of
+        the update. Below 0 there is none (the starting weights breached)."""
+        return self.since - (1 if self.trigger in UPDATE_SIGNALS else 2)
 
     def as_event(self) -> dict:
         return {

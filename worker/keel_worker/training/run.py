@@ -5,12 +5,13 @@ the configured model), builds the task, then yields one `StepResult` per global 
 tests and benchmarks call it, with the task's built-in verifier unless they pass `reward_fn`; the
 service's job loop (`keel_worker.jobrunner`) drives the same session with rewards from the DB.
 
-The stability guard (`config.guard`) judges every step as in the service: its firings are in
-each `StepResult.guard` and the `guard/*` metrics; `pause` checkpoints and ends the run (like
-`should_stop`); `rollback` restores the last checkpoint under `workdir` from before the breach
-began, keeps the prompt stream where it is (the batches since are skipped), scales the learning
-rate and runs those steps again; past `rollback.max_attempts` (or with no checkpoint to go back
-to) it pauses. With a rollback trigger, a new run checkpoints once before its first step.
+The stability guard (`config.guard`) judges every step as in the service: its firings are in each
+`StepResult.guard` and the `guard/*` metrics; `pause` checkpoints and ends the run (like
+`should_stop`); `rollback` restores the newest checkpoint under `workdir` of weights that never
+breached (`Fired.last_good_step`), keeps the prompt stream where it is (the batches since are
+skipped), scales the learning rate and runs those steps again; past `rollback.max_attempts` (or with
+no checkpoint to go back to) it pauses. With a rollback trigger, a new run checkpoints once before
+its first step.
 
 Resuming is exact: weights, optimizer state, step, policy version, RNG states and the data
 cursor come back from the checkpoint, and every step's sampling and shuffling seeds are derived
@@ -133,8 +134,8 @@ def train(
 
 
 def _rollback_target(workdir: Path, act: Fired) -> tuple[int, Path] | None:
-    """(step, path) of the last checkpoint under `workdir` from before the breach began."""
-    before = {s: p for s, p in complete_checkpoints(workdir).items() if s <= act.since - 1}
+    """(step, path) of the newest checkpoint under `workdir` of weights that never breached."""
+    before = {s: p for s, p in complete_checkpoints(workdir).items() if s <= act.last_good_step}
     return (max(before), before[max(before)]) if before else None
 
 

@@ -1,10 +1,11 @@
 """Replay the stability suites' committed runs through the guard's detector: the evidence for the
 defaults of `keel.types.guard`.
 
-Every run's per-step CSV (`bench/results/stability/{runs,stress/runs,stress/pilot/runs}`) becomes
-one metrics dict per global step, under keel's metric names, fed to `StabilityGuard` exactly as
-the job loop feeds it. Runs are split by the collapse criterion of `bench/stability/criterion.py`:
-those it judges stable are the false-alarm set, those it judges collapsed the detection set.
+Every run's per-step CSV (`bench/results/stability/` `runs`, `stress/runs`, `stress/pilot/runs`,
+`stress/superseded/runs`) becomes one metrics dict per global step, under keel's metric names, fed
+to `StabilityGuard` exactly as the job loop feeds it. Runs are split by the collapse criterion of
+`bench/stability/criterion.py`: those it judges stable are the false-alarm set, those it judges
+collapsed the detection set.
 
 For each trigger alone (the others off, patience at its default) and each threshold of a grid,
 it counts the stable runs that would raise an alert and, per collapsing run, the grad step of the
@@ -32,6 +33,8 @@ SUITES = {
     "gentle": ROOT / "stability",
     "stress": ROOT / "stability" / "stress",
     "stress-pilot": ROOT / "stability" / "stress" / "pilot",
+    # The first cold start's findings runs, which the committed thresholds were chosen on.
+    "stress-superseded": ROOT / "stability" / "stress" / "superseded",
 }
 OUT = ROOT / "guard"
 # CSV column -> the keel metric the job loop would hand the detector.

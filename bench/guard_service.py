@@ -194,6 +194,7 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
         "unguarded_collapse_grad_step": verdict.step if verdict else None,
         "unguarded_collapsed": verdict.collapsed if verdict else None,
         "lead_grad_steps": lead,
+        "own_collapse_grad_step": own.step if own.collapsed else None,
         "recovered": result["status"] == "succeeded" and not own.collapsed,
         "final_acc": acc[-1] if acc else math.nan,
         "peak_acc": max(acc) if acc else math.nan,
@@ -205,8 +206,9 @@ def report() -> str:
              "Written by `python -m bench.guard_service report` from "
              "`bench/results/guard/service/*/seed*.json`; rules in `bench/guard_service.py`.", "",
              "| case | cell | action | seed | status | step | first acting trigger (grad step) "
-             "| acc ≥ ½ peak until then | unguarded collapse (grad step) | lead | alerts "
-             "| final / peak acc | wall |", "|" + "---|" * 13]  # fmt: skip
+             "| acc ≥ ½ peak until then | unguarded harness run's collapse (grad step) | lead "
+             "| the job's own eval collapses (grad step) | alerts | final / peak acc | wall |",
+             "|" + "---|" * 14]  # fmt: skip
     for case in CASES:
         for path in sorted((OUT / case.name).glob("seed*.json")):
             r = json.loads(path.read_text())
@@ -219,10 +221,15 @@ def report() -> str:
                 f"| {case.name} | `{case.cell}` | {case.action} | {r['seed']} | {r['status']} | "
                 f"{r['step']}/{r['steps']} | {fired} | {j['caught'] if j['trigger'] else '–'} | "
                 f"{collapse} | {j['lead_grad_steps'] if j['lead_grad_steps'] is not None else '–'}"
-                f" | {j['alerts']} | {j['final_acc']:.3f} / {j['peak_acc']:.3f} | "
+                f" | {_step_or_no(j['own_collapse_grad_step'])} | {j['alerts']} | "
+                f"{j['final_acc']:.3f} / {j['peak_acc']:.3f} | "
                 f"{r['wall_s'] / 60:.1f} min |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _step_or_no(step: int | None) -> str:
+    return "no" if step is None else str(step)
 
 
 def main() -> None:

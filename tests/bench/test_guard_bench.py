@@ -44,8 +44,10 @@ def test_a_pause_before_the_fall_is_caught_and_one_after_it_is_not(monkeypatch):
         True, 16, "accuracy")  # fmt: skip
     late = judge_case(_result({1: 0.4, 3: 0.1, 5: 0.1}, pause))
     assert late["caught"] is False
+    assert late["own_collapse_grad_step"] == 8  # the job's own curve: below ½ × 0.4 from grad 8
     quiet = judge_case(_result({1: 0.4, 3: 0.4}, [], status="succeeded"))
     assert (quiet["caught"], quiet["acting"], quiet["recovered"]) == (False, 0, True)
+    assert quiet["own_collapse_grad_step"] is None
 
 
 def test_alerts_are_counted_apart_from_acting_firings_and_rollback_events(monkeypatch):

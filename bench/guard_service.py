@@ -11,7 +11,9 @@ Rules, declared before any case ran:
 
 - **caught** (a collapsing cell): the job stopped on a guard pause (or, with `rollback`, the guard
   fired), and at every evaluation up to that step its held-out accuracy was still ≥
-  `COLLAPSE_FRACTION` × its running peak: the guard acted before the fall. The cell's unguarded
+  `COLLAPSE_FRACTION` × its running peak: the guard acted before the fall. (An accuracy firing's
+  own evaluation is read from its event: a rollback replaces the metric rows of the steps it
+  re-runs.) The cell's unguarded
   harness run at the same seed (`bench/results/stability/stress/runs`) is the counterfactual: its
   collapse by `bench/stability/criterion.py` dates the collapse, and lead = collapse grad step −
   the firing's grad step. (The service job and the harness run share config and seed, not their
@@ -174,7 +176,12 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
     first = acting[0] if acting else None
     fired_grad = (first["step"] - 1) * n if first else None
     steps, acc = eval_curve(result)
-    before = [a for s, a in zip(steps, acc, strict=True) if fired_grad is None or s <= fired_grad]
+    seen = dict(zip(steps, acc, strict=True))
+    if first is not None and first["trigger"] == "accuracy":
+        # What the guard saw: a rollback re-runs the steps it abandons and replaces their metric
+        # rows, so the breaching evaluation survives only in its firing's event.
+        seen[fired_grad] = first["value"]
+    before = [a for s, a in sorted(seen.items()) if fired_grad is None or s <= fired_grad]
     peak, above = -math.inf, True
     for a in before:
         peak = max(peak, a)

@@ -38,11 +38,13 @@ def test_a_pause_before_the_fall_is_caught_and_one_after_it_is_not(monkeypatch):
     monkeypatch.setattr(guard_service, "_unguarded", lambda cell, seed: None)
     # Evals at job steps 1, 3, 5 saw grad steps 0, 8, 16. A pause fired at step 5 (grad 16)
     # after accuracy 0.4 → 0.3 (≥ ½ × 0.4) is in time; 0.4 → 0.1 then a pause is too late.
-    pause = [{"trigger": "accuracy", "action": "pause", "step": 5}]
-    early = judge_case(_result({1: 0.4, 3: 0.3, 5: 0.25}, pause))
+    def pause(value: float) -> list[dict]:
+        return [{"trigger": "accuracy", "action": "pause", "step": 5, "value": value}]
+
+    early = judge_case(_result({1: 0.4, 3: 0.3, 5: 0.25}, pause(0.25)))
     assert (early["caught"], early["fired_grad_step"], early["trigger"]) == (
         True, 16, "accuracy")  # fmt: skip
-    late = judge_case(_result({1: 0.4, 3: 0.1, 5: 0.1}, pause))
+    late = judge_case(_result({1: 0.4, 3: 0.1, 5: 0.1}, pause(0.1)))
     assert late["caught"] is False
     assert late["own_collapse_grad_step"] == 8  # the job's own curve: below ½ × 0.4 from grad 8
     quiet = judge_case(_result({1: 0.4, 3: 0.4}, [], status="succeeded"))
@@ -60,3 +62,14 @@ def test_alerts_are_counted_apart_from_acting_firings_and_rollback_events(monkey
     j = judge_case(_result({1: 0.4, 3: 0.35}, events, status="succeeded"))
     assert (j["alerts"], j["acting"], j["trigger"], j["fired_grad_step"]) == (
         1, 1, "entropy", 8)  # fmt: skip
+
+
+def test_a_rollback_is_judged_on_the_evaluation_it_fired_on_not_on_the_rerun(monkeypatch):
+    monkeypatch.setattr(guard_service, "_unguarded", lambda cell, seed: None)
+    # The accuracy firing at step 3 saw 0.05 (< ½ × 0.4); the rollback re-ran step 3, whose
+    # metric row now reads 0.35. The guard acted after the fall: not caught, yet recovered.
+    events = [{"trigger": "accuracy", "action": "rollback", "step": 3, "value": 0.05},
+              {"to_step": 0, "lr_scale": 0.5}]  # fmt: skip
+    j = judge_case(_result({1: 0.4, 3: 0.35, 5: 0.4}, events, status="succeeded"))
+    assert (j["caught"], j["fired_grad_step"], j["recovered"]) == (False, 8, True)
+

@@ -54,16 +54,15 @@ class Case:
     name: str
     cell: str  # a stress-suite matrix cell
     action: str  # every trigger's action
-    expect: str  # "collapse": the unguarded cell collapses; "stable": it does not
 
 
 # In priority order: the declared collapsing baseline (rule C), then the recipe at the same N,
 # then rollback on the baseline, then the on-policy recipe.
 CASES = (
-    Case("collapse-pause", "N4/minirl-noclip", "pause", "collapse"),
-    Case("stable-pause", "N4/minirl+R3", "pause", "stable"),
-    Case("collapse-rollback", "N4/minirl-noclip", "rollback", "collapse"),
-    Case("stable-pause-N1", "N1/minirl", "pause", "stable"),
+    Case("collapse-pause", "N4/minirl-noclip", "pause"),
+    Case("stable-pause", "N4/minirl+R3", "pause"),
+    Case("collapse-rollback", "N4/minirl-noclip", "rollback"),
+    Case("stable-pause-N1", "N1/minirl", "pause"),
 )
 SEEDS = (0, 1, 2)
 

@@ -34,6 +34,7 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +164,14 @@ def eval_curve(result: dict[str, Any]) -> tuple[list[int], list[float]]:
     return steps, [points[s] for s in steps]
 
 
+@cache
+def _harness_runs() -> dict[tuple[str, int], Any]:
+    """The stress suite's runs by (cell, seed), read once per report."""
+    return {(r.cell, r.meta["seed"]): r for r in load_runs(STRESS_DIR)}
+
+
 def _unguarded(cell: str, seed: int):
-    runs = {(r.cell, r.meta["seed"]): r for r in load_runs(STRESS_DIR)}
-    return runs.get((cell, seed))
+    return _harness_runs().get((cell, seed))
 
 
 def judge_case(result: dict[str, Any]) -> dict[str, Any]:

@@ -177,8 +177,6 @@ class HFEngine:
         return cache, rows.select(keep_R), feeding_R[keep_R]
 
 
-
-
 def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

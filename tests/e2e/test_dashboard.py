@@ -110,3 +110,36 @@ def test_dashboard_watch_pause_resume_and_open_a_rollout(production_stack, helpe
     page.click('#job-actions [data-action="cancel"]')
     wait_status(page, "cancelled")
     assert user.jobs.retrieve(job.id).status == "cancelled"
+
+
+@pytest.mark.slow
+def test_dashboard_shows_what_the_guard_did(production_stack, helpers, page):
+    """The guard's pause (the e2e guard test's deliberately low IS threshold) as a user sees it:
+    the summary with its reason, the event in the guard table, the mark on the curves."""
+    base_url = production_stack.api()
+    production_stack.worker("w1")
+    client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
+    config = helpers.job_config(
+        steps=2,
+        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
+        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "pause"}},
+    )
+    job = client.jobs.create(config, name="guarded")
+
+    page.goto(f"{base_url}/dashboard")
+    page.fill("#api-key", helpers.admin_key)
+    page.click("#sign-in-form button")
+    page.click(f'a[href="#/jobs/{job.id}"]')
+    wait_status(page, "paused")
+    paused = client.jobs.retrieve(job.id)
+    page.wait_for_selector('#guard-events tr[data-guard-trigger="is_fraction"]')
+    assert page.text_content("#job-guard") == (
+        f"Guard: 1 trigger(s) fired · last: {paused.guard.last_reason}"
+    )
+    row = page.locator('#guard-events tr[data-guard-step="1"] td')
+    assert row.all_text_contents()[:3] == ["1", "is_fraction", "pause"]
+    assert page.locator('[data-chart="reward/mean"] line.guard-mark').count() == 1
+
+    page.goto(f"{base_url}/dashboard#/")
+    page.wait_for_selector(f'tr[data-job="{job.id}"] .guard-count')
+    assert "guard ×1" in page.text_content(f'tr[data-job="{job.id}"] .guard-count')

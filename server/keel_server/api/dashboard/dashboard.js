@@ -187,7 +187,9 @@ async function renderJobs() {
     h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)),
     h("td", {}, job.name || ""),
     h("td", {}, h("span", { class: `status ${job.status}` }, job.status),
-      job.requested ? ` (${job.requested} requested)` : ""),
+      job.requested ? ` (${job.requested} requested)` : "",
+      job.guard?.triggers ? h("span", { class: "guard-count", title: job.guard.last_reason },
+        ` ⚠ guard ×${job.guard.triggers}`) : ""),
     h("td", {}, `${job.step} / ${job.steps ?? "?"}`),
     h("td", {}, fmt(rewards[i])),
     h("td", { class: "actions" }, ...actionButtons(job, renderJobs)),
@@ -208,6 +210,7 @@ async function showJobs(signal) {
 async function showJob(jobId, signal) {
   showOnly("job");
   const series = new Map(); // metric name -> Map(step -> value)
+  const guardEvents = []; // the job's `guard` events, oldest first (the stream replays them)
   let job = await api(`/v1/jobs/${jobId}`);
   let drawPending = false;
 
@@ -220,6 +223,7 @@ async function showJob(jobId, signal) {
     $("job-summary").textContent =
       `${job.id} · ${model} · step ${job.step} / ${job.steps ?? "?"} · attempt ${job.attempts}`;
     $("job-error").textContent = job.error || "";
+    renderStability(job);
     $("job-actions").replaceChildren(...actionButtons(job, refreshJob));
     $("live").textContent = TERMINAL.has(job.status) ? "" : "● live";
   };
@@ -232,13 +236,14 @@ async function showJob(jobId, signal) {
     drawPending = true;
     requestAnimationFrame(() => {
       drawPending = false;
-      drawCharts(series);
+      drawCharts(series, guardEvents);
       drawHeatmaps(series);
     });
   };
 
   renderHeader();
-  drawCharts(series);
+  drawCharts(series, guardEvents);
+  renderGuardEvents(guardEvents);
   $("heatmaps").replaceChildren();
   $("rollouts-body").replaceChildren();
   $("rollout-detail").hidden = true;
@@ -262,12 +267,47 @@ async function showJob(jobId, signal) {
       refreshJob();
     } else if (event.type === "checkpoint") {
       showCheckpoints(jobId);
+    } else if (event.type === "guard") {
+      guardEvents.push(event.data);
+      renderGuardEvents(guardEvents);
+      scheduleDraw();
+      refreshJob();
     }
   }, signal);
   if (!signal.aborted) await refreshJob();
 }
 
-function drawCharts(series) {
+// The guard's summary (`Job.guard`) and the Routing Replay mode in force (`Job.routing_replay`).
+function renderStability(job) {
+  const guard = job.guard ?? { triggers: 0 };
+  const rollbacks = guard.rollbacks ? ` · ${guard.rollbacks} rollback(s), learning rate × `
+    + `${fmt(guard.lr_scale)}` : "";
+  $("job-guard").textContent = guard.triggers
+    ? `Guard: ${guard.triggers} trigger(s) fired${rollbacks} · last: ${guard.last_reason}`
+    : "Guard: no trigger has fired.";
+  $("job-guard").className = guard.triggers ? "fired" : "";
+  const replay = job.routing_replay;
+  $("job-replay").textContent = replay
+    ? `Routing Replay: ${replay.mode} (asked: ${replay.requested}; decided at step `
+      + `${replay.decided_at_step}, ${replay.switches} switch(es)) · ${replay.reason}`
+    : "";
+}
+
+function renderGuardEvents(events) {
+  $("guard-events").hidden = !events.length;
+  $("guard-events-body").replaceChildren(...events.map((e) => h("tr",
+    { "data-guard-step": e.step, "data-guard-trigger": e.trigger },
+    h("td", {}, String(e.step)),
+    h("td", {}, e.trigger),
+    h("td", {}, e.action),
+    h("td", {}, fmt(e.value)),
+    h("td", {}, fmt(e.reference)),
+    h("td", {}, e.reason),
+  )));
+}
+
+function drawCharts(series, guardEvents) {
+  const guardSteps = [...new Set(guardEvents.map((e) => e.step))];
   $("charts").replaceChildren(...CHARTS.map(([title, lines]) => {
     const present = lines.filter(([name]) => series.has(name));
     const box = h("div", { class: "chart", "data-chart": lines[0][0] });
@@ -277,7 +317,7 @@ function drawCharts(series) {
       box.append(h("p", { class: "empty" }, "no data yet"));
       return box;
     }
-    box.append(lineChart(present.map(([name]) => series.get(name))));
+    box.append(lineChart(present.map(([name]) => series.get(name)), guardSteps));
     box.append(h("div", { class: "legend" }, ...present.map(([name, label], i) => {
       const last = [...series.get(name).entries()].sort((a, b) => a[0] - b[0]).pop();
       const span = h("span", {}, `${label}: ${fmt(last?.[1])}`);
@@ -288,7 +328,8 @@ function drawCharts(series) {
   }));
 }
 
-function lineChart(lines, width = 320, height = 150) {
+// `marks`: steps at which the guard fired, drawn as dashed red verticals.
+function lineChart(lines, marks = [], width = 320, height = 150) {
   const pad = { left: 48, right: 8, top: 8, bottom: 20 };
   const points = lines.map((line) => [...line.entries()]
     .filter(([, v]) => v !== null && Number.isFinite(v)).sort((a, b) => a[0] - b[0]));
@@ -315,6 +356,14 @@ function lineChart(lines, width = 320, height = 150) {
   label(fmt(y0), { x: 2, y: height - pad.bottom });
   label(`step ${x0}`, { x: pad.left, y: height - 4 });
   label(`${x1}`, { x: width - pad.right - 20, y: height - 4 });
+  for (const step of marks.filter((s) => s >= x0 && s <= x1)) {
+    const mark = svg("line", { class: "guard-mark", x1: x(step), x2: x(step), y1: pad.top,
+      y2: height - pad.bottom, stroke: "#c0392b", "stroke-dasharray": "3 3" });
+    const tip = svg("title");
+    tip.textContent = `guard fired at step ${step}`;
+    mark.append(tip);
+    chart.append(mark);
+  }
   points.forEach((line, i) => {
     const d = line.map(([s, v], j) => `${j ? "L" : "M"}${x(s).toFixed(1)},${y(v).toFixed(1)}`);
     chart.append(svg("path", { d: d.join(""), fill: "none", stroke: COLORS[i],

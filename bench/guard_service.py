@@ -47,7 +47,6 @@ from bench.stability.suites import STRESS
 RESULTS = Path(__file__).resolve().parent / "results"
 STRESS_DIR = RESULTS / "stability" / "stress"
 OUT = RESULTS / "guard" / "service"
-ADMIN_KEY = "keel_admin_guard_bench_0123456789"
 
 
 @dataclass(frozen=True)
@@ -105,32 +104,23 @@ def job_config(case: Case, seed: int, model_dir: Path) -> dict[str, Any]:
 
 def run_case(case: Case, seed: int) -> dict[str, Any]:
     """Create the job through the API, run it in this process's worker loop, read it back."""
-    from fastapi.testclient import TestClient
-
-    import keel
-    from keel_server.api.app import create_app
-    from keel_server.migrate import upgrade
-    from keel_server.settings import Settings
-    from keel_worker.jobrunner.runner import run_job
+    from bench.embedded import embedded_service
 
     model_dir = _cold_start()
-    with tempfile.TemporaryDirectory(prefix="keel-guard-") as home:
-        url = f"sqlite:///{home}/keel.db"
-        upgrade(url)
-        settings = Settings(home=Path(home), database_url=url, admin_key=ADMIN_KEY,
-                            model_roots=(model_dir.parent,))  # fmt: skip
-        with TestClient(create_app(settings), base_url="http://testserver") as http:
-            sdk = keel.Client(base_url="http://testserver", api_key=ADMIN_KEY,
-                              http_client=http, max_retries=0)  # fmt: skip
-            job = sdk.jobs.create(job_config(case, seed, model_dir))
-            started = time.perf_counter()
-            status = run_job(job.id, settings).status
-            wall = time.perf_counter() - started
-            done = sdk.jobs.retrieve(job.id)
-            events = [e.data for e in _events(sdk, job.id) if e.type == "guard"]
-            series = {name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)}
-                      for name in ("eval/accuracy", "eval/accuracy_final", "guard/fired",
-                                   "train/entropy", "reward/mean", "mismatch/kl_k3")}  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="keel-guard-") as home,
+        embedded_service(Path(home), model_roots=(model_dir.parent,)) as service,
+    ):
+        sdk = service.sdk
+        job = sdk.jobs.create(job_config(case, seed, model_dir))
+        started = time.perf_counter()
+        status = service.run(job.id).status
+        wall = time.perf_counter() - started
+        done = sdk.jobs.retrieve(job.id)
+        events = [e.data for e in _events(sdk, job.id) if e.type == "guard"]
+        series = {name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)}
+                  for name in ("eval/accuracy", "eval/accuracy_final", "guard/fired",
+                               "train/entropy", "reward/mean", "mismatch/kl_k3")}  # fmt: skip
     return {
         "case": case.name, "cell": case.cell, "action": case.action, "seed": seed,
         "status": status, "step": done.step, "steps": done.config["steps"],

@@ -33,7 +33,15 @@ def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_
     mixture = next(m for m in suite.task.COLD_START_MIXTURES if m.name == name)
     cs = coldstart.ensure_cold_start(suite, mixture, sft, cache_dir=cache_dir, log=_log)
     return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate,
-            "weights_sha256": cs.weights_sha256}  # fmt: skip
+            "weights_sha256": cs.weights_sha256, "cpu": _cpu_kind()}  # fmt: skip
+
+
+def _cpu_kind() -> str:
+    """The CPU and the instruction set its fp32 kernels use: what a cold start's weights follow."""
+    from keel_worker.engines.hardware import device_profile
+
+    profile = device_profile("cpu")
+    return f"{profile.name} ({profile.capability})"
 
 
 def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:
@@ -194,20 +202,23 @@ def open_pool(workers: int) -> ProcessPoolExecutor:
 
 def _refuse_mixed_cold_starts(out_dir: Path, known: list[dict], colds: list[dict]) -> None:
     """Stop before a run starts from other weights than the runs already in `out_dir`: the
-    cold start is SFT'd per machine, and a code change in the forward or the sampler can change
-    the weights it ends with (seen once: 800 instead of 900 SFT steps, another digest)."""
-    recorded = {c["name"]: c["weights_sha256"] for c in known}
+    cold start is SFT'd per machine, and its weights follow the kind of CPU (fp32 kernels of
+    different instruction sets round differently: the same code gave `d2d3697e…` on AVX-512 and
+    `db35f5c1…` on AVX2) and could follow a code change in the forward or the sampler too."""
+    recorded = {c["name"]: c for c in known}
     for cold in colds:
-        before = recorded.get(cold["name"])
+        before = recorded.get(cold["name"], {}).get("weights_sha256")
         if before is None or before == cold["weights_sha256"]:
             continue
         made = [p for p in (out_dir / "runs").glob("*/seed*.json")
                 if json.loads(p.read_text()).get("init") == cold["name"]]  # fmt: skip
         if made:
+            made_on = recorded[cold["name"]].get("cpu", "a CPU it did not record")
             raise SystemExit(
                 f"{len(made)} runs in {out_dir / 'runs'} start from cold start "
-                f"{cold['name']!r} with weights {before[:12]}…, but this machine's is "
-                f"{cold['weights_sha256'][:12]}… ({cold['steps']} SFT steps): move those runs "
+                f"{cold['name']!r} with weights {before[:12]}… (made on {made_on}), but this "
+                f"machine's is {cold['weights_sha256'][:12]}… ({cold['steps']} SFT steps, on "
+                f"{cold.get('cpu', 'this CPU')}): continue them on that kind of CPU, move them "
                 "aside (they cannot be compared with new ones) or use another --out"
             )
 

@@ -154,12 +154,14 @@ def test_runs_from_another_cold_start_are_never_mixed_with_new_ones(tmp_path):
     run = tmp_path / "runs" / "N4__minirl"
     run.mkdir(parents=True)
     (run / "seed0.json").write_text(json.dumps({"cell": "N4/minirl", "init": "balanced"}))
-    known = [{"name": "balanced", "weights_sha256": "a" * 64}]
+    known = [{"name": "balanced", "weights_sha256": "a" * 64, "cpu": "EPYC (AVX2)"}]
     same = [{"name": "balanced", "weights_sha256": "a" * 64, "steps": 900}]
-    other = [{"name": "balanced", "weights_sha256": "b" * 64, "steps": 800}]
+    other = [{"name": "balanced", "weights_sha256": "b" * 64, "steps": 800,
+              "cpu": "EPYC (AVX512)"}]  # fmt: skip
     _refuse_mixed_cold_starts(tmp_path, known, same)  # same weights: go on
     _refuse_mixed_cold_starts(tmp_path, [], other)  # nothing recorded yet: go on
-    with pytest.raises(SystemExit, match=r"1 runs .* start from cold start 'balanced'"):
+    with pytest.raises(SystemExit, match=r"1 runs .* start from cold start 'balanced'.*made on "
+                       r"EPYC \(AVX2\).*on EPYC \(AVX512\)"):  # fmt: skip
         _refuse_mixed_cold_starts(tmp_path, known, other)
     (run / "seed0.json").unlink()  # moved aside: the new cold start may run
     _refuse_mixed_cold_starts(tmp_path, known, other)

@@ -189,6 +189,17 @@ def job_config(**overrides) -> dict:
     return merge_config(tiny_job_config(optimizer={"lr": 1e-3}, checkpoint_every=1), overrides)
 
 
+def guard_pause_job_config() -> dict:
+    """A 2-step job whose guard pauses it at step 1 on a deliberately low threshold: a TIS cap of
+    0.5 truncates every token of an fp32 rollout (ρ = 1), so `is/truncated_frac` is 1, over the
+    `is_fraction` trigger's 0.5."""
+    return job_config(
+        steps=2,
+        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
+        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "pause"}},
+    )
+
+
 def webhook_reward(service: RewardService, **extra) -> dict:
     return {"type": "webhook", "url": service.url, "secret": WEBHOOK_SECRET, **extra}
 
@@ -206,6 +217,7 @@ class Helpers:
     free_port = staticmethod(free_port)
     keel_cmd = staticmethod(keel_cmd)
     job_config = staticmethod(job_config)
+    guard_pause_job_config = staticmethod(guard_pause_job_config)
     webhook_reward = staticmethod(webhook_reward)
     wait_until = staticmethod(wait_until)
 

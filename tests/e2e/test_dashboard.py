@@ -114,17 +114,12 @@ def test_dashboard_watch_pause_resume_and_open_a_rollout(production_stack, helpe
 
 @pytest.mark.slow
 def test_dashboard_shows_what_the_guard_did(production_stack, helpers, page):
-    """The guard's pause (the e2e guard test's deliberately low IS threshold) as a user sees it:
-    the summary with its reason, the event in the guard table, the mark on the curves."""
+    """The guard's pause (`helpers.guard_pause_job_config`) as a user sees it: the summary with
+    its reason, the event in the guard table, the mark on the curves."""
     base_url = production_stack.api()
     production_stack.worker("w1")
     client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
-    config = helpers.job_config(
-        steps=2,
-        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
-        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "pause"}},
-    )
-    job = client.jobs.create(config, name="guarded")
+    job = client.jobs.create(helpers.guard_pause_job_config(), name="guarded")
 
     page.goto(f"{base_url}/dashboard")
     page.fill("#api-key", helpers.admin_key)

@@ -3,9 +3,9 @@ PostgreSQL and Redis. A job whose guard pauses on a deliberately low threshold p
 shows the reason in `jobs.retrieve` and on its event stream, resumes through the SDK with a new
 learning rate, and finishes.
 
-The threshold: a TIS cap of 0.5 truncates every token of an fp32 rollout (ρ = 1), so
-`is/truncated_frac` is 1 on the first step, over the trigger's 0.5; the resume also restores the
-paper's cap, under which nothing is truncated.
+The threshold (`helpers.guard_pause_job_config`): a TIS cap of 0.5 truncates every token of an
+fp32 rollout, so `is/truncated_frac` is 1 on the first step, over the trigger's 0.5; the resume
+also restores the paper's cap, under which nothing is truncated.
 """
 
 from __future__ import annotations
@@ -21,12 +21,7 @@ def test_guard_pauses_with_its_reason_then_resumes_with_a_new_lr(production_stac
     base_url = production_stack.api()
     production_stack.worker("w1")
     client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
-    config = helpers.job_config(
-        steps=2,
-        algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
-        guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "pause"}},
-    )
-    job = client.jobs.create(config)
+    job = client.jobs.create(helpers.guard_pause_job_config())
     paused = helpers.wait_until(
         lambda: (j := client.jobs.retrieve(job.id)).status == "paused" and j,
         timeout_s=240, what="the guard's pause",

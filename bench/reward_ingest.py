@@ -1,22 +1,37 @@
 """Reward ingestion under concurrency: N clients posting rewards to a real `keel server`
-(issue 10, item 16).
+(issue 10, item 16; the sweep and its target: issue 13, target 6).
 
-The server runs as its own process (uvicorn, as `keel server` runs it) on SQLite (a file, as in
-`keel up`) or a fresh PostgreSQL database. One job gets `--rollouts` awaiting rollouts, written
-as the worker writes them; then `--clients` threads, each with its own HTTP connection, post
-three rewards per rollout in random order: the value twice and a different value once. Whichever
-arrives first wins, so per rollout exactly one post must say `created`, every other post with
-the winning value is a 200 repeat, every post with the other value is a 409, and the stored
-reward is the winner's. Reports requests per second and latency percentiles and writes
-`bench/results/reward_ingest_<db>.json` and `.md`.
+The server runs as its own process (`keel migrate`, then `keel server` as docker-compose runs
+it: one uvicorn worker unless `--server-workers` says otherwise) on SQLite (a file, as in
+`keel up`) or a fresh PostgreSQL database. One server serves the whole sweep, as a deployed API
+does: starting one costs many seconds here, and a sweep point should measure the posts, not a
+cold process; an unmeasured warm-up job goes first. Each point then gets a job of its own with
+`--rollouts` awaiting rollouts, written as the worker writes them, and `clients` concurrent
+clients, each with its own keep-alive HTTP connection, post three rewards per rollout in random
+order: the value twice and a different value once. Whichever arrives first wins, so per rollout
+exactly one post must say `created`, every other post with the winning value is a 200 repeat,
+every post with the other value is a 409, and the stored reward is the winner's: checked per
+point against the database afterwards.
+
+The clients are one asyncio loop speaking minimal HTTP/1.1 over raw streams: the load generator
+shares the machine's cores with the server and PostgreSQL, and httpx costs ~1.5 ms of CPU per
+request, a large share of what is measured. The bench server's per-project request-rate limit
+and active-job quota are raised (an operator's settings; the defaults, 200 requests/s per
+project per API process and 16 active jobs, would answer this load with 429s).
+
+Reports requests per second, latency percentiles and the CPU milliseconds per request of the
+server process(es) and of the clients for each concurrency, and writes
+`bench/results/reward_ingest_<db>.json` and `.md` (`_<N>workers` added with `--server-workers N`).
 
     .venv/bin/python bench/reward_ingest.py --db sqlite
-    .venv/bin/python bench/reward_ingest.py --db postgres --clients 20 --rollouts 400
+    .venv/bin/python bench/reward_ingest.py --db postgres --clients 1,2,4,8,16,32,64 --rollouts 500
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -26,18 +41,23 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_KEY = "keel_admin_bench_0123456789abcdef"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_CLIENTS = (1, 2, 4, 8, 16, 32, 64)
+WARMUP_ROLLOUTS = 100
+TARGET_REQUESTS_PER_S, TARGET_P99_MS = 1000.0, 50.0  # issue 13, target 6
+REQUEST_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,8 @@ class Result:
 
 @dataclass(frozen=True)
 class Report:
+    """One point of the sweep: `clients` concurrent clients."""
+
     db: str
     clients: int
     rollouts: int
@@ -70,6 +92,21 @@ class Report:
     statuses: dict[str, int]
     exactly_once: bool
     violations: list[str]
+    server_cpu_ms_per_request: float | None = None  # the server process(es); None without /proc
+    client_cpu_ms_per_request: float | None = None  # this process, which runs the clients
+
+
+@dataclass(frozen=True)
+class Sweep:
+    db: str
+    rollouts: int
+    server_workers: int
+    points: list[Report]
+    warmup_exactly_once: bool
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.warmup_exactly_once and all(p.exactly_once for p in self.points)
 
 
 # ---------------------------------------------------------------- the server
@@ -78,20 +115,31 @@ class Report:
 class Server:
     """`keel migrate` then `keel server` on a database of its own, in a temporary home."""
 
-    def __init__(self, db: str, home: Path) -> None:
+    def __init__(self, db: str, home: Path, *, workers: int = 1) -> None:
         self.db, self.home = db, home
         self.database_url = self._database()
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
         self.env.update(KEEL_HOME=str(home), KEEL_ADMIN_KEY=ADMIN_KEY,
-                        KEEL_DATABASE_URL=self.database_url)  # fmt: skip
+                        KEEL_DATABASE_URL=self.database_url,
+                        KEEL_RATE_LIMIT_PER_S="1000000", KEEL_RATE_LIMIT_BURST="1000000",
+                        KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000")  # fmt: skip
         cli = [sys.executable, "-m", "keel_server.cli"]
-        subprocess.run([*cli, "migrate"], env=self.env, check=True, capture_output=True)
+        try:
+            subprocess.run([*cli, "migrate"], env=self.env, check=True, capture_output=True)
+        except BaseException:
+            self._drop_database()
+            raise
         self.log = open(home / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([*cli, "server", "--port", str(port)], env=self.env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
-        self._wait_live()
+        command = [*cli, "server", "--port", str(port), "--workers", str(workers)]
+        self.process = subprocess.Popen(command, env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            self._wait_live()
+        except BaseException:
+            self.stop()
+            raise
 
     def _database(self) -> str:
         if self.db == "sqlite":
@@ -104,7 +152,7 @@ class Server:
         return f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.pg_name}"
 
     def _wait_live(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine starts it slowly
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError((self.home / "server.log").read_text())
@@ -116,15 +164,48 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError("keel server did not come up")
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds used so far by the server process and its children (uvicorn's workers),
+        from /proc; None where there is none."""
+        return _tree_cpu_s(self.process.pid)
+
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(30)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
         self.log.close()
+        self._drop_database()
+
+    def _drop_database(self) -> None:
         if self.db == "postgres":
             import psycopg
 
             with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+
+def _tree_cpu_s(root: int) -> float | None:
+    """utime + stime of `root` and its live descendants, plus what its reaped children used."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[1] is the parent pid; [11], [12] utime, stime; [13], [14] the children's
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, grew = {root}, True
+    while grew:
+        grown = tree | {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+        grew, tree = grown != tree, grown
+    ticks = sum(stats[pid][1] for pid in tree if pid in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -163,42 +244,76 @@ def prepare_job(server: Server, rollouts: int) -> tuple[str, list[str]]:
 
 
 def post_all(url: str, token: str, posts: list[Post], clients: int) -> tuple[list[Result], float]:
-    """Post everything from `clients` threads (one connection each); returns results and wall
-    time."""
+    """Post everything from `clients` concurrent clients (one keep-alive connection each, one
+    asyncio loop); returns results and wall time."""
+    return asyncio.run(_post_all(url, token, posts, clients))
+
+
+async def _post_all(
+    url: str, token: str, posts: list[Post], clients: int
+) -> tuple[list[Result], float]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = (f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\n")  # fmt: skip
     results: list[Result] = []
-    lock = threading.Lock()
     todo = iter(posts)
 
-    def client() -> None:
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-            while True:
-                with lock:
-                    post = next(todo, None)
-                if post is None:
-                    return
-                result = _post_one(http, post)
-                with lock:
-                    results.append(result)
+    async def client() -> None:
+        connection = None
+        try:
+            for post in todo:  # one loop, so `todo` is shared without a lock
+                if connection is None:
+                    connection = await asyncio.open_connection(host, port)
+                result, keep_alive = await _post_one(connection, head, post)
+                results.append(result)
+                if not keep_alive:  # failed, or the server closes it: open another
+                    await _close(connection[1])
+                    connection = None
+        finally:
+            if connection is not None:
+                await _close(connection[1])
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    await asyncio.gather(*(client() for _ in range(clients)))
     return results, time.perf_counter() - start
 
 
-def _post_one(http: httpx.Client, post: Post) -> Result:
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+async def _post_one(
+    connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], head: str, post: Post
+) -> tuple[Result, bool]:
+    """One POST of a reward and its answer, read by its Content-Length (uvicorn sends one with
+    every JSON answer); also whether the connection stays open. Status 0: the connection failed,
+    or the answer was not what this reads."""
+    reader, writer = connection
+    body = json.dumps({"value": post.value}).encode()
+    request = (f"POST /v1/rollouts/{post.rollout_id}/reward HTTP/1.1\r\n{head}"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
     start = time.perf_counter()
     try:
-        response = http.post(f"/v1/rollouts/{post.rollout_id}/reward", json={"value": post.value})
-        status = response.status_code
-        created = status == 200 and bool(response.json().get("created"))
-    except httpx.HTTPError:
-        status, created = 0, False
-    return Result(post.rollout_id, post.value, status, created, time.perf_counter() - start)
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            writer.write(request)
+            await writer.drain()
+            status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            status = int(status_line.split()[1])
+            answer = await reader.readexactly(int(headers[b"content-length"]))
+        created = status == 200 and json.loads(answer).get("created") is True
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            KeyError, IndexError, ValueError):  # fmt: skip
+        return Result(post.rollout_id, post.value, 0, False, time.perf_counter() - start), False
+    latency_s = time.perf_counter() - start
+    keep_alive = headers.get(b"connection", b"").lower() != b"close"
+    return Result(post.rollout_id, post.value, status, created, latency_s), keep_alive
 
 
 def make_posts(rollout_ids: list[str], seed: int) -> list[Post]:
@@ -248,23 +363,57 @@ def stored_rewards(database_url: str, rollout_ids: list[str]) -> dict[str, float
 # ---------------------------------------------------------------- the run
 
 
-def run(db: str, *, clients: int, rollouts: int, seed: int = 0) -> Report:
+def sweep(
+    db: str,
+    *,
+    clients: Sequence[int] = DEFAULT_CLIENTS,
+    rollouts: int,
+    seed: int = 0,
+    server_workers: int = 1,
+    warmup_rollouts: int = WARMUP_ROLLOUTS,
+) -> Sweep:
+    """One server; an unmeasured warm-up job, then one job of `rollouts` per concurrency."""
+    points = []
     with tempfile.TemporaryDirectory(prefix="keel-ingest-") as tmp:
-        server = Server(db, Path(tmp))
+        server = Server(db, Path(tmp), workers=server_workers)
         try:
-            token, ids = prepare_job(server, rollouts)
-            results, wall_s = post_all(server.url, token, make_posts(ids, seed), clients)
-            violations = check_exactly_once(results, stored_rewards(server.database_url, ids))
+            warmup = None
+            if warmup_rollouts:
+                warmup = _point(server, max(clients), warmup_rollouts, seed)
+            for i, n in enumerate(clients):
+                points.append(_point(server, n, rollouts, seed + 1 + i))
         finally:
             server.stop()
+    return Sweep(db=db, rollouts=rollouts, server_workers=server_workers, points=points,
+                 warmup_exactly_once=warmup is None or warmup.exactly_once)  # fmt: skip
+
+
+def run(db: str, *, clients: int, rollouts: int, seed: int = 0) -> Report:
+    """One concurrency on a server of its own, without a warm-up."""
+    return sweep(db, clients=[clients], rollouts=rollouts, seed=seed, warmup_rollouts=0).points[0]
+
+
+def _point(server: Server, clients: int, rollouts: int, seed: int) -> Report:
+    token, ids = prepare_job(server, rollouts)
+    posts = make_posts(ids, seed)
+    server_cpu0, client_cpu0 = server.cpu_s(), time.process_time()
+    results, wall_s = post_all(server.url, token, posts, clients)
+    server_cpu1, client_cpu1 = server.cpu_s(), time.process_time()
+    violations = check_exactly_once(results, stored_rewards(server.database_url, ids))
+    n = len(results)
+    if len(results) != len(posts):
+        violations.insert(0, f"{len(posts)} posts sent, {n} answered")
     latencies_ms = sorted(r.latency_s * 1000 for r in results)
+    per_request = None if server_cpu0 is None else round((server_cpu1 - server_cpu0) / n * 1e3, 2)
     return Report(
-        db=db, clients=clients, rollouts=rollouts, requests=len(results), wall_s=round(wall_s, 3),
-        requests_per_s=round(len(results) / wall_s, 1),
+        db=server.db, clients=clients, rollouts=rollouts, requests=n, wall_s=round(wall_s, 3),
+        requests_per_s=round(n / wall_s, 1),
         p50_ms=_pct(latencies_ms, 50), p95_ms=_pct(latencies_ms, 95),
         p99_ms=_pct(latencies_ms, 99), max_ms=round(latencies_ms[-1], 1),
         statuses={str(k): v for k, v in sorted(Counter(r.status for r in results).items())},
         exactly_once=not violations, violations=violations[:20],
+        server_cpu_ms_per_request=per_request,
+        client_cpu_ms_per_request=round((client_cpu1 - client_cpu0) / n * 1e3, 2),
     )  # fmt: skip
 
 
@@ -273,34 +422,90 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return round(sorted_values[index], 1)
 
 
-def write_results(report: Report) -> Path:
+def write_results(result: Sweep, *, note: str = "") -> Path:
+    """`reward_ingest_<db>.json` (every point in full) and `.md` (the curve as a table)."""
     RESULTS.mkdir(exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    data = {**asdict(report), "machine": machine}
-    path = RESULTS / f"reward_ingest_{report.db}.json"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
+               "load_average_after": [round(x, 2) for x in load] if load else None}  # fmt: skip
+    target = {"requests_per_s": TARGET_REQUESTS_PER_S, "p99_ms": TARGET_P99_MS}
+    met = [p.clients for p in result.points if _meets_target(p)]
+    data = {
+        "db": result.db, "rollouts": result.rollouts, "server_workers": result.server_workers,
+        "exactly_once": result.exactly_once, "warmup_exactly_once": result.warmup_exactly_once,
+        "target": target, "target_met_at_clients": met, "note": note,
+        "points": [asdict(p) for p in result.points], "machine": machine,
+    }  # fmt: skip
+    # The production shape (one worker, as docker-compose runs it) is the plain name.
+    workers = "" if result.server_workers == 1 else f"_{result.server_workers}workers"
+    path = RESULTS / f"reward_ingest_{result.db}{workers}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
+    rows = [
+        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
+        "| exactly once | server CPU ms/req | client CPU ms/req |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for p in result.points:
+        statuses = ", ".join(f"{k}: {v}" for k, v in p.statuses.items())
+        once = "yes" if p.exactly_once else "NO: " + "; ".join(p.violations)
+        rows.append(
+            f"| {p.clients} | {p.requests} | {p.requests_per_s} | {p.p50_ms} | {p.p95_ms} "
+            f"| {p.p99_ms} | {p.max_ms} | {statuses} | {once} "
+            f"| {_cell(p.server_cpu_ms_per_request)} | {_cell(p.client_cpu_ms_per_request)} |"
+        )
+    best = max(result.points, key=lambda p: p.requests_per_s)
+    verdict = (
+        f"met at {', '.join(map(str, met))} clients" if met else
+        f"not met: the best point is {best.requests_per_s} req/s at {best.clients} clients "
+        f"(p99 {best.p99_ms} ms)"
+    )  # fmt: skip
+    load_text = f" Load average after the run: {machine['load_average_after']}." if load else ""
     md = (
-        f"# Reward ingestion, {report.db}\n\n"
-        f"{report.clients} clients, {report.rollouts} rollouts × 3 posts = {report.requests} "
-        f"requests on {os.cpu_count()} CPUs: **{report.requests_per_s} req/s**, p50 "
-        f"{report.p50_ms} ms, p95 {report.p95_ms} ms, **p99 {report.p99_ms} ms**, max "
-        f"{report.max_ms} ms. HTTP statuses {report.statuses}; exactly once: "
-        f"{'yes' if report.exactly_once else 'NO: ' + '; '.join(report.violations)}.\n"
-    )
+        f"# Reward ingestion, {result.db}\n\n"
+        f"One `keel server` ({result.server_workers} uvicorn worker"
+        f"{'s' if result.server_workers != 1 else ''}) on {os.cpu_count()} CPUs, shared with the "
+        f"clients and the database; per point a job of {result.rollouts} rollouts × 3 posts "
+        f"(the value twice, another once). Target (issue 13): ≥ {TARGET_REQUESTS_PER_S:g} "
+        f"posts/s with p99 < {TARGET_P99_MS:g} ms: {verdict}. Exactly once at every point: "
+        f"{'yes' if result.exactly_once else 'NO'}.{load_text}\n\n"
+        + "\n".join(rows) + "\n" + (f"\n{note}\n" if note else "")
+    )  # fmt: skip
     path.with_suffix(".md").write_text(md)
     return path
+
+
+def _meets_target(point: Report) -> bool:
+    return (point.exactly_once and point.requests_per_s >= TARGET_REQUESTS_PER_S
+            and point.p99_ms < TARGET_P99_MS)  # fmt: skip
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value}"
+
+
+def _clients(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of client counts, each >= 1")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rollouts", type=int, default=400)
+    parser.add_argument("--clients", type=_clients, default=list(DEFAULT_CLIENTS),
+                        help="concurrencies to sweep, e.g. 1,2,4,8,16,32,64")  # fmt: skip
+    parser.add_argument("--rollouts", type=int, default=500,
+                        help="rollouts per point (3 posts each)")  # fmt: skip
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="uvicorn workers of the server (docker-compose runs 1)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="a line for the .md (conditions of the run)")
     args = parser.parse_args(argv)
-    report = run(args.db, clients=args.clients, rollouts=args.rollouts, seed=args.seed)
-    print(write_results(report).with_suffix(".md").read_text())
-    return 0 if report.exactly_once else 1
+    result = sweep(args.db, clients=args.clients, rollouts=args.rollouts, seed=args.seed,
+                   server_workers=args.server_workers)  # fmt: skip
+    print(write_results(result, note=args.note).with_suffix(".md").read_text())
+    return 0 if result.exactly_once else 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """`bench/reward_ingest.py` at a small size, on SQLite and PostgreSQL: 20 clients posting three
 rewards per rollout (the value twice, another value once) to a real `keel server` process; every
 rollout's reward is stored exactly once, every repeat is a 200 and every other value a 409, and
-no request fails. The exactly-once check itself is tested on a broken history."""
+no request fails. A tiny concurrency sweep on one server checks that per point and writes the
+curve. The exactly-once check itself is tested on a broken history."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.reward_ingest import Result, check_exactly_once, run
+from bench import reward_ingest
+from bench.reward_ingest import Result, check_exactly_once, run, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +22,30 @@ def test_concurrent_reward_posts_are_stored_exactly_once(db):
     assert report.requests == 180
     assert report.exactly_once, report.violations
     assert set(report.statuses) == {"200", "409"}, report.statuses
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def test_a_sweep_checks_every_point_and_writes_the_curve(db, tmp_path, monkeypatch):
+    result = sweep(db, clients=[1, 4], rollouts=8, warmup_rollouts=4)
+    assert [p.clients for p in result.points] == [1, 4]
+    assert result.warmup_exactly_once and result.exactly_once, result.points
+    for point in result.points:
+        assert point.requests == 24 and set(point.statuses) == {"200", "409"}, point
+        assert point.p50_ms <= point.p95_ms <= point.p99_ms <= point.max_ms
+        assert point.client_cpu_ms_per_request is not None
+    monkeypatch.setattr(reward_ingest, "RESULTS", tmp_path)
+    path = reward_ingest.write_results(result)
+    data = json.loads(path.read_text())
+    assert [p["clients"] for p in data["points"]] == [1, 4] and data["exactly_once"] is True
+    table = [line for line in path.with_suffix(".md").read_text().splitlines() if line[:2] in
+             ("| ", "|-")]  # fmt: skip
+    assert len(table) == 2 + 2  # header, rule, one row per point
+
+
+def test_the_clients_list_parses():
+    assert reward_ingest._clients("1,2,4") == [1, 2, 4]
+    with pytest.raises(Exception, match="comma-separated"):
+        reward_ingest._clients("0,2")
 
 
 def test_the_check_sees_a_double_write_and_a_lost_one():

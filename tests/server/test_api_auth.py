@@ -79,3 +79,43 @@ def test_only_admin_creates_keys_for_other_projects(client, project_key, admin) 
     assert me["is_admin"] is True
     listed = client.get("/v1/keys", headers=alpha).json()
     assert len(listed) == 2 and all("key" not in k for k in listed)
+
+
+def test_a_verified_reward_token_is_remembered_and_still_bound_to_its_job(
+    job_body, client, project_key, add_rollouts
+) -> None:
+    from keel_server.security import hash_secret
+
+    alpha = project_key("alpha")
+    job = client.post("/v1/jobs", json=job_body(reward={"type": "external"}), headers=alpha).json()
+    other = client.post("/v1/jobs", json=job_body(), headers=alpha).json()
+    mine, theirs = add_rollouts(job["id"]), add_rollouts(other["id"])
+    cache = client.app.state.ctx.reward_tokens
+    token = {"Authorization": f"Bearer {job['reward_token']}"}
+    unknown = {"Authorization": "Bearer keel_rt_" + "x" * 43}
+
+    refused = client.post(f"/v1/rollouts/{mine[0]}/reward", json={"value": 0.5}, headers=unknown)
+    assert refused.status_code == 401
+    assert cache.get(hash_secret("keel_rt_" + "x" * 43)) is None  # a miss is never remembered
+    ok = client.post(f"/v1/rollouts/{mine[0]}/reward", json={"value": 0.5}, headers=token)
+    assert ok.json()["created"] is True
+    remembered = cache.get(hash_secret(job["reward_token"]))
+    assert (remembered.project_id, remembered.job_id) == (job["project_id"], job["id"])
+    # From the cache the token still posts only to its own job's rollouts, once per rollout.
+    again = client.post(f"/v1/rollouts/{mine[0]}/reward", json={"value": 0.7}, headers=token)
+    assert again.status_code == 409 and again.json()["code"] == "reward_conflict"
+    r = client.post(f"/v1/rollouts/{theirs[0]}/reward", json={"value": 0.5}, headers=token)
+    assert r.status_code == 404
+    assert client.get("/v1/jobs", headers=token).status_code == 403
+
+
+def test_the_reward_token_cache_is_bounded() -> None:
+    from keel_server.services.context import Principal, RewardTokenCache
+
+    cache = RewardTokenCache(size=2)
+    for name in "abc":
+        cache.put(name, Principal("pr", job_id=name))
+    assert cache.get("a") is None and cache.get("b") is not None and cache.get("c") is not None
+    cache.get("b")  # most recently used: c goes first
+    cache.put("d", Principal("pr", job_id="d"))
+    assert cache.get("c") is None and cache.get("b") is not None

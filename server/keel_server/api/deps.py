@@ -22,11 +22,13 @@ bearer = HTTPBearer(
 )
 
 
-def get_ctx(request: Request) -> ServiceContext:
+# Both are `async def`: they only read the request, and FastAPI runs a plain `def` dependency in
+# the thread pool, a thread hop per dependency per request.
+async def get_ctx(request: Request) -> ServiceContext:
     return request.app.state.ctx
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:

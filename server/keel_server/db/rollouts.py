@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Double, bindparam, delete, func, select, tuple_, update
+from sqlalchemy.orm import Session, load_only
 
-from keel_server.db.base import new_id, utcnow
-from keel_server.db.jobs import cas_update
-from keel_server.db.models import Rollout
+from keel_server.db.base import UTCDateTime, new_id, utcnow
+from keel_server.db.models import Job, Rollout
 from keel_server.db.session import SessionFactory, session_scope
 
 
@@ -89,6 +88,50 @@ def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
     return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
+# What a reward post reads of a rollout and of its job. The other columns (a rollout's payload
+# of token ids, a job's config and summaries) load when touched; a reward post never does.
+_REWARD_COLUMNS = (Rollout.id, Rollout.job_id, Rollout.status, Rollout.reward,
+                   Rollout.deadline_at, Rollout.rewarded_at)  # fmt: skip
+_JOB_OWNER_COLUMNS = (Job.id, Job.project_id, Job.status, Job.reward_source)
+
+# The two statements of a reward post, built once: building an ORM statement and its loader
+# options costs more CPU per post than executing it (SQLAlchemy caches the compiled SQL, not the
+# construction).
+_ROLLOUT_AND_JOB = (
+    select(Rollout, Job)
+    .join(Job, Rollout.job_id == Job.id)
+    .where(Rollout.id == bindparam("rollout_id"), Job.project_id == bindparam("project_id"))
+    .options(load_only(*_REWARD_COLUMNS), load_only(*_JOB_OWNER_COLUMNS))
+    .execution_options(populate_existing=True)
+)
+_SET_REWARD = (
+    update(Rollout)
+    .where(
+        Rollout.id == bindparam("rollout_id"),
+        Rollout.status == "awaiting_reward",
+        Rollout.deadline_at > bindparam("now", type_=UTCDateTime()),
+    )
+    .values(
+        status="rewarded",
+        reward=bindparam("value", type_=Double()),
+        rewarded_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(Rollout)
+    .options(load_only(*_REWARD_COLUMNS))
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
+
+
+def get_rollout_and_job(
+    session: Session, rollout_id: str, *, project_id: str
+) -> tuple[Rollout, Job] | None:
+    """The rollout and its job, when the job is `project_id`'s: one query instead of two, of the
+    columns that deciding on a reward needs (the others load when touched)."""
+    params = {"rollout_id": rollout_id, "project_id": project_id}
+    row = session.execute(_ROLLOUT_AND_JOB, params).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 def list_rollouts(
     session: Session,
     job_id: str,
@@ -130,25 +173,29 @@ def delete_after(session: Session, job_id: str, step: int) -> int:
 
 
 def set_reward(
-    session: Session, rollout_id: str, value: float, *, now: datetime | None = None
+    session: Session,
+    rollout_id: str,
+    value: float,
+    *,
+    now: datetime | None = None,
+    current: Rollout | None = None,
 ) -> tuple[RewardOutcome, Rollout | None]:
-    """Record a reward once. Idempotent for the same value; never overwrites a different one."""
+    """Record a reward once. Idempotent for the same value; never overwrites a different one.
+
+    `current` is the rollout as this transaction already read it. A rewarded rollout stays
+    rewarded with that reward (only this function sets one, once), so when `current` is already
+    rewarded the answer is known without another statement; otherwise the guarded UPDATE decides,
+    and returns the row it changed."""
+    if current is not None and current.status == "rewarded":
+        return (RewardOutcome.SAME if current.reward == value else RewardOutcome.CONFLICT), current
     now = now or utcnow()
-    stmt = (
-        update(Rollout)
-        .where(
-            Rollout.id == rollout_id,
-            Rollout.status == "awaiting_reward",
-            Rollout.deadline_at > now,
-        )
-        .values(status="rewarded", reward=value, rewarded_at=now)
-    )
-    created = cas_update(session, stmt)
+    params = {"rollout_id": rollout_id, "value": value, "now": now}
+    created = session.execute(_SET_REWARD, params).scalar_one_or_none()
+    if created is not None:
+        return RewardOutcome.CREATED, created
     row = get_rollout(session, rollout_id)
     if row is None:
         return RewardOutcome.NOT_FOUND, None
-    if created:
-        return RewardOutcome.CREATED, row
     if row.status == "rewarded":
         return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
     if row.status == "awaiting_reward":  # past its deadline but not swept yet: expire it now

@@ -23,20 +23,35 @@ REWARD_TOKEN_SCOPE = "a reward token may only list its job's pending rollouts an
 def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
     if not token:
         raise ServiceError("unauthorized", "missing API key: send `Authorization: Bearer <key>`")
+    known = known_reward_token(ctx, token)
+    if known is not None:
+        return known
     with session_scope(ctx.sessions) as session:
         admin = ctx.settings.admin_key
         if admin and same_secret(token, admin):
             project = keys_db.get_or_create_project(session, ADMIN_PROJECT)
             return Principal(project.id, is_admin=True)
         if token.startswith(REWARD_TOKEN_PREFIX):
-            job = jobs_db.get_job_by_reward_token_hash(session, hash_secret(token))
+            token_hash = hash_secret(token)
+            job = jobs_db.get_job_by_reward_token_hash(session, token_hash)
             if job is not None:
-                return Principal(job.project_id, job_id=job.id)
+                principal = Principal(job.project_id, job_id=job.id)
+                ctx.reward_tokens.put(token_hash, principal)
+                return principal
         else:
             key = keys_db.find_active_key(session, hash_secret(token))
             if key is not None:
                 return Principal(key.project_id)
     raise ServiceError("unauthorized", "unknown or revoked API key")
+
+
+def known_reward_token(ctx: ServiceContext, token: str | None) -> Principal | None:
+    """The principal of a reward token this process has already verified, without a query (see
+    `RewardTokenCache`); None for anything else, which `authenticate` looks up. (A cached token
+    was found not to be the admin key when it was verified; the admin key is fixed per process.)"""
+    if not token or not token.startswith(REWARD_TOKEN_PREFIX):
+        return None
+    return ctx.reward_tokens.get(hash_secret(token))
 
 
 def require_api_key(principal: Principal) -> None:
@@ -56,14 +71,12 @@ def load_job(
 
 
 def load_rollout(session: Session, principal: Principal, rollout_id: str) -> tuple[Rollout, Job]:
-    rollout = rollouts_db.get_rollout(session, rollout_id)
-    if rollout is None:
+    """The rollout and its job, read together; a rollout of another project's job, or of another
+    job than a reward token's, is not found (as `load_job` would say of the job)."""
+    found = rollouts_db.get_rollout_and_job(session, rollout_id, project_id=principal.project_id)
+    if found is None or (principal.is_reward_token and found[1].id != principal.job_id):
         raise not_found("rollout", rollout_id)
-    try:
-        job = load_job(session, principal, rollout.job_id, reward_token_ok=True)
-    except ServiceError as exc:
-        raise not_found("rollout", rollout_id) from exc
-    return rollout, job
+    return found
 
 
 def load_checkpoint(session: Session, principal: Principal, checkpoint_id: str) -> Checkpoint:

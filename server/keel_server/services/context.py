@@ -3,6 +3,8 @@ producer, the process's Prometheus instruments, and who is calling (a `Principal
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from celery import Celery
@@ -19,6 +21,7 @@ class ServiceContext:
     sessions: SessionFactory
     producer: Celery
     telemetry: Telemetry = field(default_factory=Telemetry)
+    reward_tokens: RewardTokenCache = field(default_factory=lambda: RewardTokenCache())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceContext:
@@ -43,3 +46,33 @@ class Principal:
     @property
     def is_reward_token(self) -> bool:
         return self.job_id is not None
+
+
+class RewardTokenCache:
+    """The principals of reward tokens this process has verified, by the token's sha256.
+
+    A job's reward token is drawn when the job is created and never changes, and jobs are never
+    deleted, so a token once found names the same (project, job) for good: remembering it saves
+    a query on every reward post without changing who may post what. Nothing else about the job
+    is taken from here (each route reads the job it acts on), an unknown token is never
+    remembered, and API keys, which can be revoked, are not cached at all. Bounded: the least
+    recently used entries go first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, Principal] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str) -> Principal | None:
+        with self._lock:
+            principal = self._entries.get(token_hash)
+            if principal is not None:
+                self._entries.move_to_end(token_hash)
+            return principal
+
+    def put(self, token_hash: str, principal: Principal) -> None:
+        with self._lock:
+            self._entries[token_hash] = principal
+            self._entries.move_to_end(token_hash)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)

@@ -79,7 +79,7 @@ def _post(
                              max_value=source.get("max_value"))  # fmt: skip
     if problem:
         raise invalid(loc, problem)
-    outcome, row = rollouts_db.set_reward(session, rollout_id, value)
+    outcome, row = rollouts_db.set_reward(session, rollout_id, value, current=rollout)
     if outcome in (RewardOutcome.CREATED, RewardOutcome.SAME):
         return RewardResult(
             rollout_id=row.id, status=row.status, reward=row.reward,

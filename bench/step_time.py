@@ -13,10 +13,10 @@ Work per step, for both: SmolLM2-135M-Instruct, the addition task, 8 prompts × 
 Each framework runs in its own subprocess so that its peak RSS is its own; the parent reports the
 median step time after warm-up, the generation/training split, peak RSS and the keel/TRL ratio.
 After its steps, keel's process also measures this machine's limits (`bench/roofline.py`): the
-GEMM peak per dtype, the memory bandwidth, the FLOP/s its training forward+backward reaches on a
-step-shaped micro-batch, and its generation's tokens/s against the bound of reading the weights
-once per decode step. Results: `bench/results/step_time.{json,md}` (fp32) and
-`bench/results/step_time_recommended.{json,md}`.
+GEMM peak in the dtype it computes in, the memory bandwidth, the FLOP/s its training
+forward+backward reaches on a step-shaped micro-batch, and its generation's tokens/s against the
+bound of reading the weights once per decode step. Results: `bench/results/step_time.{json,md}`
+(fp32) and `bench/results/step_time_recommended.{json,md}`.
 
     .venv/bin/python bench/step_time.py                 # fp32, 1 warm-up + 4 measured steps each
     .venv/bin/python bench/step_time.py --preset recommended --steps 2

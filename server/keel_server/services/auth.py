@@ -21,11 +21,10 @@ REWARD_TOKEN_SCOPE = "a reward token may only list its job's pending rollouts an
 
 
 def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
+    """The caller of `token`, looked up in the database (a verified reward token is remembered;
+    `known_reward_token` answers for it without a query, and the route guard asks it first)."""
     if not token:
         raise ServiceError("unauthorized", "missing API key: send `Authorization: Bearer <key>`")
-    known = known_reward_token(ctx, token)
-    if known is not None:
-        return known
     with session_scope(ctx.sessions) as session:
         admin = ctx.settings.admin_key
         if admin and same_secret(token, admin):

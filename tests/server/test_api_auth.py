@@ -37,13 +37,19 @@ def test_projects_do_not_see_each_other(job_body, client, project_key, add_rollo
     assert client.get(f"/v1/jobs/{job_id}", headers=alpha).status_code == 200
 
 
+def _reward_job_and_another(client, job_body, headers) -> tuple[dict, dict, dict]:
+    """(a job with external rewards, another job of the same project, the first one's reward
+    token as request headers)."""
+    external = job_body(reward={"type": "external"})
+    job = client.post("/v1/jobs", json=external, headers=headers).json()
+    other = client.post("/v1/jobs", json=job_body(), headers=headers).json()
+    return job, other, {"Authorization": f"Bearer {job['reward_token']}"}
+
+
 def test_reward_token_reads_pending_and_posts_rewards_of_its_job_only(
     job_body, client, project_key, add_rollouts
 ) -> None:
-    alpha = project_key("alpha")
-    job = client.post("/v1/jobs", json=job_body(reward={"type": "external"}), headers=alpha).json()
-    other = client.post("/v1/jobs", json=job_body(), headers=alpha).json()
-    token = {"Authorization": f"Bearer {job['reward_token']}"}
+    job, other, token = _reward_job_and_another(client, job_body, project_key("alpha"))
     mine, theirs = add_rollouts(job["id"]), add_rollouts(other["id"])
 
     pending = client.get(f"/v1/jobs/{job['id']}/rollouts", headers=token).json()
@@ -86,12 +92,9 @@ def test_a_verified_reward_token_is_remembered_and_still_bound_to_its_job(
 ) -> None:
     from keel_server.security import hash_secret
 
-    alpha = project_key("alpha")
-    job = client.post("/v1/jobs", json=job_body(reward={"type": "external"}), headers=alpha).json()
-    other = client.post("/v1/jobs", json=job_body(), headers=alpha).json()
+    job, other, token = _reward_job_and_another(client, job_body, project_key("alpha"))
     mine, theirs = add_rollouts(job["id"]), add_rollouts(other["id"])
     cache = client.app.state.ctx.reward_tokens
-    token = {"Authorization": f"Bearer {job['reward_token']}"}
     unknown = {"Authorization": "Bearer keel_rt_" + "x" * 43}
 
     refused = client.post(f"/v1/rollouts/{mine[0]}/reward", json={"value": 0.5}, headers=unknown)

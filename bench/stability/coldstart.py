@@ -6,7 +6,10 @@ level tokenizer) trained with teacher forcing on one of the suite's SFT mixtures
 (`COLD_START_MIXTURES` of its task module), checked every `check_every` steps by its pass rate at
 temperature 1 on RL-pool prompts, and stopped at the first check at or above `target_pass`. The
 result is an HF directory in the cache, keyed by suite, mixture and budget, so the matrix never
-redoes SFT. Each SFT batch is split into micro-batches of similar length (the loss and gradient
+redoes SFT. A cold start committed under the suite's results (`<results_dir>/coldstart/`, same
+key) is used as it is instead: SFT'd on another kind of CPU the weights differ (fp32 kernels of
+different instruction sets round differently, and 800+ steps turn last bits into other weights),
+so a matrix that spans sessions on different machines starts every run from the committed one. Each SFT batch is split into micro-batches of similar length (the loss and gradient
 are those of the whole batch), so long-tailed answers cost what their tokens cost.
 
 Prompts are raw text (the tokenizer's chat template is removed before saving): the template would
@@ -209,11 +212,19 @@ def cold_start_path(cache_dir: Path, suite, mixture, budget: SFTBudget) -> Path:
     return cache_dir / "coldstart" / f"{prefix}{mixture.name}-{budget.key()}"
 
 
+def pinned_path(suite, mixture, budget: SFTBudget) -> Path:
+    """Where a committed cold start of (suite, mixture, budget) lives, if one does."""
+    return (suite.results_dir / "coldstart" / f"{mixture.name}-{budget.key()}").resolve()
+
+
 def ensure_cold_start(
     suite, mixture, budget: SFTBudget, *, cache_dir: Path, log=None
 ) -> ColdStart:
-    """The cached cold start of `mixture`, trained (once) when it is missing."""
-    path = cold_start_path(cache_dir, suite, mixture, budget)
+    """The committed cold start of `mixture`, else the cached one, trained (once) when it is
+    missing."""
+    path = pinned_path(suite, mixture, budget)
+    if not (path / "coldstart.json").is_file():
+        path = cold_start_path(cache_dir, suite, mixture, budget)
     meta_file = path / "coldstart.json"
     if not meta_file.is_file():
         model, tokenizer, history = train_cold_start(

@@ -109,12 +109,14 @@ def _cold_starts(out_dir: Path) -> list[str]:
     if not table:
         return []
     lines = ["## Cold starts", "", *table, ""]
-    earlier = cold_start_table(out_dir / "superseded")
+    earlier = cold_start_table(out_dir / "superseded-avx2")
     if earlier:
-        lines += ["The pilots of rules A–C ran on an earlier cold start of the same recipe that "
-                  "this code no longer reproduces; its 8 findings runs were moved to "
-                  "`stress/superseded/` (see its README.md) and the matrix restarted on the "
-                  "cold start above, in the regime those pilots chose:", "", *earlier, ""]
+        lines += ["The cold start above made the pilots of rules A–C and every run in "
+                  "`stress/runs/`; it is committed (`stress/coldstart/`), so runs on any CPU "
+                  "start from it. SFT'd on an AVX2-only CPU the same recipe gives other weights "
+                  "(fp32 kernels round differently): the 32 runs an AVX2 session made from its "
+                  "own cold start are kept apart in `stress/superseded-avx2/` (see its "
+                  "README.md) and not pooled here:", "", *earlier, ""]
     return lines
 
 

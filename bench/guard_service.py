@@ -13,11 +13,12 @@ Rules, declared before any case ran:
   fired), and at every evaluation up to that step its held-out accuracy was still ≥
   `COLLAPSE_FRACTION` × its running peak: the guard acted before the fall. (An accuracy firing's
   own evaluation is read from its event: a rollback replaces the metric rows of the steps it
-  re-runs.) The cell's unguarded
-  harness run at the same seed (`bench/results/stability/stress/runs`) is the counterfactual: its
-  collapse by `bench/stability/criterion.py` dates the collapse, and lead = collapse grad step −
-  the firing's grad step. (The service job and the harness run share config and seed, not their
-  prompt order or eval problems, so the lead is approximate.)
+  re-runs.) The counterfactual is the same job with every trigger at `alert` (a case of its
+  own, same seed: same prompts and evaluation, nothing acted on) where one ran, else the cell's
+  harness run at that seed (`bench/results/stability/stress/runs` or `pilot/`, which shares
+  config and seed but not prompt order or eval problems: an approximate date). Its collapse by
+  `bench/stability/criterion.py` dates the collapse; lead = collapse grad step − the firing's
+  grad step.
 - **false alarm** (a stable cell): any pause or rollback. Alerts are counted, not judged.
 - **recovered** (rollback): the job ran to its last step and its own eval curve does not collapse
   by the criterion.
@@ -38,7 +39,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bench.stability import stress
+from bench.stability import coldstart, stress
 from bench.stability.criterion import COLLAPSE_FRACTION, RunSeries, judge
 from bench.stability.matrix import Cell, training_config
 from bench.stability.results import load_runs
@@ -63,20 +64,26 @@ CASES = (
     Case("stable-pause", "N4/minirl+R3", "pause"),
     Case("collapse-rollback", "N4/minirl-noclip", "rollback"),
     Case("stable-pause-N1", "N1/minirl", "pause"),
+    # A collapse made on purpose (issue 16 §3): on-policy reinforce at 10× rule A's stable lr
+    # (pilot A's own cell). `alert` acts on nothing: it is the unguarded run of the same job.
+    Case("lr-collapse-alert", "A/lr0.003/fp32/N1/reinforce", "alert"),
+    Case("lr-collapse-pause", "A/lr0.003/fp32/N1/reinforce", "pause"),
+    Case("lr-collapse-rollback", "A/lr0.003/fp32/N1/reinforce", "rollback"),
 )
 SEEDS = (0, 1, 2)
 
 
 def _cell(name: str) -> Cell:
+    """A matrix cell of the stress regime, or one of rule A's pilots."""
     regime = stress.Regime.load(STRESS_DIR / "regime.json")
     cells, _ = stress.matrix_cells(regime)
-    return next(c for c in cells if c.name == name)
+    return next(c for c in (*cells, *stress.pilot_a_cells()) if c.name == name)
 
 
 def _cold_start() -> Path:
-    [balanced] = [c for c in json.loads((STRESS_DIR / "coldstarts.json").read_text())
-                  if c["name"] == "balanced"]  # fmt: skip
-    return Path(balanced["path"])
+    """The stress suite's committed cold start, the one its runs start from."""
+    [balanced] = [m for m in STRESS.task.COLD_START_MIXTURES if m.name == "balanced"]
+    return coldstart.pinned_path(STRESS, balanced, STRESS.sft)
 
 
 def job_config(case: Case, seed: int, model_dir: Path) -> dict[str, Any]:
@@ -156,12 +163,21 @@ def eval_curve(result: dict[str, Any]) -> tuple[list[int], list[float]]:
 
 @cache
 def _harness_runs() -> dict[tuple[str, int], Any]:
-    """The stress suite's runs by (cell, seed), read once per report."""
-    return {(r.cell, r.meta["seed"]): r for r in load_runs(STRESS_DIR)}
+    """The stress suite's runs and pilots by (cell, seed), read once per report."""
+    runs = (*load_runs(STRESS_DIR), *load_runs(STRESS_DIR / "pilot"))
+    return {(r.cell, r.meta["seed"]): r.verdict() for r in runs}
 
 
-def _unguarded(cell: str, seed: int):
-    return _harness_runs().get((cell, seed))
+def _unguarded(cell: str, seed: int) -> tuple[Any, str] | None:
+    """(collapse verdict, source) of the cell run without a guard acting: the `alert` case's
+    job at that seed (same prompts, same evaluation), else the harness's run."""
+    for case in CASES:
+        path = OUT / case.name / f"seed{seed}.json"
+        if case.cell == cell and case.action == "alert" and path.is_file():
+            steps, acc = eval_curve(json.loads(path.read_text()))
+            return judge(RunSeries(steps, acc, [], [], [])), "job"
+    verdict = _harness_runs().get((cell, seed))
+    return (verdict, "harness") if verdict is not None else None
 
 
 def judge_case(result: dict[str, Any]) -> dict[str, Any]:
@@ -181,8 +197,7 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
     for a in before:
         peak = max(peak, a)
         above = above and a >= COLLAPSE_FRACTION * peak
-    unguarded = _unguarded(result["cell"], result["seed"])
-    verdict = unguarded.verdict() if unguarded is not None else None
+    verdict, source = _unguarded(result["cell"], result["seed"]) or (None, None)
     lead = (verdict.step - fired_grad
             if verdict is not None and verdict.step is not None and fired_grad is not None
             else None)  # fmt: skip
@@ -195,6 +210,7 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
         "acting": len(acting),
         "unguarded_collapse_grad_step": verdict.step if verdict else None,
         "unguarded_collapsed": verdict.collapsed if verdict else None,
+        "unguarded_source": source,
         "lead_grad_steps": lead,
         "own_collapse_grad_step": own.step if own.collapsed else None,
         "recovered": result["status"] == "succeeded" and not own.collapsed,
@@ -208,7 +224,7 @@ def report() -> str:
              "Written by `python -m bench.guard_service report` from "
              "`bench/results/guard/service/*/seed*.json`; rules in `bench/guard_service.py`.", "",
              "| case | cell | action | seed | status | step | first acting trigger (grad step) "
-             "| acc ≥ ½ peak until then | unguarded harness run's collapse (grad step) | lead "
+             "| acc ≥ ½ peak until then | unguarded run's collapse (grad step) | lead "
              "| the job's own eval collapses (grad step) | alerts | final / peak acc | wall |",
              "|" + "---|" * 14]  # fmt: skip
     for case in CASES:
@@ -216,9 +232,10 @@ def report() -> str:
             r = json.loads(path.read_text())
             j = judge_case(r)
             fired = f"{j['trigger']} ({j['fired_grad_step']})" if j["trigger"] else "none"
-            collapse = ("no collapse" if j["unguarded_collapsed"] is False
-                        else "no run" if j["unguarded_collapsed"] is None
+            collapse = ("no run" if j["unguarded_collapsed"] is None
+                        else "no collapse" if not j["unguarded_collapsed"]
                         else str(j["unguarded_collapse_grad_step"]))  # fmt: skip
+            collapse += f" ({j['unguarded_source']})" if j["unguarded_source"] else ""
             lines.append(
                 f"| {case.name} | `{case.cell}` | {case.action} | {r['seed']} | {r['status']} | "
                 f"{r['step']}/{r['steps']} | {fired} | {j['caught'] if j['trigger'] else '–'} | "

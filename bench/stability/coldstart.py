@@ -9,8 +9,9 @@ result is an HF directory in the cache, keyed by suite, mixture and budget, so t
 redoes SFT. A cold start committed under the suite's results (`<results_dir>/coldstart/`, same
 key) is used as it is instead: SFT'd on another kind of CPU the weights differ (fp32 kernels of
 different instruction sets round differently, and 800+ steps turn last bits into other weights),
-so a matrix that spans sessions on different machines starts every run from the committed one. Each SFT batch is split into micro-batches of similar length (the loss and gradient
-are those of the whole batch), so long-tailed answers cost what their tokens cost.
+so a matrix that spans sessions on different machines starts every run from the committed one.
+Each SFT batch is split into micro-batches of similar length (the loss and gradient are those of
+the whole batch), so long-tailed answers cost what their tokens cost.
 
 Prompts are raw text (the tokenizer's chat template is removed before saving): the template would
 triple every sequence for no information, and the trainer's `encode_prompt` uses raw text when a

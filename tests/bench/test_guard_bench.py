@@ -1,6 +1,7 @@
 """The guard-in-service bench without training: the job it sends is the stress cell's run with
 every trigger armed, and its rules judge hand-made job results as declared."""
 
+import json
 from pathlib import Path
 
 from bench import guard_service
@@ -73,3 +74,23 @@ def test_a_rollback_is_judged_on_the_evaluation_it_fired_on_not_on_the_rerun(mon
     j = judge_case(_result({1: 0.4, 3: 0.35, 5: 0.4}, events, status="succeeded"))
     assert (j["caught"], j["fired_grad_step"], j["recovered"]) == (False, 8, True)
 
+
+
+def test_the_unguarded_run_is_the_alert_case_of_the_same_job(monkeypatch, tmp_path):
+    monkeypatch.setattr(guard_service, "OUT", tmp_path)
+    alert = next(c for c in guard_service.CASES if c.action == "alert")
+    # The alert job at seed 99 (N = 1: the evals at job steps 1, 9, 17 saw grad steps 0, 8,
+    # 16) fell from 0.4 to 0 by grad step 8; the paused job fired at job step 3 (grad step 2)
+    # with only the first eval seen: caught, 6 grad steps ahead of the unguarded collapse.
+    def job(evals: dict[str, float], events: list[dict], status: str) -> dict:
+        return {"cell": alert.cell, "seed": 99, "num_minibatches": 1, "status": status,
+                "events": events,
+                "metrics": {"eval/accuracy": evals, "eval/accuracy_final": {}}}  # fmt: skip
+
+    (tmp_path / alert.name).mkdir()
+    unguarded = job({"1": 0.4, "9": 0.0, "17": 0.0}, [], "succeeded")
+    (tmp_path / alert.name / "seed99.json").write_text(json.dumps(unguarded))
+    pause = [{"trigger": "entropy", "action": "pause", "step": 3, "value": 0.01}]
+    j = judge_case(job({"1": 0.4}, pause, "paused"))
+    assert (j["caught"], j["fired_grad_step"], j["unguarded_source"]) == (True, 2, "job")
+    assert (j["unguarded_collapse_grad_step"], j["lead_grad_steps"]) == (8, 6)

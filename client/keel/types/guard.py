@@ -62,7 +62,7 @@ class KlTrigger(_Strict):
     patience: Int = _patience(3)
     ratio: Float = Field(2.0, gt=1.0, le=1e6, description="Multiple of the baseline that breaches.")
     min_value: Float = Field(
-        5e-3, ge=0.0, le=1e6, description="A KL at or below this never breaches."
+        1e-2, ge=0.0, le=1e6, description="A KL at or below this never breaches."
     )
     warmup: Int = Field(1, ge=1, le=MAX_WINDOW, description="Steps before the trigger can breach.")
 
@@ -103,21 +103,27 @@ class GradNormTrigger(_Strict):
 
     action: GuardAction = Field("alert", description=_ACTION)
     patience: Int = _patience(1)
-    ratio: Float = Field(10.0, gt=1.0, le=1e6, description="Multiple of the median that breaches.")
+    ratio: Float = Field(20.0, gt=1.0, le=1e6, description="Multiple of the median that breaches.")
     warmup: Int = Field(4, ge=1, le=MAX_WINDOW, description="Steps before the ratio can breach.")
 
 
 class RewardTrigger(_Strict):
     """The step's mean reward (`reward/mean`), averaged over the last `window` steps, below
-    `min_ratio` × the running peak of that average, once the peak is at least `min_peak`."""
+    `min_ratio` × its running baseline (the median of the earlier averages that did not breach;
+    the first `warmup` only build it), once that baseline is at least `min_baseline`. A median,
+    not the running peak: the peak of a noisy per-step reward is its luckiest step."""
 
     action: GuardAction = Field("alert", description=_ACTION)
     patience: Int = _patience(3)
-    min_ratio: Float = Field(0.2, gt=0.0, lt=1.0, description="Share of the peak that breaches.")
-    min_peak: Float = Field(
-        0.1, ge=0.0, le=1e6, description="A peak below this is no reference (nothing learnt yet)."
+    min_ratio: Float = Field(
+        0.1, gt=0.0, lt=1.0, description="Share of the baseline that breaches."
+    )
+    min_baseline: Float = Field(
+        0.1, ge=0.0, le=1e6,
+        description="A baseline below this is no reference (nothing learnt yet).",
     )
     window: Int = Field(4, ge=1, le=MAX_WINDOW, description="Steps averaged per value.")
+    warmup: Int = Field(1, ge=1, le=MAX_WINDOW, description="Averages before it can breach.")
 
 
 class AccuracyTrigger(_Strict):
@@ -125,7 +131,7 @@ class AccuracyTrigger(_Strict):
     running peak, once the peak is at least `min_peak`."""
 
     action: GuardAction = Field("alert", description=_ACTION)
-    patience: Int = _patience(1)
+    patience: Int = _patience(2)
     min_ratio: Float = Field(0.3, gt=0.0, lt=1.0, description="Share of the peak that breaches.")
     min_peak: Float = Field(
         0.1, ge=0.0, le=1.0, description="A peak below this is no reference (nothing learnt yet)."
@@ -162,7 +168,7 @@ class GuardConfig(_Strict):
         default_factory=GradNormTrigger, description="Non-finite or exploding gradient norm."
     )
     reward: RewardTrigger | None = Field(
-        default_factory=RewardTrigger, description="Mean reward against its running peak."
+        default_factory=RewardTrigger, description="Mean reward against its running baseline."
     )
     accuracy: AccuracyTrigger | None = Field(
         default_factory=AccuracyTrigger, description="Held-out accuracy against its peak."

@@ -45,7 +45,7 @@ def test_every_trigger_has_a_judge():
 
 # ---------------------------------------------------------------- kl
 def test_kl_fires_after_patience_steps_above_ratio_times_baseline():
-    # Baseline = median(1e-2) after warmup 1; 3e-2 = 3x > 2x (and > 5e-3) breaches at steps
+    # Baseline = median(1e-2) after warmup 1; 3e-2 = 3x > 2x (and > 1e-2) breaches at steps
     # 4, 5, 6: patience 3 fires at step 6.
     values = [1e-2, 1.1e-2, 0.9e-2, 3e-2, 3e-2, 3e-2]
     assert fire_steps(only("kl"), series("mismatch/kl_k3", values)) == [6]
@@ -54,7 +54,7 @@ def test_kl_fires_after_patience_steps_above_ratio_times_baseline():
 def test_kl_is_quiet_on_a_stable_sequence_and_below_its_floor():
     stable = [1e-2, 1.3e-2, 0.8e-2, 1.9e-2, 1.1e-2, 0.7e-2] * 5  # ≤ 1.9x the median
     assert fire_steps(only("kl"), series("mismatch/kl_k3", stable)) == []
-    # fp32 rollouts: float noise around 0, hundreds of times its baseline, never above 5e-3.
+    # fp32 rollouts: float noise around 0, hundreds of times its baseline, never above 1e-2.
     noise = [-4.6e-9, 1e-9, 3e-7, 4e-6, 4e-6, 4e-6, 4e-6]
     assert fire_steps(only("kl"), series("mismatch/kl_k3", noise)) == []
 
@@ -95,19 +95,27 @@ def test_a_non_finite_gradient_norm_fires_at_once_whatever_the_patience():
 
 
 def test_grad_norm_fires_far_above_its_running_median():
-    values = [1.0, 2.0, 1.5, 1.2, 9.0, 16.0]  # median 1.35 (4 warmup steps, then 9 joins)
+    # 4 warmup steps (median 1.35); 9 < 20 × 1.35 joins them (median 1.5); 31 > 20 × 1.5.
+    values = [1.0, 2.0, 1.5, 1.2, 9.0, 31.0]
     assert fire_steps(only("grad_norm"), series("optim/grad_norm", values)) == [6]
 
 
 # ---------------------------------------------------------------- peaks
-def test_reward_fires_when_its_window_mean_falls_below_a_fifth_of_its_peak():
-    # Window 4: peak 0.5 after the first 8 steps; the window mean after k zeros is
-    # 0.5 (4 - k) / 4: 0.125 at k = 3 (no breach), 0 from k = 4 (steps 12, 13, 14): patience 3
-    # fires at step 14.
-    values = [0.5] * 8 + [0.0] * 8
-    assert fire_steps(only("reward"), series("reward/mean", values)) == [14]
-    # A peak under min_peak is no reference: a run that never learnt does not "collapse".
-    assert fire_steps(only("reward"), series("reward/mean", [0.05] * 4 + [0.0] * 8)) == []
+def test_reward_fires_when_its_window_mean_falls_below_its_share_of_the_baseline():
+    # Window 2, warmup 1, ratio 0.1, patience 2: the first mean (step 2: 0.5) starts the
+    # baseline; the means 0.4, 0.3 and 0.15 of steps 3-5 are clean and join it; the zero means
+    # of steps 6 and 7 breach (0 < 0.1 × median 0.35): fires at 7.
+    trigger = {"window": 2, "warmup": 1, "min_ratio": 0.1, "patience": 2}
+    values = [0.5, 0.5, 0.3, 0.3, 0.0, 0.0, 0.0]
+    assert fire_steps(only("reward", **trigger), series("reward/mean", values)) == [7]
+    # The baseline is a median: one lucky step does not raise the bar (a peak would be 0.9,
+    # and 0.05 < 0.1 × 0.9 would breach at steps 5-6).
+    lucky = [0.3, 0.9, 0.3, 0.3, 0.05, 0.05]
+    assert fire_steps(only("reward", window=1, patience=2, min_ratio=0.1), series(
+        "reward/mean", lucky)) == []
+    # A baseline under min_baseline is no reference: a run that never learnt does not "collapse".
+    never_learnt = series("reward/mean", [0.05] * 4 + [0.0] * 8)
+    assert fire_steps(only("reward", **trigger), never_learnt) == []
 
 
 def test_accuracy_is_judged_on_evaluated_steps_only():
@@ -115,8 +123,9 @@ def test_accuracy_is_judged_on_evaluated_steps_only():
     # accuracy and neither breach nor clear.
     seq = [{"eval/accuracy": 0.4}, {}, {}, {}, {"eval/accuracy": 0.5}, {}, {}, {},
            {"eval/accuracy": 0.1}]  # fmt: skip
-    assert fire_steps(only("accuracy"), seq) == [9]
-    assert fire_steps(only("accuracy", patience=2), seq) == []
+    assert fire_steps(only("accuracy", patience=1), seq) == [9]
+    assert fire_steps(only("accuracy"), seq) == []  # patience 2: one more evaluation needed
+    assert fire_steps(only("accuracy"), [*seq, {}, {"eval/accuracy": 0.12}]) == [11]
 
 
 # ---------------------------------------------------------------- hysteresis

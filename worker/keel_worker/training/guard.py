@@ -10,7 +10,8 @@ this module keeps the running state each signal is judged against:
     clip        clip/frac > max_frac
     entropy     train/entropy < min_ratio × mean(first `warmup` steps)
     grad_norm   optim/grad_norm non-finite, or > ratio × median(non-breaching steps so far)
-    reward      mean(last `window` reward/mean) < min_ratio × its running peak (peak ≥ min_peak)
+    reward      mean(last `window` reward/mean) < min_ratio × median(non-breaching means so far),
+                and that median ≥ min_baseline
     accuracy    eval/accuracy (evaluated steps only) < min_ratio × its running peak
 
 A trigger fires after `patience` consecutive breaches and is then latched until `patience`
@@ -28,12 +29,14 @@ from dataclasses import dataclass, field
 from typing import get_args
 
 from keel.types.guard import (
+    AccuracyTrigger,
     ClipTrigger,
     EntropyTrigger,
     GradNormTrigger,
     GuardConfig,
     IsFractionTrigger,
     KlTrigger,
+    RewardTrigger,
     TriggerName,
 )
 
@@ -157,18 +160,17 @@ def _finite(metrics: Mapping[str, float], name: str) -> float | None:
     return float(value)
 
 
-def _against_median(
-    ratio: float, warmup: int, signal: _Signal, value: float, what: str, floor: float = -math.inf
-):
-    """Breach when value > ratio × median of the earlier non-breaching values (and > floor)."""
+def _against_median(signal: _Signal, value: float, warmup: int, judge):
+    """`judge(baseline)` -> (breach, reason) against the median of the earlier non-breaching
+    values (the first `warmup` values only build it): a median, not a peak or a mean, so one
+    noisy step neither raises the bar nor drags it."""
     if len(signal.history) < warmup:
         signal.history.append(value)
         return False, value, math.nan, ""
     baseline = statistics.median(signal.history)
-    breach = value > ratio * baseline and value > floor
+    breach, reason = judge(baseline)
     if not breach:
         signal.history.append(value)
-    reason = f"{what} {value:.3g} > {ratio:g} × its baseline {baseline:.3g}"
     return breach, value, baseline, reason
 
 
@@ -176,9 +178,10 @@ def _kl(trigger: KlTrigger, signal: _Signal, metrics: Mapping[str, float]):
     value = _finite(metrics, KL)
     if value is None:
         return None
-    return _against_median(
-        trigger.ratio, trigger.warmup, signal, value, "k3 KL(μ‖π_old)", floor=trigger.min_value
-    )
+    return _against_median(signal, value, trigger.warmup, lambda baseline: (
+        value > trigger.ratio * baseline and value > trigger.min_value,
+        f"k3 KL(μ‖π_old) {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",
+    ))  # fmt: skip
 
 
 def _is_fraction(trigger: IsFractionTrigger, signal: _Signal, metrics: Mapping[str, float]):
@@ -217,31 +220,37 @@ def _grad_norm(trigger: GradNormTrigger, signal: _Signal, metrics: Mapping[str, 
     if not math.isfinite(value):
         signal.latch.breaches = max(signal.latch.breaches, signal.latch.patience - 1)
         return True, float(value), math.nan, f"gradient norm is {value}"
-    return _against_median(trigger.ratio, trigger.warmup, signal, float(value), "gradient norm")
+    return _against_median(signal, float(value), trigger.warmup, lambda baseline: (
+        value > trigger.ratio * baseline,
+        f"gradient norm {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",
+    ))  # fmt: skip
 
 
-def _peak(metric: str, what: str, *, windowed: bool):
-    """A judge of `metric` against its running peak; `windowed` averages `trigger.window` steps
-    (held-out accuracy is already a mean over its prompts)."""
+def _reward(trigger: RewardTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    value = _finite(metrics, REWARD)
+    if value is None:
+        return None
+    signal.window.append(value)
+    if len(signal.window) > trigger.window:
+        signal.window.popleft()
+    if len(signal.window) < trigger.window:
+        return None
+    smoothed = statistics.fmean(signal.window)
+    return _against_median(signal, smoothed, trigger.warmup, lambda baseline: (
+        baseline >= trigger.min_baseline and smoothed < trigger.min_ratio * baseline,
+        f"reward {smoothed:.3g} < {trigger.min_ratio:g} × its baseline {baseline:.3g}",
+    ))  # fmt: skip
 
-    def judge(trigger, signal: _Signal, metrics: Mapping[str, float]):
-        value = _finite(metrics, metric)
-        if value is None:
-            return None
-        window = trigger.window if windowed else 1
-        signal.window.append(value)
-        if len(signal.window) > window:
-            signal.window.popleft()
-        if len(signal.window) < window:
-            return None
-        smoothed = statistics.fmean(signal.window)
-        signal.peak = max(signal.peak, smoothed)
-        peak = signal.peak
-        breach = peak >= trigger.min_peak and smoothed < trigger.min_ratio * peak
-        reason = f"{what} {smoothed:.3g} < {trigger.min_ratio:g} × its peak {peak:.3g}"
-        return breach, smoothed, peak, reason
 
-    return judge
+def _accuracy(trigger: AccuracyTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    value = _finite(metrics, ACCURACY)
+    if value is None:
+        return None
+    signal.peak = max(signal.peak, value)
+    peak = signal.peak
+    breach = peak >= trigger.min_peak and value < trigger.min_ratio * peak
+    reason = f"held-out accuracy {value:.3g} < {trigger.min_ratio:g} × its peak {peak:.3g}"
+    return breach, value, peak, reason
 
 
 _JUDGES = {
@@ -250,8 +259,8 @@ _JUDGES = {
     "clip": _clip,
     "entropy": _entropy,
     "grad_norm": _grad_norm,
-    "reward": _peak(REWARD, "reward", windowed=True),
-    "accuracy": _peak(ACCURACY, "held-out accuracy", windowed=False),
+    "reward": _reward,
+    "accuracy": _accuracy,
 }
 
 

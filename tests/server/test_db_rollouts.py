@@ -62,7 +62,9 @@ def test_builtin_rewards_are_recorded_with_the_rollouts(session_factory, job_id)
 
 
 def test_wait_for_rewards_returns_when_all_are_rewarded_or_expired(session_factory, job_id):
-    ids = _record(session_factory, job_id, deadline_s=0.3)
+    # The deadline leaves the first poll ample time on a loaded machine (at 0.3 s every rollout
+    # had expired once before the "reward service" answered); the fourth then expires unscored.
+    ids = _record(session_factory, job_id, deadline_s=1.5)
     polls = []
 
     def sleep(seconds):  # a reward service answering between polls

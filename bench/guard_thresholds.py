@@ -65,7 +65,7 @@ GRID: dict[str, dict[str, tuple[float, ...]]] = {
     "grad_norm": {"ratio": (50, 20, 10, 5, 3, 2), "patience": PATIENCE},
     "reward": {
         "min_ratio": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5), "window": (8, 4, 2, 1),
-        "warmup": (4, 2, 1), "patience": PATIENCE,
+        "warmup": (4, 2, 1), "min_baseline": (0.1, 0.05, 0.02), "patience": PATIENCE,
     },
     "accuracy": {"min_ratio": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7), "patience": PATIENCE},
 }

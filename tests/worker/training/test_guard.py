@@ -114,7 +114,7 @@ def test_reward_fires_when_its_window_mean_falls_below_its_share_of_the_baseline
     assert fire_steps(only("reward", window=1, patience=2, min_ratio=0.1), series(
         "reward/mean", lucky)) == []
     # A baseline under min_baseline is no reference: a run that never learnt does not "collapse".
-    never_learnt = series("reward/mean", [0.05] * 4 + [0.0] * 8)
+    never_learnt = series("reward/mean", [0.01] * 4 + [0.0] * 8)
     assert fire_steps(only("reward", **trigger), never_learnt) == []
 
 

@@ -138,12 +138,28 @@ def test_a_fired_trigger_stays_latched_until_patience_clean_steps_rearm_it():
     assert fire_steps(only("clip"), series("clip/frac", values)) == [3, 14]
 
 
-def test_rearm_forgets_latches_but_keeps_baselines():
-    guard = StabilityGuard(only("clip", patience=1))
-    assert guard.observe(1, {"clip/frac": 0.1})
-    assert not guard.observe(2, {"clip/frac": 0.1})  # latched
-    guard.rearm()
-    assert guard.observe(3, {"clip/frac": 0.1})
+def test_rewind_restores_the_detector_as_it_stood_at_the_restored_step():
+    # Reward, window 1, patience 1, ratio 0.1: steps 1-2 (0.5) build the baseline; the slide of
+    # steps 3-6 (0.06, clean: > 0.05) joins it and drags the median to 0.06, so only step 7's 0
+    # fires. Rolled back to step 2, the re-run must be judged against step 2's baseline (0.5):
+    # 0.04 < 0.05 fires at once; judged against the abandoned steps' 0.06 it would not.
+    config = only("reward", window=1, patience=1)
+    guard = StabilityGuard(config)
+    fired = [f.step for s, v in enumerate([0.5, 0.5, 0.06, 0.06, 0.06, 0.06, 0.0], 1)
+             for f in guard.observe(s, {"reward/mean": v})]  # fmt: skip
+    assert fired == [7]
+    guard.rewind(2)
+    assert [f.reference for f in guard.observe(3, {"reward/mean": 0.04})] == [0.5]
+    # A rewind to the start forgets everything: the first value is a baseline again.
+    guard.rewind(0)
+    assert guard.observe(1, {"reward/mean": 0.04}) == []
+
+
+def test_a_zero_gradient_norm_is_no_observation():
+    # Collapsed steps have no reward spread and no update: norm exactly 0. Were the zeros a
+    # baseline, any later update would be "far above" it.
+    values = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 15.0, 25.0]
+    assert fire_steps(only("grad_norm"), series("optim/grad_norm", values)) == [11]
 
 
 def test_fired_carries_the_breach_start_and_the_step_metrics():

@@ -82,5 +82,5 @@ class JobGuard:
             f"of steps {to_step + 1}..{fired.step}; learning rate × {scale:g}",
         }  # fmt: skip
         record_guard(session, self.job_id, owner, self.summary.model_dump(mode="json"), [event])
-        self.detector.rearm()
+        self.detector.rewind(to_step)
         return scale

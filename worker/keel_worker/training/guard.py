@@ -9,13 +9,15 @@ this module keeps the running state each signal is judged against:
     is_fraction max(is/truncated_frac, is/masked_frac) > max_frac
     clip        clip/frac > max_frac
     entropy     train/entropy < min_ratio × mean(first `warmup` steps)
-    grad_norm   optim/grad_norm non-finite, or > ratio × median(non-breaching steps so far)
+    grad_norm   optim/grad_norm non-finite, or > ratio × median(non-breaching steps so far);
+                an exact 0 (no group had a reward spread: no update) is no observation
     reward      mean(last `window` reward/mean) < min_ratio × median(non-breaching means so far),
                 and that median ≥ min_baseline
     accuracy    eval/accuracy (evaluated steps only) < min_ratio × its running peak
 
 A trigger fires after `patience` consecutive breaches and is then latched until `patience`
-consecutive clean observations re-arm it. A step without the signal (no evaluation this step, a
+consecutive clean observations re-arm it. After a rollback, `rewind` puts all of it back as it
+was at the restored step. A step without the signal (no evaluation this step, a
 dense model's routing, a skipped update) is neither a breach nor a clean observation.
 """
 
@@ -44,6 +46,7 @@ TRIGGERS: tuple[str, ...] = get_args(TriggerName)
 KL, ENTROPY, GRAD_NORM = "mismatch/kl_k3", "train/entropy", "optim/grad_norm"
 IS_FRACTIONS = ("is/truncated_frac", "is/masked_frac")
 CLIP, REWARD, ACCURACY = "clip/frac", "reward/mean", "eval/accuracy"
+WATCHED = frozenset({KL, *IS_FRACTIONS, CLIP, ENTROPY, GRAD_NORM, REWARD, ACCURACY})
 # Which action wins when several triggers fire on one step: the most cautious.
 ACTION_RANK = {"alert": 0, "rollback": 1, "pause": 2}
 # Step d (1-based) samples with θ_{d-1}, the weights after d − 1 steps, and updates them to θ_d.
@@ -123,19 +126,28 @@ class StabilityGuard:
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
-        self._signals = {
+        self._seen: list[tuple[int, dict[str, float]]] = []  # what `rewind` replays
+        self._signals = self._fresh_signals()
+
+    def _fresh_signals(self) -> dict[str, _Signal]:
+        return {
             name: _Signal(_Latch(trigger.patience))
             for name in TRIGGERS
-            if (trigger := getattr(config, name)) is not None
+            if (trigger := getattr(self.config, name)) is not None
         }
 
-    def rearm(self) -> None:
-        """Forget breach streaks and latches, keep the references (after a rollback)."""
-        for signal in self._signals.values():
-            signal.latch = _Latch(signal.latch.patience)
-            signal.window.clear()
+    def rewind(self, step: int) -> None:
+        """The detector as it stood after `step`, for a rollback to that step's checkpoint:
+        baselines, windows and latches rebuilt from the observations up to it, so the abandoned
+        steps leave nothing behind (a collapse's zero rewards and gradients would otherwise
+        become the baselines the re-run is judged against)."""
+        kept = [(s, m) for s, m in self._seen if s <= step]
+        self._seen, self._signals = [], self._fresh_signals()
+        for s, m in kept:
+            self.observe(s, m)
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> list[Fired]:
+        self._seen.append((step, {k: metrics[k] for k in WATCHED if k in metrics}))
         fired = []
         for name, signal in self._signals.items():
             trigger = getattr(self.config, name)
@@ -220,6 +232,8 @@ def _grad_norm(trigger: GradNormTrigger, signal: _Signal, metrics: Mapping[str, 
     if not math.isfinite(value):
         signal.latch.breaches = max(signal.latch.breaches, signal.latch.patience - 1)
         return True, float(value), math.nan, f"gradient norm is {value}"
+    if value == 0.0:  # no update: every group's rewards were equal, nothing to judge
+        return None
     return _against_median(signal, float(value), trigger.warmup, lambda baseline: (
         value > trigger.ratio * baseline,
         f"gradient norm {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",

@@ -121,7 +121,7 @@ def train(
                 rollbacks, lr_scale = rollbacks + 1, lr_scale * config.guard.rollback.lr_scale
                 step = _roll_back(run, workdir, target)
                 run.set_lr(config.optimizer.lr * lr_scale)
-                guard.rearm()
+                guard.rewind(step)
                 continue
             stopping = act is not None or (should_stop is not None and should_stop())
             saved = save(done) if schedule.checkpoints_after(done) or stopping else None

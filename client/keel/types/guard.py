@@ -102,8 +102,8 @@ class GradNormTrigger(_Strict):
     (after `warmup` steps)."""
 
     action: GuardAction = Field("alert", description=_ACTION)
-    patience: Int = _patience(1)
-    ratio: Float = Field(20.0, gt=1.0, le=1e6, description="Multiple of the median that breaches.")
+    patience: Int = _patience(3)
+    ratio: Float = Field(3.0, gt=1.0, le=1e6, description="Multiple of the median that breaches.")
     warmup: Int = Field(4, ge=1, le=MAX_WINDOW, description="Steps before the ratio can breach.")
 
 

@@ -95,9 +95,11 @@ def test_a_non_finite_gradient_norm_fires_at_once_whatever_the_patience():
 
 
 def test_grad_norm_fires_far_above_its_running_median():
-    # 4 warmup steps (median 1.35); 9 < 20 × 1.35 joins them (median 1.5); 31 > 20 × 1.5.
+    # Ratio 20, patience 1: 4 warmup steps (median 1.35); 9 < 20 × 1.35 joins them (median
+    # 1.5); 31 > 20 × 1.5.
     values = [1.0, 2.0, 1.5, 1.2, 9.0, 31.0]
-    assert fire_steps(only("grad_norm"), series("optim/grad_norm", values)) == [6]
+    grad_norm = only("grad_norm", ratio=20, patience=1)
+    assert fire_steps(grad_norm, series("optim/grad_norm", values)) == [6]
 
 
 # ---------------------------------------------------------------- peaks
@@ -159,7 +161,8 @@ def test_a_zero_gradient_norm_is_no_observation():
     # Collapsed steps have no reward spread and no update: norm exactly 0. Were the zeros a
     # baseline, any later update would be "far above" it.
     values = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 15.0, 25.0]
-    assert fire_steps(only("grad_norm"), series("optim/grad_norm", values)) == [11]
+    grad_norm = only("grad_norm", ratio=20, patience=1)
+    assert fire_steps(grad_norm, series("optim/grad_norm", values)) == [11]
 
 
 def test_fired_carries_the_breach_start_and_the_step_metrics():

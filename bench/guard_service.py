@@ -227,6 +227,7 @@ def report() -> str:
              "| acc ≥ ½ peak until then | unguarded run's collapse (grad step) | lead "
              "| the job's own eval collapses (grad step) | alerts | final / peak acc | wall |",
              "|" + "---|" * 14]  # fmt: skip
+    judged: dict[str, list[dict[str, Any]]] = {}
     for case in CASES:
         for path in sorted((OUT / case.name).glob("seed*.json")):
             r = json.loads(path.read_text())
@@ -236,6 +237,7 @@ def report() -> str:
                         else "no collapse" if not j["unguarded_collapsed"]
                         else str(j["unguarded_collapse_grad_step"]))  # fmt: skip
             collapse += f" ({j['unguarded_source']})" if j["unguarded_source"] else ""
+            judged.setdefault(case.name, []).append(j)
             lines.append(
                 f"| {case.name} | `{case.cell}` | {case.action} | {r['seed']} | {r['status']} | "
                 f"{r['step']}/{r['steps']} | {fired} | {j['caught'] if j['trigger'] else '–'} | "
@@ -244,7 +246,28 @@ def report() -> str:
                 f"{j['final_acc']:.3f} / {j['peak_acc']:.3f} | "
                 f"{r['wall_s'] / 60:.1f} min |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *_summary(judged)]) + "\n"
+
+
+def _summary(judged: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per case, the rule's counts: caught (seeds whose unguarded run collapsed), false alarms
+    (seeds whose unguarded run did not), recovered (rollback cases)."""
+    lines = ["| case | seeds | unguarded collapsed | caught before the fall | pause or rollback "
+             "without a collapse | alerts | recovered |", "|" + "---|" * 7]  # fmt: skip
+    for case in CASES:
+        js = judged.get(case.name, [])
+        if not js:
+            continue
+        collapsed = [j for j in js if j["unguarded_collapsed"]]
+        quiet = [j for j in js if j["unguarded_collapsed"] is False]
+        recovered = (f"{sum(j['recovered'] for j in js)} of {len(js)}"
+                     if case.action == "rollback" else "–")  # fmt: skip
+        acts = case.action != "alert"  # an alert-only case is the counterfactual itself
+        caught = f"{sum(j['caught'] for j in collapsed)} of {len(collapsed)}" if acts else "–"
+        alarms = f"{sum(j['acting'] > 0 for j in quiet)} of {len(quiet)}" if acts else "–"
+        lines.append(f"| {case.name} | {len(js)} | {len(collapsed)} | {caught} | {alarms} | "
+                     f"{sum(j['alerts'] for j in js)} | {recovered} |")  # fmt: skip
+    return lines
 
 
 def _step_or_no(step: int | None) -> str:

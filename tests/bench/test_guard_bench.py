@@ -84,7 +84,7 @@ def test_the_unguarded_run_is_the_alert_case_of_the_same_job(monkeypatch, tmp_pa
     # with only the first eval seen: caught, 6 grad steps ahead of the unguarded collapse.
     def job(evals: dict[str, float], events: list[dict], status: str) -> dict:
         return {"cell": alert.cell, "seed": 99, "num_minibatches": 1, "status": status,
-                "events": events,
+                "events": events, "step": 3, "steps": 64, "wall_s": 60.0,
                 "metrics": {"eval/accuracy": evals, "eval/accuracy_final": {}}}  # fmt: skip
 
     (tmp_path / alert.name).mkdir()
@@ -94,3 +94,11 @@ def test_the_unguarded_run_is_the_alert_case_of_the_same_job(monkeypatch, tmp_pa
     j = judge_case(job({"1": 0.4}, pause, "paused"))
     assert (j["caught"], j["fired_grad_step"], j["unguarded_source"]) == (True, 2, "job")
     assert (j["unguarded_collapse_grad_step"], j["lead_grad_steps"]) == (8, 6)
+    # The report's summary counts it: one unguarded collapse, caught; no false alarm possible.
+    paused = next(c for c in guard_service.CASES if c.cell == alert.cell and c.action == "pause")
+    (tmp_path / paused.name).mkdir()
+    paused_job = job({"1": 0.4}, pause, "paused")
+    (tmp_path / paused.name / "seed99.json").write_text(json.dumps(paused_job))
+    summary = guard_service.report().splitlines()
+    assert f"| {paused.name} | 1 | 1 | 1 of 1 | 0 of 0 | 0 | – |" in summary
+    assert f"| {alert.name} | 1 | 1 | – | – | 0 | – |" in summary

@@ -16,7 +16,8 @@ Rules, declared before any case ran:
   re-runs.) The counterfactual is the same job with every trigger at `alert` (a case of its
   own, same seed: same prompts and evaluation, nothing acted on) where one ran, else the cell's
   harness run at that seed (`bench/results/stability/stress/runs` or `pilot/`, which shares
-  config and seed but not prompt order or eval problems: an approximate date). Its collapse by
+  config and seed but not prompt order or eval problems: an approximate date), else, where no
+  trigger acted, the job's own curve (it ran unguarded in effect). Its collapse by
   `bench/stability/criterion.py` dates the collapse; lead = collapse grad step − the firing's
   grad step.
 - **false alarm** (a stable cell): any pause or rollback. Alerts are counted, not judged.
@@ -55,6 +56,11 @@ class Case:
     name: str
     cell: str  # a stress-suite matrix cell
     action: str  # every trigger's action
+
+    @property
+    def stable(self) -> bool:
+        """A case of a stable recipe, where any pause or rollback is a false alarm."""
+        return self.name.startswith("stable-")
 
 
 # In priority order: the declared collapsing baseline (rule C), then the recipe at the same N,
@@ -197,11 +203,13 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
     for a in before:
         peak = max(peak, a)
         above = above and a >= COLLAPSE_FRACTION * peak
+    own = judge(RunSeries(steps, acc, [], [], []))
     verdict, source = _unguarded(result["cell"], result["seed"]) or (None, None)
+    if verdict is None and not acting:  # nothing acted: the job itself ran unguarded
+        verdict, source = own, "own"
     lead = (verdict.step - fired_grad
             if verdict is not None and verdict.step is not None and fired_grad is not None
             else None)  # fmt: skip
-    own = judge(RunSeries(steps, acc, [], [], []))
     return {
         "fired_grad_step": fired_grad,
         "trigger": first["trigger"] if first else None,
@@ -250,21 +258,21 @@ def report() -> str:
 
 
 def _summary(judged: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Per case, the rule's counts: caught (seeds whose unguarded run collapsed), false alarms
-    (seeds whose unguarded run did not), recovered (rollback cases)."""
-    lines = ["| case | seeds | unguarded collapsed | caught before the fall | pause or rollback "
-             "without a collapse | alerts | recovered |", "|" + "---|" * 7]  # fmt: skip
+    """Per case, the rule's counts: caught (of the seeds whose unguarded run collapsed), false
+    alarms (stable cases: seeds with a pause or rollback), recovered (rollback cases)."""
+    lines = ["| case | seeds | unguarded collapsed | caught before the fall | false alarms "
+             "(pause or rollback, stable cases) | alerts | recovered |",
+             "|" + "---|" * 7]  # fmt: skip
     for case in CASES:
         js = judged.get(case.name, [])
         if not js:
             continue
         collapsed = [j for j in js if j["unguarded_collapsed"]]
-        quiet = [j for j in js if j["unguarded_collapsed"] is False]
         recovered = (f"{sum(j['recovered'] for j in js)} of {len(js)}"
                      if case.action == "rollback" else "–")  # fmt: skip
         acts = case.action != "alert"  # an alert-only case is the counterfactual itself
         caught = f"{sum(j['caught'] for j in collapsed)} of {len(collapsed)}" if acts else "–"
-        alarms = f"{sum(j['acting'] > 0 for j in quiet)} of {len(quiet)}" if acts else "–"
+        alarms = f"{sum(j['acting'] > 0 for j in js)} of {len(js)}" if case.stable else "–"
         lines.append(f"| {case.name} | {len(js)} | {len(collapsed)} | {caught} | {alarms} | "
                      f"{sum(j['alerts'] for j in js)} | {recovered} |")  # fmt: skip
     return lines

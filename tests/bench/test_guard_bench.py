@@ -100,5 +100,5 @@ def test_the_unguarded_run_is_the_alert_case_of_the_same_job(monkeypatch, tmp_pa
     paused_job = job({"1": 0.4}, pause, "paused")
     (tmp_path / paused.name / "seed99.json").write_text(json.dumps(paused_job))
     summary = guard_service.report().splitlines()
-    assert f"| {paused.name} | 1 | 1 | 1 of 1 | 0 of 0 | 0 | – |" in summary
+    assert f"| {paused.name} | 1 | 1 | 1 of 1 | – | 0 | – |" in summary
     assert f"| {alert.name} | 1 | 1 | – | – | 0 | – |" in summary

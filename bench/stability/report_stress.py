@@ -109,14 +109,16 @@ def _cold_starts(out_dir: Path) -> list[str]:
     if not table:
         return []
     lines = ["## Cold starts", "", *table, ""]
-    earlier = cold_start_table(out_dir / "superseded-avx2")
+    avx2 = out_dir / "superseded-avx2"
+    earlier = cold_start_table(avx2)
     if earlier:
+        apart = len(load_runs(avx2))
         lines += ["The cold start above made the pilots of rules A–C and every run in "
                   "`stress/runs/`; it is committed (`stress/coldstart/`), so runs on any CPU "
                   "start from it. SFT'd on an AVX2-only CPU the same recipe gives other weights "
-                  "(fp32 kernels round differently): the 32 runs an AVX2 session made from its "
-                  "own cold start are kept apart in `stress/superseded-avx2/` (see its "
-                  "README.md) and not pooled here:", "", *earlier, ""]
+                  f"(fp32 kernels round differently): the {apart} runs an AVX2 session made "
+                  "from its own cold start are kept apart in `stress/superseded-avx2/` (see "
+                  "its README.md) and not pooled here:", "", *earlier, ""]
     return lines
 
 

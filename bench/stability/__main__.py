@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=int, help="gradient steps between evaluations")
     run.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation")
     run.add_argument("--cells", type=lambda s: tuple(s.split(",")),
-                     help="comma-separated substrings of cell names to keep")
+                     help="comma-separated substrings of cell names to keep "
+                     "(a trailing $ asks for that whole name)")
     run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
     run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
     report = sub.add_parser("report", help="rebuild summaries, figures and REPORT.md")

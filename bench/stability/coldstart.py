@@ -70,10 +70,20 @@ class ColdStart:
     path: Path
     steps: int
     pass_rate: float
+    cpu: str  # the machine that SFT'd it: the weights follow its instruction set
 
     @property
     def weights_sha256(self) -> str:
         return weights_sha256(self.path)
+
+
+def cpu_kind() -> str:
+    """The CPU and the instruction set its fp32 kernels use: what a cold start's weights, and a
+    run's trajectory, follow (other kernels round differently)."""
+    from keel_worker.engines.hardware import device_profile
+
+    profile = device_profile("cpu")
+    return f"{profile.name} ({profile.capability})"
 
 
 def weights_sha256(path: Path) -> str:
@@ -241,9 +251,11 @@ def ensure_cold_start(
             "history": history,
             "steps": history[-1]["step"],
             "pass_rate": history[-1]["pass_rate"],
+            "cpu": cpu_kind(),
         }
         (tmp / "coldstart.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)  # atomic: a half-written cold start is never picked up
     meta = json.loads(meta_file.read_text())
-    return ColdStart(mixture.name, path, meta["steps"], meta["pass_rate"])
+    cpu = meta.get("cpu", "a CPU it did not record")
+    return ColdStart(mixture.name, path, meta["steps"], meta["pass_rate"], cpu)

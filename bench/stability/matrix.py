@@ -142,10 +142,15 @@ def all_cells() -> list[Cell]:
 
 
 def select(cells: list[Cell], budget: Budget) -> list[Cell]:
-    """`cells` filtered by `budget.cells` (substring match on the cell name)."""
+    """`cells` filtered by `budget.cells`: substrings of the cell name, or a whole name when the
+    pattern ends in `$` (`N1/minirl$` is that cell alone, not every `N1/minirl+…`)."""
     if not budget.cells:
         return cells
-    return [c for c in cells if any(pattern in c.name for pattern in budget.cells)]
+    return [c for c in cells if any(_matches(pattern, c.name) for pattern in budget.cells)]
+
+
+def _matches(pattern: str, name: str) -> bool:
+    return pattern[:-1] == name if pattern.endswith("$") else pattern in name
 
 
 def cells_for(budget: Budget) -> list[Cell]:

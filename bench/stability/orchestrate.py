@@ -33,15 +33,7 @@ def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_
     mixture = next(m for m in suite.task.COLD_START_MIXTURES if m.name == name)
     cs = coldstart.ensure_cold_start(suite, mixture, sft, cache_dir=cache_dir, log=_log)
     return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate,
-            "weights_sha256": cs.weights_sha256, "cpu": _cpu_kind()}  # fmt: skip
-
-
-def _cpu_kind() -> str:
-    """The CPU and the instruction set its fp32 kernels use: what a cold start's weights follow."""
-    from keel_worker.engines.hardware import device_profile
-
-    profile = device_profile("cpu")
-    return f"{profile.name} ({profile.capability})"
+            "weights_sha256": cs.weights_sha256, "cpu": cs.cpu}  # fmt: skip
 
 
 def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bench.stability.coldstart import load_policy, weights_sha256
+from bench.stability.coldstart import cpu_kind, load_policy, weights_sha256
 from bench.stability.matrix import Budget, Cell, training_config
 from keel.types.training import TaskItem
 from keel_worker.engines.chat import encode_prompt
@@ -163,6 +163,7 @@ def run_one(
         "lr": config.optimizer.lr,
         "model_dir": str(model_dir),
         "init_sha256": weights_sha256(model_dir),  # which cold start, whatever its path
+        "cpu": cpu_kind(),  # same weights and seed on another kind of CPU: another trajectory
         "budget": budget.as_dict(),
         "wall_s": time.perf_counter() - started,
         "error": error,

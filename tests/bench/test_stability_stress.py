@@ -9,6 +9,7 @@ from statistics import fmean
 import pytest
 
 from bench.stability import report_stress, sorting, stress
+from bench.stability.matrix import Budget, select
 from bench.stability.results import Run
 from bench.stability.suites import LADDER
 
@@ -98,6 +99,13 @@ def test_matrix_runs_each_configuration_once(regime):
     assert by_name["F9/int4+top_p0.9/minirl-mu"].algorithm["clip_anchor"] == "mu_old"
     assert not any("fp8_tensor" in c.name for c in cells)  # the cut: not a map rung
     assert not any(c.name.startswith("bf16/") for c in cells)
+
+
+def test_a_cell_filter_ending_in_dollar_keeps_that_cell_alone(regime):
+    cells, _ = stress.matrix_cells(regime)
+    names = {c.name for c in select(cells, Budget(cells=("N1/minirl$", "auto/N2/")))}
+    assert "N1/minirl" in names and "auto/N2/minirl+auto" in names
+    assert not any(n.startswith("N1/minirl+") for n in names)  # a substring would keep them
 
 
 def test_regime_round_trips(regime, tmp_path):

@@ -130,7 +130,7 @@ def run_case(case: Case, seed: int) -> dict[str, Any]:
         status = service.run(job.id).status
         wall = time.perf_counter() - started
         done = sdk.jobs.retrieve(job.id)
-        events = [e.data for e in _events(sdk, job.id) if e.type == "guard"]
+        events = [e.data for e in sdk.jobs.events(job.id, follow=False) if e.type == "guard"]
         series = {name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)}
                   for name in ("eval/accuracy", "eval/accuracy_final", "guard/fired",
                                "train/entropy", "reward/mean", "mismatch/kl_k3")}  # fmt: skip
@@ -142,17 +142,6 @@ def run_case(case: Case, seed: int) -> dict[str, Any]:
         "metrics": {k: {str(s): v for s, v in m.items()} for k, m in series.items()},
         "wall_s": wall,
     }  # fmt: skip
-
-
-def _events(sdk, job_id: str) -> list:
-    """The job's events up to where it stands (a paused job's stream stays open)."""
-    status = sdk.jobs.retrieve(job_id).status
-    seen = []
-    for event in sdk.jobs.events(job_id):
-        seen.append(event)
-        if event.type == "status" and event.data["status"] == status:
-            break
-    return seen
 
 
 # ---------------------------------------------------------------------- judging and the report

@@ -169,6 +169,10 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     events = jobs.add_parser("events", parents=[common], help="follow a job's events (SSE)")
     events.add_argument("job_id")
     events.add_argument("--last-event-id", default=None)
+    events.add_argument(
+        "--no-follow", dest="follow", action="store_false",
+        help="print the events so far and exit (a running or paused job's stream stays open)",
+    )  # fmt: skip
     events.set_defaults(func=_with_client(_jobs_events))
 
     ckpts = sub.add_parser("checkpoints", help="a job's checkpoints").add_subparsers(
@@ -227,7 +231,8 @@ def _jobs_resume(client: Any, args: argparse.Namespace) -> int:
 
 
 def _jobs_events(client: Any, args: argparse.Namespace) -> int:
-    for event in client.jobs.events(args.job_id, last_event_id=args.last_event_id):
+    events = client.jobs.events(args.job_id, last_event_id=args.last_event_id, follow=args.follow)
+    for event in events:
         print(json.dumps(event.model_dump(mode="json")), flush=True)
     return 0
 

@@ -79,3 +79,8 @@ def test_jobs_resume_parses_a_new_lr_and_algorithm():
     assert (args.job_id, args.lr, args.algorithm) == ("job_x", 5e-7, {"name": "grpo"})
     plain = build_parser().parse_args(["jobs", "resume", "job_x"])
     assert (plain.lr, plain.algorithm) == (None, None)
+
+
+def test_jobs_events_follows_unless_told_not_to():
+    assert build_parser().parse_args(["jobs", "events", "job_x"]).follow is True
+    assert build_parser().parse_args(["jobs", "events", "job_x", "--no-follow"]).follow is False

@@ -104,6 +104,13 @@ def test_events_stream_and_resume_from_last_event_id(project_client, sessions, s
     assert [e.id for e in later] == [e.id for e in events[2:]]
 
 
+def test_events_without_follow_are_the_history_so_far(project_client, sessions, small_config):
+    client = project_client("alpha")
+    job = client.jobs.create(small_config())
+    # Queued, nothing else yet: a followed stream would wait for the job to end.
+    assert [e.data["status"] for e in client.jobs.events(job.id, follow=False)] == ["queued"]
+
+
 def test_async_client_has_the_same_results(
     project_client, async_client_for, sessions, small_config
 ):

@@ -132,6 +132,21 @@ def test_events_stream_and_resume_with_last_event_id(
     assert [e["id"] for e in _parse_sse(resumed.text)] == [e["id"] for e in events[2:]]
 
 
+def test_events_without_follow_end_after_the_events_so_far(
+    job_body, client, project_key, sessions
+) -> None:
+    headers = project_key("alpha")
+    job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
+    with session_scope(sessions) as s:
+        assert jobs_db.take_lease(s, job_id, "w1", lease_timeout_s=60).acquired
+        metrics_db.write_step_metrics(s, job_id, 1, {"train/loss": 0.5})
+    # The job is still running: a followed stream would wait for its end.
+    r = client.get(f"/v1/jobs/{job_id}/events", params={"follow": "false"}, headers=headers)
+    assert [(e["event"], e["data"]["data"].get("status")) for e in _parse_sse(r.text)] == [
+        ("status", "queued"), ("status", "running"), ("metrics", None),
+    ]  # fmt: skip
+
+
 def test_health_live_and_ready(client) -> None:
     assert client.get("/health/live").json() == {"status": "ok", "checks": {}}
     ready = client.get("/v1/health/ready")

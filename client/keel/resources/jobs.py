@@ -83,6 +83,10 @@ class _Reconnects:
         return self.config.backoff_base_s
 
 
+def _follow(follow: bool) -> dict[str, str] | None:
+    return None if follow else {"follow": "false"}
+
+
 def _sse_headers(last_event_id: str | None) -> dict[str, str]:
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
@@ -119,16 +123,19 @@ class Jobs(SyncResource):
         """Resume a paused job, optionally with a new learning rate or `config.algorithm`."""
         return self._run(_resume(job_id, lr, algorithm))
 
-    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[JobEvent]:
-        """Stream the job's events; a dropped connection resumes from the last event seen."""
+    def events(
+        self, job_id: str, *, last_event_id: str | None = None, follow: bool = True
+    ) -> Iterator[JobEvent]:
+        """Stream the job's events until its final one (`follow=False`: the events so far); a
+        dropped connection resumes from the last event seen."""
         decoder = SSEDecoder()
         decoder.last_event_id = last_event_id
         reconnects = _Reconnects(self._transport.config)
         while True:
             headers = _sse_headers(decoder.last_event_id)
-            path = f"/v1/jobs/{job_id}/events"
+            path, params = f"/v1/jobs/{job_id}/events", _follow(follow)
             try:
-                with self._transport.stream("GET", path, headers=headers) as r:
+                with self._transport.stream("GET", path, params=params, headers=headers) as r:
                     for event in iter_events(r.iter_lines(), decoder):
                         reconnects.received()
                         yield _to_job_event(event)
@@ -182,17 +189,20 @@ class AsyncJobs(AsyncResource):
         return await self._run(_resume(job_id, lr, algorithm))
 
     async def events(
-        self, job_id: str, *, last_event_id: str | None = None
+        self, job_id: str, *, last_event_id: str | None = None, follow: bool = True
     ) -> AsyncIterator[JobEvent]:
-        """Stream the job's events; a dropped connection resumes from the last event seen."""
+        """Stream the job's events until its final one (`follow=False`: the events so far); a
+        dropped connection resumes from the last event seen."""
         decoder = SSEDecoder()
         decoder.last_event_id = last_event_id
         reconnects = _Reconnects(self._transport.config)
         while True:
             headers = _sse_headers(decoder.last_event_id)
-            path = f"/v1/jobs/{job_id}/events"
+            path, params = f"/v1/jobs/{job_id}/events", _follow(follow)
             try:
-                async with self._transport.stream("GET", path, headers=headers) as r:
+                async with self._transport.stream(
+                    "GET", path, params=params, headers=headers
+                ) as r:
                     async for event in aiter_events(r.aiter_lines(), decoder):
                         reconnects.received()
                         yield _to_job_event(event)

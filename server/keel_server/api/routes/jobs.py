@@ -21,6 +21,12 @@ from keel_server.services import events as events_service
 from keel_server.services import jobs as service
 from keel_server.services.context import ServiceContext
 
+FollowQuery = Annotated[
+    bool,
+    Query(description="false: end the stream after the events so far instead of waiting for "
+          "the job's final event (the history of a running or paused job)"),
+]
+
 router = APIRouter(tags=["jobs"], route_class=UploadRoute, responses=ROUTE_ERRORS)
 
 
@@ -81,19 +87,22 @@ async def job_events(
     ctx: Ctx,
     caller: Caller,
     last_event_id: LastEventId = None,
+    follow: FollowQuery = True,
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `metrics`, `checkpoint`, `webhook` (a failed delivery),
     `guard` (a stability-guard trigger fired);
     each `id:` resumes the stream via `Last-Event-ID`. The stream ends after the job's final
-    event."""
+    event, or with `follow=false` after the events so far."""
     after = await run_in_threadpool(events_service.open_stream, ctx, caller, job_id, last_event_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(
-        _stream(ctx, job_id, after), media_type="text/event-stream", headers=headers
+        _stream(ctx, job_id, after, follow), media_type="text/event-stream", headers=headers
     )
 
 
-async def _stream(ctx: ServiceContext, job_id: str, after: int) -> AsyncIterator[str]:
+async def _stream(
+    ctx: ServiceContext, job_id: str, after: int, follow: bool
+) -> AsyncIterator[str]:
     settings = ctx.settings
     last_sent = time.monotonic()
     yield f"retry: {int(settings.sse_poll_interval_s * 1000)}\n\n"
@@ -103,7 +112,7 @@ async def _stream(ctx: ServiceContext, job_id: str, after: int) -> AsyncIterator
             data = json.dumps(event.model_dump(mode="json"))
             yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
             after, last_sent = event.id, time.monotonic()
-        if ended:
+        if ended or (not follow and not events):  # a poll came back empty: nothing more so far
             return
         if time.monotonic() - last_sent > settings.sse_keepalive_s:
             yield ": keep-alive\n\n"

@@ -101,9 +101,8 @@ def run_stress(
             groups.append((screening, replace(budget, seeds=(0,))))
         inits = sorted({c.init for group, _ in groups for c in group})
         paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
-        for group, group_budget in groups:
-            run_cells(pool, suite, group, group_budget, paths, out_dir=out_dir,
-                      cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+        run_groups(pool, suite, groups, paths, out_dir=out_dir, cache_dir=cache_dir,
+                   deadline=deadline)  # fmt: skip
     return regime
 
 
@@ -220,19 +219,31 @@ def run_cells(
     cache_dir: Path, deadline: float | None = None,
 ) -> list[dict]:
     """Every (cell, seed) not done yet, seed-major; returns the metas of the runs done now."""
+    return run_groups(pool, suite, [(cells, budget)], paths, out_dir=out_dir,
+                      cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+
+
+def run_groups(
+    pool, suite, groups: list[tuple[list[Cell], Budget]], paths: dict[str, str], *,
+    out_dir: Path, cache_dir: Path, deadline: float | None = None,
+) -> list[dict]:
+    """`run_cells` of each (cells, budget) group, in group order, submitted together: a core
+    that finishes a group's last run starts the next group's first instead of waiting."""
     todo = [
-        (cell, seed)
+        (cell, seed, budget)
+        for cells, budget in groups
         for seed in budget.seeds
         for cell in cells
         if not runner.is_done(out_dir, cell, seed)
     ]
-    _log(f"{len(todo)} runs to do ({len(cells)} cells × {len(budget.seeds)} seeds)")
+    shape = " + ".join(f"{len(cells)} cells × {len(b.seeds)} seeds" for cells, b in groups)
+    _log(f"{len(todo)} runs to do ({shape})")
     futures = {
         pool.submit(
             _run_job, suite.name, cell, seed, budget, paths[cell.init], out_dir, cache_dir,
             deadline,
         ): (cell, seed)
-        for cell, seed in todo
+        for cell, seed, budget in todo
     }
     done = []
     for i, future in enumerate(as_completed(futures), 1):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,7 @@ def _name(run: Run) -> str:
 
 
 def main() -> None:
+    started = time.perf_counter()
     runs = [run for root in SUITES.values() for run in load_runs(root)]
     stable = [r for r in runs if not r.verdict().collapsed]
     collapsed = [r for r in runs if r.verdict().collapsed]
@@ -181,6 +183,7 @@ def main() -> None:
     defaults = {t: _default(t) for t in TRIGGERS}
     result["defaults"] = defaults
     result["combined_defaults"] = _combined(stable, collapsed)
+    result["wall_s"] = time.perf_counter() - started
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "thresholds.json").write_text(json.dumps(result, indent=2) + "\n")
     (OUT / "thresholds.md").write_text(_markdown(result))
@@ -225,7 +228,7 @@ def _markdown(result: dict[str, Any]) -> str:
         "# Guard thresholds from the stability suites' runs",
         "",
         f"Written by `python -m bench.guard_thresholds` (load average {result['machine_load']:.1f}"
-        "; the replay is pure Python over committed CSVs, seconds). "
+        f"; the replay is pure Python over committed CSVs: {result['wall_s']:.0f} s). "
         f"{result['stable_runs']} stable runs (false alarms) and {len(result['collapsed_runs'])} "
         "collapsing runs by `bench/stability/criterion.py`: "
         + ", ".join(result["collapsed_runs"]) + ".",

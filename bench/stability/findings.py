@@ -243,7 +243,8 @@ def kl_and_collapse(rows: Rows) -> Finding:
     key, title = "F8", "Collapse comes with a rising training–inference KL"
     claim = ("Collapse is often accompanied by a sharp increase of KL(μ_old‖π_old) (§4.2, "
              "after Yao et al. and Liu et al.); collapsing runs reach ~1e-1 in the paper's plots.")
-    every = [r for runs in rows.values() for r in runs]
+    # Each run once: an aliased cell lists the very runs of the cell it reuses.
+    every = list({id(r): r for runs in rows.values() for r in runs}.values())
     collapsed = [r for r in every if r["collapsed"]]
     stable = [r for r in every if not r["collapsed"]]
     if not collapsed or not stable:

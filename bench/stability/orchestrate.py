@@ -236,7 +236,7 @@ def run_groups(
         for cell in cells
         if not runner.is_done(out_dir, cell, seed)
     ]
-    shape = " + ".join(f"{len(cells)} cells × {len(b.seeds)} seeds" for cells, b in groups)
+    shape = " + ".join(f"{len(cells)} cells × {len(b.seeds)} seeds" for cells, b in groups if cells)
     _log(f"{len(todo)} runs to do ({shape})")
     futures = {
         pool.submit(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 from bench.stability import stress
@@ -108,7 +109,7 @@ def _cold_starts(out_dir: Path) -> list[str]:
     table = cold_start_table(out_dir)
     if not table:
         return []
-    lines = ["## Cold starts", "", *table, ""]
+    lines = ["## Cold starts", "", *table, "", *_run_cpus(out_dir)]
     avx2 = out_dir / "superseded-avx2"
     earlier = cold_start_table(avx2)
     if earlier:
@@ -120,6 +121,19 @@ def _cold_starts(out_dir: Path) -> list[str]:
                   "from its own cold start are kept apart in `stress/superseded-avx2/` (see "
                   "its README.md) and not pooled here:", "", *earlier, ""]
     return lines
+
+
+def _run_cpus(out_dir: Path) -> list[str]:
+    """Which kinds of CPU made the runs: from the same weights and seed, another instruction set
+    rounds its way to another trajectory, so a cell's seeds may have run on either."""
+    counts = Counter(run.meta.get("cpu", "a CPU not recorded") for run in load_runs(out_dir))
+    if len(counts) < 2:
+        return []
+    made = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(counts.items()))
+    return [f"Runs by the CPU they ran on: {made}. Every run starts from the committed cold "
+            "start; a seed run on another kind of CPU follows another trajectory (its kernels "
+            "round differently), and seeds from both are pooled as independent draws (the "
+            "comparison rule is unpaired: Welch on per-seed finals).", ""]  # fmt: skip
 
 
 def _discrepancy(out_dir: Path) -> list[str]:

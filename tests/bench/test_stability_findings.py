@@ -52,6 +52,9 @@ def test_kl_finding_contrasts_collapsed_with_stable_runs():
     finding = {f.key: f for f in evaluate_findings(rows)}["F8"]
     assert finding.verdict == "agrees"
     assert finding.lines[0].startswith("3 collapsed runs")
+    # A cell that reuses another's runs (the stress suite's aliases) does not count them twice.
+    aliased = evaluate_findings(rows, aliases={"auto/N1/minirl+none": "N1/minirl"})
+    assert {f.key: f for f in aliased}["F8"].lines[1].startswith("3 stable runs")
 
 
 def test_a_missing_number_is_missing_never_agrees_or_disagrees():

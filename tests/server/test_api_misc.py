@@ -109,15 +109,22 @@ def _parse_sse(text: str) -> list[dict]:
     return events
 
 
-def test_events_stream_and_resume_with_last_event_id(
-    job_body, client, project_key, sessions
-) -> None:
-    headers = project_key("alpha")
+def _job_with_one_step(client, job_body, headers, sessions, *, finish: bool) -> str:
+    """A job a worker leased and logged one step of metrics for, then finished or not."""
     job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
     with session_scope(sessions) as s:
         assert jobs_db.take_lease(s, job_id, "w1", lease_timeout_s=60).acquired
         metrics_db.write_step_metrics(s, job_id, 1, {"train/loss": 0.5})
-        assert jobs_db.finish_job(s, job_id, "w1", "succeeded")
+        if finish:
+            assert jobs_db.finish_job(s, job_id, "w1", "succeeded")
+    return job_id
+
+
+def test_events_stream_and_resume_with_last_event_id(
+    job_body, client, project_key, sessions
+) -> None:
+    headers = project_key("alpha")
+    job_id = _job_with_one_step(client, job_body, headers, sessions, finish=True)
     r = client.get(f"/v1/jobs/{job_id}/events", headers=headers)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
@@ -136,10 +143,7 @@ def test_events_without_follow_end_after_the_events_so_far(
     job_body, client, project_key, sessions
 ) -> None:
     headers = project_key("alpha")
-    job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
-    with session_scope(sessions) as s:
-        assert jobs_db.take_lease(s, job_id, "w1", lease_timeout_s=60).acquired
-        metrics_db.write_step_metrics(s, job_id, 1, {"train/loss": 0.5})
+    job_id = _job_with_one_step(client, job_body, headers, sessions, finish=False)
     # The job is still running: a followed stream would wait for its end.
     r = client.get(f"/v1/jobs/{job_id}/events", params={"follow": "false"}, headers=headers)
     assert [(e["event"], e["data"]["data"].get("status")) for e in _parse_sse(r.text)] == [

@@ -16,7 +16,7 @@ from bench.stability import stress
 from bench.stability.criterion import MIN_SEEDS
 from bench.stability.figures import collapse_figure, stability_map_figure
 from bench.stability.findings import FINDINGS, better, dppo_critique, evaluate_findings
-from bench.stability.results import cell_summaries, load_runs, run_summary
+from bench.stability.results import Run, cell_summaries, load_runs, run_summary
 from bench.stability.suites import STRESS
 
 PROBE_KEYS = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "seq_log_ratio_p05",
@@ -105,11 +105,11 @@ def cold_start_table(out_dir: Path) -> list[str]:
     return lines
 
 
-def _cold_starts(out_dir: Path) -> list[str]:
+def _cold_starts(out_dir: Path, runs: list[Run]) -> list[str]:
     table = cold_start_table(out_dir)
     if not table:
         return []
-    lines = ["## Cold starts", "", *table, "", *_run_cpus(out_dir)]
+    lines = ["## Cold starts", "", *table, "", *_run_cpus(runs)]
     avx2 = out_dir / "superseded-avx2"
     earlier = cold_start_table(avx2)
     if earlier:
@@ -123,10 +123,10 @@ def _cold_starts(out_dir: Path) -> list[str]:
     return lines
 
 
-def _run_cpus(out_dir: Path) -> list[str]:
+def _run_cpus(runs: list[Run]) -> list[str]:
     """Which kinds of CPU made the runs: from the same weights and seed, another instruction set
     rounds its way to another trajectory, so a cell's seeds may have run on either."""
-    counts = Counter(run.meta.get("cpu", "a CPU not recorded") for run in load_runs(out_dir))
+    counts = Counter(run.meta.get("cpu", "a CPU not recorded") for run in runs)
     if len(counts) < 2:
         return []
     made = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(counts.items()))
@@ -279,8 +279,7 @@ def _mechanisms(out_dir: Path, runs, rows: list[dict], cells: list[dict]) -> lis
     return [*lines, ""]
 
 
-def _runs(out_dir: Path) -> list[str]:
-    runs = load_runs(out_dir)
+def _runs(out_dir: Path, runs: list[Run]) -> list[str]:
     if not runs:
         return ["## Matrix", "", "No matrix run has finished yet.", ""]
     rows = [run_summary(r) for r in runs]
@@ -301,5 +300,6 @@ def _runs(out_dir: Path) -> list[str]:
 
 def stress_section(out_dir: Path) -> list[str]:
     """Markdown lines of the stress suite's report from the files under `out_dir`."""
-    return [*_intro(), *_rules(out_dir), *_cold_starts(out_dir), *_discrepancy(out_dir),
-            *_runs(out_dir)]  # fmt: skip
+    runs = load_runs(out_dir)  # read once: the cold-start section counts them by CPU
+    return [*_intro(), *_rules(out_dir), *_cold_starts(out_dir, runs), *_discrepancy(out_dir),
+            *_runs(out_dir, runs)]  # fmt: skip

@@ -170,7 +170,9 @@ def prepare(
     _refuse_mixed_cold_starts(out_dir, known, colds)
     fresh = {c["name"]: c | {"sft": asdict(sft)} for c in colds}
     merged = [fresh.pop(c["name"], c) for c in known] + list(fresh.values())
-    known_path.write_text(json.dumps(merged, indent=2))
+    # The weights' path is this machine's cache: the record names them by their hash instead.
+    records = [{k: v for k, v in c.items() if k != "path"} for c in merged]
+    known_path.write_text(json.dumps(records, indent=2))
     probe_path = out_dir / "discrepancy.csv"
     rows = []
     if probe_path.is_file():

@@ -161,7 +161,6 @@ def run_one(
         "top_p": cell.top_p,
         "top_k": cell.top_k,
         "lr": config.optimizer.lr,
-        "model_dir": str(model_dir),
         "init_sha256": weights_sha256(model_dir),  # which cold start, whatever its path
         "cpu": cpu_kind(),  # same weights and seed on another kind of CPU: another trajectory
         "budget": budget.as_dict(),

@@ -39,6 +39,9 @@ def test_quick_mode_writes_runs_summaries_figures_and_report(tmp_path):
     assert rows[-1]["grad_step"] == "4" and rows[-1]["eval_acc"] != ""
     assert (cache / "coldstart").is_dir()  # the cold start went to the env-var cache
     assert (out / "discrepancy.csv").is_file() and (out / "coldstarts.json").is_file()
+    # Results are committed: nothing in them may name a path of the machine that made them.
+    records = [out / "coldstarts.json", *out.glob("runs/*/seed0.json")]
+    assert not [p.name for p in records if str(tmp_path) in p.read_text()]
 
     with (out / "summary_runs.csv").open() as f:
         judged = list(csv.DictReader(f))

@@ -60,9 +60,9 @@ class KlTrigger(_Strict):
 
     action: GuardAction = Field("alert", description=_ACTION)
     patience: Int = _patience(3)
-    ratio: Float = Field(2.0, gt=1.0, le=1e6, description="Multiple of the baseline that breaches.")
+    ratio: Float = Field(5.0, gt=1.0, le=1e6, description="Multiple of the baseline that breaches.")
     min_value: Float = Field(
-        1e-2, ge=0.0, le=1e6, description="A KL at or below this never breaches."
+        1e-3, ge=0.0, le=1e6, description="A KL at or below this never breaches."
     )
     warmup: Int = Field(1, ge=1, le=MAX_WINDOW, description="Steps before the trigger can breach.")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.stability import coldstart, probe, runner, stress
 from bench.stability.matrix import DEFAULT_INIT, Budget, Cell, all_cells, select
-from bench.stability.results import load_runs
+from bench.stability.results import load_runs, meta_paths
 from bench.stability.suites import SUITES
 
 
@@ -203,7 +203,7 @@ def _refuse_mixed_cold_starts(out_dir: Path, known: list[dict], colds: list[dict
         before = recorded.get(cold["name"], {}).get("weights_sha256")
         if before is None or before == cold["weights_sha256"]:
             continue
-        made = [p for p in (out_dir / "runs").glob("*/seed*.json")
+        made = [p for p in meta_paths(out_dir)
                 if json.loads(p.read_text()).get("init") == cold["name"]]  # fmt: skip
         if made:
             made_on = recorded[cold["name"]].get("cpu", "a CPU it did not record")

@@ -16,7 +16,7 @@ from bench.stability import stress
 from bench.stability.criterion import MIN_SEEDS
 from bench.stability.figures import collapse_figure, stability_map_figure
 from bench.stability.findings import FINDINGS, better, dppo_critique, evaluate_findings
-from bench.stability.results import Run, cell_summaries, load_runs, run_summary
+from bench.stability.results import Run, cell_summaries, load_runs, meta_paths, run_summary
 from bench.stability.suites import STRESS
 
 PROBE_KEYS = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "seq_log_ratio_p05",
@@ -113,10 +113,11 @@ def _cold_starts(out_dir: Path, runs: list[Run]) -> list[str]:
     avx2 = out_dir / "superseded-avx2"
     earlier = cold_start_table(avx2)
     if earlier:
-        apart = len(load_runs(avx2))
-        lines += ["The cold start above made the pilots of rules A–C and every run in "
-                  "`stress/runs/`; it is committed (`stress/coldstart/`), so runs on any CPU "
-                  "start from it. SFT'd on an AVX2-only CPU the same recipe gives other weights "
+        apart = len(meta_paths(avx2))  # counted, not parsed
+        lines += ["The `balanced` cold start above made the pilots of rules A–C and every "
+                  "run in `stress/runs/` but F6's `cold/` cells (from the other two); all are "
+                  "committed (`stress/coldstart/`), so runs on any CPU start from them. "
+                  "SFT'd on an AVX2-only CPU the same recipe gives other weights "
                   f"(fp32 kernels round differently): the {apart} runs an AVX2 session made "
                   "from its own cold start are kept apart in `stress/superseded-avx2/` (see "
                   "its README.md) and not pooled here:", "", *earlier, ""]

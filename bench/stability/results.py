@@ -49,9 +49,14 @@ def _float(text: str | None) -> float | None:
     return float(text) if text not in ("", None) else None
 
 
+def meta_paths(out_dir: Path) -> list[Path]:
+    """The JSON meta of every finished run in `out_dir` (its CSV lies beside it)."""
+    return sorted((out_dir / "runs").glob("*/seed*.json"))
+
+
 def load_runs(out_dir: Path) -> list[Run]:
     runs = []
-    for meta_path in sorted((out_dir / "runs").glob("*/seed*.json")):
+    for meta_path in meta_paths(out_dir):
         meta = json.loads(meta_path.read_text())
         with meta_path.with_suffix(".csv").open() as f:
             rows = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(f)]

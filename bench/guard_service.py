@@ -56,20 +56,16 @@ class Case:
     name: str
     cell: str  # a stress-suite matrix cell
     action: str  # every trigger's action
-
-    @property
-    def stable(self) -> bool:
-        """A case of a stable recipe, where any pause or rollback is a false alarm."""
-        return self.name.startswith("stable-")
+    stable: bool = False  # a stable recipe's case, where any pause or rollback is a false alarm
 
 
 # In priority order: the declared collapsing baseline (rule C), then the recipe at the same N,
 # then rollback on the baseline, then the on-policy recipe.
 CASES = (
     Case("collapse-pause", "N4/minirl-noclip", "pause"),
-    Case("stable-pause", "N4/minirl+R3", "pause"),
+    Case("stable-pause", "N4/minirl+R3", "pause", stable=True),
     Case("collapse-rollback", "N4/minirl-noclip", "rollback"),
-    Case("stable-pause-N1", "N1/minirl", "pause"),
+    Case("stable-pause-N1", "N1/minirl", "pause", stable=True),
     # A collapse made on purpose (issue 16 §3): on-policy reinforce at 10× rule A's stable lr
     # (pilot A's own cell). `alert` acts on nothing: it is the unguarded run of the same job.
     Case("lr-collapse-alert", "A/lr0.003/fp32/N1/reinforce", "alert"),

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from bench.stability.results import UNRECORDED_CPU
 from keel_worker.engines.chat import encode_prompt
 from keel_worker.engines.hf import HFEngine
 from keel_worker.engines.models import load_model
@@ -257,5 +258,5 @@ def ensure_cold_start(
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)  # atomic: a half-written cold start is never picked up
     meta = json.loads(meta_file.read_text())
-    cpu = meta.get("cpu", "a CPU it did not record")
+    cpu = meta.get("cpu", UNRECORDED_CPU)
     return ColdStart(mixture.name, path, meta["steps"], meta["pass_rate"], cpu)

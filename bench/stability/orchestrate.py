@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench.stability import coldstart, probe, runner, stress
 from bench.stability.matrix import DEFAULT_INIT, Budget, Cell, all_cells, select
-from bench.stability.results import load_runs, meta_paths
+from bench.stability.results import UNRECORDED_CPU, load_runs, meta_paths
 from bench.stability.suites import SUITES
 
 
@@ -206,7 +206,7 @@ def _refuse_mixed_cold_starts(out_dir: Path, known: list[dict], colds: list[dict
         made = [p for p in meta_paths(out_dir)
                 if json.loads(p.read_text()).get("init") == cold["name"]]  # fmt: skip
         if made:
-            made_on = recorded[cold["name"]].get("cpu", "a CPU it did not record")
+            made_on = recorded[cold["name"]].get("cpu", UNRECORDED_CPU)
             raise SystemExit(
                 f"{len(made)} runs in {out_dir / 'runs'} start from cold start "
                 f"{cold['name']!r} with weights {before[:12]}… (made on {made_on}), but this "

@@ -16,6 +16,9 @@ from typing import Any
 
 from bench.stability.criterion import RunSeries, Verdict, judge
 
+# What a record older than its "cpu" field says of the CPU that made it.
+UNRECORDED_CPU = "a CPU it did not record"
+
 
 @dataclass(frozen=True)
 class Run:

@@ -193,7 +193,8 @@ def build_report(out_dir: Path | None, *, stress_dir: Path | None = None) -> Pat
     """
     if stress_dir is None and out_dir is not None and (out_dir / "stress").is_dir():
         stress_dir = out_dir / "stress"
-    stress_lines = stress_section(stress_dir) if stress_dir is not None else []
+    report_dir = out_dir if out_dir is not None else stress_dir
+    stress_lines = stress_section(stress_dir, report_dir) if stress_dir is not None else []
     if out_dir is None:
         assert stress_dir is not None, "build_report needs a gentle or a stress results dir"
         report = stress_dir / "REPORT.md"

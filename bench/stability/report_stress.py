@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 from bench.stability import stress
-from bench.stability.criterion import MIN_SEEDS
+from bench.stability.criterion import COLLAPSE_FRACTION, MIN_SEEDS
 from bench.stability.figures import collapse_figure, stability_map_figure
 from bench.stability.findings import FINDINGS, better, dppo_critique, evaluate_findings
-from bench.stability.results import Run, cell_summaries, load_runs, meta_paths, run_summary
+from bench.stability.results import (
+    UNRECORDED_CPU,
+    Run,
+    cell_summaries,
+    load_runs,
+    meta_paths,
+    run_summary,
+)
 from bench.stability.suites import STRESS
 
 PROBE_KEYS = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "seq_log_ratio_p05",
@@ -127,7 +135,7 @@ def _cold_starts(out_dir: Path, runs: list[Run]) -> list[str]:
 def _run_cpus(runs: list[Run]) -> list[str]:
     """Which kinds of CPU made the runs: from the same weights and seed, another instruction set
     rounds its way to another trajectory, so a cell's seeds may have run on either."""
-    counts = Counter(run.meta.get("cpu", "a CPU not recorded") for run in runs)
+    counts = Counter(run.meta.get("cpu", UNRECORDED_CPU) for run in runs)
     if len(counts) < 2:
         return []
     made = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(counts.items()))
@@ -160,11 +168,17 @@ def _discrepancy(out_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _map(out_dir: Path, cells: list[dict], aliases: dict[str, str]) -> list[str]:
+def _image(alt: str, path: Path, report_dir: Path) -> str:
+    """A markdown image of `path` as REPORT.md in `report_dir` finds it (the stress section is
+    part of the gentle suite's report one directory up, or a stress-only report beside it)."""
+    return f"![{alt}]({Path(os.path.relpath(path, report_dir)).as_posix()})"
+
+
+def _map(out_dir: Path, report_dir: Path, cells: list[dict], aliases: dict[str, str]) -> list[str]:
     """The stability map figure from every cell that has run (aliases resolved)."""
     by_cell = {c["cell"]: c for c in cells}
     rungs = [d.name for d in stress.MAP_RUNGS]
-    grid = {}
+    grid, fell = {}, set()
     for rung in rungs:
         for n in stress.MAP_N:
             for name in stress.MAP_ALGORITHMS:
@@ -173,13 +187,37 @@ def _map(out_dir: Path, cells: list[dict], aliases: dict[str, str]) -> list[str]
                 if summary is not None:
                     grid[(rung, n, name)] = (summary["final_acc_mean"], summary["collapsed"],
                                              summary["seeds"])  # fmt: skip
+                    final, start = summary["final_acc_mean"], summary["initial_acc_mean"]
+                    if not summary["collapsed"] and final < COLLAPSE_FRACTION * start:
+                        fell.add((rung, n, name))
     if not grid:
         return []
     path = out_dir / "figures" / "stability_map.png"
     stability_map_figure(grid, rungs, list(stress.MAP_N), list(stress.MAP_ALGORITHMS), path)
-    return ["## Stability map", "", f"{len(grid)} of "
-            f"{len(rungs) * len(stress.MAP_N) * len(stress.MAP_ALGORITHMS)} cells have run.", "",
-            "![stability map](figures/stability_map.png)", ""]  # fmt: skip
+    table = ["| mismatch | N | " + " | ".join(f"`{a}`" for a in stress.MAP_ALGORITHMS) + " |",
+             "|---|---|" + "---|" * len(stress.MAP_ALGORITHMS)]  # fmt: skip
+    for rung in rungs:
+        for n in stress.MAP_N:
+            entries = [_map_entry(grid.get((rung, n, a))) + (" ↓" if (rung, n, a) in fell else "")
+                       for a in stress.MAP_ALGORITHMS]  # fmt: skip
+            table.append(f"| `{rung}` | {n} | " + " | ".join(entries) + " |")
+    total = len(rungs) * len(stress.MAP_N) * len(stress.MAP_ALGORITHMS)
+    return ["## Stability map", "",
+            f"{len(grid)} of {total} cells have run. Final held-out accuracy, mean over the "
+            "cell's seeds (how many in brackets); a cell with a collapsed seed says how many. "
+            "Replay by N as `replay_auto.prior_mode` has it (none at N = 1, R3 at N = 4 and 8); "
+            "a map cell that is also a findings or F9 cell is that cell's runs. ↓: the final "
+            f"accuracy is below {COLLAPSE_FRACTION:g} × the initial one and no seed collapsed by "
+            "the criterion (a late evaluation climbs back over half the peak): a "
+            "description added after the map's first runs showed such cells, not a verdict.", "",
+            _image("stability map", path, report_dir), "", *table, ""]  # fmt: skip
+
+
+def _map_entry(entry: tuple[float, int, int] | None) -> str:
+    if entry is None:
+        return "–"
+    acc, collapsed, seeds = entry
+    return f"**collapsed {collapsed}/{seeds}**, {_f(acc)}" if collapsed else f"{_f(acc)} ({seeds})"
 
 
 def _findings(rows: list[dict], aliases: dict[str, str]) -> list[str]:
@@ -256,7 +294,9 @@ def _acc(rows: dict[str, list[dict]], cell: str) -> str:
     return f"{_f(mean)} ({sum(r['collapsed'] for r in runs)}/{len(runs)})"
 
 
-def _mechanisms(out_dir: Path, runs, rows: list[dict], cells: list[dict]) -> list[str]:
+def _mechanisms(
+    out_dir: Path, report_dir: Path, runs, rows: list[dict], cells: list[dict]
+) -> list[str]:
     """Per cell the verdict next to the mechanism magnitudes, then the collapsing runs' curves."""
     lines = ["## Mechanisms per cell", "",
              "Means over each run's steps, then over seeds; routing: the most affected layer.", "",
@@ -274,13 +314,14 @@ def _mechanisms(out_dir: Path, runs, rows: list[dict], cells: list[dict]) -> lis
     collapsed = [(run, row["collapse_step"] if row["collapse_step"] != "" else None)
                  for run, row in zip(runs, rows, strict=True) if row["collapsed"]]  # fmt: skip
     if collapsed:
-        collapse_figure(collapsed, out_dir / "figures" / "collapses.png")
+        path = out_dir / "figures" / "collapses.png"
+        collapse_figure(collapsed, path)
         lines += ["", f"{len(collapsed)} runs collapsed; the first eight, with the collapse "
-                  "step in red:", "", "![collapsing runs](figures/collapses.png)"]  # fmt: skip
+                  "step in red:", "", _image("collapsing runs", path, report_dir)]  # fmt: skip
     return [*lines, ""]
 
 
-def _runs(out_dir: Path, runs: list[Run]) -> list[str]:
+def _runs(out_dir: Path, report_dir: Path, runs: list[Run]) -> list[str]:
     if not runs:
         return ["## Matrix", "", "No matrix run has finished yet.", ""]
     rows = [run_summary(r) for r in runs]
@@ -290,7 +331,8 @@ def _runs(out_dir: Path, runs: list[Run]) -> list[str]:
         aliases = stress.matrix_cells(stress.Regime.load(regime_path))[1]
     cells = cell_summaries(rows)
     lines = [*_findings(rows, aliases), *auto_table(runs, rows, aliases),
-             *_map(out_dir, cells, aliases), *_mechanisms(out_dir, runs, rows, cells)]  # fmt: skip
+             *_map(out_dir, report_dir, cells, aliases),
+             *_mechanisms(out_dir, report_dir, runs, rows, cells)]  # fmt: skip
     lines += ["## Matrix runs", "", "| cell | seed | collapsed | reason | initial | peak | final |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| `{r['cell']}` | {r['seed']} | {r['collapsed']} | {r['reason']} | "
@@ -299,8 +341,9 @@ def _runs(out_dir: Path, runs: list[Run]) -> list[str]:
     return [*lines, ""]
 
 
-def stress_section(out_dir: Path) -> list[str]:
-    """Markdown lines of the stress suite's report from the files under `out_dir`."""
+def stress_section(out_dir: Path, report_dir: Path) -> list[str]:
+    """Markdown lines of the stress suite's report from the files under `out_dir`, for a
+    REPORT.md in `report_dir` (where its figure links start)."""
     runs = load_runs(out_dir)  # read once: the cold-start section counts them by CPU
     return [*_intro(), *_rules(out_dir), *_cold_starts(out_dir, runs), *_discrepancy(out_dir),
-            *_runs(out_dir, runs)]  # fmt: skip
+            *_runs(out_dir, report_dir, runs)]  # fmt: skip

@@ -3,7 +3,9 @@ pilot runs (they must pick what the declared rule says, from baselines only), an
 deduplication of the stability map against the findings cells."""
 
 import json
+import re
 from itertools import islice
+from pathlib import Path
 from statistics import fmean
 
 import pytest
@@ -173,3 +175,12 @@ def test_runs_from_another_cold_start_are_never_mixed_with_new_ones(tmp_path):
         _refuse_mixed_cold_starts(tmp_path, known, other)
     (run / "seed0.json").unlink()  # moved aside: the new cold start may run
     _refuse_mixed_cold_starts(tmp_path, known, other)
+
+
+def test_every_figure_the_committed_report_shows_is_a_committed_file():
+    """The stress section sits in the gentle suite's REPORT.md one directory above its own
+    figures: its image links must start from the report, not from `stress/`."""
+    report = Path(__file__).resolve().parents[2] / "bench" / "results" / "stability" / "REPORT.md"
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    assert any(link.startswith("stress/") for link in links)  # the stress suite's own figures
+    assert [link for link in links if not (report.parent / link).is_file()] == []

@@ -131,8 +131,8 @@ class AccuracyTrigger(_Strict):
     running peak, once the peak is at least `min_peak`."""
 
     action: GuardAction = Field("alert", description=_ACTION)
-    patience: Int = _patience(2)
-    min_ratio: Float = Field(0.3, gt=0.0, lt=1.0, description="Share of the peak that breaches.")
+    patience: Int = _patience(3)
+    min_ratio: Float = Field(0.2, gt=0.0, lt=1.0, description="Share of the peak that breaches.")
     min_peak: Float = Field(
         0.1, ge=0.0, le=1.0, description="A peak below this is no reference (nothing learnt yet)."
     )

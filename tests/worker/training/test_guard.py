@@ -121,13 +121,14 @@ def test_reward_fires_when_its_window_mean_falls_below_its_share_of_the_baseline
 
 
 def test_accuracy_is_judged_on_evaluated_steps_only():
-    # Evaluations at steps 1, 5, 9: 0.4, 0.5, 0.1 (< 0.3 × 0.5); steps between carry no
+    # Evaluations at steps 1, 5, 9: 0.4, 0.5, 0.05 (< 0.2 × 0.5); steps between carry no
     # accuracy and neither breach nor clear.
     seq = [{"eval/accuracy": 0.4}, {}, {}, {}, {"eval/accuracy": 0.5}, {}, {}, {},
-           {"eval/accuracy": 0.1}]  # fmt: skip
+           {"eval/accuracy": 0.05}]  # fmt: skip
     assert fire_steps(only("accuracy", patience=1), seq) == [9]
-    assert fire_steps(only("accuracy"), seq) == []  # patience 2: one more evaluation needed
-    assert fire_steps(only("accuracy"), [*seq, {}, {"eval/accuracy": 0.12}]) == [11]
+    seq += [{}, {"eval/accuracy": 0.08}]
+    assert fire_steps(only("accuracy"), seq) == []  # patience 3: a third evaluation needed
+    assert fire_steps(only("accuracy"), [*seq, {}, {"eval/accuracy": 0.06}]) == [13]
 
 
 # ---------------------------------------------------------------- hysteresis

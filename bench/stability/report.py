@@ -19,7 +19,7 @@ from bench.stability import criterion
 from bench.stability.figures import regime_figure
 from bench.stability.findings import Finding, evaluate_findings
 from bench.stability.matrix import Budget, cells_for
-from bench.stability.report_stress import cold_start_table, stress_section
+from bench.stability.report_stress import cold_start_table, image_link, stress_section
 from bench.stability.results import Run, cell_summaries, load_runs, run_summary, write_csv
 
 REGIME_TITLES = {
@@ -242,7 +242,7 @@ def build_report(out_dir: Path | None, *, stress_dir: Path | None = None) -> Pat
         "Mean over seeds with a min–max band; reward and KL smoothed over 5 steps. The per-batch "
         "k1 estimate of the KL is noisy and can be ≤ 0; such points are drawn at 1e-6.",
         "",
-        *[f"![{regime}](figures/{path.name})" for regime, path in figures],
+        *[image_link(regime, path, out_dir) for regime, path in figures],
         "",
         "## Runs and collapse verdicts",
         "",

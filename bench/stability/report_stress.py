@@ -168,7 +168,7 @@ def _discrepancy(out_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _image(alt: str, path: Path, report_dir: Path) -> str:
+def image_link(alt: str, path: Path, report_dir: Path) -> str:
     """A markdown image of `path` as REPORT.md in `report_dir` finds it (the stress section is
     part of the gentle suite's report one directory up, or a stress-only report beside it)."""
     return f"![{alt}]({Path(os.path.relpath(path, report_dir)).as_posix()})"
@@ -210,7 +210,7 @@ def _map(out_dir: Path, report_dir: Path, cells: list[dict], aliases: dict[str, 
             f"accuracy is below {COLLAPSE_FRACTION:g} × the initial one and no seed collapsed by "
             "the criterion (a late evaluation climbs back over half the peak): a "
             "description added after the map's first runs showed such cells, not a verdict.", "",
-            _image("stability map", path, report_dir), "", *table, ""]  # fmt: skip
+            image_link("stability map", path, report_dir), "", *table, ""]  # fmt: skip
 
 
 def _map_entry(entry: tuple[float, int, int] | None) -> str:
@@ -317,7 +317,7 @@ def _mechanisms(
         path = out_dir / "figures" / "collapses.png"
         collapse_figure(collapsed, path)
         lines += ["", f"{len(collapsed)} runs collapsed; the first eight, with the collapse "
-                  "step in red:", "", _image("collapsing runs", path, report_dir)]  # fmt: skip
+                  "step in red:", "", image_link("collapsing runs", path, report_dir)]  # fmt: skip
     return [*lines, ""]
 
 

@@ -2,7 +2,7 @@
 
 Writes a checkpoint the way a job does (`save_checkpoint`, fp32 weights, the AdamW state of
 one real update) and sizes every kind with the worker's own registration hashing
-(`keel_server.storage.archive_kinds`), timing that hashing too; results in
+(`keel_server.platform.storage.archive_kinds`), timing that hashing too; results in
 `bench/results/checkpoint_sizes.{json,md}`. No LoRA kind: LoRA training is another issue's.
 
     .venv/bin/python bench/checkpoint_sizes.py
@@ -22,7 +22,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> None:
     import torch
 
-    from keel_server.storage import archive_kinds
+    from keel_server.platform.storage import archive_kinds
     from keel_worker.engines.models import load_model
     from keel_worker.training.checkpoint import TrainerState, checkpoint_dir, save_checkpoint
 

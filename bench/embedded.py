@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keel
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.runner import RunOutcome, run_job
 
 ADMIN_KEY = "keel_admin_bench_0123456789abcdef"

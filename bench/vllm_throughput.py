@@ -73,7 +73,7 @@ def main() -> None:
     import transformers
     import vllm
 
-    from keel_server.settings import Settings
+    from keel_server.platform.settings import Settings
     from keel_worker.engines.chat import encode_prompt
     from keel_worker.engines.hf import HFEngine
     from keel_worker.engines.models import load_model

@@ -7,7 +7,7 @@ from alembic import context
 
 from keel_server.db.models import Base
 from keel_server.db.session import make_engine
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -46,7 +46,7 @@ import sys, tempfile
 from pathlib import Path
 import torch
 from keel.types.training import TaskConfig, TrainingConfig
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 from keel_worker.engines.models import load_model
 from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.session import build_engine

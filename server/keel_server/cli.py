@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from keel.types.checkpoints import DEFAULT_CHECKPOINT_KIND, CheckpointKind
-from keel_server.settings import Settings, get_settings
+from keel_server.platform.settings import Settings, get_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

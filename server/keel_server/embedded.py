@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
-from keel_server.webhook_targets import LOOPBACK
+from keel_server.platform.settings import Settings
+from keel_server.platform.webhook_targets import LOOPBACK
 
 ADMIN_KEY_FILE = "admin_key"
 PID_FILE = "keel.pid"

@@ -16,7 +16,7 @@ import keel
 from keel_server.api.app import create_app
 from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
 from keel_server.db.rollouts import NewRollout, record_rollouts
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 ADMIN_KEY = "keel_admin_sdk_test_key_0123456789"
 BASE_URL = "http://testserver"

@@ -11,7 +11,7 @@ import pytest
 import keel
 from keel_server.db import session_scope
 from keel_server.db.checkpoints import register_checkpoint
-from keel_server.storage import archive_kinds
+from keel_server.platform.storage import archive_kinds
 
 
 def _hf_dir(root: Path) -> Path:

@@ -47,7 +47,7 @@ def test_migrate_then_keys_create_gives_a_working_key(tmp_path):
     from fastapi.testclient import TestClient
 
     from keel_server.api.app import create_app
-    from keel_server.settings import Settings
+    from keel_server.platform.settings import Settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     env["KEEL_HOME"] = str(tmp_path / "home")

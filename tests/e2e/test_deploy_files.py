@@ -42,7 +42,7 @@ def test_worker_reserves_a_gpu_and_shares_artifacts_with_the_api(compose):
 
 
 def test_every_url_is_a_keel_setting(compose):
-    from keel_server.settings import Settings
+    from keel_server.platform.settings import Settings
 
     fields = {f"KEEL_{name.upper()}" for name in Settings.model_fields}
     for name in ("migrate", "api", "worker"):

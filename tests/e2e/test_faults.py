@@ -16,8 +16,8 @@ import sqlalchemy as sa
 import torch
 
 import keel
-from keel_server.queue import enqueue_run_job, make_producer
-from keel_server.settings import Settings
+from keel_server.platform.queue import enqueue_run_job, make_producer
+from keel_server.platform.settings import Settings
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

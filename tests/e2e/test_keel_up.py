@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import keel
-from keel_server.leases import pid_running
+from keel_server.platform.leases import pid_running
 
 pytestmark = pytest.mark.slow
 

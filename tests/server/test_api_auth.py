@@ -90,7 +90,7 @@ def test_only_admin_creates_keys_for_other_projects(client, project_key, admin) 
 def test_a_verified_reward_token_is_remembered_and_still_bound_to_its_job(
     job_body, client, project_key, add_rollouts
 ) -> None:
-    from keel_server.security import hash_secret
+    from keel_server.platform.security import hash_secret
 
     job, other, token = _reward_job_and_another(client, job_body, project_key("alpha"))
     mine, theirs = add_rollouts(job["id"]), add_rollouts(other["id"])

@@ -11,7 +11,7 @@ import stat
 from fastapi.testclient import TestClient
 
 from keel_server.api.app import create_app
-from keel_server.security import SECRET_KEY_FILE
+from keel_server.platform.security import SECRET_KEY_FILE
 
 
 def _messages(settings) -> int:

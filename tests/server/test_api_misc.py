@@ -13,7 +13,7 @@ from keel_server.db import checkpoints as ckpt_db
 from keel_server.db import jobs as jobs_db
 from keel_server.db import metrics as metrics_db
 from keel_server.db import session_scope
-from keel_server.storage import archive_digest, archive_kinds
+from keel_server.platform.storage import archive_digest, archive_kinds
 
 
 def test_oversized_body_is_413(job_body, client, project_key, settings) -> None:

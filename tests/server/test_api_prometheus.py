@@ -15,7 +15,7 @@ from keel_server.api.app import create_app
 from keel_server.db import jobs as jobs_db
 from keel_server.db import session_scope
 from keel_server.db.metrics import write_step_metrics
-from keel_server.queue import make_producer
+from keel_server.platform.queue import make_producer
 
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 

@@ -22,12 +22,12 @@ from fastapi.testclient import TestClient
 from keel_server.api.app import create_app
 from keel_server.db import jobs as jobs_db
 from keel_server.db import session_scope, utcnow
-from keel_server.leases import new_owner, owner_is_dead
+from keel_server.platform.leases import new_owner, owner_is_dead
 
 
 def exited_owner() -> str:
     """The lease owner id of a process of this host that has exited."""
-    code = "from keel_server.leases import new_owner; print(new_owner())"
+    code = "from keel_server.platform.leases import new_owner; print(new_owner())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     return done.stdout.strip()

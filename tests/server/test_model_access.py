@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from keel_server.model_access import ModelNotAllowed, resolve_model
-from keel_server.settings import Settings
+from keel_server.platform.model_access import ModelNotAllowed, resolve_model
+from keel_server.platform.settings import Settings
 
 
 def _model_dir(path: Path, config: dict | str | None = None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from keel_server.model_access import BUILTIN_MODELS
+from keel_server.platform.model_access import BUILTIN_MODELS
 
 
 def test_builtin_model_names_match_the_worker() -> None:

@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
 
 from keel_server.api.app import create_app
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 ADMIN_KEY = "keel_admin_fuzz_0123456789abcdef"
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance]

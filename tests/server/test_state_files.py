@@ -7,8 +7,8 @@ import stat
 
 from keel_server.db import make_engine
 from keel_server.migrate import upgrade
-from keel_server.security import SECRET_KEY_FILE, sealing_key
-from keel_server.settings import Settings
+from keel_server.platform.security import SECRET_KEY_FILE, sealing_key
+from keel_server.platform.settings import Settings
 
 
 def _mode(path) -> int:

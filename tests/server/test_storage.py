@@ -7,7 +7,7 @@ import io
 import os
 import tarfile
 
-from keel_server.storage import archive_digest, archive_kinds, has_kind, iter_archive
+from keel_server.platform.storage import archive_digest, archive_kinds, has_kind, iter_archive
 
 
 def test_archive_is_deterministic_and_digest_matches(tmp_path) -> None:

@@ -12,7 +12,7 @@ from keel_server.api.app import create_app
 from keel_server.db import make_engine, make_session_factory, session_scope
 from keel_server.db.checkpoints import mark_deleted, pin_checkpoint
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.runner import run_job
 

@@ -17,8 +17,8 @@ from job_configs import merge_config, tiny_job_config
 import keel
 from keel_server.api.app import create_app
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
-from keel_server.storage import job_dir
+from keel_server.platform.settings import Settings
+from keel_server.platform.storage import job_dir
 from keel_worker.jobrunner.runner import run_job
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from keel_server.leases import pid_running
+from keel_server.platform.leases import pid_running
 
 CHILD = textwrap.dedent(
     """

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 from keel_worker.main import build_parser, worker_argv
 
 

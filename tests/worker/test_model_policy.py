@@ -20,7 +20,7 @@ from keel_server.api.app import create_app
 from keel_server.db import make_engine, make_session_factory, session_scope
 from keel_server.db.models import Job
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 from keel_worker.engines.models import load_model
 from keel_worker.jobrunner.checkpoints import register_checkpoint_dir
 from keel_worker.jobrunner.runner import run_job

@@ -19,8 +19,8 @@ from keel_server.api.app import create_app
 from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
 from keel_server.db.jobs import finish_job, get_job, take_lease
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
-from keel_server.storage import job_dir
+from keel_server.platform.settings import Settings
+from keel_server.platform.storage import job_dir
 from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_worker_test_0123456789"
@@ -237,7 +237,7 @@ def test_celery_app_settings():
 
 
 def test_reaper_enqueues_each_stale_job_once_per_lease_timeout(sdk, settings, sessions):
-    from keel_server.leases import LeaseReaper
+    from keel_server.platform.leases import LeaseReaper
 
     stale, live = sdk.jobs.create(job_config()), sdk.jobs.create(job_config())
     long_ago = utcnow() - timedelta(seconds=600)

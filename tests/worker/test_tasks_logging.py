@@ -15,7 +15,7 @@ from tracker_files import tensorboard_scalars, wandb_history
 import keel
 from keel_server.api.app import create_app
 from keel_server.migrate import upgrade
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_logging_test_0123456789"

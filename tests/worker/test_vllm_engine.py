@@ -39,7 +39,7 @@ LONG_PROMPT = "Count the apples: " + "apple, " * 120 + "how many?"
 
 
 def _options(**overrides) -> VLLMOptions:
-    from keel_server.settings import Settings
+    from keel_server.platform.settings import Settings
 
     return VLLMOptions.from_settings(
         Settings(vllm_kv_cache_gib=0.5, vllm_max_model_len=512, **overrides)

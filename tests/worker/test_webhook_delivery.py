@@ -1,4 +1,4 @@
-"""Webhook delivery (worker side): retries, the SSRF policy of keel_server.webhook_targets
+"""Webhook delivery (worker side): retries, the SSRF policy of keel_server.platform.webhook_targets
 checked before every attempt, and connections pinned to the checked address."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from keel.types.rewards import WebhookPayload, WebhookRollout
 from keel_server import webhooks
-from keel_server.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
+from keel_server.platform.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver
 
 PUBLIC = "93.184.216.34"

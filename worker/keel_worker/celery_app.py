@@ -1,6 +1,6 @@
 """The worker's Celery application, configured from `Settings` (architecture.md §5, §7).
 
-The broker settings are the producer's own (`keel_server.queue.celery_config`): Redis in
+The broker settings are the producer's own (`keel_server.platform.queue.celery_config`): Redis in
 production, the `filesystem://` transport (a folder under `.keel/`, polled every 10 ms) in
 embedded mode. Jobs are long, so a message is acknowledged only after its task returns
 (`task_acks_late`), a pool process that dies hands its message back
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-from keel_server.queue import RUN_JOB_TASK, celery_config
-from keel_server.settings import Settings, get_settings
+from keel_server.platform.queue import RUN_JOB_TASK, celery_config
+from keel_server.platform.settings import Settings, get_settings
 
 __all__ = ["RUN_JOB_TASK", "app", "make_celery"]
 
 # Redis re-delivers an unacknowledged message after this long. A duplicate finds the live lease
 # and exits, and a dead worker's job is re-enqueued much sooner by the lease reaper
-# (`keel_server.leases`), so this only has to be long, not exact.
+# (`keel_server.platform.leases`), so this only has to be long, not exact.
 REDIS_VISIBILITY_TIMEOUT_S = 6 * 3600
 
 

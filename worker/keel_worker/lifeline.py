@@ -10,7 +10,7 @@ its parent calls `die_with_parent(parent_pid)`:
   (the fallback where prctl is missing, and a second guard where it is).
 
 SIGKILL, not SIGTERM: a Celery worker's warm shutdown on SIGTERM would wait for the running job.
-The job's lease is left to go stale and is taken over (`keel_server.leases`).
+The job's lease is left to go stale and is taken over (`keel_server.platform.leases`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,10 @@
 """Celery tasks of the worker. `keel.run_job(job_id)` carries the job id only; everything else
 is read from the database (house style rule 5). See `keel_worker.jobrunner.runner`.
 
-Worker start-up imports the training stack once in the parent process (forked pool processes
-start with torch loaded) and starts the lease reaper (`keel_server.leases`). Each pool process
-dies with the worker's main process (`lifeline`): a SIGKILLed worker must not leave its job
-running, lease renewed, in an orphan.
+Worker start-up imports the training stack once in the parent process (forked pool processes start
+with torch loaded) and starts the lease reaper (`keel_server.platform.leases`). Each pool process
+dies with the worker's main process (`lifeline`): a SIGKILLed worker must not leave its job running,
+lease renewed, in an orphan.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
-from keel_server.leases import LeaseReaper, start_reaper
+from keel_server.platform.leases import LeaseReaper, start_reaper
 from keel_worker.celery_app import RUN_JOB_TASK, app
 from keel_worker.jobrunner.runner import dispose_engines, session_factory
 from keel_worker.jobrunner.runner import run_job as run_job_once

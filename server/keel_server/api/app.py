@@ -1,8 +1,7 @@
 """The FastAPI application factory: REST under `/v1`, OpenAPI at `/docs`, health also at
 `/health/*` for probes, Prometheus at `/metrics`, the web dashboard at `/dashboard`. The app holds
-one ServiceContext built from the given Settings and, while it serves, runs the lease reaper
-(`keel_server.leases`): a job whose worker died is re-enqueued even when no worker is left to
-notice."""
+one ServiceContext built from the given Settings and, while it serves, runs the context's lease
+reaper: a job whose worker died is re-enqueued even when no worker is left to notice."""
 
 from __future__ import annotations
 
@@ -23,10 +22,9 @@ from keel_server.api.routes import (
     rewards,
     rollouts,
 )
-from keel_server.leases import start_reaper
+from keel_server.platform.settings import Settings, get_settings
 from keel_server.services.context import ServiceContext
 from keel_server.services.quotas import RateLimiter
-from keel_server.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None = None) -> FastAPI:
@@ -35,7 +33,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        reaper = start_reaper(ctx.sessions, ctx.producer, settings)
+        reaper = ctx.start_reaper()
         try:
             yield
         finally:

@@ -18,8 +18,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from keel_server.platform.settings import Settings
 from keel_server.services import auth
-from keel_server.settings import Settings
 
 
 class AuthenticatedRoute(APIRoute):

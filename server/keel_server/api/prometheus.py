@@ -1,7 +1,7 @@
 """Prometheus exposition: `GET /metrics` (text format, outside the /v1 OpenAPI schema) and the
 middleware that times every request by its route template (`/v1/jobs/{job_id}`, never the raw
 path, so label cardinality stays bounded). What the process counts lives in
-`keel_server.telemetry`; what the database holds is read per scrape through
+`keel_server.platform.telemetry`; what the database holds is read per scrape through
 `services.monitoring` and exported by `_ServiceCollector`."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.routing import compile_path
 
 from keel_server.api.deps import Ctx
+from keel_server.platform.telemetry import Telemetry
 from keel_server.services import monitoring
 from keel_server.services.context import ServiceContext
-from keel_server.telemetry import Telemetry
 
 router = APIRouter()
 UNMATCHED = "unmatched"  # the route label of a request no route answered (404s of any path)

@@ -1,7 +1,7 @@
 """Checkpoint rows: one per (job, step), pointing at the checkpoint directory the downloads
 archive.
 
-`kinds` holds the size and sha256 of each kind's deterministic tar (`keel_server.storage`); the
+`kinds` holds the size and sha256 of each kind's deterministic tar (`platform.storage`); the
 worker computes them with `storage.archive_kinds(path)` before registering. `pinned` rows are
 never deleted by retention (`pin_checkpoint`, used by the guard for the last good checkpoint);
 `mark_deleted` records that retention deleted a row's files.

@@ -144,7 +144,7 @@ def take_lease(
     now: datetime | None = None,
 ) -> LeaseResult:
     """Take a queued job, or a running one whose holder stopped heartbeating (a dead worker),
-    or whose holder is `dead_owner` (known dead, `keel_server.leases.owner_is_dead`).
+    or whose holder is `dead_owner` (known dead, `keel_server.platform.leases.owner_is_dead`).
 
     A duplicate delivery finds a live lease and gets `acquired=False, reason="held"`: it must
     exit without touching the job. Each successful take counts one attempt.

@@ -79,7 +79,7 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reward_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    # Sealed with Settings.secret_key (keel_server.security): returned again by an idempotent
+    # Sealed with Settings.secret_key (platform.security): returned again by an idempotent
     # repeat of the create request; the worker signs webhook deliveries with the secret.
     reward_token_sealed: Mapped[str | None] = mapped_column(Text)
     webhook_secret: Mapped[str | None] = mapped_column(Text)
@@ -157,7 +157,7 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     policy_version: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)  # the checkpoint directory the downloads archive
-    # {kind: {"size_bytes", "sha256"}} of each kind's deterministic tar (keel_server.storage)
+    # {kind: {"size_bytes", "sha256"}} of each kind's deterministic tar (platform.storage)
     kinds: Mapped[dict[str, Any]] = mapped_column(JSON)
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # retention never deletes it
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # files deleted by retention

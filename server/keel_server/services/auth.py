@@ -12,7 +12,7 @@ from keel_server.db import keys as keys_db
 from keel_server.db import rollouts as rollouts_db
 from keel_server.db import session_scope
 from keel_server.db.models import Checkpoint, Job, Rollout
-from keel_server.security import REWARD_TOKEN_PREFIX, hash_secret, same_secret
+from keel_server.platform.security import REWARD_TOKEN_PREFIX, hash_secret, same_secret
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, not_found
 

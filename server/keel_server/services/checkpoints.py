@@ -11,12 +11,12 @@ from keel.types.checkpoints import Checkpoint, CheckpointArchive, CheckpointKind
 from keel.types.common import Page
 from keel_server.db import checkpoints as ckpt_db
 from keel_server.db import session_scope
+from keel_server.platform.storage import iter_archive
 from keel_server.services import convert
 from keel_server.services.auth import load_checkpoint, load_job
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError
 from keel_server.services.paging import int_cursor, page_limit
-from keel_server.storage import iter_archive
 
 
 def list_(

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory
-from keel_server.queue import make_producer
-from keel_server.settings import Settings
-from keel_server.telemetry import Telemetry
+from keel_server.platform.leases import LeaseReaper, start_reaper
+from keel_server.platform.queue import make_producer
+from keel_server.platform.settings import Settings
+from keel_server.platform.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class ServiceContext:
     def from_settings(cls, settings: Settings) -> ServiceContext:
         engine = make_engine(settings.database_url)
         return cls(settings, make_session_factory(engine), make_producer(settings))
+
+    def start_reaper(self) -> LeaseReaper:
+        """This process's lease reaper: a job whose worker died is re-enqueued even when no
+        worker is left to notice. The caller stops it (`LeaseReaper.stop`) when it stops serving."""
+        return start_reaper(self.sessions, self.producer, self.settings)
 
     def close(self) -> None:
         engine = self.sessions.kw.get("bind")

@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from keel.types.prompts import FileObject, PromptIn
 from keel_server.db import keys as files_db
 from keel_server.db import new_id, session_scope
+from keel_server.platform.storage import files_dir
 from keel_server.services.auth import require_api_key
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid, not_found
-from keel_server.storage import files_dir
 
 MAX_LINE_ERRORS = 20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from keel.types.common import Health
 from keel_server.db.session import ping
-from keel_server.queue import broker_reachable
+from keel_server.platform.queue import broker_reachable
 from keel_server.services.context import ServiceContext
 
 

@@ -28,8 +28,8 @@ from keel.types.jobs import (
 from keel_server.db import jobs as jobs_db
 from keel_server.db import new_id, session_scope
 from keel_server.db import prompts as prompts_db
-from keel_server.queue import enqueue_run_job
-from keel_server.security import (
+from keel_server.platform.queue import enqueue_run_job
+from keel_server.platform.security import (
     hash_secret,
     new_reward_token,
     new_webhook_secret,
@@ -37,6 +37,7 @@ from keel_server.security import (
     sealing_key,
     unseal,
 )
+from keel_server.platform.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 from keel_server.services import convert, files
 from keel_server.services.auth import load_job, require_api_key
 from keel_server.services.context import Principal, ServiceContext
@@ -44,7 +45,6 @@ from keel_server.services.errors import ServiceError, invalid
 from keel_server.services.models_check import check_model
 from keel_server.services.paging import page_limit
 from keel_server.services.quotas import check_active_jobs
-from keel_server.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from keel.types.keys import ApiKey, ApiKeyCreate, ApiKeyCreated, Whoami
 from keel_server.db import keys as keys_db
 from keel_server.db import session_scope
-from keel_server.security import hash_secret, new_api_key
+from keel_server.platform.security import hash_secret, new_api_key
 from keel_server.services.auth import require_api_key
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, not_found

@@ -1,5 +1,5 @@
 """Checks of a job's model that need more than its config schema: may the job use the model it
-names (`keel_server.model_access`, the rule the worker applies too: a built-in, hub id or
+names (`keel_server.platform.model_access`, the rule the worker applies too: a built-in, hub id or
 allowed path by name, or a checkpoint of the caller's own project by id), and does Routing
 Replay make sense for it (only MoE models route, and keel hooks only the routers of some MoE
 families; the messages are `keel.types.routing`'s, which the worker raises too)."""
@@ -13,7 +13,7 @@ from keel.types.routing import (
 )
 from keel.types.training import TrainingConfig
 from keel_server.db import session_scope
-from keel_server.model_access import (
+from keel_server.platform.model_access import (
     CheckpointNotFound,
     CheckpointNotUsable,
     ModelNotAllowed,

@@ -12,11 +12,11 @@ from keel.types.rollouts import RolloutStatus
 from keel_server.db import monitoring as monitoring_db
 from keel_server.db import session_scope
 from keel_server.db.monitoring import RunningJob
-from keel_server.queue import queue_depth
-from keel_server.security import same_secret
+from keel_server.platform.queue import queue_depth
+from keel_server.platform.security import same_secret
+from keel_server.platform.settings import Settings
 from keel_server.services.context import ServiceContext
 from keel_server.services.errors import ServiceError, not_found
-from keel_server.settings import Settings
 
 # keel's metric name -> (exported gauge name, help). The training loop writes these every step.
 WATCHED_METRICS: dict[str, tuple[str, str]] = {

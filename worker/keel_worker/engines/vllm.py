@@ -68,7 +68,7 @@ class VLLMOptions:
 
     @classmethod
     def from_settings(cls, settings: Any) -> VLLMOptions:
-        """From a `keel_server.settings.Settings` (read by attribute: engines import no
+        """From a `keel_server.platform.settings.Settings` (read by attribute: engines import no
         keel_server)."""
         return cls(
             kv_cache_gib=settings.vllm_kv_cache_gib,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import job_checkpoints, mark_deleted, register_checkpoint
-from keel_server.storage import archive_kinds
+from keel_server.platform.storage import archive_kinds
 from keel_worker.training.checkpoint import checkpoints_to_delete
 
 

@@ -44,9 +44,9 @@ from keel_server.db.jobs import record_progress, record_routing_replay, record_r
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.db.rollouts import delete_after as delete_rollouts_after
-from keel_server.model_access import ModelNotAllowed, resolve_job_model
-from keel_server.settings import Settings
-from keel_server.storage import job_dir
+from keel_server.platform.model_access import ModelNotAllowed, resolve_job_model
+from keel_server.platform.settings import Settings
+from keel_server.platform.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.engines.precision import compute_report
 from keel_worker.engines.vllm import VLLMOptions

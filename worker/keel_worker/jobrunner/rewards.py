@@ -39,8 +39,8 @@ from keel_server.db.rollouts import (
     step_rollouts,
     wait_for_rewards,
 )
-from keel_server.settings import Settings
-from keel_server.webhook_targets import WebhookAllow
+from keel_server.platform.settings import Settings
+from keel_server.platform.webhook_targets import WebhookAllow
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver, payload_for
 from keel_worker.training.scoring import Rollout

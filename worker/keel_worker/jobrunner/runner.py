@@ -1,7 +1,7 @@
 """One delivery of `keel.run_job(job_id)`, start to finish (architecture.md §5).
 
 1. Take the lease (compare-and-set), from a dead holder of this host at once
-   (`keel_server.leases`). A duplicate delivery finds a live lease, or a job that is not
+   (`keel_server.platform.leases`). A duplicate delivery finds a live lease, or a job that is not
    runnable (finished, paused, cancelled), and returns without writing anything.
 2. Heartbeat while the loop runs; the loop resumes from the latest checkpoint when there is one.
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
 from keel_server.db.jobs import LeaseLost, finish_job, get_job, take_lease
-from keel_server.leases import new_owner, owner_is_dead
-from keel_server.security import sealing_key
-from keel_server.settings import Settings
+from keel_server.platform.leases import new_owner, owner_is_dead
+from keel_server.platform.security import sealing_key
+from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.spec import JobSpec
 

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 from keel.types.jobs import GuardSummary, PromptSourceType, RewardSource
 from keel.types.training import TrainingConfig
 from keel_server.db.models import Job
-from keel_server.security import unseal
+from keel_server.platform.security import unseal
 
 _REWARD_SOURCE: TypeAdapter[RewardSource] = TypeAdapter(RewardSource)
 _PROMPT_TYPE: TypeAdapter[PromptSourceType] = TypeAdapter(PromptSourceType)

@@ -1,8 +1,8 @@
 """Webhook delivery for the `webhook` reward source (architecture.md §6): only workers deliver.
 
-Each attempt resolves and checks the target (`keel_server.webhook_targets`), then connects to
-the checked address itself, naming the host in `Host` and TLS SNI, so DNS rebinding cannot send
-a signed payload somewhere the check refused. Signing is `keel_server.webhooks` (where receivers
+Each attempt resolves and checks the target (`keel_server.platform.webhook_targets`), then connects
+to the checked address itself, naming the host in `Host` and TLS SNI, so DNS rebinding cannot send a
+signed payload somewhere the check refused. Signing is `keel_server.webhooks` (where receivers
 import `verify`). Connection errors, 408, 409, 425, 429 and every 5xx are retried with
 exponential backoff, re-signed each attempt so the timestamp stays fresh; any other 4xx, or a
 target refused, fails at once.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from keel.types.rewards import WebhookPayload, WebhookReply, WebhookRollout
-from keel_server.webhook_targets import (
+from keel_server.platform.webhook_targets import (
     Resolver,
     Target,
     WebhookAllow,

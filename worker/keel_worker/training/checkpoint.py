@@ -2,7 +2,7 @@
 trainer state needed to resume a run exactly, and the retention rule that prunes old ones.
 
 Layout of `<workdir>/checkpoints/step_000010/` (the names are `keel.types.checkpoints`'s, since
-the download kinds of `keel_server.storage` are cut along them):
+the download kinds of `keel_server.platform.storage` are cut along them):
     config.json, generation_config.json, model.safetensors, tokenizer files   (plain HF dir)
     trainer_state.pt    optimizer state, step, policy version, RNG states, data cursor
     keel.json           small human-readable summary (step, policy version, config)

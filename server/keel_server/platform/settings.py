@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
     secret_key: str | None = Field(
         default=None,
-        description="Fernet key (`keel_server.security`) sealing webhook secrets and reward "
+        description="Fernet key (`platform.security`) sealing webhook secrets and reward "
         "tokens at rest; the API and every worker need the same one. Unset: `<home>/secret_key`.",
     )
     model_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     webhook_allow: str = Field(
         default="",
         description="Comma-separated hostnames and IP networks webhooks may be delivered to "
-        "although they are not public (keel_server.webhook_targets); `keel up` allows loopback.",
+        "although they are not public (platform.webhook_targets); `keel up` allows loopback.",
     )
     webhook_backoff_s: float = Field(default=0.5, ge=0)
     sse_poll_interval_s: float = Field(default=0.5, gt=0)

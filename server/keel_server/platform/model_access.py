@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from keel.types.training import ModelConfig
 from keel_server.db.checkpoints import get_project_checkpoint
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 # name -> is it a Mixture-of-Experts model (a contract test keeps it equal to the worker's list)
 BUILTIN_MODELS: dict[str, bool] = {

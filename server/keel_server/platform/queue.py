@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery
 
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 RUN_JOB_TASK = "keel.run_job"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from keel_server.settings import Settings
+from keel_server.platform.settings import Settings
 
 SECRET_KEY_FILE = "secret_key"
 

@@ -27,8 +27,8 @@ from celery import Celery
 
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.jobs import find_stale_jobs, running_leases
-from keel_server.queue import enqueue_run_job
-from keel_server.settings import Settings
+from keel_server.platform.queue import enqueue_run_job
+from keel_server.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 

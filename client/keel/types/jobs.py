@@ -293,10 +293,10 @@ class JobResume(RequestModel):
         default=None, description="Another objective (`config.algorithm`), e.g. with clipping."
     )
 
-    def apply(self, config: dict[str, Any]) -> TrainingConfig:
+    def apply(self, config: TrainingConfig) -> TrainingConfig:
         """The job's config with these changes; raises pydantic's ValidationError when the
         result is not a valid run."""
-        changed = TrainingConfig.model_validate(config).model_dump(mode="json")
+        changed = config.model_dump(mode="json")
         if self.lr is not None:
             changed["optimizer"]["lr"] = self.lr
         if self.algorithm is not None:

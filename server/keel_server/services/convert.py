@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from keel.types.checkpoints import Checkpoint
-from keel.types.jobs import GuardSummary, Job
+from keel.types.jobs import Job
 from keel.types.prompts import Prompt
 from keel.types.rollouts import Rollout
-from keel_server.db import models
+from keel_server.db import models, stored
 
 
 def job(row: models.Job) -> Job:
@@ -18,7 +18,7 @@ def job(row: models.Job) -> Job:
         created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
         finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
         routing_replay=row.routing_replay,
-        guard=GuardSummary.model_validate(row.guard or {}),
+        guard=stored.guard_summary(row),
         runtime=row.runtime,
     )  # fmt: skip
 

@@ -26,7 +26,7 @@ from keel.types.jobs import (
     WebhookReward,
 )
 from keel_server.db import jobs as jobs_db
-from keel_server.db import new_id, session_scope
+from keel_server.db import new_id, session_scope, stored
 from keel_server.db import prompts as prompts_db
 from keel_server.platform.queue import enqueue_run_job
 from keel_server.platform.security import (
@@ -319,13 +319,14 @@ def resume(
 def _resumed_with(job, changes: JobResume) -> dict:
     """The row values of a paused job resumed with `changes` (422 when the result is invalid)."""
     try:
-        config = changes.apply(job.config)
+        config = changes.apply(stored.training_config(job))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise invalid(["body", *first["loc"]], first["msg"]) from exc
     values: dict = {"config": config.model_dump(mode="json")}
     if changes.lr is not None:
-        values["guard"] = {**(job.guard or {}), "lr_scale": 1.0}
+        guard = stored.guard_summary(job).model_copy(update={"lr_scale": 1.0})
+        values["guard"] = guard.model_dump(mode="json")
     return values
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from keel.types.common import Page
-from keel.types.jobs import REFERENCE_VERIFIERS, TERMINAL_STATUSES
+from keel.types.jobs import REFERENCE_VERIFIERS, TERMINAL_STATUSES, BuiltinReward
 from keel.types.prompts import Prompt, PromptBatch, PromptBatchResult
 from keel_server.db import prompts as prompts_db
-from keel_server.db import session_scope
+from keel_server.db import session_scope, stored
 from keel_server.services import convert
 from keel_server.services.auth import load_job
 from keel_server.services.context import Principal, ServiceContext
@@ -24,16 +24,18 @@ def add_batch(
 ) -> PromptBatchResult:
     with session_scope(ctx.sessions) as session:
         job = load_job(session, principal, job_id)
-        if job.prompt_source.get("type") != "client":
+        prompt_type = stored.prompt_type(job)
+        if prompt_type != "client":
             raise ServiceError(
                 "conflict",
-                f"job {job_id} takes its prompts from its {job.prompt_source.get('type')} "
-                "source; only jobs created with prompts.type='client' accept batches",
+                f"job {job_id} takes its prompts from its {prompt_type} source; only jobs "
+                "created with prompts.type='client' accept batches",
             )
         if job.status in TERMINAL_STATUSES:
             raise ServiceError("conflict", f"job {job_id} is already {job.status}")
-        verifier = job.reward_source.get("verifier")
-        if job.reward_source.get("type") == "builtin" and verifier in REFERENCE_VERIFIERS:
+        source = stored.reward_source(job)
+        verifier = source.verifier if isinstance(source, BuiltinReward) else None
+        if verifier in REFERENCE_VERIFIERS:
             missing = [i for i, p in enumerate(batch.prompts) if p.reference is None]
             if missing:
                 raise invalid(
@@ -42,25 +44,25 @@ def add_batch(
                 )
         pairs = [(p.text, p.reference) for p in batch.prompts]
         if idempotency_key:
-            stored = prompts_db.batch_prompts(session, job_id, idempotency_key)
-            if stored:
-                return _replay(job_id, idempotency_key, stored, pairs)
+            earlier = prompts_db.batch_prompts(session, job_id, idempotency_key)
+            if earlier:
+                return _replay(job_id, idempotency_key, earlier, pairs)
         total = prompts_db.add_prompts(session, job_id, pairs, batch_key=idempotency_key)
     return PromptBatchResult(job_id=job_id, accepted=len(pairs), total=total)
 
 
 def _replay(
-    job_id: str, key: str, stored: list, pairs: list[tuple[str, str | None]]
+    job_id: str, key: str, earlier: list, pairs: list[tuple[str, str | None]]
 ) -> PromptBatchResult:
     """What the first call with this key returned, if this batch is the same one."""
-    if [(p.text, p.reference) for p in stored] != pairs:
+    if [(p.text, p.reference) for p in earlier] != pairs:
         raise ServiceError(
             "idempotency_conflict",
             f"Idempotency-Key {key!r} was already used on job {job_id} for a different batch of "
             "prompts; use a new key for a new batch",
             state={"idempotency_key": key, "job_id": job_id},
         )
-    return PromptBatchResult(job_id=job_id, accepted=len(stored), total=stored[-1].index + 1)
+    return PromptBatchResult(job_id=job_id, accepted=len(earlier), total=earlier[-1].index + 1)
 
 
 def list_(

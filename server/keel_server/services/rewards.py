@@ -9,7 +9,7 @@ from keel.types.errors import ErrorBody
 from keel.types.jobs import TERMINAL_STATUSES
 from keel.types.rewards import RewardBatch, RewardBatchResult, RewardResult, reward_problem
 from keel_server.db import rollouts as rollouts_db
-from keel_server.db import session_scope, utcnow
+from keel_server.db import session_scope, stored, utcnow
 from keel_server.db.rollouts import RewardOutcome
 from keel_server.services import convert
 from keel_server.services.auth import load_rollout
@@ -74,9 +74,8 @@ def _post(
             f"job {job.id} is {job.status}: it takes no more rewards",
             state={"job_id": job.id, "status": job.status},
         )
-    source = job.reward_source
-    problem = reward_problem(value, min_value=source.get("min_value"),
-                             max_value=source.get("max_value"))  # fmt: skip
+    source = stored.reward_source(job)
+    problem = reward_problem(value, min_value=source.min_value, max_value=source.max_value)
     if problem:
         raise invalid(loc, problem)
     outcome, row = rollouts_db.set_reward(session, rollout_id, value, current=rollout)

@@ -13,7 +13,7 @@ is our own pick where the source gives none.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -300,21 +300,10 @@ AlgorithmConfig = Annotated[
     Field(discriminator="name"),
 ]
 
+# The models by objective name, derived from the union above so the list is written once.
+_ALGORITHM_UNION, _ = get_args(AlgorithmConfig)
 ALGORITHM_MODELS: dict[str, type[BaseModel]] = {
-    model.model_fields["name"].default: model
-    for model in (
-        MiniRLConfig,
-        ReinforceConfig,
-        GRPOConfig,
-        DrGRPOConfig,
-        DAPOConfig,
-        CISPOConfig,
-        GSPOConfig,
-        GSPOTokenConfig,
-        DecoupledPPOTISConfig,
-        DPPOTVConfig,
-        DPPOKLConfig,
-    )
+    model.model_fields["name"].default: model for model in get_args(_ALGORITHM_UNION)
 }
 
 

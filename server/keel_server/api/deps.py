@@ -1,7 +1,7 @@
 """FastAPI dependencies: the service context of the app and the authenticated principal.
 
-The principal is authenticated by `keel_server.api.guard.AuthenticatedRoute` before the body is
-read; `Caller` hands it to the route and declares the bearer scheme in the OpenAPI document.
+The principal is authenticated by `keel_server.api.authenticated.AuthenticatedRoute` before the body
+is read; `Caller` hands it to the route and declares the bearer scheme in the OpenAPI document.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from fastapi.responses import StreamingResponse
 
 from keel.types.checkpoints import DEFAULT_CHECKPOINT_KIND, Checkpoint, CheckpointKind
 from keel.types.common import Page
+from keel_server.api.authenticated import AuthenticatedRoute
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, Limit
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import checkpoints as service
 
 CheckpointKindQuery = Annotated[

@@ -6,9 +6,9 @@ from fastapi import APIRouter, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from keel.types.prompts import FileObject
+from keel_server.api.authenticated import UploadRoute
 from keel_server.api.deps import Caller, Ctx
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import UploadRoute
 from keel_server.services import files as service
 
 router = APIRouter(tags=["files"], route_class=UploadRoute, responses=ROUTE_ERRORS)

@@ -14,9 +14,9 @@ from fastapi.responses import StreamingResponse
 
 from keel.types.common import Page, Text
 from keel.types.jobs import Job, JobCreate, JobCreated, JobResume
+from keel_server.api.authenticated import UploadRoute
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, LastEventId, Limit
 from keel_server.api.errors import ROUTE_ERRORS, error_responses
-from keel_server.api.guard import UploadRoute
 from keel_server.services import events as events_service
 from keel_server.services import jobs as service
 from keel_server.services.context import ServiceContext

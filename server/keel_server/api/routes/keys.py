@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keel.types.keys import ApiKey, ApiKeyCreate, ApiKeyCreated, Whoami
+from keel_server.api.authenticated import AuthenticatedRoute
 from keel_server.api.deps import Caller, Ctx, Id
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import keys as service
 
 router = APIRouter(tags=["keys"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)

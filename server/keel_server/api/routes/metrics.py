@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 
 from keel.types.common import Text
 from keel.types.metrics import MetricPoint
+from keel_server.api.authenticated import AuthenticatedRoute
 from keel_server.api.deps import Caller, Ctx, Id, Limit, Step
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import metrics as service
 
 router = APIRouter(tags=["metrics"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from keel.types.common import Page
 from keel.types.prompts import Prompt, PromptBatch, PromptBatchResult
+from keel_server.api.authenticated import UploadRoute
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, Limit
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import UploadRoute
 from keel_server.services import prompts as service
 
 router = APIRouter(tags=["prompts"], route_class=UploadRoute, responses=ROUTE_ERRORS)

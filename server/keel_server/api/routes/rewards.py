@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from keel.types.rewards import RewardBatch, RewardBatchResult, RewardCreate, RewardResult
+from keel_server.api.authenticated import AuthenticatedRoute
 from keel_server.api.deps import Caller, Ctx, Id
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import rewards as service
 
 router = APIRouter(tags=["rewards"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)

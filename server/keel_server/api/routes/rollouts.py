@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 
 from keel.types.common import Page, Text
 from keel.types.rollouts import Rollout
+from keel_server.api.authenticated import AuthenticatedRoute
 from keel_server.api.deps import Caller, Ctx, Cursor, Id, Limit, Step
 from keel_server.api.errors import ROUTE_ERRORS
-from keel_server.api.guard import AuthenticatedRoute
 from keel_server.services import rollouts as service
 
 router = APIRouter(tags=["rollouts"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)

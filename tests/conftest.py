@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
@@ -88,3 +89,35 @@ def session_factory(migrated_url: str):
     engine = make_engine(migrated_url)
     yield make_session_factory(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def sessions(settings):
+    """A session factory on the database of the folder's `settings` fixture."""
+    from keel_server.db import make_engine, make_session_factory
+
+    engine = make_engine(settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def add_rollouts(sessions):
+    """Write one step's rollouts as the worker does (`groups` groups × 2 samples)."""
+    from keel_server.db import session_scope, utcnow
+    from keel_server.db.rollouts import NewRollout, record_rollouts
+
+    def add(job_id: str, *, step: int = 1, deadline_s: float = 600.0, groups: int = 2) -> list[str]:
+        items = [
+            NewRollout(g, s, f"prompt {g}", f"completion {g}.{s}", token_count=3 + s)
+            for g in range(groups)
+            for s in range(2)
+        ]
+        with session_scope(sessions) as session:
+            rows = record_rollouts(
+                session, job_id, step=step, policy_version=step - 1,
+                deadline_at=utcnow() + timedelta(seconds=deadline_s), rollouts=items,
+            )  # fmt: skip
+            return [r.id for r in rows]
+
+    return add

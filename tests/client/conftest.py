@@ -5,7 +5,6 @@ ASGITransport for `AsyncClient`). No server, no socket, nothing of ours mocked."
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 
 import httpx
 import pytest
@@ -14,8 +13,6 @@ from job_configs import tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
-from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
-from keel_server.db.rollouts import NewRollout, record_rollouts
 from keel_server.platform.settings import Settings
 
 ADMIN_KEY = "keel_admin_sdk_test_key_0123456789"
@@ -74,33 +71,8 @@ def async_client_for(app) -> Callable[[str], keel.AsyncClient]:
 
 
 @pytest.fixture
-def sessions(settings: Settings):
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
 def small_config() -> Callable[..., dict]:
     """A valid job config small enough for a CPU test run; keyword overrides replace fields."""
     return tiny_job_config
 
 
-@pytest.fixture
-def add_rollouts(sessions) -> Callable[..., list[str]]:
-    """Write one step's rollouts as the worker does (2 groups × 2 samples)."""
-
-    def add(job_id: str, *, step: int = 1, deadline_s: float = 600.0) -> list[str]:
-        items = [
-            NewRollout(g, s, f"prompt {g}", f"completion {g}.{s}", token_count=3 + s)
-            for g in range(2)
-            for s in range(2)
-        ]
-        with session_scope(sessions) as session:
-            rows = record_rollouts(
-                session, job_id, step=step, policy_version=step - 1,
-                deadline_at=utcnow() + timedelta(seconds=deadline_s), rollouts=items,
-            )  # fmt: skip
-            return [r.id for r in rows]
-
-    return add

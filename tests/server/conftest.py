@@ -4,15 +4,12 @@ the `services` marker, and SQLite), a filesystem broker and artifacts dir under 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from job_configs import tiny_job_config
 
 from keel_server.api.app import create_app
-from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
-from keel_server.db.rollouts import NewRollout, record_rollouts
 from keel_server.platform.settings import Settings
 
 ADMIN_KEY = "keel_admin_test_key_0123456789"
@@ -66,28 +63,3 @@ def make_job_body(**overrides) -> dict:
     return {"config": config, **overrides}
 
 
-@pytest.fixture
-def sessions(settings: Settings):
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def add_rollouts(sessions) -> Callable[..., list[str]]:
-    """Write one step's rollouts as the worker would (2 groups × 2 samples by default)."""
-
-    def add(job_id: str, *, step: int = 1, deadline_s: float = 600.0, groups: int = 2) -> list[str]:
-        items = [
-            NewRollout(g, s, f"prompt {g}", f"completion {g}.{s}", token_count=3 + s)
-            for g in range(groups)
-            for s in range(2)
-        ]
-        with session_scope(sessions) as session:
-            rows = record_rollouts(
-                session, job_id, step=step, policy_version=step - 1,
-                deadline_at=utcnow() + timedelta(seconds=deadline_s), rollouts=items,
-            )  # fmt: skip
-            return [r.id for r in rows]
-
-    return add

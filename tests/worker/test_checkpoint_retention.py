@@ -6,33 +6,20 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from in_process import ADMIN_KEY, job_settings
 from job_configs import tiny_job_config
 
 from keel_server.api.app import create_app
-from keel_server.db import make_engine, make_session_factory, session_scope
+from keel_server.db import session_scope
 from keel_server.db.checkpoints import mark_deleted, pin_checkpoint
-from keel_server.migrate import upgrade
 from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
 from keel_worker.jobrunner.runner import run_job
 
-ADMIN_KEY = "keel_admin_retention_test_0123456789"
-
 
 @pytest.fixture
 def settings(db_url: str, tmp_path) -> Settings:
-    upgrade(db_url)
-    return Settings(
-        home=tmp_path / "home", database_url=db_url, admin_key=ADMIN_KEY,
-        heartbeat_interval_s=0.2, reward_poll_interval_s=0.05,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def factory(settings):
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
+    return job_settings(db_url, tmp_path)
 
 
 def _project(http: TestClient) -> dict[str, str]:
@@ -49,22 +36,22 @@ def _fake_checkpoint(root, step: int):
     return path
 
 
-def test_old_checkpoints_go_pinned_and_newest_stay(settings, factory, tmp_path) -> None:
+def test_old_checkpoints_go_pinned_and_newest_stay(settings, sessions, tmp_path) -> None:
     with TestClient(create_app(settings)) as http:
         headers = _project(http)
         body = {"config": tiny_job_config(model={"name": "tiny-dense"})}
         job_id = http.post("/v1/jobs", json=body, headers=headers).json()["id"]
         paths = {s: _fake_checkpoint(tmp_path / "ckpts", s) for s in (1, 2, 3, 4)}
         ids = {
-            s: register_checkpoint_dir(factory, job_id, p, step=s, policy_version=s)
+            s: register_checkpoint_dir(sessions, job_id, p, step=s, policy_version=s)
             for s, p in paths.items()
         }
-        with session_scope(factory) as session:
+        with session_scope(sessions) as session:
             assert pin_checkpoint(session, ids[2])
             assert not pin_checkpoint(session, "ckpt_nope")
             assert not mark_deleted(session, ids[2])  # a pinned row cannot be marked
 
-        assert apply_retention(factory, job_id, keep_last=1) == [1, 3]
+        assert apply_retention(sessions, job_id, keep_last=1) == [1, 3]
         assert {s: p.exists() for s, p in paths.items()} == {1: False, 2: True, 3: False, 4: True}
         listed = http.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()["data"]
         state = {c["step"]: (c["pinned"], c["deleted_at"] is not None, sorted(c["kinds"]))
@@ -91,11 +78,11 @@ def test_old_checkpoints_go_pinned_and_newest_stay(settings, factory, tmp_path) 
 
         # A row marked before a crash removed its files loses them on the next pass; a second
         # pass over the same rows deletes nothing more.
-        with session_scope(factory) as session:
+        with session_scope(sessions) as session:
             assert pin_checkpoint(session, ids[2], pinned=False)
             assert mark_deleted(session, ids[2])
         assert paths[2].exists()
-        assert apply_retention(factory, job_id, keep_last=1) == []
+        assert apply_retention(sessions, job_id, keep_last=1) == []
         assert not paths[2].exists() and paths[4].exists()
 
 

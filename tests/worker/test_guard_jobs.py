@@ -11,19 +11,15 @@ patience 1 fires on every step it is armed. The real app's API serves what the w
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
+from in_process import job_settings
 from job_configs import merge_config, tiny_job_config
 
 import keel
-from keel_server.api.app import create_app
-from keel_server.migrate import upgrade
 from keel_server.platform.settings import Settings
 from keel_server.platform.storage import job_dir
 from keel_worker.jobrunner.runner import run_job
 
 pytestmark = pytest.mark.slow
-ADMIN_KEY = "keel_admin_guard_test_0123456789"
-BASE_URL = "http://testserver"
 LOW_CAP = {"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}}
 
 
@@ -57,18 +53,7 @@ def clipping(action: str, **overrides) -> dict:
 
 @pytest.fixture
 def settings(sqlite_url: str, tmp_path) -> Settings:
-    upgrade(sqlite_url)
-    return Settings(
-        home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
-        heartbeat_interval_s=0.2, lease_timeout_s=3.0, reward_poll_interval_s=0.05,
-        prompt_poll_interval_s=0.05,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def sdk(settings: Settings):
-    with TestClient(create_app(settings), base_url=BASE_URL) as http:
-        yield keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
+    return job_settings(sqlite_url, tmp_path, lease_timeout_s=3.0, prompt_poll_interval_s=0.05)
 
 
 def _metric(sdk, job_id: str, name: str) -> dict[int, float | None]:

@@ -4,34 +4,15 @@ device profiles it measured (`keel_worker.engines.hardware`), naming the CPU and
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from job_configs import tiny_job_config
 
-import keel
-from keel_server.api.app import create_app
-from keel_server.migrate import upgrade
-from keel_server.platform.settings import Settings
 from keel_worker.engines.hardware import cpu_model_name, device_profile
 from keel_worker.jobrunner.runner import run_job
 
-ADMIN_KEY = "keel_admin_runtime_test_0123456789"
-BASE_URL = "http://testserver"
-
-
-@pytest.fixture
-def sdk(sqlite_url: str, tmp_path):
-    upgrade(sqlite_url)
-    settings = Settings(home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
-                        reward_poll_interval_s=0.05)  # fmt: skip
-    with TestClient(create_app(settings), base_url=BASE_URL) as http:
-        yield settings, keel.Client(
-            base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0
-        )
-
 
 @pytest.mark.slow
-def test_the_worker_reports_its_compute_choice_and_gemm_rates(sdk):
-    settings, client = sdk
+def test_the_worker_reports_its_compute_choice_and_gemm_rates(sdk, settings):
+    client = sdk
     config = tiny_job_config(model={"name": "tiny-dense"}, rollout={"precision": "bf16"},
                              train_dtype="bf16", steps=1)  # fmt: skip
     job = client.jobs.create(config, reward={"type": "builtin", "verifier": "task"})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from in_process import ADMIN_KEY, job_settings
 from job_configs import tiny_job_config
 from sqlalchemy import update
 from transformers import AutoModelForCausalLM
@@ -19,14 +20,12 @@ from transformers import AutoModelForCausalLM
 from keel_server.api.app import create_app
 from keel_server.db import make_engine, make_session_factory, session_scope
 from keel_server.db.models import Job
-from keel_server.migrate import upgrade
 from keel_server.platform.settings import Settings
 from keel_worker.engines.models import load_model
 from keel_worker.jobrunner.checkpoints import register_checkpoint_dir
 from keel_worker.jobrunner.runner import run_job
 from keel_worker.training.checkpoint import TrainerState, save_checkpoint
 
-ADMIN_KEY = "keel_admin_policy_test_0123456789"
 CONFIG = tiny_job_config(
     model={"name": "tiny-dense"}, rollout={"max_new_tokens": 4}, steps=1, checkpoint_every=1
 )
@@ -34,12 +33,8 @@ CONFIG = tiny_job_config(
 
 @pytest.fixture
 def settings(sqlite_url: str, tmp_path) -> Settings:
-    upgrade(sqlite_url)
     # The operator allows everything under tmp_path, keel's own state included.
-    return Settings(
-        home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
-        model_roots=(tmp_path,), heartbeat_interval_s=0.2, reward_poll_interval_s=0.05,
-    )  # fmt: skip
+    return job_settings(sqlite_url, tmp_path, model_roots=(tmp_path,))
 
 
 def _key(http: TestClient, project: str) -> dict[str, str]:

@@ -11,20 +11,15 @@ import time
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
+from in_process import job_settings
 from job_configs import merge_config, tiny_job_config
 
 import keel
-from keel_server.api.app import create_app
-from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
+from keel_server.db import session_scope, utcnow
 from keel_server.db.jobs import finish_job, get_job, take_lease
-from keel_server.migrate import upgrade
 from keel_server.platform.settings import Settings
 from keel_server.platform.storage import job_dir
 from keel_worker.jobrunner.runner import run_job
-
-ADMIN_KEY = "keel_admin_worker_test_0123456789"
-BASE_URL = "http://testserver"
 
 
 def job_config(**overrides) -> dict:
@@ -34,25 +29,7 @@ def job_config(**overrides) -> dict:
 
 @pytest.fixture
 def settings(sqlite_url: str, tmp_path) -> Settings:
-    upgrade(sqlite_url)
-    return Settings(
-        home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
-        heartbeat_interval_s=0.2, lease_timeout_s=3.0, reward_poll_interval_s=0.05,
-        prompt_poll_interval_s=0.05,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def sdk(settings: Settings):
-    with TestClient(create_app(settings), base_url=BASE_URL) as http:
-        yield keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
-
-
-@pytest.fixture
-def sessions(settings: Settings):
-    engine = make_engine(settings.database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
+    return job_settings(sqlite_url, tmp_path, lease_timeout_s=3.0, prompt_poll_interval_s=0.05)
 
 
 def _job_row(sessions, job_id: str) -> dict:

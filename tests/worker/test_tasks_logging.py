@@ -8,32 +8,13 @@ import math
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from job_configs import tiny_job_config
 from tracker_files import tensorboard_scalars, wandb_history
 
 import keel
-from keel_server.api.app import create_app
-from keel_server.migrate import upgrade
-from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.runner import run_job
 
-ADMIN_KEY = "keel_admin_logging_test_0123456789"
-BASE_URL = "http://testserver"
 CONFIG = tiny_job_config(optimizer={"lr": 1e-3})
-
-
-@pytest.fixture
-def settings(sqlite_url: str, tmp_path) -> Settings:
-    upgrade(sqlite_url)
-    return Settings(home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
-                    reward_poll_interval_s=0.05)  # fmt: skip
-
-
-@pytest.fixture
-def sdk(settings: Settings):
-    with TestClient(create_app(settings), base_url=BASE_URL) as http:
-        yield keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
 
 
 def _served(sdk: keel.Client, job_id: str) -> dict[str, dict[int, float]]:

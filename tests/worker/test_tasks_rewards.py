@@ -8,22 +8,20 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
+from in_process import ADMIN_KEY, BASE_URL, job_settings
 from job_configs import tiny_job_config
 
 import keel
 from keel_server.api.app import create_app
-from keel_server.migrate import upgrade
 from keel_server.platform.settings import Settings
 from keel_server.webhooks import verify
 from keel_worker.jobrunner.runner import run_job
 
-ADMIN_KEY = "keel_admin_reward_test_0123456789"
-BASE_URL = "http://testserver"
 SECRET = "webhook-secret-0123456789abcdef"
 
 pytestmark = pytest.mark.slow
@@ -34,18 +32,8 @@ job_config = tiny_job_config
 
 @pytest.fixture
 def settings(sqlite_url: str, tmp_path) -> Settings:
-    upgrade(sqlite_url)
-    return Settings(
-        home=tmp_path / "home", database_url=sqlite_url, admin_key=ADMIN_KEY,
-        heartbeat_interval_s=0.2, reward_poll_interval_s=0.05, webhook_backoff_s=0.05,
-        webhook_allow="127.0.0.1",  # the receivers below are local
-    )  # fmt: skip
-
-
-@pytest.fixture
-def sdk(settings: Settings) -> Iterator[keel.Client]:
-    with TestClient(create_app(settings), base_url=BASE_URL) as http:
-        yield keel.Client(base_url=BASE_URL, api_key=ADMIN_KEY, http_client=http, max_retries=0)
+    # The receivers below are local.
+    return job_settings(sqlite_url, tmp_path, webhook_backoff_s=0.05, webhook_allow="127.0.0.1")
 
 
 class Receiver:

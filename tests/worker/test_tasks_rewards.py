@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from job_configs import tiny_job_config
 
 import keel
+from keel.webhooks import verify
 from keel_server.api.app import create_app
 from keel_server.migrate import upgrade
 from keel_server.platform.settings import Settings
-from keel_server.webhooks import verify
 from keel_worker.jobrunner.runner import run_job
 
 ADMIN_KEY = "keel_admin_reward_test_0123456789"

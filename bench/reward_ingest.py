@@ -107,7 +107,7 @@ class Server:
                         KEEL_DATABASE_URL=self.database_url,
                         KEEL_RATE_LIMIT_PER_S="1000000", KEEL_RATE_LIMIT_BURST="1000000",
                         KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000")  # fmt: skip
-        cli = [sys.executable, "-m", "keel_server.cli"]
+        cli = [sys.executable, "-m", "keel"]
         try:
             subprocess.run([*cli, "migrate"], env=self.env, check=True, capture_output=True)
         except BaseException:

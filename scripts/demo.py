@@ -140,7 +140,7 @@ class KeelService:
         # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads
         # fight the threads doing the work (measured here: forward+backward 39 s -> 9 s).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        cmd = [sys.executable, "-m", "keel_server.cli", "up", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "keel", "up", "--port", str(self.port),
                "--home", str(self.home)]  # fmt: skip
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(

@@ -1,5 +1,6 @@
-"""The `keel` command line as a user runs it (a subprocess): operator commands on a SQLite
-home, and their effect seen through the API."""
+"""The `keel` command line as a user runs it (a subprocess): the SDK's program, its user
+commands without the server, operator commands on a SQLite home and their effect seen through the
+API, and the extra an operator command names where the server is not installed."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import keel
-from keel_server.cli import build_parser
+from keel.cli import OPERATOR_COMMANDS, build_parser, main
+from keel_server import cli as operator_cli
 
 
 def run_keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "keel_server.cli", *args], env=env, capture_output=True,
+        [sys.executable, "-m", "keel", *args], env=env, capture_output=True,
         text=True, timeout=120,
     )  # fmt: skip
 
@@ -26,16 +30,30 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 
 def test_the_parser_has_every_command_and_action():
-    # From the parser itself: deleting a subcommand fails here even if its name stays in a help
-    # string somewhere.
+    # From the parsers themselves: deleting a subcommand fails here even if its name stays in a
+    # help string somewhere.
     commands = _subcommands(build_parser())
-    expected = {"up", "server", "worker", "migrate", "keys", "jobs", "checkpoints"}
-    assert set(commands) == expected
+    operator = {"up", "server", "worker", "migrate", "keys"}
+    assert set(commands) == operator | {"jobs", "checkpoints"}
+    assert set(OPERATOR_COMMANDS) == operator
     assert set(_subcommands(commands["jobs"])) == {
         "list", "show", "cancel", "pause", "resume", "events",
     }  # fmt: skip
     assert set(_subcommands(commands["checkpoints"])) == {"list", "download"}
-    assert set(_subcommands(commands["keys"])) == {"create"}
+    # The server's parser declares the arguments of exactly the commands the SDK lists.
+    served = _subcommands(operator_cli.build_parser())
+    assert set(served) == operator
+    assert set(_subcommands(served["keys"])) == {"create"}
+
+
+def test_operator_commands_hand_their_arguments_to_the_server(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["up", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: keel up") and "--home HOME" in out
+    args = operator_cli.build_parser().parse_args(["keys", "create", "--project", "team-a"])
+    assert (args.project, args.name) == ("team-a", None)
 
 
 def test_help_runs_as_a_program():
@@ -84,3 +102,68 @@ def test_jobs_resume_parses_a_new_lr_and_algorithm():
 def test_jobs_events_follows_unless_told_not_to():
     assert build_parser().parse_args(["jobs", "events", "job_x"]).follow is True
     assert build_parser().parse_args(["jobs", "events", "job_x", "--no-follow"]).follow is False
+
+
+# The import names of the server extra's packages, blocked below as on an install of the SDK alone.
+SERVER_IMPORTS = ("pydantic_settings", "fastapi", "sqlalchemy", "alembic", "uvicorn", "celery")
+_SDK_ONLY = """
+import contextlib, io, json, sys
+from keel.cli import main
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+results = {{}}
+for argv in {argvs!r}:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    results[" ".join(argv)] = [code, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def test_without_the_server_operator_commands_name_their_extra():
+    # `keel up` runs a worker beside the API, so it names the worker extra (which has the server's).
+    extras = {name: command.extra for name, command in OPERATOR_COMMANDS.items()}
+    server = {"server": "server", "migrate": "server", "keys": "server"}
+    assert extras == {"up": "worker", "worker": "worker", **server}
+    argvs = [[name, *rest] for name in OPERATOR_COMMANDS for rest in ([], ["--help"])]
+    code = _SDK_ONLY.format(blocked=SERVER_IMPORTS, argvs=argvs)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert len(results) == len(argvs)
+    for argv, (returncode, stderr) in results.items():
+        name = argv.split()[0]
+        assert returncode == 1
+        assert stderr.startswith(f"error: 'keel {name}' needs ")
+        assert f"pip install 'keel-rl[{extras[name]}]' (missing: pydantic_settings)" in stderr
+        assert stderr.count("\n") == 1  # one line, no traceback
+
+
+def test_user_commands_never_import_the_server():
+    watched = ("keel_server", "keel_worker", *SERVER_IMPORTS)
+    code = (
+        "import sys; from keel.cli import main\n"
+        "code = main(['jobs', 'show', 'job_x', '--base-url', 'http://127.0.0.1:9', "
+        "'--api-key', 'k'])\n"
+        f"print(code, sorted(m for m in sys.modules if m.partition('.')[0] in {watched!r}))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=60)  # fmt: skip
+    assert done.stdout == "1 []\n", done.stdout + done.stderr
+    assert done.stderr.startswith("error: could not connect")
+
+
+def test_a_missing_module_of_ours_is_a_bug_not_a_missing_extra():
+    from keel.cli import _is_missing_extra
+
+    assert _is_missing_extra(ModuleNotFoundError("x", name="pydantic_settings"))
+    assert _is_missing_extra(ModuleNotFoundError("x", name="keel_server"))
+    assert not _is_missing_extra(ModuleNotFoundError("x", name="keel_server.settings"))
+    assert not _is_missing_extra(ModuleNotFoundError("x", name="keel.nothing"))

@@ -52,7 +52,7 @@ def _http_ok(url: str) -> bool:
 
 
 def keel_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "keel_server.cli", *args]
+    return [sys.executable, "-m", "keel", *args]
 
 
 @dataclass

@@ -69,7 +69,7 @@ def live_api(settings, tmp_path) -> Iterator[tuple[str, int]]:
         "KEEL_MAX_BODY_BYTES": str(32 * 1024 * 1024),
     }
     log = (tmp_path / "api.log").open("wb")
-    cmd = [sys.executable, "-m", "keel_server.cli", "server", "--port", str(port)]
+    cmd = [sys.executable, "-m", "keel", "server", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -26,11 +26,11 @@ def test_options_reach_the_celery_command_line(tmp_path):
 
 def test_keel_worker_runs_the_worker_program(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "KEEL_HOME": str(tmp_path)}
-    for cmd in (["-m", "keel_worker"], ["-m", "keel_server.cli", "worker"]):
+    for cmd in (["-m", "keel_worker"], ["-m", "keel", "worker"]):
         done = subprocess.run([sys.executable, *cmd, "--help"], capture_output=True, text=True,
                               env=env, timeout=60)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("usage: keel-worker") and "--parent-pid" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "keel_server.cli", "jobs", "list", "--nope"],
+    bad = subprocess.run([sys.executable, "-m", "keel", "jobs", "list", "--nope"],
                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr

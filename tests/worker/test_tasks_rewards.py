@@ -17,9 +17,9 @@ from in_process import ADMIN_KEY, BASE_URL, job_settings
 from job_configs import tiny_job_config
 
 import keel
+from keel.webhooks import verify
 from keel_server.api.app import create_app
 from keel_server.platform.settings import Settings
-from keel_server.webhooks import verify
 from keel_worker.jobrunner.runner import run_job
 
 SECRET = "webhook-secret-0123456789abcdef"

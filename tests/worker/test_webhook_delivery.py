@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from keel import webhooks
 from keel.types.rewards import WebhookPayload, WebhookRollout
-from keel_server import webhooks
 from keel_server.platform.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver
 

@@ -117,7 +117,7 @@ class BuiltinReward(_RewardBase):
 
 
 class WebhookReward(_RewardBase):
-    """Each step's rollouts are POSTed to `url`, signed (see `keel_server.webhooks`)."""
+    """Each step's rollouts are POSTed to `url`, signed (see `keel.webhooks`)."""
 
     type: Literal["webhook"] = "webhook"
     url: HttpUrl

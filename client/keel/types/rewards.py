@@ -2,7 +2,7 @@
 
 Posting a reward is idempotent per rollout: the same value again answers 200, a different value
 409 `reward_conflict`; non-finite values are a 422. A webhook delivery is a `WebhookPayload`
-POSTed with the headers of `keel_server.webhooks`; the receiver may answer with a `WebhookReply`
+POSTed with the headers of `keel.webhooks`; the receiver may answer with a `WebhookReply`
 holding scores inline, or an empty one and post the rewards later.
 """
 

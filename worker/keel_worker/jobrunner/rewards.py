@@ -4,7 +4,7 @@ Every step's rollouts are written to the database first, so clients and reward s
 them whatever the source:
 
 - `builtin`: a verifier runs here and the rows are written already rewarded.
-- `webhook`: the awaiting rows are POSTed, signed, to the receiver (`keel_server.webhooks`,
+- `webhook`: the awaiting rows are POSTed, signed, to the receiver (`keel.webhooks`,
   retried with backoff on connection errors, 408, 429 and 5xx); scores it answers inline are
   recorded at once, the rest arrive through the API before the deadline.
 - `external`: nothing is pushed; reward services poll and post.

@@ -2,7 +2,7 @@
 
 Each attempt resolves and checks the target (`keel_server.platform.webhook_targets`), then connects
 to the checked address itself, naming the host in `Host` and TLS SNI, so DNS rebinding cannot send a
-signed payload somewhere the check refused. Signing is `keel_server.webhooks` (where receivers
+signed payload somewhere the check refused. Signing is `keel.webhooks` (the SDK's: receivers
 import `verify`). Connection errors, 408, 409, 425, 429 and every 5xx are retried with
 exponential backoff, re-signed each attempt so the timestamp stays fresh; any other 4xx, or a
 target refused, fails at once.
@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from keel.types.rewards import WebhookPayload, WebhookReply, WebhookRollout
+from keel.webhooks import signed_headers
 from keel_server.platform.webhook_targets import (
     Resolver,
     Target,
@@ -25,7 +26,6 @@ from keel_server.platform.webhook_targets import (
     resolve_target,
     system_resolver,
 )
-from keel_server.webhooks import signed_headers
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 

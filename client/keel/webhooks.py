@@ -1,11 +1,12 @@
-"""Webhook signing for the `webhook` reward source (architecture.md §6); delivery is the
-worker's (`keel_worker.jobrunner.webhook`), and reward services import `verify` from here.
+"""Webhook signing for the `webhook` reward source (architecture.md §6). It is the SDK's because
+reward services, which receive the deliveries, install the SDK and import `verify` from here; the
+worker signs its deliveries with the same module (`keel_worker.jobrunner.webhook`).
 
 The signature is HMAC-SHA256 with the job's webhook secret over `f"{timestamp}.".encode() + body`
 (timestamp = integer Unix seconds, sent in `X-Keel-Timestamp`); `X-Keel-Signature` is
 `v1=<hex digest>`. A receiver recomputes it over the raw body, compares in constant time and
-rejects timestamps older than its tolerance (replay protection). No web framework or HTTP
-client is imported: a receiver needs only this module.
+rejects timestamps older than its tolerance (replay protection). Standard library only (an
+import contract keeps it so): no web framework or HTTP client.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from keel_server import webhooks
+from keel import webhooks
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:

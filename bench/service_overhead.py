@@ -12,7 +12,7 @@ first pair).
   on the `TrainingConfig`, its wall time from the call until its last step is yielded: model build,
   every step, the checkpoint writes. B: the identical config as a job through the embedded service
   (`bench.embedded`: the real API app on a fresh SQLite database, the SDK, the worker's job loop
-  `run_job` in this process, as `bench/guard_service.py` runs jobs), its wall time from the SDK's
+  `run_job` in this process, as `research/guard_service.py` runs jobs), its wall time from the SDK's
   `jobs.create` until `run_job` returns with the job's end state written: the POST, the lease, the
   same model build, steps and checkpoint writes, plus what the service adds (rollouts, rewards,
   metrics and progress in the database, heartbeats, the checkpoints' registration, the runtime

@@ -15,7 +15,7 @@ hovering at its threshold fires once, not every step). What a fired trigger does
   pauses instead.
 
 The defaults come from replaying the stress suite's stable and collapsing runs through the
-detector (`bench/guard_thresholds.py`, results in `bench/results/guard/thresholds.md`): per
+detector (`research/guard_thresholds.py`, results in `research/results/guard/thresholds.md`): per
 trigger, among the settings that alert on no stable run, the one that alerts on the most
 collapsing runs before the collapse criterion dates them (then the largest lead, then the
 tightest). Where no setting alerts on anything (the IS fraction: the suites never hit the TIS

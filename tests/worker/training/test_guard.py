@@ -20,7 +20,7 @@ from keel_worker.training.guard import (
     strongest,
 )
 
-RESULTS = Path(__file__).resolve().parents[3] / "bench" / "results" / "guard" / "thresholds.json"
+RESULTS = Path(__file__).resolve().parents[3] / "research" / "results" / "guard" / "thresholds.json"
 
 
 def only(trigger: str, **fields) -> GuardConfig:

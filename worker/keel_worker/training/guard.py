@@ -1,7 +1,7 @@
 """The stability guard's detector: one step's metrics in, the triggers that fired out.
 
 Pure Python (no torch, no I/O), so the job loop, `train()` and the threshold replay of
-`bench/guard_thresholds.py` run the same code on live metrics and on committed CSVs alike. The
+`research/guard_thresholds.py` run the same code on live metrics and on committed CSVs alike. The
 thresholds and what each trigger means are `keel.types.guard` (the one home of the defaults);
 this module keeps the running state each signal is judged against:
 

@@ -1,11 +1,11 @@
 """Replay the stability suites' committed runs through the guard's detector: the evidence for the
 defaults of `keel.types.guard`.
 
-Every run's per-step CSV (`research/results/stability/` `runs`, `stress/runs`, `stress/pilot/runs`,
-`stress/superseded-avx2/runs`) becomes one metrics dict per global step, under keel's metric
-names, fed to `StabilityGuard` exactly as the job loop feeds it. Runs are split by the collapse
-criterion of `research/stability/criterion.py`: those it judges stable are the false-alarm set,
-those it judges collapsed the detection set.
+Every run's per-step CSV (`research/results/stability/` `runs`, `stress/runs`, `stress/pilot/runs`)
+becomes one metrics dict per global step, under keel's metric names, fed to `StabilityGuard`
+exactly as the job loop feeds it. Runs are split by the collapse criterion of
+`research/stability/criterion.py`: those it judges stable are the false-alarm set, those it
+judges collapsed the detection set.
 
 For each trigger alone (the others off, patience at its default) and each threshold of a grid,
 it counts the stable runs that would raise an alert and, per collapsing run, the grad step of the
@@ -34,8 +34,6 @@ SUITES = {
     "gentle": ROOT / "stability",
     "stress": ROOT / "stability" / "stress",
     "stress-pilot": ROOT / "stability" / "stress" / "pilot",
-    # Runs from an AVX2 machine's cold start: other weights, the same testbed's dynamics.
-    "stress-avx2": ROOT / "stability" / "stress" / "superseded-avx2",
 }
 OUT = ROOT / "guard"
 # CSV column -> the keel metric the job loop would hand the detector.

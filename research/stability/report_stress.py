@@ -2,7 +2,8 @@
 discrepancy each dial creates, then the findings, F9 and the stability map as far as they ran.
 
 Everything is rebuilt from files under the stress results directory: `coldstarts.json`,
-`discrepancy.csv`, `pilot/runs/`, `regime.json` and `runs/`.
+`discrepancy.csv`, `pilot/runs/`, `regime.json`, `runs/` and whether `coldstart/` holds committed
+cold starts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from research.stability.results import (
     Run,
     cell_summaries,
     load_runs,
-    meta_paths,
     run_summary,
 )
 from research.stability.suites import STRESS
@@ -119,17 +119,13 @@ def _cold_starts(out_dir: Path, runs: list[Run]) -> list[str]:
     if not table:
         return []
     lines = ["## Cold starts", "", *table, "", *_run_cpus(runs)]
-    avx2 = out_dir / "superseded-avx2"
-    earlier = cold_start_table(avx2)
-    if earlier:
-        apart = len(meta_paths(avx2))  # counted, not parsed
+    if (out_dir / "coldstart").is_dir():  # the committed ones, not a quick run's cache
         lines += ["The `balanced` cold start above made the pilots of rules A–C and every "
                   "run in `stress/runs/` but F6's `cold/` cells (from the other two); all are "
                   "committed (`stress/coldstart/`), so runs on any CPU start from them. "
                   "SFT'd on an AVX2-only CPU the same recipe gives other weights "
-                  f"(fp32 kernels round differently): the {apart} runs an AVX2 session made "
-                  "from its own cold start are kept apart in `stress/superseded-avx2/` (see "
-                  "its README.md) and not pooled here:", "", *earlier, ""]
+                  "(fp32 kernels round differently); the runs an AVX2 session made from its own "
+                  "cold start were superseded and left the tree (git history keeps them).", ""]
     return lines
 
 

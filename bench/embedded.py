@@ -4,6 +4,8 @@
 (`create_app`) behind an in-process HTTP client and yields the SDK on it; `run(job_id)` runs a
 job with the worker's job loop (`run_job`), in this process, to its end state. No Celery worker
 takes the job from the broker: the caller runs it, so a benchmark decides which job runs when.
+The research harness's guard cases (`research.guard_service`) run their jobs through it too: the
+one thing `research` takes from `bench` (.importlinter).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Contract: every module of keel, keel_server and keel_worker is under an import-linter contract
-of `.importlinter` (architecture.md §3: a rule that no contract checks is a rule nobody keeps).
+"""Contract: every module of keel, keel_server and keel_worker, and of the repository's research
+harness and benchmarks (`research`, `bench`), is under an import-linter contract of
+`.importlinter` (architecture.md §3: a rule that no contract checks is a rule nobody keeps).
 
 A module is under a contract when the contract lists it, or a package above it, as a source.
 The server is layered, so each of its modules must also sit in a layer (a source below the
@@ -13,7 +14,13 @@ import configparser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"keel": "client", "keel_server": "server", "keel_worker": "worker"}
+PACKAGES = {
+    "keel": "client",
+    "keel_server": "server",
+    "keel_worker": "worker",
+    "research": ".",
+    "bench": ".",
+}
 LAYERED = "keel_server"
 
 

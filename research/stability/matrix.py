@@ -18,7 +18,7 @@ Cells:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from keel.types.training import ModelConfig, OptimizerConfig, RolloutConfig, TrainingConfig
@@ -180,7 +180,3 @@ def training_config(cell: Cell, budget: Budget, *, seed: int, model_dir: str) ->
             "eval_every": 0,
         }
     )
-
-
-def with_overrides(budget: Budget, **overrides: Any) -> Budget:
-    return replace(budget, **{k: v for k, v in overrides.items() if v is not None})

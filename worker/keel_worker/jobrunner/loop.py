@@ -183,7 +183,10 @@ class JobLoop:
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
-        runtime = compute_report(cfg, str(next(run.model.parameters()).device))
+        runtime = compute_report(
+            rollout_engine=cfg.rollout.engine, precision=cfg.rollout.precision,
+            train_dtype=cfg.train_dtype, train_device=str(next(run.model.parameters()).device),
+        )  # fmt: skip
         log.info("job %s: compute %s", spec.id, runtime.model_dump_json())
         with session_scope(self.factory) as session:
             record_runtime(session, spec.id, self.control.owner, runtime.model_dump(mode="json"))

@@ -47,7 +47,7 @@ START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
 CANCEL_WAIT_S = 10.0
 LIVE = ("queued", "running", "paused")
-# Metric names written by the worker (keel_worker.training.step and .evaluate).
+# Metric names written by the worker (keel_worker.training.step, .step_metrics, .evaluate).
 REWARD, ACC, ACC_FINAL = "reward/mean", "eval/accuracy", "eval/accuracy_final"
 KL, CLIP, LENGTH = "mismatch/kl_k3", "clip/frac", "response/length_mean"
 CURVES = (REWARD, ACC, ACC_FINAL, KL, CLIP, LENGTH)

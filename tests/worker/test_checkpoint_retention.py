@@ -1,6 +1,7 @@
 """Retention (`config.checkpoint_keep_last`): the worker deletes the files of a job's older
 checkpoints and marks their rows, never a pinned one (the guard's last good checkpoint) and
-never the newest; on SQLite and PostgreSQL, and end to end through a real job."""
+never the newest; on SQLite and PostgreSQL, and end to end through a real job. Also the job's
+rows as the guard's checkpoint store."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ from job_configs import tiny_job_config
 
 from keel_server.api.app import create_app
 from keel_server.db import session_scope
-from keel_server.db.checkpoints import mark_deleted, pin_checkpoint
+from keel_server.db.checkpoints import job_checkpoints, mark_deleted, pin_checkpoint
 from keel_server.platform.settings import Settings
-from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
+from keel_worker.jobrunner.checkpoints import (
+    apply_retention,
+    guard_checkpoints,
+    register_checkpoint_dir,
+)
 from keel_worker.jobrunner.runner import run_job
 
 
@@ -84,6 +89,42 @@ def test_old_checkpoints_go_pinned_and_newest_stay(settings, sessions, tmp_path)
         assert paths[2].exists()
         assert apply_retention(sessions, job_id, keep_last=1) == []
         assert not paths[2].exists() and paths[4].exists()
+
+
+def test_the_guards_store_drops_later_rows_and_their_files_once_committed(
+    settings, sessions, tmp_path
+) -> None:
+    with TestClient(create_app(settings)) as http:
+        body = {"config": tiny_job_config(model={"name": "tiny-dense"})}
+        job_id = http.post("/v1/jobs", json=body, headers=_project(http)).json()["id"]
+    paths = {s: _fake_checkpoint(tmp_path / "ckpts", s) for s in (0, 1, 2, 3, 4)}
+    ids = {
+        s: register_checkpoint_dir(sessions, job_id, p, step=s, policy_version=s)
+        for s, p in paths.items()
+    }
+    with session_scope(sessions) as session:
+        mark_deleted(session, ids[1])  # retention took its files: never a rollback target
+        pin_checkpoint(session, ids[3])
+
+    # A failed transaction drops nothing: rows and files stay.
+    with pytest.raises(RuntimeError), guard_checkpoints(sessions, job_id) as store:
+        store.delete_after(0)
+        raise RuntimeError("crash before the commit")
+    assert all(p.exists() for p in paths.values())
+
+    with guard_checkpoints(sessions, job_id) as store:
+        kept = store.latest_at_most(1)
+        assert (kept.step, kept.path) == (0, paths[0])
+        assert store.latest_at_most(-1) is None
+        store.pin(kept)
+        store.delete_after(0)
+        assert paths[2].exists()  # the files go only after the commit
+    with session_scope(sessions) as session:
+        rows = {r.step: r.pinned for r in job_checkpoints(session, job_id)}
+    assert rows == {0: True, 3: True}  # the pinned row past the step stays
+    assert {s: p.exists() for s, p in paths.items()} == {
+        0: True, 1: False, 2: False, 3: True, 4: False,
+    }  # fmt: skip
 
 
 @pytest.mark.slow

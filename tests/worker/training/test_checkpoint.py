@@ -8,9 +8,11 @@ import torch
 from training_helpers import parity_reward, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from keel.types.checkpoints import TRAINER_STATE_FILE
 from keel_worker.engines.models import load_model
 from keel_worker.training.checkpoint import (
     TrainerState,
+    WorkdirCheckpoints,
     checkpoint_dir,
     checkpoints_to_delete,
     latest_checkpoint,
@@ -18,6 +20,7 @@ from keel_worker.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from keel_worker.training.guard_policy import StoredCheckpoint
 from keel_worker.training.run import train
 
 
@@ -96,6 +99,21 @@ def test_prune_deletes_the_files_of_old_checkpoints_under_a_workdir(tmp_path):
         "step_000002", "step_000003",
     ]  # fmt: skip
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 3)
+
+
+def test_a_workdir_as_the_guards_store_finds_complete_checkpoints_and_drops_later_ones(tmp_path):
+    for step in (0, 2, 4, 6):
+        checkpoint_dir(tmp_path, step).mkdir(parents=True)
+        (checkpoint_dir(tmp_path, step) / TRAINER_STATE_FILE).write_bytes(b"s")
+    checkpoint_dir(tmp_path, 3).mkdir()  # no trainer state: a crash mid-write, never a target
+    store = WorkdirCheckpoints(tmp_path)
+    assert store.latest_at_most(3) == StoredCheckpoint(2, checkpoint_dir(tmp_path, 2))
+    assert store.latest_at_most(6) == StoredCheckpoint(6, checkpoint_dir(tmp_path, 6))
+    assert store.latest_at_most(-1) is None
+    store.delete_after(2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_000000", "step_000002", "step_000003",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

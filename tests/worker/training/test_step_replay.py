@@ -20,13 +20,14 @@ from keel.types.training import TaskItem
 from keel_worker.engines.hf import HFEngine
 from keel_worker.engines.models import is_moe_model, load_model
 from keel_worker.engines.routing_replay import RoutingReplayError
+from keel_worker.training.replay import replay_hooks
 from keel_worker.training.replay_auto import (
     MODE_CODES,
     REASONS,
     RoutingMeasurement,
     choose_replay,
 )
-from keel_worker.training.step import Trainer, replay_hooks
+from keel_worker.training.step import Trainer
 
 ITEMS = [TaskItem(prompt=f"What is {a} + 1?", answer=str(a + 1)) for a in range(2)]
 

@@ -49,7 +49,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from keel.types.jobs import ComputeChoice, DeviceProfile, JobRuntime
-from keel.types.training import TrainingConfig
 from keel_worker.engines.base import Precision
 from keel_worker.engines.hardware import device_profile
 from keel_worker.engines.merged import plain_copy, policy_tensors
@@ -74,25 +73,27 @@ def engine_bf16_native(precision: Precision) -> bool:
     return precision in _BF16_COMPUTE and device_profile("cpu").bf16_native
 
 
-def compute_report(config: TrainingConfig, train_device: str) -> JobRuntime:
-    """The compute dtypes this process uses for `config`'s rollouts and training, with the
-    device profiles they were chosen from (the `hf` engine samples on the CPU, `vllm` on CUDA
-    where there is one)."""
-    precision, train_type = config.rollout.precision, torch.device(train_device).type
-    if config.rollout.engine == "vllm":  # vLLM computes where it runs: CUDA, or its CPU backend
+def compute_report(
+    *, rollout_engine: str, precision: Precision, train_dtype: str, train_device: str
+) -> JobRuntime:
+    """The compute dtypes this process uses for a run's rollouts (`rollout_engine` at
+    `precision`) and training (`train_dtype` on `train_device`), with the device profiles they
+    were chosen from (the `hf` engine samples on the CPU, `vllm` on CUDA where there is one)."""
+    train_type = torch.device(train_device).type
+    if rollout_engine == "vllm":  # vLLM computes where it runs: CUDA, or its CPU backend
         rollout_device = "cuda" if torch.cuda.is_available() else "cpu"
         rollout_native = precision in _BF16_COMPUTE and device_profile(rollout_device).bf16_native
     else:
         rollout_device, rollout_native = "cpu", engine_bf16_native(precision)
     rollout_dtype = compute_dtype(precision, bf16_native=rollout_native)
-    train_bf16 = config.train_dtype == "bf16" and device_profile(train_device).bf16_native
+    train_bf16 = train_dtype == "bf16" and device_profile(train_device).bf16_native
     devices = {"cpu", train_device} | ({"cuda"} if rollout_device == "cuda" else set())
     return JobRuntime(
         rollout=ComputeChoice(
             device=rollout_device, requested=precision, compute_dtype=_DTYPE_NAMES[rollout_dtype]
         ),
         training=ComputeChoice(
-            device=train_type, requested=config.train_dtype,
+            device=train_type, requested=train_dtype,
             compute_dtype="bf16" if train_bf16 else "fp32",
         ),
         devices=[DeviceProfile(**p.to_json()) for p in _distinct_profiles(devices)],

@@ -1,11 +1,13 @@
-"""The stability guard of one service job: the detector (`keel_worker.training.guard`) fed with
-each completed step's metrics, and what its firings leave in the database.
+"""The stability guard of one service job in the database: the guard policy
+(`keel_worker.training.guard_policy`, the same one `train()` runs) seeded from the job's guard
+summary, and what its decisions leave behind.
 
 Every firing (whatever its action) becomes a `guard` event, counts in the job's guard summary
 (`jobs.guard`, served as `Job.guard`) and pins the newest checkpoint of weights that never breached,
-so retention never deletes the state a user may want back. The loop (`jobrunner.loop`) carries
-out `pause` and `rollback`; this module keeps the bookkeeping they need: the rollback budget and
-the learning-rate scale rollbacks leave.
+so retention never deletes the state a user may want back. The loop (`jobrunner.loop`) calls the
+policy and carries out `pause` and `rollback`; this module records them. The rollback budget and the
+learning-rate scale live in the policy; the summary's `rollbacks` and `lr_scale` are copies of them,
+and seed the policy again when the job resumes.
 
 A resumed job (a crash, a pause) warms the detector with the metric rows of the steps it already
 ran, so baselines, peaks and latches are what they were: a trigger that fired before the pause
@@ -14,66 +16,61 @@ does not fire again on the same breach.
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from keel.types.guard import GuardConfig
 from keel.types.jobs import GuardSummary
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.checkpoints import latest_at_most, pin_checkpoint
 from keel_server.db.jobs import record_guard
 from keel_server.db.metrics import step_metrics
-from keel_worker.training.guard import Fired, StabilityGuard, guard_metrics, strongest
+from keel_worker.jobrunner.checkpoints import JobCheckpoints
+from keel_worker.training.guard import strongest
+from keel_worker.training.guard_policy import Decision, GuardPolicy, good_checkpoint
 
 
 class JobGuard:
     def __init__(
         self, config: GuardConfig, summary: GuardSummary, *, factory: SessionFactory, job_id: str
     ) -> None:
-        self.config = config
         self.summary = summary
         self.factory = factory
         self.job_id = job_id
-        self.detector = StabilityGuard(config)
+        self.policy = GuardPolicy(config, rollbacks=summary.rollbacks, lr_scale=summary.lr_scale)
 
     def warm(self, steps_done: int) -> None:
         """Replay the stored metrics of steps 1..steps_done (their firings are history)."""
         with session_scope(self.factory) as session:
             for step in range(1, steps_done + 1):
                 stored = step_metrics(session, self.job_id, step)
-                self.detector.observe(step, {k: v for k, v in stored.items() if v is not None})
+                self.policy.remember(step, {k: v for k, v in stored.items() if v is not None})
 
-    def observe(self, step: int, metrics: dict[str, float]) -> list[Fired]:
-        """Judge a completed step; adds its `guard/*` metrics to `metrics`."""
-        fired = self.detector.observe(step, metrics)
-        metrics.update(guard_metrics(fired))
-        return fired
-
-    def record(self, session, owner: str, fired: list[Fired], *, note: str = "") -> None:
-        """Events, summary and pinned checkpoints of this step's firings (in the step's
-        transaction). `note` says what the guard did about the strongest one."""
-        if not fired:
+    def record(self, store: JobCheckpoints, owner: str, decision: Decision) -> None:
+        """Events, summary and pinned checkpoints of a step's firings (in the step's
+        transaction, `store.session`); the summary's reason ends with what the guard did."""
+        if not decision.fired:
             return
         events = []
-        for f in fired:
-            kept = latest_at_most(session, self.job_id, f.last_good_step)
+        for f in decision.fired:
+            kept = good_checkpoint(store, f)
             if kept is not None:
-                pin_checkpoint(session, kept.id)
+                store.pin(kept)
             events.append({**f.as_event(), "kept_checkpoint_step": kept.step if kept else None})
-        last = strongest(fired)
+        last = strongest(list(decision.fired))
         reason = f"{last.trigger} at step {last.step}: {last.reason}"
-        reason += f"; {note}" if note else ""
+        reason += f"; {decision.why}" if decision.why else ""
         self.summary = self.summary.model_copy(update={
-            "triggers": self.summary.triggers + len(fired), "last_reason": reason,
+            "triggers": self.summary.triggers + len(decision.fired), "last_reason": reason,
             "last_trigger": last.trigger, "last_step": last.step,
         })  # fmt: skip
-        record_guard(session, self.job_id, owner, self.summary.model_dump(mode="json"), events)
+        summary = self.summary.model_dump(mode="json")
+        record_guard(store.session, self.job_id, owner, summary, events)
 
-    def rollback_budget_left(self) -> bool:
-        return self.summary.rollbacks < self.config.rollback.max_attempts
-
-    def rolled_back(self, session, owner: str, *, to_step: int, fired: Fired) -> float:
-        """Count a rollback to `to_step`; returns the new learning-rate scale."""
-        scale = self.summary.lr_scale * self.config.rollback.lr_scale
+    def rolled_back(self, session: Session, owner: str, decision: Decision) -> None:
+        """The event and summary of a rollback the policy carried out (`GuardPolicy.roll_back`)."""
+        assert decision.target is not None and decision.acted_on is not None, decision
+        to_step, fired, scale = decision.target.step, decision.acted_on, self.policy.lr_scale
         self.summary = self.summary.model_copy(
-            update={"rollbacks": self.summary.rollbacks + 1, "lr_scale": scale}
+            update={"rollbacks": self.policy.rollbacks, "lr_scale": scale}
         )
         event = {
             "trigger": fired.trigger, "action": "rollback", "step": fired.step,
@@ -82,5 +79,3 @@ class JobGuard:
             f"of steps {to_step + 1}..{fired.step}; learning rate × {scale:g}",
         }  # fmt: skip
         record_guard(session, self.job_id, owner, self.summary.model_dump(mode="json"), [event])
-        self.detector.rewind(to_step)
-        return scale

@@ -13,14 +13,14 @@ A job that trained on nothing fails instead of succeeding: when its last step is
 policy version is still 0, no step kept a single complete reward group (every group had an
 expired or unscored member), so no update ever ran (`TrainedOnNothing`).
 
-The stability guard (`config.guard`, `jobrunner.guarding`) judges every completed step before its
-metrics are written. `pause` checkpoints the step just done and ends the run `paused` with the
-trigger's reason; `rollback` restores the newest checkpoint of weights that never breached
-(`Fired.last_good_step`; dropping the later ones and the rollouts of the abandoned steps), keeps the
+The stability guard judges every completed step, in the transaction that writes its metrics, by
+the policy `train()` runs too (`training.guard_policy`, here over the job's checkpoint rows; what
+it leaves in the database: `jobrunner.guarding`). `pause` checkpoints the step just done and ends
+the run `paused` with the trigger's reason; `rollback` restores the newest checkpoint of weights
+that never breached (dropping the later ones and the rollouts of the abandoned steps), keeps the
 prompt cursor where it is (the batches drawn since are skipped), scales the learning rate and runs
-the steps from there again, replacing their metric rows; past `rollback.max_attempts`, or with no
-checkpoint to go back to, it pauses instead. When a trigger may roll back, a new job checkpoints
-once before its first step.
+the steps from there again, replacing their metric rows. When a trigger may roll back, a new job
+checkpoints once before its first step.
 
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
@@ -31,7 +31,6 @@ re-runs the step, finding the rollouts and rewards already posted.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.checkpoints import delete_after, latest_at_most, list_checkpoints
+from keel_server.db.checkpoints import list_checkpoints
 from keel_server.db.jobs import record_progress, record_routing_replay, record_runtime
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
@@ -50,7 +49,12 @@ from keel_server.platform.storage import job_dir
 from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.engines.precision import compute_report
 from keel_worker.engines.vllm import VLLMOptions
-from keel_worker.jobrunner.checkpoints import apply_retention, register_checkpoint_dir
+from keel_worker.jobrunner.checkpoints import (
+    JobCheckpoints,
+    apply_retention,
+    guard_checkpoints,
+    register_checkpoint_dir,
+)
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.guarding import JobGuard
 from keel_worker.jobrunner.prompts import make_prompt_source
@@ -58,7 +62,7 @@ from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_ver
 from keel_worker.jobrunner.spec import JobSpec
 from keel_worker.training.checkpoint import capture_rng
 from keel_worker.training.evaluate import evaluate
-from keel_worker.training.guard import Fired, strongest
+from keel_worker.training.guard_policy import Decision
 from keel_worker.training.schedule import StepSchedule
 from keel_worker.training.session import TrainingSession
 from keel_worker.training.tasks import Task, build_task
@@ -116,10 +120,9 @@ class JobLoop:
             except StopRun as stop:
                 return self._stop(stop.reason, before)
             done = step + 1
-            fired = self.guard.observe(done, metrics)
-            act = strongest([f for f in fired if f.action != "alert"])
-            note = self._plan(act)
             with session_scope(self.factory) as session:
+                store = JobCheckpoints(session, self.spec.id)
+                decision = self.guard.policy.decide(done, metrics, store)
                 metrics.update(_reward_counts(session, self.spec.id, done))
                 write_step_metrics(session, self.spec.id, done, metrics)
                 record_progress(
@@ -130,13 +133,13 @@ class JobLoop:
                 if replay != self.replay_written:
                     record_routing_replay(session, self.spec.id, self.control.owner, replay)
                     self.replay_written = replay
-                self.guard.record(session, self.control.owner, fired, note=note)
+                self.guard.record(store, self.control.owner, decision)
             self.trackers.log(done, metrics)
             self.step_reached = done
-            if act is not None and act.action == "rollback" and self._can_roll_back(act):
-                step = self._rollback(act)
+            if decision.action == "rollback":
+                step = self._rollback(decision)
                 continue
-            if act is not None:
+            if decision.action == "pause":
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
                 self.end_reason = self.guard.summary.last_reason
                 return "paused"
@@ -150,46 +153,24 @@ class JobLoop:
             )
         return "succeeded"
 
-    # ------------------------------------------------------------------ guard actions
-    def _plan(self, act: Fired | None) -> str:
-        """What the guard does about `act`, for the reason it records."""
-        if act is None:
-            return ""
-        if act.action == "rollback":
-            if not self.guard.rollback_budget_left():
-                n = self.spec.config.guard.rollback.max_attempts
-                return f"paused: the {n} rollback attempts are used up"
-            if self._rollback_target(act) is None:
-                return (f"paused: no checkpoint of weights from before the breach (step ≤ "
-                        f"{act.last_good_step}) to roll back to")
-            return "rolling back"
-        return "paused"
-
-    def _rollback_target(self, act: Fired) -> tuple[int, str] | None:
-        """(step, path) of the newest checkpoint of weights that never breached."""
-        with session_scope(self.factory) as session:
-            row = latest_at_most(session, self.spec.id, act.last_good_step)
-            return (row.step, row.path) if row is not None else None
-
-    def _can_roll_back(self, act: Fired) -> bool:
-        return self.guard.rollback_budget_left() and self._rollback_target(act) is not None
-
-    def _rollback(self, act: Fired) -> int:
-        """Restore the pre-breach checkpoint; returns the step to run next."""
-        to_step, path = self._rollback_target(act)
-        state = self.run_state.restore(Path(path))
-        with session_scope(self.factory) as session:
-            dropped = delete_after(session, self.spec.id, to_step)
-            delete_rollouts_after(session, self.spec.id, to_step)
-            scale = self.guard.rolled_back(session, self.control.owner, to_step=to_step, fired=act)
+    # ------------------------------------------------------------------ guard rollback
+    def _rollback(self, decision: Decision) -> int:
+        """Carry out the policy's rollback, dropping the rollouts of the abandoned steps in the
+        same transaction as their checkpoint rows; returns the step to run next."""
+        policy = self.guard.policy
+        with guard_checkpoints(self.factory, self.spec.id) as store:
+            to_step = policy.roll_back(decision, store, restore=self.run_state.restore)
+            delete_rollouts_after(store.session, self.spec.id, to_step)
+            self.guard.rolled_back(store.session, self.control.owner, decision)
             record_progress(
-                session, self.spec.id, self.control.owner,
-                step=to_step, policy_version=state.policy_version,
+                store.session, self.spec.id, self.control.owner,
+                step=to_step, policy_version=self.trainer.policy_version,
             )
-        for stale in dropped:  # the diverged states: a resume must never pick them up
-            shutil.rmtree(stale, ignore_errors=True)
-        self.run_state.set_lr(self.spec.config.optimizer.lr * scale)
-        log.warning("job %s: guard rolled back to step %d (%s)", self.spec.id, to_step, act.reason)
+        self.run_state.set_lr(policy.lr(self.spec.config.optimizer.lr))
+        log.warning(
+            "job %s: guard rolled back to step %d (%s)",
+            self.spec.id, to_step, decision.acted_on.reason,
+        )  # fmt: skip
         self.step_reached = to_step
         return to_step
 
@@ -202,7 +183,10 @@ class JobLoop:
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
-        runtime = compute_report(cfg, str(next(run.model.parameters()).device))
+        runtime = compute_report(
+            rollout_engine=cfg.rollout.engine, precision=cfg.rollout.precision,
+            train_dtype=cfg.train_dtype, train_device=str(next(run.model.parameters()).device),
+        )  # fmt: skip
         log.info("job %s: compute %s", spec.id, runtime.model_dump_json())
         with session_scope(self.factory) as session:
             record_runtime(session, spec.id, self.control.owner, runtime.model_dump(mode="json"))
@@ -230,8 +214,8 @@ class JobLoop:
         )
         self.guard = JobGuard(cfg.guard, spec.guard, factory=self.factory, job_id=spec.id)
         self.guard.warm(self.step_reached)
-        run.set_lr(cfg.optimizer.lr * spec.guard.lr_scale)
-        if run.resumed_from is None and cfg.guard.may_roll_back:
+        run.set_lr(self.guard.policy.lr(cfg.optimizer.lr))
+        if run.resumed_from is None and self.guard.policy.checkpoints_first:
             self._checkpoint(0, self.prompts.cursor, capture_rng())
 
     def _model_cache(self) -> Path:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from keel_worker.engines.base import RolloutBatch
+
 
 @dataclass(frozen=True)
 class MicroBatch:
@@ -38,6 +40,26 @@ class MicroBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask_B_S.sum())
+
+    @property
+    def input_lengths(self) -> list[int]:
+        """Per row, its input length (`prompt + response[:-1]`)."""
+        return self.attention_mask_B_S.sum(dim=1).tolist()
+
+
+def fed_lengths(batch: RolloutBatch) -> list[int]:
+    """Per response, the tokens the engine fed the model: the prompt and all but the last."""
+    return [
+        len(p) + max(len(r) - 1, 0)
+        for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)
+    ]
+
+
+def length_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
+    """`[B, width]` bool, True at the first `lengths[b]` positions of row b (width: the
+    longest)."""
+    width = width if width is not None else max(1, *lengths)
+    return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def bucket_by_length(

@@ -14,6 +14,9 @@ In a LoRA run the top-level model files hold the MERGED weights (W + (alpha / ra
 holds the adapter tensors: an exact resume reloads the configured base model, puts them back
 and restores the optimizer (whose state covers the adapters only).
 
+`WorkdirCheckpoints` is a workdir as the stability guard's checkpoint store (`guard_policy`): the
+newest checkpoint at or before a step, and dropping the ones a rollback abandons.
+
 Retention (`config.checkpoint_keep_last`): after each save, the files of every checkpoint but
 the newest k are deleted, except pinned ones (`checkpoints_to_delete` is the rule; the service's
 job loop applies it to its checkpoint rows, where the guard pins, `prune_checkpoints` to a
@@ -38,6 +41,7 @@ import torch
 
 from keel.types.checkpoints import ADAPTER_DIR, TRAINER_STATE_FILE
 from keel_worker.engines.merged import is_adapter_model, save_policy
+from keel_worker.training.guard_policy import StoredCheckpoint
 
 CHECKPOINTS_DIR = "checkpoints"
 SUMMARY_FILE = "keel.json"
@@ -127,6 +131,22 @@ def latest_checkpoint(workdir: Path) -> Path | None:
     """The complete checkpoint with the highest step under `workdir`, if any."""
     done = complete_checkpoints(workdir)
     return done[max(done)] if done else None
+
+
+@dataclass(frozen=True)
+class WorkdirCheckpoints:
+    """The checkpoints under a `train()` workdir as the guard's `CheckpointStore`."""
+
+    workdir: Path
+
+    def latest_at_most(self, step: int) -> StoredCheckpoint | None:
+        before = {s: p for s, p in complete_checkpoints(self.workdir).items() if s <= step}
+        return StoredCheckpoint(max(before), before[max(before)]) if before else None
+
+    def delete_after(self, step: int) -> None:
+        for later_step, later in complete_checkpoints(self.workdir).items():
+            if later_step > step:
+                shutil.rmtree(later)
 
 
 def checkpoints_to_delete(steps: dict[int, bool], *, keep_last: int) -> list[int]:

@@ -18,7 +18,8 @@ this module keeps the running state each signal is judged against:
 A trigger fires after `patience` consecutive breaches and is then latched until `patience`
 consecutive clean observations re-arm it. After a rollback, `rewind` puts all of it back as it
 was at the restored step. A step without the signal (no evaluation this step, a
-dense model's routing, a skipped update) is neither a breach nor a clean observation.
+dense model's routing, a skipped update) is neither a breach nor a clean observation. What a run
+does about the firings (continue, pause, roll back) is `training.guard_policy`'s.
 """
 
 from __future__ import annotations

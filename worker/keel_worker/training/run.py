@@ -5,13 +5,13 @@ the configured model), builds the task, then yields one `StepResult` per global 
 tests and benchmarks call it, with the task's built-in verifier unless they pass `reward_fn`; the
 service's job loop (`keel_worker.jobrunner`) drives the same session with rewards from the DB.
 
-The stability guard (`config.guard`) judges every step as in the service: its firings are in each
+The stability guard (`config.guard`) judges every step by the service's policy
+(`training.guard_policy`, over the checkpoints under `workdir`): its firings are in each
 `StepResult.guard` and the `guard/*` metrics; `pause` checkpoints and ends the run (like
-`should_stop`); `rollback` restores the newest checkpoint under `workdir` of weights that never
-breached (`Fired.last_good_step`), keeps the prompt stream where it is (the batches since are
-skipped), scales the learning rate and runs those steps again; past `rollback.max_attempts` (or with
-no checkpoint to go back to) it pauses. With a rollback trigger, a new run checkpoints once before
-its first step.
+`should_stop`); `rollback` restores the newest checkpoint of weights that never breached, keeps the
+prompt stream where it is (the batches since are skipped), scales the learning rate and runs those
+steps again. With a rollback trigger, a new run checkpoints once before its first step. The
+rollback budget counts from this call: a resumed run starts with none used.
 
 Resuming is exact: weights, optimizer state, step, policy version, RNG states and the data
 cursor come back from the checkpoint, and every step's sampling and shuffling seeds are derived
@@ -20,16 +20,16 @@ from (config.seed, step) alone.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from keel.types.training import TrainingConfig
 from keel_worker.engines.vllm import VLLMOptions
-from keel_worker.training.checkpoint import capture_rng, complete_checkpoints, prune_checkpoints
+from keel_worker.training.checkpoint import WorkdirCheckpoints, capture_rng, prune_checkpoints
 from keel_worker.training.evaluate import evaluate
-from keel_worker.training.guard import Fired, StabilityGuard, guard_metrics, strongest
+from keel_worker.training.guard import Fired
+from keel_worker.training.guard_policy import GuardPolicy
 from keel_worker.training.schedule import StepSchedule, step_seed
 from keel_worker.training.scoring import ScoreFn, task_scorer
 from keel_worker.training.session import TrainingSession, build_engine
@@ -87,7 +87,7 @@ def train(
         config=config.model_dump(mode="json"),
     )  # fmt: skip
     schedule = StepSchedule.of(config)
-    guard, rollbacks, lr_scale = StabilityGuard(config.guard), 0, 1.0
+    policy, checkpoints = GuardPolicy(config.guard), WorkdirCheckpoints(workdir)
 
     def save(done: int) -> Path:
         path, _ = run.save(
@@ -98,7 +98,7 @@ def train(
             prune_checkpoints(workdir, keep_last=config.checkpoint_keep_last)
         return path
 
-    if run.resumed_from is None and config.guard.may_roll_back:
+    if run.resumed_from is None and policy.checkpoints_first:
         save(0)
     try:
         step = run.step
@@ -110,40 +110,18 @@ def train(
             if schedule.evaluates_after(step):
                 metrics.update({f"{k}_final": v for k, v in held_out().items()})
             done = step + 1
-            fired = guard.observe(done, metrics)
-            metrics.update(guard_metrics(fired))
-            act = strongest([f for f in fired if f.action != "alert"])
-            target = _rollback_target(workdir, act) if act and act.action == "rollback" else None
-            rolling = target is not None and rollbacks < config.guard.rollback.max_attempts
+            decision = policy.decide(done, metrics, checkpoints)
             trackers.log(done, metrics)
-            if rolling:
-                yield StepResult(done, run.trainer.policy_version, metrics, None, tuple(fired))
-                rollbacks, lr_scale = rollbacks + 1, lr_scale * config.guard.rollback.lr_scale
-                step = _roll_back(run, workdir, target)
-                run.set_lr(config.optimizer.lr * lr_scale)
-                guard.rewind(step)
+            if decision.action == "rollback":
+                yield StepResult(done, run.trainer.policy_version, metrics, None, decision.fired)
+                step = policy.roll_back(decision, checkpoints, restore=run.restore)
+                run.set_lr(policy.lr(config.optimizer.lr))
                 continue
-            stopping = act is not None or (should_stop is not None and should_stop())
+            stopping = decision.action == "pause" or (should_stop is not None and should_stop())
             saved = save(done) if schedule.checkpoints_after(done) or stopping else None
-            yield StepResult(done, run.trainer.policy_version, metrics, saved, tuple(fired))
+            yield StepResult(done, run.trainer.policy_version, metrics, saved, decision.fired)
             if stopping:
                 return
             step = done
     finally:
         trackers.close()
-
-
-def _rollback_target(workdir: Path, act: Fired) -> tuple[int, Path] | None:
-    """(step, path) of the newest checkpoint under `workdir` of weights that never breached."""
-    before = {s: p for s, p in complete_checkpoints(workdir).items() if s <= act.last_good_step}
-    return (max(before), before[max(before)]) if before else None
-
-
-def _roll_back(run: TrainingSession, workdir: Path, target: tuple[int, Path]) -> int:
-    """Restore the target checkpoint and delete the later ones; returns the step to run next."""
-    to_step, path = target
-    run.restore(path)
-    for step, later in complete_checkpoints(workdir).items():
-        if step > to_step:
-            shutil.rmtree(later)
-    return to_step

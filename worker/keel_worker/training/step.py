@@ -19,6 +19,10 @@
 A LoRA run (`config.lora`, `training.lora`) trains the same way: its model is a `peft.PeftModel`
 whose base weights are frozen, so the optimizer and the gradient clip see the adapters alone.
 
+Which routes each forward replays, and π_old as the phases record it, live in `training.replay`;
+the step's diagnostics (rollout statistics, mismatch, routing disagreement) in
+`training.step_metrics`.
+
 Metric values stay tensors (on the training device) until `MetricSink.finish()` moves them to the
 host in one transfer per step; only host-side bookkeeping (the shuffle order, sequence lengths
 of each micro-batch) is read with `.tolist()` on the way.
@@ -29,49 +33,63 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from keel.types.algorithm import objective_kwargs
-from keel.types.routing import (
-    ResolvedReplay,
-    dense_replay_message,
-    missing_routes_message,
-    unsupported_moe_message,
-)
+from keel.types.routing import ResolvedReplay
 from keel.types.training import TaskItem, TrainingConfig
 from keel_worker.core.advantages import compute_advantages
 from keel_worker.core.aggregation import loss_normalizer
-from keel_worker.core.diagnostics import mismatch_metrics, routing_disagreement
 from keel_worker.core.objectives import OBJECTIVES
 from keel_worker.core.types import PolicyBatch
 from keel_worker.engines.base import RolloutBatch, RolloutEngine
 from keel_worker.engines.chat import encode_prompt
-from keel_worker.engines.routing_replay import RoutingReplay, RoutingReplayError
 from keel_worker.training.batching import (
     MicroBatch,
     bucket_by_length,
+    fed_lengths,
     gather_rows,
+    length_mask,
     make_micro_batch,
-    pad_routes,
 )
-from keel_worker.training.forward import ForwardOutput, PolicyForward
+from keel_worker.training.forward import PolicyForward
 from keel_worker.training.lora import adapter_dropout
 from keel_worker.training.metrics import MetricSink
+from keel_worker.training.replay import (
+    OldPolicy,
+    check_rollout_routes,
+    recompute_routes,
+    replay_hooks,
+    update_routes,
+)
 from keel_worker.training.replay_auto import AutoReplay
 from keel_worker.training.scoring import Rollout, ScoredGroups, ScoreFn, scored_groups
+from keel_worker.training.step_metrics import (
+    mismatch,
+    old_policy_metrics,
+    rollout_metrics,
+    routing_drift,
+)
 
 BuildMicroBatch = Callable[[list[int]], MicroBatch]
 
 
-@dataclass
-class OldPolicy:
-    """Per response row: log π_old of its tokens and, for MoE models, π_old's natural routes."""
+@dataclass(frozen=True)
+class UpdatePlan:
+    """The step's kept responses as the π_old recompute and the N updates consume them, built
+    once per step: `minibatches_N[n]` holds the rows of mini-batch n and `micro_N[n]` the rows of
+    its micro-batches; `build` makes a micro-batch's tensors from its rows; `old` collects π_old
+    as the phases compute it, `sink` the step's metrics."""
 
-    logprobs: dict[int, torch.Tensor] = field(default_factory=dict)
-    routes: dict[int, torch.Tensor] = field(default_factory=dict)
+    rollouts: RolloutBatch
+    minibatches_N: list[list[int]]
+    micro_N: list[list[list[int]]]
+    build: BuildMicroBatch
+    old: OldPolicy
+    sink: MetricSink
 
 
 class Trainer:
@@ -152,7 +170,7 @@ class Trainer:
             top_k=cfg.rollout.top_k, seed=seed,
         )
         sink.time("generate", t0)
-        self._check_routes(batch)
+        check_rollout_routes(self.replay, cfg.routing_replay, batch)
 
         # 2. Score. A missing reward is never 0: its group is dropped, or keeps the members that
         #    have one (a baseline needs two of them).
@@ -160,7 +178,7 @@ class Trainer:
         rewards = list(score(self._rollouts(batch, items)))
         groups = scored_groups(rewards, cfg.group_size, keep_partial=not drop_incomplete_groups)
         sink.time("score", t0)
-        self._rollout_metrics(sink, batch, rewards, groups)
+        rollout_metrics(sink, batch, rewards, groups)
         if not groups.kept:
             return sink.finish()
 
@@ -168,26 +186,19 @@ class Trainer:
         rows, advantages_PG = self._advantages(rewards, groups, len(batch), sink)
 
         # 4. Shuffle and split into N mini-batches, each cut into micro-batches by length.
-        minibatches, micro = self._split(batch, rows, seed)
-        build = partial(
-            make_micro_batch, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
-            rollout_logprobs=batch.rollout_logprobs, advantages_PG=advantages_PG,
-            routes=batch.routes, pad_id=self.pad_id,
-        )
+        plan = self._plan(batch, rows, advantages_PG, seed, sink)
 
         # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet); also
         #    for mini-batch 1 when LoRA dropout makes its update forward differ from π_old.
         t0 = time.perf_counter()
-        reuse_first = not self.adapter_dropout
-        old = self._recompute_old(micro[1:] if reuse_first else micro, build, sink)
+        self._recompute_old(plan)
         sink.time("recompute", t0)
 
         # 6. N updates, one AdamW step per mini-batch.
         t0 = time.perf_counter()
-        for i, (minibatch, micro_batches) in enumerate(zip(minibatches, micro, strict=True)):
+        for n, minibatch in enumerate(plan.minibatches_N):
             if minibatch:  # fewer kept responses than N leave the last mini-batches empty
-                first = i == 0 and reuse_first
-                self._update(minibatch, micro_batches, batch, build, old, sink, first=first)
+                self._update(plan, n)
         sink.time("update", t0)
 
         # 7. Sync the new weights to the engine; the next step samples from them.
@@ -196,7 +207,7 @@ class Trainer:
         self.policy_version += 1
         sink.time("sync", t0)
 
-        self._mismatch_metrics(sink, rows, batch, old.logprobs)
+        mismatch(sink, rows, batch, plan.old)
         sink.add_float("optim/lr", self.optimizer.param_groups[0]["lr"])
         sink.add_float("policy/version", float(self.policy_version))
         return sink.finish()
@@ -229,64 +240,68 @@ class Trainer:
         advantages_PG[rows] = torch.cat(advantages)
         return rows, advantages_PG
 
-    def _split(
-        self, batch: RolloutBatch, rows: list[int], seed: int
-    ) -> tuple[list[list[int]], list[list[list[int]]]]:
-        """(rows of each mini-batch, its micro-batches' rows), shuffled by the step's seed."""
-        cfg = self.config
+    def _plan(
+        self,
+        batch: RolloutBatch,
+        rows: list[int],
+        advantages_PG: torch.Tensor,
+        seed: int,
+        sink: MetricSink,
+    ) -> UpdatePlan:
+        """The kept `rows` shuffled by the step's seed and cut into mini-batches, each into
+        micro-batches by length."""
         shuffle = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(rows), generator=shuffle).tolist()
-        minibatches = [
+        minibatches_N = [
             [rows[i] for i in chunk.tolist()]
-            for chunk in torch.tensor_split(torch.tensor(order), cfg.num_minibatches)
+            for chunk in torch.tensor_split(torch.tensor(order), self.config.num_minibatches)
         ]
-        lengths = _fed_lengths(batch)
-        micro = [bucket_by_length(mb, lengths, cfg.micro_batch_size) for mb in minibatches]
-        return minibatches, micro
+        lengths = fed_lengths(batch)
+        micro_N = [
+            bucket_by_length(mb, lengths, self.config.micro_batch_size) for mb in minibatches_N
+        ]
+        build = partial(
+            make_micro_batch, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
+            rollout_logprobs=batch.rollout_logprobs, advantages_PG=advantages_PG,
+            routes=batch.routes, pad_id=self.pad_id,
+        )
+        return UpdatePlan(batch, minibatches_N, micro_N, build, OldPolicy(), sink)
 
-    def _recompute_old(
-        self, micro: list[list[list[int]]], build: BuildMicroBatch, sink: MetricSink
-    ) -> OldPolicy:
-        """log π_old (and its natural routes) of the given mini-batches, without gradient."""
-        old = OldPolicy()
+    def _recompute_old(self, plan: UpdatePlan) -> None:
+        """log π_old (and its natural routes) of every mini-batch whose update forward is not
+        π_old itself, without gradient."""
+        micro_N = plan.micro_N if self.adapter_dropout else plan.micro_N[1:]
         with torch.no_grad():
-            for rows_mb in (r for mb in micro for r in mb):
-                mb = build(rows_mb)
-                out = self.forward(mb, replay_routes_B_S_L_K=self._r3_routes(mb))
-                self._remember_old(mb, out, old, sink)
-        return old
+            for rows_mb in (r for mb in micro_N for r in mb):
+                mb = plan.build(rows_mb)
+                out = self.forward(mb, replay_routes_B_S_L_K=recompute_routes(self.replay_mode, mb))
+                plan.old.remember(mb, out)
+                old_policy_metrics(plan.sink, mb, out)
 
-    def _update(
-        self,
-        minibatch: list[int],
-        micro_batches: list[list[int]],
-        batch: RolloutBatch,
-        build: BuildMicroBatch,
-        old: OldPolicy,
-        sink: MetricSink,
-        *,
-        first: bool,
-    ) -> None:
-        """One mini-batch: accumulate every micro-batch's gradient, clip, one AdamW step.
+    def _update(self, plan: UpdatePlan, n: int) -> None:
+        """Mini-batch n: accumulate every micro-batch's gradient, clip, one AdamW step.
 
         The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old. LoRA dropout,
         when a run asks for it, is the one exception (and then π_old was recomputed for all).
         """
-        cfg = self.config
-        n_resp = [len(batch.response_ids[r]) for r in minibatch]
+        cfg, sink, old = self.config, plan.sink, plan.old
+        # First mini-batch: θ = θ_old, so its forward IS the π_old recompute (unless dropout).
+        first = n == 0 and not self.adapter_dropout
+        n_resp = [len(plan.rollouts.response_ids[r]) for r in plan.minibatches_N[n]]
         normalizer = loss_normalizer(
-            self.loss_agg, mask_B_T=_length_mask(n_resp), constant=self._norm_constant()
+            self.loss_agg, mask_B_T=length_mask(n_resp), constant=self._norm_constant()
         )
         losses = []
-        for rows_mb in micro_batches:
-            mb = build(rows_mb)
+        for rows_mb in plan.micro_N[n]:
+            mb = plan.build(rows_mb)
+            routes_B_S_L_K = update_routes(self.replay_mode, mb, old)
             with adapter_dropout(self.model) if self.adapter_dropout else nullcontext():
-                out = self.forward(mb, replay_routes_B_S_L_K=self._update_routes(mb, old.routes))
+                out = self.forward(mb, replay_routes_B_S_L_K=routes_B_S_L_K)
             if first:
-                # First mini-batch: θ = θ_old, so this forward IS the π_old recompute.
-                self._remember_old(mb, out, old, sink)
+                old.remember(mb, out)
+                old_policy_metrics(sink, mb, out)
             elif out.natural_routes_B_S_L_K is not None:
-                self._routing_drift(sink, mb, out, old.routes)
+                routing_drift(sink, mb, out, old)
             device = out.logprobs_B_T.device
             policy_batch = PolicyBatch(
                 logprobs_B_T=out.logprobs_B_T,
@@ -315,17 +330,6 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ helpers
-    def _check_routes(self, batch: RolloutBatch) -> None:
-        """Replay never runs silently without routes: R3 replays the engine's and `auto`
-        measures with them, so their absence or a wrong shape fails the step."""
-        if self.replay is None:
-            return
-        if batch.routes is None:
-            if self.config.routing_replay in ("R3", "auto"):
-                raise RoutingReplayError(missing_routes_message(self.config.routing_replay))
-            return
-        self.replay.check_rollout_routes(batch.routes, _fed_lengths(batch))
-
     def _rollouts(self, batch: RolloutBatch, items: Sequence[TaskItem]) -> list[Rollout]:
         G = self.config.group_size
         texts = self.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
@@ -345,116 +349,6 @@ class Trainer:
     def _norm_constant(self) -> float:
         # The fixed divisor of `seq_mean_token_sum_norm` (Dr. GRPO: the max generation length).
         return float(self.config.rollout.max_new_tokens)
-
-    def _r3_routes(self, mb: MicroBatch) -> torch.Tensor | None:
-        return mb.routes_B_S_L_K if self.replay_mode == "R3" else None
-
-    def _update_routes(self, mb: MicroBatch, old_routes: dict[int, torch.Tensor]):
-        if self.replay_mode == "R3":
-            return mb.routes_B_S_L_K
-        if self.replay_mode == "R2" and all(r in old_routes for r in mb.rows):
-            # Mini-batches 2..N replay the routes recorded in the π_old recompute. In mini-batch 1
-            # the natural routes ARE the π_old routes, so recording them there is exact replay.
-            return pad_routes([old_routes[r] for r in mb.rows], _input_lengths(mb))
-        return None
-
-    def _remember_old(
-        self, mb: MicroBatch, out: ForwardOutput, old: OldPolicy, sink: MetricSink
-    ) -> None:
-        lp = out.logprobs_B_T.detach()
-        n_resp = mb.mask_B_T.sum(dim=1).tolist()
-        n_in = _input_lengths(mb)
-        for i, r in enumerate(mb.rows):
-            old.logprobs[r] = lp[i, : n_resp[i]]
-            if out.natural_routes_B_S_L_K is not None:
-                old.routes[r] = out.natural_routes_B_S_L_K[i, : n_in[i]]
-        sink.add("train/entropy", out.entropy_sum, reduce="ratio", denom=mb.mask_B_T.sum())
-        if out.natural_routes_B_S_L_K is not None and mb.routes_B_S_L_K is not None:
-            # e^μ_old (engine) vs e^π_old (trainer's natural choice at θ_old).
-            self._add_disagreement(
-                sink, "routing/infer_vs_train", mb.routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
-            )
-
-    def _routing_drift(
-        self, sink: MetricSink, mb: MicroBatch, out: ForwardOutput, old_routes: dict
-    ) -> None:
-        """e^π_old vs the current θ's natural routes e^π_t (policy staleness in routing)."""
-        if not all(r in old_routes for r in mb.rows):
-            return
-        old = pad_routes([old_routes[r] for r in mb.rows], _input_lengths(mb))
-        self._add_disagreement(sink, "routing/old_vs_current", old, out.natural_routes_B_S_L_K, mb)
-
-    def _add_disagreement(
-        self, sink: MetricSink, prefix: str, a: torch.Tensor, b: torch.Tensor, mb: MicroBatch
-    ) -> None:
-        mask_B_S = mb.attention_mask_B_S.bool()
-        rates = routing_disagreement(a.long(), b.long(), mask_B_S)
-        weight = mask_B_S.sum()
-        for layer, rate in enumerate(rates["per_layer_L"].unbind(0)):
-            sink.add(f"{prefix}_L{layer}", rate, reduce="ratio", denom=weight, weighted=True)
-        sink.add(f"{prefix}_any", rates["any_layer"], reduce="ratio", denom=weight, weighted=True)
-        sink.add(f"{prefix}_mean", rates["mean"], reduce="ratio", denom=weight, weighted=True)
-
-    def _rollout_metrics(
-        self, sink: MetricSink, batch: RolloutBatch, rewards: list, groups: ScoredGroups
-    ) -> None:
-        scored = [r for r in rewards if r is not None]
-        lengths = [len(r) for r in batch.response_ids]
-        sink.add_float("reward/mean", sum(scored) / len(scored) if scored else float("nan"))
-        sink.add_float("reward/missing", float(len(rewards) - len(scored)))
-        sink.add_float("groups/dropped", float(groups.dropped))
-        sink.add_float("groups/partial", float(len(groups.partial)))
-        sink.add_float("response/length_mean", sum(lengths) / len(lengths))
-        sink.add_float("response/length_max", float(max(lengths)))
-        truncated = sum(f == "length" for f in batch.finish_reasons)
-        sink.add_float("response/truncation_rate", truncated / len(lengths))
-
-    def _mismatch_metrics(
-        self, sink: MetricSink, rows: list[int], batch: RolloutBatch, old_logprobs: dict
-    ) -> None:
-        width = max(1, *(len(batch.response_ids[r]) for r in rows))
-        old_B_T = gather_rows(old_logprobs, rows, width)
-        rollout_B_T = gather_rows(dict(enumerate(batch.rollout_logprobs)), rows, width)
-        mask_B_T = _length_mask([len(batch.response_ids[r]) for r in rows], width)
-        for name, value in mismatch_metrics(old_B_T, rollout_B_T, mask_B_T).items():
-            sink.add(name if "/" in name else f"mismatch/{name}", value)
-
-
-def replay_hooks(
-    model: torch.nn.Module, config: TrainingConfig, *, is_moe: bool
-) -> RoutingReplay | None:
-    """Record/replay hooks for an MoE model (also without replay, so routing disagreement is
-    reported); None for a dense model, or for an MoE family keel cannot hook when the job asked
-    for no replay. Anything else that cannot replay raises `RoutingReplayError`."""
-    mode, name = config.routing_replay, config.model.label
-    if not is_moe:
-        if mode in ("R2", "R3"):
-            raise RoutingReplayError(dense_replay_message(mode, name))
-        return None
-    try:
-        return RoutingReplay(model.get_decoder())
-    except RoutingReplayError:
-        if mode == "none":
-            return None
-        family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise RoutingReplayError(unsupported_moe_message(mode, name, family)) from None
-
-
-def _fed_lengths(batch: RolloutBatch) -> list[int]:
-    """Per response, the tokens the engine fed the model: the prompt and all but the last."""
-    return [
-        len(p) + max(len(r) - 1, 0)
-        for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)
-    ]
-
-
-def _length_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
-    width = width if width is not None else max(1, *lengths)
-    return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def _input_lengths(mb: MicroBatch) -> list[int]:
-    return mb.attention_mask_B_S.sum(dim=1).tolist()
 
 
 def _pad_id(tokenizer) -> int:

@@ -1,0 +1,82 @@
+"""What one training step reports besides the objective's own metrics, each added to the step's
+`MetricSink` (one device→host transfer at the end of the step):
+
+    rollout_metrics     reward/*, groups/*, response/* of the step's rollouts and their scores
+    old_policy_metrics  train/entropy of π_old, and routing/infer_vs_train_* (e^μ_old, the
+                        engine's routes, vs e^π_old, the trainer's natural choice at θ_old)
+    routing_drift       routing/old_vs_current_*: e^π_old vs the natural routes of the θ that
+                        updates mini-batches 2..N (policy staleness in routing)
+    mismatch            mismatch/*: the training–inference mismatch of the kept responses,
+                        π_old vs μ_old (`core.diagnostics`, paper-spec §1)
+
+Routing disagreement is a share of (token, layer) pairs whose top-k expert set differs, per MoE
+layer (`_L<i>`), at any layer (`_any`) and on average (`_mean`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from keel_worker.core.diagnostics import mismatch_metrics, routing_disagreement
+from keel_worker.engines.base import RolloutBatch
+from keel_worker.training.batching import MicroBatch, gather_rows, length_mask
+from keel_worker.training.forward import ForwardOutput
+from keel_worker.training.metrics import MetricSink
+from keel_worker.training.replay import OldPolicy
+from keel_worker.training.scoring import ScoredGroups
+
+
+def rollout_metrics(
+    sink: MetricSink, batch: RolloutBatch, rewards: list, groups: ScoredGroups
+) -> None:
+    scored = [r for r in rewards if r is not None]
+    lengths = [len(r) for r in batch.response_ids]
+    sink.add_float("reward/mean", sum(scored) / len(scored) if scored else float("nan"))
+    sink.add_float("reward/missing", float(len(rewards) - len(scored)))
+    sink.add_float("groups/dropped", float(groups.dropped))
+    sink.add_float("groups/partial", float(len(groups.partial)))
+    sink.add_float("response/length_mean", sum(lengths) / len(lengths))
+    sink.add_float("response/length_max", float(max(lengths)))
+    truncated = sum(f == "length" for f in batch.finish_reasons)
+    sink.add_float("response/truncation_rate", truncated / len(lengths))
+
+
+def old_policy_metrics(sink: MetricSink, mb: MicroBatch, out: ForwardOutput) -> None:
+    """Of a forward at θ = θ_old (the π_old recompute, or mini-batch 1's update)."""
+    sink.add("train/entropy", out.entropy_sum, reduce="ratio", denom=mb.mask_B_T.sum())
+    if out.natural_routes_B_S_L_K is not None and mb.routes_B_S_L_K is not None:
+        _add_disagreement(
+            sink, "routing/infer_vs_train", mb.routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
+        )
+
+
+def routing_drift(sink: MetricSink, mb: MicroBatch, out: ForwardOutput, old: OldPolicy) -> None:
+    """Of an update forward of mini-batches 2..N (skipped for rows π_old has no routes of)."""
+    old_routes_B_S_L_K = old.routes_of(mb)
+    if old_routes_B_S_L_K is None:
+        return
+    _add_disagreement(
+        sink, "routing/old_vs_current", old_routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
+    )
+
+
+def mismatch(sink: MetricSink, rows: list[int], batch: RolloutBatch, old: OldPolicy) -> None:
+    """Of the kept responses `rows`, once every row has its log π_old."""
+    width = max(1, *(len(batch.response_ids[r]) for r in rows))
+    old_B_T = gather_rows(old.logprobs, rows, width)
+    rollout_B_T = gather_rows(dict(enumerate(batch.rollout_logprobs)), rows, width)
+    mask_B_T = length_mask([len(batch.response_ids[r]) for r in rows], width)
+    for name, value in mismatch_metrics(old_B_T, rollout_B_T, mask_B_T).items():
+        sink.add(name if "/" in name else f"mismatch/{name}", value)
+
+
+def _add_disagreement(
+    sink: MetricSink, prefix: str, a: torch.Tensor, b: torch.Tensor, mb: MicroBatch
+) -> None:
+    mask_B_S = mb.attention_mask_B_S.bool()
+    rates = routing_disagreement(a.long(), b.long(), mask_B_S)
+    weight = mask_B_S.sum()
+    for layer, rate in enumerate(rates["per_layer_L"].unbind(0)):
+        sink.add(f"{prefix}_L{layer}", rate, reduce="ratio", denom=weight, weighted=True)
+    sink.add(f"{prefix}_any", rates["any_layer"], reduce="ratio", denom=weight, weighted=True)
+    sink.add(f"{prefix}_mean", rates["mean"], reduce="ratio", denom=weight, weighted=True)

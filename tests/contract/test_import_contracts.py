@@ -66,3 +66,35 @@ def test_every_contract_source_exists():
         assert sources, section
         missing = sorted(s for s in sources if s not in modules)
         assert not missing, f"{section} names modules that do not exist: {missing}"
+
+
+# The research harness's allow list (the comment above `research-allowed` in .importlinter).
+RESEARCH_MAY_IMPORT = {
+    "keel.types",
+    *(f"keel_worker.engines.{m}" for m in ("chat", "hardware", "hf", "models", "routing_replay",
+                                           "sampling")),
+    *(f"keel_worker.training.{m}" for m in ("batching", "forward", "guard", "replay_auto", "run",
+                                            "scoring", "step", "tasks")),
+}  # fmt: skip
+
+
+def test_every_product_module_is_allowed_to_or_forbidden_for_the_research_harness():
+    """The harness's contract is an allow list written as a forbidden list: a new module of the
+    product must land on one side, or the harness could import it unchecked."""
+    forbidden = set(contract_sources_key("importlinter:contract:research-allowed"))
+    product = {"keel", "keel_server", "keel_worker"}
+    modules = {m for m in repo_modules() if m.split(".")[0] in product}
+    parents = {m.rsplit(".", 1)[0] for m in modules if "." in m}
+    unclassified = sorted(
+        m
+        for m in modules
+        if m not in product and m not in parents
+        and not any(_within(m, s) for s in forbidden | RESEARCH_MAY_IMPORT)
+    )  # fmt: skip
+    assert not unclassified, f"neither allowed to nor forbidden for research: {unclassified}"
+
+
+def contract_sources_key(section: str) -> list[str]:
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    return config[section]["forbidden_modules"].split()

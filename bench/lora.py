@@ -35,6 +35,8 @@ from pathlib import Path
 
 import step_time  # the sibling benchmark (this script's folder is on sys.path) owns the step work
 
+from keel.types import metric_names as metric
+
 RESULTS = step_time.RESULTS
 RESULT_FILE = RESULTS / "lora.json"
 LORA_LR = 1e-4
@@ -65,13 +67,13 @@ def run_reward(variant: str, steps: int, cache_dir: Path, precision: str) -> dic
         config = demo_config(variant, cache_dir, steps, precision)
         for result in train(config, workdir=Path(workdir), resume=False, cache_dir=cache_dir):
             m = result.metrics
-            out["reward_mean"].append(m["reward/mean"])
-            out["step_s"].append(m["time/step_s"])
-            out["kl_k3"].append(m["mismatch/kl_k3"])
-            if "eval/accuracy" in m:
-                out["eval_accuracy_before"] = m["eval/accuracy"]
-            if "eval/accuracy_final" in m:
-                out["eval_accuracy_after"] = m["eval/accuracy_final"]
+            out["reward_mean"].append(m[metric.REWARD_MEAN])
+            out["step_s"].append(m[metric.TIME_STEP])
+            out["kl_k3"].append(m[metric.MISMATCH_KL_K3])
+            if metric.EVAL_ACCURACY in m:
+                out["eval_accuracy_before"] = m[metric.EVAL_ACCURACY]
+            if metric.EVAL_ACCURACY_FINAL in m:
+                out["eval_accuracy_after"] = m[metric.EVAL_ACCURACY_FINAL]
             print("STEP " + json.dumps(out), flush=True)  # the parent keeps partial runs
     return out
 

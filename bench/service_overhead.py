@@ -48,6 +48,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from keel.types import metric_names as metric
+
 RESULTS = Path(__file__).resolve().parent / "results"
 NAME = "service_overhead"
 CHECKPOINT_EVERY = 5
@@ -65,11 +67,11 @@ WORK: dict[str, Any] = {
     "seed": 0,
 }
 PER_STEP = {  # what each side records per step, from the trainer's metrics
-    "step_s": "time/step_s",
-    "generate_s": "time/generate_s",
-    "reward_mean": "reward/mean",
-    "length_mean": "response/length_mean",
-    "replay_mode": "routing/replay_mode",  # 0 none, 2 R2, 3 R3: the mode each step ran with
+    "step_s": metric.TIME_STEP,
+    "generate_s": metric.TIME_GENERATE,
+    "reward_mean": metric.REWARD_MEAN,
+    "length_mean": metric.RESPONSE_LENGTH_MEAN,
+    "replay_mode": metric.ROUTING_REPLAY_MODE,  # 0 none, 2 R2, 3 R3: the mode each step ran with
 }
 
 

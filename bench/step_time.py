@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from keel.types import metric_names as metric
 from keel_worker.engines.hardware import device_profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,10 +85,10 @@ def run_keel(steps: int, cache_dir: Path, preset: str = "fp32", **overrides) -> 
     with tempfile.TemporaryDirectory() as workdir:
         for result in train(config, workdir=Path(workdir), resume=False, cache_dir=cache_dir):
             m = result.metrics
-            out["step_s"].append(m["time/step_s"])
-            out["generate_s"].append(m["time/generate_s"])
-            out["reward_mean"].append(m["reward/mean"])
-            out["response_len"].append(m["response/length_mean"])
+            out["step_s"].append(m[metric.TIME_STEP])
+            out["generate_s"].append(m[metric.TIME_GENERATE])
+            out["reward_mean"].append(m[metric.REWARD_MEAN])
+            out["response_len"].append(m[metric.RESPONSE_LENGTH_MEAN])
     return out
 
 

@@ -40,6 +40,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from keel.types import metric_names as metric
 from research.stability import coldstart, stress
 from research.stability.criterion import COLLAPSE_FRACTION, RunSeries, judge
 from research.stability.matrix import Cell, training_config
@@ -127,9 +128,10 @@ def run_case(case: Case, seed: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
         done = sdk.jobs.retrieve(job.id)
         events = [e.data for e in sdk.jobs.events(job.id, follow=False) if e.type == "guard"]
+        watched = (metric.EVAL_ACCURACY, metric.EVAL_ACCURACY_FINAL, metric.GUARD_FIRED,
+                   metric.TRAIN_ENTROPY, metric.REWARD_MEAN, metric.MISMATCH_KL_K3)  # fmt: skip
         series = {name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)}
-                  for name in ("eval/accuracy", "eval/accuracy_final", "guard/fired",
-                               "train/entropy", "reward/mean", "mismatch/kl_k3")}  # fmt: skip
+                  for name in watched}  # fmt: skip
     return {
         "case": case.name, "cell": case.cell, "action": case.action, "seed": seed,
         "status": status, "step": done.step, "steps": done.config["steps"],
@@ -145,8 +147,8 @@ def eval_curve(result: dict[str, Any]) -> tuple[list[int], list[float]]:
     """(grad steps, held-out accuracy): the eval logged at job step d saw the policy after d − 1
     global steps; the final eval, the policy after the last one."""
     n = result["num_minibatches"]
-    points = {(int(d) - 1) * n: v for d, v in result["metrics"]["eval/accuracy"].items()}
-    for d, v in result["metrics"]["eval/accuracy_final"].items():
+    points = {(int(d) - 1) * n: v for d, v in result["metrics"][metric.EVAL_ACCURACY].items()}
+    for d, v in result["metrics"][metric.EVAL_ACCURACY_FINAL].items():
         points[int(d) * n] = v
     steps = sorted(points)
     return steps, [points[s] for s in steps]

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from keel.types import metric_names as metric
 from keel.types.guard import GuardConfig
 from keel_worker.training.guard import TRIGGERS, StabilityGuard
 from research.stability.results import Run, load_runs
@@ -38,13 +39,13 @@ SUITES = {
 OUT = ROOT / "guard"
 # CSV column -> the keel metric the job loop would hand the detector.
 METRICS = {
-    "kl_k3": "mismatch/kl_k3",
-    "is_trunc_frac": "is/truncated_frac",
-    "clip_frac": "clip/frac",
-    "entropy": "train/entropy",
-    "grad_norm": "optim/grad_norm",
-    "train_reward": "reward/mean",
-    "eval_acc": "eval/accuracy",
+    "kl_k3": metric.MISMATCH_KL_K3,
+    "is_trunc_frac": metric.IS_TRUNCATED_FRAC,
+    "clip_frac": metric.CLIP_FRAC,
+    "entropy": metric.TRAIN_ENTROPY,
+    "grad_norm": metric.OPTIM_GRAD_NORM,
+    "train_reward": metric.REWARD_MEAN,
+    "eval_acc": metric.EVAL_ACCURACY,
 }
 # Per trigger, each field's grid from loosest to tightest; the sweep takes their product.
 PATIENCE = (3, 2, 1)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from keel import Client, KeelError
+from keel.types import metric_names as metric
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_NAME = "keel-demo"
@@ -48,8 +49,8 @@ STOP_TIMEOUT_S = 30.0
 CANCEL_WAIT_S = 10.0
 LIVE = ("queued", "running", "paused")
 # Metric names written by the worker (keel_worker.training.step, .step_metrics, .evaluate).
-REWARD, ACC, ACC_FINAL = "reward/mean", "eval/accuracy", "eval/accuracy_final"
-KL, CLIP, LENGTH = "mismatch/kl_k3", "clip/frac", "response/length_mean"
+REWARD, ACC, ACC_FINAL = metric.REWARD_MEAN, metric.EVAL_ACCURACY, metric.EVAL_ACCURACY_FINAL
+KL, CLIP, LENGTH = metric.MISMATCH_KL_K3, metric.CLIP_FRAC, metric.RESPONSE_LENGTH_MEAN
 CURVES = (REWARD, ACC, ACC_FINAL, KL, CLIP, LENGTH)
 
 

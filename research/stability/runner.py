@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from keel.types import metric_names as metric
 from keel.types.training import TaskItem
 from keel_worker.engines.chat import encode_prompt
 from keel_worker.engines.models import is_moe_model
@@ -34,22 +35,22 @@ from research.stability.matrix import Budget, Cell, training_config
 
 # CSV column -> trainer metric names to try, first present wins (None = not logged by this cell).
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "train_reward": ("reward/mean",),
-    "entropy": ("train/entropy",),
-    "kl_k1": ("mismatch/kl_k1", "mismatch/kl"),
-    "kl_k3": ("mismatch/kl_k3",),
-    "prob_diff_mean": ("mismatch/prob_diff_mean", "mismatch/abs_prob_diff_mean"),
-    "prob_diff_max": ("mismatch/prob_diff_max", "mismatch/abs_prob_diff_max"),
-    "clip_frac": ("clip/frac",),
-    "is_trunc_frac": ("is/truncated_frac",),
-    "routing_infer_vs_train": ("routing/infer_vs_train_any",),
-    "routing_old_vs_current": ("routing/old_vs_current_any",),
-    "grad_norm": ("optim/grad_norm",),
-    "loss": ("optim/loss",),
-    "response_len": ("response/length_mean",),
-    "zero_var_frac": ("advantage/zero_variance_frac",),
-    "step_s": ("time/step_s",),
-    "replay_mode": ("routing/replay_mode",),  # 0 none, 2 R2, 3 R3: the mode the step ran with
+    "train_reward": (metric.REWARD_MEAN,),
+    "entropy": (metric.TRAIN_ENTROPY,),
+    "kl_k1": (metric.MISMATCH_KL_K1, "mismatch/kl"),
+    "kl_k3": (metric.MISMATCH_KL_K3,),
+    "prob_diff_mean": (metric.MISMATCH_PROB_DIFF_MEAN, "mismatch/abs_prob_diff_mean"),
+    "prob_diff_max": (metric.MISMATCH_PROB_DIFF_MAX, "mismatch/abs_prob_diff_max"),
+    "clip_frac": (metric.CLIP_FRAC,),
+    "is_trunc_frac": (metric.IS_TRUNCATED_FRAC,),
+    "routing_infer_vs_train": (metric.ROUTING_INFER_VS_TRAIN_ANY,),
+    "routing_old_vs_current": (metric.ROUTING_OLD_VS_CURRENT_ANY,),
+    "grad_norm": (metric.OPTIM_GRAD_NORM,),
+    "loss": (metric.OPTIM_LOSS,),
+    "response_len": (metric.RESPONSE_LENGTH_MEAN,),
+    "zero_var_frac": (metric.ADVANTAGE_ZERO_VARIANCE_FRAC,),
+    "step_s": (metric.TIME_STEP,),
+    "replay_mode": (metric.ROUTING_REPLAY_MODE,),  # 0 none, 2 R2, 3 R3: the mode the step ran with
 }
 EVAL_COLUMNS = ("eval_acc", "eval_greedy_acc")
 CSV_HEADER = ("grad_step", "global_step", *COLUMNS, *EVAL_COLUMNS)

@@ -12,6 +12,7 @@ from job_configs import tiny_job_config
 from tracker_files import tensorboard_scalars, wandb_history
 
 import keel
+from keel.types.metrics import is_documented
 from keel_worker.jobrunner.runner import run_job
 
 CONFIG = tiny_job_config(optimizer={"lr": 1e-3})
@@ -32,6 +33,9 @@ def test_tensorboard_and_wandb_hold_what_the_api_serves(sdk, settings, monkeypat
     assert run_job(job.id, settings).status == "succeeded"
     served = _served(sdk, job.id)
     assert {"reward/mean", "mismatch/kl_k3", "clip/frac", "time/step_s"} <= set(served)
+    # The job loop's own names too, and nothing outside the vocabulary (keel.types.metric_names).
+    assert {"rewards/rewarded", "rewards/expired"} <= set(served)
+    assert [name for name in served if not is_documented(name)] == []
     workdir = Path(settings.artifacts_dir) / "jobs" / job.id
 
     scalars = tensorboard_scalars(workdir / "tensorboard")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import get_args
 
+from keel.types import metric_names as metric
 from keel.types.jobs import JobStatus
 from keel.types.rollouts import RolloutStatus
 from keel_server.db import monitoring as monitoring_db
@@ -20,13 +21,19 @@ from keel_server.services.errors import ServiceError, not_found
 
 # keel's metric name -> (exported gauge name, help). The training loop writes these every step.
 WATCHED_METRICS: dict[str, tuple[str, str]] = {
-    "reward/mean": ("keel_job_reward_mean", "Mean reward of the step's scored rollouts."),
-    "time/step_s": ("keel_job_step_time_seconds", "Wall time of the last step."),
-    "mismatch/kl_k3": ("keel_job_mismatch_kl_k3", "k3 KL(μ‖π_old): training–inference gap."),
-    "is/truncated_frac": ("keel_job_is_truncated_fraction", "Tokens whose IS weight was capped."),
-    "clip/frac": ("keel_job_clip_fraction", "Tokens the decoupled-PPO mask dropped."),
-    "clip/frac_pos": ("keel_job_clip_fraction_pos", "Clipped tokens with Â > 0 (r > 1+ε_high)."),
-    "clip/frac_neg": ("keel_job_clip_fraction_neg", "Clipped tokens with Â < 0 (r < 1−ε_low)."),
+    metric.REWARD_MEAN: ("keel_job_reward_mean", "Mean reward of the step's scored rollouts."),
+    metric.TIME_STEP: ("keel_job_step_time_seconds", "Wall time of the last step."),
+    metric.MISMATCH_KL_K3: ("keel_job_mismatch_kl_k3", "k3 KL(μ‖π_old): training–inference gap."),
+    metric.IS_TRUNCATED_FRAC: (
+        "keel_job_is_truncated_fraction", "Tokens whose IS weight was capped."
+    ),
+    metric.CLIP_FRAC: ("keel_job_clip_fraction", "Tokens the decoupled-PPO mask dropped."),
+    metric.CLIP_FRAC_POS: (
+        "keel_job_clip_fraction_pos", "Clipped tokens with Â > 0 (r > 1+ε_high)."
+    ),
+    metric.CLIP_FRAC_NEG: (
+        "keel_job_clip_fraction_neg", "Clipped tokens with Â < 0 (r < 1−ε_low)."
+    ),
 }
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from keel.types import metric_names as metric
 from keel_worker.core.masked import (
     masked_fraction,
     masked_max,
@@ -75,13 +76,13 @@ def clip_metrics(
     pos_B_T = (advantages_B_T > 0) & (ratio_B_T > 1.0 + eps_high)
     neg_B_T = (advantages_B_T < 0) & (ratio_B_T < 1.0 - eps_low)
     metrics = {
-        "clip/frac": masked_fraction(pos_B_T | neg_B_T, mask_B_T, dtype),
-        "clip/frac_pos": masked_fraction(pos_B_T, mask_B_T, dtype),
-        "clip/frac_neg": masked_fraction(neg_B_T, mask_B_T, dtype),
-        "clip/ratio_mean": masked_mean(ratio_B_T, mask_B_T),
-        "clip/ratio_max": masked_max(ratio_B_T, mask_B_T),
-        "clip/ratio_min": masked_min(ratio_B_T, mask_B_T),
-        "clip/ppo_kl": masked_mean(-log_ratio_B_T, mask_B_T),
+        metric.CLIP_FRAC: masked_fraction(pos_B_T | neg_B_T, mask_B_T, dtype),
+        metric.CLIP_FRAC_POS: masked_fraction(pos_B_T, mask_B_T, dtype),
+        metric.CLIP_FRAC_NEG: masked_fraction(neg_B_T, mask_B_T, dtype),
+        metric.CLIP_RATIO_MEAN: masked_mean(ratio_B_T, mask_B_T),
+        metric.CLIP_RATIO_MAX: masked_max(ratio_B_T, mask_B_T),
+        metric.CLIP_RATIO_MIN: masked_min(ratio_B_T, mask_B_T),
+        metric.CLIP_PPO_KL: masked_mean(-log_ratio_B_T, mask_B_T),
     }
     return {key: value.detach() for key, value in metrics.items()}
 
@@ -152,10 +153,12 @@ def divergence_metrics(
     dropped_B_T = ~keep_B_T
     tv_B_T = (torch.exp(logprobs_B_T) - torch.exp(anchor_logprobs_B_T)).abs()
     metrics = {
-        "clip/frac": masked_fraction(dropped_B_T, mask_B_T, dtype),
-        "clip/frac_pos": masked_fraction(dropped_B_T & (advantages_B_T > 0), mask_B_T, dtype),
-        "clip/frac_neg": masked_fraction(dropped_B_T & (advantages_B_T < 0), mask_B_T, dtype),
-        "clip/tv_mean": masked_mean(tv_B_T, mask_B_T),
-        "clip/binary_kl_mean": masked_mean(binary_kl(logprobs_B_T, anchor_logprobs_B_T), mask_B_T),
+        metric.CLIP_FRAC: masked_fraction(dropped_B_T, mask_B_T, dtype),
+        metric.CLIP_FRAC_POS: masked_fraction(dropped_B_T & (advantages_B_T > 0), mask_B_T, dtype),
+        metric.CLIP_FRAC_NEG: masked_fraction(dropped_B_T & (advantages_B_T < 0), mask_B_T, dtype),
+        metric.CLIP_TV_MEAN: masked_mean(tv_B_T, mask_B_T),
+        metric.CLIP_BINARY_KL_MEAN: masked_mean(
+            binary_kl(logprobs_B_T, anchor_logprobs_B_T), mask_B_T
+        ),
     }
     return {key: value.detach() for key, value in metrics.items()}

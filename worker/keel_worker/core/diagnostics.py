@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from keel.types import metric_names as metric
 from keel_worker.core.masked import (
     masked_log_ratio,
     masked_max,
@@ -39,12 +40,14 @@ def mismatch_metrics(
     abs_diff_B_T = (p_old_B_T - p_mu_B_T).abs()
     diff_mean = masked_mean(abs_diff_B_T, mask_B_T)
     return {
-        "mismatch/kl_k1": masked_mean(-delta_B_T, mask_B_T),
-        "mismatch/kl_k3": masked_mean(safe_exp(delta_B_T) - delta_B_T - 1.0, mask_B_T),
-        "mismatch/prob_diff_mean": diff_mean,
-        "mismatch/prob_diff_max": masked_max(abs_diff_B_T, mask_B_T),
-        "mismatch/prob_diff_std": masked_mean((abs_diff_B_T - diff_mean).square(), mask_B_T).sqrt(),
-        "mismatch/prob_pearson": _pearson(p_old_B_T, p_mu_B_T, mask_B_T),
+        metric.MISMATCH_KL_K1: masked_mean(-delta_B_T, mask_B_T),
+        metric.MISMATCH_KL_K3: masked_mean(safe_exp(delta_B_T) - delta_B_T - 1.0, mask_B_T),
+        metric.MISMATCH_PROB_DIFF_MEAN: diff_mean,
+        metric.MISMATCH_PROB_DIFF_MAX: masked_max(abs_diff_B_T, mask_B_T),
+        metric.MISMATCH_PROB_DIFF_STD: masked_mean(
+            (abs_diff_B_T - diff_mean).square(), mask_B_T
+        ).sqrt(),
+        metric.MISMATCH_PROB_PEARSON: _pearson(p_old_B_T, p_mu_B_T, mask_B_T),
     }
 
 

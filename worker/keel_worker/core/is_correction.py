@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from keel.types import metric_names as metric
 from keel_worker.core.masked import (
     broadcast_rows,
     masked_fraction,
@@ -116,15 +117,15 @@ def weight_metrics(raw_B_T: Tensor, weight_B_T: Tensor, mask_B_T: Tensor) -> dic
     sum_w = masked_sum(weight_B_T, mask_B_T)
     sum_w2 = masked_sum(weight_B_T.square(), mask_B_T)
     metrics = {
-        "is/raw_mean": masked_mean(raw_B_T, mask_B_T),
-        "is/raw_max": masked_max(raw_B_T, mask_B_T),
-        "is/raw_min": masked_min(raw_B_T, mask_B_T),
-        "is/weight_mean": sum_w / n,
-        "is/weight_max": masked_max(weight_B_T, mask_B_T),
-        "is/weight_min": masked_min(weight_B_T, mask_B_T),
-        "is/truncated_frac": masked_fraction(truncated_B_T, mask_B_T, dtype),
-        "is/masked_frac": masked_fraction(zeroed_B_T, mask_B_T, dtype),
-        "is/ess": sum_w.square() / (n * sum_w2).clamp_min(torch.finfo(dtype).tiny),
+        metric.IS_RAW_MEAN: masked_mean(raw_B_T, mask_B_T),
+        metric.IS_RAW_MAX: masked_max(raw_B_T, mask_B_T),
+        metric.IS_RAW_MIN: masked_min(raw_B_T, mask_B_T),
+        metric.IS_WEIGHT_MEAN: sum_w / n,
+        metric.IS_WEIGHT_MAX: masked_max(weight_B_T, mask_B_T),
+        metric.IS_WEIGHT_MIN: masked_min(weight_B_T, mask_B_T),
+        metric.IS_TRUNCATED_FRAC: masked_fraction(truncated_B_T, mask_B_T, dtype),
+        metric.IS_MASKED_FRAC: masked_fraction(zeroed_B_T, mask_B_T, dtype),
+        metric.IS_ESS: sum_w.square() / (n * sum_w2).clamp_min(torch.finfo(dtype).tiny),
     }
     return {key: value.detach() for key, value in metrics.items()}
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keel.types import metric_names as metric
 from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
@@ -255,7 +256,7 @@ class JobLoop:
             )
         )
         if isinstance(self.spec.reward_source, WebhookReward):
-            metrics["webhook/delivery_failures"] = float(scorer.delivery_failures)
+            metrics[metric.WEBHOOK_DELIVERY_FAILURES] = float(scorer.delivery_failures)
         if self.task is not None and schedule.evaluates_after(step):
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics
@@ -311,6 +312,6 @@ def _task_or_none(
 def _reward_counts(session, job_id: str, step: int) -> dict[str, float]:
     counts = count_by_status(session, job_id, step)
     return {
-        "rewards/rewarded": float(counts.get("rewarded", 0)),
-        "rewards/expired": float(counts.get("expired", 0)),
+        metric.REWARDS_REWARDED: float(counts.get("rewarded", 0)),
+        metric.REWARDS_EXPIRED: float(counts.get("expired", 0)),
     }

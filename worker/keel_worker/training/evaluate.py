@@ -3,6 +3,7 @@ or the mean over `samples` responses per prompt at `temperature` (the paper's av
 
 from __future__ import annotations
 
+from keel.types import metric_names as metric
 from keel.types.training import TrainingConfig
 from keel_worker.engines.base import RolloutEngine
 from keel_worker.engines.chat import encode_prompt
@@ -24,7 +25,7 @@ def evaluate(
     rewards = [task.reward(text, items[i]) for text, i in pairs]
     lengths = [len(r) for r in batch.response_ids]
     return {
-        "eval/accuracy": sum(rewards) / len(rewards),
-        "eval/length_mean": sum(lengths) / len(lengths),
-        "eval/size": float(len(items)),
+        metric.EVAL_ACCURACY: sum(rewards) / len(rewards),
+        metric.EVAL_LENGTH_MEAN: sum(lengths) / len(lengths),
+        metric.EVAL_SIZE: float(len(items)),
     }

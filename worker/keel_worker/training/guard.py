@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import get_args
 
+from keel.types import metric_names as metric
 from keel.types.guard import (
     AccuracyTrigger,
     ClipTrigger,
@@ -44,9 +45,9 @@ from keel.types.guard import (
 )
 
 TRIGGERS: tuple[str, ...] = get_args(TriggerName)
-KL, ENTROPY, GRAD_NORM = "mismatch/kl_k3", "train/entropy", "optim/grad_norm"
-IS_FRACTIONS = ("is/truncated_frac", "is/masked_frac")
-CLIP, REWARD, ACCURACY = "clip/frac", "reward/mean", "eval/accuracy"
+KL, ENTROPY, GRAD_NORM = metric.MISMATCH_KL_K3, metric.TRAIN_ENTROPY, metric.OPTIM_GRAD_NORM
+IS_FRACTIONS = (metric.IS_TRUNCATED_FRAC, metric.IS_MASKED_FRAC)
+CLIP, REWARD, ACCURACY = metric.CLIP_FRAC, metric.REWARD_MEAN, metric.EVAL_ACCURACY
 WATCHED = frozenset({KL, *IS_FRACTIONS, CLIP, ENTROPY, GRAD_NORM, REWARD, ACCURACY})
 # Which action wins when several triggers fire on one step: the most cautious.
 ACTION_RANK = {"alert": 0, "rollback": 1, "pause": 2}
@@ -286,8 +287,8 @@ def strongest(fired: list[Fired]) -> Fired | None:
 
 def guard_metrics(fired: list[Fired]) -> dict[str, float]:
     """The `guard/*` metrics of one step: how many triggers fired, and 1 per trigger that did."""
-    metrics = {"guard/fired": float(len(fired))}
-    metrics.update({f"guard/{f.trigger}": 1.0 for f in fired})
+    metrics = {metric.GUARD_FIRED: float(len(fired))}
+    metrics.update({metric.guard_trigger(f.trigger): 1.0 for f in fired})
     return metrics
 
 

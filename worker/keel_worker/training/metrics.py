@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from keel.types import metric_names as metric
+
 Reduce = Literal["mean", "ratio", "sum", "max", "min"]
 _EXTREMES = {"max": max, "min": min}
 
@@ -61,8 +63,9 @@ class MetricSink:
     def add_float(self, name: str, value: float) -> None:
         self._floats[name] = float(value)
 
-    def time(self, phase: str, start: float) -> None:
-        self._floats[f"time/{phase}_s"] = time.perf_counter() - start
+    def time(self, name: str, start: float) -> None:
+        """The seconds since `start` of one of the step's phases (`metric_names.TIME_PHASES`)."""
+        self._floats[name] = time.perf_counter() - start
 
     def finish(self) -> dict[str, float]:
         out = dict(self._floats)
@@ -85,5 +88,5 @@ class MetricSink:
                     num, den = sum(nums[i : i + k]), sum(dens[i : i + k])
                     out[n] = num / den if den else num
                 i += k
-        out["time/step_s"] = sum(v for k, v in out.items() if k.startswith("time/"))
+        out[metric.TIME_STEP] = sum(out[k] for k in metric.TIME_PHASES if k in out)
         return out

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from keel.types import metric_names as metric
 from keel.types.routing import ResolvedReplay
 
 STATIC_STALENESS = 0.01
@@ -74,9 +75,13 @@ class RoutingMeasurement:
         cls, step: int, metrics: Mapping[str, float], num_layers: int
     ) -> RoutingMeasurement:
         def layers(prefix: str) -> tuple[float, ...]:
-            return tuple(metrics.get(f"{prefix}_L{i}", math.nan) for i in range(num_layers))
+            return tuple(
+                metrics.get(metric.per_layer(prefix, i), math.nan) for i in range(num_layers)
+            )
 
-        return cls(step, layers("routing/infer_vs_train"), layers("routing/old_vs_current"))
+        return cls(
+            step, layers(metric.ROUTING_INFER_VS_TRAIN), layers(metric.ROUTING_OLD_VS_CURRENT)
+        )
 
     @property
     def infer_vs_train(self) -> float:
@@ -178,8 +183,8 @@ class AutoReplay:
         mode that step ran with, and re-decides for the next steps when the step was due."""
         self.steps_seen += 1
         ran = {
-            "routing/replay_mode": MODE_CODES[self.decision.mode],
-            "routing/replay_reason": float(REASONS.index(self.decision.reason)),
+            metric.ROUTING_REPLAY_MODE: MODE_CODES[self.decision.mode],
+            metric.ROUTING_REPLAY_REASON: float(REASONS.index(self.decision.reason)),
         }
         if self.measuring and self._due:
             measured = RoutingMeasurement.from_metrics(self.steps_seen, metrics, num_layers)

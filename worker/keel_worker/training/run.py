@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from keel.types import metric_names as metric
 from keel.types.training import TrainingConfig
 from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.checkpoint import WorkdirCheckpoints, capture_rng, prune_checkpoints
@@ -108,7 +109,7 @@ def train(
             metrics = run.trainer.step(items, score, seed=schedule.seed_of(step))
             metrics.update(eval_metrics)
             if schedule.evaluates_after(step):
-                metrics.update({f"{k}_final": v for k, v in held_out().items()})
+                metrics.update({metric.final(k): v for k, v in held_out().items()})
             done = step + 1
             decision = policy.decide(done, metrics, checkpoints)
             trackers.log(done, metrics)

@@ -38,6 +38,7 @@ from functools import partial
 
 import torch
 
+from keel.types import metric_names as metric
 from keel.types.algorithm import objective_kwargs
 from keel.types.routing import ResolvedReplay
 from keel.types.training import TaskItem, TrainingConfig
@@ -169,7 +170,7 @@ class Trainer:
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, seed=seed,
         )
-        sink.time("generate", t0)
+        sink.time(metric.TIME_GENERATE, t0)
         check_rollout_routes(self.replay, cfg.routing_replay, batch)
 
         # 2. Score. A missing reward is never 0: its group is dropped, or keeps the members that
@@ -177,7 +178,7 @@ class Trainer:
         t0 = time.perf_counter()
         rewards = list(score(self._rollouts(batch, items)))
         groups = scored_groups(rewards, cfg.group_size, keep_partial=not drop_incomplete_groups)
-        sink.time("score", t0)
+        sink.time(metric.TIME_SCORE, t0)
         rollout_metrics(sink, batch, rewards, groups)
         if not groups.kept:
             return sink.finish()
@@ -192,24 +193,24 @@ class Trainer:
         #    for mini-batch 1 when LoRA dropout makes its update forward differ from π_old.
         t0 = time.perf_counter()
         self._recompute_old(plan)
-        sink.time("recompute", t0)
+        sink.time(metric.TIME_RECOMPUTE, t0)
 
         # 6. N updates, one AdamW step per mini-batch.
         t0 = time.perf_counter()
         for n, minibatch in enumerate(plan.minibatches_N):
             if minibatch:  # fewer kept responses than N leave the last mini-batches empty
                 self._update(plan, n)
-        sink.time("update", t0)
+        sink.time(metric.TIME_UPDATE, t0)
 
         # 7. Sync the new weights to the engine; the next step samples from them.
         t0 = time.perf_counter()
         self.engine.load_weights(self.model)
         self.policy_version += 1
-        sink.time("sync", t0)
+        sink.time(metric.TIME_SYNC, t0)
 
         mismatch(sink, rows, batch, plan.old)
-        sink.add_float("optim/lr", self.optimizer.param_groups[0]["lr"])
-        sink.add_float("policy/version", float(self.policy_version))
+        sink.add_float(metric.OPTIM_LR, self.optimizer.param_groups[0]["lr"])
+        sink.add_float(metric.POLICY_VERSION, float(self.policy_version))
         return sink.finish()
 
     # ------------------------------------------------------------------ phases
@@ -233,8 +234,8 @@ class Trainer:
             advantages_P_G, zero_variance_P = compute_advantages(rewards_P_G, mode=mode)
             advantages.append(advantages_P_G.flatten())
             zero_variance.append(zero_variance_P)
-        sink.add("advantage/zero_variance_frac", torch.cat(zero_variance).float().mean())
-        sink.add("advantage/abs_mean", torch.cat(advantages).abs().mean())
+        sink.add(metric.ADVANTAGE_ZERO_VARIANCE_FRAC, torch.cat(zero_variance).float().mean())
+        sink.add(metric.ADVANTAGE_ABS_MEAN, torch.cat(advantages).abs().mean())
         rows = [r for part in parts for members in part for r in members]
         advantages_PG = torch.zeros(n_responses)
         advantages_PG[rows] = torch.cat(advantages)
@@ -315,16 +316,16 @@ class Trainer:
             loss.loss.backward()
             losses.append(loss.loss.detach())
             sink.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
-            sink.add("optim/loss", loss.loss / cfg.num_minibatches, reduce="sum")
+            sink.add(metric.OPTIM_LOSS, loss.loss / cfg.num_minibatches, reduce="sum")
         clip = cfg.optimizer.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, clip if clip is not None else float("inf")
         )
-        sink.add("optim/grad_norm", grad_norm)
+        sink.add(metric.OPTIM_GRAD_NORM, grad_norm)
         # A non-finite loss or gradient never reaches the optimizer (it would poison AdamW's
         # moments for good): the update is skipped and counted. One host sync per mini-batch.
         finite = bool(torch.isfinite(grad_norm) & torch.isfinite(torch.stack(losses)).all())
-        sink.add("guard/skipped_updates", torch.tensor(0.0 if finite else 1.0), reduce="sum")
+        sink.add(metric.GUARD_SKIPPED_UPDATES, torch.tensor(0.0 if finite else 1.0), reduce="sum")
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

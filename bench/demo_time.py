@@ -62,8 +62,9 @@ def descendants_cpu_s(root: int) -> dict[int, float]:
 
 
 def newest_summary(after: float) -> dict:
-    summaries = [p for p in (REPO / ".keel" / "demo").glob("*/summary.json")
-                 if p.stat().st_mtime >= after]  # fmt: skip
+    summaries = [
+        p for p in (REPO / ".keel" / "demo").glob("*/summary.json") if p.stat().st_mtime >= after
+    ]
     if not summaries:
         raise SystemExit("the demo wrote no summary.json")
     return json.loads(max(summaries, key=lambda p: p.stat().st_mtime).read_text())
@@ -84,8 +85,9 @@ def main(argv: list[str]) -> int:
     before = load_1min()
     started_at, started = time.time(), time.monotonic()
     threading.Thread(target=sample, daemon=True).start()
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), *demo_args],
-                          cwd=REPO, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), *demo_args], cwd=REPO, check=False
+    )
     wall_s = time.monotonic() - started
     done.set()
     total_cpu_s = sum(cpu_s.values())  # to the last sample: up to SAMPLE_S short
@@ -96,10 +98,13 @@ def main(argv: list[str]) -> int:
     result = {
         "command": " ".join(["scripts/demo.py", *demo_args]),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "wall_seconds": round(wall_s, 1), "job_seconds": round(summary["job_seconds"], 1),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "wall_seconds": round(wall_s, 1),
+        "job_seconds": round(summary["job_seconds"], 1),
         "target_wall_seconds": 480,
-        "heldout_accuracy_before": before_acc, "heldout_accuracy_after": after_acc,
+        "heldout_accuracy_before": before_acc,
+        "heldout_accuracy_after": after_acc,
         "heldout_accuracy_gain": round(after_acc - before_acc, 4),
         "train_reward_first": summary["train_reward_first"],
         "train_reward_last": summary["train_reward_last"],
@@ -110,12 +115,16 @@ def main(argv: list[str]) -> int:
         "load_1min_before": round(before, 2),
         "load_1min_during_mean": round(sum(samples) / len(samples), 2) if samples else None,
         "load_1min_during_max": round(max(samples), 2) if samples else None,
-        "runtime": summary["runtime"], "config": summary["config"], "job_id": summary["job_id"],
-    }  # fmt: skip
+        "runtime": summary["runtime"],
+        "config": summary["config"],
+        "job_id": summary["job_id"],
+    }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULT.relative_to(REPO)}: {wall_s / 60:.1f} min, accuracy {before_acc:.2f} -> "
-          f"{after_acc:.2f}, load {before:.1f} before / {result['load_1min_during_mean']} during")
+    print(
+        f"wrote {RESULT.relative_to(REPO)}: {wall_s / 60:.1f} min, accuracy {before_acc:.2f} -> "
+        f"{after_acc:.2f}, load {before:.1f} before / {result['load_1min_during_mean']} during"
+    )
     return 0
 
 

@@ -43,9 +43,11 @@ def embedded_service(
 
     url = f"sqlite:///{home}/keel.db"
     upgrade(url)
-    settings = Settings(home=Path(home), database_url=url, admin_key=ADMIN_KEY,
-                        model_roots=model_roots)  # fmt: skip
+    settings = Settings(
+        home=Path(home), database_url=url, admin_key=ADMIN_KEY, model_roots=model_roots
+    )
     with TestClient(create_app(settings), base_url="http://testserver") as http:
-        sdk = keel.Client(base_url="http://testserver", api_key=ADMIN_KEY,
-                          http_client=http, max_retries=0)  # fmt: skip
+        sdk = keel.Client(
+            base_url="http://testserver", api_key=ADMIN_KEY, http_client=http, max_retries=0
+        )
         yield EmbeddedService(sdk, settings)

@@ -48,15 +48,24 @@ def demo_config(variant: str, cache_dir: Path, steps: int, precision: str = "bf1
     from keel.types.training import TrainingConfig
 
     lora = {"lora": {}, "optimizer": {"lr": LORA_LR}} if variant == "lora" else {}
-    return TrainingConfig.model_validate({
-        "model": {"name": str(step_time._model_dir(cache_dir))},
-        "task": {"name": "addition", "held_out_fraction": 0.3},
-        "rollout": {"engine": "hf", "precision": precision, "max_new_tokens": 24},
-        "train_dtype": "fp32", "optimizer": {"lr": step_time.LR},
-        "prompts_per_step": 8, "group_size": 8, "num_minibatches": 2,
-        "steps": steps, "seed": 0, "eval_every": steps, "eval_size": 30, "checkpoint_every": 0,
-        **lora,
-    })  # fmt: skip
+    return TrainingConfig.model_validate(
+        {
+            "model": {"name": str(step_time._model_dir(cache_dir))},
+            "task": {"name": "addition", "held_out_fraction": 0.3},
+            "rollout": {"engine": "hf", "precision": precision, "max_new_tokens": 24},
+            "train_dtype": "fp32",
+            "optimizer": {"lr": step_time.LR},
+            "prompts_per_step": 8,
+            "group_size": 8,
+            "num_minibatches": 2,
+            "steps": steps,
+            "seed": 0,
+            "eval_every": steps,
+            "eval_size": 30,
+            "checkpoint_every": 0,
+            **lora,
+        }
+    )
 
 
 def run_reward(variant: str, steps: int, cache_dir: Path, precision: str) -> dict:
@@ -93,12 +102,27 @@ def child(kind: str, variant: str, steps: int, cache_dir: Path, precision: str =
 
 
 def spawn(
-    kind: str, variant: str, steps: int, cache_dir: Path, precision: str = "bf16",
+    kind: str,
+    variant: str,
+    steps: int,
+    cache_dir: Path,
+    precision: str = "bf16",
     on_step: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run one child; `on_step` gets each `STEP` line's partial result as it arrives."""
-    cmd = [sys.executable, __file__, kind, "--child", variant, "--steps", str(steps),
-           "--cache-dir", str(cache_dir), "--precision", precision]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        kind,
+        "--child",
+        variant,
+        "--steps",
+        str(steps),
+        "--cache-dir",
+        str(cache_dir),
+        "--precision",
+        precision,
+    ]
     load_before = _uptime()
     result = None
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
@@ -146,9 +170,12 @@ def measure_steps(steps: int, warmup: int, cache_dir: Path, variants: list[str])
     )
     for variant in variants:
         raw = spawn("step", variant, steps + warmup, cache_dir)
-        part[variant] = {**step_time.summarize(raw, warmup), "warmup_steps": warmup,
-                         "uptime_before": raw["uptime_before"],
-                         "uptime_after": raw["uptime_after"]}  # fmt: skip
+        part[variant] = {
+            **step_time.summarize(raw, warmup),
+            "warmup_steps": warmup,
+            "uptime_before": raw["uptime_before"],
+            "uptime_after": raw["uptime_after"],
+        }
         print(variant, json.dumps(part[variant]), flush=True)
         _save("step", part)
 
@@ -161,42 +188,67 @@ def measure_reward(steps: int, cache_dir: Path, precision: str, variants: list[s
         "seed 0; "
         f"full fine-tuning lr {step_time.LR:g}, LoRA (rank 16, alpha 32, all-linear) lr {LORA_LR:g}"
     )
+
     def keep(variant: str, raw: dict) -> None:
         part[variant] = raw
         _save("reward", part)
 
     for variant in variants:
-        raw = spawn("reward", variant, steps, cache_dir, precision,
-                    on_step=lambda partial, v=variant: keep(v, {**partial, "partial": True}))
+        raw = spawn(
+            "reward",
+            variant,
+            steps,
+            cache_dir,
+            precision,
+            on_step=lambda partial, v=variant: keep(v, {**partial, "partial": True}),
+        )
         raw["peak_rss_gb"] = raw.pop("peak_rss_bytes") / 1e9
         keep(variant, raw)
 
 
 def report(results: dict) -> str:
-    lines = ["# LoRA vs full fine-tuning (SmolLM2-135M-Instruct)", "",
-             f"Machine: {results['machine']}.", ""]  # fmt: skip
+    lines = [
+        "# LoRA vs full fine-tuning (SmolLM2-135M-Instruct)",
+        "",
+        f"Machine: {results['machine']}.",
+        "",
+    ]
     if "step" in results:
         step = results["step"]
-        lines += [f"## Step time\n\n{step['work']}. Median over the measured steps after "
-                  "the warm-up step(s); each variant in its own process.", "",
-                  "| | full | LoRA |", "|---|---:|---:|"]  # fmt: skip
-        rows = [("median step (s)", "median_step_s"), ("  generation (s)", "median_generate_s"),
-                ("  training (s)", "median_train_s"), ("peak RSS (GB)", "peak_rss_gb")]
+        lines += [
+            f"## Step time\n\n{step['work']}. Median over the measured steps after "
+            "the warm-up step(s); each variant in its own process.",
+            "",
+            "| | full | LoRA |",
+            "|---|---:|---:|",
+        ]
+        rows = [
+            ("median step (s)", "median_step_s"),
+            ("  generation (s)", "median_generate_s"),
+            ("  training (s)", "median_train_s"),
+            ("peak RSS (GB)", "peak_rss_gb"),
+        ]
         for name, key in rows:
             cells = [f"{step[v][key]:.2f}" if v in step else "—" for v in VARIANTS]
             lines.append(f"| {name} | {' | '.join(cells)} |")
         for v in VARIANTS:
             if v in step:
-                lines.append(f"\n{v}: {len(step[v]['step_s']) - step[v]['warmup_steps']} "
-                             f"measured step(s) after {step[v]['warmup_steps']} warm-up; load "
-                             f"`{step[v]['uptime_before']}` before, "
-                             f"`{step[v]['uptime_after']}` after.")  # fmt: skip
+                lines.append(
+                    f"\n{v}: {len(step[v]['step_s']) - step[v]['warmup_steps']} "
+                    f"measured step(s) after {step[v]['warmup_steps']} warm-up; load "
+                    f"`{step[v]['uptime_before']}` before, "
+                    f"`{step[v]['uptime_after']}` after."
+                )
         lines.append("")
     if "reward" in results:
         reward = results["reward"]
-        lines += [f"## Reward of demo-sized runs\n\n{reward['work']}.", "",
-                  "| | reward step 1 | reward last step | held-out acc before → after | "
-                  "median step (s) | peak RSS (GB) |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## Reward of demo-sized runs\n\n{reward['work']}.",
+            "",
+            "| | reward step 1 | reward last step | held-out acc before → after | "
+            "median step (s) | peak RSS (GB) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for v in VARIANTS:
             if v not in reward:
                 continue
@@ -204,9 +256,11 @@ def report(results: dict) -> str:
         for v in VARIANTS:
             if v in reward:
                 rewards = [round(x, 2) for x in reward[v]["reward_mean"]]
-                lines.append(f"\n{v}: rewards per step {rewards}; load "
-                             f"`{reward[v]['uptime_before']}` before, "
-                             f"`{reward[v]['uptime_after']}` after.")  # fmt: skip
+                lines.append(
+                    f"\n{v}: rewards per step {rewards}; load "
+                    f"`{reward[v]['uptime_before']}` before, "
+                    f"`{reward[v]['uptime_after']}` after."
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -228,15 +282,25 @@ def _reward_row(variant: str, r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["step", "reward", "all"])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="measured steps (step: 3) or steps of the run (reward: 16)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="measured steps (step: 3) or steps of the run (reward: 16)",
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/keel/models")
     parser.add_argument("--child", choices=VARIANTS)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="which runs, in this order")
     parser.add_argument(
-        "--precision", default="bf16",
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="which runs, in this order",
+    )
+    parser.add_argument(
+        "--precision",
+        default="bf16",
         help="rollout precision of the reward runs (the demo's bf16; fp32 on a CPU whose bf16 "
         "is emulated, e.g. AVX2-only, where bf16 is many times slower)",
     )

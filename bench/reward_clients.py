@@ -32,7 +32,6 @@ class Result:
     latency_s: float
 
 
-
 def post_all(url: str, token: str, posts: list[Post], clients: int) -> tuple[list[Result], float]:
     """Post everything from `clients` concurrent clients (one keep-alive connection each, one
     asyncio loop); returns results and wall time."""
@@ -44,8 +43,10 @@ async def _post_all(
 ) -> tuple[list[Result], float]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    head = (f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
-            "Content-Type: application/json\r\n")  # fmt: skip
+    head = (
+        f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\n"
+    )
     results: list[Result] = []
     todo = iter(posts)
 
@@ -83,8 +84,10 @@ async def _post_one(
     or the answer was not what this reads."""
     reader, writer = connection
     body = json.dumps({"value": post.value}).encode()
-    request = (f"POST /v1/rollouts/{post.rollout_id}/reward HTTP/1.1\r\n{head}"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    request = (
+        f"POST /v1/rollouts/{post.rollout_id}/reward HTTP/1.1\r\n{head}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     start = time.perf_counter()
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
@@ -98,8 +101,15 @@ async def _post_one(
             status = int(status_line.split()[1])
             answer = await reader.readexactly(int(headers[b"content-length"]))
         created = status == 200 and json.loads(answer).get("created") is True
-    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            KeyError, IndexError, ValueError):  # fmt: skip
+    except (
+        OSError,
+        TimeoutError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        KeyError,
+        IndexError,
+        ValueError,
+    ):
         return Result(post.rollout_id, post.value, 0, False, time.perf_counter() - start), False
     latency_s = time.perf_counter() - start
     keep_alive = headers.get(b"connection", b"").lower() != b"close"

@@ -103,10 +103,14 @@ class Server:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        self.env.update(KEEL_HOME=str(home), KEEL_ADMIN_KEY=ADMIN_KEY,
-                        KEEL_DATABASE_URL=self.database_url,
-                        KEEL_RATE_LIMIT_PER_S="1000000", KEEL_RATE_LIMIT_BURST="1000000",
-                        KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000")  # fmt: skip
+        self.env.update(
+            KEEL_HOME=str(home),
+            KEEL_ADMIN_KEY=ADMIN_KEY,
+            KEEL_DATABASE_URL=self.database_url,
+            KEEL_RATE_LIMIT_PER_S="1000000",
+            KEEL_RATE_LIMIT_BURST="1000000",
+            KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000",
+        )
         cli = [sys.executable, "-m", "keel"]
         try:
             subprocess.run([*cli, "migrate"], env=self.env, check=True, capture_output=True)
@@ -115,8 +119,9 @@ class Server:
             raise
         self.log = open(home / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         command = [*cli, "server", "--port", str(port), "--workers", str(workers)]
-        self.process = subprocess.Popen(command, env=self.env, stdout=self.log,
-                                        stderr=subprocess.STDOUT)  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         try:
             self._wait_live()
         except BaseException:
@@ -204,8 +209,12 @@ def prepare_job(server: Server, rollouts: int) -> tuple[str, list[str]]:
 
     config = {"model": {"name": "tiny-moe"}, "steps": 1, "prompts_per_step": 2, "group_size": 2}
     body = {"config": config, "reward": {"type": "external", "deadline_s": 3600}}
-    created = httpx.post(f"{server.url}/v1/jobs", json=body, timeout=30,
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    created = httpx.post(
+        f"{server.url}/v1/jobs",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
     created.raise_for_status()
     job = created.json()
     items = [NewRollout(i // 4, i % 4, f"p {i}", f"c {i}", 3) for i in range(rollouts)]
@@ -213,9 +222,13 @@ def prepare_job(server: Server, rollouts: int) -> tuple[str, list[str]]:
     try:
         with session_scope(make_session_factory(engine)) as session:
             rows = record_rollouts(
-                session, job["id"], step=1, policy_version=0,
-                deadline_at=utcnow() + timedelta(hours=1), rollouts=items,
-            )  # fmt: skip
+                session,
+                job["id"],
+                step=1,
+                policy_version=0,
+                deadline_at=utcnow() + timedelta(hours=1),
+                rollouts=items,
+            )
             ids = [r.id for r in rows]
     finally:
         engine.dispose()
@@ -290,8 +303,13 @@ def sweep(
                 points.append(_point(server, n, rollouts, seed + 1 + i))
         finally:
             server.stop()
-    return Sweep(db=db, rollouts=rollouts, server_workers=server_workers, points=points,
-                 warmup_exactly_once=warmup is None or warmup.exactly_once)  # fmt: skip
+    return Sweep(
+        db=db,
+        rollouts=rollouts,
+        server_workers=server_workers,
+        points=points,
+        warmup_exactly_once=warmup is None or warmup.exactly_once,
+    )
 
 
 def run(db: str, *, clients: int, rollouts: int, seed: int = 0) -> Report:
@@ -312,15 +330,22 @@ def _point(server: Server, clients: int, rollouts: int, seed: int) -> Report:
     latencies_ms = sorted(r.latency_s * 1000 for r in results)
     per_request = None if server_cpu0 is None else round((server_cpu1 - server_cpu0) / n * 1e3, 2)
     return Report(
-        db=server.db, clients=clients, rollouts=rollouts, requests=n, wall_s=round(wall_s, 3),
+        db=server.db,
+        clients=clients,
+        rollouts=rollouts,
+        requests=n,
+        wall_s=round(wall_s, 3),
         requests_per_s=round(n / wall_s, 1),
-        p50_ms=_pct(latencies_ms, 50), p95_ms=_pct(latencies_ms, 95),
-        p99_ms=_pct(latencies_ms, 99), max_ms=round(latencies_ms[-1], 1),
+        p50_ms=_pct(latencies_ms, 50),
+        p95_ms=_pct(latencies_ms, 95),
+        p99_ms=_pct(latencies_ms, 99),
+        max_ms=round(latencies_ms[-1], 1),
         statuses={str(k): v for k, v in sorted(Counter(r.status for r in results).items())},
-        exactly_once=not violations, violations=violations[:20],
+        exactly_once=not violations,
+        violations=violations[:20],
         server_cpu_ms_per_request=per_request,
         client_cpu_ms_per_request=round((client_cpu1 - client_cpu0) / n * 1e3, 2),
-    )  # fmt: skip
+    )
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -332,16 +357,25 @@ def write_results(result: Sweep, *, note: str = "") -> Path:
     """`reward_ingest_<db>.json` (every point in full) and `.md` (the curve as a table)."""
     RESULTS.mkdir(exist_ok=True)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
-               "load_average_after": [round(x, 2) for x in load] if load else None}  # fmt: skip
+    machine = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_after": [round(x, 2) for x in load] if load else None,
+    }
     target = {"requests_per_s": TARGET_REQUESTS_PER_S, "p99_ms": TARGET_P99_MS}
     met = [p.clients for p in result.points if _meets_target(p)]
     data = {
-        "db": result.db, "rollouts": result.rollouts, "server_workers": result.server_workers,
-        "exactly_once": result.exactly_once, "warmup_exactly_once": result.warmup_exactly_once,
-        "target": target, "target_met_at_clients": met, "note": note,
-        "points": [asdict(p) for p in result.points], "machine": machine,
-    }  # fmt: skip
+        "db": result.db,
+        "rollouts": result.rollouts,
+        "server_workers": result.server_workers,
+        "exactly_once": result.exactly_once,
+        "warmup_exactly_once": result.warmup_exactly_once,
+        "target": target,
+        "target_met_at_clients": met,
+        "note": note,
+        "points": [asdict(p) for p in result.points],
+        "machine": machine,
+    }
     # The production shape (one worker, as docker-compose runs it) is the plain name.
     workers = "" if result.server_workers == 1 else f"_{result.server_workers}workers"
     path = RESULTS / f"reward_ingest_{result.db}{workers}.json"
@@ -361,10 +395,11 @@ def write_results(result: Sweep, *, note: str = "") -> Path:
         )
     best = max(result.points, key=lambda p: p.requests_per_s)
     verdict = (
-        f"met at {', '.join(map(str, met))} clients" if met else
-        f"not met: the best point is {best.requests_per_s} req/s at {best.clients} clients "
+        f"met at {', '.join(map(str, met))} clients"
+        if met
+        else f"not met: the best point is {best.requests_per_s} req/s at {best.clients} clients "
         f"(p99 {best.p99_ms} ms)"
-    )  # fmt: skip
+    )
     load_text = f" Load average after the run: {machine['load_average_after']}." if load else ""
     md = (
         f"# Reward ingestion, {result.db}\n\n"
@@ -374,15 +409,20 @@ def write_results(result: Sweep, *, note: str = "") -> Path:
         f"(the value twice, another once). Target (issue 13): ≥ {TARGET_REQUESTS_PER_S:g} "
         f"posts/s with p99 < {TARGET_P99_MS:g} ms: {verdict}. Exactly once at every point: "
         f"{'yes' if result.exactly_once else 'NO'}.{load_text}\n\n"
-        + "\n".join(rows) + "\n" + (f"\n{note}\n" if note else "")
-    )  # fmt: skip
+        + "\n".join(rows)
+        + "\n"
+        + (f"\n{note}\n" if note else "")
+    )
     path.with_suffix(".md").write_text(md)
     return path
 
 
 def _meets_target(point: Report) -> bool:
-    return (point.exactly_once and point.requests_per_s >= TARGET_REQUESTS_PER_S
-            and point.p99_ms < TARGET_P99_MS)  # fmt: skip
+    return (
+        point.exactly_once
+        and point.requests_per_s >= TARGET_REQUESTS_PER_S
+        and point.p99_ms < TARGET_P99_MS
+    )
 
 
 def _cell(value: float | None) -> str:
@@ -399,17 +439,31 @@ def _clients(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--clients", type=_clients, default=list(DEFAULT_CLIENTS),
-                        help="concurrencies to sweep, e.g. 1,2,4,8,16,32,64")  # fmt: skip
-    parser.add_argument("--rollouts", type=int, default=500,
-                        help="rollouts per point (3 posts each)")  # fmt: skip
-    parser.add_argument("--server-workers", type=int, default=1,
-                        help="uvicorn workers of the server (docker-compose runs 1)")  # fmt: skip
+    parser.add_argument(
+        "--clients",
+        type=_clients,
+        default=list(DEFAULT_CLIENTS),
+        help="concurrencies to sweep, e.g. 1,2,4,8,16,32,64",
+    )
+    parser.add_argument(
+        "--rollouts", type=int, default=500, help="rollouts per point (3 posts each)"
+    )
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="uvicorn workers of the server (docker-compose runs 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="a line for the .md (conditions of the run)")
     args = parser.parse_args(argv)
-    result = sweep(args.db, clients=args.clients, rollouts=args.rollouts, seed=args.seed,
-                   server_workers=args.server_workers)  # fmt: skip
+    result = sweep(
+        args.db,
+        clients=args.clients,
+        rollouts=args.rollouts,
+        seed=args.seed,
+        server_workers=args.server_workers,
+    )
     print(write_results(result, note=args.note).with_suffix(".md").read_text())
     return 0 if result.exactly_once else 1
 

@@ -64,13 +64,19 @@ def memory_bandwidth(nbytes: int = COPY_BYTES) -> float:
 
 def model_gemm_shapes(model, tokens: int) -> list[tuple[int, int, int]]:
     """(tokens, in, out) of each distinct `nn.Linear` shape of the model (the LM head included)."""
-    shapes = {(m.in_features, m.out_features) for m in model.modules()
-              if isinstance(m, torch.nn.Linear)}  # fmt: skip
+    shapes = {
+        (m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    }
     return [(tokens, k, n) for k, n in sorted(shapes)]
 
 
 def train_forward_backward(
-    model, prompts: list[list[int]], *, group_size: int, response_len: int, bf16: bool,
+    model,
+    prompts: list[list[int]],
+    *,
+    group_size: int,
+    response_len: int,
+    bf16: bool,
     repeats: int = 3,
 ) -> dict:
     """Time and count keel's training forward + backward on `len(prompts)` × `group_size`
@@ -78,14 +84,19 @@ def train_forward_backward(
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     prompt_ids = [p for p in prompts for _ in range(group_size)]
-    response_ids = [torch.randint(vocab, (response_len,), generator=generator).tolist()
-                    for _ in prompt_ids]  # fmt: skip
+    response_ids = [
+        torch.randint(vocab, (response_len,), generator=generator).tolist() for _ in prompt_ids
+    ]
     rows = list(range(len(prompt_ids)))
     mb = make_micro_batch(
-        rows, prompt_ids=prompt_ids, response_ids=response_ids,
+        rows,
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
         rollout_logprobs=[torch.zeros(response_len) for _ in rows],
-        advantages_PG=torch.ones(len(rows)), routes=None, pad_id=0,
-    )  # fmt: skip
+        advantages_PG=torch.ones(len(rows)),
+        routes=None,
+        pad_id=0,
+    )
     forward = PolicyForward(model, temperature=1.0, bf16=bf16, replay=None)
 
     def fwd_bwd() -> None:
@@ -97,7 +108,11 @@ def train_forward_backward(
     flops = float(counter.get_total_flops())
     seconds = statistics.median(_timed(fwd_bwd) for _ in range(repeats))
     return {
-        "rows": len(rows), "prompt_tokens_each": [len(p) for p in prompts],
-        "response_len": response_len, "input_tokens": mb.num_tokens, "flops": flops,
-        "median_s": seconds, "gflops": flops / seconds / 1e9,
-    }  # fmt: skip
+        "rows": len(rows),
+        "prompt_tokens_each": [len(p) for p in prompts],
+        "response_len": response_len,
+        "input_tokens": mb.num_tokens,
+        "flops": flops,
+        "median_s": seconds,
+        "gflops": flops / seconds / 1e9,
+    }

@@ -88,8 +88,9 @@ def run_train(config) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="keel-overhead-train-") as workdir:
         started, cpu = time.perf_counter(), time.process_time()
-        results = list(train(config, workdir=Path(workdir), resume=False,
-                             cache_dir=Path(workdir) / "models"))  # fmt: skip
+        results = list(
+            train(config, workdir=Path(workdir), resume=False, cache_dir=Path(workdir) / "models")
+        )
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     by_step = {r.step: r.metrics for r in results}
     series = {key: {s: m.get(name) for s, m in by_step.items()} for key, name in PER_STEP.items()}
@@ -173,18 +174,30 @@ PARTS: dict[str, dict[str, Any]] = {
 }
 
 
-def measure(part: str, *, repeats: int, steps: int, out: Path, work: dict[str, Any] = WORK,
-            warmup: bool = True) -> dict[str, Any]:  # fmt: skip
+def measure(
+    part: str,
+    *,
+    repeats: int,
+    steps: int,
+    out: Path,
+    work: dict[str, Any] = WORK,
+    warmup: bool = True,
+) -> dict[str, Any]:
     """Run `repeats` A/B pairs of `part`, saving the results after every finished run."""
     spec = PARTS[part]
     (a, run_a), (b, run_b) = spec["sides"].items()
     config = training_config(work, steps)
     record: dict[str, Any] = {
-        "what": spec["what"], "sides": [a, b], "measure": spec["measure"],
-        "target_extra": TARGETS[part], "steps": steps, "config": config.model_dump(mode="json"),
+        "what": spec["what"],
+        "sides": [a, b],
+        "measure": spec["measure"],
+        "target_extra": TARGETS[part],
+        "steps": steps,
+        "config": config.model_dump(mode="json"),
         "warmup": "one unrecorded 1-step run of each side" if warmup else "none",
-        "load_before": _load(), "runs": [],
-    }  # fmt: skip
+        "load_before": _load(),
+        "runs": [],
+    }
     if warmup:
         for run in (run_a, run_b):
             run(training_config(work, 1))
@@ -192,16 +205,22 @@ def measure(part: str, *, repeats: int, steps: int, out: Path, work: dict[str, A
         for side, run in ((a, run_a), (b, run_b)):
             gc.collect()
             load = _load()
-            print(f"[{time.strftime('%H:%M:%S')}] {part} pair {pair + 1}/{repeats}: {side}",
-                  flush=True)  # fmt: skip
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {part} pair {pair + 1}/{repeats}: {side}",
+                flush=True,
+            )
             result = run(config)
-            record["runs"].append({"pair": pair, "side": side, "load_before": load,
-                                   "load_after": _load(), **result})  # fmt: skip
+            record["runs"].append(
+                {"pair": pair, "side": side, "load_before": load, "load_after": _load(), **result}
+            )
             record["load_after"] = _load()
             record["summary"] = summarize(record)
             _save(out, part, record)
-            print(f"  {spec['measure']} {result[spec['measure']]:.2f} s, "
-                  f"cpu {result['cpu_s']:.2f} s, {result['status']}", flush=True)  # fmt: skip
+            print(
+                f"  {spec['measure']} {result[spec['measure']]:.2f} s, "
+                f"cpu {result['cpu_s']:.2f} s, {result['status']}",
+                flush=True,
+            )
     return record
 
 
@@ -219,10 +238,13 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     out["pair_ratios"] = [y / x for x, y in pairs]
     if pairs:
         ratio = out[f"median_{b}"] / out[f"median_{a}"]
-        out |= {"ratio": ratio, "extra": ratio - 1,
-                "median_pair_ratio": statistics.median(out["pair_ratios"]),
-                "target_met": ratio - 1 <= record["target_extra"],
-                "cpu_ratio": statistics.median(cpu[b]) / statistics.median(cpu[a])}  # fmt: skip
+        out |= {
+            "ratio": ratio,
+            "extra": ratio - 1,
+            "median_pair_ratio": statistics.median(out["pair_ratios"]),
+            "target_met": ratio - 1 <= record["target_extra"],
+            "cpu_ratio": statistics.median(cpu[b]) / statistics.median(cpu[a]),
+        }
     return out
 
 
@@ -237,8 +259,13 @@ def _machine() -> dict[str, Any]:
 
     from keel_worker.engines.hardware import cpu_model_name
 
-    return {"cpu": cpu_model_name(), "cores": os.cpu_count(), "arch": platform.machine(),
-            "torch_threads": torch.get_num_threads(), "nice": os.nice(0)}  # fmt: skip
+    return {
+        "cpu": cpu_model_name(),
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "nice": os.nice(0),
+    }
 
 
 def _save(out: Path, part: str, record: dict[str, Any]) -> None:
@@ -254,11 +281,16 @@ def _save(out: Path, part: str, record: dict[str, Any]) -> None:
 
 def report(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = ["# Service overhead", "",
-             "Written by `python -m bench.service_overhead`; what each side's clock includes is "
-             "in its docstring.", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores ({m['arch']}); torch threads "
-             f"{m['torch_threads']}, nice {m['nice']}. Load averages: 1/5/15 min.", ""]  # fmt: skip
+    lines = [
+        "# Service overhead",
+        "",
+        "Written by `python -m bench.service_overhead`; what each side's clock includes is "
+        "in its docstring.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['arch']}); torch threads "
+        f"{m['torch_threads']}, nice {m['nice']}. Load averages: 1/5/15 min.",
+        "",
+    ]
     for part in (p for p in PARTS if p in results):
         lines += _part_lines(part, results[part])
     return "\n".join(lines) + "\n"
@@ -268,16 +300,21 @@ def _part_lines(part: str, record: dict[str, Any]) -> list[str]:
     a, b = record["sides"]
     s, key = record["summary"], record["measure"]
     c = record["config"]
-    lines = [f"## {part}: {record['what']}", "",
-             f"`{c['model']['name']}`, {record['steps']} steps of {c['prompts_per_step']} prompts "
-             f"× {c['group_size']} responses (≤ {c['rollout']['max_new_tokens']} tokens), "
-             f"{c['num_minibatches']} mini-batches, checkpoint every {c['checkpoint_every']}; "
-             f"warm-up: {record['warmup']}. Load {record['load_before']} before, "
-             f"{record.get('load_after')} after.", "",
-             f"Measure: `{key}`.", "",
-             "| pair | side | status | steps | wall_s | Σ step_s | median step_s after the first "
-             "| cpu_s | 1-min load before → after |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"## {part}: {record['what']}",
+        "",
+        f"`{c['model']['name']}`, {record['steps']} steps of {c['prompts_per_step']} prompts "
+        f"× {c['group_size']} responses (≤ {c['rollout']['max_new_tokens']} tokens), "
+        f"{c['num_minibatches']} mini-batches, checkpoint every {c['checkpoint_every']}; "
+        f"warm-up: {record['warmup']}. Load {record['load_before']} before, "
+        f"{record.get('load_after')} after.",
+        "",
+        f"Measure: `{key}`.",
+        "",
+        "| pair | side | status | steps | wall_s | Σ step_s | median step_s after the first "
+        "| cpu_s | 1-min load before → after |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in record["runs"]:
         lines.append(
             f"| {r['pair'] + 1} | {r['side']} | {r['status']} | {r['steps_done']} | "
@@ -287,18 +324,22 @@ def _part_lines(part: str, record: dict[str, Any]) -> list[str]:
     lines.append("")
     if "ratio" in s:
         verdict = "met" if s["target_met"] else "not met"
-        lines += [f"Median {a}: {s[f'median_{a}']:.2f} s; median {b}: {s[f'median_{b}']:.2f} s; "
-                  f"ratio {b} / {a}: **{s['ratio']:.3f}** ({s['extra']:+.1%}; target ≤ "
-                  f"{record['target_extra']:+.0%}: {verdict}). Per-pair ratios: "
-                  f"{', '.join(f'{x:.3f}' for x in s['pair_ratios'])} (median "
-                  f"{s['median_pair_ratio']:.3f}); process CPU seconds, {b} / {a}: "
-                  f"{s['cpu_ratio']:.3f}.", ""]  # fmt: skip
+        lines += [
+            f"Median {a}: {s[f'median_{a}']:.2f} s; median {b}: {s[f'median_{b}']:.2f} s; "
+            f"ratio {b} / {a}: **{s['ratio']:.3f}** ({s['extra']:+.1%}; target ≤ "
+            f"{record['target_extra']:+.0%}: {verdict}). Per-pair ratios: "
+            f"{', '.join(f'{x:.3f}' for x in s['pair_ratios'])} (median "
+            f"{s['median_pair_ratio']:.3f}); process CPU seconds, {b} / {a}: "
+            f"{s['cpu_ratio']:.3f}.",
+            "",
+        ]
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.service_overhead",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.service_overhead", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--part", choices=(*PARTS, "all"), default="all")
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per part")
     parser.add_argument("--steps", type=int, default=20, help="global steps per run")

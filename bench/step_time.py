@@ -70,11 +70,18 @@ def keel_config(steps: int, cache_dir: Path, preset: str = "fp32", **overrides):
     precision, train_dtype, _ = PRESETS[preset]
     return TrainingConfig(
         model={"name": str(_model_dir(cache_dir))},
-        prompts_per_step=B, group_size=G, num_minibatches=1, micro_batch_size=MICRO_BATCH,
+        prompts_per_step=B,
+        group_size=G,
+        num_minibatches=1,
+        micro_batch_size=MICRO_BATCH,
         rollout={"max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "precision": precision},
-        optimizer={"lr": LR, "grad_clip": 1.0}, train_dtype=train_dtype,
-        steps=steps, eval_every=0, seed=SEED, **overrides,
-    )  # fmt: skip
+        optimizer={"lr": LR, "grad_clip": 1.0},
+        train_dtype=train_dtype,
+        steps=steps,
+        eval_every=0,
+        seed=SEED,
+        **overrides,
+    )
 
 
 def run_keel(steps: int, cache_dir: Path, preset: str = "fp32", **overrides) -> dict:
@@ -133,14 +140,18 @@ def keel_limits(cache_dir: Path, preset: str, raw: dict, warmup: int) -> dict:
     # With B × G rows a decode step is also 2 FLOPs per weight per row: the compute roof.
     compute_bound = gemm[compute]["peak_gflops"] * 1e9 / (2 * params)
     return {
-        "compute_dtype": compute, "gemm": gemm, "train_forward_backward": train,
+        "compute_dtype": compute,
+        "gemm": gemm,
+        "train_forward_backward": train,
         "train_share_of_peak": train["gflops"] / gemm[compute]["peak_gflops"],
-        "memory_bandwidth_gbs": bandwidth, "decode_weight_bytes": weight_bytes,
-        "generate_tokens_per_s": tokens_per_s, "generate_bound_tokens_per_s": bound,
+        "memory_bandwidth_gbs": bandwidth,
+        "decode_weight_bytes": weight_bytes,
+        "generate_tokens_per_s": tokens_per_s,
+        "generate_bound_tokens_per_s": bound,
         "generate_share_of_bound": tokens_per_s / bound,
         "generate_compute_bound_tokens_per_s": compute_bound,
         "generate_share_of_roof": tokens_per_s / min(bound, compute_bound),
-    }  # fmt: skip
+    }
 
 
 def run_trl(steps: int, cache_dir: Path, preset: str = "fp32") -> dict:
@@ -178,19 +189,38 @@ def run_trl(steps: int, cache_dir: Path, preset: str = "fp32") -> dict:
 
     with tempfile.TemporaryDirectory() as outdir:
         args = GRPOConfig(
-            output_dir=outdir, per_device_train_batch_size=B * G, num_generations=G,
-            max_completion_length=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0,
-            learning_rate=LR, beta=0.0, num_iterations=1, gradient_accumulation_steps=1,
-            max_steps=steps, logging_steps=1, report_to=[], use_cpu=True,
-            gradient_checkpointing=False, save_strategy="no", seed=SEED, max_grad_norm=1.0,
-            lr_scheduler_type="constant", warmup_steps=0, bf16=bf16,
+            output_dir=outdir,
+            per_device_train_batch_size=B * G,
+            num_generations=G,
+            max_completion_length=MAX_NEW_TOKENS,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            learning_rate=LR,
+            beta=0.0,
+            num_iterations=1,
+            gradient_accumulation_steps=1,
+            max_steps=steps,
+            logging_steps=1,
+            report_to=[],
+            use_cpu=True,
+            gradient_checkpointing=False,
+            save_strategy="no",
+            seed=SEED,
+            max_grad_norm=1.0,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            bf16=bf16,
         )
         trainer = GRPOTrainer(
             model=AutoModelForCausalLM.from_pretrained(
                 model_dir, dtype="bfloat16" if bf16 else "float32"
             ),
             processing_class=AutoTokenizer.from_pretrained(model_dir),
-            reward_funcs=reward, args=args, train_dataset=dataset, callbacks=[Timer()],
+            reward_funcs=reward,
+            args=args,
+            train_dataset=dataset,
+            callbacks=[Timer()],
         )
         generate = trainer._generate_and_score_completions
 
@@ -233,10 +263,23 @@ def summarize(raw: dict, warmup: int) -> dict:
     }
 
 
-def spawn(framework: str, steps: int, cache_dir: Path, preset: str = "fp32",
-          warmup: int = 1) -> dict:  # fmt: skip
-    cmd = [sys.executable, __file__, "--child", framework, "--steps", str(steps),
-           "--cache-dir", str(cache_dir), "--preset", preset, "--warmup", str(warmup)]
+def spawn(
+    framework: str, steps: int, cache_dir: Path, preset: str = "fp32", warmup: int = 1
+) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        framework,
+        "--steps",
+        str(steps),
+        "--cache-dir",
+        str(cache_dir),
+        "--preset",
+        preset,
+        "--warmup",
+        str(warmup),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -250,9 +293,11 @@ def write_results(results: dict, preset: str) -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     k, t = results["keel"], results["trl"]
     rows = [
-        ("median step (s)", "median_step_s"), ("  generation (s)", "median_generate_s"),
-        ("  training (s)", "median_train_s"), ("peak RSS (GB)", "peak_rss_gb"),
-    ]  # fmt: skip
+        ("median step (s)", "median_step_s"),
+        ("  generation (s)", "median_generate_s"),
+        ("  training (s)", "median_train_s"),
+        ("peak RSS (GB)", "peak_rss_gb"),
+    ]
     lines = [
         f"# RL step time: keel vs TRL GRPOTrainer ({preset})",
         "",
@@ -270,9 +315,11 @@ def write_results(results: dict, preset: str) -> None:
         f"Mean reward per step, keel: {[round(x, 2) for x in k['reward_mean_per_step']]}; "
         f"TRL: {[round(x, 2) for x in t['reward_mean_per_step']]}.",
         "",
-        *[f"{name}: {r['measured_steps']} measured step(s) after {r['warmup_steps']} warm-up; "
-          f"load `{r['uptime_before']}` before, `{r['uptime_after']}` after."
-          for name, r in (("keel", k), ("TRL", t))],
+        *[
+            f"{name}: {r['measured_steps']} measured step(s) after {r['warmup_steps']} warm-up; "
+            f"load `{r['uptime_before']}` before, `{r['uptime_after']}` after."
+            for name, r in (("keel", k), ("TRL", t))
+        ],
         "",
     ]
     if "limits" in k:
@@ -315,8 +362,13 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fp32")
     parser.add_argument("--steps", type=int, default=4, help="measured steps per framework")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
-                        help="which to run; the others' numbers are kept from the results file")
+    parser.add_argument(
+        "--frameworks",
+        nargs="+",
+        choices=FRAMEWORKS,
+        default=list(FRAMEWORKS),
+        help="which to run; the others' numbers are kept from the results file",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/keel/models")
     parser.add_argument("--child", choices=FRAMEWORKS)
     args = parser.parse_args()
@@ -343,9 +395,13 @@ def main() -> None:
     for framework in args.frameworks:
         before = _uptime()
         raw = spawn(framework, args.steps + args.warmup, args.cache_dir, args.preset, args.warmup)
-        results[framework] = {**summarize(raw, args.warmup), "warmup_steps": args.warmup,
-                              "measured_steps": len(raw["step_s"]) - args.warmup,
-                              "uptime_before": before, "uptime_after": _uptime()}  # fmt: skip
+        results[framework] = {
+            **summarize(raw, args.warmup),
+            "warmup_steps": args.warmup,
+            "measured_steps": len(raw["step_s"]) - args.warmup,
+            "uptime_before": before,
+            "uptime_after": _uptime(),
+        }
         print(framework, json.dumps(results[framework]), flush=True)
     if not all(f in results for f in FRAMEWORKS):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,8 +42,9 @@ def _uptime() -> str:
 
 def _time_generate(engine, prompt_ids, *, n: int, max_new_tokens: int) -> tuple[float, int]:
     t0 = time.perf_counter()
-    batch = engine.generate(prompt_ids, n=n, max_new_tokens=max_new_tokens, temperature=1.0,
-                            seed=SEED)  # fmt: skip
+    batch = engine.generate(
+        prompt_ids, n=n, max_new_tokens=max_new_tokens, temperature=1.0, seed=SEED
+    )
     elapsed = time.perf_counter() - t0
     return elapsed, sum(len(r) for r in batch.response_ids)
 
@@ -54,9 +55,14 @@ def _measure(name: str, start, prompt_ids, *, n: int, max_new_tokens: int) -> di
     start_s = time.perf_counter() - t0
     warm_s, _ = _time_generate(engine, prompt_ids[:1], n=1, max_new_tokens=4)
     seconds, tokens = _time_generate(engine, prompt_ids, n=n, max_new_tokens=max_new_tokens)
-    row = {"engine": name, "start_s": round(start_s, 1), "warmup_s": round(warm_s, 1),
-           "generate_s": round(seconds, 2), "tokens": tokens,
-           "tokens_per_s": round(tokens / seconds, 1)}  # fmt: skip
+    row = {
+        "engine": name,
+        "start_s": round(start_s, 1),
+        "warmup_s": round(warm_s, 1),
+        "generate_s": round(seconds, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -84,8 +90,10 @@ def main() -> None:
     load_before = _uptime()
     workdir = Path(tempfile.mkdtemp(prefix="keel-vllm-bench-"))
     loaded = load_model("smollm2-135m-instruct", cache_dir=workdir / "models")
-    prompt_ids = [encode_prompt(loaded.tokenizer, f"Write a short story about {TOPICS[i % 8]}.")
-                  for i in range(args.prompts)]  # fmt: skip
+    prompt_ids = [
+        encode_prompt(loaded.tokenizer, f"Write a short story about {TOPICS[i % 8]}.")
+        for i in range(args.prompts)
+    ]
     work = {"n": args.samples, "max_new_tokens": args.max_new_tokens}
 
     def start_hf():
@@ -94,31 +102,46 @@ def main() -> None:
         return engine
 
     def start_vllm():
-        options = VLLMOptions.from_settings(Settings(vllm_kv_cache_gib=1.0,
-                                                     vllm_max_model_len=512))  # fmt: skip
-        engine = VLLMEngine.from_model(loaded.model, loaded.tokenizer, precision=precision,
-                                       workdir=workdir, options=options)  # fmt: skip
+        options = VLLMOptions.from_settings(Settings(vllm_kv_cache_gib=1.0, vllm_max_model_len=512))
+        engine = VLLMEngine.from_model(
+            loaded.model, loaded.tokenizer, precision=precision, workdir=workdir, options=options
+        )
         # No token stops a response here either (the engine's SamplingParams, with ignore_eos).
         engine._vllm = SimpleNamespace(
             SamplingParams=functools.partial(vllm.SamplingParams, ignore_eos=True)
         )
         return engine
 
-    rows = [_measure("hf", start_hf, prompt_ids, **work),
-            _measure("vllm", start_vllm, prompt_ids, **work)]  # fmt: skip
+    rows = [
+        _measure("hf", start_hf, prompt_ids, **work),
+        _measure("vllm", start_vllm, prompt_ids, **work),
+    ]
     result = {
-        "work": {"model": "SmolLM2-135M-Instruct", "prompts": args.prompts,
-                 "samples_per_prompt": args.samples, "max_new_tokens": args.max_new_tokens,
-                 "eos": "ignored", "temperature": 1.0, "precision": precision},
-        "machine": {"cpu": _cpu_model(), "cores": torch.get_num_threads(),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "bf16_native": bf16_is_native(),
-                    "uptime_before": load_before, "uptime_after": _uptime()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "vllm": vllm.__version__},
+        "work": {
+            "model": "SmolLM2-135M-Instruct",
+            "prompts": args.prompts,
+            "samples_per_prompt": args.samples,
+            "max_new_tokens": args.max_new_tokens,
+            "eos": "ignored",
+            "temperature": 1.0,
+            "precision": precision,
+        },
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": bf16_is_native(),
+            "uptime_before": load_before,
+            "uptime_after": _uptime(),
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vllm": vllm.__version__,
+        },
         "results": rows,
         "vllm_over_hf": round(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"], 2),
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(_markdown(result))
@@ -142,8 +165,10 @@ def _markdown(result: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
-        lines.append(f"| {r['engine']} | {r['start_s']} | {r['warmup_s']} | {r['generate_s']} | "
-                     f"{r['tokens']} | {r['tokens_per_s']} |")  # fmt: skip
+        lines.append(
+            f"| {r['engine']} | {r['start_s']} | {r['warmup_s']} | {r['generate_s']} | "
+            f"{r['tokens']} | {r['tokens_per_s']} |"
+        )
     lines += ["", f"vLLM / hf tokens/s: **{result['vllm_over_hf']}×**", ""]
     return "\n".join(lines)
 

@@ -103,13 +103,25 @@ def job_config(case: Case, seed: int, model_dir: Path) -> dict[str, Any]:
     for trigger in guard.values():
         if isinstance(trigger, dict) and "action" in trigger:
             trigger["action"] = case.action
-    return TrainingConfig.model_validate(config.model_dump(mode="json") | {
-        "task": {"name": "dataset", "items": items, "verifier": "exact_match",
-                 "held_out_fraction": len(held_out) / len(items), "split_seed": seed},
-        "eval_every": every, "eval_size": budget.eval_prompts,
-        "eval_samples": budget.eval_samples, "eval_temperature": 1.0,
-        "checkpoint_every": every, "checkpoint_keep_last": 3, "guard": guard,
-    }).model_dump(mode="json")  # fmt: skip
+    return TrainingConfig.model_validate(
+        config.model_dump(mode="json")
+        | {
+            "task": {
+                "name": "dataset",
+                "items": items,
+                "verifier": "exact_match",
+                "held_out_fraction": len(held_out) / len(items),
+                "split_seed": seed,
+            },
+            "eval_every": every,
+            "eval_size": budget.eval_prompts,
+            "eval_samples": budget.eval_samples,
+            "eval_temperature": 1.0,
+            "checkpoint_every": every,
+            "checkpoint_keep_last": 3,
+            "guard": guard,
+        }
+    ).model_dump(mode="json")
 
 
 def run_case(case: Case, seed: int) -> dict[str, Any]:
@@ -128,18 +140,31 @@ def run_case(case: Case, seed: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
         done = sdk.jobs.retrieve(job.id)
         events = [e.data for e in sdk.jobs.events(job.id, follow=False) if e.type == "guard"]
-        watched = (metric.EVAL_ACCURACY, metric.EVAL_ACCURACY_FINAL, metric.GUARD_FIRED,
-                   metric.TRAIN_ENTROPY, metric.REWARD_MEAN, metric.MISMATCH_KL_K3)  # fmt: skip
-        series = {name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)}
-                  for name in watched}  # fmt: skip
+        watched = (
+            metric.EVAL_ACCURACY,
+            metric.EVAL_ACCURACY_FINAL,
+            metric.GUARD_FIRED,
+            metric.TRAIN_ENTROPY,
+            metric.REWARD_MEAN,
+            metric.MISMATCH_KL_K3,
+        )
+        series = {
+            name: {m.step: m.value for m in sdk.metrics.list(job.id, name=name)} for name in watched
+        }
     return {
-        "case": case.name, "cell": case.cell, "action": case.action, "seed": seed,
-        "status": status, "step": done.step, "steps": done.config["steps"],
+        "case": case.name,
+        "cell": case.cell,
+        "action": case.action,
+        "seed": seed,
+        "status": status,
+        "step": done.step,
+        "steps": done.config["steps"],
         "num_minibatches": done.config["num_minibatches"],
-        "guard": done.guard.model_dump(mode="json"), "events": events,
+        "guard": done.guard.model_dump(mode="json"),
+        "events": events,
         "metrics": {k: {str(s): v for s, v in m.items()} for k, m in series.items()},
         "wall_s": wall,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------- judging and the report
@@ -194,9 +219,11 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
     verdict, source = _unguarded(result["cell"], result["seed"]) or (None, None)
     if verdict is None and not acting:  # nothing acted: the job itself ran unguarded
         verdict, source = own, "own"
-    lead = (verdict.step - fired_grad
-            if verdict is not None and verdict.step is not None and fired_grad is not None
-            else None)  # fmt: skip
+    lead = (
+        verdict.step - fired_grad
+        if verdict is not None and verdict.step is not None and fired_grad is not None
+        else None
+    )
     return {
         "fired_grad_step": fired_grad,
         "trigger": first["trigger"] if first else None,
@@ -215,23 +242,31 @@ def judge_case(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def report() -> str:
-    lines = ["# The guard in service jobs on the stress suite", "",
-             "Written by `python -m research.guard_service report` from "
-             "`research/results/guard/service/*/seed*.json`; rules in "
-             "`research/guard_service.py`.", "",
-             "| case | cell | action | seed | status | step | first acting trigger (grad step) "
-             "| acc ≥ ½ peak until then | unguarded run's collapse (grad step) | lead "
-             "| the job's own eval collapses (grad step) | alerts | final / peak acc | wall |",
-             "|" + "---|" * 14]  # fmt: skip
+    lines = [
+        "# The guard in service jobs on the stress suite",
+        "",
+        "Written by `python -m research.guard_service report` from "
+        "`research/results/guard/service/*/seed*.json`; rules in "
+        "`research/guard_service.py`.",
+        "",
+        "| case | cell | action | seed | status | step | first acting trigger (grad step) "
+        "| acc ≥ ½ peak until then | unguarded run's collapse (grad step) | lead "
+        "| the job's own eval collapses (grad step) | alerts | final / peak acc | wall |",
+        "|" + "---|" * 14,
+    ]
     judged: dict[str, list[dict[str, Any]]] = {}
     for case in CASES:
         for path in sorted((OUT / case.name).glob("seed*.json")):
             r = json.loads(path.read_text())
             j = judge_case(r)
             fired = f"{j['trigger']} ({j['fired_grad_step']})" if j["trigger"] else "none"
-            collapse = ("no run" if j["unguarded_collapsed"] is None
-                        else "no collapse" if not j["unguarded_collapsed"]
-                        else str(j["unguarded_collapse_grad_step"]))  # fmt: skip
+            collapse = (
+                "no run"
+                if j["unguarded_collapsed"] is None
+                else "no collapse"
+                if not j["unguarded_collapsed"]
+                else str(j["unguarded_collapse_grad_step"])
+            )
             collapse += f" ({j['unguarded_source']})" if j["unguarded_source"] else ""
             judged.setdefault(case.name, []).append(j)
             lines.append(
@@ -248,21 +283,26 @@ def report() -> str:
 def _summary(judged: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Per case, the rule's counts: caught (of the seeds whose unguarded run collapsed), false
     alarms (stable cases: seeds with a pause or rollback), recovered (rollback cases)."""
-    lines = ["| case | seeds | unguarded collapsed | caught before the fall | false alarms "
-             "(pause or rollback, stable cases) | alerts | recovered |",
-             "|" + "---|" * 7]  # fmt: skip
+    lines = [
+        "| case | seeds | unguarded collapsed | caught before the fall | false alarms "
+        "(pause or rollback, stable cases) | alerts | recovered |",
+        "|" + "---|" * 7,
+    ]
     for case in CASES:
         js = judged.get(case.name, [])
         if not js:
             continue
         collapsed = [j for j in js if j["unguarded_collapsed"]]
-        recovered = (f"{sum(j['recovered'] for j in js)} of {len(js)}"
-                     if case.action == "rollback" else "–")  # fmt: skip
+        recovered = (
+            f"{sum(j['recovered'] for j in js)} of {len(js)}" if case.action == "rollback" else "–"
+        )
         acts = case.action != "alert"  # an alert-only case is the counterfactual itself
         caught = f"{sum(j['caught'] for j in collapsed)} of {len(collapsed)}" if acts else "–"
         alarms = f"{sum(j['acting'] > 0 for j in js)} of {len(js)}" if case.stable else "–"
-        lines.append(f"| {case.name} | {len(js)} | {len(collapsed)} | {caught} | {alarms} | "
-                     f"{sum(j['alerts'] for j in js)} | {recovered} |")  # fmt: skip
+        lines.append(
+            f"| {case.name} | {len(js)} | {len(collapsed)} | {caught} | {alarms} | "
+            f"{sum(j['alerts'] for j in js)} | {recovered} |"
+        )
     return lines
 
 
@@ -274,8 +314,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m research.guard_service")
     parser.add_argument("command", nargs="?", choices=("run", "report"), default="run")
     parser.add_argument("--cases", type=lambda s: s.split(","), default=[c.name for c in CASES])
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")],
-                        default=list(SEEDS))  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=list(SEEDS)
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="where run writes the results")
     args = parser.parse_args()
     if args.command == "report":
@@ -293,8 +334,10 @@ def main() -> None:
             result = run_case(case, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2))
-            print(f"  {result['status']} at step {result['step']}, "
-                  f"{result['wall_s'] / 60:.1f} min", flush=True)  # fmt: skip
+            print(
+                f"  {result['status']} at step {result['step']}, {result['wall_s'] / 60:.1f} min",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

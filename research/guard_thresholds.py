@@ -59,13 +59,17 @@ GRID: dict[str, dict[str, tuple[float, ...]]] = {
     "is_fraction": {"max_frac": (0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)},
     "clip": {"max_frac": (0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005), "patience": PATIENCE},
     "entropy": {
-        "min_ratio": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), "warmup": (4, 2, 1),
+        "min_ratio": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
+        "warmup": (4, 2, 1),
         "patience": PATIENCE,
     },
     "grad_norm": {"ratio": (50, 20, 10, 5, 3, 2), "patience": PATIENCE},
     "reward": {
-        "min_ratio": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5), "window": (8, 4, 2, 1),
-        "warmup": (4, 2, 1), "min_baseline": (0.1, 0.05, 0.02), "patience": PATIENCE,
+        "min_ratio": (0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+        "window": (8, 4, 2, 1),
+        "warmup": (4, 2, 1),
+        "min_baseline": (0.1, 0.05, 0.02),
+        "patience": PATIENCE,
     },
     "accuracy": {"min_ratio": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7), "patience": PATIENCE},
 }
@@ -116,16 +120,28 @@ def sweep(trigger: str, stable: list[Run], collapsed: list[Run]) -> list[dict[st
             collapse = run.verdict().step
             first = fired[0] if fired else None
             lead = collapse - first if first is not None and collapse is not None else None
-            leads.append({"run": _name(run), "collapse_grad_step": collapse,
-                          "first_alert_grad_step": first, "lead_grad_steps": lead})  # fmt: skip
-        rows.append({
-            **fields,
-            "stable_runs_alerted": sum(a > 0 for a in alerts),
-            "stable_alerts": sum(alerts),
-            "collapsed_runs_detected": sum(x["first_alert_grad_step"] is not None for x in leads),
-            "collapsed_runs_before_collapse": sum((x["lead_grad_steps"] or -1) > 0 for x in leads),
-            "leads": leads,
-        })  # fmt: skip
+            leads.append(
+                {
+                    "run": _name(run),
+                    "collapse_grad_step": collapse,
+                    "first_alert_grad_step": first,
+                    "lead_grad_steps": lead,
+                }
+            )
+        rows.append(
+            {
+                **fields,
+                "stable_runs_alerted": sum(a > 0 for a in alerts),
+                "stable_alerts": sum(alerts),
+                "collapsed_runs_detected": sum(
+                    x["first_alert_grad_step"] is not None for x in leads
+                ),
+                "collapsed_runs_before_collapse": sum(
+                    (x["lead_grad_steps"] or -1) > 0 for x in leads
+                ),
+                "leads": leads,
+            }
+        )
     return rows
 
 
@@ -170,15 +186,18 @@ def main() -> None:
         chosen = choose(rows)
         result["triggers"][trigger] = {
             "chosen": {f: chosen[f] for f in GRID[trigger]} if chosen else None,
-            "chosen_result": chosen, "settings_tried": len(rows),
+            "chosen_result": chosen,
+            "settings_tried": len(rows),
             "grid": [
-                {**{f: r[f] for f in GRID[trigger]},
-                 "stable_runs_alerted": r["stable_runs_alerted"],
-                 "before_collapse": r["collapsed_runs_before_collapse"],
-                 "leads": [x["lead_grad_steps"] for x in r["leads"]]}
+                {
+                    **{f: r[f] for f in GRID[trigger]},
+                    "stable_runs_alerted": r["stable_runs_alerted"],
+                    "before_collapse": r["collapsed_runs_before_collapse"],
+                    "leads": [x["lead_grad_steps"] for x in r["leads"]],
+                }
                 for r in rows
             ],
-        }  # fmt: skip
+        }
     defaults = {t: _default(t) for t in TRIGGERS}
     result["defaults"] = defaults
     result["combined_defaults"] = _combined(stable, collapsed)
@@ -213,12 +232,15 @@ def _combined(stable: list[Run], collapsed: list[Run]) -> dict[str, Any]:
             if fired and first is None:
                 first = (grad_step, [f.trigger for f in fired])
         collapse = run.verdict().step
-        detections.append({
-            "run": _name(run), "collapse_grad_step": collapse,
-            "first_alert_grad_step": first[0] if first else None,
-            "triggers": first[1] if first else [],
-            "lead_grad_steps": collapse - first[0] if first and collapse is not None else None,
-        })  # fmt: skip
+        detections.append(
+            {
+                "run": _name(run),
+                "collapse_grad_step": collapse,
+                "first_alert_grad_step": first[0] if first else None,
+                "triggers": first[1] if first else [],
+                "lead_grad_steps": collapse - first[0] if first and collapse is not None else None,
+            }
+        )
     return {"stable_runs_alerted": per_stable, "detections": detections}
 
 
@@ -231,7 +253,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"CSVs: {result['wall_s']:.0f} s). "
         f"{result['stable_runs']} stable runs (false alarms) and {len(result['collapsed_runs'])} "
         "collapsing runs by `research/stability/criterion.py`: "
-        + ", ".join(result["collapsed_runs"]) + ".",
+        + ", ".join(result["collapsed_runs"])
+        + ".",
         "",
         "Caveat: the thresholds are chosen on these same runs (no held-out set), so the "
         "detection numbers below are in-sample.",
@@ -254,8 +277,9 @@ def _markdown(result: dict[str, Any]) -> str:
             continue
         chosen = ", ".join(f"{k}={v:g}" for k, v in info["chosen"].items())
         same = "" if info["chosen"] == result["defaults"][trigger] else " (default differs!)"
-        leads = ", ".join("–" if x["lead_grad_steps"] is None else str(x["lead_grad_steps"])
-                          for x in row["leads"])  # fmt: skip
+        leads = ", ".join(
+            "–" if x["lead_grad_steps"] is None else str(x["lead_grad_steps"]) for x in row["leads"]
+        )
         lines.append(
             f"| {trigger} | {chosen}{same} | {info['settings_tried']} | "
             f"{row['stable_runs_alerted']} | {row['collapsed_runs_before_collapse']}"

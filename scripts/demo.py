@@ -141,13 +141,25 @@ class KeelService:
         # Idle OpenMP threads sleep instead of spinning: on a busy 2-core machine spinning threads
         # fight the threads doing the work (measured here: forward+backward 39 s -> 9 s).
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        cmd = [sys.executable, "-m", "keel", "up", "--port", str(self.port),
-               "--home", str(self.home)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "keel",
+            "up",
+            "--port",
+            str(self.port),
+            "--home",
+            str(self.home),
+        ]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         self._wait_live()
         return (self.home / "admin_key").read_text().strip()
 
@@ -299,9 +311,11 @@ def runtime_line(runtime) -> str:
     cpu = next(d for d in runtime.devices if d.device == "cpu")
     rates = ", ".join(f"{k} {v:.1f}" for k, v in cpu.gemm_gflops.items())
     rollout = runtime.rollout
-    how = "natively" if rollout.compute_dtype == rollout.requested else (
-        f"as {rollout.compute_dtype} on {rollout.requested}-rounded weights and activations"
-    )  # fmt: skip
+    how = (
+        "natively"
+        if rollout.compute_dtype == rollout.requested
+        else (f"as {rollout.compute_dtype} on {rollout.requested}-rounded weights and activations")
+    )
     return f"{cpu.name}: {rollout.requested} rollouts computed {how} (GEMM GFLOP/s: {rates})"
 
 
@@ -393,8 +407,10 @@ def cancel(client: Client, job_id: str) -> None:
 def run_job(client: Client, args: argparse.Namespace, started: float) -> dict[str, Any]:
     config = job_config(args)
     job = client.jobs.create(config, name=JOB_NAME, reward={"type": "builtin", "verifier": "task"})
-    print(f"job {job.id}: {args.steps} steps × {args.prompts_per_step} prompts × "
-          f"{args.group_size} samples, lr {args.lr:g}, seed {args.seed}")  # fmt: skip
+    print(
+        f"job {job.id}: {args.steps} steps × {args.prompts_per_step} prompts × "
+        f"{args.group_size} samples, lr {args.lr:g}, seed {args.seed}"
+    )
     progress = Progress(args.steps)
     try:
         follow(client, job.id, progress)
@@ -419,14 +435,20 @@ def finish(client, job, config: dict, started: float, data_dir: Path) -> dict[st
     png = out_dir / "training_curves.png"
     plot_curves(curves, png, f"keel demo: SmolLM2-135M-Instruct, addition, MiniRL ({job.id})")
     summary = {
-        "job_id": job.id, "seed": config["seed"], "steps": step, "config": config,
-        "heldout_accuracy_before": before, "heldout_accuracy_after": after,
-        "train_reward_first": first(curves[REWARD]), "train_reward_last": last(curves[REWARD]),
+        "job_id": job.id,
+        "seed": config["seed"],
+        "steps": step,
+        "config": config,
+        "heldout_accuracy_before": before,
+        "heldout_accuracy_after": after,
+        "train_reward_first": first(curves[REWARD]),
+        "train_reward_last": last(curves[REWARD]),
         "job_seconds": (job.finished_at - job.started_at).total_seconds(),
         "runtime": job.runtime.model_dump(mode="json") if job.runtime else None,
         "wall_seconds": time.monotonic() - started,
-        "checkpoint": str(checkpoint), "curves_png": str(png),
-    }  # fmt: skip
+        "checkpoint": str(checkpoint),
+        "curves_png": str(png),
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     report(summary, config["eval_size"])
     return summary
@@ -482,8 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping keel ...", flush=True)
         service.stop()
-        print(f"stopped; keel's data stays in {args.data_dir} (inspect it with "
-              f"`keel up --home {args.data_dir}`)")  # fmt: skip
+        print(
+            f"stopped; keel's data stays in {args.data_dir} (inspect it with "
+            f"`keel up --home {args.data_dir}`)"
+        )
 
 
 if __name__ == "__main__":

@@ -115,9 +115,13 @@ def add_rollouts(sessions):
         ]
         with session_scope(sessions) as session:
             rows = record_rollouts(
-                session, job_id, step=step, policy_version=step - 1,
-                deadline_at=utcnow() + timedelta(seconds=deadline_s), rollouts=items,
-            )  # fmt: skip
+                session,
+                job_id,
+                step=step,
+                policy_version=step - 1,
+                deadline_at=utcnow() + timedelta(seconds=deadline_s),
+                rollouts=items,
+            )
             return [r.id for r in rows]
 
     return add

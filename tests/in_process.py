@@ -21,8 +21,13 @@ BASE_URL = "http://testserver"
 def job_settings(database_url: str, tmp_path: Path, **overrides) -> Settings:
     """Settings over a migrated database, with fast heartbeats and reward polls."""
     upgrade(database_url)
-    base = {"home": tmp_path / "home", "database_url": database_url, "admin_key": ADMIN_KEY,
-            "heartbeat_interval_s": 0.2, "reward_poll_interval_s": 0.05}  # fmt: skip
+    base = {
+        "home": tmp_path / "home",
+        "database_url": database_url,
+        "admin_key": ADMIN_KEY,
+        "heartbeat_interval_s": 0.2,
+        "reward_poll_interval_s": 0.05,
+    }
     return Settings(**{**base, **overrides})
 
 

@@ -23,8 +23,7 @@ TINY_JOB: dict[str, Any] = {
 def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """`base` with `overrides`: a field is replaced, except that a dict override of a nested
     section (`rollout`, `optimizer`, ...) updates that section."""
-    config = {key: dict(value) if isinstance(value, dict) else value
-              for key, value in base.items()}  # fmt: skip
+    config = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

@@ -62,8 +62,9 @@ def test_an_sdk_only_install_runs_the_user_commands_and_names_the_extras(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("KEEL_")}
 
     def run(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(bin_dir / argv[0]), *argv[1:]], capture_output=True,
-                              text=True, env=env, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [str(bin_dir / argv[0]), *argv[1:]], capture_output=True, text=True, env=env, timeout=60
+        )
 
     # The server is installed with the SDK (one distribution) but cannot be imported: whatever
     # works below works without it.

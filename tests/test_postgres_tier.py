@@ -26,11 +26,18 @@ def _closed_port() -> int:
 )
 def test_postgres_down_skips_locally_and_fails_in_ci(ci, exit_code, outcome):
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env.update(CI=ci, KEEL_TEST_PG_DSN=f"postgresql://postgres@127.0.0.1:{_closed_port()}/x",
-               PYTHONPATH=os.pathsep.join(sys.path))  # fmt: skip
+    env.update(
+        CI=ci,
+        KEEL_TEST_PG_DSN=f"postgresql://postgres@127.0.0.1:{_closed_port()}/x",
+        PYTHONPATH=os.pathsep.join(sys.path),
+    )
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", PG_TEST],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == exit_code, done.stdout + done.stderr
     assert outcome in done.stdout and "PostgreSQL not reachable" in done.stdout + done.stderr

@@ -156,7 +156,11 @@ class SyncTransport:
 
     @contextmanager
     def stream(
-        self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Iterator[httpx.Response]:
         kwargs = build_request_kwargs(self.config, method, path, params, None, None, None)
@@ -220,7 +224,11 @@ class AsyncTransport:
 
     @asynccontextmanager
     async def stream(
-        self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[httpx.Response]:
         kwargs = build_request_kwargs(self.config, method, path, params, None, None, None)

@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         extras.setdefault(command.extra, []).append(name)
     needs = "; ".join(f"{', '.join(names)}: 'keel-rl[{extra}]'" for extra, names in extras.items())
     parser = argparse.ArgumentParser(
-        prog="keel", description="keel: RL fine-tuning service",
+        prog="keel",
+        description="keel: RL fine-tuning service",
         epilog=f"The operator commands need an extra installed ({needs}).",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(metavar="COMMAND")
     _operator_commands(sub)
     _client_commands(sub)
@@ -155,17 +156,21 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     resume.add_argument("job_id")
     resume.add_argument("--lr", type=float, default=None, help="a new learning rate")
     resume.add_argument(
-        "--algorithm", type=json.loads, default=None,
+        "--algorithm",
+        type=json.loads,
+        default=None,
         help='a new config.algorithm as JSON, e.g. \'{"name": "minirl"}\'',
-    )  # fmt: skip
+    )
     resume.set_defaults(func=_with_client(_jobs_resume))
     events = jobs.add_parser("events", parents=[common], help="follow a job's events (SSE)")
     events.add_argument("job_id")
     events.add_argument("--last-event-id", default=None)
     events.add_argument(
-        "--no-follow", dest="follow", action="store_false",
+        "--no-follow",
+        dest="follow",
+        action="store_false",
         help="print the events so far and exit (a running or paused job's stream stays open)",
-    )  # fmt: skip
+    )
     events.set_defaults(func=_with_client(_jobs_events))
 
     ckpts = sub.add_parser("checkpoints", help="a job's checkpoints").add_subparsers(
@@ -178,10 +183,12 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
     dl.add_argument("checkpoint_id")
     dl.add_argument("dest", type=Path, help="directory to create")
     dl.add_argument(
-        "--kind", choices=get_args(CheckpointKind), default=DEFAULT_CHECKPOINT_KIND,
+        "--kind",
+        choices=get_args(CheckpointKind),
+        default=DEFAULT_CHECKPOINT_KIND,
         help="weights (the HF model dir, default), adapter (PEFT, LoRA jobs), merged (a plain "
         "HF dir), full (with the trainer state, to resume elsewhere)",
-    )  # fmt: skip
+    )
     dl.add_argument("--overwrite", action="store_true")
     dl.set_defaults(func=_with_client(_checkpoints_download))
 

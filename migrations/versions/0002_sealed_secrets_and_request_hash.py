@@ -27,16 +27,20 @@ def upgrade() -> None:
         batch.add_column(sa.Column("reward_token_sealed", sa.Text(), nullable=True))
         batch.add_column(sa.Column("request_sha256", sa.String(length=64), nullable=True))
         batch.alter_column(
-            "webhook_secret", existing_type=sa.String(length=200), type_=sa.Text(),
+            "webhook_secret",
+            existing_type=sa.String(length=200),
+            type_=sa.Text(),
             existing_nullable=True,
-        )  # fmt: skip
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.alter_column(
-            "webhook_secret", existing_type=sa.Text(), type_=sa.String(length=200),
+            "webhook_secret",
+            existing_type=sa.Text(),
+            type_=sa.String(length=200),
             existing_nullable=True,
-        )  # fmt: skip
+        )
         batch.drop_column("request_sha256")
         batch.drop_column("reward_token_sealed")

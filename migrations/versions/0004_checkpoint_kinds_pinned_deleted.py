@@ -39,8 +39,9 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True))
     conn = op.get_bind()
-    rows = conn.execute(sa.select(_checkpoints.c.id, _checkpoints.c.size_bytes,
-                                  _checkpoints.c.sha256)).all()  # fmt: skip
+    rows = conn.execute(
+        sa.select(_checkpoints.c.id, _checkpoints.c.size_bytes, _checkpoints.c.sha256)
+    ).all()
     for row in rows:
         full = {"full": {"size_bytes": row.size_bytes, "sha256": row.sha256}}
         conn.execute(_checkpoints.update().where(_checkpoints.c.id == row.id).values(kinds=full))
@@ -59,9 +60,10 @@ def downgrade() -> None:
     for row in conn.execute(sa.select(_checkpoints.c.id, _checkpoints.c.kinds)).all():
         full = (row.kinds or {}).get("full", {"size_bytes": 0, "sha256": ""})
         conn.execute(
-            _checkpoints.update().where(_checkpoints.c.id == row.id)
+            _checkpoints.update()
+            .where(_checkpoints.c.id == row.id)
             .values(size_bytes=full["size_bytes"], sha256=full["sha256"])
-        )  # fmt: skip
+        )
     with op.batch_alter_table("checkpoints") as batch:
         batch.alter_column("size_bytes", existing_type=sa.BigInteger(), nullable=False)
         batch.alter_column("sha256", existing_type=sa.String(length=64), nullable=False)

@@ -31,18 +31,24 @@ from research.stability.suites import GENTLE, SUITES, Suite
 DEFAULT_CACHE = Path(".cache/keel/stability")
 
 
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m research.stability", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m research.stability",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="cold starts, probe, runs, then the report")
     mode = run.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true", help="every cell, 3 seeds")
     mode.add_argument("--quick", action="store_true", help="every cell, 1 seed, 16 steps")
     run.add_argument("--suite", choices=sorted(SUITES), default=GENTLE.name)
-    run.add_argument("--part", choices=("pilot", "findings", "all"), default="all",
-                     help="stress suite: stop after the pilots or the findings cells")
+    run.add_argument(
+        "--part",
+        choices=("pilot", "findings", "all"),
+        default="all",
+        help="stress suite: stop after the pilots or the findings cells",
+    )
     run.add_argument("--out", type=Path, help="results directory")
     run.add_argument("--cache-dir", type=Path, help="cold-start cache")
     run.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
@@ -50,15 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--grad-steps", type=int, help="gradient steps per run")
     run.add_argument("--eval-every", type=int, help="gradient steps between evaluations")
     run.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation")
-    run.add_argument("--cells", type=lambda s: tuple(s.split(",")),
-                     help="comma-separated substrings of cell names to keep "
-                     "(a trailing $ asks for that whole name)")
+    run.add_argument(
+        "--cells",
+        type=lambda s: tuple(s.split(",")),
+        help="comma-separated substrings of cell names to keep "
+        "(a trailing $ asks for that whole name)",
+    )
     run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
     run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
     report = sub.add_parser("report", help="rebuild summaries, figures and REPORT.md")
-    report.add_argument("--out", type=Path, default=GENTLE.results_dir,
-                        help="results directory of the gentle suite (the stress suite's is "
-                        "its stress/ subfolder)")
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=GENTLE.results_dir,
+        help="results directory of the gentle suite (the stress suite's is its stress/ subfolder)",
+    )
     return parser
 
 
@@ -73,8 +85,9 @@ def _budgets(args: argparse.Namespace, suite: Suite) -> tuple[Budget, SFTBudget]
     }
     budget = replace(budget, **{k: v for k, v in overrides.items() if v is not None})
     if args.sft_max_steps is not None:
-        sft = replace(sft, max_steps=args.sft_max_steps,
-                      check_every=min(sft.check_every, args.sft_max_steps))
+        sft = replace(
+            sft, max_steps=args.sft_max_steps, check_every=min(sft.check_every, args.sft_max_steps)
+        )
     return budget, sft
 
 
@@ -103,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         orchestrate.run_gentle(suite, budget, sft, **common, deadline=_deadline(args.deadline))
         print(build_report(out))
     elif args.full:
-        orchestrate.run_stress(suite, budget, sft, **common, part=args.part,
-                               deadline=_deadline(args.deadline))  # fmt: skip
+        orchestrate.run_stress(
+            suite, budget, sft, **common, part=args.part, deadline=_deadline(args.deadline)
+        )
         # Beside the gentle suite's results (the default place): the one combined report.
         gentle = out.parent if (out.parent / "runs").is_dir() else None
         print(build_report(gentle, stress_dir=out))

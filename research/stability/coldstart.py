@@ -157,15 +157,12 @@ def pass_rate(
     )
     texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
     rewards = [
-        score(problems[i].answer, text)
-        for text, i in zip(texts, batch.prompt_index, strict=True)
+        score(problems[i].answer, text) for text, i in zip(texts, batch.prompt_index, strict=True)
     ]
     return sum(rewards) / len(rewards)
 
 
-def train_cold_start(
-    suite, mixture, budget: SFTBudget, *, cache_dir: Path, log=None
-) -> tuple:
+def train_cold_start(suite, mixture, budget: SFTBudget, *, cache_dir: Path, log=None) -> tuple:
     """SFT the suite's base model on `mixture` until the pass-rate target.
 
     Returns (model, tokenizer, history); `log` (if given) gets one line per check.
@@ -196,13 +193,20 @@ def train_cold_start(
         model.eval()
         engine.load_weights(model)
         rate = pass_rate(
-            engine, tokenizer, check, suite.task.score, samples=budget.check_samples,
-            max_new_tokens=budget.max_new_tokens, seed=step,
+            engine,
+            tokenizer,
+            check,
+            suite.task.score,
+            samples=budget.check_samples,
+            max_new_tokens=budget.max_new_tokens,
+            seed=step,
         )
         history.append({"step": step, "loss": float(loss), "pass_rate": rate})
         if log is not None:
-            log(f"cold start {suite.name}/{mixture.name}: step {step}, loss {float(loss):.3f}, "
-                f"pass rate {rate:.3f}")
+            log(
+                f"cold start {suite.name}/{mixture.name}: step {step}, loss {float(loss):.3f}, "
+                f"pass rate {rate:.3f}"
+            )
         if rate >= budget.target_pass:
             break
     return model.eval(), tokenizer, history
@@ -229,9 +233,7 @@ def pinned_path(suite, mixture, budget: SFTBudget) -> Path:
     return (suite.results_dir / "coldstart" / f"{mixture.name}-{budget.key()}").resolve()
 
 
-def ensure_cold_start(
-    suite, mixture, budget: SFTBudget, *, cache_dir: Path, log=None
-) -> ColdStart:
+def ensure_cold_start(suite, mixture, budget: SFTBudget, *, cache_dir: Path, log=None) -> ColdStart:
     """The committed cold start of `mixture`, else the cached one, trained (once) when it is
     missing."""
     path = pinned_path(suite, mixture, budget)

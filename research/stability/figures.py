@@ -71,8 +71,14 @@ def regime_figure(cells: dict[str, list[Run]], title: str, path: Path) -> None:
             low = [max(min(v), floor) for v in curves.values()]
             high = [max(max(v), floor) for v in curves.values()]
             color = f"C{i % 10}"
-            ax.plot(steps, mean, color=color, lw=1.6, ls=_style(cell),
-                    label=f"{cell} ({len(runs)} seeds)")
+            ax.plot(
+                steps,
+                mean,
+                color=color,
+                lw=1.6,
+                ls=_style(cell),
+                label=f"{cell} ({len(runs)} seeds)",
+            )
             ax.fill_between(steps, low, high, color=color, alpha=0.12, lw=0)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("gradient steps")
@@ -90,7 +96,10 @@ def regime_figure(cells: dict[str, list[Run]], title: str, path: Path) -> None:
 
 def stability_map_figure(
     grid: dict[tuple[str, int, str], tuple[float, int, int]],
-    rungs: list[str], ns: list[int], algorithms: list[str], path: Path,
+    rungs: list[str],
+    ns: list[int],
+    algorithms: list[str],
+    path: Path,
 ) -> None:
     """One panel per mismatch rung: algorithm × N, colored by final held-out accuracy, with the
     collapse count of the cell's seeds written in (✗ k/n); blank where the cell has no run.
@@ -100,8 +109,7 @@ def stability_map_figure(
     fig, axes = plt.subplots(1, len(rungs), figsize=(3.2 * len(rungs) + 1.5, 3.6), sharey=True)
     image = None
     for ax, rung in zip(axes, rungs, strict=True):
-        values = [[grid.get((rung, n, a), (float("nan"), 0, 0))[0] for n in ns]
-                  for a in algorithms]  # fmt: skip
+        values = [[grid.get((rung, n, a), (float("nan"), 0, 0))[0] for n in ns] for a in algorithms]
         image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         for i, a in enumerate(algorithms):
             for j, n in enumerate(ns):
@@ -109,8 +117,15 @@ def stability_map_figure(
                     continue
                 acc, collapsed, seeds = grid[(rung, n, a)]
                 mark = f"\n✗ {collapsed}/{seeds}" if collapsed else ""
-                ax.text(j, i, f"{acc:.2f}{mark}", ha="center", va="center", fontsize=7,
-                        color="white" if acc < 0.6 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{acc:.2f}{mark}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if acc < 0.6 else "black",
+                )
         ax.set_title(rung, fontsize=9)
         ax.set_xticks(range(len(ns)), [f"N={n}" for n in ns], fontsize=8)
         ax.set_yticks(range(len(algorithms)), algorithms, fontsize=8)
@@ -134,8 +149,12 @@ def collapse_figure(runs: list[tuple[Run, int | None]], path: Path, *, limit: in
     """The mechanism curves of collapsing runs, one row each, the collapse step marked: does
     the training–inference KL (or the IS truncation, the clip fraction) rise before it?"""
     runs = runs[:limit]
-    fig, axes = plt.subplots(len(runs), len(COLLAPSE_PANELS), squeeze=False,
-                             figsize=(2.6 * len(COLLAPSE_PANELS), 1.9 * len(runs)))  # fmt: skip
+    fig, axes = plt.subplots(
+        len(runs),
+        len(COLLAPSE_PANELS),
+        squeeze=False,
+        figsize=(2.6 * len(COLLAPSE_PANELS), 1.9 * len(runs)),
+    )
     for row, (run, step) in zip(axes, runs, strict=True):
         for ax, (column, label, log) in zip(row, COLLAPSE_PANELS, strict=True):
             steps, values = run.column(column)
@@ -146,8 +165,10 @@ def collapse_figure(runs: list[tuple[Run, int | None]], path: Path, *, limit: in
                 ax.axvline(step, color="red", lw=0.8, ls="--")
             if log:
                 ax.set_yscale("log")
-            ax.set_title(f"{run.cell} s{run.meta['seed']}: {label}" if column == "eval_acc"
-                         else label, fontsize=7)  # fmt: skip
+            ax.set_title(
+                f"{run.cell} s{run.meta['seed']}: {label}" if column == "eval_acc" else label,
+                fontsize=7,
+            )
             ax.tick_params(labelsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

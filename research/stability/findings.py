@@ -101,15 +101,18 @@ def _combine(verdicts: list[str]) -> str:
 def _guard(rows: Rows, cells: list[str], key: str, title: str, claim: str) -> Finding | None:
     missing = _missing(rows, *cells)
     if missing:
-        return Finding(key, title, claim, "missing",
-                       [f"fewer than {MIN_SEEDS} runs for {', '.join(missing)}"])  # fmt: skip
+        return Finding(
+            key, title, claim, "missing", [f"fewer than {MIN_SEEDS} runs for {', '.join(missing)}"]
+        )
     return None
 
 
 def on_policy_is(rows: Rows) -> Finding:
     key, title = "F1", "On-policy: the train–infer IS correction is essential"
-    claim = ("MiniRL beats MiniRL w/o train-infer IS (`reinforce`), which collapses rapidly with a "
-             "sharp entropy drop (§4.3, Fig. 1).")
+    claim = (
+        "MiniRL beats MiniRL w/o train-infer IS (`reinforce`), which collapses rapidly with a "
+        "sharp entropy drop (§4.3, Fig. 1)."
+    )
     cells = ["N1/minirl", "N1/reinforce"]
     if guard := _guard(rows, cells, key, title, claim):
         return guard
@@ -133,8 +136,10 @@ def on_policy_length_norm(rows: Rows) -> Finding:
 
 def on_policy_r3(rows: Rows) -> Finding:
     key, title = "F3", "On-policy: R3 lowers the train–infer KL but brings no gain"
-    claim = ("MiniRL + R3 is no better than MiniRL although it reduces the training–inference KL; "
-             "R3 w/o train-infer IS still fails rapidly (§4.3).")
+    claim = (
+        "MiniRL + R3 is no better than MiniRL although it reduces the training–inference KL; "
+        "R3 w/o train-infer IS still fails rapidly (§4.3)."
+    )
     cells = ["N1/minirl", "N1/minirl+R3", "N1/reinforce+R3"]
     if guard := _guard(rows, cells, key, title, claim):
         return guard
@@ -156,8 +161,10 @@ def on_policy_r3(rows: Rows) -> Finding:
 
 def off_policy_clip_and_replay(rows: Rows) -> Finding:
     key, title = "F4", "Off-policy: both clipping and Routing Replay are needed"
-    claim = ("With N > 1, omitting clipping or Routing Replay causes premature collapse and a "
-             "lower peak (§4.4, Figs. 2–3).")
+    claim = (
+        "With N > 1, omitting clipping or Routing Replay causes premature collapse and a "
+        "lower peak (§4.4, Figs. 2–3)."
+    )
     verdicts, lines = [], []
     for n in OFF_POLICY_N:
         plain, r2_noclip = f"N{n}/minirl-noclip", f"N{n}/minirl+R2-noclip"
@@ -200,8 +207,10 @@ def r2_vs_r3(rows: Rows) -> Finding:
 
 def cold_starts(rows: Rows) -> Finding:
     key, title = "F6", "Cold starts converge under a stable recipe"
-    claim = ("Three cold-start initializations trained with MiniRL + R2 (N = 2) reach comparable "
-             "final performance (§4.5, Fig. 5).")
+    claim = (
+        "Three cold-start initializations trained with MiniRL + R2 (N = 2) reach comparable "
+        "final performance (§4.5, Fig. 5)."
+    )
     cells = ["N2/minirl+R2", "cold/short_heavy", "cold/long_heavy"]
     if guard := _guard(rows, cells, key, title, claim):
         return guard
@@ -223,8 +232,10 @@ def cold_starts(rows: Rows) -> Finding:
 
 def references(rows: Rows) -> Finding:
     key, title = "F7", "MiniRL vs GRPO and CISPO (App. A)"
-    claim = ("GRPO and CISPO, which ignore the train–infer discrepancy and normalize by length "
-             "(CISPO also never masks), are inferior to MiniRL (App. A, §4.4).")
+    claim = (
+        "GRPO and CISPO, which ignore the train–infer discrepancy and normalize by length "
+        "(CISPO also never masks), are inferior to MiniRL (App. A, §4.4)."
+    )
     verdicts, lines = [], []
     for n in OFF_POLICY_N:
         rec = prior_mode(n)
@@ -241,20 +252,29 @@ def references(rows: Rows) -> Finding:
 
 def kl_and_collapse(rows: Rows) -> Finding:
     key, title = "F8", "Collapse comes with a rising training–inference KL"
-    claim = ("Collapse is often accompanied by a sharp increase of KL(μ_old‖π_old) (§4.2, "
-             "after Yao et al. and Liu et al.); collapsing runs reach ~1e-1 in the paper's plots.")
+    claim = (
+        "Collapse is often accompanied by a sharp increase of KL(μ_old‖π_old) (§4.2, "
+        "after Yao et al. and Liu et al.); collapsing runs reach ~1e-1 in the paper's plots."
+    )
     # Each run once: an aliased cell lists the very runs of the cell it reuses.
     every = list({id(r): r for runs in rows.values() for r in runs}.values())
     collapsed = [r for r in every if r["collapsed"]]
     stable = [r for r in every if not r["collapsed"]]
     if not collapsed or not stable:
-        return Finding(key, title, claim, "missing", [
-            f"{len(collapsed)} collapsed and {len(stable)} stable runs: nothing to contrast"
-        ])
+        return Finding(
+            key,
+            title,
+            claim,
+            "missing",
+            [f"{len(collapsed)} collapsed and {len(stable)} stable runs: nothing to contrast"],
+        )
 
     def growth(group: list[dict[str, Any]]) -> float:
-        changes = [r["kl_end"] - r["kl_start"] for r in group
-                   if math.isfinite(r["kl_end"]) and math.isfinite(r["kl_start"])]
+        changes = [
+            r["kl_end"] - r["kl_start"]
+            for r in group
+            if math.isfinite(r["kl_end"]) and math.isfinite(r["kl_start"])
+        ]
         return sum(changes) / len(changes) if changes else math.nan
 
     grow_c, grow_s = growth(collapsed), growth(stable)
@@ -298,9 +318,11 @@ def dppo_critique(rows: Rows) -> Finding:
     beat MiniRL and at no rung does either lose; disagrees when at some rung both lose and at no
     rung does either win; not reproduced when every comparison is a tie; else partial."""
     key, title = "F9", "DPPO: the trust region must be anchored on μ, not the recomputed π_old"
-    claim = ("MiniRL, whose clip mask is anchored on the recomputed π_old, fails to control the "
-             "training–inference mismatch and collapses as it grows; DPPO's Binary-TV mask "
-             "anchored on μ stays stable (Qi et al., paper-spec §8.9).")
+    claim = (
+        "MiniRL, whose clip mask is anchored on the recomputed π_old, fails to control the "
+        "training–inference mismatch and collapses as it grows; DPPO's Binary-TV mask "
+        "anchored on μ stays stable (Qi et al., paper-spec §8.9)."
+    )
     signs, lines = [], []
     for rung in F9_RUNGS:
         mini, mu, dppo = (f"F9/{rung}/{v}" for v in ("minirl", "minirl-mu", "dppo_tv"))
@@ -339,7 +361,9 @@ FINDINGS: tuple[Callable[[Rows], Finding], ...] = (
 
 
 def evaluate_findings(
-    run_rows: list[dict[str, Any]], *, aliases: dict[str, str] | None = None,
+    run_rows: list[dict[str, Any]],
+    *,
+    aliases: dict[str, str] | None = None,
     findings: tuple[Callable[[Rows], Finding], ...] = FINDINGS,
 ) -> list[Finding]:
     """Every finding on the run summaries; `aliases` maps a cell that was not run twice to the

@@ -87,8 +87,6 @@ class Budget:
         return asdict(self)
 
 
-
-
 def _minirl(**overrides: Any) -> dict[str, Any]:
     return {"name": "minirl", **overrides}
 
@@ -165,8 +163,11 @@ def training_config(cell: Cell, budget: Budget, *, seed: int, model_dir: str) ->
             "model": ModelConfig(name=model_dir),
             "algorithm": cell.algorithm,
             "rollout": RolloutConfig(
-                precision=cell.precision, max_new_tokens=budget.max_new_tokens, temperature=1.0,
-                top_p=cell.top_p, top_k=cell.top_k,
+                precision=cell.precision,
+                max_new_tokens=budget.max_new_tokens,
+                temperature=1.0,
+                top_p=cell.top_p,
+                top_k=cell.top_k,
             ),
             "optimizer": OptimizerConfig(lr=cell.lr or budget.lr, grad_clip=budget.grad_clip),
             "prompts_per_step": budget.prompts_per_minibatch * cell.num_minibatches,

@@ -32,24 +32,47 @@ def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_
     suite = SUITES[suite_name]
     mixture = next(m for m in suite.task.COLD_START_MIXTURES if m.name == name)
     cs = coldstart.ensure_cold_start(suite, mixture, sft, cache_dir=cache_dir, log=_log)
-    return {"name": cs.name, "path": str(cs.path), "steps": cs.steps, "pass_rate": cs.pass_rate,
-            "weights_sha256": cs.weights_sha256, "cpu": cs.cpu}  # fmt: skip
+    return {
+        "name": cs.name,
+        "path": str(cs.path),
+        "steps": cs.steps,
+        "pass_rate": cs.pass_rate,
+        "weights_sha256": cs.weights_sha256,
+        "cpu": cs.cpu,
+    }
 
 
 def _probe_job(suite_name: str, name: str, path: str, dial, budget: Budget) -> dict:
-    stats = probe.measure(SUITES[suite_name], Path(path), dial, prompts=budget.probe_prompts,
-                          n=budget.probe_samples, max_new_tokens=budget.max_new_tokens)  # fmt: skip
+    stats = probe.measure(
+        SUITES[suite_name],
+        Path(path),
+        dial,
+        prompts=budget.probe_prompts,
+        n=budget.probe_samples,
+        max_new_tokens=budget.max_new_tokens,
+    )
     return {"init": name, **stats}
 
 
 def _run_job(
-    suite_name: str, cell: Cell, seed: int, budget: Budget, model_dir: str, out_dir: Path,
-    cache_dir: Path, deadline: float | None,
+    suite_name: str,
+    cell: Cell,
+    seed: int,
+    budget: Budget,
+    model_dir: str,
+    out_dir: Path,
+    cache_dir: Path,
+    deadline: float | None,
 ) -> dict | None:
     if deadline is not None and time.time() > deadline:
         return None
     return runner.run_one(
-        SUITES[suite_name], cell, seed, budget, model_dir=Path(model_dir), out_dir=out_dir,
+        SUITES[suite_name],
+        cell,
+        seed,
+        budget,
+        model_dir=Path(model_dir),
+        out_dir=out_dir,
         work_dir=cache_dir / "work",
     )
 
@@ -59,21 +82,49 @@ def _log(message: str) -> None:
 
 
 def run_gentle(
-    suite, budget: Budget, sft: coldstart.SFTBudget, *, out_dir: Path, cache_dir: Path,
-    workers: int, deadline: float | None = None,
+    suite,
+    budget: Budget,
+    sft: coldstart.SFTBudget,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    workers: int,
+    deadline: float | None = None,
 ) -> list[dict]:
     """The gentle suite: cold starts → discrepancy probe → every cell of its matrix."""
     cells = select(all_cells(), budget)
     with open_pool(workers) as pool:
-        paths = prepare(pool, suite, sorted({c.init for c in cells}), sft, budget,
-                        out_dir=out_dir, cache_dir=cache_dir)  # fmt: skip
-        return run_cells(pool, suite, cells, budget, paths, out_dir=out_dir,
-                         cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+        paths = prepare(
+            pool,
+            suite,
+            sorted({c.init for c in cells}),
+            sft,
+            budget,
+            out_dir=out_dir,
+            cache_dir=cache_dir,
+        )
+        return run_cells(
+            pool,
+            suite,
+            cells,
+            budget,
+            paths,
+            out_dir=out_dir,
+            cache_dir=cache_dir,
+            deadline=deadline,
+        )
 
 
 def run_stress(
-    suite, budget: Budget, sft: coldstart.SFTBudget, *, out_dir: Path, cache_dir: Path,
-    workers: int, part: str, deadline: float | None = None,
+    suite,
+    budget: Budget,
+    sft: coldstart.SFTBudget,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    workers: int,
+    part: str,
+    deadline: float | None = None,
 ) -> stress.Regime | None:
     """The stress suite, resumably: pilots and the regime rules (`stress`), then the findings
     cells and the `auto` comparison's own cells at `budget.seeds`, the F9 cells at
@@ -81,8 +132,9 @@ def run_stress(
     `part` stops early: `pilot`, `findings` (pilots + findings + auto + F9) or `all`. Cold
     starts are made only for the cells that run. Returns the regime once chosen."""
     with open_pool(workers) as pool:
-        paths = prepare(pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir,
-                        cache_dir=cache_dir)  # fmt: skip
+        paths = prepare(
+            pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir, cache_dir=cache_dir
+        )
         regime = _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline)
         if regime is None or part == "pilot":
             return regime
@@ -90,19 +142,24 @@ def run_stress(
         own = {c.name: c for c in cells}
         groups = [
             (select([own[c.name] for c in stress.findings_cells(regime)], budget), budget),
-            (select([own[c.name] for c in stress.auto_cells(regime) if c.name in own], budget),
-             budget),
-            (select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget),
-             replace(budget, seeds=stress.F9_SEEDS)),
-        ]  # fmt: skip
+            (
+                select([own[c.name] for c in stress.auto_cells(regime) if c.name in own], budget),
+                budget,
+            ),
+            (
+                select([own[c.name] for c in stress.f9_cells(regime) if c.name in own], budget),
+                replace(budget, seeds=stress.F9_SEEDS),
+            ),
+        ]
         if part == "all":
             map_only = {c.name for c in stress.map_cells(regime)}
             screening = select([c for c in cells if c.name in map_only], budget)
             groups.append((screening, replace(budget, seeds=(0,))))
         inits = sorted({c.init for group, _ in groups for c in group})
         paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
-        run_groups(pool, suite, groups, paths, out_dir=out_dir, cache_dir=cache_dir,
-                   deadline=deadline)  # fmt: skip
+        run_groups(
+            pool, suite, groups, paths, out_dir=out_dir, cache_dir=cache_dir, deadline=deadline
+        )
     return regime
 
 
@@ -114,8 +171,16 @@ def _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline):
     pilot_dir, one_seed = out_dir / "pilot", replace(budget, seeds=(0,), cells=())
 
     def runs_of(cells):
-        run_cells(pool, suite, cells, one_seed, paths, out_dir=pilot_dir, cache_dir=cache_dir,
-                  deadline=deadline)  # fmt: skip
+        run_cells(
+            pool,
+            suite,
+            cells,
+            one_seed,
+            paths,
+            out_dir=pilot_dir,
+            cache_dir=cache_dir,
+            deadline=deadline,
+        )
         done = {r.cell: r for r in load_runs(pilot_dir)}
         return done if all(c.name in done for c in cells) else None
 
@@ -132,31 +197,47 @@ def _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline):
     lr_c, collapsed_c, evidence_c = stress.rule_c(runs, lr_a, dial)
     _log(f"rule C: lr_off_policy = {lr_c:g} (baseline collapsed: {collapsed_c})")
     regime = stress.Regime(
-        lr_on_policy=lr_a, dial=dial.name, lr_off_policy=lr_c,
+        lr_on_policy=lr_a,
+        dial=dial.name,
+        lr_off_policy=lr_c,
         baseline_collapsed={"B": collapsed_b, "C": collapsed_c},
         evidence={"A": evidence_a, "B": evidence_b, "C": evidence_c},
-    )  # fmt: skip
+    )
     regime.save(path)
     return regime
 
 
 def run_stress_quick(
-    suite, budget: Budget, sft: coldstart.SFTBudget, *, out_dir: Path, cache_dir: Path,
+    suite,
+    budget: Budget,
+    sft: coldstart.SFTBudget,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
     workers: int,
 ) -> list[dict]:
     """A smoke run of the stress dials: a short cold start, the probe on every dial, and the two
     baselines of rules B and C on the int4 rung for a few steps (no regime is chosen)."""
     int4 = next(d for d in suite.dials if d.name == "int4")
-    cells = [*stress.pilot_b_cells(stress.LR_GRID[0])[1:2],
-             *stress.pilot_c_cells(stress.LR_GRID[-1], int4)]  # fmt: skip
+    cells = [
+        *stress.pilot_b_cells(stress.LR_GRID[0])[1:2],
+        *stress.pilot_c_cells(stress.LR_GRID[-1], int4),
+    ]
     with open_pool(workers) as pool:
-        paths = prepare(pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir,
-                        cache_dir=cache_dir)  # fmt: skip
+        paths = prepare(
+            pool, suite, [DEFAULT_INIT], sft, budget, out_dir=out_dir, cache_dir=cache_dir
+        )
         return run_cells(pool, suite, cells, budget, paths, out_dir=out_dir, cache_dir=cache_dir)
 
 
 def prepare(
-    pool, suite, inits: list[str], sft: coldstart.SFTBudget, budget: Budget, *, out_dir: Path,
+    pool,
+    suite,
+    inits: list[str],
+    sft: coldstart.SFTBudget,
+    budget: Budget,
+    *,
+    out_dir: Path,
     cache_dir: Path,
 ) -> dict[str, str]:
     """Cold starts (cached) and the discrepancy probe of each init not probed yet; returns init
@@ -203,8 +284,9 @@ def _refuse_mixed_cold_starts(out_dir: Path, known: list[dict], colds: list[dict
         before = recorded.get(cold["name"], {}).get("weights_sha256")
         if before is None or before == cold["weights_sha256"]:
             continue
-        made = [p for p in meta_paths(out_dir)
-                if json.loads(p.read_text()).get("init") == cold["name"]]  # fmt: skip
+        made = [
+            p for p in meta_paths(out_dir) if json.loads(p.read_text()).get("init") == cold["name"]
+        ]
         if made:
             made_on = recorded[cold["name"]].get("cpu", UNRECORDED_CPU)
             raise SystemExit(
@@ -217,17 +299,37 @@ def _refuse_mixed_cold_starts(out_dir: Path, known: list[dict], colds: list[dict
 
 
 def run_cells(
-    pool, suite, cells: list[Cell], budget: Budget, paths: dict[str, str], *, out_dir: Path,
-    cache_dir: Path, deadline: float | None = None,
+    pool,
+    suite,
+    cells: list[Cell],
+    budget: Budget,
+    paths: dict[str, str],
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    deadline: float | None = None,
 ) -> list[dict]:
     """Every (cell, seed) not done yet, seed-major; returns the metas of the runs done now."""
-    return run_groups(pool, suite, [(cells, budget)], paths, out_dir=out_dir,
-                      cache_dir=cache_dir, deadline=deadline)  # fmt: skip
+    return run_groups(
+        pool,
+        suite,
+        [(cells, budget)],
+        paths,
+        out_dir=out_dir,
+        cache_dir=cache_dir,
+        deadline=deadline,
+    )
 
 
 def run_groups(
-    pool, suite, groups: list[tuple[list[Cell], Budget]], paths: dict[str, str], *,
-    out_dir: Path, cache_dir: Path, deadline: float | None = None,
+    pool,
+    suite,
+    groups: list[tuple[list[Cell], Budget]],
+    paths: dict[str, str],
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    deadline: float | None = None,
 ) -> list[dict]:
     """`run_cells` of each (cells, budget) group, in group order, submitted together: a core
     that finishes a group's last run starts the next group's first instead of waiting."""
@@ -242,7 +344,14 @@ def run_groups(
     _log(f"{len(todo)} runs to do ({shape})")
     futures = {
         pool.submit(
-            _run_job, suite.name, cell, seed, budget, paths[cell.init], out_dir, cache_dir,
+            _run_job,
+            suite.name,
+            cell,
+            seed,
+            budget,
+            paths[cell.init],
+            out_dir,
+            cache_dir,
             deadline,
         ): (cell, seed)
         for cell, seed, budget in todo

@@ -89,7 +89,13 @@ def _sampling_kl(engine: HFEngine, mb, dial) -> float:
 
 @torch.no_grad()
 def measure(
-    suite, model_dir: Path, dial, *, max_new_tokens: int, prompts: int = 64, n: int = 4,
+    suite,
+    model_dir: Path,
+    dial,
+    *,
+    max_new_tokens: int,
+    prompts: int = 64,
+    n: int = 4,
     seed: int = 0,
 ):
     """Discrepancy statistics of the cold start in `model_dir` under the engine `dial`."""
@@ -98,8 +104,12 @@ def measure(
     problems = suite.task.rl_pool()[:prompts]
     batch = engine.generate(
         [encode_prompt(tokenizer, p.prompt) for p in problems],
-        n=n, max_new_tokens=max_new_tokens, temperature=1.0, top_p=dial.top_p,
-        top_k=dial.top_k, seed=seed,
+        n=n,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        top_p=dial.top_p,
+        top_k=dial.top_k,
+        seed=seed,
     )
     forward = PolicyForward(
         model, temperature=1.0, bf16=False, replay=RoutingReplay(model.get_decoder())

@@ -112,8 +112,16 @@ def _discrepancy_section(out_dir: Path) -> list[str]:
         return []
     with path.open() as f:
         rows = list(csv.DictReader(f))
-    keys = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "r3_kl_k1", "r3_kl_k3",
-            "routing_layer_frac", "routing_any_frac")
+    keys = (
+        "kl_k1",
+        "kl_k3",
+        "prob_diff_mean",
+        "prob_diff_max",
+        "r3_kl_k1",
+        "r3_kl_k3",
+        "routing_layer_frac",
+        "routing_any_frac",
+    )
     lines = [
         "## Training–inference discrepancy of the cold starts",
         "",
@@ -126,7 +134,8 @@ def _discrepancy_section(out_dir: Path) -> list[str]:
     for r in rows:
         lines.append(
             f"| {r['init']} | {r.get('dial', r.get('precision'))} | "
-            + " | ".join(f"{float(r[k]):.2e}" for k in keys) + " |"
+            + " | ".join(f"{float(r[k]):.2e}" for k in keys)
+            + " |"
         )
     return [*lines, ""]
 
@@ -154,21 +163,44 @@ def _coverage_section(runs: list[Run]) -> list[str]:
 
 
 def _cells_table(cells: list[dict[str, Any]]) -> list[str]:
-    head = ("cell", "seeds", "collapsed", "initial acc", "peak acc", "final acc", "final greedy",
-            "entropy start→end", "KL k1", "clip frac", "IS trunc", "route≠ (infer/train)",
-            "route≠ (old/current)")
+    head = (
+        "cell",
+        "seeds",
+        "collapsed",
+        "initial acc",
+        "peak acc",
+        "final acc",
+        "final greedy",
+        "entropy start→end",
+        "KL k1",
+        "clip frac",
+        "IS trunc",
+        "route≠ (infer/train)",
+        "route≠ (old/current)",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
-        lines.append("| " + " | ".join([
-            f"`{c['cell']}`", str(c["seeds"]), str(c["collapsed"]),
-            _fmt(c["initial_acc_mean"]), _fmt(c["peak_acc_mean"]),
-            f"{_fmt(c['final_acc_mean'])} ± {_fmt(c['final_acc_sd'])}",
-            _fmt(c["final_greedy_acc_mean"]),
-            f"{_fmt(c['entropy_start_mean'], 2)}→{_fmt(c['entropy_end_mean'], 2)}",
-            f"{c['mean_kl_k1']:.1e}", _fmt(c["mean_clip_frac"], 4),
-            _fmt(c["mean_is_trunc_frac"], 4), _fmt(c["mean_routing_infer_vs_train"], 4),
-            _fmt(c["mean_routing_old_vs_current"], 4),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"`{c['cell']}`",
+                    str(c["seeds"]),
+                    str(c["collapsed"]),
+                    _fmt(c["initial_acc_mean"]),
+                    _fmt(c["peak_acc_mean"]),
+                    f"{_fmt(c['final_acc_mean'])} ± {_fmt(c['final_acc_sd'])}",
+                    _fmt(c["final_greedy_acc_mean"]),
+                    f"{_fmt(c['entropy_start_mean'], 2)}→{_fmt(c['entropy_end_mean'], 2)}",
+                    f"{c['mean_kl_k1']:.1e}",
+                    _fmt(c["mean_clip_frac"], 4),
+                    _fmt(c["mean_is_trunc_frac"], 4),
+                    _fmt(c["mean_routing_infer_vs_train"], 4),
+                    _fmt(c["mean_routing_old_vs_current"], 4),
+                ]
+            )
+            + " |"
+        )
     return lines
 
 
@@ -254,8 +286,11 @@ def build_report(out_dir: Path | None, *, stress_dir: Path | None = None) -> Pat
             for r in run_rows
         ],
         "",
-        *(["---", "", *[f"#{line}" if line.startswith("#") else line for line in stress_lines]]
-          if stress_lines else []),
+        *(
+            ["---", "", *[f"#{line}" if line.startswith("#") else line for line in stress_lines]]
+            if stress_lines
+            else []
+        ),
     ]
     report = out_dir / "REPORT.md"
     report.write_text("\n".join(lines))

@@ -27,9 +27,18 @@ from research.stability.results import (
 )
 from research.stability.suites import STRESS
 
-PROBE_KEYS = ("kl_k1", "kl_k3", "prob_diff_mean", "prob_diff_max", "seq_log_ratio_p05",
-              "seq_log_ratio_p95", "tis_cap_hit_frac", "sampling_kl", "routing_layer_max",
-              "routing_any_frac")  # fmt: skip
+PROBE_KEYS = (
+    "kl_k1",
+    "kl_k3",
+    "prob_diff_mean",
+    "prob_diff_max",
+    "seq_log_ratio_p05",
+    "seq_log_ratio_p95",
+    "tis_cap_hit_frac",
+    "sampling_kl",
+    "routing_layer_max",
+    "routing_any_frac",
+)
 
 
 def _f(value, digits: int = 3) -> str:
@@ -74,11 +83,15 @@ def _intro() -> list[str]:
 
 
 def _rules(out_dir: Path) -> list[str]:
-    lines = ["## Regime rules (declared in `research/stability/stress.py` before any pilot ran)",
-             ""]
+    lines = [
+        "## Regime rules (declared in `research/stability/stress.py` before any pilot ran)",
+        "",
+    ]
     blocks = (stress.__doc__ or "").split("\n\n")[1:]
-    rules = [b.strip() for b in blocks[: next(i for i, b in enumerate(blocks)
-                                              if b.startswith("The matrix"))]]  # fmt: skip
+    rules = [
+        b.strip()
+        for b in blocks[: next(i for i, b in enumerate(blocks) if b.startswith("The matrix"))]
+    ]
     lines += [line for block in rules for line in (block, "")]
     path = out_dir / "regime.json"
     if not path.is_file():
@@ -98,8 +111,10 @@ def _rules(out_dir: Path) -> list[str]:
             if e.get("missing"):
                 lines.append(f"| {rule} | `{e['cell']}` | missing | | | | |")
                 continue
-            lines.append(f"| {rule} | `{e['cell']}` | {e['collapsed']} | {e['reason']} | "
-                         f"{_f(e['initial_acc'])} | {_f(e['peak_acc'])} | {_f(e['final_acc'])} |")
+            lines.append(
+                f"| {rule} | `{e['cell']}` | {e['collapsed']} | {e['reason']} | "
+                f"{_f(e['initial_acc'])} | {_f(e['peak_acc'])} | {_f(e['final_acc'])} |"
+            )
     return [*lines, ""]
 
 
@@ -109,8 +124,10 @@ def cold_start_table(out_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     lines = ["| init | SFT steps | pass rate (T=1) |", "|---|---|---|"]
-    lines += [f"| {c['name']} | {c['steps']} | {c['pass_rate']:.3f} |"
-              for c in json.loads(path.read_text())]  # fmt: skip
+    lines += [
+        f"| {c['name']} | {c['steps']} | {c['pass_rate']:.3f} |"
+        for c in json.loads(path.read_text())
+    ]
     return lines
 
 
@@ -120,12 +137,15 @@ def _cold_starts(out_dir: Path, runs: list[Run]) -> list[str]:
         return []
     lines = ["## Cold starts", "", *table, "", *_run_cpus(runs)]
     if (out_dir / "coldstart").is_dir():  # the committed ones, not a quick run's cache
-        lines += ["The `balanced` cold start above made the pilots of rules A–C and every "
-                  "run in `stress/runs/` but F6's `cold/` cells (from the other two); all are "
-                  "committed (`stress/coldstart/`), so runs on any CPU start from them. "
-                  "SFT'd on an AVX2-only CPU the same recipe gives other weights "
-                  "(fp32 kernels round differently); the runs an AVX2 session made from its own "
-                  "cold start were superseded and left the tree (git history keeps them).", ""]
+        lines += [
+            "The `balanced` cold start above made the pilots of rules A–C and every "
+            "run in `stress/runs/` but F6's `cold/` cells (from the other two); all are "
+            "committed (`stress/coldstart/`), so runs on any CPU start from them. "
+            "SFT'd on an AVX2-only CPU the same recipe gives other weights "
+            "(fp32 kernels round differently); the runs an AVX2 session made from its own "
+            "cold start were superseded and left the tree (git history keeps them).",
+            "",
+        ]
     return lines
 
 
@@ -136,10 +156,13 @@ def _run_cpus(runs: list[Run]) -> list[str]:
     if len(counts) < 2:
         return []
     made = ", ".join(f"{n} on {cpu}" for cpu, n in sorted(counts.items()))
-    return [f"Runs by the CPU they ran on: {made}. Every run starts from the committed cold "
-            "start; a seed run on another kind of CPU follows another trajectory (its kernels "
-            "round differently), and seeds from both are pooled as independent draws (the "
-            "comparison rule is unpaired: Welch on per-seed finals).", ""]  # fmt: skip
+    return [
+        f"Runs by the CPU they ran on: {made}. Every run starts from the committed cold "
+        "start; a seed run on another kind of CPU follows another trajectory (its kernels "
+        "round differently), and seeds from both are pooled as independent draws (the "
+        "comparison rule is unpaired: Welch on per-seed finals).",
+        "",
+    ]
 
 
 def _discrepancy(out_dir: Path) -> list[str]:
@@ -159,10 +182,14 @@ def _discrepancy(out_dir: Path) -> list[str]:
         "",
         "| init | dial | mean len | " + " | ".join(PROBE_KEYS) + " |",
         "|---|---|---|" + "---|" * len(PROBE_KEYS),
-        *[f"| {r['init']} | `{r['dial']}` | {_f(r['response_len_mean'], 1)} | "
-          + " | ".join(_f(r[k]) for k in PROBE_KEYS) + " |" for r in rows],
+        *[
+            f"| {r['init']} | `{r['dial']}` | {_f(r['response_len_mean'], 1)} | "
+            + " | ".join(_f(r[k]) for k in PROBE_KEYS)
+            + " |"
+            for r in rows
+        ],
         "",
-    ]  # fmt: skip
+    ]
 
 
 def image_link(alt: str, path: Path, report_dir: Path) -> str:
@@ -182,8 +209,11 @@ def _map(out_dir: Path, report_dir: Path, cells: list[dict], aliases: dict[str, 
                 cell = f"map/{rung}/N{n}/{name}"
                 summary = by_cell.get(aliases.get(cell, cell))
                 if summary is not None:
-                    grid[(rung, n, name)] = (summary["final_acc_mean"], summary["collapsed"],
-                                             summary["seeds"])  # fmt: skip
+                    grid[(rung, n, name)] = (
+                        summary["final_acc_mean"],
+                        summary["collapsed"],
+                        summary["seeds"],
+                    )
                     final, start = summary["final_acc_mean"], summary["initial_acc_mean"]
                     if not summary["collapsed"] and final < COLLAPSE_FRACTION * start:
                         fell.add((rung, n, name))
@@ -191,23 +221,34 @@ def _map(out_dir: Path, report_dir: Path, cells: list[dict], aliases: dict[str, 
         return []
     path = out_dir / "figures" / "stability_map.png"
     stability_map_figure(grid, rungs, list(stress.MAP_N), list(stress.MAP_ALGORITHMS), path)
-    table = ["| mismatch | N | " + " | ".join(f"`{a}`" for a in stress.MAP_ALGORITHMS) + " |",
-             "|---|---|" + "---|" * len(stress.MAP_ALGORITHMS)]  # fmt: skip
+    table = [
+        "| mismatch | N | " + " | ".join(f"`{a}`" for a in stress.MAP_ALGORITHMS) + " |",
+        "|---|---|" + "---|" * len(stress.MAP_ALGORITHMS),
+    ]
     for rung in rungs:
         for n in stress.MAP_N:
-            entries = [_map_entry(grid.get((rung, n, a))) + (" ↓" if (rung, n, a) in fell else "")
-                       for a in stress.MAP_ALGORITHMS]  # fmt: skip
+            entries = [
+                _map_entry(grid.get((rung, n, a))) + (" ↓" if (rung, n, a) in fell else "")
+                for a in stress.MAP_ALGORITHMS
+            ]
             table.append(f"| `{rung}` | {n} | " + " | ".join(entries) + " |")
     total = len(rungs) * len(stress.MAP_N) * len(stress.MAP_ALGORITHMS)
-    return ["## Stability map", "",
-            f"{len(grid)} of {total} cells have run. Final held-out accuracy, mean over the "
-            "cell's seeds (how many in brackets); a cell with a collapsed seed says how many. "
-            "Replay by N as `replay_auto.prior_mode` has it (none at N = 1, R3 at N = 4 and 8); "
-            "a map cell that is also a findings or F9 cell is that cell's runs. ↓: the final "
-            f"accuracy is below {COLLAPSE_FRACTION:g} × the initial one and no seed collapsed by "
-            "the criterion (a late evaluation climbs back over half the peak): a "
-            "description added after the map's first runs showed such cells, not a verdict.", "",
-            image_link("stability map", path, report_dir), "", *table, ""]  # fmt: skip
+    return [
+        "## Stability map",
+        "",
+        f"{len(grid)} of {total} cells have run. Final held-out accuracy, mean over the "
+        "cell's seeds (how many in brackets); a cell with a collapsed seed says how many. "
+        "Replay by N as `replay_auto.prior_mode` has it (none at N = 1, R3 at N = 4 and 8); "
+        "a map cell that is also a findings or F9 cell is that cell's runs. ↓: the final "
+        f"accuracy is below {COLLAPSE_FRACTION:g} × the initial one and no seed collapsed by "
+        "the criterion (a late evaluation climbs back over half the peak): a "
+        "description added after the map's first runs showed such cells, not a verdict.",
+        "",
+        image_link("stability map", path, report_dir),
+        "",
+        *table,
+        "",
+    ]
 
 
 def _map_entry(entry: tuple[float, int, int] | None) -> str:
@@ -222,8 +263,14 @@ def _findings(rows: list[dict], aliases: dict[str, str]) -> list[str]:
     lines = ["## Findings in the stress regime", "", "| finding | verdict |", "|---|---|"]
     lines += [f"| {f.key}. {f.title} | {f.verdict} |" for f in findings] + [""]
     for f in findings:
-        lines += [f"### {f.key}. {f.title} — **{f.verdict}**", "", f"*Claim:* {f.claim}", "",
-                  *[f"- {line}" for line in f.lines], ""]  # fmt: skip
+        lines += [
+            f"### {f.key}. {f.title} — **{f.verdict}**",
+            "",
+            f"*Claim:* {f.claim}",
+            "",
+            *[f"- {line}" for line in f.lines],
+            "",
+        ]
     return lines
 
 
@@ -252,8 +299,9 @@ def _auto_modes(runs, cell: str) -> str:
     if not codes:
         return "–"
     names = {0.0: "none", 2.0: "R2", 3.0: "R3"}
-    return ", ".join(f"{names[c]} {codes.count(c) / len(codes):.0%}"
-                     for c in sorted(set(codes)) if c in names)  # fmt: skip
+    return ", ".join(
+        f"{names[c]} {codes.count(c) / len(codes):.0%}" for c in sorted(set(codes)) if c in names
+    )
 
 
 def auto_table(runs, run_rows: list[dict], aliases: dict[str, str]) -> list[str]:
@@ -264,12 +312,16 @@ def auto_table(runs, run_rows: list[dict], aliases: dict[str, str]) -> list[str]
     for alias, owner in aliases.items():
         if owner in rows:
             rows[alias] = rows[owner]
-    lines = ["## Routing Replay `auto` against the fixed choices", "",
-             "MiniRL with clipping; final held-out accuracy, mean over seeds (collapsed/seeds). "
-             "Rule declared in `research/stability/stress.py`; 'missing': a cell with fewer than "
-             f"{MIN_SEEDS} runs.", "",
-             "| N | auto (modes run) | none | R2 | R3 | best fixed | auto vs fixed |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Routing Replay `auto` against the fixed choices",
+        "",
+        "MiniRL with clipping; final held-out accuracy, mean over seeds (collapsed/seeds). "
+        "Rule declared in `research/stability/stress.py`; 'missing': a cell with fewer than "
+        f"{MIN_SEEDS} runs.",
+        "",
+        "| N | auto (modes run) | none | R2 | R3 | best fixed | auto vs fixed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n in stress.AUTO_N:
         auto = f"auto/N{n}/minirl+auto"
         fixed = [f"auto/N{n}/minirl+{c}" for c in stress.auto_choices(n)]
@@ -295,11 +347,15 @@ def _mechanisms(
     out_dir: Path, report_dir: Path, runs, rows: list[dict], cells: list[dict]
 ) -> list[str]:
     """Per cell the verdict next to the mechanism magnitudes, then the collapsing runs' curves."""
-    lines = ["## Mechanisms per cell", "",
-             "Means over each run's steps, then over seeds; routing: the most affected layer.", "",
-             "| cell | collapsed | final acc | KL k3 | IS trunc | clip | route≠ infer/train "
-             "(max layer) | route≠ old/current (max layer) |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Mechanisms per cell",
+        "",
+        "Means over each run's steps, then over seeds; routing: the most affected layer.",
+        "",
+        "| cell | collapsed | final acc | KL k3 | IS trunc | clip | route≠ infer/train "
+        "(max layer) | route≠ old/current (max layer) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in cells:
         lines.append(
             f"| `{c['cell']}` | {c['collapsed']}/{c['seeds']} | {_f(c['final_acc_mean'])} | "
@@ -308,13 +364,20 @@ def _mechanisms(
             f"{_f(c['max_layer_routing_old_vs_current'])} |"
         )
     # `rows` are the runs' summaries in the same order: their verdicts are already judged.
-    collapsed = [(run, row["collapse_step"] if row["collapse_step"] != "" else None)
-                 for run, row in zip(runs, rows, strict=True) if row["collapsed"]]  # fmt: skip
+    collapsed = [
+        (run, row["collapse_step"] if row["collapse_step"] != "" else None)
+        for run, row in zip(runs, rows, strict=True)
+        if row["collapsed"]
+    ]
     if collapsed:
         path = out_dir / "figures" / "collapses.png"
         collapse_figure(collapsed, path)
-        lines += ["", f"{len(collapsed)} runs collapsed; the first eight, with the collapse "
-                  "step in red:", "", image_link("collapsing runs", path, report_dir)]  # fmt: skip
+        lines += [
+            "",
+            f"{len(collapsed)} runs collapsed; the first eight, with the collapse step in red:",
+            "",
+            image_link("collapsing runs", path, report_dir),
+        ]
     return [*lines, ""]
 
 
@@ -327,14 +390,23 @@ def _runs(out_dir: Path, report_dir: Path, runs: list[Run]) -> list[str]:
     if regime_path.is_file():
         aliases = stress.matrix_cells(stress.Regime.load(regime_path))[1]
     cells = cell_summaries(rows)
-    lines = [*_findings(rows, aliases), *auto_table(runs, rows, aliases),
-             *_map(out_dir, report_dir, cells, aliases),
-             *_mechanisms(out_dir, report_dir, runs, rows, cells)]  # fmt: skip
-    lines += ["## Matrix runs", "", "| cell | seed | collapsed | reason | initial | peak | final |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| `{r['cell']}` | {r['seed']} | {r['collapsed']} | {r['reason']} | "
-              f"{_f(r['initial_acc'])} | {_f(r['peak_acc'])} | {_f(r['final_acc'])} |"
-              for r in rows]  # fmt: skip
+    lines = [
+        *_findings(rows, aliases),
+        *auto_table(runs, rows, aliases),
+        *_map(out_dir, report_dir, cells, aliases),
+        *_mechanisms(out_dir, report_dir, runs, rows, cells),
+    ]
+    lines += [
+        "## Matrix runs",
+        "",
+        "| cell | seed | collapsed | reason | initial | peak | final |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| `{r['cell']}` | {r['seed']} | {r['collapsed']} | {r['reason']} | "
+        f"{_f(r['initial_acc'])} | {_f(r['peak_acc'])} | {_f(r['final_acc'])} |"
+        for r in rows
+    ]
     return [*lines, ""]
 
 
@@ -342,5 +414,10 @@ def stress_section(out_dir: Path, report_dir: Path) -> list[str]:
     """Markdown lines of the stress suite's report from the files under `out_dir`, for a
     REPORT.md in `report_dir` (where its figure links start)."""
     runs = load_runs(out_dir)  # read once: the cold-start section counts them by CPU
-    return [*_intro(), *_rules(out_dir), *_cold_starts(out_dir, runs), *_discrepancy(out_dir),
-            *_runs(out_dir, report_dir, runs)]  # fmt: skip
+    return [
+        *_intro(),
+        *_rules(out_dir),
+        *_cold_starts(out_dir, runs),
+        *_discrepancy(out_dir),
+        *_runs(out_dir, report_dir, runs),
+    ]

@@ -145,8 +145,15 @@ def cell_summaries(run_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": len(rows),
             "collapsed": sum(r["collapsed"] for r in rows),
         }
-        for key in ("initial_acc", "peak_acc", "final_acc", "final_greedy_acc",
-                    "final_train_reward", "entropy_start", "entropy_end"):
+        for key in (
+            "initial_acc",
+            "peak_acc",
+            "final_acc",
+            "final_greedy_acc",
+            "final_train_reward",
+            "entropy_start",
+            "entropy_end",
+        ):
             summary[f"{key}_mean"] = _mean([r[key] for r in rows])
             summary[f"{key}_sd"] = _sd([r[key] for r in rows])
         for key in RUN_MEANS:

@@ -115,7 +115,13 @@ def _row(metrics: dict[str, float]) -> dict[str, Any]:
 
 
 def run_one(
-    suite, cell: Cell, seed: int, budget: Budget, *, model_dir: Path, out_dir: Path,
+    suite,
+    cell: Cell,
+    seed: int,
+    budget: Budget,
+    *,
+    model_dir: Path,
+    out_dir: Path,
     work_dir: Path,
 ) -> dict[str, Any]:
     """Train `cell` at `seed` from the cold start in `model_dir`; write its CSV and JSON."""

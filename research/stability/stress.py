@@ -85,8 +85,9 @@ def _on(cell: Cell, dial: Dial, lr: float) -> Cell:
 # ---------------------------------------------------------------- the pilots of rules A, B, C
 def pilot_a_cells() -> list[Cell]:
     base = Cell("N1/reinforce", "pilot_A", {"name": "reinforce"})
-    return [replace(_on(base, NO_MISMATCH, lr), name=f"A/lr{lr:g}/fp32/N1/reinforce")
-            for lr in LR_GRID]  # fmt: skip
+    return [
+        replace(_on(base, NO_MISMATCH, lr), name=f"A/lr{lr:g}/fp32/N1/reinforce") for lr in LR_GRID
+    ]
 
 
 def pilot_b_cells(lr_a: float) -> list[Cell]:
@@ -95,10 +96,18 @@ def pilot_b_cells(lr_a: float) -> list[Cell]:
 
 
 def pilot_c_cells(lr_a: float, dial: Dial) -> list[Cell]:
-    base = Cell(f"N{PILOT_N}/minirl-noclip", "pilot_C", {"name": "minirl", "use_clip": False},
-                "none", PILOT_N)  # fmt: skip
-    return [replace(_on(base, dial, lr), name=f"C/lr{lr:g}/{dial.name}/N{PILOT_N}/minirl-noclip")
-            for lr in LR_GRID if lr >= lr_a]  # fmt: skip
+    base = Cell(
+        f"N{PILOT_N}/minirl-noclip",
+        "pilot_C",
+        {"name": "minirl", "use_clip": False},
+        "none",
+        PILOT_N,
+    )
+    return [
+        replace(_on(base, dial, lr), name=f"C/lr{lr:g}/{dial.name}/N{PILOT_N}/minirl-noclip")
+        for lr in LR_GRID
+        if lr >= lr_a
+    ]
 
 
 @dataclass(frozen=True)
@@ -127,17 +136,25 @@ def _evidence(cell: Cell, run: Run | None) -> dict[str, Any]:
     if run is None:
         return {"cell": cell.name, "missing": True}
     v = run.verdict()
-    return {"cell": cell.name, "lr": cell.lr, "dial": cell.precision, "top_p": cell.top_p,
-            "collapsed": v.collapsed, "reason": v.reason, "initial_acc": v.initial_acc,
-            "peak_acc": v.peak_acc,
-            "final_acc": final_accuracy(run.column("eval_acc")[1])}  # fmt: skip
+    return {
+        "cell": cell.name,
+        "lr": cell.lr,
+        "dial": cell.precision,
+        "top_p": cell.top_p,
+        "collapsed": v.collapsed,
+        "reason": v.reason,
+        "initial_acc": v.initial_acc,
+        "peak_acc": v.peak_acc,
+        "final_acc": final_accuracy(run.column("eval_acc")[1]),
+    }
 
 
 def rule_a(runs: dict[str, Run]) -> tuple[float, list[dict[str, Any]]]:
     cells = pilot_a_cells()
     evidence = [_evidence(c, runs.get(c.name)) for c in cells]
-    learning = [e["lr"] for e in evidence
-                if not e.get("missing") and e["final_acc"] > e["initial_acc"]]  # fmt: skip
+    learning = [
+        e["lr"] for e in evidence if not e.get("missing") and e["final_acc"] > e["initial_acc"]
+    ]
     return (max(learning) if learning else min(LR_GRID)), evidence
 
 
@@ -180,38 +197,51 @@ def auto_cells(regime: Regime) -> list[Cell]:
     """Per N of `AUTO_N`: MiniRL (clipping on) under `auto` and under each fixed choice."""
     dial = regime.dial_setting
     return [
-        _on(Cell(f"auto/N{n}/minirl+{replay}", "auto", {"name": "minirl"}, replay, n), dial,
-            regime.lr_on_policy if n == 1 else regime.lr_off_policy)
+        _on(
+            Cell(f"auto/N{n}/minirl+{replay}", "auto", {"name": "minirl"}, replay, n),
+            dial,
+            regime.lr_on_policy if n == 1 else regime.lr_off_policy,
+        )
         for n in AUTO_N
         for replay in ("auto", *auto_choices(n))
-    ]  # fmt: skip
+    ]
 
 
 def f9_cells(regime: Regime) -> list[Cell]:
     """MiniRL (π_old anchor), MiniRL (μ anchor) and DPPO-TV at N = 4 (R3) on the map's rungs."""
     return [
-        _on(Cell(f"F9/{d.name}/{variant}", "f9", algorithm, "R3", PILOT_N), d,
-            regime.lr_off_policy)
+        _on(Cell(f"F9/{d.name}/{variant}", "f9", algorithm, "R3", PILOT_N), d, regime.lr_off_policy)
         for d in MAP_RUNGS
         for variant, algorithm in F9_VARIANTS.items()
-    ]  # fmt: skip
+    ]
 
 
 def map_cells(regime: Regime) -> list[Cell]:
     """Every map rung × N × algorithm, replay by the paper's recipe for that N."""
     return [
-        _on(Cell(f"map/{d.name}/N{n}/{name}", "map", algorithm, prior_mode(n), n), d,
-            regime.lr_on_policy if n == 1 else regime.lr_off_policy)
+        _on(
+            Cell(f"map/{d.name}/N{n}/{name}", "map", algorithm, prior_mode(n), n),
+            d,
+            regime.lr_on_policy if n == 1 else regime.lr_off_policy,
+        )
         for d in MAP_RUNGS
         for n in MAP_N
         for name, algorithm in MAP_ALGORITHMS.items()
-    ]  # fmt: skip
+    ]
 
 
 def config_key(cell: Cell) -> tuple:
     """What makes two cells the same run (everything but name and regime)."""
-    return (json.dumps(cell.algorithm, sort_keys=True), cell.replay, cell.num_minibatches,
-            cell.init, cell.precision, cell.top_p, cell.top_k, cell.lr)  # fmt: skip
+    return (
+        json.dumps(cell.algorithm, sort_keys=True),
+        cell.replay,
+        cell.num_minibatches,
+        cell.init,
+        cell.precision,
+        cell.top_p,
+        cell.top_k,
+        cell.lr,
+    )
 
 
 def matrix_cells(regime: Regime) -> tuple[list[Cell], dict[str, str]]:
@@ -219,8 +249,12 @@ def matrix_cells(regime: Regime) -> tuple[list[Cell], dict[str, str]]:
     cells: list[Cell] = []
     owner: dict[tuple, str] = {}
     aliases: dict[str, str] = {}
-    for cell in [*findings_cells(regime), *auto_cells(regime), *f9_cells(regime),
-                 *map_cells(regime)]:  # fmt: skip
+    for cell in [
+        *findings_cells(regime),
+        *auto_cells(regime),
+        *f9_cells(regime),
+        *map_cells(regime),
+    ]:
         key = config_key(cell)
         if key in owner:
             aliases[cell.name] = owner[key]

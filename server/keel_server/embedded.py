@@ -117,9 +117,12 @@ class WorkerProcess:
         out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - owned by the child
         stderr = subprocess.STDOUT if out else None
         process = subprocess.Popen(
-            cmd, env=settings_env(settings), stdout=out, stderr=stderr,
+            cmd,
+            env=settings_env(settings),
+            stdout=out,
+            stderr=stderr,
             pass_fds=(lock.fd,) if lock else (),
-        )  # fmt: skip
+        )
         return cls(process)
 
     def stop(self) -> None:

@@ -37,8 +37,11 @@ def test_a_sweep_checks_every_point_and_writes_the_curve(db, tmp_path, monkeypat
     path = reward_ingest.write_results(result)
     data = json.loads(path.read_text())
     assert [p["clients"] for p in data["points"]] == [1, 4] and data["exactly_once"] is True
-    table = [line for line in path.with_suffix(".md").read_text().splitlines() if line[:2] in
-             ("| ", "|-")]  # fmt: skip
+    table = [
+        line
+        for line in path.with_suffix(".md").read_text().splitlines()
+        if line[:2] in ("| ", "|-")
+    ]
     assert len(table) == 2 + 2  # header, rule, one row per point
 
 
@@ -49,8 +52,12 @@ def test_the_clients_list_parses():
 
 
 def test_the_check_sees_a_double_write_and_a_lost_one():
-    posts = [Result("r1", 0.5, 200, True, 0.01), Result("r1", 1.5, 200, True, 0.01),
-             Result("r2", 0.5, 200, True, 0.01), Result("r2", 1.5, 409, False, 0.01)]  # fmt: skip
+    posts = [
+        Result("r1", 0.5, 200, True, 0.01),
+        Result("r1", 1.5, 200, True, 0.01),
+        Result("r2", 0.5, 200, True, 0.01),
+        Result("r2", 1.5, 409, False, 0.01),
+    ]
     violations = check_exactly_once(posts, {"r1": 1.5, "r2": None})
     assert any("r1: 2 posts created" in v for v in violations)
     assert any("r2: stored None" in v for v in violations)

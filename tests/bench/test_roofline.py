@@ -19,8 +19,9 @@ def test_counted_training_flops_match_three_times_the_forward_matmuls():
     # Forward matmuls: 2 FLOPs per weight per token through the decoder layers, and per scored
     # token through the LM head; the backward costs twice the forward. The decoder sees each
     # distinct prompt once (prompt sharing) plus every response[:-1]; attention adds a little.
-    layers = [m for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and "lm_head" not in n]  # fmt: skip
+    layers = [
+        m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+    ]
     body = sum(m.in_features * m.out_features for m in layers)
     head = model.config.hidden_size * model.config.vocab_size
     decoder_tokens = sum(map(len, prompts)) + 6 * (8 - 1)

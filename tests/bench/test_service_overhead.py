@@ -5,8 +5,14 @@ import json
 
 from bench import service_overhead
 
-SMALL = {**service_overhead.WORK, "prompts_per_step": 2, "group_size": 2, "micro_batch_size": 4,
-         "rollout": {"max_new_tokens": 4}, "checkpoint_every": 1}  # fmt: skip
+SMALL = {
+    **service_overhead.WORK,
+    "prompts_per_step": 2,
+    "group_size": 2,
+    "micro_batch_size": 4,
+    "rollout": {"max_new_tokens": 4},
+    "checkpoint_every": 1,
+}
 
 
 def test_one_pair_of_each_part_writes_both_sides_and_the_sides_did_the_same_work(tmp_path):

@@ -74,5 +74,3 @@ def async_client_for(app) -> Callable[[str], keel.AsyncClient]:
 def small_config() -> Callable[..., dict]:
     """A valid job config small enough for a CPU test run; keyword overrides replace fields."""
     return tiny_job_config
-
-

@@ -51,9 +51,11 @@ def _full_finetune_checkpoint(sessions, job_id: str, tmp_path: Path):
     loaded = _base(tmp_path)
     state = _trained_state(loaded.model)
     path = save_checkpoint(
-        checkpoint_dir(tmp_path / "work", 3), model=loaded.model, tokenizer=loaded.tokenizer,
+        checkpoint_dir(tmp_path / "work", 3),
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
         state=state,
-    )  # fmt: skip
+    )
     ckpt_id = register_checkpoint_dir(sessions, job_id, path, step=3, policy_version=3)
     return ckpt_id, loaded.model
 
@@ -62,15 +64,18 @@ def _lora_checkpoint(sessions, job_id: str, tmp_path: Path):
     from peft import LoraConfig, get_peft_model
 
     loaded = _base(tmp_path)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                      init_lora_weights=False)  # random B: the adapter changes the model
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )  # random B: the adapter changes the model
     peft_model = get_peft_model(loaded.model, lora)
     peft_model.save_pretrained(tmp_path / "adapter-out")
     merged = peft_model.merge_and_unload()
     path = save_checkpoint(
-        checkpoint_dir(tmp_path / "work", 3), model=merged, tokenizer=loaded.tokenizer,
+        checkpoint_dir(tmp_path / "work", 3),
+        model=merged,
+        tokenizer=loaded.tokenizer,
         state=_trained_state(merged),
-    )  # fmt: skip
+    )
     (tmp_path / "adapter-out").rename(path / "adapter")
     ckpt_id = register_checkpoint_dir(sessions, job_id, path, step=3, policy_version=3)
     return ckpt_id, merged
@@ -105,9 +110,10 @@ def test_a_full_fine_tune_downloads_as_weights_merged_and_full(
         client.checkpoints.download(ckpt_id, tmp_path / "adapter", kind="adapter")
     assert not (tmp_path / "adapter").exists()
     bad = client._transport.http.get(
-        f"/v1/checkpoints/{ckpt_id}/download", params={"kind": "optimizer"},
+        f"/v1/checkpoints/{ckpt_id}/download",
+        params={"kind": "optimizer"},
         headers={"Authorization": f"Bearer {client._transport.config.api_key}"},
-    )  # fmt: skip
+    )
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
 
 
@@ -130,8 +136,10 @@ def test_a_lora_checkpoint_downloads_its_adapter_for_peft(
     full = client.checkpoints.download(ckpt_id, tmp_path / "full", kind="full")
 
     assert sorted(p.name for p in adapter.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors",
-    ]  # fmt: skip
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     with_adapter = PeftModel.from_pretrained(_base(tmp_path).model, adapter)
     torch.testing.assert_close(_logits(with_adapter), expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(_logits(AutoModelForCausalLM.from_pretrained(merged)), expected)
@@ -149,8 +157,12 @@ def test_the_cli_lists_every_kind_and_downloads_the_one_asked_for(
     ckpt_id, _ = _full_finetune_checkpoint(sessions, job.id, tmp_path)
     kinds = client.checkpoints.retrieve(ckpt_id).kinds
 
-    assert cli._checkpoints_list(client, cli.build_parser().parse_args(
-        ["checkpoints", "list", job.id])) == 0  # fmt: skip
+    assert (
+        cli._checkpoints_list(
+            client, cli.build_parser().parse_args(["checkpoints", "list", job.id])
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [ckpt_id, "step", "3"]
     assert sorted(line.split()[0] for line in lines[1:]) == ["full", "merged", "weights"]

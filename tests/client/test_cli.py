@@ -19,9 +19,12 @@ from keel_server import cli as operator_cli
 
 def run_keel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "keel", *args], env=env, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "keel", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -37,8 +40,13 @@ def test_the_parser_has_every_command_and_action():
     assert set(commands) == operator | {"jobs", "checkpoints"}
     assert set(OPERATOR_COMMANDS) == operator
     assert set(_subcommands(commands["jobs"])) == {
-        "list", "show", "cancel", "pause", "resume", "events",
-    }  # fmt: skip
+        "list",
+        "show",
+        "cancel",
+        "pause",
+        "resume",
+        "events",
+    }
     assert set(_subcommands(commands["checkpoints"])) == {"list", "download"}
     # The server's parser declares the arguments of exactly the commands the SDK lists.
     served = _subcommands(operator_cli.build_parser())
@@ -84,8 +92,9 @@ def test_migrate_then_keys_create_gives_a_working_key(tmp_path):
 
 def test_client_commands_report_errors_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    result = run_keel("jobs", "show", "job_x", "--base-url", "http://127.0.0.1:9",
-                      "--api-key", "k", env=env)  # fmt: skip
+    result = run_keel(
+        "jobs", "show", "job_x", "--base-url", "http://127.0.0.1:9", "--api-key", "k", env=env
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: could not connect")
 
@@ -154,8 +163,9 @@ def test_user_commands_never_import_the_server():
         f"print(code, sorted(m for m in sys.modules if m.partition('.')[0] in {watched!r}))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.stdout == "1 []\n", done.stdout + done.stderr
     assert done.stderr.startswith("error: could not connect")
 

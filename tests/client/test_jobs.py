@@ -97,8 +97,12 @@ def test_events_stream_and_resume_from_last_event_id(project_client, sessions, s
     events = list(client.jobs.events(job.id))
     assert all(isinstance(e, JobEvent) and e.job_id == job.id for e in events)
     kinds = [(e.type, e.data.get("status")) for e in events]
-    assert kinds == [("status", "queued"), ("status", "running"), ("metrics", None),
-                     ("status", "succeeded")]  # fmt: skip
+    assert kinds == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("metrics", None),
+        ("status", "succeeded"),
+    ]
     assert events[2].data["values"] == {"reward/mean": 0.5}
     later = list(client.jobs.events(job.id, last_event_id=str(events[1].id)))
     assert [e.id for e in later] == [e.id for e in events[2:]]

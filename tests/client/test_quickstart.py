@@ -50,6 +50,7 @@ def _run_the_first_job(sessions, settings, outcome: list) -> None:
 
 def test_the_readme_quickstart_runs(http, settings, sessions, tmp_path, monkeypatch, capsys):
     admin_key = settings.admin_key
+
     def client(*, base_url: str, api_key: str) -> keel.Client:
         assert base_url == "http://127.0.0.1:8000"
         key = admin_key if api_key == "<your API key>" else api_key

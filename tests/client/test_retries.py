@@ -39,8 +39,9 @@ def flaky_server(statuses: list[int], headers: dict[str, str] | None = None):
 
 
 def _client(http, **kw) -> keel.Client:
-    return keel.Client(base_url="http://flaky", api_key="k", http_client=http,
-                       backoff_base_s=0.0, **kw)  # fmt: skip
+    return keel.Client(
+        base_url="http://flaky", api_key="k", http_client=http, backoff_base_s=0.0, **kw
+    )
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
@@ -133,8 +134,9 @@ def run_async(test):
 
 def _async_client(handler, **kw) -> keel.AsyncClient:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://flaky")
-    return keel.AsyncClient(base_url="http://flaky", api_key="k", http_client=http,
-                            backoff_base_s=0.0, **kw)  # fmt: skip
+    return keel.AsyncClient(
+        base_url="http://flaky", api_key="k", http_client=http, backoff_base_s=0.0, **kw
+    )
 
 
 def _scripted(outcomes: list):
@@ -203,8 +205,13 @@ class _Body(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 
 def _event(i: int) -> bytes:
-    data = {"id": i, "job_id": "job_x", "type": "metrics", "data": {"step": i},
-            "created_at": "2026-12-01T12:00:00Z"}  # fmt: skip
+    data = {
+        "id": i,
+        "job_id": "job_x",
+        "type": "metrics",
+        "data": {"step": i},
+        "created_at": "2026-12-01T12:00:00Z",
+    }
     return f"id: {i}\nevent: metrics\ndata: {json.dumps(data)}\n\n".encode()
 
 

@@ -104,8 +104,9 @@ def test_client_prompts_are_appended_in_order(project_client, small_config):
     assert (result.accepted, result.total) == (1, 2)
     listed = client.prompts.list(job.id).data
     assert [(p.index, p.text, p.reference) for p in listed] == [
-        (0, "What is 1 + 1?", None), (1, "What is 2 + 2?", "4"),
-    ]  # fmt: skip
+        (0, "What is 1 + 1?", None),
+        (1, "What is 2 + 2?", "4"),
+    ]
 
 
 def test_uploaded_jsonl_file_becomes_a_dataset_job(project_client, tmp_path, small_config):
@@ -116,8 +117,9 @@ def test_uploaded_jsonl_file_becomes_a_dataset_job(project_client, tmp_path, sma
     uploaded = client.files.create(path)
     assert (uploaded.filename, uploaded.num_prompts) == ("prompts.jsonl", 2)
     job = client.jobs.create(
-        small_config(), prompts={"type": "dataset", "file_id": uploaded.id},
+        small_config(),
+        prompts={"type": "dataset", "file_id": uploaded.id},
         reward={"type": "builtin", "verifier": "numeric"},
-    )  # fmt: skip
+    )
     listed = client.prompts.list(job.id).data
     assert [(p.text, p.reference) for p in listed] == [("1 + 2 =", "3"), ("2 + 2 =", "4")]

@@ -9,8 +9,16 @@ import re
 import keel
 
 RESOURCES = (
-    "jobs", "prompts", "files", "rollouts", "rewards", "metrics", "checkpoints", "keys", "health",
-)  # fmt: skip
+    "jobs",
+    "prompts",
+    "files",
+    "rollouts",
+    "rewards",
+    "metrics",
+    "checkpoints",
+    "keys",
+    "health",
+)
 
 
 def _public_methods(obj) -> dict[str, inspect.Signature]:

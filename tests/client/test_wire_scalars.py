@@ -62,8 +62,14 @@ def _all_leaves():
 def test_the_walk_reaches_the_nested_models() -> None:
     paths = {path for path, _, _ in _all_leaves()}
     # A few fields deep in discriminated unions, to show the walk does not stop early.
-    assert {"TokenMask.lower", "GeoMask.token_cap", "WebhookReward.max_attempts",
-            "OptimizerConfig.betas", "TaskItem.answer", "RewardItem.value"} <= paths  # fmt: skip
+    assert {
+        "TokenMask.lower",
+        "GeoMask.token_cap",
+        "WebhookReward.max_attempts",
+        "OptimizerConfig.betas",
+        "TaskItem.answer",
+        "RewardItem.value",
+    } <= paths
     assert len(paths) > 50
 
 

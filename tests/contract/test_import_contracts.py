@@ -71,11 +71,15 @@ def test_every_contract_source_exists():
 # The research harness's allow list (the comment above `research-allowed` in .importlinter).
 RESEARCH_MAY_IMPORT = {
     "keel.types",
-    *(f"keel_worker.engines.{m}" for m in ("chat", "hardware", "hf", "models", "routing_replay",
-                                           "sampling")),
-    *(f"keel_worker.training.{m}" for m in ("batching", "forward", "guard", "replay_auto", "run",
-                                            "scoring", "step", "tasks")),
-}  # fmt: skip
+    *(
+        f"keel_worker.engines.{m}"
+        for m in ("chat", "hardware", "hf", "models", "routing_replay", "sampling")
+    ),
+    *(
+        f"keel_worker.training.{m}"
+        for m in ("batching", "forward", "guard", "replay_auto", "run", "scoring", "step", "tasks")
+    ),
+}
 
 
 def test_every_product_module_is_allowed_to_or_forbidden_for_the_research_harness():
@@ -88,9 +92,10 @@ def test_every_product_module_is_allowed_to_or_forbidden_for_the_research_harnes
     unclassified = sorted(
         m
         for m in modules
-        if m not in product and m not in parents
+        if m not in product
+        and m not in parents
         and not any(_within(m, s) for s in forbidden | RESEARCH_MAY_IMPORT)
-    )  # fmt: skip
+    )
     assert not unclassified, f"neither allowed to nor forbidden for research: {unclassified}"
 
 

@@ -59,13 +59,22 @@ def test_tiny_steps_emit_every_documented_name(emitted):
     assert {metric.final(n) for n in metric.EVAL_METRICS} <= seen
     assert metric.guard_trigger("clip") in seen
     layers = {n for n in seen if re.fullmatch(r"routing/\w+_L\d+", n)}
-    assert layers == {metric.per_layer(p, i) for p in (metric.ROUTING_INFER_VS_TRAIN,
-                      metric.ROUTING_OLD_VS_CURRENT) for i in range(4)}  # fmt: skip
+    assert layers == {
+        metric.per_layer(p, i)
+        for p in (metric.ROUTING_INFER_VS_TRAIN, metric.ROUTING_OLD_VS_CURRENT)
+        for i in range(4)
+    }
 
 
 def test_names_outside_the_vocabulary_are_not_documented():
-    for name in ("train/reward_mean", "mismatch/k3_kl", "guard/nope", "reward/mean_final",
-                 "routing/infer_vs_train_Lx", "eval/accuracy"):  # fmt: skip
+    for name in (
+        "train/reward_mean",
+        "mismatch/k3_kl",
+        "guard/nope",
+        "reward/mean_final",
+        "routing/infer_vs_train_Lx",
+        "eval/accuracy",
+    ):
         assert is_documented(name) == (name == "eval/accuracy"), name
 
 

@@ -89,9 +89,13 @@ class Stack:
     def start(self, name: str, cmd: list[str], **env: str) -> Proc:
         log = self.tmp / f"{name}.log"
         process = subprocess.Popen(
-            cmd, env={**self.env, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.tmp,
-        )  # fmt: skip
+            cmd,
+            env={**self.env, **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.tmp,
+        )
         proc = Proc(name, process, log)
         self.procs.append(proc)
         return proc
@@ -105,20 +109,32 @@ class Stack:
 
     def worker(self, name: str) -> Proc:
         proc = self.start(name, keel_cmd("worker", "--hostname", f"{name}@%h"))
-        wait_until(lambda: "ready" in proc.output() or proc.process.poll() is not None,
-                   timeout_s=120, what=f"{name} ready")  # fmt: skip
+        wait_until(
+            lambda: "ready" in proc.output() or proc.process.poll() is not None,
+            timeout_s=120,
+            what=f"{name} ready",
+        )
         assert proc.process.poll() is None, proc.output()
         return proc
 
     def reward_service(self, base_url: str) -> RewardService:
         port = free_port()
-        service = RewardService(f"http://127.0.0.1:{port}/hook", self.tmp / "reward_token",
-                                self.tmp / "rewards.jsonl")  # fmt: skip
-        cmd = [sys.executable, str(HERE / "reward_service.py"), str(port), WEBHOOK_SECRET,
-               str(service.token_file), base_url, str(service.log_file)]  # fmt: skip
+        service = RewardService(
+            f"http://127.0.0.1:{port}/hook", self.tmp / "reward_token", self.tmp / "rewards.jsonl"
+        )
+        cmd = [
+            sys.executable,
+            str(HERE / "reward_service.py"),
+            str(port),
+            WEBHOOK_SECRET,
+            str(service.token_file),
+            base_url,
+            str(service.log_file),
+        ]
         proc = self.start("reward-service", cmd)
-        wait_until(lambda: "reward service on" in proc.output(), timeout_s=60,
-                   what="reward service")  # fmt: skip
+        wait_until(
+            lambda: "reward service on" in proc.output(), timeout_s=60, what="reward service"
+        )
         return service
 
     def _wait_http(self, proc: Proc, url: str) -> None:
@@ -174,9 +190,11 @@ def base_env(tmp: Path, **keel: str) -> dict[str, str]:
 def production_stack(pg_url: str, tmp_path: Path) -> Iterator[Stack]:
     """PostgreSQL + Redis, migrated with `keel migrate`; a queue of its own on Redis."""
     env = base_env(
-        tmp_path, database_url=pg_url, broker_url=REDIS_URL,
+        tmp_path,
+        database_url=pg_url,
+        broker_url=REDIS_URL,
         job_queue=f"keel-e2e-{secrets.token_hex(4)}",
-    )  # fmt: skip
+    )
     subprocess.run(keel_cmd("migrate"), env=env, check=True, capture_output=True, cwd=tmp_path)
     stack = Stack(tmp_path, env)
     yield stack

@@ -49,8 +49,9 @@ def main() -> None:
         path = Path(token_file)
         while not path.exists():
             time.sleep(0.05)
-        return keel.Client(base_url=base_url, api_key=path.read_text().strip(), max_retries=6,
-                           backoff_base_s=0.2)  # fmt: skip
+        return keel.Client(
+            base_url=base_url, api_key=path.read_text().strip(), max_retries=6, backoff_base_s=0.2
+        )
 
     def post(rollouts: list[dict]) -> None:
         scores = {r["id"]: score(r["completion"]) for r in rollouts}
@@ -58,8 +59,16 @@ def main() -> None:
             results = sdk.rewards.batch(scores).results
         with log_lock, open(log_file, "a") as fh:
             for result in results:
-                fh.write(json.dumps({"id": result.rollout_id, "value": scores[result.rollout_id],
-                                     "ok": result.ok}) + "\n")  # fmt: skip
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": result.rollout_id,
+                            "value": scores[result.rollout_id],
+                            "ok": result.ok,
+                        }
+                    )
+                    + "\n"
+                )
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:

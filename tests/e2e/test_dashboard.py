@@ -15,8 +15,13 @@ import keel
 CHROMIUM = Path("/usr/bin/chromium")
 # The flags that work on these machines (closed network, root, no GPU); see environment docs.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 POINTS = "Number(document.querySelector('[data-chart=\"reward/mean\"]')?.dataset.points ?? 0)"
 STATUS = "document.getElementById('job-status').textContent"
@@ -31,8 +36,9 @@ def page(tmp_path):
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
-        context = browser.new_context(viewport={"width": 1400, "height": 1000},
-                                      accept_downloads=True)  # fmt: skip
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 1000}, accept_downloads=True
+        )
         page = context.new_page()
         page.set_default_timeout(60_000)
         yield page
@@ -54,8 +60,7 @@ def wait_status(page, status: str) -> None:
 
 
 @pytest.mark.slow
-def test_dashboard_watch_pause_resume_and_open_a_rollout(production_stack, helpers, page,
-                                                         tmp_path):  # fmt: skip
+def test_dashboard_watch_pause_resume_and_open_a_rollout(production_stack, helpers, page, tmp_path):
     base_url = production_stack.api()
     production_stack.worker("w1")
     admin = keel.Client(base_url=base_url, api_key=helpers.admin_key)

@@ -23,8 +23,18 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "scripts" / "demo.py"
-SMALL = ["--steps", "2", "--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "8",
-         "--eval-size", "4"]  # fmt: skip
+SMALL = [
+    "--steps",
+    "2",
+    "--prompts-per-step",
+    "2",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "8",
+    "--eval-size",
+    "4",
+]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -79,8 +89,12 @@ def test_demo_small_budget_delivers_every_artifact(tmp_path):
         port = taken.getsockname()[1]
         done = subprocess.run(
             [sys.executable, str(DEMO), *SMALL, "--data-dir", str(home), "--port", str(port)],
-            env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
+            env=_env(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     assert f"port {port} is taken" in out
@@ -131,8 +145,9 @@ def _assert_trained(model, home: Path) -> None:
     [base_dir] = [d for d in (home / "models").iterdir() if (d / "config.json").is_file()]
     base = load_file(base_dir / "model.safetensors")
     trained = model.state_dict()
-    changed = [name for name, w in base.items() if name in trained and not torch.equal(
-        w, trained[name])]  # fmt: skip
+    changed = [
+        name for name, w in base.items() if name in trained and not torch.equal(w, trained[name])
+    ]
     assert len(changed) > len(base) // 2
 
 

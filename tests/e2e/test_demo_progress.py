@@ -20,8 +20,12 @@ def test_the_progress_line_shows_a_guard_alert(capsys):
     progress = _demo().Progress(16)
     progress.update(3, {"reward/mean": 0.5})
     assert "guard" not in progress.line()
-    event = {"trigger": "kl", "step": 3, "action": "alert",
-             "reason": "k3 KL(μ‖π_old) 0.02 > 2 × its baseline 0.003"}  # fmt: skip
+    event = {
+        "trigger": "kl",
+        "step": 3,
+        "action": "alert",
+        "reason": "k3 KL(μ‖π_old) 0.02 > 2 × its baseline 0.003",
+    }
     progress.alert(event)
     assert progress.line().endswith("| guard alert: kl at step 3")
     out = capsys.readouterr().out

@@ -65,7 +65,7 @@ def test_prometheus_scrapes_the_api_with_the_metrics_token(compose):
 
 def test_dockerfile_installs_the_project_with_pinned_torch():
     text = (ROOT / "Dockerfile").read_text()
-    assert 'torch==${TORCH_VERSION}' in text and "ARG TORCH_VERSION=2.13.0" in text
+    assert "torch==${TORCH_VERSION}" in text and "ARG TORCH_VERSION=2.13.0" in text
     assert "-c constraints.txt" in text and "alembic.ini" in text and "migrations" in text
 
 
@@ -95,6 +95,7 @@ def test_compose_config_accepts_the_file():
     if cmd is None:
         pytest.skip("no compose binary on this machine")
     env = {**os.environ, "KEEL_ADMIN_KEY": "k" * 32, "KEEL_SECRET_KEY": "s" * 43 + "="}
-    done = subprocess.run([*cmd, "config", "-q"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [*cmd, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr

@@ -62,8 +62,9 @@ def _cli_sees_the_job(helpers, env, base_url: str, key: str, job_id: str, tmp_pa
     auth = ["--base-url", base_url, "--api-key", key]
 
     def keel_cli(*args: str) -> str:
-        done = subprocess.run(helpers.keel_cmd(*args, *auth), env=env, capture_output=True,
-                              text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            helpers.keel_cmd(*args, *auth), env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 

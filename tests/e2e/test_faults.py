@@ -25,8 +25,14 @@ KILL_STEP = 3  # 1-based: the step inside which the worker dies
 STEPS = 4
 # Long enough phases for the poll below to land inside them: 4 × 4 rollouts of up to 24 tokens,
 # an update of 8 micro-batches.
-CONFIG = {"steps": STEPS, "prompts_per_step": 4, "group_size": 4, "micro_batch_size": 2,
-          "rollout": {"max_new_tokens": 24}, "seed": 7}  # fmt: skip
+CONFIG = {
+    "steps": STEPS,
+    "prompts_per_step": 4,
+    "group_size": 4,
+    "micro_batch_size": 2,
+    "rollout": {"max_new_tokens": 24},
+    "seed": 7,
+}
 
 
 @pytest.mark.parametrize("phase", ["generation", "update"])
@@ -42,8 +48,12 @@ def test_sigkill_inside_a_step_then_the_job_ends_as_if_never_killed(
     service.give_token(job.reward_token)
 
     inside = _in_generation if phase == "generation" else _in_update
-    helpers.wait_until(lambda: inside(client, job.id), timeout_s=240, interval_s=0.02,
-                       what=f"the {phase} of step {KILL_STEP}")  # fmt: skip
+    helpers.wait_until(
+        lambda: inside(client, job.id),
+        timeout_s=240,
+        interval_s=0.02,
+        what=f"the {phase} of step {KILL_STEP}",
+    )
     first.kill(signal.SIGKILL)  # the worker and its pool process
     killed_at = client.jobs.retrieve(job.id)
     assert (killed_at.status, killed_at.step) == ("running", KILL_STEP - 1), "killed too late"
@@ -52,8 +62,11 @@ def test_sigkill_inside_a_step_then_the_job_ends_as_if_never_killed(
     production_stack.worker("w2")
     done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
     assert (done.status, done.step, done.policy_version, done.attempts) == (
-        "succeeded", STEPS, STEPS, 2,
-    )  # fmt: skip
+        "succeeded",
+        STEPS,
+        STEPS,
+        2,
+    )
     helpers.assert_every_step_once(client, job.id, steps=STEPS)
     helpers.assert_rewards_kept(client, job.id, service.posted())
     rollouts = client.rollouts.list(job.id, limit=500).data
@@ -101,24 +114,32 @@ def test_duplicate_delivery_exits_and_late_reward_is_refused(production_stack, h
     client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
     reward = {"type": "external", "deadline_s": 8}
     job = client.jobs.create(helpers.job_config(steps=1), reward=reward)
-    helpers.wait_until(lambda: client.rollouts.list(job.id).data, timeout_s=120,
-                       what="step 1 rollouts")  # fmt: skip
+    helpers.wait_until(
+        lambda: client.rollouts.list(job.id).data, timeout_s=120, what="step 1 rollouts"
+    )
     before = _lease(production_stack, job.id)
 
     # The job waits for rewards while one worker holds its lease; the idle worker receives a
     # duplicate delivery and must leave the job alone.
-    settings = Settings(**{k[5:].lower(): v for k, v in production_stack.env.items()
-                           if k.startswith("KEEL_")})  # fmt: skip
+    settings = Settings(
+        **{k[5:].lower(): v for k, v in production_stack.env.items() if k.startswith("KEEL_")}
+    )
     enqueue_run_job(make_producer(settings), settings, job.id)
-    helpers.wait_until(lambda: any("not taken (held)" in w.output() for w in workers),
-                       timeout_s=60, what="the duplicate to exit")  # fmt: skip
+    helpers.wait_until(
+        lambda: any("not taken (held)" in w.output() for w in workers),
+        timeout_s=60,
+        what="the duplicate to exit",
+    )
     after = _lease(production_stack, job.id)
     assert after == before and after["attempts"] == 1
 
     # Nobody rewards step 1: its rollouts expire, and a late reward is a clear conflict.
     rollout = client.rollouts.list(job.id).data[0]
-    helpers.wait_until(lambda: client.rollouts.retrieve(rollout.id).status == "expired",
-                       timeout_s=60, what="the deadline")  # fmt: skip
+    helpers.wait_until(
+        lambda: client.rollouts.retrieve(rollout.id).status == "expired",
+        timeout_s=60,
+        what="the deadline",
+    )
     token_client = keel.Client(base_url=base_url, api_key=job.reward_token, max_retries=0)
     with pytest.raises(keel.ConflictError) as late:
         token_client.rewards.create(rollout.id, 1.0)

@@ -24,8 +24,9 @@ def test_guard_pauses_with_its_reason_then_resumes_with_a_new_lr(production_stac
     job = client.jobs.create(helpers.guard_pause_job_config())
     paused = helpers.wait_until(
         lambda: (j := client.jobs.retrieve(job.id)).status == "paused" and j,
-        timeout_s=240, what="the guard's pause",
-    )  # fmt: skip
+        timeout_s=240,
+        what="the guard's pause",
+    )
     assert paused.step == 1 and paused.guard.triggers == 1
     assert paused.guard.last_reason.startswith("is_fraction at step 1: IS-corrected token")
     events = []

@@ -33,16 +33,20 @@ def test_sigkilled_keel_up_leaves_no_worker_and_the_next_one_resumes_at_once(tmp
         _second_keel_up_refuses(helpers, env, home, pids)
 
         job = client.jobs.create(helpers.job_config(steps=6), reward={"type": "builtin"})
-        running = helpers.wait_until(lambda: _at_step(client, job.id, 1), timeout_s=180,
-                                     what="step 1", interval_s=0.1)  # fmt: skip
+        running = helpers.wait_until(
+            lambda: _at_step(client, job.id, 1), timeout_s=180, what="step 1", interval_s=0.1
+        )
         assert running.heartbeat_at is not None
         worker_tree = _descendants(pids["worker"])
         assert len(worker_tree) >= 2  # the Celery main process and its pool process
 
         os.kill(first.process.pid, signal.SIGKILL)  # keel up alone, not its process group
         first.process.wait(10)
-        helpers.wait_until(lambda: not any(pid_running(p) for p in worker_tree), timeout_s=5,
-                           what=f"the worker processes {worker_tree} to die")  # fmt: skip
+        helpers.wait_until(
+            lambda: not any(pid_running(p) for p in worker_tree),
+            timeout_s=5,
+            what=f"the worker processes {worker_tree} to die",
+        )
         assert _stored_status(home) == "running"
 
         _, client = _keel_up(stack, helpers, home, "up-2")
@@ -56,21 +60,30 @@ def test_sigkilled_keel_up_leaves_no_worker_and_the_next_one_resumes_at_once(tmp
 def _keel_up(stack, helpers, home: Path, name: str):
     port = helpers.free_port()
     proc = stack.start(name, helpers.keel_cmd("up", "--port", str(port), "--home", str(home)))
-    helpers.wait_until(lambda: "keel is up" in proc.output() or proc.process.poll() is not None,
-                       timeout_s=90, what=name)  # fmt: skip
+    helpers.wait_until(
+        lambda: "keel is up" in proc.output() or proc.process.poll() is not None,
+        timeout_s=90,
+        what=name,
+    )
     assert proc.process.poll() is None, proc.output()
     worker_log = home / "worker.log"
     start = worker_log.stat().st_size if worker_log.exists() else 0
-    helpers.wait_until(lambda: b"ready" in worker_log.read_bytes()[start:], timeout_s=120,
-                       what=f"{name}'s worker")  # fmt: skip
+    helpers.wait_until(
+        lambda: b"ready" in worker_log.read_bytes()[start:], timeout_s=120, what=f"{name}'s worker"
+    )
     client = keel.Client(base_url=f"http://127.0.0.1:{port}", api_key=helpers.admin_key)
     return proc, client
 
 
 def _second_keel_up_refuses(helpers, env, home: Path, pids: dict) -> None:
     port = str(helpers.free_port())
-    second = subprocess.run(helpers.keel_cmd("up", "--port", port, "--home", str(home)), env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    second = subprocess.run(
+        helpers.keel_cmd("up", "--port", port, "--home", str(home)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 1, second.stdout + second.stderr
     assert "already running" in second.stderr and str(pids["worker"]) in second.stderr
     assert all(pid_running(pid) for pid in pids.values())

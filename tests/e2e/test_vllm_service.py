@@ -21,8 +21,12 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.services, pytest.m
 
 VLLM_ENV = {"KEEL_VLLM_KV_CACHE_GIB": "0.5", "KEEL_VLLM_MAX_MODEL_LEN": "512"}
 CONFIG = {
-    "model": {"name": "smollm2-135m-instruct"}, "steps": 2, "prompts_per_step": 2,
-    "group_size": 2, "micro_batch_size": 4, "rollout": {"engine": "vllm", "max_new_tokens": 4},
+    "model": {"name": "smollm2-135m-instruct"},
+    "steps": 2,
+    "prompts_per_step": 2,
+    "group_size": 2,
+    "micro_batch_size": 4,
+    "rollout": {"engine": "vllm", "max_new_tokens": 4},
     "seed": 3,
 }
 
@@ -44,8 +48,12 @@ def test_a_vllm_job_checkpoints_and_resumes_after_a_worker_kill(production_stack
     client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
     job = client.jobs.create(helpers.job_config(**CONFIG), reward={"type": "builtin"})
 
-    helpers.wait_until(lambda: _in_step_2_generation(client, job.id), timeout_s=600,
-                       interval_s=0.05, what="step 2 of the vllm job")  # fmt: skip
+    helpers.wait_until(
+        lambda: _in_step_2_generation(client, job.id),
+        timeout_s=600,
+        interval_s=0.05,
+        what="step 2 of the vllm job",
+    )
     first.kill(signal.SIGKILL)
     assert "Initializing a V1 LLM engine" in first.output()  # the rollouts came from vLLM
     assert client.jobs.retrieve(job.id).step == 1
@@ -53,8 +61,11 @@ def test_a_vllm_job_checkpoints_and_resumes_after_a_worker_kill(production_stack
     second = stack.worker("w2")
     done = client.jobs.wait(job.id, timeout_s=600, poll_interval_s=0.5)
     assert (done.status, done.step, done.policy_version, done.attempts) == (
-        "succeeded", 2, 2, 2,
-    ), done.error  # fmt: skip
+        "succeeded",
+        2,
+        2,
+        2,
+    ), done.error
     log = second.output()
     assert "resuming from" in log and "Initializing a V1 LLM engine" in log
     assert "kv_cache_memory_bytes': 536870912" in log and "'max_model_len': 512" in log

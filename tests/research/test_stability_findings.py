@@ -5,9 +5,16 @@ from research.stability.findings import better, evaluate_findings
 
 def runs(cell, finals, collapsed=(0, 0, 0)):
     return [
-        {"cell": cell, "final_acc": f, "collapsed": c, "initial_acc": 0.2,
-         "mean_kl_k1": 1e-3, "mean_routing_infer_vs_train": 0.02,
-         "kl_start": 1e-3, "kl_end": 1e-3 + 0.1 * c}
+        {
+            "cell": cell,
+            "final_acc": f,
+            "collapsed": c,
+            "initial_acc": 0.2,
+            "mean_kl_k1": 1e-3,
+            "mean_routing_infer_vs_train": 0.02,
+            "kl_start": 1e-3,
+            "kl_end": 1e-3 + 0.1 * c,
+        }
         for f, c in zip(finals, collapsed, strict=True)
     ]
 
@@ -59,8 +66,11 @@ def test_kl_finding_contrasts_collapsed_with_stable_runs():
 
 def test_a_missing_number_is_missing_never_agrees_or_disagrees():
     nan = float("nan")
-    rows = (runs("N1/minirl", [0.4, 0.42, 0.41]) + runs("N1/minirl+R3", [0.4, 0.41, 0.4])
-            + runs("N1/reinforce+R3", [0.1, 0.1, 0.1]))  # fmt: skip
+    rows = (
+        runs("N1/minirl", [0.4, 0.42, 0.41])
+        + runs("N1/minirl+R3", [0.4, 0.41, 0.4])
+        + runs("N1/reinforce+R3", [0.1, 0.1, 0.1])
+    )
     for r in rows:
         r["mean_kl_k1"] = nan
     assert {f.key: f for f in evaluate_findings(rows)}["F3"].verdict == "missing"
@@ -84,17 +94,22 @@ def test_dppo_critique_verdicts_and_aliases():
     low, high = [0.1, 0.12, 0.11], [0.4, 0.42, 0.41]
     agree = evaluate_findings(cells(low, high, high), findings=(dppo_critique,))
     assert agree[0].verdict == "agrees"
-    assert evaluate_findings(cells(high, low, low), findings=(dppo_critique,))[0].verdict \
+    assert (
+        evaluate_findings(cells(high, low, low), findings=(dppo_critique,))[0].verdict
         == "disagrees"
-    assert evaluate_findings(cells(high, high, high), findings=(dppo_critique,))[0].verdict \
+    )
+    assert (
+        evaluate_findings(cells(high, high, high), findings=(dppo_critique,))[0].verdict
         == "not reproduced"
+    )
     # The int4 MiniRL cell is the findings cell N4/minirl+R3 under another name.
     rows = [r for r in cells(low, high, high) if r["cell"] != "F9/int4/minirl"]
     rows += runs("N4/minirl+R3", low)
     missing = evaluate_findings(rows, findings=(dppo_critique,))[0]
     assert missing.verdict == "missing"
-    aliased = evaluate_findings(rows, aliases={"F9/int4/minirl": "N4/minirl+R3"},
-                                findings=(dppo_critique,))  # fmt: skip
+    aliased = evaluate_findings(
+        rows, aliases={"F9/int4/minirl": "N4/minirl+R3"}, findings=(dppo_critique,)
+    )
     assert aliased[0].verdict == "agrees"
 
 

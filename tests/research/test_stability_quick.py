@@ -10,8 +10,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
-    "--sft-max-steps", "10", "--grad-steps", "4", "--eval-every", "2", "--eval-prompts", "8",
-    "--cells", "N1/reinforce,N2/minirl+R2",
+    "--sft-max-steps",
+    "10",
+    "--grad-steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--eval-prompts",
+    "8",
+    "--cells",
+    "N1/reinforce,N2/minirl+R2",
 ]
 
 
@@ -19,7 +27,12 @@ def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"KEEL_STABILITY_CACHE": str(cache)}
     return subprocess.run(
         [sys.executable, "-m", "research.stability", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
 
 
@@ -34,8 +47,17 @@ def test_quick_mode_writes_runs_summaries_figures_and_report(tmp_path):
     assert len(run_csvs) == 5
     with run_csvs[0].open() as f:
         rows = list(csv.DictReader(f))
-    assert {"grad_step", "train_reward", "eval_acc", "entropy", "kl_k1", "clip_frac",
-            "is_trunc_frac", "routing_infer_vs_train", "grad_norm"} <= set(rows[0])
+    assert {
+        "grad_step",
+        "train_reward",
+        "eval_acc",
+        "entropy",
+        "kl_k1",
+        "clip_frac",
+        "is_trunc_frac",
+        "routing_infer_vs_train",
+        "grad_norm",
+    } <= set(rows[0])
     assert rows[-1]["grad_step"] == "4" and rows[-1]["eval_acc"] != ""
     assert (cache / "coldstart").is_dir()  # the cold start went to the env-var cache
     assert (out / "discrepancy.csv").is_file() and (out / "coldstarts.json").is_file()

@@ -36,8 +36,10 @@ def test_sorting_prompt_answer_and_reward():
 
 def _run(cell: str, acc: list[float]) -> Run:
     """A pilot run whose held-out accuracy follows `acc` (entropy and health unremarkable)."""
-    rows = [{"grad_step": float(8 * i), "eval_acc": a, "entropy": 1.0, "loss": 0.1,
-             "grad_norm": 1.0} for i, a in enumerate(acc)]  # fmt: skip
+    rows = [
+        {"grad_step": float(8 * i), "eval_acc": a, "entropy": 1.0, "loss": 0.1, "grad_norm": 1.0}
+        for i, a in enumerate(acc)
+    ]
     return Run({"cell": cell, "regime": "pilot", "seed": 0}, rows)
 
 
@@ -48,8 +50,10 @@ COLLAPSES = [0.3, 0.4, 0.1, 0.05, 0.02]
 
 def test_rule_a_takes_the_largest_lr_at_which_reinforce_still_learns():
     cells = stress.pilot_a_cells()
-    runs = {c.name: _run(c.name, acc) for c, acc in zip(cells, [LEARNS, LEARNS, LEARNS, FLAT],
-                                                          strict=True)}  # fmt: skip
+    runs = {
+        c.name: _run(c.name, acc)
+        for c, acc in zip(cells, [LEARNS, LEARNS, LEARNS, FLAT], strict=True)
+    }
     lr, evidence = stress.rule_a(runs)
     assert lr == stress.LR_GRID[2] and len(evidence) == len(cells)
     nothing = {c.name: _run(c.name, FLAT) for c in cells}
@@ -59,8 +63,10 @@ def test_rule_a_takes_the_largest_lr_at_which_reinforce_still_learns():
 def test_rule_b_takes_the_mildest_rung_that_collapses_reinforce():
     cells = stress.pilot_b_cells(3e-4)
     assert [c.precision for c in cells] == [d.precision for d in LADDER]
-    runs = {c.name: _run(c.name, acc) for c, acc in zip(cells, [LEARNS, COLLAPSES, COLLAPSES],
-                                                          strict=True)}  # fmt: skip
+    runs = {
+        c.name: _run(c.name, acc)
+        for c, acc in zip(cells, [LEARNS, COLLAPSES, COLLAPSES], strict=True)
+    }
     dial, collapsed, _ = stress.rule_b(runs, 3e-4)
     assert (dial, collapsed) == (LADDER[1], True)
     calm = {c.name: _run(c.name, LEARNS) for c in cells}
@@ -70,10 +76,16 @@ def test_rule_b_takes_the_mildest_rung_that_collapses_reinforce():
 def test_rule_c_takes_the_smallest_lr_at_or_above_rule_a_that_collapses_noclip():
     cells = stress.pilot_c_cells(3e-4, LADDER[1])
     assert [c.lr for c in cells] == [lr for lr in stress.LR_GRID if lr >= 3e-4]
-    assert all(c.algorithm == {"name": "minirl", "use_clip": False} and c.replay == "none"
-               and c.num_minibatches == 4 for c in cells)  # fmt: skip
-    runs = {c.name: _run(c.name, acc) for c, acc in zip(cells, [LEARNS, COLLAPSES, COLLAPSES],
-                                                          strict=True)}  # fmt: skip
+    assert all(
+        c.algorithm == {"name": "minirl", "use_clip": False}
+        and c.replay == "none"
+        and c.num_minibatches == 4
+        for c in cells
+    )
+    runs = {
+        c.name: _run(c.name, acc)
+        for c, acc in zip(cells, [LEARNS, COLLAPSES, COLLAPSES], strict=True)
+    }
     assert stress.rule_c(runs, 3e-4, LADDER[1])[:2] == (1e-3, True)
     missing = {cells[0].name: _run(cells[0].name, LEARNS)}
     assert stress.rule_c(missing, 3e-4, LADDER[1])[:2] == (max(stress.LR_GRID), False)
@@ -81,8 +93,13 @@ def test_rule_c_takes_the_smallest_lr_at_or_above_rule_a_that_collapses_noclip()
 
 @pytest.fixture
 def regime() -> stress.Regime:
-    return stress.Regime(lr_on_policy=3e-4, dial="int4", lr_off_policy=1e-3,
-                         baseline_collapsed={"B": True, "C": True}, evidence={})  # fmt: skip
+    return stress.Regime(
+        lr_on_policy=3e-4,
+        dial="int4",
+        lr_off_policy=1e-3,
+        baseline_collapsed={"B": True, "C": True},
+        evidence={},
+    )
 
 
 def test_matrix_runs_each_configuration_once(regime):
@@ -136,23 +153,32 @@ def test_auto_is_declared_against_every_fixed_choice_at_each_n(regime):
 
 
 def _summaries(cell: str, finals: list[float], collapsed: int = 0) -> list[dict]:
-    return [{"cell": cell, "final_acc": f, "collapsed": int(i < collapsed)}
-            for i, f in enumerate(finals)]  # fmt: skip
+    return [
+        {"cell": cell, "final_acc": f, "collapsed": int(i < collapsed)}
+        for i, f in enumerate(finals)
+    ]
 
 
 def _verdict(auto: list[float], none: list[float], r3: list[float], collapsed: int = 0):
-    rows = {"a": _summaries("a", auto), "none": _summaries("none", none),
-            "r3": _summaries("r3", r3, collapsed)}  # fmt: skip
+    rows = {
+        "a": _summaries("a", auto),
+        "none": _summaries("none", none),
+        "r3": _summaries("r3", r3, collapsed),
+    }
     return report_stress.auto_verdict(rows, "a", ["none", "r3"])
 
 
 def test_auto_verdict_follows_the_findings_comparison():
     # Within noise of the best fixed choice (R3 here): |0.40 − 0.42| < 0.03.
     assert _verdict([0.40, 0.41, 0.39], [0.30, 0.31, 0.29], [0.42, 0.41, 0.43]) == (
-        "r3", "within noise")
+        "r3",
+        "within noise",
+    )
     # Beaten by a fixed choice beyond max(0.03, 2 SE): worse, naming it.
     assert _verdict([0.30, 0.31, 0.29], [0.20, 0.21, 0.19], [0.42, 0.41, 0.43]) == (
-        "r3", "worse than `r3`")
+        "r3",
+        "worse than `r3`",
+    )
     assert _verdict([0.50, 0.51, 0.49], [0.20, 0.21, 0.19], [0.42, 0.41, 0.43])[1] == "better"
     # A lone seed anywhere is missing, not a tie.
     assert _verdict([0.50], [0.20, 0.21], [0.42, 0.41]) == ("", "missing")
@@ -166,12 +192,14 @@ def test_runs_from_another_cold_start_are_never_mixed_with_new_ones(tmp_path):
     (run / "seed0.json").write_text(json.dumps({"cell": "N4/minirl", "init": "balanced"}))
     known = [{"name": "balanced", "weights_sha256": "a" * 64, "cpu": "EPYC (AVX2)"}]
     same = [{"name": "balanced", "weights_sha256": "a" * 64, "steps": 900}]
-    other = [{"name": "balanced", "weights_sha256": "b" * 64, "steps": 800,
-              "cpu": "EPYC (AVX512)"}]  # fmt: skip
+    other = [{"name": "balanced", "weights_sha256": "b" * 64, "steps": 800, "cpu": "EPYC (AVX512)"}]
     _refuse_mixed_cold_starts(tmp_path, known, same)  # same weights: go on
     _refuse_mixed_cold_starts(tmp_path, [], other)  # nothing recorded yet: go on
-    with pytest.raises(SystemExit, match=r"1 runs .* start from cold start 'balanced'.*made on "
-                       r"EPYC \(AVX2\).*on EPYC \(AVX512\)"):  # fmt: skip
+    with pytest.raises(
+        SystemExit,
+        match=r"1 runs .* start from cold start 'balanced'.*made on "
+        r"EPYC \(AVX2\).*on EPYC \(AVX512\)",
+    ):
         _refuse_mixed_cold_starts(tmp_path, known, other)
     (run / "seed0.json").unlink()  # moved aside: the new cold start may run
     _refuse_mixed_cold_starts(tmp_path, known, other)

@@ -18,13 +18,29 @@ def test_stress_quick_mode_measures_every_dial_and_runs_the_baselines(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     env = os.environ | {"KEEL_STABILITY_CACHE": str(cache)}
     subprocess.run(
-        [sys.executable, "-m", "research.stability", "run", "--suite", "stress", "--quick",
-         "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "research.stability",
+            "run",
+            "--suite",
+            "stress",
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     with (out / "discrepancy.csv").open() as f:
-        probe = {r["dial"]: {k: float(v) for k, v in r.items() if k not in ("dial", "init")}
-                 for r in csv.DictReader(f)}  # fmt: skip
+        probe = {
+            r["dial"]: {k: float(v) for k, v in r.items() if k not in ("dial", "init")}
+            for r in csv.DictReader(f)
+        }
     assert set(probe) == {"fp32", "fp32+top_p0.9", "fp8", "fp8_tensor", "int4", "int4+top_p0.9"}
     # fp32 is the no-mismatch control: μ equals π_old to float rounding, no expert changes.
     assert probe["fp32"]["kl_k3"] < 1e-9 and probe["fp32"]["routing_layer_max"] == 0.0
@@ -42,7 +58,8 @@ def test_stress_quick_mode_measures_every_dial_and_runs_the_baselines(tmp_path):
 
     runs = sorted(out.glob("runs/*/seed0.csv"))
     assert [p.parent.name for p in runs] == [
-        "B__int4__N1__reinforce", "C__lr0.003__int4__N4__minirl-noclip"
+        "B__int4__N1__reinforce",
+        "C__lr0.003__int4__N4__minirl-noclip",
     ]
     with runs[1].open() as f:
         header = next(csv.reader(f))

@@ -61,5 +61,3 @@ def job_body() -> Callable[..., dict]:
 def make_job_body(**overrides) -> dict:
     config = tiny_job_config(**overrides.pop("config", {}))
     return {"config": config, **overrides}
-
-

@@ -40,8 +40,9 @@ def test_each_route_has_its_own_body_limit(client, project_key, job_body, settin
     assert small < large
     # A reward batch over the small limit is refused although an upload of that size is fine.
     padding = "x" * small
-    r = client.post("/v1/rewards", json={"rewards": [{"rollout_id": padding, "value": 1}]},
-                    headers=headers)  # fmt: skip
+    r = client.post(
+        "/v1/rewards", json={"rewards": [{"rollout_id": padding, "value": 1}]}, headers=headers
+    )
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large", r.text
     dataset = {"type": "dataset", "prompts": [{"text": "x" * 1000, "reference": "1"}] * 20}
     upload = job_body(prompts=dataset, reward={"type": "builtin", "verifier": "exact_match"})
@@ -85,8 +86,12 @@ def live_api(settings, tmp_path) -> Iterator[tuple[str, int]]:
 
 
 def _chunked_request(path: str, token: str | None) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: keel", "Content-Type: application/json",
-             "Transfer-Encoding: chunked"]  # fmt: skip
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: keel",
+        "Content-Type: application/json",
+        "Transfer-Encoding: chunked",
+    ]
     if token:
         lines.append(f"Authorization: Bearer {token}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -49,8 +49,11 @@ def test_the_same_key_with_another_body_is_409_naming_the_key(
     assert other.json()["state"] == {"idempotency_key": "job-2", "job_id": first.json()["id"]}
     assert _messages(settings) == 1
     # Keys are per project: another project may use the same key for its own job.
-    elsewhere = client.post("/v1/jobs", json=job_body(config={"steps": 3}),
-                            headers=project_key("beta") | {"Idempotency-Key": "job-2"})  # fmt: skip
+    elsewhere = client.post(
+        "/v1/jobs",
+        json=job_body(config={"steps": 3}),
+        headers=project_key("beta") | {"Idempotency-Key": "job-2"},
+    )
     assert elsewhere.status_code == 201
 
 
@@ -75,8 +78,13 @@ def test_secrets_are_sealed_at_rest(job_body, client, project_key, settings, ses
     from keel_server.db import jobs as jobs_db
     from keel_server.db import session_scope
 
-    body = job_body(reward={"type": "webhook", "url": "http://127.0.0.1:9/hook",
-                            "secret": "my-webhook-secret-0123"})  # fmt: skip
+    body = job_body(
+        reward={
+            "type": "webhook",
+            "url": "http://127.0.0.1:9/hook",
+            "secret": "my-webhook-secret-0123",
+        }
+    )
     created = client.post("/v1/jobs", json=body, headers=project_key("alpha")).json()
     with session_scope(sessions) as s:
         row = jobs_db.get_job(s, created["id"])
@@ -95,8 +103,9 @@ def test_active_jobs_per_project_are_limited_with_retry_after(
         admin = {"Authorization": f"Bearer {settings.admin_key}"}
         key = client.post("/v1/keys", json={"project": "alpha"}, headers=admin).json()["key"]
         headers = {"Authorization": f"Bearer {key}"}
-        ids = [client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
-               for _ in range(2)]  # fmt: skip
+        ids = [
+            client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"] for _ in range(2)
+        ]
         third = client.post("/v1/jobs", json=job_body(), headers=headers)
         assert third.status_code == 429 and third.json()["code"] == "rate_limited"
         assert int(third.headers["retry-after"]) >= 1

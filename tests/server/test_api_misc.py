@@ -51,9 +51,13 @@ def test_metrics_query_by_name_and_range(job_body, client, project_key, sessions
     url = f"/v1/jobs/{job_id}/metrics"
     rows = client.get(url, headers=headers).json()
     assert [(r["step"], r["name"]) for r in rows] == [
-        (1, "mismatch/k3_kl"), (1, "train/loss"), (2, "mismatch/k3_kl"), (2, "train/loss"),
-        (3, "train/grad"), (3, "train/loss"),
-    ]  # fmt: skip
+        (1, "mismatch/k3_kl"),
+        (1, "train/loss"),
+        (2, "mismatch/k3_kl"),
+        (2, "train/loss"),
+        (3, "train/grad"),
+        (3, "train/loss"),
+    ]
     loss = client.get(url, params={"name": "train/loss", "step_min": 2}, headers=headers).json()
     assert [(r["step"], r["value"]) for r in loss] == [(2, 0.5), (3, 0.25)]
     nan_row = client.get(url, params={"name": "train/grad"}, headers=headers).json()
@@ -79,9 +83,7 @@ def test_checkpoint_list_retrieve_and_download(
         ckpt_id = row.id
     page = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()
     full = {"size_bytes": size, "sha256": sha}
-    assert [(c["id"], c["step"], c["kinds"]["full"]) for c in page["data"]] == [
-        (ckpt_id, 2, full)
-    ]
+    assert [(c["id"], c["step"], c["kinds"]["full"]) for c in page["data"]] == [(ckpt_id, 2, full)]
     retrieved = client.get(f"/v1/checkpoints/{ckpt_id}", headers=headers).json()
     assert retrieved["kinds"]["full"]["sha256"] == sha
     r = client.get(f"/v1/checkpoints/{ckpt_id}/download?kind=full", headers=headers)
@@ -91,8 +93,12 @@ def test_checkpoint_list_retrieve_and_download(
     with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
         names = sorted(tar.getnames())
         weights = tar.extractfile("checkpoint/sub/weights.bin").read()
-    assert names == ["checkpoint", "checkpoint/config.json", "checkpoint/sub",
-                     "checkpoint/sub/weights.bin"]  # fmt: skip
+    assert names == [
+        "checkpoint",
+        "checkpoint/config.json",
+        "checkpoint/sub",
+        "checkpoint/sub/weights.bin",
+    ]
     assert weights == bytes(range(256)) * 10
     assert client.get("/v1/checkpoints/ckpt_nope", headers=headers).status_code == 404
 
@@ -104,8 +110,13 @@ def _parse_sse(text: str) -> list[dict]:
             line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
         )
         if "data" in fields:
-            events.append({"id": int(fields["id"]), "event": fields["event"],
-                           "data": json.loads(fields["data"])})  # fmt: skip
+            events.append(
+                {
+                    "id": int(fields["id"]),
+                    "event": fields["event"],
+                    "data": json.loads(fields["data"]),
+                }
+            )
     return events
 
 
@@ -130,8 +141,11 @@ def test_events_stream_and_resume_with_last_event_id(
     assert r.headers["content-type"].startswith("text/event-stream")
     events = _parse_sse(r.text)
     assert [(e["event"], e["data"]["data"].get("status")) for e in events] == [
-        ("status", "queued"), ("status", "running"), ("metrics", None), ("status", "succeeded"),
-    ]  # fmt: skip
+        ("status", "queued"),
+        ("status", "running"),
+        ("metrics", None),
+        ("status", "succeeded"),
+    ]
     assert events[2]["data"]["data"] == {"step": 1, "values": {"train/loss": 0.5}}
     resumed = client.get(
         f"/v1/jobs/{job_id}/events", headers=headers | {"Last-Event-ID": str(events[1]["id"])}
@@ -147,8 +161,10 @@ def test_events_without_follow_end_after_the_events_so_far(
     # The job is still running: a followed stream would wait for its end.
     r = client.get(f"/v1/jobs/{job_id}/events", params={"follow": "false"}, headers=headers)
     assert [(e["event"], e["data"]["data"].get("status")) for e in _parse_sse(r.text)] == [
-        ("status", "queued"), ("status", "running"), ("metrics", None),
-    ]  # fmt: skip
+        ("status", "queued"),
+        ("status", "running"),
+        ("metrics", None),
+    ]
 
 
 def test_health_live_and_ready(client) -> None:

@@ -27,9 +27,15 @@ def test_an_empty_idempotency_key_is_422(job_body, client, project_key) -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [{"steps": BIG}, {"steps": 2**31}, {"seed": 10**30}, {"eval_every": BIG},
-     {"task": {"split_seed": BIG}}, {"rollout": {"max_new_tokens": BIG}}],
-)  # fmt: skip
+    [
+        {"steps": BIG},
+        {"steps": 2**31},
+        {"seed": 10**30},
+        {"eval_every": BIG},
+        {"task": {"split_seed": BIG}},
+        {"rollout": {"max_new_tokens": BIG}},
+    ],
+)
 def test_huge_integers_in_a_job_are_422(job_body, client, project_key, config) -> None:
     _assert_4xx(client.post("/v1/jobs", json=job_body(config=config), headers=project_key("a")))
 
@@ -81,8 +87,9 @@ def test_nul_bytes_in_ids_and_queries_are_4xx(job_body, client, project_key) -> 
         _assert_4xx(client.get(path, headers=headers))
     r = client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "a\x00b"}, headers=headers)
     _assert_4xx(r)
-    r = client.post("/v1/rewards", json={"rewards": [{"rollout_id": "r\x00", "value": 1}]},
-                    headers=headers)  # fmt: skip
+    r = client.post(
+        "/v1/rewards", json={"rewards": [{"rollout_id": "r\x00", "value": 1}]}, headers=headers
+    )
     _assert_4xx(r)
 
 
@@ -94,8 +101,11 @@ def test_an_unexpected_error_answers_the_envelope_and_closes_the_connection(
     from keel_server.api.app import create_app
 
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        r = client.post("/v1/keys", json={"project": "alpha"},
-                        headers={"Authorization": f"Bearer {settings.admin_key}"})  # fmt: skip
+        r = client.post(
+            "/v1/keys",
+            json={"project": "alpha"},
+            headers={"Authorization": f"Bearer {settings.admin_key}"},
+        )
         headers = {"Authorization": f"Bearer {r.json()['key']}"}
         job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
         with session_scope(sessions) as session:  # a real failure: the table is gone
@@ -121,8 +131,9 @@ def test_a_reward_must_be_a_finite_json_number(
     headers = project_key("alpha")
     job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
     rollout_id = add_rollouts(job_id)[0]
-    _assert_4xx(_raw_post(client, f"/v1/rollouts/{rollout_id}/reward", f'{{"value": {value}}}',
-                          headers))  # fmt: skip
+    _assert_4xx(
+        _raw_post(client, f"/v1/rollouts/{rollout_id}/reward", f'{{"value": {value}}}', headers)
+    )
     batch = f'{{"rewards": [{{"rollout_id": "{rollout_id}", "value": {value}}}]}}'
     _assert_4xx(_raw_post(client, "/v1/rewards", batch, headers))
     rollout = client.get(f"/v1/rollouts/{rollout_id}", headers=headers).json()
@@ -157,12 +168,20 @@ def test_job_numbers_are_strict_and_finite(client, project_key, fragment, where)
     "override",
     [
         {"name": "a\x00b"},
-        {"prompts": {"type": "dataset", "prompts": [{"text": "2+2\x00", "reference": "4"}]},
-         "reward": {"type": "builtin", "verifier": "exact_match"}},
-        {"config": {"task": {"name": "dataset", "items": [{"prompt": "p\x00", "answer": "1"},
-                                                          {"prompt": "q", "answer": "2"}]}}},
+        {
+            "prompts": {"type": "dataset", "prompts": [{"text": "2+2\x00", "reference": "4"}]},
+            "reward": {"type": "builtin", "verifier": "exact_match"},
+        },
+        {
+            "config": {
+                "task": {
+                    "name": "dataset",
+                    "items": [{"prompt": "p\x00", "answer": "1"}, {"prompt": "q", "answer": "2"}],
+                }
+            }
+        },
     ],
-)  # fmt: skip
+)
 def test_nul_bytes_in_stored_text_are_422(job_body, client, project_key, override) -> None:
     _assert_4xx(client.post("/v1/jobs", json=job_body(**override), headers=project_key("alpha")))
 
@@ -173,8 +192,9 @@ def test_nul_bytes_in_prompt_batches_and_key_names_are_422(
     headers = project_key("alpha")
     body = job_body(prompts={"type": "client"}, reward={"type": "external"})
     job_id = client.post("/v1/jobs", json=body, headers=headers).json()["id"]
-    r = client.post(f"/v1/jobs/{job_id}/prompts", json={"prompts": [{"text": "a\x00"}]},
-                    headers=headers)  # fmt: skip
+    r = client.post(
+        f"/v1/jobs/{job_id}/prompts", json={"prompts": [{"text": "a\x00"}]}, headers=headers
+    )
     _assert_4xx(r)
     _assert_4xx(client.post("/v1/keys", json={"project": "p\x00"}, headers=admin))
 
@@ -183,8 +203,11 @@ def test_nul_bytes_in_prompt_batches_and_key_names_are_422(
 
 
 def test_an_unknown_task_is_422_at_creation(job_body, client, project_key) -> None:
-    r = client.post("/v1/jobs", json=job_body(config={"task": {"name": "subtraction"}}),
-                    headers=project_key("alpha"))  # fmt: skip
+    r = client.post(
+        "/v1/jobs",
+        json=job_body(config={"task": {"name": "subtraction"}}),
+        headers=project_key("alpha"),
+    )
     _assert_4xx(r)
     assert "addition" in r.json()["detail"]
 
@@ -204,8 +227,9 @@ def test_a_finished_job_takes_no_rewards(
     r = client.post(f"/v1/rollouts/{ids[0]}/reward", json={"value": 1.0}, headers=headers)
     _assert_4xx(r, 409)
     assert final in r.json()["detail"] and r.json()["state"]["status"] == final
-    batch = client.post("/v1/rewards", json={"rewards": [{"rollout_id": ids[1], "value": 1.0}]},
-                        headers=headers).json()  # fmt: skip
+    batch = client.post(
+        "/v1/rewards", json={"rewards": [{"rollout_id": ids[1], "value": 1.0}]}, headers=headers
+    ).json()
     assert batch["results"][0]["error"]["state"]["status"] == final
     assert client.get(f"/v1/rollouts/{ids[0]}", headers=headers).json()["reward"] is None
 
@@ -214,9 +238,15 @@ def test_a_finished_job_takes_no_rewards(
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:8000/v1/jobs", "http://169.254.169.254/latest/meta-data",
-            "http://10.0.0.7/hook", "http://[::1]/hook", "http://localhost:9/hook"],
-)  # fmt: skip
+    "url",
+    [
+        "http://127.0.0.1:8000/v1/jobs",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.7/hook",
+        "http://[::1]/hook",
+        "http://localhost:9/hook",
+    ],
+)
 def test_a_webhook_to_a_non_public_address_is_422_by_default(job_body, settings, url) -> None:
     from fastapi.testclient import TestClient
 
@@ -225,8 +255,9 @@ def test_a_webhook_to_a_non_public_address_is_422_by_default(job_body, settings,
     production = settings.model_copy(update={"webhook_allow": ""})
     admin = {"Authorization": f"Bearer {settings.admin_key}"}
     with TestClient(create_app(production)) as client:
-        r = client.post("/v1/jobs", json=job_body(reward={"type": "webhook", "url": url}),
-                        headers=admin)  # fmt: skip
+        r = client.post(
+            "/v1/jobs", json=job_body(reward={"type": "webhook", "url": url}), headers=admin
+        )
     _assert_4xx(r)
     assert r.json()["errors"][0]["loc"] == ["body", "reward", "url"]
     assert "KEEL_WEBHOOK_ALLOW" in r.json()["detail"] or "resolve" in r.json()["detail"]

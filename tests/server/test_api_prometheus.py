@@ -67,8 +67,10 @@ def test_scrape_matches_the_api(
         url = f"/v1/rollouts/{rollout_ids[index]}/reward"
         assert client.post(url, json={"value": value}, headers=alpha).status_code == status
     assert client.post("/v1/rollouts/ro_missing/reward", json={"value": 1}, headers=alpha)
-    batch = [{"rollout_id": rollout_ids[3], "value": 1.0}, {"rollout_id": rollout_ids[0],
-                                                            "value": 0.25}]  # fmt: skip
+    batch = [
+        {"rollout_id": rollout_ids[3], "value": 1.0},
+        {"rollout_id": rollout_ids[0], "value": 0.25},
+    ]
     results = client.post("/v1/rewards", json={"rewards": batch}, headers=alpha).json()["results"]
     assert [r["ok"] for r in results] == [True, False]  # each item counted on its own
     for _ in range(3):
@@ -110,21 +112,36 @@ def test_scrape_matches_the_api(
     assert not any(key[0].endswith("entropy") for key in got)
     assert not any(dict(key[1]).get("job_id") == queued for key in got)
 
-    rewards = {o: got[("keel_reward_posts_total", (("outcome", o),))] for o in
-               ("accepted", "duplicate", "conflicting", "rejected")}  # fmt: skip
+    rewards = {
+        o: got[("keel_reward_posts_total", (("outcome", o),))]
+        for o in ("accepted", "duplicate", "conflicting", "rejected")
+    }
     assert rewards == {"accepted": 3, "duplicate": 1, "conflicting": 2, "rejected": 2}
     route = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200"))
     assert got[("keel_http_requests_total", route)] == 3
-    assert got[("keel_http_requests_total", (
-        ("method", "POST"), ("route", "/v1/rollouts/{rollout_id}/reward"), ("status", "409"),
-    ))] == 1  # fmt: skip
-    count = ("keel_http_request_duration_seconds_count",
-             (("method", "GET"), ("route", "/v1/jobs/{job_id}")))  # fmt: skip
+    assert (
+        got[
+            (
+                "keel_http_requests_total",
+                (
+                    ("method", "POST"),
+                    ("route", "/v1/rollouts/{rollout_id}/reward"),
+                    ("status", "409"),
+                ),
+            )
+        ]
+        == 1
+    )
+    count = (
+        "keel_http_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/v1/jobs/{job_id}")),
+    )
     assert got[count] == 3
 
 
-def test_a_non_finite_step_metric_is_exported_as_nan(client, admin, project_key, job_body,
-                                                     sessions) -> None:  # fmt: skip
+def test_a_non_finite_step_metric_is_exported_as_nan(
+    client, admin, project_key, job_body, sessions
+) -> None:
     headers = project_key("alpha")
     job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
     _run(sessions, job_id, step=2, values={"reward/mean": float("nan"), "time/step_s": 1.0})
@@ -162,8 +179,9 @@ def test_metrics_access_is_the_operators_choice(
             assert "keel_jobs" in r.text
         key = client.post("/v1/keys", json={"project": "p"}, headers=admin).json()["key"]
         project = client.get("/metrics", headers={"Authorization": f"Bearer {key}"})
-        assert project.status_code == (200 if access == "open" else status if access == "off"
-                                       else 401)  # fmt: skip
+        assert project.status_code == (
+            200 if access == "open" else status if access == "off" else 401
+        )
         assert "/metrics" not in client.get("/openapi.json").json()["paths"]
 
 

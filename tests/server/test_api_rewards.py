@@ -19,8 +19,10 @@ def test_reward_is_idempotent_and_never_overwritten(job_body, client, project_ke
     first = client.post(url, json={"value": 0.75}, headers=headers)
     assert first.status_code == 200
     assert (first.json()["status"], first.json()["reward"], first.json()["created"]) == (
-        "rewarded", 0.75, True,
-    )  # fmt: skip
+        "rewarded",
+        0.75,
+        True,
+    )
     again = client.post(url, json={"value": 0.75}, headers=headers)
     assert again.status_code == 200 and again.json()["created"] is False
     other = client.post(url, json={"value": 0.0}, headers=headers)

@@ -18,10 +18,15 @@ def _job(factory) -> str:
     with session_scope(factory) as s:
         project = keys_db.get_or_create_project(s, "p")
         return jobs_db.insert_job(
-            s, id=new_id("job"), project_id=project.id, status="queued", config={},
-            prompt_source={"type": "task"}, reward_source={"type": "external"},
+            s,
+            id=new_id("job"),
+            project_id=project.id,
+            status="queued",
+            config={},
+            prompt_source={"type": "task"},
+            reward_source={"type": "external"},
             reward_token_hash=new_id("h"),
-        ).id  # fmt: skip
+        ).id
 
 
 def test_exactly_one_worker_takes_the_lease(session_factory) -> None:
@@ -40,9 +45,13 @@ def test_exactly_one_reward_value_wins(session_factory) -> None:
     job_id = _job(session_factory)
     with session_scope(session_factory) as s:
         (row,) = ro.record_rollouts(
-            s, job_id, step=1, policy_version=0, deadline_at=utcnow() + timedelta(minutes=1),
+            s,
+            job_id,
+            step=1,
+            policy_version=0,
+            deadline_at=utcnow() + timedelta(minutes=1),
             rollouts=[ro.NewRollout(0, 0, "p", "c", 1)],
-        )  # fmt: skip
+        )
 
     def post(i: int) -> ro.RewardOutcome:
         with session_scope(session_factory) as s:

@@ -17,10 +17,15 @@ def job_id(session_factory) -> str:
     with session_scope(session_factory) as s:
         project = keys_db.get_or_create_project(s, "p")
         job = jobs_db.insert_job(
-            s, id=new_id("job"), project_id=project.id, status="queued", config={},
-            prompt_source={"type": "task"}, reward_source={"type": "builtin"},
+            s,
+            id=new_id("job"),
+            project_id=project.id,
+            status="queued",
+            config={},
+            prompt_source={"type": "task"},
+            reward_source={"type": "builtin"},
             reward_token_hash=new_id("h"),
-        )  # fmt: skip
+        )
         return job.id
 
 
@@ -81,8 +86,11 @@ def test_pause_request_reaches_the_lease_holder(session_factory, job_id) -> None
         assert jobs_db.finish_job(s, job_id, "w", "paused")
         job = jobs_db.get_job(s, job_id)
         assert (job.status, job.requested, job.lease_owner, job.finished_at) == (
-            "paused", None, None, None,
-        )  # fmt: skip
+            "paused",
+            None,
+            None,
+            None,
+        )
     with (
         pytest.raises(ValueError, match="worker ends a job"),
         session_scope(session_factory) as s,

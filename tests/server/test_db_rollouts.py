@@ -18,19 +18,29 @@ def job_id(session_factory) -> str:
     with session_scope(session_factory) as s:
         project = keys_db.get_or_create_project(s, "p")
         return jobs_db.insert_job(
-            s, id=new_id("job"), project_id=project.id, status="queued", config={},
-            prompt_source={"type": "client"}, reward_source={"type": "external"},
+            s,
+            id=new_id("job"),
+            project_id=project.id,
+            status="queued",
+            config={},
+            prompt_source={"type": "client"},
+            reward_source={"type": "external"},
             reward_token_hash=new_id("h"),
-        ).id  # fmt: skip
+        ).id
 
 
 def _record(factory, job_id, *, step=1, deadline_s=60.0, rewards=None):
     items = [ro.NewRollout(g, i, "p", "c", 2) for g in range(2) for i in range(2)]
     with session_scope(factory) as s:
         rows = ro.record_rollouts(
-            s, job_id, step=step, policy_version=0, rollouts=items, rewards=rewards,
+            s,
+            job_id,
+            step=step,
+            policy_version=0,
+            rollouts=items,
+            rewards=rewards,
             deadline_at=utcnow() + timedelta(seconds=deadline_s),
-        )  # fmt: skip
+        )
         return [r.id for r in rows]
 
 
@@ -57,8 +67,11 @@ def test_builtin_rewards_are_recorded_with_the_rollouts(session_factory, job_id)
     with session_scope(session_factory) as s:
         rows = ro.step_rollouts(s, job_id, 1)
     assert [(r.status, r.reward) for r in rows] == [
-        ("rewarded", 1.0), ("rewarded", 0.0), ("rewarded", 0.5), ("rewarded", 0.25),
-    ]  # fmt: skip
+        ("rewarded", 1.0),
+        ("rewarded", 0.0),
+        ("rewarded", 0.5),
+        ("rewarded", 0.25),
+    ]
 
 
 def test_wait_for_rewards_returns_when_all_are_rewarded_or_expired(session_factory, job_id):
@@ -81,8 +94,11 @@ def test_wait_for_rewards_returns_when_all_are_rewarded_or_expired(session_facto
     result = ro.wait_for_rewards(session_factory, job_id, 1, poll_interval_s=0.05, sleep=sleep)
     assert result.complete
     assert [(r.status, r.reward) for r in result.rollouts] == [
-        ("rewarded", 1.0), ("rewarded", 1.0), ("rewarded", 1.0), ("expired", None),
-    ]  # fmt: skip
+        ("rewarded", 1.0),
+        ("rewarded", 1.0),
+        ("rewarded", 1.0),
+        ("expired", None),
+    ]
 
 
 def test_wait_stops_when_asked(session_factory, job_id) -> None:

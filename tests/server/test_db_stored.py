@@ -12,8 +12,12 @@ from keel_server.db import stored
 
 
 def _row(**columns):
-    base = {"config": {}, "reward_source": {"type": "builtin"}, "prompt_source": {"type": "task"},
-            "guard": None}  # fmt: skip
+    base = {
+        "config": {},
+        "reward_source": {"type": "builtin"},
+        "prompt_source": {"type": "task"},
+        "guard": None,
+    }
     return SimpleNamespace(**{**base, **columns})
 
 
@@ -43,5 +47,7 @@ def test_the_prompt_type_and_an_untouched_guard_summary():
     assert stored.guard_summary(row) == GuardSummary()
     row = _row(guard={"triggers": 2, "rollbacks": 1, "lr_scale": 0.5})
     assert stored.guard_summary(row).model_dump(include={"triggers", "rollbacks", "lr_scale"}) == {
-        "triggers": 2, "rollbacks": 1, "lr_scale": 0.5,
-    }  # fmt: skip
+        "triggers": 2,
+        "rollbacks": 1,
+        "lr_scale": 0.5,
+    }

@@ -28,8 +28,13 @@ from keel_server.platform.leases import new_owner, owner_is_dead
 def exited_owner() -> str:
     """The lease owner id of a process of this host that has exited."""
     code = "from keel_server.platform.leases import new_owner; print(new_owner())"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     return done.stdout.strip()
 
 
@@ -70,8 +75,9 @@ def test_the_api_alone_reenqueues_orphaned_jobs(admin, job_body, sessions, setti
         long_ago = utcnow() - timedelta(seconds=3600)
         with session_scope(sessions) as s:
             jobs_db.take_lease(s, dead_holder, exited_owner(), lease_timeout_s=600)
-            jobs_db.take_lease(s, stale_heartbeat, "other-host:1:2:x", lease_timeout_s=60,
-                               now=long_ago)  # fmt: skip
+            jobs_db.take_lease(
+                s, stale_heartbeat, "other-host:1:2:x", lease_timeout_s=60, now=long_ago
+            )
             jobs_db.take_lease(s, live, new_owner(), lease_timeout_s=60)
         deadline = time.monotonic() + 20
         while len(_enqueued(broker, before)) < 2 and time.monotonic() < deadline:
@@ -94,4 +100,3 @@ def _enqueued(broker, before: set) -> list[str]:
         args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         ids += args
     return ids
-

@@ -26,10 +26,15 @@ CHECKS = [not_a_server_error, response_schema_conformance, status_code_conforman
 def fuzzed_app(pg_url, tmp_path):
     upgrade(pg_url)
     settings = Settings(
-        home=tmp_path / "home", database_url=pg_url, admin_key=ADMIN_KEY,
-        max_body_bytes=256 * 1024, rate_limit_per_s=1e6, rate_limit_burst=10**6,
-        max_active_jobs_per_project=10**6, sse_poll_interval_s=0.01,
-    )  # fmt: skip
+        home=tmp_path / "home",
+        database_url=pg_url,
+        admin_key=ADMIN_KEY,
+        max_body_bytes=256 * 1024,
+        rate_limit_per_s=1e6,
+        rate_limit_burst=10**6,
+        max_active_jobs_per_project=10**6,
+        sse_poll_interval_s=0.01,
+    )
     app = create_app(settings)
     with TestClient(app):  # runs the lifespan
         yield app
@@ -57,9 +62,12 @@ def test_the_api_keeps_the_promises_of_its_openapi_document(fuzzed_app) -> None:
 def _fuzz(operation) -> None:
     @hypothesis.given(case=operation.as_strategy())
     @hypothesis.settings(
-        max_examples=25, deadline=None, derandomize=True, database=None,
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
         suppress_health_check=list(hypothesis.HealthCheck),
-    )  # fmt: skip
+    )
     def run(case) -> None:
         response = case.call(headers={"Authorization": f"Bearer {ADMIN_KEY}"})
         case.validate_response(response, checks=CHECKS)

@@ -21,8 +21,11 @@ def test_archive_is_deterministic_and_digest_matches(tmp_path) -> None:
     assert archive_digest(tmp_path / "d") == (len(first), hashlib.sha256(first).hexdigest())
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         assert tar.getnames() == [
-            "checkpoint", "checkpoint/b.txt", "checkpoint/nested", "checkpoint/nested/a.bin",
-        ]  # fmt: skip
+            "checkpoint",
+            "checkpoint/b.txt",
+            "checkpoint/nested",
+            "checkpoint/nested/a.bin",
+        ]
         assert tar.extractfile("checkpoint/b.txt").read() == b"bee"
 
 
@@ -47,13 +50,19 @@ def test_each_kind_archives_its_part_of_the_checkpoint(tmp_path) -> None:
     weights = ["checkpoint", "checkpoint/config.json", "checkpoint/model.safetensors"]
     assert _names(ckpt, "weights") == _names(ckpt, "merged") == weights
     assert _names(ckpt, "adapter") == [
-        "checkpoint", "checkpoint/adapter_config.json", "checkpoint/adapter_model.safetensors",
-    ]  # fmt: skip
+        "checkpoint",
+        "checkpoint/adapter_config.json",
+        "checkpoint/adapter_model.safetensors",
+    ]
     assert _names(ckpt, "full") == [
-        "checkpoint", "checkpoint/adapter", "checkpoint/adapter/adapter_config.json",
-        "checkpoint/adapter/adapter_model.safetensors", "checkpoint/config.json",
-        "checkpoint/model.safetensors", "checkpoint/trainer_state.pt",
-    ]  # fmt: skip
+        "checkpoint",
+        "checkpoint/adapter",
+        "checkpoint/adapter/adapter_config.json",
+        "checkpoint/adapter/adapter_model.safetensors",
+        "checkpoint/config.json",
+        "checkpoint/model.safetensors",
+        "checkpoint/trainer_state.pt",
+    ]
 
     kinds = archive_kinds(ckpt)
     assert sorted(kinds) == ["adapter", "full", "merged", "weights"]

@@ -59,12 +59,16 @@ def test_old_checkpoints_go_pinned_and_newest_stay(settings, sessions, tmp_path)
         assert apply_retention(sessions, job_id, keep_last=1) == [1, 3]
         assert {s: p.exists() for s, p in paths.items()} == {1: False, 2: True, 3: False, 4: True}
         listed = http.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()["data"]
-        state = {c["step"]: (c["pinned"], c["deleted_at"] is not None, sorted(c["kinds"]))
-                 for c in listed}  # fmt: skip
+        state = {
+            c["step"]: (c["pinned"], c["deleted_at"] is not None, sorted(c["kinds"]))
+            for c in listed
+        }
         assert state == {
-            1: (False, True, []), 2: (True, False, ["full", "merged", "weights"]),
-            3: (False, True, []), 4: (False, False, ["full", "merged", "weights"]),
-        }  # fmt: skip
+            1: (False, True, []),
+            2: (True, False, ["full", "merged", "weights"]),
+            3: (False, True, []),
+            4: (False, False, ["full", "merged", "weights"]),
+        }
         gone = http.get(f"/v1/checkpoints/{ids[1]}/download", headers=headers)
         assert gone.status_code == 409 and "retention" in gone.json()["detail"]
         assert gone.json()["state"]["deleted_at"]
@@ -76,8 +80,10 @@ def test_old_checkpoints_go_pinned_and_newest_stay(settings, sessions, tmp_path)
             assert r.status_code == status, r.text
         assert "deleted by its job's retention policy" in r.json()["detail"]
         assert r.json()["errors"][0]["loc"] == ["body", "config", "model", "checkpoint_id"]
-        replay = {**tiny_job_config(routing_replay="R2", num_minibatches=2),
-                  "model": {"checkpoint_id": ids[4]}}  # fmt: skip
+        replay = {
+            **tiny_job_config(routing_replay="R2", num_minibatches=2),
+            "model": {"checkpoint_id": ids[4]},
+        }
         r = http.post("/v1/jobs", json={"config": replay}, headers=headers)
         assert r.status_code == 422 and f"'checkpoint {ids[4]}' is dense" in r.json()["detail"]
 
@@ -123,24 +129,33 @@ def test_the_guards_store_drops_later_rows_and_their_files_once_committed(
         rows = {r.step: r.pinned for r in job_checkpoints(session, job_id)}
     assert rows == {0: True, 3: True}  # the pinned row past the step stays
     assert {s: p.exists() for s, p in paths.items()} == {
-        0: True, 1: False, 2: False, 3: True, 4: False,
-    }  # fmt: skip
+        0: True,
+        1: False,
+        2: False,
+        3: True,
+        4: False,
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_job_keeps_only_its_last_checkpoints(settings) -> None:
     config = tiny_job_config(
-        model={"name": "tiny-dense"}, rollout={"max_new_tokens": 2}, steps=3,
-        checkpoint_every=1, checkpoint_keep_last=2,
-    )  # fmt: skip
+        model={"name": "tiny-dense"},
+        rollout={"max_new_tokens": 2},
+        steps=3,
+        checkpoint_every=1,
+        checkpoint_keep_last=2,
+    )
     with TestClient(create_app(settings)) as http:
         headers = _project(http)
         job_id = http.post("/v1/jobs", json={"config": config}, headers=headers).json()["id"]
         assert run_job(job_id, settings).status == "succeeded"
         listed = http.get(f"/v1/jobs/{job_id}/checkpoints", headers=headers).json()["data"]
     assert [(c["step"], c["deleted_at"] is not None) for c in listed] == [
-        (1, True), (2, False), (3, False),
-    ]  # fmt: skip
+        (1, True),
+        (2, False),
+        (3, False),
+    ]
     on_disk = settings.artifacts_dir / "jobs" / job_id / "checkpoints"
     assert sorted(p.name for p in on_disk.iterdir()) == ["step_000002", "step_000003"]

@@ -27,9 +27,12 @@ def guarded(action: str, **overrides) -> dict:
     """Three steps, a checkpoint after each, the IS-fraction trigger armed to fire."""
     trigger = {"max_frac": 0.5, "patience": 1, "action": action}
     base = tiny_job_config(
-        steps=3, checkpoint_every=1, optimizer={"lr": 1e-3}, algorithm=LOW_CAP,
+        steps=3,
+        checkpoint_every=1,
+        optimizer={"lr": 1e-3},
+        algorithm=LOW_CAP,
         guard={"is_fraction": trigger},
-    )  # fmt: skip
+    )
     return merge_config(base, overrides)
 
 
@@ -44,10 +47,16 @@ def clipping(action: str, **overrides) -> dict:
     own update, so the weights the step started from are good ones to roll back to."""
     trigger = {"max_frac": 1e-6, "patience": 1, "action": action}
     base = tiny_job_config(
-        model={"name": "tiny-dense"}, steps=3, checkpoint_every=1, group_size=4,
-        num_minibatches=2, micro_batch_size=2, rollout={"max_new_tokens": 8},
-        optimizer={"lr": 1e-2, "grad_clip": None}, guard={"clip": trigger},
-    )  # fmt: skip
+        model={"name": "tiny-dense"},
+        steps=3,
+        checkpoint_every=1,
+        group_size=4,
+        num_minibatches=2,
+        micro_batch_size=2,
+        rollout={"max_new_tokens": 8},
+        optimizer={"lr": 1e-2, "grad_clip": None},
+        guard={"clip": trigger},
+    )
     return merge_config(base, overrides)
 
 
@@ -71,18 +80,23 @@ def test_alerts_are_events_metrics_and_the_summary_and_the_job_goes_on(sdk, sett
     done = sdk.jobs.retrieve(job.id)
     # Patience 1 fires at step 1; the trigger stays latched while the breach lasts.
     assert (done.guard.triggers, done.guard.last_step, done.guard.last_trigger) == (
-        1, 1, "is_fraction")  # fmt: skip
+        1,
+        1,
+        "is_fraction",
+    )
     assert "IS-corrected token fraction 1 > 0.5" in done.guard.last_reason
     assert _metric(sdk, job.id, "guard/fired") == {1: 1.0, 2: 0.0, 3: 0.0}
     assert _metric(sdk, job.id, "guard/is_fraction") == {1: 1.0}
     [event] = _events(sdk, job.id, "guard")
     assert (event["trigger"], event["action"], event["step"], event["value"]) == (
-        "is_fraction", "alert", 1, 1.0)  # fmt: skip
+        "is_fraction",
+        "alert",
+        1,
+        1.0,
+    )
 
 
-def test_pause_checkpoints_shows_the_reason_and_resumes_with_a_new_lr_and_algorithm(
-    sdk, settings
-):
+def test_pause_checkpoints_shows_the_reason_and_resumes_with_a_new_lr_and_algorithm(sdk, settings):
     job = sdk.jobs.create(guarded("pause"))
     assert run_job(job.id, settings).status == "paused"
     paused = sdk.jobs.retrieve(job.id)
@@ -136,7 +150,8 @@ def test_rollback_restores_the_pre_breach_checkpoint_then_pauses_when_attempts_r
     guard = _events(sdk, job.id, "guard")
     firings = [e for e in guard if "to_step" not in e]
     assert [(e["action"], e["step"], e["kept_checkpoint_step"]) for e in firings] == [
-        ("rollback", 2, 1)] * 3  # fmt: skip
+        ("rollback", 2, 1)
+    ] * 3
     rollbacks = [e for e in guard if "to_step" in e]
     assert [(e["to_step"], e["lr_scale"]) for e in rollbacks] == [(1, 0.5), (1, 0.25)]
     # The step after each rollback ran at the scaled rate, from the restored weights.
@@ -151,8 +166,7 @@ def test_rollback_restores_the_pre_breach_checkpoint_then_pauses_when_attempts_r
     assert len(kept) == 8
     unguarded = sdk.jobs.create(clipping("alert", steps=2), reward=SOME_LETTERS)
     assert run_job(unguarded.id, settings).status == "succeeded"
-    first_batch = {r.prompt for r in sdk.rollouts.list(unguarded.id, limit=100).data
-                   if r.step == 2}  # fmt: skip
+    first_batch = {r.prompt for r in sdk.rollouts.list(unguarded.id, limit=100).data if r.step == 2}
     assert first_batch and not first_batch & {r.prompt for r in kept}
 
 
@@ -164,7 +178,8 @@ def test_a_policy_signal_at_step_1_pauses_for_want_of_weights_that_never_breache
     job_ = sdk.jobs.retrieve(job.id)
     assert (job_.guard.triggers, job_.guard.rollbacks, job_.step) == (1, 0, 1)
     assert job_.guard.last_reason.endswith(
-        "paused: no checkpoint of weights from before the breach (step ≤ -1) to roll back to")
+        "paused: no checkpoint of weights from before the breach (step ≤ -1) to roll back to"
+    )
     [firing] = _events(sdk, job.id, "guard")
     assert (firing["action"], firing["kept_checkpoint_step"]) == ("rollback", None)
 
@@ -172,9 +187,7 @@ def test_a_policy_signal_at_step_1_pauses_for_want_of_weights_that_never_breache
 def test_rollback_recovers_when_the_breach_does_not_come_back(sdk, settings):
     # Rollback on the KL trigger never fires on fp32 rollouts (KL is float noise below its
     # floor): the job runs through, and the only guard trace is the step-0 checkpoint.
-    config = tiny_job_config(
-        steps=2, optimizer={"lr": 1e-3}, guard={"kl": {"action": "rollback"}}
-    )
+    config = tiny_job_config(steps=2, optimizer={"lr": 1e-3}, guard={"kl": {"action": "rollback"}})
     job = sdk.jobs.create(config)
     assert run_job(job.id, settings).status == "succeeded"
     done = sdk.jobs.retrieve(job.id)

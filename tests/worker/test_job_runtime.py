@@ -13,8 +13,9 @@ from keel_worker.jobrunner.runner import run_job
 @pytest.mark.slow
 def test_the_worker_reports_its_compute_choice_and_gemm_rates(sdk, settings):
     client = sdk
-    config = tiny_job_config(model={"name": "tiny-dense"}, rollout={"precision": "bf16"},
-                             train_dtype="bf16", steps=1)  # fmt: skip
+    config = tiny_job_config(
+        model={"name": "tiny-dense"}, rollout={"precision": "bf16"}, train_dtype="bf16", steps=1
+    )
     job = client.jobs.create(config, reward={"type": "builtin", "verifier": "task"})
     assert client.jobs.retrieve(job.id).runtime is None  # no worker has started it yet
     assert run_job(job.id, settings).status == "succeeded"

@@ -51,9 +51,10 @@ def _wait_gone(pid: int, timeout_s: float) -> float | None:
 @pytest.mark.parametrize("call", ["die_with_parent", "watch_parent"])
 def test_child_dies_with_its_sigkilled_parent(call):
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, CHILD.format(call=call)], stdout=subprocess.PIPE,
+        [sys.executable, "-c", PARENT, CHILD.format(call=call)],
+        stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )  # fmt: skip
+    )
     try:
         child_pid = int(parent.stdout.readline())
         time.sleep(0.3)
@@ -68,6 +69,11 @@ def test_child_dies_with_its_sigkilled_parent(call):
 
 def test_a_parent_already_gone_kills_the_caller_at_once():
     code = "from keel_worker.lifeline import die_with_parent; die_with_parent(1); print('alive')"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=30, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert done.returncode == -signal.SIGKILL and "alive" not in done.stdout

@@ -57,13 +57,13 @@ def test_a_project_cannot_train_from_another_projects_checkpoint(settings) -> No
         folder = next((settings.artifacts_dir / "jobs" / victim / "checkpoints").iterdir())
         assert (folder / "config.json").is_file()
 
-        for name in (str(folder), f"{settings.artifacts_dir}/jobs/{victim}/../{victim}/"
-                     f"checkpoints/{folder.name}"):  # fmt: skip
+        for name in (
+            str(folder),
+            f"{settings.artifacts_dir}/jobs/{victim}/../{victim}/checkpoints/{folder.name}",
+        ):
             r = _create(http, mallory, name)
             assert r.status_code == 422, r.text
-            assert "not available" in r.text and str(settings.home) not in r.text.replace(
-                name, ""
-            )
+            assert "not available" in r.text and str(settings.home) not in r.text.replace(name, "")
         assert http.get(f"/v1/checkpoints/{ckpt['id']}", headers=mallory).status_code == 404
 
         # A row that names the folder anyway fails in the worker, before anything is loaded.
@@ -71,9 +71,10 @@ def test_a_project_cannot_train_from_another_projects_checkpoint(settings) -> No
         engine = make_engine(settings.database_url)
         with session_scope(make_session_factory(engine)) as session:
             session.execute(
-                update(Job).where(Job.id == attack)
+                update(Job)
+                .where(Job.id == attack)
                 .values(config={**CONFIG, "model": {"name": str(folder)}})
-            )  # fmt: skip
+            )
         engine.dispose()
         assert run_job(attack, settings).status == "failed"
         job = http.get(f"/v1/jobs/{attack}", headers=mallory).json()
@@ -132,9 +133,10 @@ def test_a_project_cannot_continue_from_another_projects_checkpoint_id(settings,
         loaded = load_model("tiny-dense", cache_dir=tmp_path / "cache")
         path = save_checkpoint(
             settings.artifacts_dir / "jobs" / victim / "checkpoints" / "step_000001",
-            model=loaded.model, tokenizer=loaded.tokenizer,
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
             state=TrainerState(step=1, policy_version=1, data_cursor=2, optimizer={}),
-        )  # fmt: skip
+        )
         engine = make_engine(settings.database_url)
         factory = make_session_factory(engine)
         ckpt_id = register_checkpoint_dir(factory, victim, path, step=1, policy_version=1)

@@ -35,8 +35,18 @@ def settings(sqlite_url: str, tmp_path) -> Settings:
 def _job_row(sessions, job_id: str) -> dict:
     with session_scope(sessions) as session:
         job = get_job(session, job_id)
-        return {c: getattr(job, c) for c in ("status", "step", "attempts", "lease_owner",
-                                             "heartbeat_at", "updated_at", "error")}  # fmt: skip
+        return {
+            c: getattr(job, c)
+            for c in (
+                "status",
+                "step",
+                "attempts",
+                "lease_owner",
+                "heartbeat_at",
+                "updated_at",
+                "error",
+            )
+        }
 
 
 def _metric_steps(sdk: keel.Client, job_id: str, name: str = "optim/loss") -> list[int]:
@@ -240,8 +250,9 @@ def test_rewards_match_rollouts_by_position_and_text():
 
     def row(s: int, status: str, reward: float | None, text: str | None = None):
         completion = text if text is not None else db_text(f"c{s}\x00")
-        return SimpleNamespace(group_index=0, sample_index=s, status=status, reward=reward,
-                               completion=completion)  # fmt: skip
+        return SimpleNamespace(
+            group_index=0, sample_index=s, status=status, reward=reward, completion=completion
+        )
 
     rows = [row(0, "rewarded", 0.5), row(1, "expired", None), row(2, "rewarded", 1.0, "other")]
     # rewarded → its value; expired → None; a different stored text → None; no row → None.

@@ -85,8 +85,10 @@ def test_webhook_answers_inline_after_a_retry(sdk, settings):
         calls["n"] += 1
         if calls["n"] == 1:
             return 503, {}  # the first delivery fails: the worker retries with backoff
-        rewards = [{"rollout_id": r["id"], "value": float(r["group_index"] == 0)}
-                   for r in payload["rollouts"]]  # fmt: skip
+        rewards = [
+            {"rollout_id": r["id"], "value": float(r["group_index"] == 0)}
+            for r in payload["rollouts"]
+        ]
         return 200, {"rewards": rewards}
 
     receiver = Receiver(reply)
@@ -108,13 +110,19 @@ def test_webhook_answers_inline_after_a_retry(sdk, settings):
 @pytest.mark.parametrize("drop", [True, False])
 def test_rewards_posted_later_and_a_missed_deadline(sdk, settings, drop):
     receiver = Receiver(lambda payload: (202, {}))
-    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "deadline_s": 1.5,
-              "drop_incomplete_groups": drop}  # fmt: skip
+    reward = {
+        "type": "webhook",
+        "url": receiver.url,
+        "secret": SECRET,
+        "deadline_s": 1.5,
+        "drop_incomplete_groups": drop,
+    }
     job = sdk.jobs.create(job_config(group_size=3, micro_batch_size=6), reward=reward)
     worker = threading.Thread(target=lambda: run_job(job.id, settings))
     worker.start()
-    service = keel.Client(base_url=BASE_URL, api_key=job.reward_token,
-                          http_client=sdk._transport.http, max_retries=0)  # fmt: skip
+    service = keel.Client(
+        base_url=BASE_URL, api_key=job.reward_token, http_client=sdk._transport.http, max_retries=0
+    )
     try:
         late_id = _score_each_step(receiver, service)
     finally:
@@ -181,8 +189,12 @@ def test_client_prompts_are_waited_for_and_scored_by_a_builtin_verifier(sdk, set
     assert sdk.jobs.retrieve(job.id).status == "succeeded"
     rollouts = sdk.rollouts.list(job.id, limit=100).data
     seen = [(r.step, r.group_index, r.prompt, r.reference) for r in rollouts if r.sample_index == 0]
-    assert sorted(seen) == [(1, 0, prompts[0]["text"], "1"), (1, 1, prompts[1]["text"], "2"),
-                            (2, 0, prompts[2]["text"], "3"), (2, 1, prompts[3]["text"], "4")]
+    assert sorted(seen) == [
+        (1, 0, prompts[0]["text"], "1"),
+        (1, 1, prompts[1]["text"], "2"),
+        (2, 0, prompts[2]["text"], "3"),
+        (2, 1, prompts[3]["text"], "4"),
+    ]
     assert all(r.status == "rewarded" and r.reward in (0.0, 1.0) for r in rollouts)
 
 

@@ -53,9 +53,13 @@ def trainer_logprobs(
     forward = PolicyForward(model, temperature=temperature, bf16=False, replay=None)
     rows = list(range(len(batch)))
     mb = make_micro_batch(
-        rows, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
-        rollout_logprobs=batch.rollout_logprobs, advantages_PG=torch.zeros(len(rows)),
-        routes=None, pad_id=0,
+        rows,
+        prompt_ids=batch.prompt_ids,
+        response_ids=batch.response_ids,
+        rollout_logprobs=batch.rollout_logprobs,
+        advantages_PG=torch.zeros(len(rows)),
+        routes=None,
+        pad_id=0,
     )
     with torch.no_grad():
         logprobs_B_T = forward(mb).logprobs_B_T
@@ -64,8 +68,8 @@ def trainer_logprobs(
 
 def max_abs_gap(batch: RolloutBatch, reference: list[torch.Tensor]) -> float:
     return max(
-        float((mu - ref).abs().max()) for mu, ref in zip(batch.rollout_logprobs, reference,
-                                                         strict=True)
+        float((mu - ref).abs().max())
+        for mu, ref in zip(batch.rollout_logprobs, reference, strict=True)
     )
 
 
@@ -102,8 +106,11 @@ def smollm2(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(smollm2, tmp_path_factory) -> VLLMEngine:
     return VLLMEngine.from_model(
-        smollm2.model, smollm2.tokenizer, precision="fp32",
-        workdir=tmp_path_factory.mktemp("vllm"), options=_options(),
+        smollm2.model,
+        smollm2.tokenizer,
+        precision="fp32",
+        workdir=tmp_path_factory.mktemp("vllm"),
+        options=_options(),
     )
 
 
@@ -129,8 +136,10 @@ def test_generate_returns_mu_that_matches_the_trainer_in_fp32(engine, smollm2):
         assert reason == ("stop" if response[-1] == smollm2.tokenizer.eos_token_id else "length")
     reference = trainer_logprobs(smollm2.model, batch, temperature=TEMPERATURE)
     gap = max_abs_gap(batch, reference)
-    print(f"\nvLLM fp32 vs trainer fp32 (SmolLM2, T={TEMPERATURE}): max |Δ log p| {gap:.2e}, "
-          f"k3 {k3(batch, reference):.2e}")
+    print(
+        f"\nvLLM fp32 vs trainer fp32 (SmolLM2, T={TEMPERATURE}): max |Δ log p| {gap:.2e}, "
+        f"k3 {k3(batch, reference):.2e}"
+    )
     assert gap < FP32_TOL
     # Not the trainer at another temperature: the check can tell the two apart.
     assert max_abs_gap(batch, trainer_logprobs(smollm2.model, batch, temperature=1.0)) > 1e-2
@@ -165,8 +174,12 @@ def test_weight_sync_serves_the_updated_policy_not_a_cached_old_one(engine, smol
     assert max_abs_gap(before, trainer_logprobs(model, before, temperature=1.0)) < FP32_TOL
 
     config = TrainingConfig(
-        model={"name": "smollm2-135m-instruct"}, prompts_per_step=1, group_size=2,
-        num_minibatches=1, eval_every=0, optimizer={"lr": 1e-4},
+        model={"name": "smollm2-135m-instruct"},
+        prompts_per_step=1,
+        group_size=2,
+        num_minibatches=1,
+        eval_every=0,
+        optimizer={"lr": 1e-4},
         rollout={"engine": "vllm", "max_new_tokens": 4},
     )
     trainer = Trainer(config, model, smollm2.tokenizer, engine, is_moe=False)

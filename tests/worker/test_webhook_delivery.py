@@ -21,9 +21,15 @@ NOBODY = WebhookAllow.parse("")
 
 def _payload() -> WebhookPayload:
     rollout = WebhookRollout(
-        id="ro_1", step=1, group_index=0, sample_index=0, prompt="2+2", completion="4",
-        token_count=1, deadline_at=datetime(2030, 1, 1, tzinfo=UTC),
-    )  # fmt: skip
+        id="ro_1",
+        step=1,
+        group_index=0,
+        sample_index=0,
+        prompt="2+2",
+        completion="4",
+        token_count=1,
+        deadline_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
     return WebhookPayload(job_id="job_1", step=1, rollouts=[rollout])
 
 
@@ -34,10 +40,17 @@ def _public(host: str, port: int) -> list[str]:
 def _deliver(handler, *, url="http://rewards.test/hook", resolve=_public, attempts=5, waits=None):
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         return deliver(
-            url, "secret-0123456789", _payload(), allow=NOBODY, timeout_s=1,
-            max_attempts=attempts, backoff_s=0.5, client=client,
-            sleep=(waits.append if waits is not None else lambda _: None), resolve=resolve,
-        )  # fmt: skip
+            url,
+            "secret-0123456789",
+            _payload(),
+            allow=NOBODY,
+            timeout_s=1,
+            max_attempts=attempts,
+            backoff_s=0.5,
+            client=client,
+            sleep=(waits.append if waits is not None else lambda _: None),
+            resolve=resolve,
+        )
 
 
 def test_deliver_retries_then_returns_inline_rewards_from_the_pinned_address() -> None:
@@ -88,9 +101,21 @@ def test_a_permanent_4xx_fails_at_once_and_exhausted_retries_fail() -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-     "0.0.0.0", "::1", "fc00::1", "fe80::1", "::ffff:127.0.0.1", "224.0.0.1"],
-)  # fmt: skip
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fc00::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+    ],
+)
 def test_non_public_addresses_are_refused_unless_allowed(address) -> None:
     host = f"[{address}]" if ":" in address else address
     with pytest.raises(WebhookTargetRefused, match="KEEL_WEBHOOK_ALLOW"):

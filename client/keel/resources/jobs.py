@@ -182,9 +182,7 @@ class AsyncJobs(AsyncResource):
     async def pause(self, job_id: str) -> Job:
         return await self._run(_action(job_id, "pause"))
 
-    async def resume(
-        self, job_id: str, *, lr: float | None = None, algorithm: Any = None
-    ) -> Job:
+    async def resume(self, job_id: str, *, lr: float | None = None, algorithm: Any = None) -> Job:
         """Resume a paused job, optionally with a new learning rate or `config.algorithm`."""
         return await self._run(_resume(job_id, lr, algorithm))
 
@@ -200,9 +198,7 @@ class AsyncJobs(AsyncResource):
             headers = _sse_headers(decoder.last_event_id)
             path, params = f"/v1/jobs/{job_id}/events", _follow(follow)
             try:
-                async with self._transport.stream(
-                    "GET", path, params=params, headers=headers
-                ) as r:
+                async with self._transport.stream("GET", path, params=params, headers=headers) as r:
                     async for event in aiter_events(r.aiter_lines(), decoder):
                         reconnects.received()
                         yield _to_job_event(event)

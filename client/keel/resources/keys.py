@@ -27,9 +27,7 @@ class Keys(SyncResource):
 
 
 class AsyncKeys(AsyncResource):
-    async def create(
-        self, *, project: str | None = None, name: str | None = None
-    ) -> ApiKeyCreated:
+    async def create(self, *, project: str | None = None, name: str | None = None) -> ApiKeyCreated:
         """A new key for `project` (admin only; created if new) or for the caller's project."""
         return await self._run(_create(project, name))
 

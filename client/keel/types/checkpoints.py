@@ -41,8 +41,9 @@ class Checkpoint(ResponseModel):
         "job), each with its archive's size and SHA-256; empty once its files are deleted."
     )
     pinned: bool = Field(
-        False, description="Kept whatever the job's `checkpoint_keep_last` says (the guard "
-        "pins the last good checkpoint before it stops a run)."
+        False,
+        description="Kept whatever the job's `checkpoint_keep_last` says (the guard "
+        "pins the last good checkpoint before it stops a run).",
     )
     deleted_at: datetime | None = Field(
         None, description="When the job's retention policy deleted its files (null: present)."

@@ -44,7 +44,9 @@ class _Strict(BaseModel):
 
 def _patience(default: int):
     return Field(
-        default, ge=1, le=MAX_PATIENCE,
+        default,
+        ge=1,
+        le=MAX_PATIENCE,
         description="Consecutive breaching observations before the trigger fires; as many clean "
         "ones re-arm it.",
     )
@@ -119,7 +121,9 @@ class RewardTrigger(_Strict):
         0.1, gt=0.0, lt=1.0, description="Share of the baseline that breaches."
     )
     min_baseline: Float = Field(
-        0.02, ge=0.0, le=1e6,
+        0.02,
+        ge=0.0,
+        le=1e6,
         description="A baseline below this is no reference (nothing learnt yet).",
     )
     window: Int = Field(4, ge=1, le=MAX_WINDOW, description="Steps averaged per value.")

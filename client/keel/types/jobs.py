@@ -73,7 +73,9 @@ MAX_DEADLINE_S = 7 * 24 * 3600.0
 
 class _RewardBase(RequestModel):
     deadline_s: Float | None = Field(
-        default=None, gt=0, le=MAX_DEADLINE_S,
+        default=None,
+        gt=0,
+        le=MAX_DEADLINE_S,
         description="Seconds a rollout waits for its reward (at most 7 days); default server's.",
     )
     min_value: Float | None = Field(default=None, description="Rewards below are rejected (422).")
@@ -122,7 +124,9 @@ class WebhookReward(_RewardBase):
     type: Literal["webhook"] = "webhook"
     url: HttpUrl
     secret: Text | None = Field(
-        default=None, min_length=16, max_length=200,
+        default=None,
+        min_length=16,
+        max_length=200,
         description="HMAC key; generated and returned once if unset.",
     )
     timeout_s: Float = Field(default=10.0, gt=0, le=300.0)
@@ -285,7 +289,9 @@ class JobResume(RequestModel):
     against the job's whole config as at creation."""
 
     lr: Float | None = Field(
-        default=None, gt=0.0, lt=1.0,
+        default=None,
+        gt=0.0,
+        lt=1.0,
         description="A new AdamW learning rate (`config.optimizer.lr`); resets the guard's "
         "rollback scale to 1.",
     )

@@ -90,7 +90,8 @@ class TaskItem(_Strict):
     """One prompt with its reference answer."""
 
     prompt: Text = Field(
-        min_length=1, max_length=MAX_PROMPT_CHARS,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
         description="The user turn; the chat template is applied.",
     )
     answer: Text = Field(
@@ -188,16 +189,17 @@ class LoggingConfig(_Strict):
     """Where the worker also writes each step's metrics, under keel's own metric names."""
 
     tensorboard: bool = Field(
-        False, description="Event files under the job's artifacts `tensorboard/` folder "
-        "(the worker needs the `tensorboard` extra)."
+        False,
+        description="Event files under the job's artifacts `tensorboard/` folder "
+        "(the worker needs the `tensorboard` extra).",
     )
     wandb: WandbConfig | None = Field(None, description="A W&B run per job; None = off.")
 
 
 LoraModuleName = Annotated[Text, Field(min_length=1, max_length=256)]
-LoraTargets = Literal["all-linear"] | Annotated[
-    list[LoraModuleName], Field(min_length=1, max_length=256)
-]
+LoraTargets = (
+    Literal["all-linear"] | Annotated[list[LoraModuleName], Field(min_length=1, max_length=256)]
+)
 
 
 class LoraConfig(_Strict):
@@ -213,9 +215,7 @@ class LoraConfig(_Strict):
     """
 
     rank: Int = Field(16, ge=1, le=1024, description="r: the inner dimension of A and B.")
-    alpha: Float = Field(
-        32.0, gt=0.0, le=1e6, description="The update is scaled by alpha / rank."
-    )
+    alpha: Float = Field(32.0, gt=0.0, le=1e6, description="The update is scaled by alpha / rank.")
     dropout: Float = Field(
         0.0,
         ge=0.0,
@@ -261,7 +261,9 @@ class TrainingConfig(_Strict):
         1, ge=1, le=1024, description="N: optimizer updates per global step."
     )
     micro_batch_size: Int = Field(
-        16, ge=1, le=4096,
+        16,
+        ge=1,
+        le=4096,
         description="Responses per forward/backward; gradients accumulate exactly.",
     )
     routing_replay: RoutingReplayMode = Field(
@@ -290,12 +292,16 @@ class TrainingConfig(_Strict):
         32, ge=1, le=10_000, description="Held-out prompts per evaluation (at most)."
     )
     eval_temperature: Float = Field(
-        0.0, ge=0.0, le=10.0,
+        0.0,
+        ge=0.0,
+        le=10.0,
         description="Sampling temperature of the held-out eval; 0 = greedy (the default). The "
         "paper's avg@k is temperature 1 with `eval_samples` = k.",
     )
     eval_samples: Int = Field(
-        1, ge=1, le=64,
+        1,
+        ge=1,
+        le=64,
         description="Responses per held-out prompt; `eval/accuracy` is their mean reward. "
         "More than 1 needs `eval_temperature` > 0 (greedy responses are all the same).",
     )
@@ -303,7 +309,9 @@ class TrainingConfig(_Strict):
         0, ge=0, le=MAX_STEPS, description="Checkpoint every k steps; 0 = at the end."
     )
     checkpoint_keep_last: Int | None = Field(
-        None, ge=1, le=MAX_STEPS,
+        None,
+        ge=1,
+        le=MAX_STEPS,
         description="Retention: keep the files of the newest k checkpoints and delete older "
         "ones' after each save (their rows stay, marked deleted); pinned checkpoints and the "
         "newest one are never deleted. None = keep every checkpoint.",
@@ -342,4 +350,3 @@ class TrainingConfig(_Strict):
                 "use group_size ≥ 2"
             )
         return self
-

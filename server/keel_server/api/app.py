@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     # Outermost: it also counts the requests refused before a route runs (401, 413, 429).
     app.add_middleware(
         prometheus.RequestMetricsMiddleware,
-        telemetry=ctx.telemetry, templates=prometheus.route_templates(includes),
-    )  # fmt: skip
+        telemetry=ctx.telemetry,
+        templates=prometheus.route_templates(includes),
+    )
     return app

@@ -92,7 +92,9 @@ def install(app: FastAPI) -> None:
         # Starlette re-raises the exception after this response and the server then drops the
         # connection: say so, or a keep-alive client would send its next request into it.
         return envelope(
-            500, "internal_error", f"internal error ({type(exc).__name__})",
+            500,
+            "internal_error",
+            f"internal error ({type(exc).__name__})",
             headers={"Connection": "close"},
         )
 

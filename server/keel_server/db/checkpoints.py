@@ -60,7 +60,7 @@ def mark_deleted(session: Session, checkpoint_id: str) -> bool:
             Checkpoint.deleted_at.is_(None),
         )
         .values(deleted_at=utcnow(), kinds={})
-    )  # fmt: skip
+    )
     return result.rowcount == 1
 
 

@@ -195,9 +195,14 @@ def record_progress(
     """Store the last completed step and policy version (also renews the heartbeat)."""
     now = utcnow()
     _update_held(
-        session, job_id, owner,
-        step=step, policy_version=policy_version, heartbeat_at=now, updated_at=now,
-    )  # fmt: skip
+        session,
+        job_id,
+        owner,
+        step=step,
+        policy_version=policy_version,
+        heartbeat_at=now,
+        updated_at=now,
+    )
 
 
 def record_routing_replay(

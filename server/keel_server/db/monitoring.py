@@ -32,17 +32,25 @@ def count_rollouts_by_status(session: Session) -> dict[str, int]:
 
 def running_jobs_latest(session: Session, names: Sequence[str]) -> list[RunningJob]:
     """Every running job with the named metrics of its last completed step."""
-    jobs = session.execute(
-        select(Job.id, Project.name, Job.step)
-        .join(Project, Project.id == Job.project_id)
-        .where(Job.status == "running")
-        .order_by(Job.id)
-    ).tuples().all()
-    values = session.execute(
-        select(Metric.job_id, Metric.name, Metric.value)
-        .join(Job, (Job.id == Metric.job_id) & (Job.step == Metric.step))
-        .where(Job.status == "running", Metric.name.in_(tuple(names)))
-    ).tuples().all()
+    jobs = (
+        session.execute(
+            select(Job.id, Project.name, Job.step)
+            .join(Project, Project.id == Job.project_id)
+            .where(Job.status == "running")
+            .order_by(Job.id)
+        )
+        .tuples()
+        .all()
+    )
+    values = (
+        session.execute(
+            select(Metric.job_id, Metric.name, Metric.value)
+            .join(Job, (Job.id == Metric.job_id) & (Job.step == Metric.step))
+            .where(Job.status == "running", Metric.name.in_(tuple(names)))
+        )
+        .tuples()
+        .all()
+    )
     by_job: dict[str, dict[str, float | None]] = {}
     for job_id, name, value in values:
         by_job.setdefault(job_id, {})[name] = value

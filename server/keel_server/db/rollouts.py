@@ -90,8 +90,14 @@ def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
 
 # What a reward post reads of a rollout and of its job. The other columns (a rollout's payload
 # of token ids, a job's config and summaries) load when touched; a reward post never does.
-_REWARD_COLUMNS = (Rollout.id, Rollout.job_id, Rollout.status, Rollout.reward,
-                   Rollout.deadline_at, Rollout.rewarded_at)  # fmt: skip
+_REWARD_COLUMNS = (
+    Rollout.id,
+    Rollout.job_id,
+    Rollout.status,
+    Rollout.reward,
+    Rollout.deadline_at,
+    Rollout.rewarded_at,
+)
 _JOB_OWNER_COLUMNS = (Job.id, Job.project_id, Job.status, Job.reward_source)
 
 # The two statements of a reward post, built once: building an ORM statement and its loader

@@ -40,9 +40,13 @@ def make_engine(database_url: str) -> Engine:
     # SQLite's busy handler, which sleeps up to 100 ms between retries (20 concurrent reward
     # posts: p99 1.5 s that way). Nested transactions in one thread could not work before either.
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30},
-        poolclass=QueuePool, pool_size=1, max_overflow=0, pool_timeout=30,
-    )  # fmt: skip
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin_immediate)
     return engine

@@ -29,6 +29,7 @@ SECRET_KEY_FILE = "secret_key"
 class SealError(ValueError):
     """A sealed secret does not open with this key (KEEL_SECRET_KEY differs from the sealer's)."""
 
+
 API_KEY_PREFIX = "keel_sk_"
 REWARD_TOKEN_PREFIX = "keel_rt_"
 

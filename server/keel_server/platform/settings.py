@@ -48,11 +48,13 @@ class Settings(BaseSettings):
         f"(`{os.pathsep}`-separated in the environment); empty = no local paths at all.",
     )
     max_body_bytes: int = Field(
-        default=32 * 1024 * 1024, gt=0,
+        default=32 * 1024 * 1024,
+        gt=0,
         description="Body limit of uploads: job creation (inline datasets), prompts, files.",
     )
     max_small_body_bytes: int = Field(
-        default=1024 * 1024, gt=0,
+        default=1024 * 1024,
+        gt=0,
         description="Body limit of every other route (a 10,000-reward batch is about 700 KB).",
     )
     reward_deadline_s: float = Field(default=600.0, gt=0, description="Default reward deadline.")
@@ -61,10 +63,11 @@ class Settings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     reaper_interval_s: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="How often the API and each worker sweep for orphaned jobs; default half "
         "the lease timeout.",
-    )  # fmt: skip
+    )
     reward_poll_interval_s: float = Field(default=0.2, gt=0)
     prompt_poll_interval_s: float = Field(default=0.5, gt=0)
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
@@ -83,13 +86,17 @@ class Settings(BaseSettings):
         default=16, ge=1, description="Queued + running jobs a project may have (429 past it)."
     )
     rate_limit_per_s: float = Field(
-        default=200.0, gt=0, description="Sustained requests per second per project, per API "
-        "process (429 with Retry-After past it)."
+        default=200.0,
+        gt=0,
+        description="Sustained requests per second per project, per API "
+        "process (429 with Retry-After past it).",
     )
     rate_limit_burst: int = Field(default=1000, ge=1, description="Requests a project may burst.")
     max_reward_wait_s: float = Field(
-        default=24 * 3600.0, gt=0, description="Operator cap on the total time one job may wait "
-        "for rewards; past it the worker fails the job instead of holding its GPU."
+        default=24 * 3600.0,
+        gt=0,
+        description="Operator cap on the total time one job may wait "
+        "for rewards; past it the worker fails the job instead of holding its GPU.",
     )
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
@@ -104,28 +111,34 @@ class Settings(BaseSettings):
 
     # The `vllm` rollout engine on this worker (keel_worker.engines.vllm.VLLMOptions).
     vllm_kv_cache_gib: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="KV cache size of the vllm engine in GiB (vLLM's kv_cache_memory_bytes; on "
         "a CPU worker the memory it allocates for the cache). Unset: vLLM sizes it from "
         "`vllm_gpu_memory_utilization`.",
     )
     vllm_cpu_reserved_cpus: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="CPU cores vLLM's CPU backend leaves out of its thread binding "
         "(VLLM_CPU_NUM_OF_RESERVED_CPU); 0 uses every core the worker may run on.",
     )
     vllm_max_model_len: int | None = Field(
-        default=None, ge=2,
+        default=None,
+        ge=2,
         description="Longest prompt + response the vllm engine serves; unset: the model's "
         "own context length. Lower it to fit the KV cache.",
     )
     vllm_gpu_memory_utilization: float = Field(
-        default=0.3, gt=0, le=1,
+        default=0.3,
+        gt=0,
+        le=1,
         description="Share of GPU memory vLLM may take (weights, activations, KV cache); the "
         "trainer shares the GPU, so well below vLLM's own 0.9. On a CPU: the share of RAM.",
     )
     vllm_tensor_parallel_size: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description="GPUs one vllm engine shards the model over; 1 runs it in the worker's "
         "process, more in vLLM worker processes that the weight sync reaches by RPC.",
     )

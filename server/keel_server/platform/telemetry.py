@@ -19,19 +19,25 @@ class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "keel_http_requests", "HTTP requests answered, by route template and status.",
-            ["method", "route", "status"], registry=self.registry,
-        )  # fmt: skip
+            "keel_http_requests",
+            "HTTP requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "keel_http_request_duration_seconds", "Time to answer an HTTP request.",
-            ["method", "route"], buckets=LATENCY_BUCKETS_S, registry=self.registry,
-        )  # fmt: skip
+            "keel_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.rewards = Counter(
             "keel_reward_posts",
             "Rewards posted, per rollout: accepted (new), duplicate (same value again), "
             "conflicting (a different value, 409) or rejected (range, deadline, unknown rollout).",
-            ["outcome"], registry=self.registry,
-        )  # fmt: skip
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

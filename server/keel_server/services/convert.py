@@ -11,41 +11,75 @@ from keel_server.db import models, stored
 
 def job(row: models.Job) -> Job:
     return Job(
-        id=row.id, project_id=row.project_id, name=row.name, status=row.status,
-        requested=row.requested, config=row.config, prompts=row.prompt_source,
-        reward=row.reward_source, num_prompts=row.num_prompts, step=row.step, steps=row.steps,
-        policy_version=row.policy_version, error=row.error, attempts=row.attempts,
-        created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
-        finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        status=row.status,
+        requested=row.requested,
+        config=row.config,
+        prompts=row.prompt_source,
+        reward=row.reward_source,
+        num_prompts=row.num_prompts,
+        step=row.step,
+        steps=row.steps,
+        policy_version=row.policy_version,
+        error=row.error,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        heartbeat_at=row.heartbeat_at,
         routing_replay=row.routing_replay,
         guard=stored.guard_summary(row),
         runtime=row.runtime,
-    )  # fmt: skip
+    )
 
 
 def rollout(row: models.Rollout) -> Rollout:
     return Rollout(
-        id=row.id, job_id=row.job_id, step=row.step, group_index=row.group_index,
-        sample_index=row.sample_index, prompt=row.prompt, reference=row.reference,
-        completion=row.completion, token_count=row.token_count, finish_reason=row.finish_reason,
-        status=row.status, reward=row.reward, policy_version=row.policy_version,
-        deadline_at=row.deadline_at, created_at=row.created_at, rewarded_at=row.rewarded_at,
+        id=row.id,
+        job_id=row.job_id,
+        step=row.step,
+        group_index=row.group_index,
+        sample_index=row.sample_index,
+        prompt=row.prompt,
+        reference=row.reference,
+        completion=row.completion,
+        token_count=row.token_count,
+        finish_reason=row.finish_reason,
+        status=row.status,
+        reward=row.reward,
+        policy_version=row.policy_version,
+        deadline_at=row.deadline_at,
+        created_at=row.created_at,
+        rewarded_at=row.rewarded_at,
         expired_at=row.expired_at,
-    )  # fmt: skip
+    )
 
 
 def checkpoint(row: models.Checkpoint) -> Checkpoint:
     return Checkpoint(
-        id=row.id, job_id=row.job_id, step=row.step, policy_version=row.policy_version,
-        kinds=row.kinds, pinned=row.pinned, deleted_at=row.deleted_at, created_at=row.created_at,
-    )  # fmt: skip
+        id=row.id,
+        job_id=row.job_id,
+        step=row.step,
+        policy_version=row.policy_version,
+        kinds=row.kinds,
+        pinned=row.pinned,
+        deleted_at=row.deleted_at,
+        created_at=row.created_at,
+    )
 
 
 def prompt(row: models.Prompt) -> Prompt:
     return Prompt(
-        id=row.id, job_id=row.job_id, index=row.index, text=row.text, reference=row.reference,
+        id=row.id,
+        job_id=row.job_id,
+        index=row.index,
+        text=row.text,
+        reference=row.reference,
         created_at=row.created_at,
-    )  # fmt: skip
+    )
 
 
 def rollout_state(row: models.Rollout) -> dict:

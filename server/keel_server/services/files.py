@@ -28,13 +28,21 @@ def upload(ctx: ServiceContext, principal: Principal, filename: str, content: by
     path.write_bytes(content)
     with session_scope(ctx.sessions) as session:
         row = files_db.insert_file(
-            session, principal.project_id, file_id=file_id, filename=filename[:255],
-            path=str(path), num_prompts=len(prompts), size_bytes=len(content),
-        )  # fmt: skip
+            session,
+            principal.project_id,
+            file_id=file_id,
+            filename=filename[:255],
+            path=str(path),
+            num_prompts=len(prompts),
+            size_bytes=len(content),
+        )
         return FileObject(
-            id=row.id, filename=row.filename, num_prompts=row.num_prompts,
-            size_bytes=row.size_bytes, created_at=row.created_at,
-        )  # fmt: skip
+            id=row.id,
+            filename=row.filename,
+            num_prompts=row.num_prompts,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
+        )
 
 
 def parse_jsonl(content: bytes) -> list[PromptIn]:

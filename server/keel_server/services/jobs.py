@@ -250,9 +250,12 @@ def cancel(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:
     def attempt(session, job) -> bool:
         if job.status in ("queued", "paused"):
             return jobs_db.transition(
-                session, job.id, from_statuses=(job.status,), to="cancelled",
+                session,
+                job.id,
+                from_statuses=(job.status,),
+                to="cancelled",
                 event={"reason": "cancelled by the user"},
-            )  # fmt: skip
+            )
         if job.status == "running":
             return jobs_db.set_requested(session, job.id, "cancel", from_statuses=("running",))
         raise _finished(job, "cancel")
@@ -292,9 +295,13 @@ def resume(
                 values.update(_resumed_with(job, changes))
                 event["changes"] = changes.model_dump(mode="json", exclude_none=True)
             ok = jobs_db.transition(
-                session, job.id, from_statuses=("paused",), to="queued", values=values,
+                session,
+                job.id,
+                from_statuses=("paused",),
+                to="queued",
+                values=values,
                 event=event,
-            )  # fmt: skip
+            )
             if ok:
                 enqueue.append(job.id)
             return ok

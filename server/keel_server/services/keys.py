@@ -28,9 +28,12 @@ def create(ctx: ServiceContext, principal: Principal, req: ApiKeyCreate) -> ApiK
                 "forbidden", "only the admin key may create keys for another project"
             )
         row = keys_db.insert_api_key(
-            session, project.id, key_hash=hash_secret(secret), prefix=secret[:PREFIX_CHARS],
+            session,
+            project.id,
+            key_hash=hash_secret(secret),
+            prefix=secret[:PREFIX_CHARS],
             name=req.name,
-        )  # fmt: skip
+        )
         return ApiKeyCreated(**_key(row).model_dump(), key=secret, project=project.name)
 
 
@@ -59,6 +62,10 @@ def whoami(principal: Principal) -> Whoami:
 
 def _key(row) -> ApiKey:
     return ApiKey(
-        id=row.id, project_id=row.project_id, name=row.name, prefix=row.prefix,
-        created_at=row.created_at, revoked_at=row.revoked_at,
-    )  # fmt: skip
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )

@@ -25,14 +25,17 @@ WATCHED_METRICS: dict[str, tuple[str, str]] = {
     metric.TIME_STEP: ("keel_job_step_time_seconds", "Wall time of the last step."),
     metric.MISMATCH_KL_K3: ("keel_job_mismatch_kl_k3", "k3 KL(μ‖π_old): training–inference gap."),
     metric.IS_TRUNCATED_FRAC: (
-        "keel_job_is_truncated_fraction", "Tokens whose IS weight was capped."
+        "keel_job_is_truncated_fraction",
+        "Tokens whose IS weight was capped.",
     ),
     metric.CLIP_FRAC: ("keel_job_clip_fraction", "Tokens the decoupled-PPO mask dropped."),
     metric.CLIP_FRAC_POS: (
-        "keel_job_clip_fraction_pos", "Clipped tokens with Â > 0 (r > 1+ε_high)."
+        "keel_job_clip_fraction_pos",
+        "Clipped tokens with Â > 0 (r > 1+ε_high).",
     ),
     metric.CLIP_FRAC_NEG: (
-        "keel_job_clip_fraction_neg", "Clipped tokens with Â < 0 (r < 1−ε_low)."
+        "keel_job_clip_fraction_neg",
+        "Clipped tokens with Â < 0 (r < 1−ε_low).",
     ),
 }
 

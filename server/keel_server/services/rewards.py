@@ -81,9 +81,12 @@ def _post(
     outcome, row = rollouts_db.set_reward(session, rollout_id, value, current=rollout)
     if outcome in (RewardOutcome.CREATED, RewardOutcome.SAME):
         return RewardResult(
-            rollout_id=row.id, status=row.status, reward=row.reward,
-            rewarded_at=row.rewarded_at, created=outcome is RewardOutcome.CREATED,
-        )  # fmt: skip
+            rollout_id=row.id,
+            status=row.status,
+            reward=row.reward,
+            rewarded_at=row.rewarded_at,
+            created=outcome is RewardOutcome.CREATED,
+        )
     if outcome is RewardOutcome.CONFLICT:
         raise ServiceError(
             "reward_conflict",

@@ -267,5 +267,13 @@ def test_the_anchor_is_mu_and_pi_old_plays_no_part(random_batch, name):
 def test_one_loss_serves_both_names_and_an_unknown_divergence_is_refused(ref_batch):
     assert OBJECTIVES["dppo_tv"] is OBJECTIVES["dppo_kl"]
     with pytest.raises(ValueError, match="divergence"):
-        run("dppo_tv", ref_batch(), 2.0, divergence="js", delta_low=0.1, delta_high=0.1,
-            is_cap=10.0, loss_agg=SUM)  # fmt: skip
+        run(
+            "dppo_tv",
+            ref_batch(),
+            2.0,
+            divergence="js",
+            delta_low=0.1,
+            delta_high=0.1,
+            is_cap=10.0,
+            loss_agg=SUM,
+        )

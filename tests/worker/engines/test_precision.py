@@ -86,8 +86,11 @@ def test_weight_only_precisions_round_matrices_and_compute_in_fp32(tiny_moe, pre
     assert all(p.dtype == torch.float32 for p in copied.values())
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.experts.down_proj"):
         assert not torch.equal(copied[name], source[name]), name
-    for name in ("model.embed_tokens.weight", "model.layers.0.mlp.gate.weight",
-                 "model.layers.0.input_layernorm.weight"):  # fmt: skip
+    for name in (
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.gate.weight",
+        "model.layers.0.input_layernorm.weight",
+    ):
         assert torch.equal(copied[name], source[name]), name
     assert compute_dtype(precision, bf16_native=True) == torch.float32
 
@@ -106,8 +109,11 @@ def test_w8a8_rounds_activations_per_tensor_and_w4a16_to_bf16(tiny_moe) -> None:
     q_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
     engine(torch.tensor([[5, 6, 7]]))
     assert torch.equal(seen[0], seen[0].bfloat16().float())  # the rounding hook ran first
-    assert not make_engine_copy(tiny_moe.model, "fp32").model.layers[0].self_attn.q_proj \
-        ._forward_pre_hooks
+    assert (
+        not make_engine_copy(tiny_moe.model, "fp32")
+        .model.layers[0]
+        .self_attn.q_proj._forward_pre_hooks
+    )
 
 
 # ---- bf16 computed natively or emulated in fp32 (engines.hardware decides which) --------------
@@ -130,14 +136,20 @@ def test_emulated_attention_reproduces_the_native_bf16_kernel() -> None:
     native = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).float()
     emulated = sdpa_bf16(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
     torch.testing.assert_close(emulated, native, rtol=2**-8, atol=1e-6)
-    plain = F.scaled_dot_product_attention(
-        q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True
-    ).bfloat16().float()
+    plain = (
+        F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True
+        )
+        .bfloat16()
+        .float()
+    )
     assert (plain != native).float().mean() > 0.05
     # A fully masked query row (left padding) gives zeros, not NaN.
     mask = torch.zeros(2, 1, 7, 7, dtype=torch.bool)
-    assert torch.equal(sdpa_bf16(q.float(), k.float(), v.float(), attn_mask=mask,
-                                 enable_gqa=True), torch.zeros(2, 4, 7, 16))  # fmt: skip
+    assert torch.equal(
+        sdpa_bf16(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=True),
+        torch.zeros(2, 4, 7, 16),
+    )
 
 
 def _rollout(loaded, precision: str, bf16_native: bool | None):
@@ -150,8 +162,9 @@ def _logprob_gap(a, b) -> tuple[torch.Tensor, int, int]:
     """|Δ logprob| over the tokens two rollouts of the same seed share (each row up to its first
     differing token), the number of shared tokens and of all tokens of `a`."""
     gaps, shared = [], 0
-    for ta, tb, la, lb in zip(a.response_ids, b.response_ids, a.rollout_logprobs,
-                              b.rollout_logprobs, strict=True):  # fmt: skip
+    for ta, tb, la, lb in zip(
+        a.response_ids, b.response_ids, a.rollout_logprobs, b.rollout_logprobs, strict=True
+    ):
         n = 0
         while n < min(len(ta), len(tb)) and ta[n] == tb[n]:
             n += 1

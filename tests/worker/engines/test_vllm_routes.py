@@ -41,14 +41,22 @@ def test_recorded_vllm_routes_convert_to_keels_layout(tiny_moe):
 def test_routes_take_a_wider_dtype_past_256_experts():
     routed = np.array([[[0, 300]], [[299, 1]]], dtype=np.int32)  # 2 fed tokens, L=1, K=2
     converted = full_routes(routed, 3)
-    assert converted.dtype == torch.int16 and converted.tolist() == [[[0, 300]], [[299, 1]],
-                                                                     [[299, 1]]]
+    assert converted.dtype == torch.int16 and converted.tolist() == [
+        [[0, 300]],
+        [[299, 1]],
+        [[299, 1]],
+    ]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm imports here")
 def test_a_worker_without_vllm_says_what_to_install(tmp_path):
-    options = VLLMOptions(kv_cache_gib=None, cpu_reserved_cpus=0, max_model_len=None,
-                          gpu_memory_utilization=0.3, tensor_parallel_size=1)  # fmt: skip
+    options = VLLMOptions(
+        kv_cache_gib=None,
+        cpu_reserved_cpus=0,
+        max_model_len=None,
+        gpu_memory_utilization=0.3,
+        tensor_parallel_size=1,
+    )
     with pytest.raises(VLLMUnavailableError, match=r"pip install 'keel-rl\[vllm\]'"):
         VLLMEngine(tmp_path, options=options)
 

@@ -27,10 +27,14 @@ def _micro_batch(prompt_lens, response_lens, routes):
     responses = [list(range(100, 100 + r)) for r in response_lens]
     n = len(prompts)
     return make_micro_batch(
-        list(range(n)), prompt_ids=prompts, response_ids=responses,
+        list(range(n)),
+        prompt_ids=prompts,
+        response_ids=responses,
         rollout_logprobs=[torch.zeros(r) for r in response_lens],
-        advantages_PG=torch.zeros(n), routes=routes, pad_id=PAD_ID,
-    )  # fmt: skip
+        advantages_PG=torch.zeros(n),
+        routes=routes,
+        pad_id=PAD_ID,
+    )
 
 
 def test_right_padding_places_fed_positions_and_fills_the_rest():

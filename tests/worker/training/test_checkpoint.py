@@ -31,7 +31,9 @@ def _state(step: int) -> TrainerState:
 def test_save_load_gives_identical_logits(tmp_path):
     loaded = load_model("tiny-moe", cache_dir=tmp_path / "cache")
     path = save_checkpoint(
-        checkpoint_dir(tmp_path, 3), model=loaded.model, tokenizer=loaded.tokenizer,
+        checkpoint_dir(tmp_path, 3),
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
         state=_state(3),
     )
     # transformers loads the directory as-is, no keel code involved.
@@ -54,15 +56,20 @@ def test_latest_checkpoint_skips_incomplete_and_temporary_dirs(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     for step in (2, 10):
         save_checkpoint(
-            checkpoint_dir(tmp_path, step), model=loaded.model, tokenizer=loaded.tokenizer,
+            checkpoint_dir(tmp_path, step),
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
             state=_state(step),
         )
     # A crash mid-write leaves a hidden temp dir or a dir without trainer state: never picked.
     (tmp_path / "checkpoints" / ".step_000020.tmp").mkdir()
     checkpoint_dir(tmp_path, 30).mkdir()
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 10)
-    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".step_0000")
-                and p.name != ".step_000020.tmp"]
+    assert not [
+        p
+        for p in (tmp_path / "checkpoints").iterdir()
+        if p.name.startswith(".step_0000") and p.name != ".step_000020.tmp"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -91,13 +98,16 @@ def test_prune_deletes_the_files_of_old_checkpoints_under_a_workdir(tmp_path):
     loaded = load_model("tiny-dense", cache_dir=tmp_path / "cache")
     for step in (1, 2, 3):
         save_checkpoint(
-            checkpoint_dir(tmp_path, step), model=loaded.model, tokenizer=loaded.tokenizer,
+            checkpoint_dir(tmp_path, step),
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
             state=_state(step),
         )
     assert prune_checkpoints(tmp_path, keep_last=2) == [1]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "step_000002", "step_000003",
-    ]  # fmt: skip
+        "step_000002",
+        "step_000003",
+    ]
     assert latest_checkpoint(tmp_path) == checkpoint_dir(tmp_path, 3)
 
 
@@ -112,16 +122,23 @@ def test_a_workdir_as_the_guards_store_finds_complete_checkpoints_and_drops_late
     assert store.latest_at_most(-1) is None
     store.delete_after(2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "step_000000", "step_000002", "step_000003",
-    ]  # fmt: skip
+        "step_000000",
+        "step_000002",
+        "step_000003",
+    ]
 
 
 @pytest.mark.slow
 def test_train_keeps_only_the_last_checkpoints_it_is_asked_to(tmp_path, cache_dir):
     config = tiny_config(
-        model={"name": "tiny-dense"}, steps=2, checkpoint_every=1, checkpoint_keep_last=1,
-        group_size=2, num_minibatches=1, rollout={"max_new_tokens": 2},
-    )  # fmt: skip
+        model={"name": "tiny-dense"},
+        steps=2,
+        checkpoint_every=1,
+        checkpoint_keep_last=1,
+        group_size=2,
+        num_minibatches=1,
+        rollout={"max_new_tokens": 2},
+    )
     results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
     assert [r.checkpoint.name for r in results] == ["step_000001", "step_000002"]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000002"]

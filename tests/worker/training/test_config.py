@@ -59,8 +59,11 @@ def test_the_model_is_a_name_or_a_checkpoint_id_never_both():
     assert TrainingConfig().model.checkpoint_id is None
     by_id = TrainingConfig(model={"checkpoint_id": "ckpt_0123"}).model
     assert (by_id.name, by_id.checkpoint_id) == (None, "ckpt_0123")
-    for model in ({"name": "tiny-dense", "checkpoint_id": "ckpt_0123"}, {"name": None},
-                  {"name": None, "checkpoint_id": None}):  # fmt: skip
+    for model in (
+        {"name": "tiny-dense", "checkpoint_id": "ckpt_0123"},
+        {"name": None},
+        {"name": None, "checkpoint_id": None},
+    ):
         with pytest.raises(ValidationError, match="exactly one of 'name' or 'checkpoint_id'"):
             TrainingConfig(model=model)
 
@@ -75,10 +78,21 @@ def test_checkpoint_keep_last_keeps_at_least_one():
 def test_lora_is_off_by_default_and_its_fields_are_checked():
     assert TrainingConfig().lora is None  # full fine-tuning
     lora = TrainingConfig(lora={}).lora
-    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (16, 32.0, 0.0,
-                                                                          "all-linear")
+    assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (
+        16,
+        32.0,
+        0.0,
+        "all-linear",
+    )
     assert TrainingConfig(lora={"target_modules": ["q_proj"]}).lora.target_modules == ["q_proj"]
-    for bad in ({"rank": 0}, {"alpha": 0}, {"dropout": 1.0}, {"target_modules": []},
-                {"target_modules": "all"}, {"target_modules": [""]}, {"scale": 2}):
+    for bad in (
+        {"rank": 0},
+        {"alpha": 0},
+        {"dropout": 1.0},
+        {"target_modules": []},
+        {"target_modules": "all"},
+        {"target_modules": [""]},
+        {"scale": 2},
+    ):
         with pytest.raises(ValidationError):
             TrainingConfig(lora=bad)

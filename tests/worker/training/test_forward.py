@@ -23,10 +23,14 @@ def model(tmp_path_factory):
 
 def _micro_batch(rows: list[int]):
     return make_micro_batch(
-        rows, prompt_ids=[PROMPTS[p] for p, _ in ROWS], response_ids=[r for _, r in ROWS],
+        rows,
+        prompt_ids=[PROMPTS[p] for p, _ in ROWS],
+        response_ids=[r for _, r in ROWS],
         rollout_logprobs=[torch.zeros(len(r)) for _, r in ROWS],
-        advantages_PG=torch.zeros(len(ROWS)), routes=None, pad_id=0,
-    )  # fmt: skip
+        advantages_PG=torch.zeros(len(ROWS)),
+        routes=None,
+        pad_id=0,
+    )
 
 
 def _logprobs_and_grads(model, forward, rows):

@@ -20,8 +20,7 @@ pytestmark = [
 def test_steps_on_cuda(tmp_path, cache_dir, replay):
     config = tiny_config(routing_replay=replay, train_dtype="bf16")
     results = list(
-        train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir,
-              device="cuda")
+        train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir, device="cuda")
     )
     metrics = results[-1].metrics
     assert math.isfinite(metrics["optim/loss"]) and metrics["optim/grad_norm"] > 0

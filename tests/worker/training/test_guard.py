@@ -113,8 +113,12 @@ def test_reward_fires_when_its_window_mean_falls_below_its_share_of_the_baseline
     # The baseline is a median: one lucky step does not raise the bar (a peak would be 0.9,
     # and 0.05 < 0.1 × 0.9 would breach at steps 5-6).
     lucky = [0.3, 0.9, 0.3, 0.3, 0.05, 0.05]
-    assert fire_steps(only("reward", window=1, patience=2, min_ratio=0.1), series(
-        "reward/mean", lucky)) == []
+    assert (
+        fire_steps(
+            only("reward", window=1, patience=2, min_ratio=0.1), series("reward/mean", lucky)
+        )
+        == []
+    )
     # A baseline under min_baseline is no reference: a run that never learnt does not "collapse".
     never_learnt = series("reward/mean", [0.01] * 4 + [0.0] * 8)
     assert fire_steps(only("reward", **trigger), never_learnt) == []
@@ -123,8 +127,17 @@ def test_reward_fires_when_its_window_mean_falls_below_its_share_of_the_baseline
 def test_accuracy_is_judged_on_evaluated_steps_only():
     # Evaluations at steps 1, 5, 9: 0.4, 0.5, 0.05 (< 0.2 × 0.5); steps between carry no
     # accuracy and neither breach nor clear.
-    seq = [{"eval/accuracy": 0.4}, {}, {}, {}, {"eval/accuracy": 0.5}, {}, {}, {},
-           {"eval/accuracy": 0.05}]  # fmt: skip
+    seq = [
+        {"eval/accuracy": 0.4},
+        {},
+        {},
+        {},
+        {"eval/accuracy": 0.5},
+        {},
+        {},
+        {},
+        {"eval/accuracy": 0.05},
+    ]
     assert fire_steps(only("accuracy", patience=1), seq) == [9]
     seq += [{}, {"eval/accuracy": 0.08}]
     assert fire_steps(only("accuracy"), seq) == []  # patience 3: a third evaluation needed
@@ -148,8 +161,11 @@ def test_rewind_restores_the_detector_as_it_stood_at_the_restored_step():
     # 0.04 < 0.05 fires at once; judged against the abandoned steps' 0.06 it would not.
     config = only("reward", window=1, patience=1)
     guard = StabilityGuard(config)
-    fired = [f.step for s, v in enumerate([0.5, 0.5, 0.06, 0.06, 0.06, 0.06, 0.0], 1)
-             for f in guard.observe(s, {"reward/mean": v})]  # fmt: skip
+    fired = [
+        f.step
+        for s, v in enumerate([0.5, 0.5, 0.06, 0.06, 0.06, 0.06, 0.0], 1)
+        for f in guard.observe(s, {"reward/mean": v})
+    ]
     assert fired == [7]
     guard.rewind(2)
     assert [f.reference for f in guard.observe(3, {"reward/mean": 0.04})] == [0.5]
@@ -168,18 +184,22 @@ def test_a_zero_gradient_norm_is_no_observation():
 
 def test_fired_carries_the_breach_start_and_the_step_metrics():
     guard = StabilityGuard(only("clip", action="pause"))
-    fired = [f for s, v in enumerate([0.0, 0.1, 0.1, 0.1], 1) for f in
-             guard.observe(s, {"clip/frac": v})]  # fmt: skip
+    fired = [
+        f for s, v in enumerate([0.0, 0.1, 0.1, 0.1], 1) for f in guard.observe(s, {"clip/frac": v})
+    ]
     assert [(f.trigger, f.action, f.step, f.since) for f in fired] == [("clip", "pause", 4, 2)]
     assert guard_metrics(fired) == {"guard/fired": 1.0, "guard/clip": 1.0}
     assert guard_metrics([]) == {"guard/fired": 0.0}
 
 
 def test_the_most_cautious_action_wins():
-    guard = StabilityGuard(GuardConfig(
-        clip={"action": "rollback", "patience": 1}, is_fraction={"action": "pause", "patience": 1},
-        kl=None,
-    ))  # fmt: skip
+    guard = StabilityGuard(
+        GuardConfig(
+            clip={"action": "rollback", "patience": 1},
+            is_fraction={"action": "pause", "patience": 1},
+            kl=None,
+        )
+    )
     fired = guard.observe(1, {"clip/frac": 0.5, "is/truncated_frac": 0.5})
     assert {f.trigger for f in fired} == {"clip", "is_fraction"}
     assert strongest(fired).action == "pause"

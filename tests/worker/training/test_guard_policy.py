@@ -67,7 +67,10 @@ def test_pause_wins_over_rollback_and_says_paused():
     run_quiet(policy, store, 2)
     decision = policy.decide(3, {**CLIP, **IS_FRACTION}, store)
     assert (decision.action, decision.acted_on.trigger, decision.why) == (
-        "pause", "is_fraction", "paused")  # fmt: skip
+        "pause",
+        "is_fraction",
+        "paused",
+    )
     assert {f.trigger for f in decision.fired} == {"clip", "is_fraction"}
 
 
@@ -91,7 +94,8 @@ def test_no_checkpoint_from_before_the_breach_pauses_with_the_reason():
     decision = policy.decide(1, dict(IS_FRACTION), MemoryStore(0))
     assert (decision.action, decision.target, decision.lr_scale) == ("pause", None, None)
     assert decision.why == (
-        "paused: no checkpoint of weights from before the breach (step ≤ -1) to roll back to")
+        "paused: no checkpoint of weights from before the breach (step ≤ -1) to roll back to"
+    )
     # Checkpoints only after the last good step are no target either.
     policy = GuardPolicy(armed(clip="rollback"))
     run_quiet(policy, MemoryStore(), 2)
@@ -105,8 +109,7 @@ def test_rollbacks_compound_the_lr_scale_then_the_exhausted_budget_pauses():
     run_quiet(policy, store, 1)
     for attempt, scale in ((1, 0.5), (2, 0.25)):
         decision = policy.decide(2, dict(CLIP), store)
-        assert (decision.action, decision.target.step, decision.lr_scale) == (
-            "rollback", 1, scale)  # fmt: skip
+        assert (decision.action, decision.target.step, decision.lr_scale) == ("rollback", 1, scale)
         assert policy.roll_back(decision, store, restore=restored.append) == 1
         assert (policy.rollbacks, policy.lr_scale) == (attempt, scale)
         assert policy.lr(1e-2) == pytest.approx(1e-2 * scale)

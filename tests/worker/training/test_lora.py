@@ -47,9 +47,9 @@ def test_only_adapters_get_gradients_and_optimizer_state(tmp_path, cache_dir):
     assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == 4 * 3584
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with_grad: list[set[str]] = []
-    trainer.optimizer.register_step_pre_hook(lambda *_: with_grad.append(
-        {n for n, p in model.named_parameters() if p.grad is not None}
-    ))  # fmt: skip
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: with_grad.append({n for n, p in model.named_parameters() if p.grad is not None})
+    )
     trainer.step(ITEMS, parity_reward, seed=3)
     assert with_grad and all(names == trainable for names in with_grad)
     by_id = {id(p): n for n, p in model.named_parameters()}
@@ -61,8 +61,11 @@ def test_only_adapters_get_gradients_and_optimizer_state(tmp_path, cache_dir):
 
 def test_all_linear_and_explicit_targets(cache_dir):
     dense = apply_lora(load_model("tiny-dense", cache_dir=cache_dir).model, _lora_config().lora)
-    adapted = {n.split(".lora_A.")[0].rsplit(".", 1)[1] for n, _ in dense.named_parameters()
-               if ".lora_A." in n}  # fmt: skip
+    adapted = {
+        n.split(".lora_A.")[0].rsplit(".", 1)[1]
+        for n, _ in dense.named_parameters()
+        if ".lora_A." in n
+    }
     assert adapted == {*ATTENTION, "gate_proj", "up_proj", "down_proj"}  # not the LM head
     only_q = apply_lora(
         load_model("tiny-dense", cache_dir=cache_dir).model,
@@ -92,8 +95,9 @@ def test_micro_batching_does_not_change_the_lora_gradient(tmp_path, cache_dir):
         run = _session(config, tmp_path / str(size), cache_dir)
 
         def keep(*_, size=size, model=run.model):
-            grads[size] = {n: p.grad.clone() for n, p in model.named_parameters()
-                           if p.grad is not None}  # fmt: skip
+            grads[size] = {
+                n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+            }
 
         run.trainer.optimizer.register_step_pre_hook(keep)
         run.trainer.step(ITEMS, parity_reward, seed=3)
@@ -116,15 +120,18 @@ def test_engine_samples_the_merged_policy_after_a_lora_step(tmp_path, cache_dir)
         ids = torch.tensor([prompt + response])
         for key, model in (("policy", run.model), ("base", base)):
             logits_T_V = _logits(model, ids)[0, len(prompt) - 1 : -1]
-            pi_T = torch.log_softmax(logits_T_V, -1).gather(1, ids[0, len(prompt):, None])[:, 0]
+            pi_T = torch.log_softmax(logits_T_V, -1).gather(1, ids[0, len(prompt) :, None])[:, 0]
             worst[key] = max(worst[key], float((pi_T - mu_T).abs().max()))
     assert worst["policy"] < 1e-5
     assert worst["base"] > 1e-3  # the adapter moved the policy: the check above can fail
 
 
 def test_low_precision_engine_rounds_the_merged_weights(tmp_path, cache_dir):
-    run = _session(tiny_config(model={"name": "tiny-dense"}, lora={"rank": 4},
-                               rollout={"precision": "bf16"}), tmp_path, cache_dir)  # fmt: skip
+    run = _session(
+        tiny_config(model={"name": "tiny-dense"}, lora={"rank": 4}, rollout={"precision": "bf16"}),
+        tmp_path,
+        cache_dir,
+    )
     run.trainer.step(ITEMS, parity_reward, seed=1)
     merged = dict(policy_tensors(run.model))
     name = "model.layers.0.self_attn.q_proj.weight"
@@ -144,8 +151,9 @@ def test_lora_dropout_only_in_the_gradient_forwards(tmp_path, cache_dir):
         run = _session(config, tmp_path / str(p), cache_dir)
 
         def keep(*_, p=p, model=run.model):
-            grads.setdefault(p, {n: q.grad.clone() for n, q in model.named_parameters()
-                                 if q.grad is not None})  # fmt: skip
+            grads.setdefault(
+                p, {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+            )
 
         run.trainer.optimizer.register_step_pre_hook(keep)
         torch.manual_seed(0)
@@ -159,13 +167,22 @@ def test_lora_resume_equals_an_uninterrupted_run(tmp_path, cache_dir):
     """Stop after step 1, resume to step 2: metrics, adapters and optimizer state are those of
     the straight run (dropout on, so the restored RNG matters too; R2 across 2 mini-batches)."""
     config = tiny_config(lora={"rank": 4, "dropout": 0.1}, routing_replay="R2")
-    straight = list(train(config, workdir=tmp_path / "a", reward_fn=parity_reward,
-                          cache_dir=cache_dir))  # fmt: skip
-    first = list(train(config, workdir=tmp_path / "b", reward_fn=parity_reward,
-                       cache_dir=cache_dir, should_stop=lambda: True))  # fmt: skip
+    straight = list(
+        train(config, workdir=tmp_path / "a", reward_fn=parity_reward, cache_dir=cache_dir)
+    )
+    first = list(
+        train(
+            config,
+            workdir=tmp_path / "b",
+            reward_fn=parity_reward,
+            cache_dir=cache_dir,
+            should_stop=lambda: True,
+        )
+    )
     assert [r.step for r in first] == [1]
-    resumed = list(train(config, workdir=tmp_path / "b", reward_fn=parity_reward,
-                         cache_dir=cache_dir))  # fmt: skip
+    resumed = list(
+        train(config, workdir=tmp_path / "b", reward_fn=parity_reward, cache_dir=cache_dir)
+    )
     assert [r.step for r in resumed] == [2]
     a, b = straight[-1].metrics, resumed[-1].metrics
     assert a.keys() == b.keys()
@@ -203,7 +220,10 @@ def test_r3_lowers_the_training_inference_kl_under_fp8_with_lora(tmp_path, cache
     kl = {}
     for mode in ("none", "R3"):
         config = tiny_config(
-            lora={"rank": 4}, routing_replay=mode, prompts_per_step=4, group_size=4,
+            lora={"rank": 4},
+            routing_replay=mode,
+            prompts_per_step=4,
+            group_size=4,
             rollout={"precision": "fp8", "max_new_tokens": 16},
         )
         metrics = _session(config, tmp_path / mode, cache_dir).trainer.step(
@@ -244,4 +264,3 @@ def test_a_checkpoint_of_the_other_kind_of_run_is_refused(tmp_path, cache_dir):
     lora = full.model_copy(update={"lora": _lora_config().lora, "steps": 2})
     with pytest.raises(ValueError, match="full fine-tuning run"):
         list(train(lora, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
-

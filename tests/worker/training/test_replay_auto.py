@@ -145,8 +145,10 @@ def test_reason_metric_and_summary_name_the_branch():
     first = auto.after_step(MILD, num_layers=1)
     assert first["routing/replay_reason"] == REASONS.index("prior")
     second = auto.after_step(MILD, num_layers=1)
-    assert second == {"routing/replay_mode": MODE_CODES["R2"],
-                      "routing/replay_reason": float(REASONS.index("mild_staleness"))}  # fmt: skip
+    assert second == {
+        "routing/replay_mode": MODE_CODES["R2"],
+        "routing/replay_reason": float(REASONS.index("mild_staleness")),
+    }
     summary = auto.summary()
     assert summary["requested"] == "auto" and summary["mode"] == "R2"
     assert "S=0.0200" in summary["reason"] and "D=0.0800" in summary["reason"]

@@ -22,8 +22,9 @@ def test_no_eval_when_eval_every_is_zero():
 
 
 def test_checkpoint_every_kth_completed_step_and_always_the_last():
-    assert [d for d in range(1, 11) if _schedule(steps=10, checkpoint_every=3).checkpoints_after(d)
-            ] == [3, 6, 9, 10]  # fmt: skip
+    assert [
+        d for d in range(1, 11) if _schedule(steps=10, checkpoint_every=3).checkpoints_after(d)
+    ] == [3, 6, 9, 10]
     assert [d for d in range(1, 6) if _schedule(steps=5).checkpoints_after(d)] == [5]
 
 

@@ -18,20 +18,35 @@ pytestmark = pytest.mark.slow
 def test_smollm2_addition_steps(tmp_path, cache_dir):
     config = TrainingConfig(
         model={"name": "smollm2-135m-instruct"},
-        prompts_per_step=2, group_size=4, micro_batch_size=8,
-        rollout={"max_new_tokens": 24}, optimizer={"lr": 1e-5},
-        steps=2, eval_every=2, eval_size=4, train_dtype="bf16",
+        prompts_per_step=2,
+        group_size=4,
+        micro_batch_size=8,
+        rollout={"max_new_tokens": 24},
+        optimizer={"lr": 1e-5},
+        steps=2,
+        eval_every=2,
+        eval_size=4,
+        train_dtype="bf16",
     )
-    initial = {n: p.detach().clone() for n, p in
-               load_model(config.model.name, cache_dir=cache_dir).model.named_parameters()}
+    initial = {
+        n: p.detach().clone()
+        for n, p in load_model(config.model.name, cache_dir=cache_dir).model.named_parameters()
+    }
     results = list(train(config, workdir=tmp_path, cache_dir=cache_dir))
 
     assert [r.step for r in results] == [1, 2]
     for r in results:
         m = r.metrics
-        for key in ("optim/loss", "optim/grad_norm", "reward/mean", "train/entropy",
-                    "mismatch/kl_k1", "response/length_mean", "time/generate_s",
-                    "time/update_s"):
+        for key in (
+            "optim/loss",
+            "optim/grad_norm",
+            "reward/mean",
+            "train/entropy",
+            "mismatch/kl_k1",
+            "response/length_mean",
+            "time/generate_s",
+            "time/update_s",
+        ):
             assert math.isfinite(m[key]), key
         assert 0.0 <= m["reward/mean"] <= 1.0
     assert 0.0 <= results[0].metrics["eval/accuracy"] <= 1.0

@@ -32,9 +32,7 @@ def _params(model):
 def _after_each_update(trainer):
     """Snapshots of the weights after every optimizer step."""
     snapshots = []
-    trainer.optimizer.register_step_post_hook(
-        lambda *_: snapshots.append(_params(trainer.model))
-    )
+    trainer.optimizer.register_step_post_hook(lambda *_: snapshots.append(_params(trainer.model)))
     return snapshots
 
 
@@ -48,11 +46,24 @@ def test_two_steps_on_tiny_moe(tmp_path, cache_dir, replay):
     assert [r.policy_version for r in results] == [1, 2]
     metrics = results[-1].metrics
     for key in (
-        "reward/mean", "response/length_mean", "response/length_max",
-        "response/truncation_rate", "optim/grad_norm", "optim/lr", "optim/loss",
-        "train/entropy", "time/generate_s", "time/recompute_s", "time/update_s", "time/sync_s",
-        "routing/infer_vs_train_any", "routing/infer_vs_train_L0", "routing/infer_vs_train_L3",
-        "routing/old_vs_current_any", "eval/accuracy", "eval/accuracy_final",
+        "reward/mean",
+        "response/length_mean",
+        "response/length_max",
+        "response/truncation_rate",
+        "optim/grad_norm",
+        "optim/lr",
+        "optim/loss",
+        "train/entropy",
+        "time/generate_s",
+        "time/recompute_s",
+        "time/update_s",
+        "time/sync_s",
+        "routing/infer_vs_train_any",
+        "routing/infer_vs_train_L0",
+        "routing/infer_vs_train_L3",
+        "routing/old_vs_current_any",
+        "eval/accuracy",
+        "eval/accuracy_final",
     ):
         assert key in metrics, key
         assert math.isfinite(metrics[key]), key
@@ -112,8 +123,10 @@ def test_r3_lowers_the_training_inference_kl_under_fp8(cache_dir):
     kl = {}
     for mode in ("none", "R3"):
         config = tiny_config(
-            routing_replay=mode, rollout={"precision": "fp8", "max_new_tokens": 16},
-            prompts_per_step=4, group_size=4,
+            routing_replay=mode,
+            rollout={"precision": "fp8", "max_new_tokens": 16},
+            prompts_per_step=4,
+            group_size=4,
         )
         trainer, _ = _trainer(config, cache_dir)
         metrics = trainer.step(ITEMS * 2, parity_reward, seed=5)
@@ -158,8 +171,9 @@ def test_partial_groups_keep_their_rewarded_members_and_baseline_from_them(cache
 def test_fewer_kept_responses_than_mini_batches_still_update(cache_dir):
     # 2 prompts × 2 responses in N = 4 mini-batches; one group dropped leaves 2 responses, so
     # two of the four mini-batches are empty: they are skipped, the kept ones still update.
-    trainer, _ = _trainer(tiny_config(group_size=2, num_minibatches=4, micro_batch_size=1),
-                          cache_dir)  # fmt: skip
+    trainer, _ = _trainer(
+        tiny_config(group_size=2, num_minibatches=4, micro_batch_size=1), cache_dir
+    )
     metrics = trainer.step(ITEMS, _rewards_of([[None, 1.0], [1.0, 0.0]]), seed=2)
     assert metrics["groups/dropped"] == 1.0
     assert metrics["optim/grad_norm"] > 0 and trainer.policy_version == 1
@@ -176,12 +190,14 @@ def test_a_partial_group_with_one_reward_left_is_dropped(cache_dir):
 
 def test_resume_reproduces_the_next_step(tmp_path, cache_dir):
     config = tiny_config(checkpoint_every=1)
-    straight = list(train(config, workdir=tmp_path / "a", reward_fn=parity_reward,
-                          cache_dir=cache_dir))
+    straight = list(
+        train(config, workdir=tmp_path / "a", reward_fn=parity_reward, cache_dir=cache_dir)
+    )
     first = tiny_config(checkpoint_every=1, steps=1)
     list(train(first, workdir=tmp_path / "b", reward_fn=parity_reward, cache_dir=cache_dir))
-    resumed = list(train(config, workdir=tmp_path / "b", reward_fn=parity_reward,
-                         cache_dir=cache_dir))
+    resumed = list(
+        train(config, workdir=tmp_path / "b", reward_fn=parity_reward, cache_dir=cache_dir)
+    )
     assert [r.step for r in resumed] == [2]
     a, b = straight[-1].metrics, resumed[-1].metrics
     for key in a:
@@ -209,8 +225,9 @@ def test_task_rewards_are_used_by_default(tmp_path, cache_dir):
         return {"name": "dataset", "items": items, "verifier": "exact_match"}
 
     def config(answers):
-        return tiny_config(model={"name": "tiny-dense"}, steps=1, num_minibatches=1,
-                           task=dataset(answers))  # fmt: skip
+        return tiny_config(
+            model={"name": "tiny-dense"}, steps=1, num_minibatches=1, task=dataset(answers)
+        )
 
     seen = []
 
@@ -228,12 +245,25 @@ def test_task_rewards_are_used_by_default(tmp_path, cache_dir):
 
 def test_should_stop_checkpoints_and_ends_the_run(tmp_path, cache_dir):
     config = tiny_config(model={"name": "tiny-dense"}, steps=5, num_minibatches=1)
-    results = list(train(config, workdir=tmp_path, reward_fn=parity_reward,
-                         cache_dir=cache_dir, should_stop=lambda: True))
+    results = list(
+        train(
+            config,
+            workdir=tmp_path,
+            reward_fn=parity_reward,
+            cache_dir=cache_dir,
+            should_stop=lambda: True,
+        )
+    )
     assert [r.step for r in results] == [1]
     assert results[0].checkpoint is not None
-    resumed = list(train(config.model_copy(update={"steps": 2}), workdir=tmp_path,
-                         reward_fn=parity_reward, cache_dir=cache_dir))
+    resumed = list(
+        train(
+            config.model_copy(update={"steps": 2}),
+            workdir=tmp_path,
+            reward_fn=parity_reward,
+            cache_dir=cache_dir,
+        )
+    )
     assert [r.step for r in resumed] == [2]
 
 
@@ -287,13 +317,18 @@ def test_train_rolls_back_then_pauses_when_the_attempts_are_used_up(tmp_path, ca
     # step-0 weights are good: step 1 rolls back to them (lr 1e-2 -> 5e-3, the batch skipped),
     # fires again, finds its one attempt used and pauses with a checkpoint.
     config = tiny_config(
-        model={"name": "tiny-dense"}, steps=3,
-        guard={"clip": {"max_frac": 1e-6, "patience": 1, "action": "rollback"},
-               "rollback": {"max_attempts": 1, "lr_scale": 0.5}},
-    )  # fmt: skip
+        model={"name": "tiny-dense"},
+        steps=3,
+        guard={
+            "clip": {"max_frac": 1e-6, "patience": 1, "action": "rollback"},
+            "rollback": {"max_attempts": 1, "lr_scale": 0.5},
+        },
+    )
     results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
     assert [(r.step, [(f.trigger, f.action) for f in r.guard]) for r in results] == [
-        (1, [("clip", "rollback")]), (1, [("clip", "rollback")])]  # fmt: skip
+        (1, [("clip", "rollback")]),
+        (1, [("clip", "rollback")]),
+    ]
     assert [r.metrics["optim/lr"] for r in results] == [1e-2, 5e-3]
     assert [r.policy_version for r in results] == [1, 1]  # restored to 0, then one step
     assert results[0].checkpoint is None and results[1].checkpoint is not None
@@ -306,10 +341,12 @@ def test_a_policy_signal_at_step_1_has_no_good_weights_to_roll_back_to(tmp_path,
     # on the rollouts of the starting weights themselves, so no checkpoint predates the breach
     # and the run pauses at once instead of restoring the weights that breached.
     config = tiny_config(
-        model={"name": "tiny-dense"}, steps=3, num_minibatches=1,
+        model={"name": "tiny-dense"},
+        steps=3,
+        num_minibatches=1,
         algorithm={"name": "minirl", "is_correction": {"mode": "token_truncate", "cap": 0.5}},
         guard={"is_fraction": {"max_frac": 0.5, "patience": 1, "action": "rollback"}},
-    )  # fmt: skip
+    )
     results = list(train(config, workdir=tmp_path, reward_fn=parity_reward, cache_dir=cache_dir))
     assert [(r.step, [f.last_good_step for f in r.guard]) for r in results] == [(1, [-1])]
     assert results[0].metrics["optim/lr"] == 1e-2 and results[0].checkpoint is not None

@@ -89,8 +89,14 @@ def test_dense_model_with_replay_fails_with_the_apis_message(cache_dir):
 def _granite_moe():
     """An MoE family whose router keel does not hook (GraniteMoe's gate is no *TopKRouter)."""
     cfg = transformers.GraniteMoeConfig(
-        hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=300,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        vocab_size=300,
     )
     return transformers.AutoModelForCausalLM.from_config(cfg)
 

@@ -19,8 +19,9 @@ from keel_worker.training.trackers import StepTrackers
 @pytest.mark.slow
 def test_train_writes_what_it_yields_to_tensorboard(tmp_path, cache_dir):
     config = tiny_config(logging={"tensorboard": True})
-    results = list(train(config, workdir=tmp_path / "run", reward_fn=parity_reward,
-                         cache_dir=cache_dir))  # fmt: skip
+    results = list(
+        train(config, workdir=tmp_path / "run", reward_fn=parity_reward, cache_dir=cache_dir)
+    )
     scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
     assert [r.step for r in results] == [1, 2]
     for result in results:
@@ -30,11 +31,14 @@ def test_train_writes_what_it_yields_to_tensorboard(tmp_path, cache_dir):
 
 @pytest.mark.parametrize(
     ("logging", "module", "extra"),
-    [({"tensorboard": True}, "tensorboardX", "tensorboard"),
-     ({"wandb": {"project": "p", "mode": "offline"}}, "wandb", "wandb")],
+    [
+        ({"tensorboard": True}, "tensorboardX", "tensorboard"),
+        ({"wandb": {"project": "p", "mode": "offline"}}, "wandb", "wandb"),
+    ],
 )
 def test_a_missing_extra_fails_naming_it(tmp_path, monkeypatch, logging, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # what `import` sees without the package
     with pytest.raises(RuntimeError, match=re.escape(f"pip install 'keel-rl[{extra}]'")):
-        StepTrackers.open(LoggingConfig.model_validate(logging), logdir=tmp_path, run_id="r",
-                          config={})  # fmt: skip
+        StepTrackers.open(
+            LoggingConfig.model_validate(logging), logdir=tmp_path, run_id="r", config={}
+        )

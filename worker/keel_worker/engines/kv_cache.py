@@ -75,6 +75,7 @@ def make_cache(config, capacity: int) -> DynamicCache:
     ]
     return cache
 
+
 def cache_kwarg(model: nn.Module) -> str:
     """The name the model's forward takes its KV cache under: `cache` from transformers 5.2x,
     `past_key_values` before (5.18, the vLLM tier's). Either accepts the other silently (as

@@ -34,7 +34,6 @@ for the trainer's `train_dtype="bf16"`: autocast's rounding of each matmul's inp
 gradients included, computed in fp32.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -93,11 +92,12 @@ def compute_report(
             device=rollout_device, requested=precision, compute_dtype=_DTYPE_NAMES[rollout_dtype]
         ),
         training=ComputeChoice(
-            device=train_type, requested=train_dtype,
+            device=train_type,
+            requested=train_dtype,
             compute_dtype="bf16" if train_bf16 else "fp32",
         ),
         devices=[DeviceProfile(**p.to_json()) for p in _distinct_profiles(devices)],
-    )  # fmt: skip
+    )
 
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
@@ -324,14 +324,22 @@ class EmulatedBf16(TorchFunctionMode):
         return _round_floating(func(*args, **kwargs))
 
 
-_MATMULS = frozenset({
-    torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm,
-    torch.addmm, torch.baddbmm,
-})  # fmt: skip
+_MATMULS = frozenset(
+    {
+        torch.matmul,
+        torch.Tensor.matmul,
+        torch.Tensor.__matmul__,
+        torch.mm,
+        torch.bmm,
+        torch.addmm,
+        torch.baddbmm,
+    }
+)
 
 
-def sdpa_bf16(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-              enable_gqa=False):  # fmt: skip
+def sdpa_bf16(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
     """`F.scaled_dot_product_attention` as the CPU's bf16 flash-attention kernel computes it
     (fp32 scores and softmax statistics, the unnormalized probabilities rounded to bf16 for the
     product with V, the output rounded), on float32 tensors holding bf16 values.

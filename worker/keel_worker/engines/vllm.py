@@ -162,7 +162,9 @@ class VLLMEngine:
         save_policy(model, model_dir)  # a LoRA policy's merged weights
         tokenizer.save_pretrained(model_dir)
         return cls(
-            model_dir, options=options, precision=precision,
+            model_dir,
+            options=options,
+            precision=precision,
             return_routes=bool(find_routers(model)),
         )
 
@@ -180,8 +182,14 @@ class VLLMEngine:
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
             raise ValueError("generate needs at least one non-empty prompt")
         params = self._vllm.SamplingParams(
-            n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            top_k=top_k or -1, seed=seed, logprobs=0, detokenize=False,
+            n=n,
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k or -1,
+            seed=seed,
+            logprobs=0,
+            detokenize=False,
         )
         salt = f"policy-{self.policy_version}"
         prompts = [{"prompt_token_ids": list(p), "cache_salt": salt} for p in prompt_ids]
@@ -226,4 +234,3 @@ def full_routes(routed: Any, n_tokens: int) -> torch.Tensor:
     if missing > 0:
         routes = torch.cat([routes, routes[-1:].expand(missing, -1, -1)], dim=0)
     return routes[:n_tokens]
-

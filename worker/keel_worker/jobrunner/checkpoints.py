@@ -45,9 +45,13 @@ def register_checkpoint_dir(
     kinds = archive_kinds(path)
     with session_scope(factory) as session:
         row = register_checkpoint(
-            session, job_id, step=step, policy_version=policy_version, path=str(path),
+            session,
+            job_id,
+            step=step,
+            policy_version=policy_version,
+            path=str(path),
             kinds=kinds,
-        )  # fmt: skip
+        )
         return row.id
 
 

@@ -58,10 +58,14 @@ class JobGuard:
         last = strongest(list(decision.fired))
         reason = f"{last.trigger} at step {last.step}: {last.reason}"
         reason += f"; {decision.why}" if decision.why else ""
-        self.summary = self.summary.model_copy(update={
-            "triggers": self.summary.triggers + len(decision.fired), "last_reason": reason,
-            "last_trigger": last.trigger, "last_step": last.step,
-        })  # fmt: skip
+        self.summary = self.summary.model_copy(
+            update={
+                "triggers": self.summary.triggers + len(decision.fired),
+                "last_reason": reason,
+                "last_trigger": last.trigger,
+                "last_step": last.step,
+            }
+        )
         summary = self.summary.model_dump(mode="json")
         record_guard(store.session, self.job_id, owner, summary, events)
 
@@ -73,9 +77,13 @@ class JobGuard:
             update={"rollbacks": self.policy.rollbacks, "lr_scale": scale}
         )
         event = {
-            "trigger": fired.trigger, "action": "rollback", "step": fired.step,
-            "to_step": to_step, "lr_scale": scale, "rollbacks": self.summary.rollbacks,
+            "trigger": fired.trigger,
+            "action": "rollback",
+            "step": fired.step,
+            "to_step": to_step,
+            "lr_scale": scale,
+            "rollbacks": self.summary.rollbacks,
             "reason": f"rolled back to the checkpoint of step {to_step}, skipping the batches "
             f"of steps {to_step + 1}..{fired.step}; learning rate × {scale:g}",
-        }  # fmt: skip
+        }
         record_guard(session, self.job_id, owner, self.summary.model_dump(mode="json"), [event])

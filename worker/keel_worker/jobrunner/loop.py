@@ -127,8 +127,11 @@ class JobLoop:
                 metrics.update(_reward_counts(session, self.spec.id, done))
                 write_step_metrics(session, self.spec.id, done, metrics)
                 record_progress(
-                    session, self.spec.id, self.control.owner,
-                    step=done, policy_version=self.trainer.policy_version,
+                    session,
+                    self.spec.id,
+                    self.control.owner,
+                    step=done,
+                    policy_version=self.trainer.policy_version,
                 )
                 replay = self.trainer.auto.summary()
                 if replay != self.replay_written:
@@ -164,14 +167,19 @@ class JobLoop:
             delete_rollouts_after(store.session, self.spec.id, to_step)
             self.guard.rolled_back(store.session, self.control.owner, decision)
             record_progress(
-                store.session, self.spec.id, self.control.owner,
-                step=to_step, policy_version=self.trainer.policy_version,
+                store.session,
+                self.spec.id,
+                self.control.owner,
+                step=to_step,
+                policy_version=self.trainer.policy_version,
             )
         self.run_state.set_lr(policy.lr(self.spec.config.optimizer.lr))
         log.warning(
             "job %s: guard rolled back to step %d (%s)",
-            self.spec.id, to_step, decision.acted_on.reason,
-        )  # fmt: skip
+            self.spec.id,
+            to_step,
+            decision.acted_on.reason,
+        )
         self.step_reached = to_step
         return to_step
 
@@ -179,15 +187,20 @@ class JobLoop:
     def _setup(self) -> None:
         cfg, spec = self.spec.config, self.spec
         run = TrainingSession.open(
-            cfg, workdir=self.workdir, cache_dir=self._model_cache(), load=self._load_model,
+            cfg,
+            workdir=self.workdir,
+            cache_dir=self._model_cache(),
+            load=self._load_model,
             vllm_options=VLLMOptions.from_settings(self.settings),
         )
         if run.resumed_from is not None:
             log.info("job %s: resuming from %s", spec.id, run.resumed_from)
         runtime = compute_report(
-            rollout_engine=cfg.rollout.engine, precision=cfg.rollout.precision,
-            train_dtype=cfg.train_dtype, train_device=str(next(run.model.parameters()).device),
-        )  # fmt: skip
+            rollout_engine=cfg.rollout.engine,
+            precision=cfg.rollout.precision,
+            train_dtype=cfg.train_dtype,
+            train_device=str(next(run.model.parameters()).device),
+        )
         log.info("job %s: compute %s", spec.id, runtime.model_dump_json())
         with session_scope(self.factory) as session:
             record_runtime(session, spec.id, self.control.owner, runtime.model_dump(mode="json"))
@@ -198,8 +211,13 @@ class JobLoop:
         if run.resumed_from is not None:
             self._ensure_registered(run.resumed_from, run.step, run.trainer.policy_version)
         self.prompts = make_prompt_source(
-            spec.prompt_type, task=self.task, seed=cfg.seed, cursor=cursor,
-            factory=self.factory, job_id=spec.id, control=self.control,
+            spec.prompt_type,
+            task=self.task,
+            seed=cfg.seed,
+            cursor=cursor,
+            factory=self.factory,
+            job_id=spec.id,
+            control=self.control,
             poll_interval_s=self.settings.prompt_poll_interval_s,
         )
         source = spec.reward_source
@@ -207,8 +225,13 @@ class JobLoop:
         if isinstance(source, BuiltinReward):
             verifier = builtin_verifier(source, self.task)
         self.rewards = RewardContext(
-            factory=self.factory, settings=self.settings, control=self.control, job_id=spec.id,
-            source=source, webhook_secret=spec.webhook_secret, verifier=verifier,
+            factory=self.factory,
+            settings=self.settings,
+            control=self.control,
+            job_id=spec.id,
+            source=source,
+            webhook_secret=spec.webhook_secret,
+            verifier=verifier,
         )
         self.trackers = StepTrackers.open(
             cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
@@ -231,9 +254,10 @@ class JobLoop:
             source = resolve_job_model(model, self.settings, session, self.spec.project_id)
         try:
             return load_model(
-                source.spec, cache_dir=self._model_cache(),
+                source.spec,
+                cache_dir=self._model_cache(),
                 local_paths=source.kind in ("local", "checkpoint"),
-            )  # fmt: skip
+            )
         except Exception as exc:
             shown = model.label
             log.exception("job %s: loading model %r failed", self.spec.id, shown)
@@ -246,12 +270,12 @@ class JobLoop:
         if self.task is not None and schedule.evaluates_before(step):
             metrics.update(self._evaluate())
         items = self.prompts.take(cfg.prompts_per_step)
-        scorer = StepScorer(
-            self.rewards, step=step + 1, policy_version=self.trainer.policy_version
-        )
+        scorer = StepScorer(self.rewards, step=step + 1, policy_version=self.trainer.policy_version)
         metrics.update(
             self.trainer.step(
-                items, scorer, seed=schedule.seed_of(step),
+                items,
+                scorer,
+                seed=schedule.seed_of(step),
                 drop_incomplete_groups=self.spec.reward_source.drop_incomplete_groups,
             )
         )
@@ -296,7 +320,6 @@ class JobLoop:
             known = bool(rows) and rows[0].step == step
         if not known:
             self._register(path, step, policy_version)
-
 
 
 def _task_or_none(

@@ -82,7 +82,10 @@ class DbPromptSource:
         cycles, so one prompt is enough); a pause, cancel or lost lease raises `StopRun`."""
         needed = 1 if self.cycle else self.cursor + n
         total = wait_for_prompts(
-            self.factory, self.job_id, needed=needed, poll_interval_s=self.poll_interval_s,
+            self.factory,
+            self.job_id,
+            needed=needed,
+            poll_interval_s=self.poll_interval_s,
             should_stop=lambda: self.control.stop_reason() is not None,
         )
         if total < needed:
@@ -117,6 +120,10 @@ def make_prompt_source(
             raise ValueError("prompt source `task` needs config.task to name a built-in task")
         return TaskPromptSource(task, seed=seed, cursor=cursor)
     return DbPromptSource(
-        factory, job_id, cycle=kind == "dataset", cursor=cursor, control=control,
+        factory,
+        job_id,
+        cycle=kind == "dataset",
+        cursor=cursor,
+        control=control,
         poll_interval_s=poll_interval_s,
     )

@@ -112,10 +112,12 @@ class StepScorer:
             return ctx.waited_s + (time.monotonic() - started) > cap_s
 
         result = wait_for_rewards(
-            ctx.factory, ctx.job_id, self.step,
+            ctx.factory,
+            ctx.job_id,
+            self.step,
             poll_interval_s=ctx.settings.reward_poll_interval_s,
             should_stop=lambda: over_cap() or ctx.control.stop_reason() is not None,
-        )  # fmt: skip
+        )
         ctx.waited_s += time.monotonic() - started
         if not result.complete:
             if ctx.control.stop_reason() is None:
@@ -210,9 +212,7 @@ def _match(rollouts: Sequence[Rollout], rows: list[RolloutRow]) -> list[float | 
     for r in rollouts:
         row = by_key.get((r.group_index, r.sample_index))
         usable = (
-            row is not None
-            and row.status == "rewarded"
-            and row.completion == db_text(r.completion)
+            row is not None and row.status == "rewarded" and row.completion == db_text(r.completion)
         )
         rewards.append(row.reward if usable else None)
     return rewards

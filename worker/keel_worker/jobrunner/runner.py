@@ -58,9 +58,12 @@ def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> Run
         # A holder of this host that no longer runs (this worker before a crash): take over now.
         holder = job.lease_owner if job is not None else None
         lease = take_lease(
-            session, job_id, owner, lease_timeout_s=settings.lease_timeout_s,
+            session,
+            job_id,
+            owner,
+            lease_timeout_s=settings.lease_timeout_s,
             dead_owner=holder if owner_is_dead(holder) else None,
-        )  # fmt: skip
+        )
     if not lease.acquired:
         log.info("job %s: not taken (%s)", job_id, lease.reason)
         return RunOutcome(job_id, lease.reason)
@@ -112,4 +115,3 @@ def _end(
 def _describe(exc: BaseException, step: int) -> str:
     text = f"{type(exc).__name__} after step {step}: {exc}"
     return text[:MAX_ERROR_CHARS]
-

@@ -38,12 +38,18 @@ def payload_for(job_id: str, step: int, rollouts: Iterable) -> WebhookPayload:
     """The delivery of one step: `rollouts` are `keel_server.db.models.Rollout` rows."""
     items = [
         WebhookRollout(
-            id=r.id, step=r.step, group_index=r.group_index, sample_index=r.sample_index,
-            prompt=r.prompt, reference=r.reference, completion=r.completion,
-            token_count=r.token_count, deadline_at=r.deadline_at,
+            id=r.id,
+            step=r.step,
+            group_index=r.group_index,
+            sample_index=r.sample_index,
+            prompt=r.prompt,
+            reference=r.reference,
+            completion=r.completion,
+            token_count=r.token_count,
+            deadline_at=r.deadline_at,
         )
         for r in rollouts
-    ]  # fmt: skip
+    ]
     return WebhookPayload(job_id=job_id, step=step, rollouts=items)
 
 
@@ -105,9 +111,12 @@ def _post_pinned(
     host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     return http.post(
-        pinned, content=body, headers={**headers, "Host": host_header}, timeout=timeout_s,
+        pinned,
+        content=body,
+        headers={**headers, "Host": host_header},
+        timeout=timeout_s,
         extensions=extensions,
-    )  # fmt: skip
+    )
 
 
 def _parse_reply(response: httpx.Response) -> WebhookReply:

@@ -17,9 +17,13 @@ def evaluate(
     items = task.eval_items[: config.eval_size]
     prompt_ids = [encode_prompt(tokenizer, item.prompt) for item in items]
     batch = engine.generate(
-        prompt_ids, n=config.eval_samples, max_new_tokens=config.rollout.max_new_tokens,
-        temperature=config.eval_temperature, top_p=1.0, seed=0,
-    )  # fmt: skip
+        prompt_ids,
+        n=config.eval_samples,
+        max_new_tokens=config.rollout.max_new_tokens,
+        temperature=config.eval_temperature,
+        top_p=1.0,
+        seed=0,
+    )
     texts = tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
     pairs = zip(texts, batch.prompt_index, strict=True)
     rewards = [task.reward(text, items[i]) for text, i in pairs]

@@ -160,8 +160,9 @@ class PolicyForward:
         fed_B_R = torch.where(fed_mask_B_R.bool(), mb.input_ids_B_S.gather(1, columns_B_R), 0)
         rest_B_R_H = self.decoder(
             input_ids=fed_B_R.to(device),
-            attention_mask=torch.cat([prompt_mask_U_P.to(device)[prompt_of_B],
-                                      fed_mask_B_R.to(device)], dim=1),
+            attention_mask=torch.cat(
+                [prompt_mask_U_P.to(device)[prompt_of_B], fed_mask_B_R.to(device)], dim=1
+            ),
             position_ids=(n_prompt_B[:, None] + t_R[None, :]).to(device),
             **{cache_kwarg(self.decoder): cache},
             use_cache=True,
@@ -181,4 +182,3 @@ def shared_prompts(mb: MicroBatch) -> tuple[list[list[int]], torch.Tensor, torch
     if len(index) == len(prompt_of):
         return None
     return [list(p) for p in index], torch.tensor(prompt_of), n_prompt_B
-

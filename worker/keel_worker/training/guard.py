@@ -79,10 +79,14 @@ class Fired:
 
     def as_event(self) -> dict:
         return {
-            "trigger": self.trigger, "action": self.action, "step": self.step,
-            "since": self.since, "value": _json_float(self.value),
-            "reference": _json_float(self.reference), "reason": self.reason,
-        }  # fmt: skip
+            "trigger": self.trigger,
+            "action": self.action,
+            "step": self.step,
+            "since": self.since,
+            "value": _json_float(self.value),
+            "reference": _json_float(self.reference),
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -192,10 +196,15 @@ def _kl(trigger: KlTrigger, signal: _Signal, metrics: Mapping[str, float]):
     value = _finite(metrics, KL)
     if value is None:
         return None
-    return _against_median(signal, value, trigger.warmup, lambda baseline: (
-        value > trigger.ratio * baseline and value > trigger.min_value,
-        f"k3 KL(μ‖π_old) {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",
-    ))  # fmt: skip
+    return _against_median(
+        signal,
+        value,
+        trigger.warmup,
+        lambda baseline: (
+            value > trigger.ratio * baseline and value > trigger.min_value,
+            f"k3 KL(μ‖π_old) {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",
+        ),
+    )
 
 
 def _is_fraction(trigger: IsFractionTrigger, signal: _Signal, metrics: Mapping[str, float]):
@@ -236,10 +245,15 @@ def _grad_norm(trigger: GradNormTrigger, signal: _Signal, metrics: Mapping[str, 
         return True, float(value), math.nan, f"gradient norm is {value}"
     if value == 0.0:  # no update: every group's rewards were equal, nothing to judge
         return None
-    return _against_median(signal, float(value), trigger.warmup, lambda baseline: (
-        value > trigger.ratio * baseline,
-        f"gradient norm {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",
-    ))  # fmt: skip
+    return _against_median(
+        signal,
+        float(value),
+        trigger.warmup,
+        lambda baseline: (
+            value > trigger.ratio * baseline,
+            f"gradient norm {value:.3g} > {trigger.ratio:g} × its baseline {baseline:.3g}",
+        ),
+    )
 
 
 def _reward(trigger: RewardTrigger, signal: _Signal, metrics: Mapping[str, float]):
@@ -252,10 +266,15 @@ def _reward(trigger: RewardTrigger, signal: _Signal, metrics: Mapping[str, float
     if len(signal.window) < trigger.window:
         return None
     smoothed = statistics.fmean(signal.window)
-    return _against_median(signal, smoothed, trigger.warmup, lambda baseline: (
-        baseline >= trigger.min_baseline and smoothed < trigger.min_ratio * baseline,
-        f"reward {smoothed:.3g} < {trigger.min_ratio:g} × its baseline {baseline:.3g}",
-    ))  # fmt: skip
+    return _against_median(
+        signal,
+        smoothed,
+        trigger.warmup,
+        lambda baseline: (
+            baseline >= trigger.min_baseline and smoothed < trigger.min_ratio * baseline,
+            f"reward {smoothed:.3g} < {trigger.min_ratio:g} × its baseline {baseline:.3g}",
+        ),
+    )
 
 
 def _accuracy(trigger: AccuracyTrigger, signal: _Signal, metrics: Mapping[str, float]):

@@ -45,9 +45,12 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     _refuse_routers(model, targets)
     head = model.get_output_embeddings()
     peft_config = PeftLoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-        target_modules=targets, bias="none",
-    )  # fmt: skip
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        bias="none",
+    )
     try:
         wrapped = get_peft_model(model, peft_config)
     except ValueError as exc:
@@ -84,8 +87,7 @@ def _check_adapted(wrapped: nn.Module, head: nn.Module | None) -> None:
         base = module.get_base_layer()
         if not isinstance(module, LoraLinear) or not isinstance(base, nn.Linear):
             raise LoraTargetError(
-                f"LoRA target {name} is a {type(base).__name__}; keel adapts nn.Linear "
-                "layers only"
+                f"LoRA target {name} is a {type(base).__name__}; keel adapts nn.Linear layers only"
             )
         if base is head:
             raise LoraTargetError(

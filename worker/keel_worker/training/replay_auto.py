@@ -146,8 +146,9 @@ def choose_replay(
         high = ORDER.index(rule(d, s, scale=1.0 - HYSTERESIS)[0])
         if low <= ORDER.index(current.mode) <= high:
             detail = f"{numbers}: rule says {mode} ({reason}), within ±{HYSTERESIS:.0%} of its "
-            return Decision(current.mode, "held", detail + f"thresholds; keeping {current.mode}",
-                            step)  # fmt: skip
+            return Decision(
+                current.mode, "held", detail + f"thresholds; keeping {current.mode}", step
+            )
     return Decision(mode, reason, f"{numbers}: {reason.replace('_', ' ')} → {mode}", step)
 
 
@@ -155,9 +156,7 @@ class AutoReplay:
     """The replay mode of one run, step by step: fixed, or `auto` measured and re-decided on
     the first step and then every `every` steps (0 = only after the first)."""
 
-    def __init__(
-        self, requested: str, *, is_moe: bool, num_minibatches: int, every: int
-    ) -> None:
+    def __init__(self, requested: str, *, is_moe: bool, num_minibatches: int, every: int) -> None:
         self.requested = requested
         self.num_minibatches = num_minibatches
         self.every = every
@@ -201,17 +200,28 @@ class AutoReplay:
     def summary(self) -> dict[str, Any]:
         """The job's `routing_replay` summary (`keel.types.routing.RoutingReplaySummary`)."""
         d = self.decision
-        return {"requested": self.requested, "mode": d.mode, "reason": d.detail,
-                "decided_at_step": d.step, "switches": self.switches}  # fmt: skip
+        return {
+            "requested": self.requested,
+            "mode": d.mode,
+            "reason": d.detail,
+            "decided_at_step": d.step,
+            "switches": self.switches,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decision": asdict(self.decision), "steps_seen": self.steps_seen,
-                "switches": self.switches, "due": self._due}  # fmt: skip
+        return {
+            "decision": asdict(self.decision),
+            "steps_seen": self.steps_seen,
+            "switches": self.switches,
+            "due": self._due,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.decision = Decision(**state["decision"])
         self.steps_seen, self.switches, self._due = (
-            state["steps_seen"], state["switches"], state["due"]
+            state["steps_seen"],
+            state["switches"],
+            state["due"],
         )
 
 

@@ -72,8 +72,12 @@ def train(
     later call resumes exactly there), yields that step and ends: cooperative pause / cancel.
     """
     run = TrainingSession.open(
-        config, workdir=workdir, cache_dir=cache_dir or DEFAULT_CACHE_DIR, device=device,
-        resume=resume, vllm_options=vllm_options,
+        config,
+        workdir=workdir,
+        cache_dir=cache_dir or DEFAULT_CACHE_DIR,
+        device=device,
+        resume=resume,
+        vllm_options=vllm_options,
     )
     task = build_task(config.task)
     stream = PromptStream(task.train_items, seed=config.seed)
@@ -84,17 +88,21 @@ def train(
         return evaluate(run.engine, run.tokenizer, task, config)
 
     trackers = StepTrackers.open(
-        config.logging, logdir=workdir, run_id=Path(workdir).name,
+        config.logging,
+        logdir=workdir,
+        run_id=Path(workdir).name,
         config=config.model_dump(mode="json"),
-    )  # fmt: skip
+    )
     schedule = StepSchedule.of(config)
     policy, checkpoints = GuardPolicy(config.guard), WorkdirCheckpoints(workdir)
 
     def save(done: int) -> Path:
         path, _ = run.save(
-            done, data_cursor=stream.cursor, rng=capture_rng(),
+            done,
+            data_cursor=stream.cursor,
+            rng=capture_rng(),
             summary={"config": config.model_dump(mode="json")},
-        )  # fmt: skip
+        )
         if config.checkpoint_keep_last is not None:
             prune_checkpoints(workdir, keep_last=config.checkpoint_keep_last)
         return path

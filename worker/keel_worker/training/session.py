@@ -53,7 +53,10 @@ def build_engine(
         if vllm_options is None:
             raise ValueError("rollout engine 'vllm' needs vllm_options (VLLMOptions.from_settings)")
         return VLLMEngine.from_model(
-            model, tokenizer, precision=config.rollout.precision, workdir=workdir / "vllm",
+            model,
+            tokenizer,
+            precision=config.rollout.precision,
+            workdir=workdir / "vllm",
             options=vllm_options,
         )
     from keel_worker.engines.hf import HFEngine
@@ -119,9 +122,7 @@ class TrainingSession:
         # engine samples on the CPU even on a CUDA worker, because its decode loop builds its
         # tokens, cache and sampling generator on the CPU (engines/hf.py); a GPU worker samples
         # with `vllm` (RolloutConfig.engine says so). Each step's weight sync copies across.
-        engine = build_engine(
-            config, model, tokenizer, workdir=workdir, vllm_options=vllm_options
-        )
+        engine = build_engine(config, model, tokenizer, workdir=workdir, vllm_options=vllm_options)
         model.to(device)
         trainer = Trainer(config, model, tokenizer, engine, is_moe=is_moe_model(model))
         session = cls(config, workdir, model, tokenizer, engine, trainer, resumed_from=ckpt)
@@ -169,8 +170,11 @@ class TrainingSession:
             adapter=adapter_state(self.model) if self.config.lora is not None else None,
         )
         path = save_checkpoint(
-            checkpoint_dir(self.workdir, step), model=self.model, tokenizer=self.tokenizer,
-            state=state, summary=summary,
+            checkpoint_dir(self.workdir, step),
+            model=self.model,
+            tokenizer=self.tokenizer,
+            state=state,
+            summary=summary,
         )
         return path, state
 

@@ -111,7 +111,9 @@ class Trainer:
         self.engine = engine
         # The mode of each step: fixed, or `auto` re-decided from measurements (replay_auto).
         self.auto = AutoReplay(
-            config.routing_replay, is_moe=is_moe, num_minibatches=config.num_minibatches,
+            config.routing_replay,
+            is_moe=is_moe,
+            num_minibatches=config.num_minibatches,
             every=config.routing_replay_every,
         )
         self.replay = replay_hooks(model, config, is_moe=is_moe)
@@ -126,7 +128,10 @@ class Trainer:
         self.adapter_dropout = config.lora is not None and config.lora.dropout > 0
         opt = config.optimizer
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
+            self.params,
+            lr=opt.lr,
+            betas=opt.betas,
+            eps=opt.eps,
             weight_decay=opt.weight_decay,
         )
         self.objective = OBJECTIVES[config.algorithm.name]
@@ -166,9 +171,13 @@ class Trainer:
         t0 = time.perf_counter()
         prompt_ids = [encode_prompt(self.tokenizer, item.prompt) for item in items]
         batch = self.engine.generate(
-            prompt_ids, n=cfg.group_size, max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-            top_k=cfg.rollout.top_k, seed=seed,
+            prompt_ids,
+            n=cfg.group_size,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k,
+            seed=seed,
         )
         sink.time(metric.TIME_GENERATE, t0)
         check_rollout_routes(self.replay, cfg.routing_replay, batch)
@@ -262,9 +271,13 @@ class Trainer:
             bucket_by_length(mb, lengths, self.config.micro_batch_size) for mb in minibatches_N
         ]
         build = partial(
-            make_micro_batch, prompt_ids=batch.prompt_ids, response_ids=batch.response_ids,
-            rollout_logprobs=batch.rollout_logprobs, advantages_PG=advantages_PG,
-            routes=batch.routes, pad_id=self.pad_id,
+            make_micro_batch,
+            prompt_ids=batch.prompt_ids,
+            response_ids=batch.response_ids,
+            rollout_logprobs=batch.rollout_logprobs,
+            advantages_PG=advantages_PG,
+            routes=batch.routes,
+            pad_id=self.pad_id,
         )
         return UpdatePlan(batch, minibatches_N, micro_N, build, OldPolicy(), sink)
 
@@ -306,8 +319,9 @@ class Trainer:
             device = out.logprobs_B_T.device
             policy_batch = PolicyBatch(
                 logprobs_B_T=out.logprobs_B_T,
-                old_logprobs_B_T=gather_rows(old.logprobs, mb.rows, mb.mask_B_T.shape[1])
-                .to(device),
+                old_logprobs_B_T=gather_rows(old.logprobs, mb.rows, mb.mask_B_T.shape[1]).to(
+                    device
+                ),
                 rollout_logprobs_B_T=mb.rollout_logprobs_B_T.to(device),
                 advantages_B=mb.advantages_B.to(device),
                 mask_B_T=mb.mask_B_T.to(device),

@@ -77,8 +77,10 @@ def _add_disagreement(
     mask_B_S = mb.attention_mask_B_S.bool()
     rates = routing_disagreement(a.long(), b.long(), mask_B_S)
     weight = mask_B_S.sum()
-    by_name = {metric.per_layer(prefix, layer): rate
-               for layer, rate in enumerate(rates["per_layer_L"].unbind(0))}  # fmt: skip
+    by_name = {
+        metric.per_layer(prefix, layer): rate
+        for layer, rate in enumerate(rates["per_layer_L"].unbind(0))
+    }
     by_name[metric.any_layer(prefix)] = rates["any_layer"]
     by_name[metric.layer_mean(prefix)] = rates["mean"]
     for name, rate in by_name.items():

@@ -74,9 +74,15 @@ class _Wandb:
         logdir.mkdir(parents=True, exist_ok=True)
         # The job id is the run id: a resumed job continues the same W&B run.
         self.run = wandb.init(
-            project=cfg.project, mode=cfg.mode, dir=str(logdir), id=run_id, name=run_id,
-            resume="allow", config=config, settings=wandb.Settings(console="off"),
-        )  # fmt: skip
+            project=cfg.project,
+            mode=cfg.mode,
+            dir=str(logdir),
+            id=run_id,
+            name=run_id,
+            resume="allow",
+            config=config,
+            settings=wandb.Settings(console="off"),
+        )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self.run.log(dict(metrics), step=step)

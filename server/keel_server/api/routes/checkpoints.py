@@ -18,8 +18,10 @@ from keel_server.services import checkpoints as service
 
 CheckpointKindQuery = Annotated[
     CheckpointKind,
-    Query(description="weights (default), adapter (LoRA jobs, PEFT format), merged (a plain HF "
-          "directory; a full fine-tune's is its weights), full (with the trainer state)"),
+    Query(
+        description="weights (default), adapter (LoRA jobs, PEFT format), merged (a plain HF "
+        "directory; a full fine-tune's is its weights), full (with the trainer state)"
+    ),
 ]
 
 router = APIRouter(tags=["checkpoints"], route_class=AuthenticatedRoute, responses=ROUTE_ERRORS)

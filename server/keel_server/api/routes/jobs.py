@@ -23,8 +23,10 @@ from keel_server.services.context import ServiceContext
 
 FollowQuery = Annotated[
     bool,
-    Query(description="false: end the stream after the events so far instead of waiting for "
-          "the job's final event (the history of a running or paused job)"),
+    Query(
+        description="false: end the stream after the events so far instead of waiting for "
+        "the job's final event (the history of a running or paused job)"
+    ),
 ]
 
 router = APIRouter(tags=["jobs"], route_class=UploadRoute, responses=ROUTE_ERRORS)
@@ -100,9 +102,7 @@ async def job_events(
     )
 
 
-async def _stream(
-    ctx: ServiceContext, job_id: str, after: int, follow: bool
-) -> AsyncIterator[str]:
+async def _stream(ctx: ServiceContext, job_id: str, after: int, follow: bool) -> AsyncIterator[str]:
     settings = ctx.settings
     last_sent = time.monotonic()
     yield f"retry: {int(settings.sse_poll_interval_s * 1000)}\n\n"

@@ -48,8 +48,13 @@ def ppo_clip(
         batch.logprobs_B_T, batch.old_logprobs_B_T.detach(), batch.mask_B_T
     )
     return ppo_clip_loss(
-        batch, log_ratio_B_T, normalizer=normalizer, eps_low=eps_low, eps_high=eps_high,
-        is_correction=is_correction, loss_agg=loss_agg,
+        batch,
+        log_ratio_B_T,
+        normalizer=normalizer,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        is_correction=is_correction,
+        loss_agg=loss_agg,
     )
 
 

@@ -7,30 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from keel_server.db import jobs as jobs_db
-from keel_server.db import keys as keys_db
-from keel_server.db import new_id, session_scope, utcnow
 from keel_server.db import rollouts as ro
+from keel_server.db import session_scope, utcnow
 
 THREADS = 6
 
 
-def _job(factory) -> str:
-    with session_scope(factory) as s:
-        project = keys_db.get_or_create_project(s, "p")
-        return jobs_db.insert_job(
-            s,
-            id=new_id("job"),
-            project_id=project.id,
-            status="queued",
-            config={},
-            prompt_source={"type": "task"},
-            reward_source={"type": "external"},
-            reward_token_hash=new_id("h"),
-        ).id
-
-
-def test_exactly_one_worker_takes_the_lease(session_factory) -> None:
-    job_id = _job(session_factory)
+def test_exactly_one_worker_takes_the_lease(session_factory, job_id) -> None:
 
     def take(i: int) -> bool:
         with session_scope(session_factory) as s:
@@ -41,8 +24,7 @@ def test_exactly_one_worker_takes_the_lease(session_factory) -> None:
     assert sum(results) == 1
 
 
-def test_exactly_one_reward_value_wins(session_factory) -> None:
-    job_id = _job(session_factory)
+def test_exactly_one_reward_value_wins(session_factory, job_id) -> None:
     with session_scope(session_factory) as s:
         (row,) = ro.record_rollouts(
             s,

@@ -7,26 +7,8 @@ from datetime import timedelta
 import pytest
 
 from keel_server.db import jobs as jobs_db
-from keel_server.db import keys as keys_db
-from keel_server.db import new_id, session_scope, utcnow
+from keel_server.db import session_scope, utcnow
 from keel_server.db.events import list_events
-
-
-@pytest.fixture
-def job_id(session_factory) -> str:
-    with session_scope(session_factory) as s:
-        project = keys_db.get_or_create_project(s, "p")
-        job = jobs_db.insert_job(
-            s,
-            id=new_id("job"),
-            project_id=project.id,
-            status="queued",
-            config={},
-            prompt_source={"type": "task"},
-            reward_source={"type": "builtin"},
-            reward_token_hash=new_id("h"),
-        )
-        return job.id
 
 
 def test_duplicate_delivery_finds_a_live_lease(session_factory, job_id) -> None:

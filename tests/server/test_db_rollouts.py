@@ -4,29 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
-from keel_server.db import jobs as jobs_db
-from keel_server.db import keys as keys_db
-from keel_server.db import new_id, prompts, session_scope, utcnow
+from keel_server.db import prompts, session_scope, utcnow
 from keel_server.db import rollouts as ro
 from keel_server.db.metrics import step_metrics, write_step_metrics
-
-
-@pytest.fixture
-def job_id(session_factory) -> str:
-    with session_scope(session_factory) as s:
-        project = keys_db.get_or_create_project(s, "p")
-        return jobs_db.insert_job(
-            s,
-            id=new_id("job"),
-            project_id=project.id,
-            status="queued",
-            config={},
-            prompt_source={"type": "client"},
-            reward_source={"type": "external"},
-            reward_token_hash=new_id("h"),
-        ).id
 
 
 def _record(factory, job_id, *, step=1, deadline_s=60.0, rewards=None):

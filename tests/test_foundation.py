@@ -80,8 +80,14 @@ def test_an_sdk_only_install_runs_the_user_commands_and_names_the_extras(tmp_pat
     assert unreachable.stderr.startswith("error: could not connect")
     assert unreachable.stderr.count("\n") == 1
 
-    for argv, extra in ((["up"], "worker"), (["up", "--help"], "worker"), (["migrate"], "server")):
-        operator = run("keel", *argv)
+    operators = (
+        (["keel", "up"], "worker"),
+        (["keel", "up", "--help"], "worker"),
+        (["keel", "migrate"], "server"),
+        (["keel-worker"], "worker"),
+    )
+    for argv, extra in operators:
+        operator = run(*argv)
         assert operator.returncode == 1
         assert f"pip install 'keel-rl[{extra}]'" in operator.stderr
         assert "Traceback" not in operator.stderr

@@ -68,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def worker_main() -> int:
+    """`keel-worker`: `keel worker` under the name the images and compose files run. An operator
+    command like the others, so an install without the worker extra gets the line naming it
+    instead of a traceback (`keel worker` replaces this process with the worker's own program)."""
+    return main(["worker", *sys.argv[1:]])
+
+
 def dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse `argv` and run the chosen command. A command that sets `forward_unknown` gets the
     arguments it does not declare as `args.passthrough` (an operator command here, `keel worker`

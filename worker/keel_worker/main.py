@@ -1,4 +1,5 @@
-"""The worker's own entry point: `keel-worker` (console script) or `python -m keel_worker`.
+"""The worker's own program: `python -m keel_worker`, which `keel worker` and the `keel-worker`
+console script (`keel.cli.worker_main`) replace their process with.
 
 It starts a Celery worker for `keel.run_job` on `Settings.job_queue` (or `--queue`), one job at a
 time. `--parent-pid` (given by `keel up`) makes the worker die with that process

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import keel
-from keel_server import cli
+from keel import cli
 from keel_worker.engines.models import load_model
 from keel_worker.jobrunner.checkpoints import register_checkpoint_dir
 from keel_worker.training.checkpoint import (

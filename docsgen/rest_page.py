@@ -133,12 +133,11 @@ def render_operation(
     parameters = _parameters(operation)
     if parameters:
         blocks.append(parameters)
-    own = [
-        (code(status), _linked(label, schema_links) or "no JSON body", description)
-        for status, response in operation["responses"].items()
-        for status_, description, label in [_response_key(status, response)]
-        if (status_, description, label) not in common
-    ]
+    own = []
+    for status, response in operation["responses"].items():
+        key = _response_key(status, response)
+        if key not in common:
+            own.append((code(status), _linked(key[2], schema_links) or "no JSON body", key[1]))
     blocks.append(table(("status", "body", "meaning"), own))
     if operation.get("security") and common:
         blocks.append("Errors: the [common error responses](#errors).")

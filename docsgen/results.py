@@ -71,7 +71,7 @@ def section(source: str, root: Path, repo_url: str) -> Rendered:
                 line,
             )
         lines.append(line)
-        if not titled and line.startswith("## "):
+        if not fenced and not titled and line.startswith("## "):
             lines += ["", f"From {code(source)}."]
             titled = True
     if not titled:
@@ -100,9 +100,9 @@ def stability_page(root: Path, repo_url: str) -> Rendered:
     intro = [
         generated_note(f"{code(STABILITY_REPORT)} and {code(GUARD_RESULTS + '/*.md')}"),
         "What the research harness (`research/`) found: the paper's stability findings retested "
-        "on small Mixture-of-Experts models in a gentle and a stress suite, then the guard's "
-        "thresholds chosen from those runs and the guard tried on service jobs. Each section "
-        "is one results file as committed, with the command that wrote it.",
+        "on small Mixture-of-Experts models in a gentle and a stress suite, and the evidence "
+        "behind the stability guard (its thresholds chosen from those runs, and the guard at "
+        "work in service jobs). Each section is one results file as committed.",
     ]
     return _page("Stability", intro, stability_sources(root), root, repo_url)
 
@@ -110,7 +110,7 @@ def stability_page(root: Path, repo_url: str) -> Rendered:
 def benchmarks_page(root: Path, repo_url: str) -> Rendered:
     intro = [
         generated_note(f"{code(BENCH_RESULTS + '/*.md')}"),
-        "Speed and size measurements of `bench/`, one section per results file as committed; "
-        "each names its machine and settings.",
+        "Speed and size measurements, one section per results file as committed, each written "
+        "by its benchmark under `bench/`.",
     ]
     return _page("Benchmarks", intro, benchmark_sources(root), root, repo_url)

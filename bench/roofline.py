@@ -1,4 +1,4 @@
-"""How close keel's work comes to this machine's limits (issue 13, target 2), measured in the
+"""How close keel's work comes to this machine's limits, measured in the
 calling process so that the limits and the work share one machine state:
 
 - `gemm_peak`: the best GEMM rate of a dtype over the shapes the model's linear layers run at in

@@ -1,4 +1,4 @@
-"""Service overhead (issue 13, target 5): what the service and Routing Replay add to a job's time.
+"""Service overhead: what the service and Routing Replay add to a job's time.
 
 Both parts run one small job on the built-in `tiny-moe` model (`WORK`: 8 prompts × 8 responses of
 ≤ 32 tokens, 2 mini-batches, the addition task with its built-in verifier, no eval, a checkpoint

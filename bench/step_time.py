@@ -1,4 +1,4 @@
-"""RL step time: keel against TRL's GRPOTrainer on identical work (issues 3 and 13).
+"""RL step time: keel against TRL's GRPOTrainer on identical work.
 
 Work per step, for both: SmolLM2-135M-Instruct, the addition task, 8 prompts × 8 samples, at most
 64 new tokens, T = 1, one optimizer step per batch, no KL, lr 1e-5, in one of two precisions

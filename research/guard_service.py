@@ -1,4 +1,4 @@
-"""The stability guard on the stress suite's configurations, as service jobs (issue 16 §3).
+"""The stability guard on the stress suite's configurations, as service jobs.
 
 Each case is one stress-suite cell (its library config, the same cold start, dial, lr and N) sent
 as a job through the real API (`create_app` + the SDK, SQLite) and run by the worker's job loop
@@ -67,7 +67,7 @@ CASES = (
     Case("stable-pause", "N4/minirl+R3", "pause", stable=True),
     Case("collapse-rollback", "N4/minirl-noclip", "rollback"),
     Case("stable-pause-N1", "N1/minirl", "pause", stable=True),
-    # A collapse made on purpose (issue 16 §3): on-policy reinforce at 10× rule A's stable lr
+    # A collapse made on purpose: on-policy reinforce at 10× rule A's stable lr
     # (pilot A's own cell). `alert` acts on nothing: it is the unguarded run of the same job.
     Case("lr-collapse-alert", "A/lr0.003/fp32/N1/reinforce", "alert"),
     Case("lr-collapse-pause", "A/lr0.003/fp32/N1/reinforce", "pause"),

@@ -6,12 +6,12 @@ service and the SDK (`from keel import Client`):
 1. start `keel up` (API + one Celery worker, SQLite and the filesystem broker under `.keel/`) as
    a subprocess, on port 8000 or on a free port when 8000 is taken;
 2. create a job: the built-in `addition` task and its verifier, MiniRL with the paper's defaults
-   (decoupled clip ε_low 0.2 / ε_high 0.27, token-level TIS; paper-spec Eq. 7), bf16 rollouts and
+   (decoupled clip ε_low 0.2 / ε_high 0.27, token-level TIS; paper Eq. 7), bf16 rollouts and
    fp32 training, so the training–inference mismatch the IS weight corrects is real (on a CPU
    without native bf16 the worker computes the bf16 rollouts in fp32 on bf16-rounded values, and
    the script says so: `job.runtime`);
 3. follow the job's events (SSE) with a one-line progress bar: step, reward, held-out accuracy,
-   KL(μ‖π_old) (the k3 estimate, paper-spec §10.8), clip fraction;
+   KL(μ‖π_old) (the k3 estimate, docs/concepts/algorithm.md §10.3), clip fraction;
 4. download the final checkpoint, write `training_curves.png` and `summary.json` next to it and
    print where they are and the line that loads the checkpoint with transformers;
 5. stop the processes it started and leave `.keel/` for a later `keel up`.

@@ -1,6 +1,6 @@
-"""Webhook signing for the `webhook` reward source (architecture.md §6). It is the SDK's because
-reward services, which receive the deliveries, install the SDK and import `verify` from here; the
-worker signs its deliveries with the same module (`keel_worker.jobrunner.webhook`).
+"""Webhook signing for the `webhook` reward source (docs/architecture.md §6). It is the SDK's
+because reward services, which receive the deliveries, install the SDK and import `verify` from
+here; the worker signs its deliveries with the same module (`keel_worker.jobrunner.webhook`).
 
 The signature is HMAC-SHA256 with the job's webhook secret over `f"{timestamp}.".encode() + body`
 (timestamp = integer Unix seconds, sent in `X-Keel-Timestamp`); `X-Keel-Signature` is

@@ -1,6 +1,6 @@
 """Cold starts: a suite's base model supervised-fine-tuned on its task to a 20–40% pass rate.
 
-The paper's runs start from SFT'd ("cold-start") checkpoints (§4.2, §4.5). Ours is the suite's
+The paper's runs start from SFT'd ("cold-start") checkpoints (paper §4.2, §4.5). Ours is the suite's
 built-in base model (`tiny-moe` for the gentle suite, `tiny-moe-deep` for the stress suite; byte-
 level tokenizer) trained with teacher forcing on one of the suite's SFT mixtures
 (`COLD_START_MIXTURES` of its task module), checked every `check_every` steps by its pass rate at

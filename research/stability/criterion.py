@@ -1,9 +1,10 @@
 """The pre-declared collapse criterion and the comparison rule, applied identically to every run.
 
 Declared before any result of the matrix was seen, and written into REPORT.md verbatim from the
-constants below. Footnote 1 of the paper defines stable training as steady improvement of reward
-and benchmark with a smoothly evolving internal state; collapse (paper-spec §11) shows as a falling
-benchmark, a sharp entropy drop and a rising training–inference KL. We make that operational:
+constants below. Footnote 1 of the paper defines stable training as steady improvement of reward and
+benchmark with a smoothly evolving internal state; collapse (docs/concepts/algorithm.md §11) shows
+as a falling benchmark, a sharp entropy drop and a rising training–inference KL. We make that
+operational:
 
 1. **Performance collapse.** With ``peak(t)`` the running maximum of held-out accuracy up to
    evaluation ``t``, a run collapses at the first evaluation ``t`` from which held-out accuracy

@@ -111,7 +111,7 @@ def on_policy_is(rows: Rows) -> Finding:
     key, title = "F1", "On-policy: the train–infer IS correction is essential"
     claim = (
         "MiniRL beats MiniRL w/o train-infer IS (`reinforce`), which collapses rapidly with a "
-        "sharp entropy drop (§4.3, Fig. 1)."
+        "sharp entropy drop (paper §4.3, Fig. 1)."
     )
     cells = ["N1/minirl", "N1/reinforce"]
     if guard := _guard(rows, cells, key, title, claim):
@@ -122,7 +122,7 @@ def on_policy_is(rows: Rows) -> Finding:
 
 def on_policy_length_norm(rows: Rows) -> Finding:
     key, title = "F2", "On-policy: length normalization is worse but stable"
-    claim = "MiniRL + length-norm is suboptimal, yet training remains stable (§4.3)."
+    claim = "MiniRL + length-norm is suboptimal, yet training remains stable (paper §4.3)."
     cells = ["N1/minirl", "N1/minirl+length_norm"]
     if guard := _guard(rows, cells, key, title, claim):
         return guard
@@ -138,7 +138,7 @@ def on_policy_r3(rows: Rows) -> Finding:
     key, title = "F3", "On-policy: R3 lowers the train–infer KL but brings no gain"
     claim = (
         "MiniRL + R3 is no better than MiniRL although it reduces the training–inference KL; "
-        "R3 w/o train-infer IS still fails rapidly (§4.3)."
+        "R3 w/o train-infer IS still fails rapidly (paper §4.3)."
     )
     cells = ["N1/minirl", "N1/minirl+R3", "N1/reinforce+R3"]
     if guard := _guard(rows, cells, key, title, claim):
@@ -163,7 +163,7 @@ def off_policy_clip_and_replay(rows: Rows) -> Finding:
     key, title = "F4", "Off-policy: both clipping and Routing Replay are needed"
     claim = (
         "With N > 1, omitting clipping or Routing Replay causes premature collapse and a "
-        "lower peak (§4.4, Figs. 2–3)."
+        "lower peak (paper §4.4, Figs. 2–3)."
     )
     verdicts, lines = [], []
     for n in OFF_POLICY_N:
@@ -192,7 +192,7 @@ def off_policy_clip_and_replay(rows: Rows) -> Finding:
 
 def r2_vs_r3(rows: Rows) -> Finding:
     key, title = "F5", "Off-policy: R2 is better at N = 2, R3 at N ≥ 4"
-    claim = "R2 outperforms R3 at N = 2; R3 outperforms R2 at N = 4 and N = 8 (§4.4)."
+    claim = "R2 outperforms R3 at N = 2; R3 outperforms R2 at N = 4 and N = 8 (paper §4.4)."
     verdicts, lines = [], []
     for n in OFF_POLICY_N:
         r2, r3 = f"N{n}/minirl+R2", f"N{n}/minirl+R3"
@@ -209,7 +209,7 @@ def cold_starts(rows: Rows) -> Finding:
     key, title = "F6", "Cold starts converge under a stable recipe"
     claim = (
         "Three cold-start initializations trained with MiniRL + R2 (N = 2) reach comparable "
-        "final performance (§4.5, Fig. 5)."
+        "final performance (paper §4.5, Fig. 5)."
     )
     cells = ["N2/minirl+R2", "cold/short_heavy", "cold/long_heavy"]
     if guard := _guard(rows, cells, key, title, claim):
@@ -234,7 +234,7 @@ def references(rows: Rows) -> Finding:
     key, title = "F7", "MiniRL vs GRPO and CISPO (App. A)"
     claim = (
         "GRPO and CISPO, which ignore the train–infer discrepancy and normalize by length "
-        "(CISPO also never masks), are inferior to MiniRL (App. A, §4.4)."
+        "(CISPO also never masks), are inferior to MiniRL (paper §4.4, App. A)."
     )
     verdicts, lines = [], []
     for n in OFF_POLICY_N:
@@ -253,7 +253,7 @@ def references(rows: Rows) -> Finding:
 def kl_and_collapse(rows: Rows) -> Finding:
     key, title = "F8", "Collapse comes with a rising training–inference KL"
     claim = (
-        "Collapse is often accompanied by a sharp increase of KL(μ_old‖π_old) (§4.2, "
+        "Collapse is often accompanied by a sharp increase of KL(μ_old‖π_old) (paper §4.2, "
         "after Yao et al. and Liu et al.); collapsing runs reach ~1e-1 in the paper's plots."
     )
     # Each run once: an aliased cell lists the very runs of the cell it reuses.
@@ -321,7 +321,7 @@ def dppo_critique(rows: Rows) -> Finding:
     claim = (
         "MiniRL, whose clip mask is anchored on the recomputed π_old, fails to control the "
         "training–inference mismatch and collapses as it grows; DPPO's Binary-TV mask "
-        "anchored on μ stays stable (Qi et al., paper-spec §8.9)."
+        "anchored on μ stays stable (Qi et al., docs/concepts/algorithm.md §8.9)."
     )
     signs, lines = [], []
     for rung in F9_RUNGS:

@@ -1,4 +1,4 @@
-"""The ablation matrix of paper-spec §3.4 / §5 / §6 and the budgets it runs under.
+"""The ablation matrix of docs/concepts/algorithm.md §3.4 / §5 / §6 and the budgets it runs under.
 
 A `Cell` is one configuration (objective, replay, N, cold start, rollout precision); a run is a
 cell at one seed. Every cell gets the same number of gradient steps and the same mini-batch size

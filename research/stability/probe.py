@@ -3,12 +3,13 @@
 For one cold start and one `Dial` (engine precision, sampler truncation): sample `prompts × n`
 responses at temperature 1 from the engine (μ_old, with its routes e^μ), rescore them with the
 fp32 trainer forward (π_old) both with natural routing (e^π) and replaying the engine's routes
-(R3), and report (paper-spec §10):
+(R3), and report (docs/concepts/algorithm.md §10):
 
 - KL(μ_old‖π_old) by the k1 estimator mean_t[log μ − log π_old] (the paper's plotted quantity) and
   by k3 mean_t[exp(Δ) − Δ − 1], Δ = log π_old − log μ (non-negative per token);
 - |Δp| = |π_old(y_t) − μ_old(y_t)|, mean and max over response tokens;
-- the per-sequence log ratio Σ_t log(π_old/μ_old) (the sequence-level IS weight's log, §1.3):
+- the per-sequence log ratio Σ_t log(π_old/μ_old) (the sequence-level IS weight's log,
+  docs/concepts/algorithm.md §1.3):
   mean, 5th and 95th percentiles and the mean |·|, and the TIS-cap hit rate: the share of tokens
   with π_old/μ_old above MiniRL's cap of 5 (or below 1/5);
 - sampler truncation: μ is reported from the raw distribution while top-p/top-k draw from a

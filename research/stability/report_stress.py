@@ -57,7 +57,7 @@ def _intro() -> list[str]:
         "# Stress suite",
         "",
         "Where the gentle suite could not make anything collapse, the stress suite turns up the "
-        "three causes the paper names (§2.4, §3.1), each a real, measured mechanism "
+        "three causes the paper names (paper §2.4, §3.1), each a real, measured mechanism "
         "(`research/stability/suites.py`):",
         "",
         "- **Training–inference mismatch**: rollouts quantized as serving stacks do — "

@@ -3,8 +3,9 @@
 The loop is `keel_worker.training.run.train` minus checkpointing, plus the harness's evaluation:
 held-out accuracy is the mean exact-answer reward of `eval_samples` responses per held-out prompt
 sampled at temperature 1 from the rollout engine (the paper's avg@32 on its inference engine,
-paper-spec §4), and greedy accuracy beside it. Everything else (rollout at reduced precision, π_old
-recompute, Routing Replay, the objective, AdamW, weight sync) is the library's step.
+docs/concepts/algorithm.md §4), and greedy accuracy beside it. Everything else (rollout at reduced
+precision, π_old recompute, Routing Replay, the objective, AdamW, weight sync) is the library's
+step.
 
 Output: `runs/<cell slug>/seed<k>.csv` with one row per global step (plus a last row holding the
 final evaluation) and `seed<k>.json` with the run's description; the JSON is written last, so a

@@ -1,12 +1,12 @@
 """The stress suite's verifiable task: sort a string of decimal digits.
 
 A prompt is ``"<digits>="`` and the reference answer the same digits in ascending order, e.g.
-``"93150="`` → ``"01359"``. With the byte-level tokenizer every digit is one token, so the answer
-is exactly as long as the input (plus EOS): lengths are drawn log-uniformly from
-[``min_len``, ``max_len``] so that answers average about 37 tokens with a tail past 96, long
-enough for per-token training–inference differences to accumulate into the sequence-level ratio
-of paper-spec §1.3 (the issue asks for a mean ≥ 32 tokens with some ≥ 96). The reward is exact
-match (1.0 or 0.0) of the whole sorted string: one wrong or missing digit fails the response.
+``"93150="`` → ``"01359"``. With the byte-level tokenizer every digit is one token, so the answer is
+exactly as long as the input (plus EOS): lengths are drawn log-uniformly from [``min_len``,
+``max_len``] so that answers average about 37 tokens with a tail past 96, long enough for per-token
+training–inference differences to accumulate into the sequence-level ratio of
+docs/concepts/algorithm.md §1.3 (the suite wants a mean ≥ 32 tokens with some ≥ 96). The reward is
+exact match (1.0 or 0.0) of the whole sorted string: one wrong or missing digit fails the response.
 
 Why sorting: the answer is fully determined by the prompt (a binary verifier), every output token
 depends on counts over the whole input (a small model gets it wrong in a length-dependent way, so

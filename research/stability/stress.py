@@ -24,8 +24,8 @@ minimum) and the stability map ({MiniRL, MiniRL w/o IS, GRPO, CISPO, DPPO-TV} ×
 seed per cell: a screening figure; the findings use ≥ 3 seeds). A cell whose configuration equals
 another's is not run twice.
 
-**Routing Replay `auto` against the fixed choices** (declared with issue 16, before any `auto`
-run): at every N of `AUTO_N` (1, 2, 4, 8), MiniRL with clipping under `auto` and under each
+**Routing Replay `auto` against the fixed choices** (declared with the `auto` rule, before any
+`auto` run): at every N of `AUTO_N` (1, 2, 4, 8), MiniRL with clipping under `auto` and under each
 fixed choice — none, R2, R3 (at N = 1 R2 is none) — at the findings' seeds, dial_B, lr_A for
 N = 1 and lr_C for N > 1. The fixed cells that equal findings cells (`N1/minirl`,
 `N1/minirl+R3`, `N{n}/minirl+R2`, `N{n}/minirl+R3`) are those runs; new are the four `auto` cells
@@ -41,7 +41,7 @@ takes about 5 min on one core of this machine, two run at a time): F9 and the ma
 `MAP_RUNGS` (no mismatch, int4, int4 + top-p: the control, the middle and the strongest rung;
 fp8_tensor is measured by the probe and is the mildest rung of rule B) and the map uses
 N ∈ {1, 4, 8} (N = 2 is covered by the findings cells). As declared the matrix is 78 findings
-runs, 16 F9 runs and 32 map runs (≈ 4.5 h), which is over the issue's 4 h; it runs in parts
+runs, 16 F9 runs and 32 map runs (≈ 4.5 h), which is over the 4 h budget; it runs in parts
 of ≤ 75 min (`--deadline`).
 """
 

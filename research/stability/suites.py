@@ -5,8 +5,8 @@ A suite fixes the task, the base model that the cold starts are fine-tuned from,
 budgets, the discrepancy probe's settings and where its results live. The runner, the cold starts
 and the probe take a suite, so both suites share every line of the harness.
 
-The stress suite turns up the three causes of instability the paper names (§2.4, §3.1), each by a
-real mechanism that the probe measures on the cold start:
+The stress suite turns up the three causes of instability the paper names (paper §2.4, §3.1), each
+by a real mechanism that the probe measures on the cold start:
 
 - training–inference mismatch: weight-only rollout quantization the way serving stacks do it
   (`fp8_tensor`: one fp8 scale per tensor; `int4`: AWQ/GPTQ-style 4-bit groups), and sampler

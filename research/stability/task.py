@@ -2,7 +2,7 @@
 
 A prompt is ``"<a>+<b>="`` with 2- or 3-digit operands; the reference answer is the decimal sum.
 The reward is exact match (1.0 or 0.0) of the response text, cut at the first end-of-sequence,
-against that answer: the binary verifier reward R(x, y) of paper-spec §4.
+against that answer: the binary verifier reward R(x, y) of docs/concepts/algorithm.md §4.
 
 The RL prompt pool, the held-out split and the three cold-start SFT mixtures are all drawn here
 from seeded generators, so every run of the matrix sees the same data. The held-out split is

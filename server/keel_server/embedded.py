@@ -1,4 +1,4 @@
-"""`keel up`: the whole service on one machine with no other servers (architecture.md §7).
+"""`keel up`: the whole service on one machine with no other servers (docs/architecture.md §7).
 
 SQLite, the Celery `filesystem://` broker and the artifacts all live under `Settings.home`
 (`.keel/`). The API runs in this process (uvicorn); one Celery worker runs as its own program

@@ -1,7 +1,7 @@
 """Contract: every module of keel, keel_server and keel_worker, and of the repository's research
 harness, benchmarks and docs generator (`research`, `bench`, `docsgen`), is under an
-import-linter contract of `.importlinter` (architecture.md §3: a rule that no contract checks is
-a rule nobody keeps).
+import-linter contract of `.importlinter` (docs/architecture.md §3: a rule that no contract checks
+is a rule nobody keeps).
 
 A module is under a contract when the contract lists it, or a package above it, as a source.
 The server is layered, so each of its modules must also sit in a layer (a source below the

@@ -1,4 +1,4 @@
-"""`keel up` as an operator runs it, SIGKILL included (issue 10, items 7 and 8).
+"""`keel up` as an operator runs it, SIGKILL included.
 
 One `keel up` per home: a second one on a home in use refuses and names the live processes. A
 `keel up` killed with SIGKILL takes its worker and the worker's pool process along (nothing is

@@ -1,4 +1,5 @@
-"""The job lease and state machine as CAS updates, on SQLite and PostgreSQL (architecture §5)."""
+"""The job lease and state machine as CAS updates, on SQLite and PostgreSQL (docs/architecture.md
+§5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The API process never imports torch (architecture.md §3)."""
+"""The API process never imports torch (docs/architecture.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lease holders and the reaper (issue 10, item 8), on SQLite and PostgreSQL, real processes.
+"""Lease holders and the reaper (docs/architecture.md §5), on SQLite and PostgreSQL, real processes.
 
 - `owner_is_dead` is true only for an owner of this host and pid namespace whose process exited;
 - a fresh lease whose holder is known dead is taken over at once; a live holder keeps it;

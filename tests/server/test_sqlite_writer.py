@@ -1,4 +1,4 @@
-"""SQLite under concurrent writers (issue 10, item 16): every transaction takes the write lock
+"""SQLite under concurrent writers: every transaction takes the write lock
 (BEGIN IMMEDIATE), so writers queue. They must queue in the connection pool, handed the database
 the moment it is free, not in SQLite's busy handler, which sleeps between retries (up to 100 ms
 once it has waited a while): there a writer that waited 0.55 s started about 95 ms after the

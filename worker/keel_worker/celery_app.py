@@ -1,4 +1,4 @@
-"""The worker's Celery application, configured from `Settings` (architecture.md §5, §7).
+"""The worker's Celery application, configured from `Settings` (docs/architecture.md §5, §7).
 
 The broker settings are the producer's own (`keel_server.platform.queue.celery_config`): Redis in
 production, the `filesystem://` transport (a folder under `.keel/`, polled every 10 ms) in

@@ -1,4 +1,4 @@
-"""Dying with the parent process, so no worker outlives whoever started it (issue 10, item 7).
+"""Dying with the parent process, so no worker outlives whoever started it.
 
 `keel up` starts its worker as a child; the Celery worker forks pool processes that run the jobs.
 If a parent is SIGKILLed, nothing tells its children: an orphaned worker keeps its job's lease

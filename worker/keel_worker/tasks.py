@@ -1,5 +1,5 @@
 """Celery tasks of the worker. `keel.run_job(job_id)` carries the job id only; everything else
-is read from the database (house style rule 5). See `keel_worker.jobrunner.runner`.
+is read from the database (docs/house-style.md rule 5). See `keel_worker.jobrunner.runner`.
 
 Worker start-up imports the training stack once in the parent process (forked pool processes start
 with torch loaded) and starts the lease reaper (`keel_server.platform.leases`). Each pool process

@@ -5,10 +5,11 @@ importance-sampling correction, discriminated by ``mode`` (``ISCorrection``). Th
 model into the keyword arguments of the registered objective with :func:`objective_kwargs`; a
 contract test keeps the field names equal to the objective functions' keywords.
 
-Defaults follow paper-spec.md: MiniRL ε_low 0.2, ε_high 0.27, TIS cap 5 on the full token IS
-weight, no length normalization, sum over tokens / mean over responses, group-mean advantages
-(Eq. 7, §4.2); the other objectives use their own papers' settings (§7–8). A default marked [I]
-is our own pick where the source gives none.
+Defaults follow docs/concepts/algorithm.md §3.1: MiniRL ε_low 0.2, ε_high 0.27, TIS cap 5 on the
+full token IS weight, no length normalization, sum over tokens / mean over responses, group-mean
+advantages (paper Eq. 7 and paper §4.2); the other objectives use their own papers' settings
+(docs/concepts/algorithm.md §7, §8). A default marked [I] is our own pick where the source gives
+none.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ ClipAnchor = Literal["pi_old", "mu_old"]
 # the function and ``advantage`` is consumed earlier, by the advantage computation.
 NON_OBJECTIVE_FIELDS = frozenset({"name", "advantage"})
 
-# Upper bounds (README "Limits"): ε_high and the IS caps/bounds are ratios; 10 and 1e6 are far
-# beyond any published setting, and keep an absurd value (ε_high = 2e16) out of a job.
+# Upper bounds (docs/concepts/tenancy.md §7): ε_high and the IS caps/bounds are ratios; 10 and 1e6
+# are far beyond any published setting, and keep an absurd value (ε_high = 2e16) out of a job.
 Epsilon = Annotated[Float, Field(gt=0.0, le=1.0)]
 EpsilonHigh = Annotated[Float, Field(gt=0.0, le=10.0)]
 PositiveBound = Annotated[Float, Field(gt=0.0, le=1e6)]
@@ -65,11 +66,11 @@ class _Bounds(_Strict):
         return self
 
 
-# ---- importance-sampling corrections (paper-spec §8.1–8.3) ---------------------------------
+# ---- importance-sampling corrections (docs/concepts/algorithm.md §8.1–8.3) ----------------------
 
 
 class TokenTruncate(_Strict):
-    """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (§4.2); the largest cap (1e6) is the
+    """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (paper §4.2); the largest cap (1e6) is the
     untruncated ("vanilla-IS") weight in practice."""
 
     mode: Literal["token_truncate"] = "token_truncate"
@@ -116,7 +117,7 @@ ISCorrection = Annotated[
 
 
 class MiniRLConfig(_Strict):
-    """MiniRL, paper Eq. 7 (§3.1) with the ablation switches of §3.4.
+    """MiniRL, paper Eq. 7, with its ablation switches (docs/concepts/algorithm.md §3.1, §3.4).
 
     ``is_correction`` corrects the token IS weight; ``None`` drops the training–inference factor
     π_old/μ_old (the "w/o train-infer IS" ablation). ``is_scope="full"`` corrects π_θ/μ_old (the
@@ -147,7 +148,8 @@ class MiniRLConfig(_Strict):
 
 
 class ReinforceConfig(_Strict):
-    """REINFORCE without any IS weight: the paper's "w/o train-infer IS" objective (§3.4)."""
+    """REINFORCE without any IS weight: the paper's "w/o train-infer IS" objective
+    (docs/concepts/algorithm.md §8.8)."""
 
     name: Literal["reinforce"] = "reinforce"
     loss_agg: LossAggregation = "seq_mean_token_sum"
@@ -166,7 +168,8 @@ class GRPOConfig(_Strict):
 
 
 class DrGRPOConfig(_Strict):
-    """Dr. GRPO (§8.6): no 1/|y|, no std; constant divisor via ``seq_mean_token_sum_norm``."""
+    """Dr. GRPO (docs/concepts/algorithm.md §8.6): no 1/|y|, no std; constant divisor via
+    ``seq_mean_token_sum_norm``."""
 
     name: Literal["dr_grpo"] = "dr_grpo"
     eps_low: Epsilon = 0.2
@@ -177,7 +180,7 @@ class DrGRPOConfig(_Strict):
 
 
 class DAPOConfig(_Strict):
-    """DAPO (§8.7): clip-higher (0.2 / 0.28) and token-mean aggregation."""
+    """DAPO (docs/concepts/algorithm.md §8.7): clip-higher (0.2 / 0.28), token-mean aggregation."""
 
     name: Literal["dapo"] = "dapo"
     eps_low: Epsilon = 0.2
@@ -188,7 +191,8 @@ class DAPOConfig(_Strict):
 
 
 class CISPOConfig(_Strict):
-    """CISPO (§8.5): ε_low 1.0 = no lower bound on the weight, as MiniMax use it in practice."""
+    """CISPO (docs/concepts/algorithm.md §8.5): ε_low 1.0 = no lower bound on the weight, as
+    MiniMax use it in practice."""
 
     name: Literal["cispo"] = "cispo"
     eps_low: Epsilon = 1.0
@@ -199,7 +203,8 @@ class CISPOConfig(_Strict):
 
 
 class GSPOConfig(_Strict):
-    """GSPO (§8.4): sequence ratio with the paper's clip range 3e-4 / 4e-4."""
+    """GSPO (docs/concepts/algorithm.md §8.4): sequence ratio with the paper's clip range
+    3e-4 / 4e-4."""
 
     name: Literal["gspo"] = "gspo"
     eps_low: Epsilon = 3e-4
@@ -210,7 +215,8 @@ class GSPOConfig(_Strict):
 
 
 class GSPOTokenConfig(_Strict):
-    """GSPO-token (§8.4): GSPO's sequence ratio with a per-token gradient path."""
+    """GSPO-token (docs/concepts/algorithm.md §8.4): GSPO's sequence ratio with a per-token
+    gradient path."""
 
     name: Literal["gspo_token"] = "gspo_token"
     eps_low: Epsilon = 3e-4
@@ -221,8 +227,8 @@ class GSPOTokenConfig(_Strict):
 
 
 class DecoupledPPOTISConfig(_Strict):
-    """Decoupled PPO with TIS (Yao et al., §8.1): symmetric ε 0.2, weight min(π_old/μ_old, 2)
-    (verl's default threshold)."""
+    """Decoupled PPO with TIS (Yao et al., docs/concepts/algorithm.md §8.1): symmetric ε 0.2,
+    weight min(π_old/μ_old, 2) (verl's default threshold)."""
 
     name: Literal["decoupled_ppo_tis"] = "decoupled_ppo_tis"
     eps_low: Epsilon = 0.2
@@ -233,7 +239,8 @@ class DecoupledPPOTISConfig(_Strict):
 
 
 class DPPOTVConfig(_Strict):
-    """DPPO-Binary-TV (Qi et al., arXiv 2602.04879; paper-spec §8.9), anchored on μ_old.
+    """DPPO-Binary-TV, anchored on μ_old (Qi et al., arXiv 2602.04879;
+    docs/concepts/algorithm.md §8.9).
 
     ℓ_t = −M_t · sg[min(π_θ/μ_old, C)] · Â · log π_θ, with M_t dropping tokens whose probability
     moved more than δ from μ_old(y_t) in the direction their advantage pushes.
@@ -251,7 +258,7 @@ class DPPOTVConfig(_Strict):
     """Â > 0 tokens with π_θ(y_t) − μ_old(y_t) > δ_high get no gradient (same source, 0.15)."""
     is_cap: PositiveBound = 10.0
     """C of the truncated IS weight min(π_θ/μ_old, C): 10 in the authors' code (sail-sg/Stable-RL
-    ``compute_policy_loss_with_mask``, the sanity test of §8.9); ``inf`` disables truncation."""
+    ``compute_policy_loss_with_mask``, the paper's sanity test); ``inf`` disables truncation."""
     loss_agg: LossAggregation = "seq_mean_token_sum"
     """[I] MiniRL's sum over tokens, mean over responses, so the comparison with MiniRL differs
     in the mask only (the authors' verl example divides that sum by a constant as well)."""
@@ -261,7 +268,8 @@ class DPPOTVConfig(_Strict):
 
 
 class DPPOKLConfig(_Strict):
-    """DPPO-Binary-KL (Qi et al., arXiv 2602.04879; paper-spec §8.9), anchored on μ_old.
+    """DPPO-Binary-KL, anchored on μ_old (Qi et al., arXiv 2602.04879;
+    docs/concepts/algorithm.md §8.9).
 
     Like ``dppo_tv`` with the mask on D = KL(Bernoulli(q) ‖ Bernoulli(p)), q = μ_old(y_t),
     p = π_θ(y_t): a token is dropped when D exceeds δ and p moved the way its advantage pushes.

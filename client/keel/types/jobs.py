@@ -2,7 +2,7 @@
 
 A job is a `TrainingConfig` (model, algorithm, rollout, optimizer, steps, ...; owned by
 `keel.types.training`, whose validators reject impossible settings at creation) plus where its
-prompts come from and how its rollouts are rewarded (architecture.md §6).
+prompts come from and how its rollouts are rewarded (docs/architecture.md §6).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The names of keel's per-step metrics: one vocabulary for the trainer, the stability guard,
-monitoring, the trackers, the dashboard and the demo (house style 24).
+monitoring, the trackers, the dashboard and the demo (docs/house-style.md rule 24).
 
 A metric is named `area/name` and written once per (job, step). Most names are fixed and listed
 in `METRICS` with what they measure; three families are built from a fixed part:

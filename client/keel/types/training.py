@@ -1,11 +1,11 @@
 """Wire models for one training run: model, task, rollout, optimizer and the step schedule.
 
-These are the only place where the defaults of a run live (house style rule 1). The schedule
-follows paper-spec §3.3: each global step samples `prompts_per_step` prompts × `group_size`
-responses, splits them into `num_minibatches` mini-batches and applies one AdamW update per
-mini-batch. Routing Replay `auto` is decided from measured routing disagreement by the rule in
-`keel_worker.training.replay_auto` (README "Routing Replay"), re-decided every
-`routing_replay_every` steps.
+These are the only place where the defaults of a run live (docs/house-style.md rule 1). The
+schedule follows docs/concepts/algorithm.md §3.3: each global step samples `prompts_per_step`
+prompts × `group_size` responses, splits them into `num_minibatches` mini-batches and applies one
+AdamW update per mini-batch. Routing Replay `auto` is decided from measured routing disagreement by
+the rule in `keel_worker.training.replay_auto` (docs/concepts/routing-replay.md §4), re-decided
+every `routing_replay_every` steps.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ RolloutPrecision = Literal["fp32", "bf16", "fp8", "fp8_tensor", "int4"]
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).
 GROUP_ADVANTAGE_MODES = frozenset({"group_mean", "mean_std", "rloo"})
 
-# Upper bounds of the schedule (README "Limits"): far above any run keel is built for, low
-# enough that no request can ask a worker for unbounded memory or time.
+# Upper bounds of the schedule (docs/concepts/tenancy.md §7): far above any run keel is built for,
+# low enough that no request can ask a worker for unbounded memory or time.
 MAX_STEPS = 1_000_000
 MAX_RESPONSES_PER_STEP = 65_536
 MAX_TASK_ITEMS = 1_000_000
@@ -132,7 +132,7 @@ class TaskConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
-    """How the inference engine samples (the μ_θold of paper-spec §1.1)."""
+    """How the inference engine samples (the μ_θold of docs/concepts/algorithm.md §1.1)."""
 
     engine: Literal["hf", "vllm"] = Field(
         "hf",
@@ -159,7 +159,8 @@ class RolloutConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    """AdamW and gradient clipping (the paper states none of these: paper-spec §4)."""
+    """AdamW and gradient clipping (the paper states none of these; docs/concepts/algorithm.md
+    §3.1 item 6)."""
 
     lr: Float = Field(1e-6, gt=0.0, lt=1.0)
     weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
@@ -268,10 +269,10 @@ class TrainingConfig(_Strict):
     )
     routing_replay: RoutingReplayMode = Field(
         "auto",
-        description="Routing Replay for MoE models (paper-spec §2.2): `none`, `R2` (replay the "
-        "trainer's π_old routes), `R3` (replay the engine's routes), or `auto`: chosen from the "
-        "measured per-layer routing disagreement (engine vs trainer, θ_old vs θ), README "
-        "'Routing Replay'. Dense models always run without replay.",
+        description="Routing Replay for MoE models: `none`, `R2` (replay the trainer's π_old "
+        "routes), `R3` (replay the engine's routes), or `auto`: chosen from the measured "
+        "per-layer routing disagreement (engine vs trainer, θ_old vs θ), as "
+        "docs/concepts/routing-replay.md explains. Dense models always run without replay.",
     )
     routing_replay_every: Int = Field(
         10,

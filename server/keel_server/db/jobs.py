@@ -1,4 +1,4 @@
-"""Job rows and their state machine (architecture.md §5), as compare-and-set updates.
+"""Job rows and their state machine (docs/architecture.md §5), as compare-and-set updates.
 
 States: queued → running ⇄ paused → succeeded | failed | cancelled. Pause and cancel of a running
 job are cooperative: the API sets `requested`; the lease holder sees it in `heartbeat()` and ends

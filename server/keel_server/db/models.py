@@ -1,4 +1,4 @@
-"""SQLAlchemy models: the whole persistent state of keel (architecture.md §4: the DB is the
+"""SQLAlchemy models: the whole persistent state of keel (docs/architecture.md §4: the DB is the
 single source of truth). Migrations in `migrations/versions` mirror this file exactly."""
 
 from __future__ import annotations

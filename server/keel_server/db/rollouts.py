@@ -1,4 +1,5 @@
-"""Rollouts and their reward life cycle: awaiting_reward → rewarded | expired (architecture §6).
+"""Rollouts and their reward life cycle: awaiting_reward → rewarded | expired
+(docs/architecture.md §6).
 
 Rewards and expiry are CAS updates guarded by status and deadline, so a reward racing its
 deadline ends in exactly one state. A missing reward is never turned into 0: it expires.

@@ -1,4 +1,5 @@
-"""A job row's JSON columns as their wire models, parsed where they are read (house style 14).
+"""A job row's JSON columns as their wire models, parsed where they are read
+(docs/house-style.md rule 14).
 
 The API stores the job's config, reward source, prompt-source summary and guard summary as JSON;
 the services and the worker read them back through these functions only, so nobody downstream

@@ -1,5 +1,5 @@
 """Who holds a job's lease, whether that holder is dead, and the sweep that re-enqueues jobs
-whose holder died (architecture.md §5: a stale lease is taken over).
+whose holder died (docs/architecture.md §5: a stale lease is taken over).
 
 A lease owner names its process: `<hostname>:<pid namespace>:<pid>:<random>`. A holder that
 stopped heartbeating for `Settings.lease_timeout_s` is stale anywhere. On the holder's own host

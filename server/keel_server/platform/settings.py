@@ -2,8 +2,8 @@
 
 `Settings` is built once per process (`get_settings()` or explicitly in tests) and passed down;
 nothing else in keel reads the environment. Every variable has the prefix `KEEL_`, e.g.
-`KEEL_DATABASE_URL`. The defaults are the embedded deployment of architecture.md §7: SQLite, the
-Celery `filesystem://` broker and artifacts, all under `home` (`.keel/`).
+`KEEL_DATABASE_URL`. The defaults are the embedded deployment of docs/architecture.md §7: SQLite,
+the Celery `filesystem://` broker and artifacts, all under `home` (`.keel/`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where a webhook may be delivered (SSRF guard, architecture.md §6).
+"""Where a webhook may be delivered (SSRF guard, docs/architecture.md §6).
 
 A `reward.url` names a host that keel's workers will POST signed JSON to, from inside the
 operator's network. Every address the host resolves to must be public (not loopback, private,

@@ -2,7 +2,7 @@
 
 A job is written `queued` and committed before `keel.run_job` is enqueued, so the worker always
 finds its row. Pause and cancel of a running job set `requested` for the lease holder to act on;
-a job nobody runs (queued or paused) changes state at once (architecture.md §5).
+a job nobody runs (queued or paused) changes state at once (docs/architecture.md §5).
 """
 
 from __future__ import annotations

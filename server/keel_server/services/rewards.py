@@ -1,4 +1,4 @@
-"""Posting rewards (architecture.md §6): idempotent per rollout, never overwriting a different
+"""Posting rewards (docs/architecture.md §6): idempotent per rollout, never overwriting a different
 value, refused past the deadline with the rollout's state, bounded by the job's reward range."""
 
 from __future__ import annotations

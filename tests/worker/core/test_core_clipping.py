@@ -1,4 +1,5 @@
-"""The clip mask truth table, tie rules, and the PPO min/clip ⇔ mask equivalence (§3.1 item 4)."""
+"""The clip mask truth table, tie rules, and the PPO min/clip ⇔ mask equivalence
+(docs/concepts/algorithm.md §3.1 item 4)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_decoupled_ppo_gradient_is_mask_ratio_advantage_on_random_tokens(random_
 
 
 def test_minirl_equals_decoupled_ppo_times_train_infer_factor(random_batch):
-    # §3.1 item 4: MiniRL (scope train_infer, no truncation) has gradient
+    # docs/concepts/algorithm.md §3.1 item 4: MiniRL (scope train_infer, no truncation) has gradient
     # M·(π_old/μ)·r·Â·∇log π = the decoupled-PPO gradient weighted by π_old/μ.
     grads = []
     untruncated = {"mode": "token_truncate", "cap": float("inf")}

@@ -1,4 +1,5 @@
-"""DPPO (paper-spec §8.9): hand-computed losses, the two masks' truth tables, the μ anchor.
+"""DPPO (docs/concepts/algorithm.md §8.9): hand-computed losses, the two masks' truth tables, the μ
+anchor.
 
 The reference batch (conftest.py), with q = μ_old(y_t) the anchor and p = π_θ(y_t):
     token   p      π_old  q      p − q    π_θ/μ_old   Â

@@ -149,8 +149,8 @@ def test_cosine_similarity_falls_with_distance_from_theta_old():
 
 
 def test_on_policy_minirl_with_defaults_is_reinforce():
-    # §3.2 / §11 (a): at θ = θ_old and μ = π_old the weight is 1, nothing is clipped or
-    # truncated, so MiniRL's gradient is REINFORCE's Σ_t Â ∇log π.
+    # docs/concepts/algorithm.md §3.2: at θ = θ_old and μ = π_old the weight is 1, nothing is
+    # clipped or truncated, so MiniRL's gradient is REINFORCE's Σ_t Â ∇log π.
     policy, tokens, mu, adv, _ = _setup()
     g_minirl = _minirl_grad(
         policy, tokens, mu, adv, use_clip=True, is_correction={"mode": "token_truncate", "cap": 5.0}

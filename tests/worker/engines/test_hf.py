@@ -140,8 +140,9 @@ def test_invalid_arguments_raise(tiny_dense) -> None:
 
 
 def test_replaying_engine_routes_lowers_the_fp8_mismatch(tiny_moe) -> None:
-    """R3 mechanics (paper-spec §2.2): the trainer forward replaying the engine's routes agrees
-    better with μ than its own routing does (measured k3 KL: 1.3e-4 without, 1.1e-4 with)."""
+    """R3 mechanics (docs/concepts/algorithm.md §2.2): the trainer forward replaying the engine's
+    routes agrees better with μ than its own routing does (measured k3 KL: 1.3e-4 without, 1.1e-4
+    with)."""
     engine = HFEngine(tiny_moe.model, tiny_moe.tokenizer, precision="fp8")
     prompts = [*_prompts(tiny_moe.tokenizer), encode_prompt(tiny_moe.tokenizer, "tell a story")]
     batch = engine.generate(prompts, n=4, max_new_tokens=16, temperature=1.0, seed=0)

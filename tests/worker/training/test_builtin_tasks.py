@@ -1,4 +1,4 @@
-"""Built-in tasks and verifiers: the addition task of issue 3 and user datasets."""
+"""Built-in tasks and verifiers: the single-digit addition task and user datasets."""
 
 from typing import get_args
 

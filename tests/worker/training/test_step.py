@@ -77,7 +77,7 @@ def test_two_steps_on_tiny_moe(tmp_path, cache_dir, replay):
 
 
 def test_r2_first_minibatch_equals_no_replay(cache_dir):
-    """Paper-spec §2.3 Table 1: in mini-batch 1 the replayed routes are the natural ones."""
+    """docs/concepts/algorithm.md §2.3: in mini-batch 1 the replayed routes are the natural ones."""
     snaps = {}
     for mode in ("none", "R2"):
         trainer, _ = _trainer(tiny_config(routing_replay=mode), cache_dir)

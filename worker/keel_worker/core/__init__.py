@@ -1,4 +1,5 @@
-"""keel's policy-gradient math, pure torch (paper-spec.md): no I/O, logging or host syncs.
+"""keel's policy-gradient math, pure torch (docs/concepts/algorithm.md): no I/O, logging or host
+syncs.
 
 Modules, one concept each:
     types          PolicyBatch (inputs of an objective) and LossOutput (loss + detached metrics)

@@ -1,13 +1,14 @@
 """Group-relative advantages from rewards shaped [P prompts, G responses per prompt].
 
 - ``group_mean`` (MiniRL, Eq. 7): Â_i = R_i − mean_j R_j (the group mean includes the sample
-  itself, the GRPO convention; paper-spec §3.1 item 1). No std division.
+  itself, the GRPO convention; docs/concepts/algorithm.md §3.1 item 1). No std division.
 - ``mean_std`` (GRPO/CISPO/GSPO, App. A): Â_i = (R_i − mean_j R_j) / (std_j R_j + STD_EPS), with
   the unbiased (G−1) std as in verl and TRL.
 - ``rloo`` (leave-one-out): Â_i = R_i − mean_{j≠i} R_j = G/(G−1) · (R_i − mean_j R_j).
 
 A zero-variance group (all rewards equal, e.g. all 0 or all 1) has Â = 0 for every member in
-every mode; such groups are reported so the caller can count or drop them (§10.14).
+every mode; such groups are reported so the caller can count or drop them
+(docs/concepts/algorithm.md §10.1).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-"""Loss aggregation: how per-token loss terms become one scalar (paper-spec §3.1 item 5, §9.2).
+"""Loss aggregation: how per-token loss terms become one scalar (docs/concepts/algorithm.md §9.2).
 
 Modes (the names of ``keel.types.algorithm.LossAggregation``):
 
-- ``seq_mean_token_sum`` (MiniRL, Eq. 7): Σ_i Σ_t ℓ_{i,t} / N_resp. A plain sum over each
+- ``seq_mean_token_sum`` (MiniRL, paper Eq. 7): Σ_i Σ_t ℓ_{i,t} / N_resp. A plain sum over each
   response's tokens and a mean over responses: no length normalization.
-- ``seq_mean_token_sum_norm`` (Dr. GRPO, §8.6): Σ_i Σ_t ℓ_{i,t} / (N_resp · C) with C a FIXED
+- ``seq_mean_token_sum_norm`` (Dr. GRPO): Σ_i Σ_t ℓ_{i,t} / (N_resp · C) with C a FIXED
   constant (e.g. the max generation length); still no dependence on the batch's lengths.
-- ``token_mean`` (DAPO / CISPO, §8.5 and §8.7): Σ_i Σ_t ℓ_{i,t} / Σ_i |y_i|.
-- ``seq_mean_token_mean`` (GRPO, App. A / §7): Σ_i (1/|y_i|) Σ_t ℓ_{i,t} / N_resp.
+- ``token_mean`` (DAPO / CISPO): Σ_i Σ_t ℓ_{i,t} / Σ_i |y_i|.
+- ``seq_mean_token_mean`` (GRPO, paper App. A): Σ_i (1/|y_i|) Σ_t ℓ_{i,t} / N_resp.
 
 The denominator is computed ONCE for the whole mini-batch by :func:`loss_normalizer` (summed over
 ranks by the caller under data parallelism) and passed to every micro-batch. Every mode is then a

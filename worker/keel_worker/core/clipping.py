@@ -1,20 +1,21 @@
 """The trust-region pieces: the decoupled-PPO clip mask, the PPO min/clip surrogate, and DPPO's
 divergence masks.
 
-MiniRL's token mask (paper Eq. 7, §3.1 item 4), with r_t = π_θ/π_anchor:
+MiniRL's token mask (paper Eq. 7; docs/concepts/algorithm.md §3.1 item 4), with r_t = π_θ/π_anchor:
 
     M_t = 0 if Â > 0 and r_t > 1 + ε_high
           0 if Â < 0 and r_t < 1 − ε_low
           1 otherwise
 
-Ties resolve as the spec's strict inequalities say: r_t exactly at 1 + ε_high (or 1 − ε_low) keeps
+Ties resolve as the mask's strict inequalities say: r_t exactly at 1 + ε_high (or 1 − ε_low) keeps
 the token, and Â = 0 never masks (its gradient is zero anyway). The PPO surrogate
-min(r·Â, clip(r, 1−ε_low, 1+ε_high)·Â) has gradient exactly M_t · r_t · Â · ∇log π_θ (§3.1 item 4,
-"Equivalence"), with the same tie rule because torch.clamp passes the gradient at its bounds.
+min(r·Â, clip(r, 1−ε_low, 1+ε_high)·Â) has gradient exactly M_t · r_t · Â · ∇log π_θ (the
+"Equivalence" of the same item), with the same tie rule because torch.clamp passes the gradient
+at its bounds.
 
-DPPO's masks (Qi et al., arXiv 2602.04879; paper-spec §8.9) bound a divergence between the
-two-outcome distributions "the sampled token / any other token" under π_θ and the anchor, with
-p = π_θ(y_t) and q = π_anchor(y_t):
+DPPO's masks (Qi et al., arXiv 2602.04879; docs/concepts/algorithm.md §8.9) bound a divergence
+between the two-outcome distributions "the sampled token / any other token" under π_θ and the
+anchor, with p = π_θ(y_t) and q = π_anchor(y_t):
 
     Binary-TV:  M_t = 0 if Â > 0 and p − q > δ_high,   or Â < 0 and p − q < −δ_low
     Binary-KL:  D_t = q·log(q/p) + (1−q)·log((1−q)/(1−p))
@@ -65,7 +66,8 @@ def clip_metrics(
     eps_low: float,
     eps_high: float,
 ) -> dict[str, Tensor]:
-    """Clip statistics per (micro-)batch (§10.10), all fractions of response tokens.
+    """Clip statistics per (micro-)batch (docs/concepts/algorithm.md §10.5), all fractions of
+    response tokens.
 
     ``clip/frac_pos``: Â > 0 and r > 1+ε_high; ``clip/frac_neg``: Â < 0 and r < 1−ε_low;
     ``clip/frac`` is their sum. ``clip/ppo_kl`` = mean(log π_anchor − log π_θ) (k1 estimator).

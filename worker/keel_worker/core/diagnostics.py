@@ -1,4 +1,4 @@
-"""Step diagnostics (paper-spec §4 "Metrics reported" and §10): detached tensors, no ``.item()``.
+"""Step diagnostics (docs/concepts/algorithm.md §4, §10): detached tensors, no ``.item()``.
 
 - :func:`mismatch_metrics`: the training–inference gap between π_old (training engine) and μ_old
   (inference engine) on the sampled tokens: KL(μ_old‖π_old) with the k1 estimator the paper plots
@@ -8,7 +8,7 @@
 - :func:`entropy_from_logits`: token entropy of the full vocabulary distribution, chunked over
   positions so at most ``chunk_size × V`` float32 values are alive at once.
 - :func:`routing_disagreement`: how often two routings of the same tokens pick different top-k
-  expert SETS, per MoE layer and with any layer differing (§10.13).
+  expert SETS, per MoE layer and with any layer differing.
 
 IS-weight statistics live in ``is_correction.weight_metrics`` and clip statistics in
 ``clipping.clip_metrics``; the objectives return both.

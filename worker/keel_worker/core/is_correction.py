@@ -1,8 +1,9 @@
-"""Importance-sampling corrections of a log-ratio, one function per mode (paper-spec §8.1–8.3).
+"""Importance-sampling corrections of a log-ratio, one function per mode
+(docs/concepts/algorithm.md §8.1–8.3).
 
 Each mode maps the detached, clamped per-token log-ratio log ρ_t (0 at padding) to a detached
 weight per token. Which ratio is corrected is the objective's choice: MiniRL's full weight
-π_θ/μ_old (Eq. 7 with TIS, §3.1 item 3) or the training–inference factor π_old/μ_old (Eq. 5).
+π_θ/μ_old (Eq. 7 with TIS) or the training–inference factor π_old/μ_old (Eq. 5).
 
 - ``token_truncate`` (TIS, Yao et al.):     w_t = min(ρ_t, C).  Upper bound only.
 - ``token_mask`` (IcePop, Ring-1T):          w_t = ρ_t · 1[α ≤ ρ_t ≤ β]  (bounds inclusive).
@@ -105,7 +106,8 @@ IS_CORRECTIONS: dict[str, Callable[..., Weights]] = {
 
 
 def weight_metrics(raw_B_T: Tensor, weight_B_T: Tensor, mask_B_T: Tensor) -> dict[str, Tensor]:
-    """IS-weight statistics before/after correction, truncated/masked fractions and ESS (§10.8).
+    """IS-weight statistics before/after correction, truncated/masked fractions and ESS
+    (docs/concepts/algorithm.md §10.4).
 
     ESS = (Σ w)² / (n Σ w²) over the n response tokens: 1/mean(w̃²) with w̃ = w / mean(w), so it
     lies in (0, 1] and is 1 exactly when all weights are equal.
@@ -137,7 +139,7 @@ def is_weights(
 
     ``None`` means no correction: the raw ratio ρ_t itself. The log-ratio must come from
     :func:`keel_worker.core.masked.masked_log_ratio`; it is detached here because every IS weight
-    in the spec sits under a stop-gradient (Eq. 7's sg[·]). Returns (weights_B_T, metrics).
+    in these objectives sits under a stop-gradient (Eq. 7's sg[·]). Returns (weights_B_T, metrics).
     """
     log_ratio_B_T = log_ratio_B_T.detach()
     if correction is None:

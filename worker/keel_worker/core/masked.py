@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 # exp(±20) ≈ 4.9e8 / 2.1e-9: far beyond any cap or mask bound in use, yet it keeps exp() finite
-# in float16/bfloat16/float32 (the same safety bound as verl's rollout correction, paper-spec §9.1).
+# in float16/bfloat16/float32 (the same safety bound as verl's rollout correction;
+# docs/concepts/algorithm.md §9.1).
 LOG_RATIO_CLAMP = 20.0
 
 

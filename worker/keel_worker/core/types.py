@@ -1,7 +1,8 @@
 """Typed containers passed into and out of every objective (shapes in the field names).
 
-Notation follows paper-spec §1.1: π_θ is the policy being optimized (training engine), π_old the
-rollout parameters re-evaluated in the training engine, μ_old the inference engine that sampled.
+Notation follows docs/concepts/algorithm.md §1.1: π_θ is the policy being optimized (training
+engine), π_old the rollout parameters re-evaluated in the training engine, μ_old the inference
+engine that sampled.
 """
 
 from __future__ import annotations

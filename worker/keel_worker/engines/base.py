@@ -18,7 +18,8 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass
 class RolloutBatch:
-    """Sampled responses with what the trainer needs to correct for the engine (paper-spec §1).
+    """Sampled responses with what the trainer needs to correct for the engine
+    (docs/concepts/algorithm.md §1).
 
     Attributes:
         prompt_ids: prompt token ids of each response (the same list object for the n samples

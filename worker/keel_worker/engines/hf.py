@@ -4,10 +4,10 @@ Owns `HFEngine`. A hand-written decode loop replaces `generate` because on a CPU
 overhead of `generate` (logits processors, stopping criteria, cache bookkeeping) dominates; the
 loop also shares each prompt's prefill among its n samples and drops finished rows from the batch.
 
-μ_θold logprobs (paper-spec §1, the denominator of the IS weight) follow `engines.sampling`:
-log softmax(logits / T)[token] of the raw logits the sampler used. Prompts are left padded and
-position ids come from the attention mask, so padding never shifts a token's position and the
-fp32 engine reproduces the trainer's logprobs to ~1e-6.
+μ_θold logprobs (docs/concepts/algorithm.md §1.1, the denominator of the IS weight) follow
+`engines.sampling`: log softmax(logits / T)[token] of the raw logits the sampler used. Prompts are
+left padded and position ids come from the attention mask, so padding never shifts a token's
+position and the fp32 engine reproduces the trainer's logprobs to ~1e-6.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The rollout engine's own weight copy at an inference precision.
 
 Owns how the engine's weights differ from the trainer's, which is what makes the training–inference
-mismatch of paper-spec §1 (the π_θold / μ_θold factor of Eq. 6) real and tunable on a CPU:
+mismatch of docs/concepts/algorithm.md §1.4 (the π_θold / μ_θold factor of Eq. 5 and Eq. 6) real and
+tunable on a CPU:
 
 - fp32: an exact copy (the "no mismatch" control: μ logprobs equal the trainer's to ~1e-6);
 - bf16: every floating tensor rounded to bfloat16, computed in bfloat16;

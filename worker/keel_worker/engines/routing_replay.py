@@ -1,4 +1,5 @@
-"""Routing Replay mechanics: record and replay the routed experts of MoE models (paper-spec §2.4).
+"""Routing Replay mechanics: record and replay the routed experts of MoE models
+(docs/concepts/algorithm.md §2.4).
 
 Owns the forward hooks on the `*TopKRouter` modules of the transformers MoE families. Every one of
 these routers returns `(router_logits, router_scores, router_indices)` from `forward`:

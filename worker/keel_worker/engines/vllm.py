@@ -10,9 +10,9 @@ tensors through the model's own `load_weights` and processes them again), withou
 trip. The machine-level knobs (KV cache size, reserved CPUs, context length, GPU memory
 share, tensor parallel size) come from the worker's `Settings` as `VLLMOptions`.
 
-μ_θold logprobs (paper-spec §1.1) are the sampled tokens' logprobs as the sampler saw them:
-`logprobs_mode="processed_logprobs"` applies the temperature exactly as the `hf` engine does
-(log softmax(logits / T)); at T = 1 they equal vLLM's raw logprobs.
+μ_θold logprobs (docs/concepts/algorithm.md §1.1) are the sampled tokens' logprobs as the sampler
+saw them: `logprobs_mode="processed_logprobs"` applies the temperature exactly as the `hf` engine
+does (log softmax(logits / T)); at T = 1 they equal vLLM's raw logprobs.
 
 Prefix caching is on (the n samples of a prompt share its prefill) and can never serve a block
 computed under an older policy: every request is salted with the engine's policy version

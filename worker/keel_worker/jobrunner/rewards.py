@@ -1,4 +1,4 @@
-"""Rewards of one step from the job's reward source, through the database (architecture §6).
+"""Rewards of one step from the job's reward source, through the database (docs/architecture.md §6).
 
 Every step's rollouts are written to the database first, so clients and reward services see
 them whatever the source:

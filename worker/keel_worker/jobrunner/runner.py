@@ -1,4 +1,4 @@
-"""One delivery of `keel.run_job(job_id)`, start to finish (architecture.md §5).
+"""One delivery of `keel.run_job(job_id)`, start to finish (docs/architecture.md §5).
 
 1. Take the lease (compare-and-set), from a dead holder of this host at once
    (`keel_server.platform.leases`). A duplicate delivery finds a live lease, or a job that is not

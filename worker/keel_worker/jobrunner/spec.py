@@ -1,8 +1,8 @@
 """`JobSpec`: the parts of a job row the worker needs, parsed once when the lease is taken.
 
 The stored config, reward source, prompt type and guard summary become their wire models here
-(`keel_server.db.stored`, house style 14), so the rest of the worker reads typed fields and never
-repeats a default.
+(`keel_server.db.stored`, docs/house-style.md rule 14), so the rest of the worker reads typed fields
+and never repeats a default.
 """
 
 from __future__ import annotations

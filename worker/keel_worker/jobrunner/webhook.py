@@ -1,4 +1,4 @@
-"""Webhook delivery for the `webhook` reward source (architecture.md §6): only workers deliver.
+"""Webhook delivery for the `webhook` reward source (docs/architecture.md §6): only workers deliver.
 
 Each attempt resolves and checks the target (`keel_server.platform.webhook_targets`), then connects
 to the checked address itself, naming the host in `Host` and TLS SNI, so DNS rebinding cannot send a

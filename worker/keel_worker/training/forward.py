@@ -3,11 +3,12 @@
 Only the positions that score a response token go through the LM head (the prompt positions'
 vocabulary projection is never needed), so the full `[B, S, V]` logits are never built. Logits are
 divided by the sampling temperature so that π is the same distribution the engine sampled μ from
-(paper-spec §1.1: the ratio π/μ compares like with like).
+(docs/concepts/algorithm.md §1.1: the ratio π/μ compares like with like).
 
-Routing Replay (paper-spec §2.2) is applied here: with `replay_routes` every MoE layer uses those
-experts (gate weights recomputed from live logits); either way the routes the routers would pick
-naturally are returned, so the step can report routing disagreement without a second forward.
+Routing Replay (docs/concepts/algorithm.md §2.4) is applied here: with `replay_routes` every MoE
+layer uses those experts (gate weights recomputed from live logits); either way the routes the
+routers would pick naturally are returned, so the step can report routing disagreement without a
+second forward.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The stability guard's policy: what a run does about the triggers one step fired.
 
-The one driver of the rule for both loops (house style 23): the in-process `training.run.train`
-over the checkpoints of its workdir (`training.checkpoint.WorkdirCheckpoints`) and the service's
-job loop over the job's checkpoint rows (`jobrunner.checkpoints.JobCheckpoints`). What differs
-between them is only where checkpoints are, the `CheckpointStore` protocol below; the
+The one driver of the rule for both loops (docs/house-style.md rule 23): the in-process
+`training.run.train` over the checkpoints of its workdir (`training.checkpoint.WorkdirCheckpoints`)
+and the service's job loop over the job's checkpoint rows (`jobrunner.checkpoints.JobCheckpoints`).
+What differs between them is only where checkpoints are, the `CheckpointStore` protocol below; the
 detector (`training.guard`) judges, this module decides:
 
     continue   nothing fired, or alerts only

@@ -3,8 +3,8 @@
 Every metric is a ratio Σ numerators / Σ denominators over the places it was added (micro-batches,
 mini-batches), which covers means, token-weighted means and sums alike; extremes (`*_max`,
 `*_min`) are the max / min of the added values instead. Tensors stay on their
-device until `finish()`, which stacks them all and calls `.tolist()` once (house style: no
-`.item()` per token or per micro-batch).
+device until `finish()`, which stacks them all and calls `.tolist()` once (one host
+synchronization per step: no `.item()` per token or per micro-batch).
 """
 
 from __future__ import annotations

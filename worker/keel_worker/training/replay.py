@@ -1,4 +1,4 @@
-"""Routing Replay and π_old inside the training step (paper-spec §2.2–2.3).
+"""Routing Replay and π_old inside the training step (docs/concepts/algorithm.md §2.2–2.4).
 
 `replay_hooks` gives an MoE policy its record/replay hooks. Which routes each forward of the step
 replays, by the mode the step runs with (`training.replay_auto` resolves `auto`):

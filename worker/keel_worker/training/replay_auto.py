@@ -10,23 +10,24 @@ Two measurements, per MoE layer, as shares of (token, layer) pairs whose top-k e
                                  2..N, i.e. after the first, second, ... update (the staleness
                                  factor; it does not exist when N = 1)
 
-The rule (paper-spec §2.2–2.3, §5.2; thresholds below, numbers in README "Routing Replay"):
+The rule (docs/concepts/algorithm.md §2.2–2.3, §5.2; thresholds below; the evidence in
+docs/concepts/routing-replay.md §8):
 
-1. N = 1 → none. R2 is a no-op on-policy and R3 brought no gain (paper §4.3; Table 1).
+1. N = 1 → none. R2 is a no-op on-policy and R3 brought no gain (paper §4.3, §3.2).
 2. S < STATIC_STALENESS → none. Routing barely moves between updates: replay would only bias
    the target policy (Table 1) for no staleness to remove.
 3. D < ALIGNED_ROUTING → R2. Engine and trainer route alike, so R3 would replay (almost) the
    experts R2 replays while also altering the first mini-batch's target; R2 leaves it exact.
 4. S ≥ R3_STALENESS_RATIO × D → R3, else R2. R2 removes only the staleness factor, R3 both
-   (Eq. 6). The paper finds R2 better at N = 2 and R3 at N ≥ 4 (§4.4); on our runs that switch
+   (Eq. 6). The paper finds R2 better at N = 2 and R3 at N ≥ 4 (paper §4.4); on our runs that switch
    is where staleness overtakes the training–inference routing mismatch (S/D ≈ 0.6 at N = 2,
    1.1 at N = 4, 2.1 at N = 8 in the gentle suite; 0.3 at N = 2 under the stress dial).
 
 Hysteresis: once a measured decision is in force, the mode changes only when the rule with
 every threshold moved by HYSTERESIS (relative) towards the current mode also leaves it; the new
 mode is then the nominal rule's. Before the first measurement a run uses the paper's recipe for
-its N (§5.3: none for N = 1, R2 for N = 2–3, R3 for N ≥ 4). A step without the measurements
-(every group dropped) keeps the mode and measures again at the next step.
+its N (docs/concepts/algorithm.md §5.3: none for N = 1, R2 for N = 2–3, R3 for N ≥ 4). A step
+without the measurements (every group dropped) keeps the mode and measures again at the next step.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class Decision:
 
 
 def prior_mode(num_minibatches: int) -> ResolvedReplay:
-    """The paper's recipe by N alone (paper-spec §5.3), used until the first measurement."""
+    """The paper's recipe by N alone (docs/concepts/algorithm.md §5.3), used until the first
+    measurement."""
     if num_minibatches == 1:
         return "none"
     return "R2" if num_minibatches < 4 else "R3"

@@ -2,7 +2,7 @@
 
 The step calls one function, `score(rollouts) -> rewards`, with one entry per response. A reward of
 `None` means "no reward arrived" (e.g. an external reward service missed its deadline): the whole
-group of that response is dropped from the update, never scored as 0 (architecture.md §6). The
+group of that response is dropped from the update, never scored as 0 (docs/architecture.md §6). The
 built-in scorer applies a task's verifier; the service's worker passes its own function that
 publishes rollouts and waits for rewards in the database.
 """

@@ -1,4 +1,5 @@
-"""One global step of the synchronous RL schedule (paper-spec §3.3), readable top to bottom.
+"""One global step of the synchronous RL schedule, readable top to bottom
+(docs/concepts/algorithm.md §3.3).
 
     rollout   engine samples B prompts × G responses: tokens, μ logprobs, routes (MoE)
     score     score(rollouts) -> reward or None per response; incomplete groups are dropped
@@ -7,8 +8,9 @@
     split     shuffle the responses, cut them into N mini-batches
     π_old     recompute log π_θold in the trainer for mini-batches 2..N (R3 replays the engine's
               routes, R2 records the natural ones); mini-batch 1 reuses its own update forward,
-              where θ = θ_old exactly (paper-spec §2.3: R2 on the first mini-batch is a no-op);
-              with LoRA dropout the update forwards are not π_old, so mini-batch 1 is recomputed
+              where θ = θ_old exactly (R2 on the first mini-batch is a no-op:
+              docs/concepts/algorithm.md §2.3); with LoRA dropout the update forwards are not
+              π_old, so mini-batch 1 is recomputed
     update    per mini-batch: micro-batches bucketed by length, forward (with replay), objective
               with the global normalizer, backward; clip the gradient norm; one AdamW step,
               skipped (and counted in `guard/skipped_updates`) when the loss or gradient is
@@ -155,8 +157,8 @@ class Trainer:
         drop_incomplete_groups: bool = True,
     ) -> dict[str, float]:
         """One global step; `drop_incomplete_groups=False` keeps a group's rewarded members
-        (architecture §6 drops the group: the default, and a job's reward source may say so).
-        The metrics include the replay mode the step ran with (`routing/replay_*`)."""
+        (docs/architecture.md §6 drops the group: the default, and a job's reward source may say
+        so). The metrics include the replay mode the step ran with (`routing/replay_*`)."""
         metrics = self._step(items, score, seed=seed, drop_incomplete_groups=drop_incomplete_groups)
         num_layers = self.replay.num_layers if self.replay is not None else 0
         metrics.update(self.auto.after_step(metrics, num_layers=num_layers))

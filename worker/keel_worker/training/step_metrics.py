@@ -7,7 +7,7 @@
     routing_drift       routing/old_vs_current_*: e^π_old vs the natural routes of the θ that
                         updates mini-batches 2..N (policy staleness in routing)
     mismatch            mismatch/*: the training–inference mismatch of the kept responses,
-                        π_old vs μ_old (`core.diagnostics`, paper-spec §1)
+                        π_old vs μ_old (`core.diagnostics`, docs/concepts/algorithm.md §10.3)
 
 Routing disagreement is a share of (token, layer) pairs whose top-k expert set differs, per MoE
 layer (`_L<i>`), at any layer (`_any`) and on average (`_mean`).

@@ -3,7 +3,8 @@
 A `Task` is plain data plus a verifier; `build_task(TaskConfig)` looks built-in tasks up in
 `TASKS` and turns a user's `dataset` into a task. `PromptStream` hands out training prompts in a
 deterministic order that depends only on (seed, cursor), so a resumed run sees the same prompts
-as an uninterrupted one. Rewards are the binary verifier rewards of paper-spec §4 (R ∈ {0, 1}).
+as an uninterrupted one. Rewards are the binary verifier rewards of docs/concepts/algorithm.md §4
+(R ∈ {0, 1}).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def split_items(
 
 
 def addition_items() -> list[TaskItem]:
-    """All 100 single-digit sums, the task measured in the issue (a, b uniform in 0..9)."""
+    """All 100 single-digit sums (a, b uniform in 0..9)."""
     return [
         TaskItem(prompt=f"What is {a} + {b}? Answer with just the number.", answer=str(a + b))
         for a in range(10)

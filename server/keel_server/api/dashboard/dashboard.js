@@ -8,7 +8,7 @@ const KEY = "keel.apiKey";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f6fde", "#e07b39", "#3a9d5d", "#8e44ad"];
-// [title, [[metric name, legend], ...]]: the stability signals of paper-spec §6.
+// [title, [[metric name, legend], ...]]: the stability signals of docs/concepts/algorithm.md §10.
 const CHARTS = [
   ["Reward (mean)", [["reward/mean", "reward"]]],
   ["Held-out accuracy", [["eval/accuracy", "greedy"]]],

@@ -1,4 +1,5 @@
-"""DPPO: trust-region masks on a divergence from the rollout policy μ (paper-spec §8.9).
+"""DPPO: trust-region masks on a divergence from the rollout policy μ
+(docs/concepts/algorithm.md §8.9).
 
 Qi et al., "Rethinking the Trust Region in LLM RL" (arXiv 2602.04879), Binary-TV and Binary-KL:
 

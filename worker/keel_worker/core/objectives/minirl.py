@@ -1,16 +1,17 @@
-"""MiniRL (paper Eq. 7, §3.1) and its ablations (§3.4).
+"""MiniRL (paper Eq. 7) and its ablations (docs/concepts/algorithm.md §3.1, §3.4).
 
     ℓ_t = −M_t · sg[w_t] · Â · log π_θ(y_t|·)        summed over tokens, mean over responses
 
 - w_t, the token-level IS weight, by ``is_scope``:
-  ``"full"`` (default, the literal reading of §4.2): w_t = correction(π_θ/μ_old), e.g. TIS
+  ``"full"`` (default, the literal reading of paper §4.2): w_t = correction(π_θ/μ_old), e.g. TIS
   min(π_θ/μ_old, 5); ``"train_infer"``: w_t = correction(π_old/μ_old) · π_θ/π_old, i.e. only the
-  training–inference factor of Eq. 5 is corrected (verl's decoupled mode, §9.1).
-  ``is_correction=None`` drops the training–inference factor: w_t = π_θ/π_old (= 1 on-policy),
-  the paper's "w/o train-infer IS" ablation (§3.4).
+  training–inference factor of Eq. 5 is corrected (verl's decoupled mode; docs/concepts/algorithm.md
+  §9.1). ``is_correction=None`` drops the training–inference factor: w_t = π_θ/π_old (= 1
+  on-policy), the paper's "w/o train-infer IS" ablation.
 - M_t, the decoupled-PPO clip mask on r_t = π_θ/π_anchor, anchor π_old (MiniRL) or μ_old (the
-  "bypass" anchor DPPO argues for, §8.9); ``use_clip=False`` sets M_t ≡ 1 (§3.4 "no clipping").
-- ``length_norm=True`` divides each response's terms by |y| (the "+ length-norm" ablation, §3.4).
+  "bypass" anchor DPPO argues for, docs/concepts/algorithm.md §8.9); ``use_clip=False`` sets M_t ≡ 1
+  (the "no clipping" ablation).
+- ``length_norm=True`` divides each response's terms by |y| (the "+ length-norm" ablation).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def minirl(
     length_norm: bool,
     loss_agg: str,
 ) -> LossOutput:
-    """MiniRL loss, Eq. 7 (gradient Σ_t M_t · w_t · Â · ∇log π_θ, §3.1 item 2)."""
+    """MiniRL loss, Eq. 7 (gradient Σ_t M_t · w_t · Â · ∇log π_θ)."""
     mask_B_T = batch.mask_B_T
     advantages_B_T = batch.advantages_B_T
     # Stop-gradient: the IS weight and the mask are constants; only log π_θ carries gradient.
@@ -91,7 +92,8 @@ def minirl(
         keep_B_T = torch.ones_like(mask_B_T)
     coef_B_T = torch.where(keep_B_T, weight_B_T * advantages_B_T, torch.zeros_like(weight_B_T))
     if length_norm:
-        # Ablation only: the 1/|y| factor that breaks the first-order approximation (§1.3).
+        # Ablation only: the 1/|y| factor that breaks the first-order approximation
+        # (docs/concepts/algorithm.md §1.3).
         lengths_B = response_lengths(mask_B_T, coef_B_T.dtype).clamp_min(1.0)
         coef_B_T = coef_B_T / lengths_B.unsqueeze(-1)
     per_token_B_T = -coef_B_T * batch.logprobs_B_T

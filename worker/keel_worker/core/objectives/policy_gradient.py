@@ -18,8 +18,8 @@ from keel_worker.core.types import LossOutput, PolicyBatch
 def reinforce(batch: PolicyBatch, *, normalizer: float | Tensor, loss_agg: str) -> LossOutput:
     """ℓ_t = −Â · log π_θ(y_t|·): Eq. 4 with the IS weight set to 1.
 
-    This is the paper's "MiniRL w/o train-infer IS" ablation (§3.4; exact on-policy, where
-    r_t ≡ 1), the variant that collapses quickly in Fig. 1.
+    This is the paper's "MiniRL w/o train-infer IS" ablation (docs/concepts/algorithm.md §8.8; exact
+    on-policy, where r_t ≡ 1), the variant that collapses quickly in the paper's Fig. 1.
     """
     per_token_B_T = -batch.advantages_B_T * batch.logprobs_B_T
     return finish(per_token_B_T, batch, loss_agg=loss_agg, normalizer=normalizer, metrics={})
@@ -35,7 +35,7 @@ def cispo(
     is_correction: Mapping[str, Any] | None,
     loss_agg: str,
 ) -> LossOutput:
-    """CISPO (paper App. A / §7; MiniMax-M1 Eq. 4–6, §8.5).
+    """CISPO (paper App. A; MiniMax-M1 Eq. 4–6; docs/concepts/algorithm.md §7, §8.5).
 
         ℓ_t = −sg[clip(r_t, 1−ε_low, 1+ε_high)] · Â · log π_θ(y_t|·),   r_t = π_θ/π_old
 

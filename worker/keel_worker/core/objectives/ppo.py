@@ -5,16 +5,17 @@ All four share the per-token term (to minimize)
     ℓ_t = −sg[v_t] · min(r_t Â, clip(r_t, 1−ε_low, 1+ε_high) Â),   r_t = π_θ/π_old,
 
 where v_t = correction(π_old/μ_old) is the optional training–inference IS factor (1 when the
-correction is None). Its gradient is v_t · M_t · r_t · Â · ∇log π_θ (§3.1 item 4, "Equivalence").
-They differ only in defaults (ε, aggregation, advantage, correction) kept in
-``keel.types.algorithm``, so :func:`ppo_clip` is registered under each name (house style 13):
+correction is None). Its gradient is v_t · M_t · r_t · Â · ∇log π_θ (docs/concepts/algorithm.md §3.1
+item 4, "Equivalence"). They differ only in defaults (ε, aggregation, advantage, correction) kept in
+``keel.types.algorithm``, so :func:`ppo_clip` is registered under each name (docs/house-style.md
+rule 13; docs/concepts/algorithm.md §8.10):
 
-- ``grpo`` (paper App. A, §7): (1/G) Σ_i (1/|y_i|) Σ_t min(r Â, clip(r) Â); the 1/|y_i| and 1/G
-  factors are ``loss_agg="seq_mean_token_mean"``.
-- ``dr_grpo`` (§8.6): the token sum divided by a constant, ``loss_agg="seq_mean_token_sum_norm"``.
-- ``dapo`` (§8.7): clip-higher with token-level aggregation 1/Σ_i|y_i| (``token_mean``); dynamic
+- ``grpo`` (as the paper's App. A writes it): (1/G) Σ_i (1/|y_i|) Σ_t min(r Â, clip(r) Â); the
+  1/|y_i| and 1/G factors are ``loss_agg="seq_mean_token_mean"``.
+- ``dr_grpo``: the token sum divided by a constant, ``loss_agg="seq_mean_token_sum_norm"``.
+- ``dapo``: clip-higher with token-level aggregation 1/Σ_i|y_i| (``token_mean``); dynamic
   sampling and overlong shaping act on rewards and batches, not on this loss.
-- ``decoupled_ppo_tis`` (Yao et al., §8.1 "PPO form"):
+- ``decoupled_ppo_tis`` (Yao et al.'s "PPO form" of TIS):
   E[min(π_old/μ_old, C) · ∇ min(r Â, clip(r, 1−ε_low, 1+ε_high) Â)].
 """
 

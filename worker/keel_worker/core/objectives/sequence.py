@@ -1,4 +1,4 @@
-"""Sequence-ratio objectives: GSPO and GSPO-token (paper-spec §8.4).
+"""Sequence-ratio objectives: GSPO and GSPO-token (docs/concepts/algorithm.md §8.4).
 
     s_i = (π_θ(y_i|x)/π_old(y_i|x))^{1/|y_i|} = exp((1/|y_i|) Σ_t log(π_θ(y_{i,t})/π_old(y_{i,t})))
     GSPO:        J = (1/G) Σ_i min(s_i Â_i, clip(s_i, 1−ε_low, 1+ε_high) Â_i)
@@ -48,7 +48,7 @@ def gspo(
     is_correction: Mapping[str, Any] | None,
     loss_agg: str,
 ) -> LossOutput:
-    """GSPO (§8.4): PPO-clip on the length-normalized sequence ratio s_i (with gradient)."""
+    """GSPO: PPO-clip on the length-normalized sequence ratio s_i (with gradient)."""
     log_ratio_B_T = broadcast_rows(_log_seq_ratio_B(batch), batch.logprobs_B_T)
     return ppo_clip_loss(
         batch,
@@ -71,7 +71,7 @@ def gspo_token(
     is_correction: Mapping[str, Any] | None,
     loss_agg: str,
 ) -> LossOutput:
-    """GSPO-token (§8.4): value s_i per token, gradient through log π_θ(y_{i,t}) only."""
+    """GSPO-token: value s_i per token, gradient through log π_θ(y_{i,t}) only."""
     # Stop-gradient: the sequence ratio is a constant; log π_θ − sg[log π_θ] is 0 in value and
     # carries the token's own gradient.
     log_seq_B_T = broadcast_rows(_log_seq_ratio_B(batch).detach(), batch.logprobs_B_T)

@@ -177,7 +177,10 @@ class GuardConfig(_Strict):
     accuracy: AccuracyTrigger | None = Field(
         default_factory=AccuracyTrigger, description="Held-out accuracy against its peak."
     )
-    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    rollback: RollbackConfig = Field(
+        default_factory=RollbackConfig,
+        description="How many rollbacks a job may make and how each scales the learning rate.",
+    )
 
     @property
     def may_roll_back(self) -> bool:

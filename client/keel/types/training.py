@@ -106,7 +106,12 @@ class TaskConfig(_Strict):
     `verifier`. Either way a deterministic held-out split is kept for evaluation.
     """
 
-    name: TaskName = "addition"
+    name: TaskName = Field(
+        "addition",
+        description="`addition`: the built-in task, the 100 sums a + b of digits 0–9, rewarded "
+        "1 when the completion's last integer is the sum; `dataset`: the `items` given here, "
+        "scored by `verifier`.",
+    )
     items: list[TaskItem] | None = Field(
         None, max_length=MAX_TASK_ITEMS, description="The prompts of a `dataset` task."
     )
@@ -145,9 +150,30 @@ class RolloutConfig(_Strict):
         "output channel), fp8_tensor (one scale per tensor), int4 (4-bit, a scale and zero point "
         "per group of 32 inputs, as AWQ/GPTQ).",
     )
-    max_new_tokens: Int = Field(64, ge=1, le=32768)
-    temperature: Float = Field(1.0, gt=0.0, le=10.0)
-    top_p: Float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: Int = Field(
+        64,
+        ge=1,
+        le=32768,
+        description="Longest response in tokens (one that reaches it ends with finish reason "
+        "`length`); also the held-out eval's limit and the constant divisor of "
+        "`seq_mean_token_sum_norm`.",
+    )
+    temperature: Float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description="Sampling temperature T of the rollouts. The trainer divides its logits by "
+        "the same T, so π_θ and μ are the same distribution; the held-out eval uses "
+        "`eval_temperature`.",
+    )
+    top_p: Float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: draw only from the smallest set of most likely tokens "
+        "whose probability mass reaches top_p; 1 = off. As with top_k, μ is reported from the "
+        "full distribution.",
+    )
     top_k: Int = Field(
         0,
         ge=0,
@@ -162,10 +188,32 @@ class OptimizerConfig(_Strict):
     """AdamW and gradient clipping (the paper states none of these; docs/concepts/algorithm.md
     §3.1 item 6)."""
 
-    lr: Float = Field(1e-6, gt=0.0, lt=1.0)
-    weight_decay: Float = Field(0.0, ge=0.0, le=10.0)
-    betas: tuple[Float, Float] = (0.9, 0.999)
-    eps: Float = Field(1e-8, gt=0.0, le=1.0)
+    lr: Float = Field(
+        1e-6,
+        gt=0.0,
+        lt=1.0,
+        description="AdamW learning rate, constant for the whole run (no schedule). Each guard "
+        "rollback multiplies it by `guard.rollback.lr_scale`; a resume may set a new one.",
+    )
+    weight_decay: Float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="AdamW's decoupled weight decay on the trained parameters (a LoRA run's "
+        "adapters only); 0 = off.",
+    )
+    betas: tuple[Float, Float] = Field(
+        (0.9, 0.999),
+        description="AdamW's (β1, β2): decay rates of the running averages of the gradient and "
+        "of its square; each in [0, 1).",
+    )
+    eps: Float = Field(
+        1e-8,
+        gt=0.0,
+        le=1.0,
+        description="AdamW's ε, added to the root of the squared-gradient average in the "
+        "update's denominator.",
+    )
     grad_clip: Float | None = Field(
         1.0, gt=0.0, le=1e6, description="Max global grad norm; None = off."
     )
@@ -182,8 +230,17 @@ class WandbConfig(_Strict):
     worker's own W&B login (`WANDB_API_KEY`); `offline` keeps the run under the job's artifacts
     for `wandb sync`."""
 
-    project: Text = Field(min_length=1, max_length=128)
-    mode: Literal["online", "offline"] = "online"
+    project: Text = Field(
+        min_length=1,
+        max_length=128,
+        description="The W&B project of the run; the run is named after the job (its run "
+        "directory in-process) and a resumed job continues it.",
+    )
+    mode: Literal["online", "offline"] = Field(
+        "online",
+        description="`online`: log to W&B as it runs; `offline`: write the run under the "
+        "job's artifacts only.",
+    )
 
 
 class LoggingConfig(_Strict):
@@ -241,12 +298,31 @@ def _default_algorithm() -> AlgorithmConfig:
 class TrainingConfig(_Strict):
     """One whole run, in-process or as a service job."""
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    algorithm: AlgorithmConfig = Field(default_factory=_default_algorithm)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="The policy to train: a model by name, or a checkpoint of this project.",
+    )
+    task: TaskConfig = Field(
+        default_factory=TaskConfig,
+        description="The built-in task or inline dataset: its training prompts, its held-out "
+        "split for eval and its verifier.",
+    )
+    algorithm: AlgorithmConfig = Field(
+        default_factory=_default_algorithm,
+        description="The objective, picked by `algorithm.name` (default `minirl`), with its "
+        "own fields and defaults (the Algorithms tables).",
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="How the inference engine samples the responses.",
+    )
+    optimizer: OptimizerConfig = Field(
+        default_factory=OptimizerConfig, description="AdamW and gradient-norm clipping."
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig,
+        description="Metric sinks besides keel's own store: TensorBoard, W&B.",
+    )
     guard: GuardConfig = Field(
         default_factory=GuardConfig,
         description="The stability guard: signals, thresholds and actions (keel.types.guard).",
@@ -255,17 +331,34 @@ class TrainingConfig(_Strict):
         None, description="Train LoRA adapters instead of all weights; None = full fine-tuning."
     )
     prompts_per_step: Int = Field(
-        8, ge=1, le=4096, description="B: prompts sampled per global step."
+        8,
+        ge=1,
+        le=4096,
+        description="B: prompts drawn per global step; the step samples B × `group_size` "
+        "responses (at most 65,536).",
     )
-    group_size: Int = Field(8, ge=1, le=1024, description="G: responses sampled per prompt.")
+    group_size: Int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="G: responses sampled per prompt. Each response's advantage is measured "
+        "against its group's rewards, so the group advantages need G ≥ 2.",
+    )
     num_minibatches: Int = Field(
-        1, ge=1, le=1024, description="N: optimizer updates per global step."
+        1,
+        ge=1,
+        le=1024,
+        description="N: optimizer updates per global step. The step's B × G responses (less "
+        "any dropped group) are shuffled and split into N mini-batches, one AdamW step each; N "
+        "must divide B × G, and N = 1 is on-policy.",
     )
     micro_batch_size: Int = Field(
         16,
         ge=1,
         le=4096,
-        description="Responses per forward/backward; gradients accumulate exactly.",
+        description="Responses per forward/backward pass, a memory knob: a mini-batch's "
+        "micro-batches accumulate into one update with one loss divisor, so the gradient does "
+        "not depend on it.",
     )
     routing_replay: RoutingReplayMode = Field(
         "auto",
@@ -284,8 +377,21 @@ class TrainingConfig(_Strict):
     train_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16 = autocast for the training forwards (weights stay fp32)."
     )
-    steps: Int = Field(10, ge=1, le=MAX_STEPS)
-    seed: Int = Field(0, ge=0, le=MAX_INT)
+    steps: Int = Field(
+        10,
+        ge=1,
+        le=MAX_STEPS,
+        description="Global steps of the run, each one rollout and `num_minibatches` updates; a "
+        "resumed run goes on up to this count.",
+    )
+    seed: Int = Field(
+        0,
+        ge=0,
+        le=MAX_INT,
+        description="Seeds the order of the task's training prompts, each step's sampling and "
+        "mini-batch shuffle (from seed and step alone, so a resume draws the same) and torch "
+        "at start (LoRA's initial A). The held-out split has `task.split_seed`.",
+    )
     eval_every: Int = Field(
         10, ge=0, le=MAX_STEPS, description="Held-out eval every k steps; 0 = off."
     )

@@ -159,7 +159,9 @@ def parts() -> list[tuple[str, str, str, list[Section]]]:
             "Importance-sampling corrections",
             "is-corrections",
             "`algorithm.is_correction.mode` picks how the token IS weight is corrected "
-            "(null: no correction).",
+            "(null: no correction). ρ_t is the ratio the objective corrects, π_θ/μ_old for "
+            "`minirl` (π_old/μ_old with `is_scope: train_infer`) and π_old/μ_old for the others; "
+            "ρ(y) = Π_t ρ_t is its response's product.",
             modes,
         ),
         (

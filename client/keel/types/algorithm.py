@@ -51,6 +51,43 @@ EpsilonHigh = Annotated[Float, Field(gt=0.0, le=10.0)]
 PositiveBound = Annotated[Float, Field(gt=0.0, le=1e6)]
 
 
+# Field descriptions shared by several models (what the reference page and the OpenAPI
+# document show); ρ is the ratio an IS correction corrects.
+_NAME = "Picks this objective; the other fields are its hyperparameters."
+_LOSS_AGG = (
+    "How per-token terms become one loss per mini-batch: `seq_mean_token_sum` sums each "
+    "response's tokens and averages over responses; `token_mean` divides by all tokens; "
+    "`seq_mean_token_mean` averages each response's tokens first; `seq_mean_token_sum_norm` "
+    "divides `seq_mean_token_sum` by `rollout.max_new_tokens` too. The divisor counts the whole "
+    "mini-batch (docs/concepts/algorithm.md §9.2)."
+)
+_ADVANTAGE = (
+    "Â of a response from its group's rewards: `group_mean` R − the group mean; `mean_std` "
+    "that divided by the group's standard deviation (+1e-6); `rloo` R − the mean of the other "
+    "members. Equal rewards give Â = 0; each needs `group_size` ≥ 2."
+)
+_CLIP_LOW = "PPO clip on r_t = π_θ/π_old: a token with Â < 0 and r_t < 1 − ε_low gets no gradient."
+_CLIP_HIGH = (
+    "PPO clip on r_t = π_θ/π_old: a token with Â > 0 and r_t > 1 + ε_high gets no gradient."
+)
+_SEQ_CLIP_LOW = (
+    "Clip on the sequence ratio s = (π_θ(y)/π_old(y))^(1/|y|): a response with Â < 0 and "
+    "s < 1 − ε_low gets no gradient."
+)
+_SEQ_CLIP_HIGH = (
+    "Clip on the sequence ratio s: a response with Â > 0 and s > 1 + ε_high gets no gradient."
+)
+_CISPO_LOW = (
+    "The weight r_t = π_θ/π_old is clamped from below at 1 − ε_low under a stop-gradient (no "
+    "token loses its gradient); 1.0 = no lower clamp."
+)
+_CISPO_HIGH = "The weight r_t = π_θ/π_old is clamped from above at 1 + ε_high (stop-gradient)."
+_TRAIN_INFER_IS = (
+    "Optional training–inference factor: each token's term is multiplied by the corrected "
+    "ρ = π_old/μ_old (a mode of the IS-correction tables); null = no factor, as published."
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,40 +110,89 @@ class TokenTruncate(_Strict):
     """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (paper §4.2); the largest cap (1e6) is the
     untruncated ("vanilla-IS") weight in practice."""
 
-    mode: Literal["token_truncate"] = "token_truncate"
-    cap: PositiveBound = 5.0
+    mode: Literal["token_truncate"] = Field(
+        "token_truncate", description="Picks TIS: each token's weight is truncated at `cap`."
+    )
+    cap: PositiveBound = Field(
+        5.0,
+        description="C: a token's weight is min(ρ_t, C), an upper bound only; 5 is the "
+        "paper's, 1e6 leaves the weight untruncated in practice.",
+    )
 
 
 class TokenMask(_Bounds):
     """IcePop: w_t = ρ_t if lower ≤ ρ_t ≤ upper else 0 (Ring-1T: α 0.5, β 5)."""
 
-    mode: Literal["token_mask"] = "token_mask"
-    lower: Float = Field(default=0.5, ge=0.0, le=1e6)
-    upper: PositiveBound = 5.0
+    mode: Literal["token_mask"] = Field(
+        "token_mask", description="Picks IcePop: tokens whose ratio leaves the bounds get weight 0."
+    )
+    lower: Float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1e6,
+        description="α: a token with ρ_t < α gets weight 0 (ρ_t = α is kept); below `upper`.",
+    )
+    upper: PositiveBound = Field(
+        5.0, description="β: a token with ρ_t > β gets weight 0 (ρ_t = β is kept)."
+    )
 
 
 class SeqTruncate(_Strict):
     """Seq-TIS: every token gets min(ρ(y), cap) (Liu et al. stabilize with C = 2)."""
 
-    mode: Literal["seq_truncate"] = "seq_truncate"
-    cap: PositiveBound = 2.0
+    mode: Literal["seq_truncate"] = Field(
+        "seq_truncate",
+        description="Picks Seq-TIS: one truncated weight per response, on all its tokens.",
+    )
+    cap: PositiveBound = Field(
+        2.0,
+        description="C: every token of a response gets min(ρ(y), C), ρ(y) the product of its "
+        "token ratios.",
+    )
 
 
 class SeqMask(_Bounds):
     """Seq-MIS: every token gets ρ(y) if lower ≤ ρ(y) ≤ upper, else the response is dropped."""
 
-    mode: Literal["seq_mask"] = "seq_mask"
-    lower: Float = Field(default=0.0, ge=0.0, le=1e6)
-    upper: PositiveBound = 2.0
+    mode: Literal["seq_mask"] = Field(
+        "seq_mask",
+        description="Picks Seq-MIS: a response whose ratio ρ(y) leaves the bounds is dropped.",
+    )
+    lower: Float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1e6,
+        description="A response with ρ(y) below this gets weight 0 on every token; a kept "
+        "one's tokens get ρ(y). Below `upper`.",
+    )
+    upper: PositiveBound = Field(
+        2.0, description="A response with ρ(y) above this gets weight 0 on every token."
+    )
 
 
 class GeoMask(_Bounds):
     """Geo-RS: drop y when ρ(y)^{1/|y|} leaves [lower, upper]; ``token_cap`` adds token TIS."""
 
-    mode: Literal["geo_mask"] = "geo_mask"
-    lower: Float = Field(default=0.999, ge=0.0, le=1e6)
-    upper: PositiveBound = 1.001
-    token_cap: PositiveBound | None = None
+    mode: Literal["geo_mask"] = Field(
+        "geo_mask",
+        description="Picks Geo-RS: rejects a response by its geometric-mean ratio, whatever "
+        "its length.",
+    )
+    lower: Float = Field(
+        default=0.999,
+        ge=0.0,
+        le=1e6,
+        description="A response with ρ(y)^(1/|y|) below this gets weight 0 on every token. "
+        "Below `upper`.",
+    )
+    upper: PositiveBound = Field(
+        1.001, description="A response with ρ(y)^(1/|y|) above this gets weight 0 on every token."
+    )
+    token_cap: PositiveBound | None = Field(
+        None,
+        description="The weight of a kept response's tokens: min(ρ_t, token_cap) "
+        "(Geo-RS-Token-TIS), or 1 when null (pure rejection).",
+    )
 
 
 ISCorrection = Annotated[
@@ -126,16 +212,46 @@ class MiniRLConfig(_Strict):
     ``length_norm=True`` is the "+ length-norm" ablation (divide each response by |y|).
     """
 
-    name: Literal["minirl"] = "minirl"
-    eps_low: Epsilon = 0.2
-    eps_high: EpsilonHigh = 0.27
-    use_clip: bool = True
-    clip_anchor: ClipAnchor = "pi_old"
-    is_correction: ISCorrection | None = Field(default_factory=TokenTruncate)
-    is_scope: ISScope = "full"
-    length_norm: bool = False
-    loss_agg: LossAggregation = "seq_mean_token_sum"
-    advantage: AdvantageMode = "group_mean"
+    name: Literal["minirl"] = Field("minirl", description=_NAME)
+    eps_low: Epsilon = Field(
+        0.2,
+        description="Clip mask on r_t = π_θ/π_anchor (`clip_anchor`): a token with Â < 0 and "
+        "r_t < 1 − ε_low gets no gradient (docs/concepts/algorithm.md §3.1).",
+    )
+    eps_high: EpsilonHigh = Field(
+        0.27,
+        description="Clip mask: a token with Â > 0 and r_t > 1 + ε_high gets no gradient.",
+    )
+    use_clip: bool = Field(
+        True,
+        description='false: no clip mask, every token keeps its gradient (the "no clipping" '
+        "ablation); ε_low and ε_high then only feed the `clip/*` metrics.",
+    )
+    clip_anchor: ClipAnchor = Field(
+        "pi_old",
+        description="The denominator of the mask's ratio: `pi_old`, the trainer's recomputed "
+        "old policy (MiniRL), or `mu_old`, the rollout engine's (the anchor DPPO argues for).",
+    )
+    is_correction: ISCorrection | None = Field(
+        default_factory=TokenTruncate,
+        description="Correction of the token IS weight w_t (a mode of the IS-correction "
+        "tables; default TIS, cap 5). Null drops the training–inference factor: w_t = "
+        'π_θ/π_old (the "w/o train-infer IS" ablation).',
+    )
+    is_scope: ISScope = Field(
+        "full",
+        description="What `is_correction` corrects: `full`, the whole weight π_θ/μ_old; "
+        "`train_infer`, only π_old/μ_old, times an uncorrected π_θ/π_old "
+        "(docs/concepts/algorithm.md §9.1). On-policy the two agree.",
+    )
+    length_norm: bool = Field(
+        False,
+        description="true: divide each response's terms by its length |y| (the \"+ "
+        'length-norm" ablation); refused with `token_mean` or `seq_mean_token_mean`, which '
+        "already do.",
+    )
+    loss_agg: LossAggregation = Field("seq_mean_token_sum", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("group_mean", description=_ADVANTAGE)
 
     @model_validator(mode="after")
     def _single_length_norm(self) -> MiniRLConfig:
@@ -151,91 +267,95 @@ class ReinforceConfig(_Strict):
     """REINFORCE without any IS weight: the paper's "w/o train-infer IS" objective
     (docs/concepts/algorithm.md §8.8)."""
 
-    name: Literal["reinforce"] = "reinforce"
-    loss_agg: LossAggregation = "seq_mean_token_sum"
-    advantage: AdvantageMode = "group_mean"
+    name: Literal["reinforce"] = Field("reinforce", description=_NAME)
+    loss_agg: LossAggregation = Field("seq_mean_token_sum", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("group_mean", description=_ADVANTAGE)
 
 
 class GRPOConfig(_Strict):
     """GRPO as written in the paper's App. A (ε_low/ε_high of the GSPO paper's GRPO baseline)."""
 
-    name: Literal["grpo"] = "grpo"
-    eps_low: Epsilon = 0.2
-    eps_high: EpsilonHigh = 0.27
-    is_correction: ISCorrection | None = None
-    loss_agg: LossAggregation = "seq_mean_token_mean"
-    advantage: AdvantageMode = "mean_std"
+    name: Literal["grpo"] = Field("grpo", description=_NAME)
+    eps_low: Epsilon = Field(0.2, description=_CLIP_LOW)
+    eps_high: EpsilonHigh = Field(0.27, description=_CLIP_HIGH)
+    is_correction: ISCorrection | None = Field(None, description=_TRAIN_INFER_IS)
+    loss_agg: LossAggregation = Field("seq_mean_token_mean", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
 class DrGRPOConfig(_Strict):
     """Dr. GRPO (docs/concepts/algorithm.md §8.6): no 1/|y|, no std; constant divisor via
     ``seq_mean_token_sum_norm``."""
 
-    name: Literal["dr_grpo"] = "dr_grpo"
-    eps_low: Epsilon = 0.2
-    eps_high: EpsilonHigh = 0.2
-    is_correction: ISCorrection | None = None
-    loss_agg: LossAggregation = "seq_mean_token_sum_norm"
-    advantage: AdvantageMode = "group_mean"
+    name: Literal["dr_grpo"] = Field("dr_grpo", description=_NAME)
+    eps_low: Epsilon = Field(0.2, description=_CLIP_LOW)
+    eps_high: EpsilonHigh = Field(0.2, description=_CLIP_HIGH)
+    is_correction: ISCorrection | None = Field(None, description=_TRAIN_INFER_IS)
+    loss_agg: LossAggregation = Field("seq_mean_token_sum_norm", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("group_mean", description=_ADVANTAGE)
 
 
 class DAPOConfig(_Strict):
     """DAPO (docs/concepts/algorithm.md §8.7): clip-higher (0.2 / 0.28), token-mean aggregation."""
 
-    name: Literal["dapo"] = "dapo"
-    eps_low: Epsilon = 0.2
-    eps_high: EpsilonHigh = 0.28
-    is_correction: ISCorrection | None = None
-    loss_agg: LossAggregation = "token_mean"
-    advantage: AdvantageMode = "mean_std"
+    name: Literal["dapo"] = Field("dapo", description=_NAME)
+    eps_low: Epsilon = Field(0.2, description=_CLIP_LOW)
+    eps_high: EpsilonHigh = Field(0.28, description=_CLIP_HIGH)
+    is_correction: ISCorrection | None = Field(None, description=_TRAIN_INFER_IS)
+    loss_agg: LossAggregation = Field("token_mean", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
 class CISPOConfig(_Strict):
     """CISPO (docs/concepts/algorithm.md §8.5): ε_low 1.0 = no lower bound on the weight, as
     MiniMax use it in practice."""
 
-    name: Literal["cispo"] = "cispo"
-    eps_low: Epsilon = 1.0
-    eps_high: EpsilonHigh = 0.27
-    is_correction: ISCorrection | None = None
-    loss_agg: LossAggregation = "token_mean"
-    advantage: AdvantageMode = "mean_std"
+    name: Literal["cispo"] = Field("cispo", description=_NAME)
+    eps_low: Epsilon = Field(1.0, description=_CISPO_LOW)
+    eps_high: EpsilonHigh = Field(0.27, description=_CISPO_HIGH)
+    is_correction: ISCorrection | None = Field(None, description=_TRAIN_INFER_IS)
+    loss_agg: LossAggregation = Field("token_mean", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
 class GSPOConfig(_Strict):
     """GSPO (docs/concepts/algorithm.md §8.4): sequence ratio with the paper's clip range
     3e-4 / 4e-4."""
 
-    name: Literal["gspo"] = "gspo"
-    eps_low: Epsilon = 3e-4
-    eps_high: EpsilonHigh = 4e-4
-    is_correction: ISCorrection | None = None
-    loss_agg: LossAggregation = "seq_mean_token_mean"
-    advantage: AdvantageMode = "mean_std"
+    name: Literal["gspo"] = Field("gspo", description=_NAME)
+    eps_low: Epsilon = Field(3e-4, description=_SEQ_CLIP_LOW)
+    eps_high: EpsilonHigh = Field(4e-4, description=_SEQ_CLIP_HIGH)
+    is_correction: ISCorrection | None = Field(None, description=_TRAIN_INFER_IS)
+    loss_agg: LossAggregation = Field("seq_mean_token_mean", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
 class GSPOTokenConfig(_Strict):
     """GSPO-token (docs/concepts/algorithm.md §8.4): GSPO's sequence ratio with a per-token
     gradient path."""
 
-    name: Literal["gspo_token"] = "gspo_token"
-    eps_low: Epsilon = 3e-4
-    eps_high: EpsilonHigh = 4e-4
-    is_correction: ISCorrection | None = None
-    loss_agg: LossAggregation = "seq_mean_token_mean"
-    advantage: AdvantageMode = "mean_std"
+    name: Literal["gspo_token"] = Field("gspo_token", description=_NAME)
+    eps_low: Epsilon = Field(3e-4, description=_SEQ_CLIP_LOW)
+    eps_high: EpsilonHigh = Field(4e-4, description=_SEQ_CLIP_HIGH)
+    is_correction: ISCorrection | None = Field(None, description=_TRAIN_INFER_IS)
+    loss_agg: LossAggregation = Field("seq_mean_token_mean", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
 class DecoupledPPOTISConfig(_Strict):
     """Decoupled PPO with TIS (Yao et al., docs/concepts/algorithm.md §8.1): symmetric ε 0.2,
     weight min(π_old/μ_old, 2) (verl's default threshold)."""
 
-    name: Literal["decoupled_ppo_tis"] = "decoupled_ppo_tis"
-    eps_low: Epsilon = 0.2
-    eps_high: EpsilonHigh = 0.2
-    is_correction: ISCorrection = Field(default_factory=lambda: TokenTruncate(cap=2.0))
-    loss_agg: LossAggregation = "token_mean"
-    advantage: AdvantageMode = "mean_std"
+    name: Literal["decoupled_ppo_tis"] = Field("decoupled_ppo_tis", description=_NAME)
+    eps_low: Epsilon = Field(0.2, description=_CLIP_LOW)
+    eps_high: EpsilonHigh = Field(0.2, description=_CLIP_HIGH)
+    is_correction: ISCorrection = Field(
+        default_factory=lambda: TokenTruncate(cap=2.0),
+        description="The training–inference factor: each token's term is multiplied by the "
+        "corrected ρ = π_old/μ_old (default TIS, min(ρ, 2)); any IS-correction mode, not null.",
+    )
+    loss_agg: LossAggregation = Field("token_mean", description=_LOSS_AGG)
+    advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
 class DPPOTVConfig(_Strict):
@@ -249,6 +369,7 @@ class DPPOTVConfig(_Strict):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     name: Literal["dppo_tv"] = "dppo_tv"
+    """Picks this objective; the other fields are its hyperparameters."""
     divergence: Literal["tv"] = "tv"
     """The trust region's divergence: the absolute probability change |π_θ(y_t) − μ_old(y_t)|."""
     delta_low: Epsilon = 0.15
@@ -278,6 +399,7 @@ class DPPOKLConfig(_Strict):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     name: Literal["dppo_kl"] = "dppo_kl"
+    """Picks this objective; the other fields are its hyperparameters."""
     divergence: Literal["kl"] = "kl"
     """The trust region's divergence: the binary KL D of the two Bernoulli distributions."""
     delta_low: PositiveBound = 0.05

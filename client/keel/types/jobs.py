@@ -34,7 +34,9 @@ REFERENCE_VERIFIERS: frozenset[str] = frozenset(get_args(VerifierName))
 class TaskPrompts(RequestModel):
     """Prompts of `config.task` (a built-in task, or its inline `dataset` items)."""
 
-    type: Literal["task"] = "task"
+    type: Literal["task"] = Field(
+        "task", description="`task`: the training split of `config.task`, in shuffled epochs."
+    )
 
 
 class DatasetPrompts(RequestModel):
@@ -43,9 +45,20 @@ class DatasetPrompts(RequestModel):
     The worker cycles through it in order (epochs) from a data cursor kept in checkpoints.
     """
 
-    type: Literal["dataset"] = "dataset"
-    prompts: list[PromptIn] | None = Field(default=None, min_length=1)
-    file_id: Text | None = Field(default=None, max_length=40)
+    type: Literal["dataset"] = Field(
+        "dataset", description="`dataset`: a fixed list of prompts, cycled through in order."
+    )
+    prompts: list[PromptIn] | None = Field(
+        default=None,
+        min_length=1,
+        description="The prompts inline, each with an optional reference; give this or `file_id`.",
+    )
+    file_id: Text | None = Field(
+        default=None,
+        max_length=40,
+        description="A JSONL file uploaded to `POST /v1/files`, one prompt object per line; "
+        "give this or `prompts`.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetPrompts:
@@ -57,7 +70,11 @@ class DatasetPrompts(RequestModel):
 class ClientPrompts(RequestModel):
     """Prompts posted by the client in batches; the job waits when it runs out."""
 
-    type: Literal["client"] = "client"
+    type: Literal["client"] = Field(
+        "client",
+        description="`client`: prompts posted to `POST /v1/jobs/{id}/prompts`, used in the "
+        "order they arrive.",
+    )
 
 
 PromptSource = Annotated[TaskPrompts | DatasetPrompts | ClientPrompts, Field(discriminator="type")]
@@ -95,7 +112,9 @@ class _RewardBase(RequestModel):
 class BuiltinReward(_RewardBase):
     """A verifier run inside the worker (`task` = the built-in task's own reward)."""
 
-    type: Literal["builtin"] = "builtin"
+    type: Literal["builtin"] = Field(
+        "builtin", description="`builtin`: scored inside the worker by `verifier`."
+    )
     verifier: RewardVerifier = Field(
         default="task",
         description="`task`: the reward of `config.task`; `exact_match`/`numeric`/`math_verify`: "
@@ -121,22 +140,42 @@ class BuiltinReward(_RewardBase):
 class WebhookReward(_RewardBase):
     """Each step's rollouts are POSTed to `url`, signed (see `keel.webhooks`)."""
 
-    type: Literal["webhook"] = "webhook"
-    url: HttpUrl
+    type: Literal["webhook"] = Field(
+        "webhook",
+        description="`webhook`: each step's rollouts are POSTed to `url`; rewards come back "
+        "in the reply or are posted later.",
+    )
+    url: HttpUrl = Field(
+        description="Where each step's rollouts go, in one signed POST per step. It must "
+        "resolve to a public address unless the operator allows it (`KEEL_WEBHOOK_ALLOW`)."
+    )
     secret: Text | None = Field(
         default=None,
         min_length=16,
         max_length=200,
         description="HMAC key; generated and returned once if unset.",
     )
-    timeout_s: Float = Field(default=10.0, gt=0, le=300.0)
-    max_attempts: Int = Field(default=5, ge=1, le=20)
+    timeout_s: Float = Field(
+        default=10.0, gt=0, le=300.0, description="Seconds one delivery attempt may take."
+    )
+    max_attempts: Int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Delivery attempts per step, the first included. Connection errors, 408, "
+        "409, 425, 429 and 5xx are retried after `KEEL_WEBHOOK_BACKOFF_S`, doubled each time; "
+        "another 4xx fails at once. Undelivered rollouts still accept posted rewards.",
+    )
 
 
 class ExternalReward(_RewardBase):
     """No push: reward services poll `awaiting_reward` rollouts with the job's reward token."""
 
-    type: Literal["external"] = "external"
+    type: Literal["external"] = Field(
+        "external",
+        description="`external`: nothing is pushed; reward services read the awaiting "
+        "rollouts and post rewards with the job's reward token.",
+    )
 
 
 RewardSource = Annotated[
@@ -148,10 +187,20 @@ RewardSource = Annotated[
 
 
 class JobCreate(RequestModel):
-    name: Text | None = Field(default=None, max_length=200)
-    config: TrainingConfig
-    prompts: PromptSource = Field(default_factory=TaskPrompts)
-    reward: RewardSource = Field(default_factory=BuiltinReward)
+    name: Text | None = Field(
+        default=None, max_length=200, description="A label of your choice; need not be unique."
+    )
+    config: TrainingConfig = Field(
+        description="The training run (`TrainingConfig`): model, task, objective, schedule."
+    )
+    prompts: PromptSource = Field(
+        default_factory=TaskPrompts,
+        description="Where training prompts come from, by `type`: `task`, `dataset` or `client`.",
+    )
+    reward: RewardSource = Field(
+        default_factory=BuiltinReward,
+        description="How rollouts are rewarded, by `type`: `builtin`, `webhook` or `external`.",
+    )
 
     @model_validator(mode="after")
     def _sources_fit(self) -> JobCreate:

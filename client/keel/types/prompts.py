@@ -16,7 +16,12 @@ MAX_BATCH = 10_000
 
 
 class PromptIn(RequestModel):
-    text: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    text: Text = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="The prompt: the user turn of the model's chat template (the raw text "
+        "when the model has none).",
+    )
     reference: Text | None = Field(
         default=None, max_length=MAX_PROMPT_CHARS, description="Answer for built-in verifiers."
     )

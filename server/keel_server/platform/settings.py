@@ -30,7 +30,11 @@ class Settings(BaseSettings):
     broker_dir: Path | None = Field(
         default=None, description="Folder of the filesystem broker; default `<home>/broker`."
     )
-    broker_polling_interval_s: float = 0.01  # the kombu default (1 s) adds a second per task
+    broker_polling_interval_s: float = Field(
+        default=0.01,
+        description="Seconds between the `filesystem://` broker's checks for new messages "
+        "(kombu's default of 1 s adds a second per task).",
+    )
     artifacts_dir: Path | None = Field(
         default=None, description="Checkpoints and uploaded files; default `<home>/artifacts`."
     )
@@ -61,15 +65,30 @@ class Settings(BaseSettings):
     lease_timeout_s: float = Field(
         default=60.0, gt=0, description="A lease whose heartbeat is older than this is stale."
     )
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between a worker's heartbeats on the job it runs; each renews the "
+        "lease and picks up a pause or cancel. Keep it well below the lease timeout.",
+    )
     reaper_interval_s: float | None = Field(
         default=None,
         gt=0,
         description="How often the API and each worker sweep for orphaned jobs; default half "
         "the lease timeout.",
     )
-    reward_poll_interval_s: float = Field(default=0.2, gt=0)
-    prompt_poll_interval_s: float = Field(default=0.5, gt=0)
+    reward_poll_interval_s: float = Field(
+        default=0.2,
+        gt=0,
+        description="Seconds between a worker's checks for the rewards a step waits for "
+        "(webhook and external sources).",
+    )
+    prompt_poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds between a worker's checks for new prompts while a job waits for "
+        "them (`client` prompts that ran out).",
+    )
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."
@@ -79,9 +98,24 @@ class Settings(BaseSettings):
         description="Comma-separated hostnames and IP networks webhooks may be delivered to "
         "although they are not public (platform.webhook_targets); `keel up` allows loopback.",
     )
-    webhook_backoff_s: float = Field(default=0.5, ge=0)
-    sse_poll_interval_s: float = Field(default=0.5, gt=0)
-    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    webhook_backoff_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="Seconds before a webhook delivery's second attempt, doubled for each "
+        "further one; 0 = retry at once.",
+    )
+    sse_poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Seconds between an event stream's checks for new job events; also the "
+        "reconnect delay (`retry:`) it gives clients.",
+    )
+    sse_keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds without an event after which an event stream sends a keep-alive "
+        "comment, so proxies keep it open.",
+    )
     max_active_jobs_per_project: int = Field(
         default=16, ge=1, description="Queued + running jobs a project may have (429 past it)."
     )
@@ -98,8 +132,14 @@ class Settings(BaseSettings):
         description="Operator cap on the total time one job may wait "
         "for rewards; past it the worker fails the job instead of holding its GPU.",
     )
-    page_size_default: int = Field(default=50, ge=1)
-    page_size_max: int = Field(default=500, ge=1)
+    page_size_default: int = Field(
+        default=50, ge=1, description="Items per page of a list request without `limit`."
+    )
+    page_size_max: int = Field(
+        default=500,
+        ge=1,
+        description="The largest `limit` a list request may ask for (422 past it).",
+    )
     metrics_access: Literal["token", "open", "off"] = Field(
         default="token",
         description="Prometheus `GET /metrics`: `token` = Bearer `metrics_token` or the admin "

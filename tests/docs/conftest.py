@@ -2,11 +2,12 @@
 
 `generated`: the site's generated pages, built once per session from this checkout.
 
-`keel_service`: the embedded service a reader starts with `keel up`, once per module. A real `keel up` subprocess (the API and one Celery worker, SQLite and the filesystem broker in a
-fresh home) on a free port, with `KEEL_BASE_URL` and `KEEL_API_KEY` (its admin key) set for the
-module, so `keel.Client()` in a page's code reaches it exactly as it reaches the reader's. The
-home's model cache is the repository's `.keel/models`, as in tests/e2e/test_demo.py, so
-SmolLM2's GGUF is converted once for the docs, the demo and its test together.
+`keel_service`: the embedded service a reader starts with `keel up`, once per module: a real
+`keel up` subprocess (the API and one Celery worker, SQLite and the filesystem broker in a fresh
+home) on a free port, with `KEEL_BASE_URL` and `KEEL_API_KEY` (its admin key) set for the module,
+so `keel.Client()` in a page's code reaches it exactly as it reaches the reader's. The home's
+model cache is the repository's `.keel/models`, as in tests/e2e/test_demo.py, so SmolLM2's GGUF
+is converted once for the docs, the demo and its test together.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""README.md is the front door (house style rule 21): at most 200 lines, the two commands as CI and
-readers type them, and links that lead somewhere. Its Python runs in test_code_blocks.py."""
+"""README.md is the front door (docs/house-style.md rule 21): at most 200 lines, the two commands as
+CI and readers type them, Python examples of at most 10 lines (test_code_blocks.py runs them),
+and links that lead to files of the repository, as GitHub shows it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from markdown_blocks import fenced_blocks
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MAX_LINES = 200
+MAX_EXAMPLE_LINES = 10
 # [text](target): the targets of inline links; web addresses and in-page anchors are not files.
 LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
 
@@ -29,6 +31,14 @@ def test_the_two_commands_are_in_a_shell_block():
         for line in block.code.splitlines()
     }
     assert {"make demo", "make test"} <= commands
+
+
+def test_the_python_examples_are_short():
+    blocks = fenced_blocks(README.read_text(encoding="utf-8"), "README.md")
+    python = [block for block in blocks if block.is_python]
+    assert len(python) >= 2  # the SDK quickstart and the reward service
+    lengths = {block.line: len(block.code.splitlines()) for block in python}
+    assert all(n <= MAX_EXAMPLE_LINES for n in lengths.values()), lengths
 
 
 def test_every_relative_link_of_the_readme_names_a_file_or_folder():

@@ -52,9 +52,10 @@ lint: install
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
-# The docs site at http://127.0.0.1:8000, rebuilt when a page or a results file changes.
+# The docs site at http://127.0.0.1:8001 (keel up holds :8000), rebuilt when a page or a results
+# file changes.
 docs: install
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8001
 
 format: install
 	$(VENV)/bin/ruff format .

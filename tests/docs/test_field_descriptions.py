@@ -11,9 +11,10 @@ The models are walked here, not by the generator, so a model the generator skipp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+from wire_walk import models_named
 
 from docsgen.fields import description
 from keel.types.algorithm import ALGORITHM_MODELS, ISCorrection
@@ -21,15 +22,6 @@ from keel.types.jobs import JobCreate
 from keel.types.training import TrainingConfig
 from keel_server.api.app import create_app
 from keel_server.platform.settings import Settings
-
-
-def _models(annotation) -> list[type[BaseModel]]:
-    """Every model a type names: through Annotated, unions, lists and tuples."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if get_origin(annotation) is Literal:
-        return []
-    return [m for arg in get_args(annotation) for m in _models(arg)]
 
 
 def models_below(*roots: type[BaseModel]) -> list[type[BaseModel]]:
@@ -40,7 +32,7 @@ def models_below(*roots: type[BaseModel]) -> list[type[BaseModel]]:
         if model not in found:
             found[model] = None
             for field in model.model_fields.values():
-                for nested in _models(field.annotation):
+                for nested in models_named(field.annotation):
                     visit(nested)
 
     for root in roots:

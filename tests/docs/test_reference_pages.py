@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import types
 from pathlib import Path
-from typing import Annotated, Literal, Union, get_args, get_origin
+from typing import Annotated, Union, get_args, get_origin
 
 from page_tables import row, sections
 from pydantic import BaseModel
+from wire_walk import models_named
 
 from docsgen.fields import description
 from keel.types import metric_names
@@ -20,15 +21,6 @@ from keel.types.jobs import JobCreate
 from keel.types.training import TrainingConfig
 from keel_server.api.app import create_app
 from keel_server.platform.settings import Settings
-
-
-def _models(annotation) -> list[type[BaseModel]]:
-    """Every model a type names: through Annotated, unions, lists and tuples."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if get_origin(annotation) is Literal:
-        return []
-    return [m for arg in get_args(annotation) for m in _models(arg)]
 
 
 def _is_list(annotation) -> bool:
@@ -45,7 +37,7 @@ def field_paths(model: type[BaseModel], prefix: str = "", stop=()) -> dict[str, 
         path = f"{prefix}{name}"
         paths[path] = (model, name)
         below = path + ("[]" if _is_list(field.annotation) else "") + "."
-        for nested in _models(field.annotation):
+        for nested in models_named(field.annotation):
             if nested not in stop:
                 paths.update(field_paths(nested, below, stop))
     return paths

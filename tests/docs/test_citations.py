@@ -6,7 +6,7 @@ or `§8.1–8.3`), `docs/house-style.md rule N`, and the paper keel implements a
 sections docs/concepts/algorithm.md §12 maps. A file fails when it
 
 - cites a document the repository does not hold: the planning notes the code once cited
-  (`paper-spec`, `architecture.md` without `docs/`, `house style N`) or an issue number;
+  (their paper spec, `architecture.md` without `docs/`, `house style N`) or an issue number;
 - cites a `docs/` page that does not exist, a section that is not a numbered heading of its page,
   a rule that is not a numbered rule, or a paper section the algorithm page does not map;
 - has a bare `§`: a section sign that names no document.
@@ -40,7 +40,7 @@ RULES = re.compile(r"docs/house-style\.md\s+rules?\s+(?P<rules>\d+(?:\s*(?:,|\ba
 DOC_PATH = re.compile(r"(?<![\w./-])docs/[\w./-]+?\.md")
 OUTSIDE = {
     "the planning notes' paper spec (cite docs/concepts/algorithm.md)": re.compile(
-        r"paper-spec", re.IGNORECASE
+        r"\bpaper[-_]spec\b", re.IGNORECASE
     ),
     "an architecture section without its page (cite docs/architecture.md §N)": re.compile(
         r"\barchitecture\s*§", re.IGNORECASE
@@ -154,7 +154,7 @@ def test_each_kind_of_broken_citation_is_reported():
     )
     assert problems(good) == []
     broken = {
-        "see paper-spec §3.1": "paper spec",
+        "see paper_spec.md §3.1": "paper spec",
         "(architecture §5)": "architecture section without its page",
         "see architecture.md": "architecture.md outside docs/",
         "(house style 14)": "house style without its page",

@@ -9,15 +9,17 @@ from pathlib import Path
 DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
 
 
-def _demo():
+def _demo(monkeypatch):
+    # As when it runs as a script: its own folder is on the path (it imports demo_service).
+    monkeypatch.syspath_prepend(str(DEMO.parent))
     spec = importlib.util.spec_from_file_location("keel_demo_script", DEMO)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_progress_line_shows_a_guard_alert(capsys):
-    progress = _demo().Progress(16)
+def test_the_progress_line_shows_a_guard_alert(capsys, monkeypatch):
+    progress = _demo(monkeypatch).Progress(16)
     progress.update(3, {"reward/mean": 0.5})
     assert "guard" not in progress.line()
     event = {

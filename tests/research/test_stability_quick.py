@@ -1,14 +1,10 @@
 """End to end: the quick mode on a tiny budget writes every artifact and judges every run."""
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from harness_cli import run_harness
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "--sft-max-steps",
     "10",
@@ -23,23 +19,10 @@ TINY = [
 ]
 
 
-def _cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"KEEL_STABILITY_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "research.stability", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-
-
 @pytest.mark.slow
 def test_quick_mode_writes_runs_summaries_figures_and_report(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    _cli("run", "--quick", "--out", str(out), *TINY, cache=cache)
+    run_harness("run", "--quick", "--out", str(out), *TINY, cache=cache)
 
     # Cells matched by the filter: N1/reinforce, N1/reinforce+R3, bf16/N1/reinforce,
     # N2/minirl+R2, N2/minirl+R2-noclip; one seed each.
@@ -80,6 +63,6 @@ def test_quick_mode_writes_runs_summaries_figures_and_report(tmp_path):
     # `report` rebuilds the derived artifacts from the saved runs alone.
     (out / "REPORT.md").unlink()
     (out / "figures" / "on_policy.png").unlink()
-    _cli("report", "--out", str(out), cache=cache)
+    run_harness("report", "--out", str(out), cache=cache)
     assert (out / "REPORT.md").read_text() == report
     assert (out / "figures" / "on_policy.png").is_file()

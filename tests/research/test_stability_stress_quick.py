@@ -3,39 +3,15 @@ every dial and runs the two baseline cells of the regime rules; the dials must p
 mismatch they promise (ordered, measured, none at fp32) and the routing fragility of a real MoE."""
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from harness_cli import run_harness
 
 
 @pytest.mark.slow
 def test_stress_quick_mode_measures_every_dial_and_runs_the_baselines(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    env = os.environ | {"KEEL_STABILITY_CACHE": str(cache)}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "research.stability",
-            "run",
-            "--suite",
-            "stress",
-            "--quick",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    run_harness("run", "--suite", "stress", "--quick", "--out", str(out), cache=cache)
     with (out / "discrepancy.csv").open() as f:
         probe = {
             r["dial"]: {k: float(v) for k, v in r.items() if k not in ("dial", "init")}

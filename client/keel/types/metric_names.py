@@ -17,6 +17,37 @@ from __future__ import annotations
 
 from typing import Final
 
+FINAL_SUFFIX: Final = "_final"  # an eval metric measured after the last step
+
+
+# ---- the families: names built from a fixed part ------------------------------------------------
+
+
+def per_layer(prefix: str, layer: int) -> str:
+    """`<routing prefix>_L<layer>`: the disagreement at one MoE layer."""
+    return f"{prefix}_L{layer}"
+
+
+def any_layer(prefix: str) -> str:
+    """`<routing prefix>_any`: the disagreement at any layer."""
+    return prefix + "_any"
+
+
+def layer_mean(prefix: str) -> str:
+    """`<routing prefix>_mean`: the disagreement averaged over layers."""
+    return prefix + "_mean"
+
+
+def guard_trigger(trigger: str) -> str:
+    """1 at a step where the guard trigger `trigger` fired."""
+    return f"guard/{trigger}"
+
+
+def final(name: str) -> str:
+    """An eval metric measured after the last step."""
+    return name + FINAL_SUFFIX
+
+
 # ---- rollouts and their rewards (every step) --------------------------------------------------
 REWARD_MEAN: Final = "reward/mean"
 REWARD_MISSING: Final = "reward/missing"
@@ -67,11 +98,11 @@ CLIP_BINARY_KL_MEAN: Final = "clip/binary_kl_mean"
 
 # ---- MoE routing (training.step_metrics, training.replay_auto) --------------------------------
 ROUTING_INFER_VS_TRAIN: Final = "routing/infer_vs_train"  # a prefix: `_L<i>`, `_any`, `_mean`
-ROUTING_INFER_VS_TRAIN_ANY: Final = ROUTING_INFER_VS_TRAIN + "_any"
-ROUTING_INFER_VS_TRAIN_MEAN: Final = ROUTING_INFER_VS_TRAIN + "_mean"
+ROUTING_INFER_VS_TRAIN_ANY: Final = any_layer(ROUTING_INFER_VS_TRAIN)
+ROUTING_INFER_VS_TRAIN_MEAN: Final = layer_mean(ROUTING_INFER_VS_TRAIN)
 ROUTING_OLD_VS_CURRENT: Final = "routing/old_vs_current"  # a prefix: `_L<i>`, `_any`, `_mean`
-ROUTING_OLD_VS_CURRENT_ANY: Final = ROUTING_OLD_VS_CURRENT + "_any"
-ROUTING_OLD_VS_CURRENT_MEAN: Final = ROUTING_OLD_VS_CURRENT + "_mean"
+ROUTING_OLD_VS_CURRENT_ANY: Final = any_layer(ROUTING_OLD_VS_CURRENT)
+ROUTING_OLD_VS_CURRENT_MEAN: Final = layer_mean(ROUTING_OLD_VS_CURRENT)
 ROUTING_REPLAY_MODE: Final = "routing/replay_mode"
 ROUTING_REPLAY_REASON: Final = "routing/replay_reason"
 
@@ -79,9 +110,8 @@ ROUTING_REPLAY_REASON: Final = "routing/replay_reason"
 EVAL_ACCURACY: Final = "eval/accuracy"
 EVAL_LENGTH_MEAN: Final = "eval/length_mean"
 EVAL_SIZE: Final = "eval/size"
-FINAL_SUFFIX: Final = "_final"  # an eval metric measured after the last step: `final(name)`
 EVAL_METRICS: Final = (EVAL_ACCURACY, EVAL_LENGTH_MEAN, EVAL_SIZE)
-EVAL_ACCURACY_FINAL: Final = EVAL_ACCURACY + FINAL_SUFFIX
+EVAL_ACCURACY_FINAL: Final = final(EVAL_ACCURACY)
 
 # ---- wall time of the step's phases (training.metrics.MetricSink) -----------------------------
 TIME_GENERATE: Final = "time/generate_s"
@@ -168,28 +198,3 @@ METRICS: Final[dict[str, str]] = {
     REWARDS_EXPIRED: "Rollouts of the step whose deadline passed unrewarded (service jobs).",
     WEBHOOK_DELIVERY_FAILURES: "Webhook deliveries of the step that failed (service jobs).",
 }
-
-
-def per_layer(prefix: str, layer: int) -> str:
-    """`<routing prefix>_L<layer>`: the disagreement at one MoE layer."""
-    return f"{prefix}_L{layer}"
-
-
-def any_layer(prefix: str) -> str:
-    """`<routing prefix>_any`: the disagreement at any layer."""
-    return prefix + "_any"
-
-
-def layer_mean(prefix: str) -> str:
-    """`<routing prefix>_mean`: the disagreement averaged over layers."""
-    return prefix + "_mean"
-
-
-def guard_trigger(trigger: str) -> str:
-    """1 at a step where the guard trigger `trigger` fired."""
-    return f"guard/{trigger}"
-
-
-def final(name: str) -> str:
-    """An eval metric measured after the last step."""
-    return name + FINAL_SUFFIX

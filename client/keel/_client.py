@@ -17,6 +17,7 @@ import httpx
 
 from keel._transport import AsyncTransport, ClientConfig, SyncTransport
 from keel.resources.checkpoints import AsyncCheckpoints, Checkpoints
+from keel.resources.episodes import AsyncEpisodes, Episodes
 from keel.resources.health import AsyncHealthResource, HealthResource
 from keel.resources.jobs import AsyncJobs, Jobs
 from keel.resources.keys import AsyncKeys, Keys
@@ -49,6 +50,7 @@ class Client:
         self.files = Files(self._transport)
         self.rollouts = Rollouts(self._transport)
         self.rewards = Rewards(self._transport)
+        self.episodes = Episodes(self._transport)
         self.metrics = Metrics(self._transport)
         self.checkpoints = Checkpoints(self._transport)
         self.keys = Keys(self._transport)
@@ -88,6 +90,7 @@ class AsyncClient:
         self.files = AsyncFiles(self._transport)
         self.rollouts = AsyncRollouts(self._transport)
         self.rewards = AsyncRewards(self._transport)
+        self.episodes = AsyncEpisodes(self._transport)
         self.metrics = AsyncMetrics(self._transport)
         self.checkpoints = AsyncCheckpoints(self._transport)
         self.keys = AsyncKeys(self._transport)

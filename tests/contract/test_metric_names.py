@@ -2,7 +2,8 @@
 
 Tiny training steps in-process cover every name the trainer, the evaluation and the guard write;
 the service job loop's own names (`JOB_LOOP_METRICS`) are checked where a job runs
-(tests/worker/test_tasks_logging.py, test_tasks_rewards.py). The dashboard charts only names of
+(tests/worker/test_tasks_logging.py, test_tasks_rewards.py), and an agent job's
+(`AGENT_METRICS`) in tests/worker/test_agent_jobs.py. The dashboard charts only names of
 the vocabulary, and the wire docs name only real ones.
 """
 
@@ -54,7 +55,7 @@ def test_tiny_steps_emit_every_documented_name(emitted):
     """Exactly: every fixed name but the job loop's, every eval metric's `_final`, the per-layer
     routing names of the tiny MoE's layers and the trigger that fired."""
     seen = set().union(*emitted.values())
-    fixed = set(metric.METRICS) - metric.JOB_LOOP_METRICS
+    fixed = set(metric.METRICS) - metric.JOB_LOOP_METRICS - metric.AGENT_METRICS
     assert fixed - seen == set(), "documented but never emitted"
     assert {metric.final(n) for n in metric.EVAL_METRICS} <= seen
     assert metric.guard_trigger("clip") in seen

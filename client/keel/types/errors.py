@@ -26,6 +26,11 @@ ErrorCode = Literal[
     "broker_unavailable",  # 503: the job was stored but could not be enqueued
     "unavailable",  # 503: readiness failed
     "internal_error",  # 500
+    "invalid_request",  # 400: an OpenAI-compatible call the model cannot serve as asked
+    "context_length_exceeded",  # 400: an episode's call over the model's context
+    "episode_ended",  # 409: a call or claim for an episode rewarded or expired
+    "policy_unavailable",  # 503: no worker serves the episode's job now; retry
+    "policy_timeout",  # 504: the worker did not answer in `serve_timeout_s`
 ]
 
 STATUS_OF_CODE: dict[ErrorCode, int] = {
@@ -44,6 +49,11 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     "broker_unavailable": 503,
     "unavailable": 503,
     "internal_error": 500,
+    "invalid_request": 400,
+    "context_length_exceeded": 400,
+    "episode_ended": 409,
+    "policy_unavailable": 503,
+    "policy_timeout": 504,
 }
 
 

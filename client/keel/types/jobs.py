@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, HttpUrl, model_validator
 
+from keel.types.agents import AgentPrompts
 from keel.types.algorithm import AlgorithmConfig
 from keel.types.common import Float, Int, RequestModel, ResponseModel, Text
 from keel.types.prompts import PromptIn
@@ -77,9 +78,11 @@ class ClientPrompts(RequestModel):
     )
 
 
-PromptSource = Annotated[TaskPrompts | DatasetPrompts | ClientPrompts, Field(discriminator="type")]
+PromptSource = Annotated[
+    TaskPrompts | DatasetPrompts | ClientPrompts | AgentPrompts, Field(discriminator="type")
+]
 # The `type` of each prompt source: a stored job keeps the source without its inline prompts.
-PromptSourceType = Literal["task", "dataset", "client"]
+PromptSourceType = Literal["task", "dataset", "client", "agent"]
 
 
 # ---- reward sources ----------------------------------------------------------------------------
@@ -195,7 +198,8 @@ class JobCreate(RequestModel):
     )
     prompts: PromptSource = Field(
         default_factory=TaskPrompts,
-        description="Where training prompts come from, by `type`: `task`, `dataset` or `client`.",
+        description="Where training prompts come from, by `type`: `task`, `dataset`, `client`, "
+        "or `agent` (episodes your harness runs through the OpenAI-compatible endpoint).",
     )
     reward: RewardSource = Field(
         default_factory=BuiltinReward,
@@ -205,6 +209,11 @@ class JobCreate(RequestModel):
     @model_validator(mode="after")
     def _sources_fit(self) -> JobCreate:
         reward, prompts = self.reward, self.prompts
+        if isinstance(prompts, AgentPrompts) and not isinstance(reward, ExternalReward):
+            raise ValueError(
+                "agent episodes are rewarded by the harness that runs them: use "
+                '`reward: {"type": "external"}`'
+            )
         if not isinstance(reward, BuiltinReward):
             return self
         if reward.verifier == "task" and not isinstance(prompts, TaskPrompts):

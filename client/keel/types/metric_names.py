@@ -132,6 +132,24 @@ REWARDS_EXPIRED: Final = "rewards/expired"
 WEBHOOK_DELIVERY_FAILURES: Final = "webhook/delivery_failures"
 JOB_LOOP_METRICS: Final = frozenset({REWARDS_REWARDED, REWARDS_EXPIRED, WEBHOOK_DELIVERY_FAILURES})
 
+# ---- agent jobs' episodes (jobrunner.agent_step) ----------------------------------------------
+AGENT_EPISODES_RUN: Final = "agent/episodes_run"
+AGENT_SEQUENCES: Final = "agent/sequences"
+AGENT_TURNS_MEAN: Final = "agent/turns_mean"
+AGENT_SAMPLED_TOKENS: Final = "agent/sampled_tokens"
+AGENT_CONTEXT_TOKENS: Final = "agent/context_tokens"
+AGENT_VERSION_LAG_MAX: Final = "agent/version_lag_max"
+AGENT_METRICS: Final = frozenset(
+    {
+        AGENT_EPISODES_RUN,
+        AGENT_SEQUENCES,
+        AGENT_TURNS_MEAN,
+        AGENT_SAMPLED_TOKENS,
+        AGENT_CONTEXT_TOKENS,
+        AGENT_VERSION_LAG_MAX,
+    }
+)
+
 _DISAGREEMENT = "share of (token, MoE layer) pairs whose top-k expert set differs"
 
 # Every fixed name with what it measures (the reference docs are generated from this table).
@@ -197,4 +215,13 @@ METRICS: Final[dict[str, str]] = {
     REWARDS_REWARDED: "Rollouts of the step rewarded before their deadline (service jobs).",
     REWARDS_EXPIRED: "Rollouts of the step whose deadline passed unrewarded (service jobs).",
     WEBHOOK_DELIVERY_FAILURES: "Webhook deliveries of the step that failed (service jobs).",
+    AGENT_EPISODES_RUN: "Episodes of the step with at least one model call (agent jobs).",
+    AGENT_SEQUENCES: "Training sequences of the step's episodes: more than the episodes where a "
+    "harness edited or branched its history.",
+    AGENT_TURNS_MEAN: "Model calls per episode that made one.",
+    AGENT_SAMPLED_TOKENS: "Tokens the policy sampled in the step's episodes (the trained ones).",
+    AGENT_CONTEXT_TOKENS: "Tokens of the step's sequences that are context (prompt, tool and "
+    "user turns): no loss, no IS weight.",
+    AGENT_VERSION_LAG_MAX: "Largest gap between the policy version a turn was sampled with and "
+    "the one it trains (0 in the synchronous schedule).",
 }

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from keel_server.api import errors, prometheus
 from keel_server.api.routes import (
     checkpoints,
     dashboard,
+    episodes,
     files,
     health,
     jobs,
     keys,
     metrics,
+    openai,
     prompts,
     rewards,
     rollouts,
@@ -34,9 +37,12 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         reaper = ctx.start_reaper()
+        # Agent episodes' model calls are forwarded to the workers' policy servers over it.
+        app.state.policy_client = httpx.AsyncClient()
         try:
             yield
         finally:
+            await app.state.policy_client.aclose()
             reaper.stop()
             ctx.close()
 
@@ -49,7 +55,19 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     app.state.ctx = ctx
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     errors.install(app)
-    v1 = (jobs, prompts, files, rollouts, rewards, metrics, checkpoints, keys, health)
+    v1 = (
+        jobs,
+        prompts,
+        files,
+        rollouts,
+        rewards,
+        episodes,
+        openai,
+        metrics,
+        checkpoints,
+        keys,
+        health,
+    )
     includes = [(module.router, "/v1") for module in v1]
     includes += [(health.router, ""), (prometheus.router, ""), (dashboard.router, "")]
     for router, prefix in includes:

@@ -218,6 +218,11 @@ def record_runtime(session: Session, job_id: str, owner: str, runtime: dict[str,
     _update_held(session, job_id, owner, runtime=runtime, updated_at=utcnow())
 
 
+def record_serve_url(session: Session, job_id: str, owner: str, url: str | None) -> None:
+    """Where the lease holder's policy server answers the job's episodes (None: not serving)."""
+    _update_held(session, job_id, owner, serve_url=url)
+
+
 def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> None:
     """Set `values` on a running job whose lease `owner` holds; `LeaseLost` otherwise (every
     write of the lease holder goes through here)."""
@@ -246,7 +251,7 @@ def finish_job(
     """
     if status not in WORKER_END_STATES:
         raise ValueError(f"a worker ends a job as one of {WORKER_END_STATES}, not {status!r}")
-    values: dict[str, Any] = {"lease_owner": None, "requested": None}
+    values: dict[str, Any] = {"lease_owner": None, "requested": None, "serve_url": None}
     if error is not None:
         values["error"] = error
     event = {k: v for k, v in (("error", error), ("reason", reason)) if v is not None} or None

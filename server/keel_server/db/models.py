@@ -94,6 +94,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # keel.types.jobs.JobRuntime, written by the worker at the start of each run.
     runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Where the lease holder's policy server answers an agent job's episode calls, while it runs.
+    serve_url: Mapped[str | None] = mapped_column(Text)
 
 
 class Prompt(Base):
@@ -137,6 +139,26 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     rewarded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # an agent episode's claim
+
+
+class EpisodeTurn(Base):
+    """One call of an agent episode (a rollout), token-exact: what the trainer trains on."""
+
+    __tablename__ = "episode_turns"
+    __table_args__ = (UniqueConstraint("rollout_id", "index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    sequence_index: Mapped[int] = mapped_column(Integer)
+    context_ids: Mapped[list[int]] = mapped_column(JSON)  # appended before sampling (no loss)
+    sampled_ids: Mapped[list[int]] = mapped_column(JSON)
+    logprobs: Mapped[list[float]] = mapped_column(JSON)  # μ of each sampled token
+    policy_version: Mapped[int] = mapped_column(Integer)
+    finish_reason: Mapped[str] = mapped_column(String(20))
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # added since the last turn
+    reply: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Metric(Base):

@@ -13,6 +13,7 @@ then be given the same `KEEL_SECRET_KEY`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -32,6 +33,7 @@ class SealError(ValueError):
 
 API_KEY_PREFIX = "keel_sk_"
 REWARD_TOKEN_PREFIX = "keel_rt_"
+EPISODE_KEY_PREFIX = "keel_ep_"
 
 
 def hash_secret(secret: str) -> str:
@@ -82,3 +84,30 @@ def unseal(key: str, sealed: str) -> str:
             "a stored secret does not decrypt with this process's secret key: give the API and "
             "every worker the same KEEL_SECRET_KEY"
         ) from exc
+
+
+# Keys derived from the sealing key: the API and every worker already share it, so an agent
+# episode's key and a job's policy-server secret need no storage and no lookup to verify.
+
+
+def _derive(key: str, purpose: str) -> str:
+    mac = hmac.new(key.encode(), purpose.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def episode_key(key: str, rollout_id: str) -> str:
+    """The key of one agent episode: `keel_ep_<rollout id>.<mac>`, good for that episode only."""
+    return f"{EPISODE_KEY_PREFIX}{rollout_id}.{_derive(key, 'episode:' + rollout_id)}"
+
+
+def episode_of_key(key: str, token: str) -> str | None:
+    """The rollout id an episode key was made for, or None when it was not made with `key`."""
+    rollout_id, _, mac = token.removeprefix(EPISODE_KEY_PREFIX).rpartition(".")
+    if not rollout_id or not same_secret(mac, _derive(key, "episode:" + rollout_id)):
+        return None
+    return rollout_id
+
+
+def serve_secret(key: str, job_id: str) -> str:
+    """What the API shows a job's policy server so that it answers (its `X-Keel-Serve-Secret`)."""
+    return _derive(key, "serve:" + job_id)

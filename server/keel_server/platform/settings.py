@@ -89,6 +89,30 @@ class Settings(BaseSettings):
         description="Seconds between a worker's checks for new prompts while a job waits for "
         "them (`client` prompts that ran out).",
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The URL agent harnesses reach this API at (the episodes' `base_url` is "
+        "built on it); default: the URL each claim request came to.",
+    )
+    serve_host: str = Field(
+        default="127.0.0.1",
+        description="Address a worker's policy server binds to while it runs an agent job; "
+        "`0.0.0.0` when the API runs on another machine.",
+    )
+    serve_port: int = Field(
+        default=0, ge=0, le=65535, description="Its port; 0 = any free port (one per job)."
+    )
+    serve_advertise_host: str | None = Field(
+        default=None,
+        description="Host name the API uses to reach a worker's policy server; default "
+        "`serve_host`, or this machine's hostname when that is `0.0.0.0`.",
+    )
+    serve_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds one model call of an agent episode may take, queued and sampled "
+        "(the API's wait on the worker; the worker answers 504 past it).",
+    )
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."

@@ -1,23 +1,34 @@
-"""Authentication (API keys, the admin bootstrap key, per-job reward tokens) and the one place
-where ownership is checked: a resource of another project, or of another job for a reward
-token, is reported as not found (404, never 403, so ids do not leak)."""
+"""Authentication (API keys, the admin bootstrap key, per-job reward tokens, per-episode keys) and
+the one place where ownership is checked: a resource of another project, or of another job for a
+reward token, or another episode for an episode key, is reported as not found (404, never 403,
+so ids do not leak)."""
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
 from keel_server.db import checkpoints as ckpt_db
+from keel_server.db import episodes as episodes_db
 from keel_server.db import jobs as jobs_db
 from keel_server.db import keys as keys_db
 from keel_server.db import rollouts as rollouts_db
 from keel_server.db import session_scope
 from keel_server.db.models import Checkpoint, Job, Rollout
-from keel_server.platform.security import REWARD_TOKEN_PREFIX, hash_secret, same_secret
+from keel_server.platform.security import (
+    EPISODE_KEY_PREFIX,
+    REWARD_TOKEN_PREFIX,
+    episode_of_key,
+    hash_secret,
+    same_secret,
+    sealing_key,
+)
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, not_found
 
 ADMIN_PROJECT = "default"
 REWARD_TOKEN_SCOPE = "a reward token may only list its job's pending rollouts and post rewards"
+EPISODE_KEY_SCOPE = "an episode key may only call the model for its episode and post its reward"
+_TOKEN_PREFIXES = (REWARD_TOKEN_PREFIX, EPISODE_KEY_PREFIX)
 
 
 def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
@@ -30,7 +41,12 @@ def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
         if admin and same_secret(token, admin):
             project = keys_db.get_or_create_project(session, ADMIN_PROJECT)
             return Principal(project.id, is_admin=True)
-        if token.startswith(REWARD_TOKEN_PREFIX):
+        if token.startswith(EPISODE_KEY_PREFIX):
+            principal = _episode_principal(ctx, session, token)
+            if principal is not None:
+                ctx.reward_tokens.put(hash_secret(token), principal)
+                return principal
+        elif token.startswith(REWARD_TOKEN_PREFIX):
             token_hash = hash_secret(token)
             job = jobs_db.get_job_by_reward_token_hash(session, token_hash)
             if job is not None:
@@ -44,18 +60,33 @@ def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
     raise ServiceError("unauthorized", "unknown or revoked API key")
 
 
+def _episode_principal(ctx: ServiceContext, session: Session, token: str) -> Principal | None:
+    """An episode key is verified by its MAC (no lookup), then its episode names the job."""
+    rollout_id = episode_of_key(sealing_key(ctx.settings), token)
+    found = episodes_db.episode_and_job(session, rollout_id) if rollout_id else None
+    if found is None:
+        return None
+    _, job = found
+    return Principal(job.project_id, job_id=job.id, episode_id=rollout_id)
+
+
 def known_reward_token(ctx: ServiceContext, token: str | None) -> Principal | None:
-    """The principal of a reward token this process has already verified, without a query (see
-    `RewardTokenCache`); None for anything else, which `authenticate` looks up. (A cached token
-    was found not to be the admin key when it was verified; the admin key is fixed per process.)"""
-    if not token or not token.startswith(REWARD_TOKEN_PREFIX):
+    """The principal of a reward token or episode key this process has already verified, without
+    a query (see `RewardTokenCache`: both name the same job and episode for good); None for
+    anything else, which `authenticate` looks up. (A cached token was found not to be the admin
+    key when it was verified; the admin key is fixed per process.)"""
+    if not token or not token.startswith(_TOKEN_PREFIXES):
         return None
     return ctx.reward_tokens.get(hash_secret(token))
 
 
 def require_api_key(principal: Principal) -> None:
     if principal.is_reward_token:
-        raise ServiceError("forbidden", REWARD_TOKEN_SCOPE)
+        raise ServiceError("forbidden", _scope(principal))
+
+
+def _scope(principal: Principal) -> str:
+    return EPISODE_KEY_SCOPE if principal.episode_id else REWARD_TOKEN_SCOPE
 
 
 def load_job(
@@ -64,8 +95,8 @@ def load_job(
     job = jobs_db.get_job(session, job_id, project_id=principal.project_id)
     if job is None or (principal.is_reward_token and job.id != principal.job_id):
         raise not_found("job", job_id)
-    if principal.is_reward_token and not reward_token_ok:
-        raise ServiceError("forbidden", REWARD_TOKEN_SCOPE)
+    if principal.is_reward_token and (not reward_token_ok or principal.episode_id):
+        raise ServiceError("forbidden", _scope(principal))
     return job
 
 
@@ -74,6 +105,8 @@ def load_rollout(session: Session, principal: Principal, rollout_id: str) -> tup
     job than a reward token's, is not found (as `load_job` would say of the job)."""
     found = rollouts_db.get_rollout_and_job(session, rollout_id, project_id=principal.project_id)
     if found is None or (principal.is_reward_token and found[1].id != principal.job_id):
+        raise not_found("rollout", rollout_id)
+    if principal.episode_id and principal.episode_id != rollout_id:
         raise not_found("rollout", rollout_id)
     return found
 

@@ -43,11 +43,13 @@ class ServiceContext:
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller. `job_id` is set for a reward token, which may only list its job's
-    pending rollouts and post their rewards."""
+    pending rollouts and post their rewards, and for an agent episode's key, which `episode_id`
+    narrows further: that episode's model calls and its reward."""
 
     project_id: str
     is_admin: bool = False
     job_id: str | None = None
+    episode_id: str | None = None
 
     @property
     def is_reward_token(self) -> bool:

@@ -14,6 +14,7 @@ from typing import get_args
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
+from keel.types.agents import AgentPrompts
 from keel.types.common import Page
 from keel.types.jobs import (
     REFERENCE_VERIFIERS,
@@ -147,6 +148,8 @@ def _dataset_prompts(
     ctx: ServiceContext, principal: Principal, req: JobCreate
 ) -> list[tuple[str, str | None]]:
     source = req.prompts
+    if isinstance(source, AgentPrompts):  # a task is stored as its JSON text, like a prompt
+        return [(json.dumps(task, sort_keys=True), None) for task in source.tasks]
     if not isinstance(source, DatasetPrompts):
         return []
     if source.prompts is not None:
@@ -162,7 +165,7 @@ def _dataset_prompts(
 
 
 def _prompt_source_summary(req: JobCreate) -> dict:
-    summary = req.prompts.model_dump(mode="json", exclude={"prompts"})
+    summary = req.prompts.model_dump(mode="json", exclude={"prompts", "tasks"})
     return {k: v for k, v in summary.items() if v is not None}
 
 

@@ -40,16 +40,24 @@ from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, Webho
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints
-from keel_server.db.jobs import record_progress, record_routing_replay, record_runtime
+from keel_server.db.jobs import (
+    record_progress,
+    record_routing_replay,
+    record_runtime,
+    record_serve_url,
+)
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.rollouts import count_by_status
 from keel_server.db.rollouts import delete_after as delete_rollouts_after
 from keel_server.platform.model_access import ModelNotAllowed, resolve_job_model
+from keel_server.platform.security import sealing_key, serve_secret
 from keel_server.platform.settings import Settings
 from keel_server.platform.storage import job_dir
+from keel_worker.agents.server import PolicyServer
 from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.engines.precision import compute_report
 from keel_worker.engines.vllm import VLLMOptions
+from keel_worker.jobrunner.agent_step import AgentStep, advertised_url
 from keel_worker.jobrunner.checkpoints import (
     JobCheckpoints,
     apply_retention,
@@ -57,6 +65,7 @@ from keel_worker.jobrunner.checkpoints import (
     register_checkpoint_dir,
 )
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.episodes import EpisodeCalls
 from keel_worker.jobrunner.guarding import JobGuard
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
@@ -100,6 +109,7 @@ class JobLoop:
         self.step_reached = 0
         self.replay_written: dict[str, Any] | None = None  # the job row's routing_replay
         self.end_reason: str | None = None  # why the run paused on its own (the guard)
+        self.agent: AgentStep | None = None  # an agent job's episodes and policy server
 
     def run(self) -> str:
         """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
@@ -108,6 +118,8 @@ class JobLoop:
         try:
             return self._steps()
         finally:
+            if self.agent is not None:
+                self.agent.server.close()
             self.trackers.close()
 
     def _steps(self) -> str:
@@ -236,11 +248,44 @@ class JobLoop:
         self.trackers = StepTrackers.open(
             cfg.logging, logdir=self.workdir, run_id=spec.id, config=cfg.model_dump(mode="json")
         )
+        if spec.prompt_type == "agent":
+            self.agent = self._serve_episodes(run)
         self.guard = JobGuard(cfg.guard, spec.guard, factory=self.factory, job_id=spec.id)
         self.guard.warm(self.step_reached)
         run.set_lr(self.guard.policy.lr(cfg.optimizer.lr))
         if run.resumed_from is None and self.guard.policy.checkpoints_first:
             self._checkpoint(0, self.prompts.cursor, capture_rng())
+
+    def _serve_episodes(self, run: TrainingSession) -> AgentStep:
+        """An agent job's policy server, its address recorded on the job for the API."""
+        settings = self.settings
+        server = PolicyServer(
+            settings.serve_host,
+            settings.serve_port,
+            serve_secret(sealing_key(settings), self.spec.id),
+            reply_timeout_s=settings.serve_timeout_s,
+        )
+        with session_scope(self.factory) as session:
+            record_serve_url(
+                session, self.spec.id, self.control.owner, advertised_url(server, settings)
+            )
+        calls = EpisodeCalls(
+            engine=run.engine,
+            tokenizer=run.tokenizer,
+            config=self.spec.config,
+            factory=self.factory,
+            job_id=self.spec.id,
+            max_context=run.model.config.max_position_embeddings,
+        )
+        return AgentStep(
+            trainer=run.trainer,
+            calls=calls,
+            server=server,
+            rewards=self.rewards,
+            control=self.control,
+            factory=self.factory,
+            job_id=self.spec.id,
+        )
 
     def _model_cache(self) -> Path:
         return Path(self.settings.home) / "models"
@@ -270,6 +315,9 @@ class JobLoop:
         if self.task is not None and schedule.evaluates_before(step):
             metrics.update(self._evaluate())
         items = self.prompts.take(cfg.prompts_per_step)
+        if self.agent is not None:
+            metrics.update(self.agent.run(step + 1, items, seed=schedule.seed_of(step)))
+            return metrics
         scorer = StepScorer(self.rewards, step=step + 1, policy_version=self.trainer.policy_version)
         metrics.update(
             self.trainer.step(

@@ -1,7 +1,8 @@
 """A job's prompt source as the training loop sees it: `take(n)` prompts and a data cursor.
 
 - `task`: the built-in task's shuffled epochs (`training.tasks.PromptStream`).
-- `dataset`: the prompts stored at creation, read in order and cycled (epochs).
+- `dataset`: the prompts stored at creation, read in order and cycled (epochs); an `agent` job's
+  tasks likewise (each stored as its JSON text).
 - `client`: prompts posted by the client; when the stream runs dry the job waits (heartbeating,
   cancellable) until enough arrive.
 
@@ -46,7 +47,7 @@ class TaskPromptSource:
 
 
 class DbPromptSource:
-    """Prompts stored in the database (`dataset`: cycled; `client`: waited for)."""
+    """Prompts stored in the database (`dataset`, `agent`: cycled; `client`: waited for)."""
 
     def __init__(
         self,
@@ -122,7 +123,7 @@ def make_prompt_source(
     return DbPromptSource(
         factory,
         job_id,
-        cycle=kind == "dataset",
+        cycle=kind in ("dataset", "agent"),
         cursor=cursor,
         control=control,
         poll_interval_s=poll_interval_s,

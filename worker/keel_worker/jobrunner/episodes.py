@@ -1,0 +1,258 @@
+"""Answering the model calls of a step's agent episodes (docs/concepts/agents.md §2, §3).
+
+`EpisodeCalls.serve(calls)` runs on the job loop's thread, which owns the engine and tokenizer:
+each call is checked and planned against its episode's trajectory (`agents.trajectory`: the
+tokens the engine is fed continue the episode's own sampled ids), every call that passed is
+sampled in one batch per set of sampling parameters (`agents.batcher`), and each turn is written
+to the database before its answer leaves, so a turn the harness saw is a turn the trainer
+trains on. A call that fails a check is answered with its 4xx and records nothing.
+
+The job's sampling parameters are the policy's: the μ log-probabilities the trainer corrects with
+are those of `config.rollout.temperature` (and top-p, top-k), so a call asking for others is
+refused rather than sampled from a distribution the trainer does not model. `max_tokens` may ask
+for fewer new tokens than `config.rollout.max_new_tokens`; more are capped at it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from keel.types.training import TrainingConfig
+from keel_server.db import SessionFactory, session_scope
+from keel_server.db import episodes as episodes_db
+from keel_worker.agents.batcher import GenerationRequest, GenerationResult, generate_batched
+from keel_worker.agents.chat_format import ChatRenderer, ChatRequestError, parse_completion
+from keel_worker.agents.replies import chat_completion, text_completion
+from keel_worker.agents.server import Call
+from keel_worker.agents.trajectory import PlannedTurn, Trajectory
+from keel_worker.jobrunner.rewards import db_text
+
+log = logging.getLogger(__name__)
+
+
+class CallRefused(Exception):
+    """A call answered with a 4xx before anything is sampled or recorded."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass
+class OpenEpisode:
+    """An episode of the current step, as the worker serving it knows it."""
+
+    rollout_id: str
+    trajectory: Trajectory
+    turns_before: int = 0  # turns stored by an earlier run of this step (a resume)
+    sequences_before: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)  # the last call's
+
+    @property
+    def next_turn(self) -> int:
+        return self.turns_before + len(self.trajectory.turns)
+
+
+@dataclass
+class _Planned:
+    call: Call
+    episode: OpenEpisode
+    turn: PlannedTurn
+    request: GenerationRequest
+    tools: list[dict[str, Any]] | None
+    new_messages: list[dict[str, Any]]
+    want_logprobs: bool
+
+
+class EpisodeCalls:
+    """The calls of one job's open episodes, answered with its engine at its policy version."""
+
+    def __init__(
+        self,
+        *,
+        engine,
+        tokenizer,
+        config: TrainingConfig,
+        factory: SessionFactory,
+        job_id: str,
+        max_context: int,
+    ) -> None:
+        self.engine, self.tokenizer, self.config = engine, tokenizer, config
+        self.factory, self.job_id, self.max_context = factory, job_id, max_context
+        self.renderer = ChatRenderer(tokenizer)
+        self.episodes: dict[str, OpenEpisode] = {}
+        self.policy_version = 0
+
+    def open(self, stored_turns: dict[str, list]) -> None:
+        """The step's episodes (rollout id → turns an earlier run of the step stored)."""
+        self.episodes = {
+            rollout_id: OpenEpisode(
+                rollout_id,
+                Trajectory(self.renderer),
+                turns_before=len(turns),
+                sequences_before=1 + max((t.sequence_index for t in turns), default=-1),
+            )
+            for rollout_id, turns in stored_turns.items()
+        }
+
+    def serve(self, calls: list[Call]) -> None:
+        planned = []
+        for call in calls:
+            try:
+                planned.append(self._plan(call))
+            except CallRefused as refused:
+                call.answer(refused.status, {"code": refused.code, "detail": refused.detail})
+            except ChatRequestError as bad:
+                call.answer(400, {"code": "invalid_request", "detail": bad.detail})
+        if not planned:
+            return
+        results = generate_batched(self.engine, [p.request for p in planned])
+        for p, result in zip(planned, results, strict=True):
+            try:
+                p.call.answer(200, self._record(p, result))
+            except Exception:  # the DB write failed: the turn is not kept, the harness retries
+                log.exception("job %s: recording a turn of %s failed", self.job_id, p.episode)
+                p.call.answer(
+                    500, {"code": "internal_error", "detail": "recording the turn failed"}
+                )
+
+    # ------------------------------------------------------------------ one call
+    def _plan(self, call: Call) -> _Planned:
+        episode = self.episodes.get(call.episode_id)
+        if episode is None:
+            raise CallRefused(409, "episode_ended", f"episode {call.episode_id} is not open")
+        body = call.body
+        max_new_tokens = self._max_new_tokens(body)
+        if call.kind == "chat/completions":
+            messages, tools = body["messages"], _tools_of(body)
+            turn = episode.trajectory.plan(messages, tools)
+            new_messages = _added(episode.messages, messages, continued=turn.continues)
+        else:
+            prompt = body["prompt"]
+            ids = prompt if isinstance(prompt, list) else self._tokenize(prompt)
+            messages, tools = [{"role": "prompt", "content": prompt}], None
+            turn = episode.trajectory.plan_tokens(ids)
+            new_messages = messages
+        over = len(turn.prompt_ids) + max_new_tokens - self.max_context
+        if over > 0:
+            raise CallRefused(
+                400,
+                "context_length_exceeded",
+                f"the episode's context is {len(turn.prompt_ids)} tokens and the call asks for "
+                f"{max_new_tokens} new ones: {over} over the model's {self.max_context}",
+            )
+        rollout = self.config.rollout
+        request = GenerationRequest(
+            prompt_ids=turn.prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            top_k=rollout.top_k,
+        )
+        episode.messages = messages if call.kind == "chat/completions" else episode.messages
+        want = bool(body.get("logprobs"))
+        return _Planned(call, episode, turn, request, tools, new_messages, want)
+
+    def _max_new_tokens(self, body: dict[str, Any]) -> int:
+        rollout = self.config.rollout
+        for name, value in (("temperature", rollout.temperature), ("top_p", rollout.top_p)):
+            if name in body and abs(body[name] - value) > 1e-9:
+                raise CallRefused(
+                    400,
+                    "invalid_request",
+                    f"`{name}` is {body[name]} but this job samples at {name} {value}: the "
+                    "trainer corrects for the policy's own distribution (leave it unset)",
+                )
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        return min(asked or rollout.max_new_tokens, rollout.max_new_tokens)
+
+    def _tokenize(self, text: str) -> list[int]:
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if not ids:
+            raise CallRefused(400, "invalid_request", "`prompt` tokenizes to nothing")
+        return ids
+
+    def _record(self, p: _Planned, result: GenerationResult) -> dict[str, Any]:
+        """Store the turn, then the answer the harness gets."""
+        episode, version = p.episode, self.policy_version
+        text = self._reply_text(result.sampled_ids)
+        if p.call.kind == "chat/completions":
+            parsed = parse_completion(text, p.tools)
+            reply: dict[str, Any] = {"role": "assistant", "content": parsed.content}
+            if parsed.tool_calls:
+                reply["tool_calls"] = parsed.tool_calls
+            finish = "tool_calls" if parsed.tool_calls else result.finish_reason
+        else:
+            reply, finish = {"role": "assistant", "content": text}, result.finish_reason
+        index = episode.next_turn
+        sequence_index = episode.sequences_before + p.turn.sequence_index
+        with session_scope(self.factory) as session:
+            episodes_db.add_turn(
+                session,
+                episode.rollout_id,
+                index=index,
+                sequence_index=sequence_index,
+                context_ids=p.turn.context_ids,
+                sampled_ids=result.sampled_ids,
+                logprobs=result.logprobs,
+                policy_version=version,
+                finish_reason=result.finish_reason,
+                messages=_db_json(p.new_messages),
+                reply=_db_json(reply),
+                completion=db_text(text),
+            )
+        episode.trajectory.record(
+            p.turn, result.sampled_ids, result.logprobs, version, result.finish_reason, reply
+        )
+        keel = {
+            "episode_id": episode.rollout_id,
+            "turn": index,
+            "sequence_index": sequence_index,
+            "token_ids": result.sampled_ids,
+            "logprobs": result.logprobs,
+            "policy_version": version,
+        }
+        strings = self._token_strings(result.sampled_ids) if p.want_logprobs else None
+        common = {
+            "call_id": f"{episode.rollout_id}-{index}",
+            "model": self.job_id,
+            "finish_reason": finish,
+            "prompt_tokens": len(p.turn.prompt_ids),
+            "token_strings": strings,
+            "keel": keel,
+        }
+        if p.call.kind == "chat/completions":
+            return chat_completion(message=reply, **common)
+        return text_completion(text=text, **common)
+
+    def _reply_text(self, sampled_ids: list[int]) -> str:
+        return self.tokenizer.decode(sampled_ids, skip_special_tokens=True)
+
+    def _token_strings(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+
+def _tools_of(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools the model is shown: none under `tool_choice: "none"`."""
+    tools = body.get("tools")
+    return None if body.get("tool_choice") == "none" else tools
+
+
+def _added(
+    before: list[dict[str, Any]], messages: list[dict[str, Any]], *, continued: bool
+) -> list[dict[str, Any]]:
+    """What a call adds to the history the last call sent (all of it on a new sequence)."""
+    return messages[len(before) :] if continued else messages
+
+
+def _db_json(value: Any) -> Any:
+    """JSON as the database stores it (PostgreSQL text cannot hold NUL)."""
+    if isinstance(value, str):
+        return db_text(value)
+    if isinstance(value, list):
+        return [_db_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _db_json(v) for k, v in value.items()}
+    return value

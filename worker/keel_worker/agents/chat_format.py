@@ -139,6 +139,10 @@ class ChatRenderer:
         """Token ids of a piece of rendered text (no special tokens added)."""
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def decode(self, sampled_ids: list[int]) -> str:
+        """The text of sampled ids as a reply carries it: special tokens (the EOS) left out."""
+        return self._tokenizer.decode(sampled_ids, skip_special_tokens=True)
+
     def _closing_ids(self) -> list[int]:
         probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": _PROBE}]
         text = self.render_text(probe, add_generation_prompt=False)

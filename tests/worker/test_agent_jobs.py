@@ -113,7 +113,7 @@ def test_bad_calls_get_a_clear_4xx_and_record_nothing(settings):
             assert caught.value.status_code == status, caught.value
             assert caught.value.body["code"] == code, caught.value.body
 
-        refused(400, "invalid_request", messages=[{"role": "wizard", "content": "hi"}])
+        refused(400, "invalid_messages", messages=[{"role": "wizard", "content": "hi"}])
         refused(400, "invalid_request", messages=user, stream=False, n=2)
         refused(400, "invalid_request", messages=user, temperature=0.3)
         unknown_tool = {
@@ -123,7 +123,7 @@ def test_bad_calls_get_a_clear_4xx_and_record_nothing(settings):
                 {"id": "c1", "type": "function", "function": {"name": "nope", "arguments": "{}"}}
             ],
         }
-        refused(400, "invalid_request", messages=[*user, unknown_tool], tools=TOOLS)
+        refused(400, "unknown_tool", messages=[*user, unknown_tool], tools=TOOLS)
         refused(400, "context_length_exceeded", messages=[{"role": "user", "content": "x" * 5000}])
         # Another episode's key for this episode's calls: the key names its own episode, so a
         # forged pairing is impossible; a made-up key is a 401.

@@ -27,6 +27,11 @@ ErrorCode = Literal[
     "unavailable",  # 503: readiness failed
     "internal_error",  # 500
     "invalid_request",  # 400: an OpenAI-compatible call the model cannot serve as asked
+    "invalid_messages",  # 400: an episode call's messages cannot be rendered (role, content)
+    "invalid_tools",  # 400: malformed `tools` or `tool_choice`
+    "unknown_tool",  # 400: a tool call or tool_choice naming a function not in `tools`
+    "unknown_tool_call_id",  # 400: a tool message answering no call the conversation made
+    "invalid_tool_arguments",  # 400: tool-call arguments that are not a JSON object
     "context_length_exceeded",  # 400: an episode's call over the model's context
     "episode_ended",  # 409: a call or claim for an episode rewarded or expired
     "policy_unavailable",  # 503: no worker serves the episode's job now; retry
@@ -50,6 +55,11 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     "unavailable": 503,
     "internal_error": 500,
     "invalid_request": 400,
+    "invalid_messages": 400,
+    "invalid_tools": 400,
+    "unknown_tool": 400,
+    "unknown_tool_call_id": 400,
+    "invalid_tool_arguments": 400,
     "context_length_exceeded": 400,
     "episode_ended": 409,
     "policy_unavailable": 503,

@@ -72,6 +72,14 @@ class PlannedTurn:
     # The sequence's length when planned: a turn recorded in between makes this plan stale.
     base_length: int = field(repr=False)
     request: _Request = field(repr=False)
+    # What the call adds to the conversation: the messages after the echoed reply when it
+    # continues a sequence, all of them when it starts one.
+    added_messages: list[Message] = field(default_factory=list, repr=False)
+
+    @property
+    def continues(self) -> bool:
+        """Whether the call extends a sequence the episode already has."""
+        return self.base_length > 0
 
 
 @dataclass(frozen=True)
@@ -130,13 +138,30 @@ class Trajectory:
         )
         request = _request(messages, tools, tool_choice)
         for index in reversed(self._heads):
-            context_ids = self._continuation(self._heads[index], request, full_ids)
+            head = self._heads[index]
+            context_ids = self._continuation(head, request, full_ids)
             if context_ids is not None:
                 sequence = self._sequences[index]
+                added = messages[len(head.request.messages) + 1 :]
                 return PlannedTurn(
-                    index, context_ids, sequence + context_ids, len(sequence), request
+                    index, context_ids, sequence + context_ids, len(sequence), request, added
                 )
-        return PlannedTurn(len(self._sequences), full_ids, full_ids, 0, request)
+        return PlannedTurn(len(self._sequences), full_ids, full_ids, 0, request, list(messages))
+
+    def plan_tokens(self, prompt_ids: list[int]) -> PlannedTurn:
+        """Plan a raw-prompt call (`/completions`): it continues the sequence whose tokens it
+        starts with (newest first), else starts a new one. Tokens are compared as given: a
+        harness that re-tokenizes a history text gets a new sequence, never drifted tokens."""
+        request = _request([], None, "tokens")
+        for index in reversed(self._heads):
+            sequence = self._sequences[index]
+            if self._heads[index].request.tools_key == request.tools_key and (
+                len(prompt_ids) > len(sequence) and prompt_ids[: len(sequence)] == sequence
+            ):
+                context_ids = list(prompt_ids[len(sequence) :])
+                return PlannedTurn(index, context_ids, list(prompt_ids), len(sequence), request)
+        ids = list(prompt_ids)
+        return PlannedTurn(len(self._sequences), ids, ids, 0, request)
 
     def record(
         self,

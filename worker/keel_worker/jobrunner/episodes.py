@@ -16,7 +16,7 @@ for fewer new tokens than `config.rollout.max_new_tokens`; more are capped at it
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from keel.types.training import TrainingConfig
@@ -48,7 +48,6 @@ class OpenEpisode:
     trajectory: Trajectory
     turns_before: int = 0  # turns stored by an earlier run of this step (a resume)
     sequences_before: int = 0
-    messages: list[dict[str, Any]] = field(default_factory=list)  # the last call's
 
     @property
     def next_turn(self) -> int:
@@ -105,7 +104,7 @@ class EpisodeCalls:
             except CallRefused as refused:
                 call.answer(refused.status, {"code": refused.code, "detail": refused.detail})
             except ChatRequestError as bad:
-                call.answer(400, {"code": "invalid_request", "detail": bad.detail})
+                call.answer(400, {"code": bad.code, "detail": bad.detail})
         if not planned:
             return
         results = generate_batched(self.engine, [p.request for p in planned])
@@ -126,15 +125,17 @@ class EpisodeCalls:
         body = call.body
         max_new_tokens = self._max_new_tokens(body)
         if call.kind == "chat/completions":
-            messages, tools = body["messages"], _tools_of(body)
-            turn = episode.trajectory.plan(messages, tools)
-            new_messages = _added(episode.messages, messages, continued=turn.continues)
+            tool_choice = body.get("tool_choice", "auto")
+            turn = episode.trajectory.plan(
+                body["messages"], body.get("tools"), tool_choice=tool_choice
+            )
+            tools = None if tool_choice == "none" else body.get("tools")
+            new_messages = turn.added_messages
         else:
             prompt = body["prompt"]
             ids = prompt if isinstance(prompt, list) else self._tokenize(prompt)
-            messages, tools = [{"role": "prompt", "content": prompt}], None
             turn = episode.trajectory.plan_tokens(ids)
-            new_messages = messages
+            tools, new_messages = None, [{"role": "prompt", "content": prompt}]
         over = len(turn.prompt_ids) + max_new_tokens - self.max_context
         if over > 0:
             raise CallRefused(
@@ -151,7 +152,6 @@ class EpisodeCalls:
             top_p=rollout.top_p,
             top_k=rollout.top_k,
         )
-        episode.messages = messages if call.kind == "chat/completions" else episode.messages
         want = bool(body.get("logprobs"))
         return _Planned(call, episode, turn, request, tools, new_messages, want)
 
@@ -228,23 +228,10 @@ class EpisodeCalls:
         return text_completion(text=text, **common)
 
     def _reply_text(self, sampled_ids: list[int]) -> str:
-        return self.tokenizer.decode(sampled_ids, skip_special_tokens=True)
+        return self.renderer.decode(sampled_ids)
 
     def _token_strings(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i]) for i in ids]
-
-
-def _tools_of(body: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tools the model is shown: none under `tool_choice: "none"`."""
-    tools = body.get("tools")
-    return None if body.get("tool_choice") == "none" else tools
-
-
-def _added(
-    before: list[dict[str, Any]], messages: list[dict[str, Any]], *, continued: bool
-) -> list[dict[str, Any]]:
-    """What a call adds to the history the last call sent (all of it on a new sequence)."""
-    return messages[len(before) :] if continued else messages
 
 
 def _db_json(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """End-to-end harness: real processes only. `stack` starts the API (`keel server`), Celery
 workers (`keel worker`, each in its own process group so a test can SIGKILL one), the reward
 service of `reward_service.py`, or the embedded `keel up`, all configured through KEEL_*
-variables on the real PostgreSQL and Redis (or SQLite + the filesystem broker)."""
+variables on the real PostgreSQL and Redis (or SQLite + the filesystem broker); `page` is a
+headless Chromium tab for the dashboard tests."""
 
 from __future__ import annotations
 
@@ -220,6 +221,40 @@ def guard_pause_job_config() -> dict:
 
 def webhook_reward(service: RewardService, **extra) -> dict:
     return {"type": "webhook", "url": service.url, "secret": WEBHOOK_SECRET, **extra}
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The flags that work on these machines (closed network, root, no GPU); see environment docs.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def page():
+    """A tab of headless Chromium (Debian's `/usr/bin/chromium`, installed by `make browsers`;
+    Playwright drives it and never downloads a browser of its own)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "no /usr/bin/chromium: run `make browsers` (Debian's chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 1000}, accept_downloads=True
+        )
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        yield page
+        context.close()
+        browser.close()
 
 
 @pytest.fixture

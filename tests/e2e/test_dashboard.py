@@ -1,8 +1,8 @@
-"""The web dashboard as a person uses it, in headless Chromium (Debian's `/usr/bin/chromium`,
-installed by `make browsers`; Playwright drives it and never downloads a browser of its own),
-against the real API and a real Celery worker on PostgreSQL and Redis: sign in with a project's
-API key, see only that project's job, watch its curves grow from the SSE stream, pause and resume
-it from the page, open a rollout, download a checkpoint, and keep a screenshot of the job page."""
+"""The web dashboard as a person uses it, in headless Chromium (the `page` fixture of
+conftest.py), against the real API and a real Celery worker on PostgreSQL and Redis: sign in with
+a project's API key, see only that project's job, watch its curves grow from the SSE stream, pause
+and resume it from the page, open a rollout, download a checkpoint, and keep a screenshot of the
+job page."""
 
 from __future__ import annotations
 
@@ -12,38 +12,8 @@ import pytest
 
 import keel
 
-CHROMIUM = Path("/usr/bin/chromium")
-# The flags that work on these machines (closed network, root, no GPU); see environment docs.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 POINTS = "Number(document.querySelector('[data-chart=\"reward/mean\"]')?.dataset.points ?? 0)"
 STATUS = "document.getElementById('job-status').textContent"
-
-
-@pytest.fixture
-def page(tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "no /usr/bin/chromium: run `make browsers` (Debian's chromium)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(
-            viewport={"width": 1400, "height": 1000}, accept_downloads=True
-        )
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        yield page
-        context.close()
-        browser.close()
 
 
 def points(page) -> int:

@@ -23,7 +23,7 @@ const HEATMAPS = [
   ["routing/old_vs_current_L", "Routing disagreement, θ_old vs θ (e^π_old vs e^π_θ)"],
 ];
 
-const state = { view: null, stop: null };
+const state = { view: null, stop: null, episode: null };
 
 // ---- small helpers ---------------------------------------------------------------------------
 
@@ -247,12 +247,14 @@ async function showJob(jobId, signal) {
   $("heatmaps").replaceChildren();
   $("rollouts-body").replaceChildren();
   $("rollout-detail").hidden = true;
+  state.episode = null; // an episode still loading from the job before stays unshown
   $("rollout-step").value = Math.max(job.step, 1);
+  const agent = job.prompts?.type === "agent"; // its rollouts are episodes of turns
   $("rollout-filter").onsubmit = (event) => {
     event.preventDefault();
-    showRollouts(jobId, Number($("rollout-step").value));
+    showRollouts(jobId, Number($("rollout-step").value), agent);
   };
-  showRollouts(jobId, Math.max(job.step, 1));
+  showRollouts(jobId, Math.max(job.step, 1), agent);
   showCheckpoints(jobId);
 
   await streamEvents(jobId, (event) => {
@@ -412,10 +414,10 @@ function drawHeatmaps(series) {
   $("heatmaps").replaceChildren(...maps);
 }
 
-async function showRollouts(jobId, step) {
+async function showRollouts(jobId, step, agent) {
   const page = await api(`/v1/jobs/${jobId}/rollouts?step=${step}&limit=200`);
   $("rollouts-body").replaceChildren(...page.data.map((r) => h("tr",
-    { class: "clickable", "data-rollout": r.id, onclick: () => showRollout(r) },
+    { class: "clickable", "data-rollout": r.id, onclick: () => showRollout(r, agent) },
     h("td", {}, `${r.group_index}.${r.sample_index}`),
     h("td", { class: "clip" }, r.prompt),
     h("td", { class: "clip" }, r.completion),
@@ -427,15 +429,98 @@ async function showRollouts(jobId, step) {
   }
 }
 
-function showRollout(r) {
+// `agent`: the rollout is an agent episode (its prompt is the task), shown as its turns.
+function showRollout(r, agent) {
   $("rollout-detail").hidden = false;
-  $("rollout-detail-title").textContent =
-    `Rollout ${r.id} · step ${r.step} · group ${r.group_index} · sample ${r.sample_index}`;
+  $("rollout-detail-title").textContent = `${agent ? "Episode" : "Rollout"} ${r.id} · step `
+    + `${r.step} · group ${r.group_index} · sample ${r.sample_index}`;
+  $("rollout-prompt-label").textContent = agent ? "Task" : "Prompt";
   $("rollout-prompt").textContent = r.prompt;
+  document.querySelector("#rollout-detail .single-turn").hidden = agent;
   $("rollout-completion").textContent = r.completion;
   $("rollout-reference").textContent = r.reference ?? "–";
   $("rollout-reward").textContent = fmt(r.reward);
   $("rollout-status").textContent = r.status;
+  $("episode").hidden = !agent;
+  state.episode = agent ? r.id : null;
+  if (agent) showEpisode(r.id);
+}
+
+// ---- an agent episode: its turns (docs/concepts/agents.md §4) ---------------------------------
+
+async function showEpisode(episodeId) {
+  $("episode-summary").textContent = "Loading the turns…";
+  $("episode-turns").replaceChildren();
+  let episode;
+  try {
+    episode = await api(`/v1/episodes/${episodeId}`);
+  } catch (error) {
+    if (state.episode === episodeId) {
+      $("episode-summary").textContent = `Cannot load the episode: ${error.message}`;
+    }
+    return;
+  }
+  if (state.episode !== episodeId) return; // another rollout was opened meanwhile
+  const turns = episode.turns;
+  const total = (key) => turns.reduce((n, turn) => n + turn[key], 0);
+  const sequences = new Set(turns.map((turn) => turn.sequence_index)).size;
+  $("episode-summary").textContent = turns.length
+    ? `${turns.length} turn(s) in ${sequences} sequence(s) · ${total("context_tokens")} context `
+      + `tokens (no loss) · ${total("sampled_tokens")} sampled tokens (trained)`
+    : "No model call yet.";
+  $("episode-turns").replaceChildren(...turns.map((turn, i) => episodeTurn(turn, turns[i - 1])));
+}
+
+// One model call: the messages the harness added since the previous call (context, no loss),
+// then the reply the policy sampled (the trained tokens).
+function episodeTurn(turn, previous) {
+  const newSequence = previous !== undefined && turn.sequence_index !== previous.sequence_index;
+  return h("li", { class: "turn", "data-turn": turn.index, "data-sequence": turn.sequence_index },
+    newSequence ? h("p", { class: "new-sequence", "data-new-sequence": turn.sequence_index },
+      `history edited: new sequence ${turn.sequence_index}`) : "",
+    turn.messages.length
+      ? h("div", { class: "context", "data-part": "context" }, ...turn.messages.map(chatMessage))
+      : "",
+    h("div", { class: "sampled", "data-part": "sampled" },
+      h("span", { class: "role" }, "assistant · sampled by the policy · trained"),
+      ...messageParts(turn.reply)),
+    h("p", { class: "turn-meta", "data-turn-meta": turn.index },
+      `context ${turn.context_tokens} tokens (no loss) · sampled ${turn.sampled_tokens} tokens `
+      + `(trained) · policy v${turn.policy_version} · sequence ${turn.sequence_index} · `
+      + `finish ${turn.finish_reason}`),
+  );
+}
+
+function chatMessage(message) {
+  const role = message.role === "tool" && message.tool_call_id
+    ? `tool result (${message.tool_call_id})` : String(message.role);
+  return h("div", { class: "message", "data-role": message.role },
+    h("span", { class: "role" }, role), ...messageParts(message));
+}
+
+// A message's text, then each of its tool calls as `name(arguments)`.
+function messageParts(message) {
+  const text = contentText(message.content);
+  return [
+    text ? h("pre", { class: "content" }, text) : "",
+    ...(message.tool_calls ?? []).map((call) => {
+      const name = call.function?.name ?? "?";
+      const args = call.function?.arguments;
+      return h("code", { class: "tool-call", "data-tool-call": name },
+        `${name}(${typeof args === "string" ? args : JSON.stringify(args ?? {})})`);
+    }),
+  ];
+}
+
+// OpenAI content: a string, a list of parts ({type: "text", text}), or null; a completions
+// call's prompt may also be token ids.
+function contentText(content) {
+  if (content === null || content === undefined) return "";
+  if (typeof content === "string") return content;
+  if (Array.isArray(content) && content.every((part) => typeof part?.text === "string")) {
+    return content.map((part) => part.text).join("");
+  }
+  return JSON.stringify(content);
 }
 
 async function showCheckpoints(jobId) {

@@ -21,7 +21,9 @@ from keel_worker.engines.base import RolloutBatch
 from keel_worker.engines.chat import encode_prompt
 from keel_worker.engines.hf import HFEngine
 from keel_worker.engines.models import load_model
+from keel_worker.engines.routing_replay import RoutingReplayError
 from keel_worker.training.batching import make_micro_batch
+from keel_worker.training.forward import shared_prompts
 from keel_worker.training.metrics import MetricSink
 from keel_worker.training.scoring import group_advantages, scored_groups
 from keel_worker.training.step import Trainer
@@ -121,18 +123,23 @@ def test_pi_old_matches_mu_on_the_sampled_tokens_of_both_turns(cache_dir, overri
     batch = _episodes(trainer)
     assert all(not m.all() and m.any() for m in batch.trained_masks)
 
+    def micro_batch(trained_masks):
+        return make_micro_batch(
+            [0, 1],
+            prompt_ids=batch.prompt_ids,
+            response_ids=batch.response_ids,
+            rollout_logprobs=batch.rollout_logprobs,
+            advantages_PG=torch.zeros(2),
+            routes=batch.routes,
+            pad_id=trainer.pad_id,
+            trained_masks=trained_masks,
+        )
+
+    if batch.routes is None:  # dense: the episodes' shared prompt runs once (forward.py)
+        prompts, _, _ = shared_prompts(micro_batch(batch.trained_masks))
+        assert prompts == [batch.prompt_ids[0]]
     # A direct forward of every response token (the mask widened to all of them).
-    every = [torch.ones_like(m) for m in batch.trained_masks]
-    mb = make_micro_batch(
-        [0, 1],
-        prompt_ids=batch.prompt_ids,
-        response_ids=batch.response_ids,
-        rollout_logprobs=batch.rollout_logprobs,
-        advantages_PG=torch.zeros(2),
-        routes=batch.routes,
-        pad_id=trainer.pad_id,
-        trained_masks=every,
-    )
+    mb = micro_batch([torch.ones_like(m) for m in batch.trained_masks])
     with torch.no_grad():
         routes = mb.routes_B_S_L_K if batch.routes is not None else None
         old_B_T = trainer.forward(mb, replay_routes_B_S_L_K=routes).logprobs_B_T
@@ -151,6 +158,15 @@ def test_pi_old_matches_mu_on_the_sampled_tokens_of_both_turns(cache_dir, overri
     metrics = _learn(trainer, batch)
     assert metrics["mismatch/prob_diff_max"] < 1e-4
     assert abs(metrics["mismatch/kl_k1"]) < 1e-5
+
+
+def test_learn_refuses_to_replay_without_routes(cache_dir):
+    """R3 on a batch the trainer did not sample: no silent update without the engine's routes."""
+    trainer = _trainer(tiny_config(routing_replay="R3"), cache_dir)
+    batch = dataclasses.replace(_episodes(trainer, seeds=(11,)), routes=None)
+    with pytest.raises(RoutingReplayError, match="R3"):
+        trainer.learn(batch, torch.ones(1), [0], seed=0, sink=MetricSink())
+    assert trainer.policy_version == 0
 
 
 def _hand_loss(

@@ -34,6 +34,11 @@ class RolloutBatch:
             one extra forward for the last sampled token so its row is the engine's real routing
             as well (it affects no logprob: nothing attends to it within the sequence).
         prompt_index: index into the prompt list passed to `generate`.
+        trained_masks: per response, bool `[T_resp]`, True where the policy sampled the token;
+            None (what the engines return) when every response token was sampled. A multi-turn
+            sequence (an agent episode) interleaves sampled tokens with context tokens (tool
+            results, user turns, template glue): the model reads those, the trainer never trains
+            on them, and their `rollout_logprobs` entries (0 by convention) are ignored.
     """
 
     prompt_ids: list[list[int]]
@@ -42,9 +47,30 @@ class RolloutBatch:
     finish_reasons: list[FinishReason]
     routes: list[torch.Tensor] | None
     prompt_index: list[int]
+    trained_masks: list[torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.trained_masks is None:
+            return
+        if len(self.trained_masks) != len(self.response_ids):
+            raise ValueError(
+                f"{len(self.trained_masks)} trained masks for {len(self.response_ids)} responses"
+            )
+        for i, (mask, ids) in enumerate(zip(self.trained_masks, self.response_ids, strict=True)):
+            if mask.dtype != torch.bool or mask.shape != (len(ids),):
+                raise ValueError(
+                    f"response {i}: trained mask of {mask.dtype} {tuple(mask.shape)}, "
+                    f"need torch.bool ({len(ids)},)"
+                )
 
     def __len__(self) -> int:
         return len(self.response_ids)
+
+    def sampled_lengths(self) -> list[int]:
+        """Per response, the tokens the policy sampled (context tokens excluded)."""
+        if self.trained_masks is None:
+            return [len(ids) for ids in self.response_ids]
+        return [int(mask.sum()) for mask in self.trained_masks]
 
 
 class RolloutEngine(Protocol):

@@ -5,6 +5,10 @@ target, never an input, so it needs no route either (the engine's last route row
 Sequences are right-padded, so positions 0..n-1 of every row are its real tokens and the default
 position ids are correct; the logits at position `len(prompt) - 1 + j` score response token `j`.
 
+In a multi-turn sequence (`RolloutBatch.trained_masks`) the response interleaves sampled tokens
+with context tokens: every response token is an input and a target as above, but only the sampled
+ones are in `mask_B_T`, so context tokens get no loss, no IS weight and no place in any count.
+
 Micro-batches are built by sorting a mini-batch by length and cutting it into runs of
 `micro_batch_size`, so each micro-batch pads only to its own longest row (no padding waste
 worth the name).
@@ -32,7 +36,8 @@ class MicroBatch:
     attention_mask_B_S: torch.Tensor
     positions_B_T: torch.Tensor  # input position whose logits score response token t
     targets_B_T: torch.Tensor
-    mask_B_T: torch.Tensor  # bool, real response tokens
+    mask_B_T: torch.Tensor  # bool, the response tokens the policy sampled: the trained ones
+    response_lengths_B: torch.Tensor  # response tokens per row, context tokens included
     rollout_logprobs_B_T: torch.Tensor
     advantages_B: torch.Tensor
     routes_B_S_L_K: torch.Tensor | None  # engine routes laid out like input_ids_B_S (R3)
@@ -60,6 +65,22 @@ def length_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
     longest)."""
     width = width if width is not None else max(1, *lengths)
     return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def trained_mask(
+    rows: Sequence[int],
+    response_ids: Sequence[Sequence[int]],
+    trained_masks: Sequence[torch.Tensor] | None,
+    width: int | None = None,
+) -> torch.Tensor:
+    """`[B, width]` bool, True at the response tokens of `rows` that the policy sampled: all of
+    a row's tokens when `trained_masks` is None, else those its mask marks."""
+    lengths = [len(response_ids[r]) for r in rows]
+    mask_B_T = length_mask(lengths, width)
+    if trained_masks is not None:
+        for i, r in enumerate(rows):
+            mask_B_T[i, : lengths[i]] &= trained_masks[r]
+    return mask_B_T
 
 
 def bucket_by_length(
@@ -101,8 +122,10 @@ def make_micro_batch(
     advantages_PG: torch.Tensor,
     routes: Sequence[torch.Tensor] | None,
     pad_id: int,
+    trained_masks: Sequence[torch.Tensor] | None = None,
 ) -> MicroBatch:
-    """Build the padded tensors of `rows` (an empty response contributes no token)."""
+    """Build the padded tensors of `rows` (an empty response contributes no token);
+    `trained_masks` as in `RolloutBatch` (None: every response token was sampled)."""
     inputs = [list(prompt_ids[r]) + list(response_ids[r][:-1]) for r in rows]
     n_prompt = [len(prompt_ids[r]) for r in rows]
     n_resp = [len(response_ids[r]) for r in rows]
@@ -119,9 +142,9 @@ def make_micro_batch(
         rollout_B_T[i, : n_resp[i]] = rollout_logprobs[r].float()
 
     t_T = torch.arange(T)
-    mask_B_T = t_T[None, :] < torch.tensor(n_resp)[:, None]
+    response_B_T = length_mask(n_resp, T)
     # Padded response slots point at position 0; they are masked out everywhere.
-    positions_B_T = torch.where(mask_B_T, torch.tensor(n_prompt)[:, None] - 1 + t_T[None, :], 0)
+    positions_B_T = torch.where(response_B_T, torch.tensor(n_prompt)[:, None] - 1 + t_T[None, :], 0)
     routes_B_S_L_K = None
     if routes is not None:
         routes_B_S_L_K = pad_routes([routes[r] for r in rows], [len(x) for x in inputs])
@@ -131,7 +154,8 @@ def make_micro_batch(
         attention_mask_B_S=attention_mask_B_S,
         positions_B_T=positions_B_T,
         targets_B_T=targets_B_T,
-        mask_B_T=mask_B_T,
+        mask_B_T=trained_mask(rows, response_ids, trained_masks, T),
+        response_lengths_B=torch.tensor(n_resp),
         rollout_logprobs_B_T=rollout_B_T,
         advantages_B=advantages_PG[rows],
         routes_B_S_L_K=routes_B_S_L_K,

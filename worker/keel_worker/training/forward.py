@@ -1,6 +1,7 @@
 """The training engine's forward: log π(y_t|·) of the sampled tokens, entropy, natural routes.
 
-Only the positions that score a response token go through the LM head (the prompt positions'
+Only the positions that score a trained response token (`MicroBatch.mask_B_T`: the sampled ones,
+not a multi-turn sequence's context tokens) go through the LM head (the other positions'
 vocabulary projection is never needed), so the full `[B, S, V]` logits are never built. Logits are
 divided by the sampling temperature so that π is the same distribution the engine sampled μ from
 (docs/concepts/algorithm.md §1.1: the ratio π/μ compares like with like).
@@ -30,8 +31,8 @@ from keel_worker.training.batching import MicroBatch
 
 @dataclass
 class ForwardOutput:
-    logprobs_B_T: torch.Tensor  # zero at padding; carries the gradient when grad is enabled
-    entropy_sum: torch.Tensor  # detached, summed over response tokens
+    logprobs_B_T: torch.Tensor  # zero outside mask_B_T; carries the gradient when grad is enabled
+    entropy_sum: torch.Tensor  # detached, summed over the trained response tokens
     natural_routes_B_S_L_K: torch.Tensor | None  # on the CPU, compact dtype
 
 
@@ -150,7 +151,7 @@ class PolicyForward:
         prompt_of_B = prompt_of_B.to(device)
         # Response token 0 is scored by the prompt's last position.
         first_B_1_H = out.last_hidden_state[:, -1:][prompt_of_B]
-        n_fed_B = mb.mask_B_T.sum(dim=1) - 1  # response[:-1]
+        n_fed_B = mb.response_lengths_B - 1  # response[:-1]
         fed = int(n_fed_B.max())
         if fed <= 0:
             return first_B_1_H
@@ -175,7 +176,7 @@ def shared_prompts(mb: MicroBatch) -> tuple[list[list[int]], torch.Tensor, torch
     """(the distinct prompts, each row's prompt index, each row's prompt length) when some rows
     of `mb` share a prompt, else None. A row's input is `prompt + response[:-1]`."""
     n_input_B = mb.attention_mask_B_S.sum(dim=1)
-    n_prompt_B = n_input_B - (mb.mask_B_T.sum(dim=1) - 1).clamp(min=0)
+    n_prompt_B = n_input_B - (mb.response_lengths_B - 1).clamp(min=0)
     index: dict[tuple[int, ...], int] = {}
     prompt_of = []
     for ids, n in zip(mb.input_ids_B_S.tolist(), n_prompt_B.tolist(), strict=True):

@@ -32,7 +32,8 @@ from keel_worker.training.forward import ForwardOutput
 
 @dataclass
 class OldPolicy:
-    """Per response row: log π_old of its tokens and, for MoE models, π_old's natural routes."""
+    """Per response row: log π_old of its tokens (0 at context tokens, which are never trained)
+    and, for MoE models, π_old's natural routes."""
 
     logprobs: dict[int, torch.Tensor] = field(default_factory=dict)
     routes: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -40,7 +41,7 @@ class OldPolicy:
     def remember(self, mb: MicroBatch, out: ForwardOutput) -> None:
         """Keep what a forward at θ = θ_old computed for `mb`'s rows."""
         lp = out.logprobs_B_T.detach()
-        n_resp = mb.mask_B_T.sum(dim=1).tolist()
+        n_resp = mb.response_lengths_B.tolist()
         n_in = mb.input_lengths
         for i, r in enumerate(mb.rows):
             self.logprobs[r] = lp[i, : n_resp[i]]

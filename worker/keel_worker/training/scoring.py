@@ -5,6 +5,10 @@ The step calls one function, `score(rollouts) -> rewards`, with one entry per re
 group of that response is dropped from the update, never scored as 0 (docs/architecture.md §6). The
 built-in scorer applies a task's verifier; the service's worker passes its own function that
 publishes rollouts and waits for rewards in the database.
+
+`scored_groups` decides which groups train and `group_advantages` gives their members advantages
+(docs/concepts/algorithm.md §3.1 item 1), for the step's responses as for an agent step's
+episodes, whose advantage each of their sequences then shares.
 """
 
 from __future__ import annotations
@@ -12,7 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+
+from keel.types import metric_names as metric
 from keel.types.training import TaskItem
+from keel_worker.core.advantages import compute_advantages
+from keel_worker.training.metrics import MetricSink
 from keel_worker.training.tasks import Task
 
 
@@ -70,3 +79,40 @@ def scored_groups(
         else:
             dropped += 1
     return ScoredGroups(complete, partial, dropped)
+
+
+def group_advantages(
+    rewards: Sequence[float | None],
+    groups: ScoredGroups,
+    *,
+    group_size: int,
+    mode: str,
+    sink: MetricSink,
+) -> tuple[list[int], torch.Tensor]:
+    """(kept, advantages_R): the indices of the members that train, group by group, and one
+    advantage per entry of `rewards` (0 where dropped), by core's `mode`.
+
+    Complete groups go through core in one [P, G] tensor; a partial group (kept members only)
+    is its own [1, M] group, so its baseline comes from the members that have a reward. Adds
+    `advantage/*` to `sink` when some group is kept.
+    """
+    G = group_size
+    complete = [[g * G + s for s in range(G)] for g in groups.complete]
+    partial = [
+        [g * G + s for s in range(G) if rewards[g * G + s] is not None] for g in groups.partial
+    ]
+    parts = ([complete] if complete else []) + [[members] for members in partial]
+    advantages_R = torch.zeros(len(rewards))
+    if not parts:
+        return [], advantages_R
+    advantages, zero_variance = [], []
+    for part in parts:
+        rewards_P_G = torch.tensor([[rewards[r] for r in m] for m in part], dtype=torch.float32)
+        advantages_P_G, zero_variance_P = compute_advantages(rewards_P_G, mode=mode)
+        advantages.append(advantages_P_G.flatten())
+        zero_variance.append(zero_variance_P)
+    sink.add(metric.ADVANTAGE_ZERO_VARIANCE_FRAC, torch.cat(zero_variance).float().mean())
+    sink.add(metric.ADVANTAGE_ABS_MEAN, torch.cat(advantages).abs().mean())
+    kept = [r for part in parts for members in part for r in members]
+    advantages_R[kept] = torch.cat(advantages)
+    return kept, advantages_R

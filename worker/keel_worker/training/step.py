@@ -18,6 +18,11 @@
     sync      push the new weights to the engine (a LoRA policy's merged weights); bump the
               policy version
 
+`Trainer.step` runs all of it. The phases from split on are `Trainer.learn`, which also trains on
+a batch the step did not sample: an agent step's multi-turn sequences, whose context tokens
+(`RolloutBatch.trained_masks`) the model reads but is never trained on, with the advantages
+`scoring.group_advantages` gives their episodes.
+
 A LoRA run (`config.lora`, `training.lora`) trains the same way: its model is a `peft.PeftModel`
 whose base weights are frozen, so the optimizer and the gradient clip see the adapters alone.
 
@@ -44,7 +49,6 @@ from keel.types import metric_names as metric
 from keel.types.algorithm import objective_kwargs
 from keel.types.routing import ResolvedReplay
 from keel.types.training import TaskItem, TrainingConfig
-from keel_worker.core.advantages import compute_advantages
 from keel_worker.core.aggregation import loss_normalizer
 from keel_worker.core.objectives import OBJECTIVES
 from keel_worker.core.types import PolicyBatch
@@ -55,8 +59,8 @@ from keel_worker.training.batching import (
     bucket_by_length,
     fed_lengths,
     gather_rows,
-    length_mask,
     make_micro_batch,
+    trained_mask,
 )
 from keel_worker.training.forward import PolicyForward
 from keel_worker.training.lora import adapter_dropout
@@ -69,7 +73,7 @@ from keel_worker.training.replay import (
     update_routes,
 )
 from keel_worker.training.replay_auto import AutoReplay
-from keel_worker.training.scoring import Rollout, ScoredGroups, ScoreFn, scored_groups
+from keel_worker.training.scoring import Rollout, ScoreFn, group_advantages, scored_groups
 from keel_worker.training.step_metrics import (
     mismatch,
     old_policy_metrics,
@@ -96,7 +100,8 @@ class UpdatePlan:
 
 
 class Trainer:
-    """Owns the policy's optimizer, replay hooks and policy version; `step()` runs one step."""
+    """Owns the policy's optimizer, replay hooks and policy version; `step()` runs one step,
+    `learn()` + `finish_step()` the phases after scoring on a batch sampled elsewhere."""
 
     def __init__(
         self,
@@ -159,14 +164,6 @@ class Trainer:
         """One global step; `drop_incomplete_groups=False` keeps a group's rewarded members
         (docs/architecture.md §6 drops the group: the default, and a job's reward source may say
         so). The metrics include the replay mode the step ran with (`routing/replay_*`)."""
-        metrics = self._step(items, score, seed=seed, drop_incomplete_groups=drop_incomplete_groups)
-        num_layers = self.replay.num_layers if self.replay is not None else 0
-        metrics.update(self.auto.after_step(metrics, num_layers=num_layers))
-        return metrics
-
-    def _step(
-        self, items: Sequence[TaskItem], score: ScoreFn, *, seed: int, drop_incomplete_groups: bool
-    ) -> dict[str, float]:
         cfg, sink = self.config, MetricSink()
 
         # 1. Rollout: B prompts × G responses from the engine (μ_θold).
@@ -182,7 +179,7 @@ class Trainer:
             seed=seed,
         )
         sink.time(metric.TIME_GENERATE, t0)
-        check_rollout_routes(self.replay, cfg.routing_replay, batch)
+        check_rollout_routes(self.replay, cfg.routing_replay, batch)  # before waiting on scores
 
         # 2. Score. A missing reward is never 0: its group is dropped, or keeps the members that
         #    have one (a baseline needs two of them).
@@ -192,13 +189,34 @@ class Trainer:
         sink.time(metric.TIME_SCORE, t0)
         rollout_metrics(sink, batch, rewards, groups)
         if not groups.kept:
-            return sink.finish()
+            return self.finish_step(sink)
 
         # 3. Advantages per group (core); `rows` are the kept responses.
-        rows, advantages_PG = self._advantages(rewards, groups, len(batch), sink)
+        rows, advantages_PG = group_advantages(
+            rewards, groups, group_size=cfg.group_size, mode=cfg.algorithm.advantage, sink=sink
+        )
+
+        # 4–7. Update the policy on the kept responses and sync the engine.
+        self.learn(batch, advantages_PG, rows, seed=seed, sink=sink)
+        return self.finish_step(sink)
+
+    def learn(
+        self,
+        batch: RolloutBatch,
+        advantages_R: torch.Tensor,
+        rows: list[int],
+        *,
+        seed: int,
+        sink: MetricSink,
+    ) -> None:
+        """Phases 4–7 on the kept `rows` of a batch sampled from the current policy: the step's
+        own rollouts, or an agent step's multi-turn sequences (whose `trained_masks` keep the
+        context tokens out of every loss and count). `advantages_R` holds one advantage per
+        response of `batch` (`_R`: the batch's responses, prompts × group or sequences)."""
+        check_rollout_routes(self.replay, self.config.routing_replay, batch)
 
         # 4. Shuffle and split into N mini-batches, each cut into micro-batches by length.
-        plan = self._plan(batch, rows, advantages_PG, seed, sink)
+        plan = self._plan(batch, rows, advantages_R, seed, sink)
 
         # 5. π_old in the trainer for mini-batches 2..N (θ = θ_old, nothing updated yet); also
         #    for mini-batch 1 when LoRA dropout makes its update forward differ from π_old.
@@ -222,41 +240,21 @@ class Trainer:
         mismatch(sink, rows, batch, plan.old)
         sink.add_float(metric.OPTIM_LR, self.optimizer.param_groups[0]["lr"])
         sink.add_float(metric.POLICY_VERSION, float(self.policy_version))
-        return sink.finish()
+
+    def finish_step(self, sink: MetricSink) -> dict[str, float]:
+        """The step's metrics from `sink`, with the replay mode it ran with; `auto` decides the
+        next step's mode from them."""
+        metrics = sink.finish()
+        num_layers = self.replay.num_layers if self.replay is not None else 0
+        metrics.update(self.auto.after_step(metrics, num_layers=num_layers))
+        return metrics
 
     # ------------------------------------------------------------------ phases
-    def _advantages(
-        self, rewards: list, groups: ScoredGroups, n_responses: int, sink: MetricSink
-    ) -> tuple[list[int], torch.Tensor]:
-        """(kept rows, advantages_PG): one advantage per response of the step, 0 where dropped.
-
-        Complete groups go through core in one [P, G] tensor; a partial group (kept members only)
-        is its own [1, M] group, so its baseline comes from the members that have a reward.
-        """
-        G, mode = self.config.group_size, self.config.algorithm.advantage
-        complete = [[g * G + s for s in range(G)] for g in groups.complete]
-        partial = [
-            [g * G + s for s in range(G) if rewards[g * G + s] is not None] for g in groups.partial
-        ]
-        parts = ([complete] if complete else []) + [[members] for members in partial]
-        advantages, zero_variance = [], []
-        for part in parts:
-            rewards_P_G = torch.tensor([[rewards[r] for r in m] for m in part], dtype=torch.float32)
-            advantages_P_G, zero_variance_P = compute_advantages(rewards_P_G, mode=mode)
-            advantages.append(advantages_P_G.flatten())
-            zero_variance.append(zero_variance_P)
-        sink.add(metric.ADVANTAGE_ZERO_VARIANCE_FRAC, torch.cat(zero_variance).float().mean())
-        sink.add(metric.ADVANTAGE_ABS_MEAN, torch.cat(advantages).abs().mean())
-        rows = [r for part in parts for members in part for r in members]
-        advantages_PG = torch.zeros(n_responses)
-        advantages_PG[rows] = torch.cat(advantages)
-        return rows, advantages_PG
-
     def _plan(
         self,
         batch: RolloutBatch,
         rows: list[int],
-        advantages_PG: torch.Tensor,
+        advantages_R: torch.Tensor,
         seed: int,
         sink: MetricSink,
     ) -> UpdatePlan:
@@ -277,9 +275,10 @@ class Trainer:
             prompt_ids=batch.prompt_ids,
             response_ids=batch.response_ids,
             rollout_logprobs=batch.rollout_logprobs,
-            advantages_PG=advantages_PG,
+            advantages_PG=advantages_R,
             routes=batch.routes,
             pad_id=self.pad_id,
+            trained_masks=batch.trained_masks,
         )
         return UpdatePlan(batch, minibatches_N, micro_N, build, OldPolicy(), sink)
 
@@ -303,9 +302,10 @@ class Trainer:
         cfg, sink, old = self.config, plan.sink, plan.old
         # First mini-batch: θ = θ_old, so its forward IS the π_old recompute (unless dropout).
         first = n == 0 and not self.adapter_dropout
-        n_resp = [len(plan.rollouts.response_ids[r]) for r in plan.minibatches_N[n]]
+        batch, rows = plan.rollouts, plan.minibatches_N[n]
+        trained_B_T = trained_mask(rows, batch.response_ids, batch.trained_masks)
         normalizer = loss_normalizer(
-            self.loss_agg, mask_B_T=length_mask(n_resp), constant=self._norm_constant()
+            self.loss_agg, mask_B_T=trained_B_T, constant=self._norm_constant()
         )
         losses = []
         for rows_mb in plan.micro_N[n]:

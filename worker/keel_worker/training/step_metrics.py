@@ -9,8 +9,12 @@
     mismatch            mismatch/*: the training–inference mismatch of the kept responses,
                         π_old vs μ_old (`core.diagnostics`, docs/concepts/algorithm.md §10.3)
 
+Token statistics count the trained (sampled) tokens only: a multi-turn sequence's context tokens
+(`RolloutBatch.trained_masks`) are in none of the response lengths, the entropy or the mismatch.
+
 Routing disagreement is a share of (token, layer) pairs whose top-k expert set differs, per MoE
-layer (`_L<i>`), at any layer (`_any`) and on average (`_mean`).
+layer (`_L<i>`), at any layer (`_any`) and on average (`_mean`). It covers every token fed to the
+model, prompt and context tokens included: each of them is routed, and replay replays it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from keel.types import metric_names as metric
 from keel_worker.core.diagnostics import mismatch_metrics, routing_disagreement
 from keel_worker.engines.base import RolloutBatch
-from keel_worker.training.batching import MicroBatch, gather_rows, length_mask
+from keel_worker.training.batching import MicroBatch, gather_rows, trained_mask
 from keel_worker.training.forward import ForwardOutput
 from keel_worker.training.metrics import MetricSink
 from keel_worker.training.replay import OldPolicy
@@ -31,7 +35,7 @@ def rollout_metrics(
     sink: MetricSink, batch: RolloutBatch, rewards: list, groups: ScoredGroups
 ) -> None:
     scored = [r for r in rewards if r is not None]
-    lengths = [len(r) for r in batch.response_ids]
+    lengths = batch.sampled_lengths()
     sink.add_float(metric.REWARD_MEAN, sum(scored) / len(scored) if scored else float("nan"))
     sink.add_float(metric.REWARD_MISSING, float(len(rewards) - len(scored)))
     sink.add_float(metric.GROUPS_DROPPED, float(groups.dropped))
@@ -66,7 +70,7 @@ def mismatch(sink: MetricSink, rows: list[int], batch: RolloutBatch, old: OldPol
     width = max(1, *(len(batch.response_ids[r]) for r in rows))
     old_B_T = gather_rows(old.logprobs, rows, width)
     rollout_B_T = gather_rows(dict(enumerate(batch.rollout_logprobs)), rows, width)
-    mask_B_T = length_mask([len(batch.response_ids[r]) for r in rows], width)
+    mask_B_T = trained_mask(rows, batch.response_ids, batch.trained_masks, width)
     for name, value in mismatch_metrics(old_B_T, rollout_B_T, mask_B_T).items():
         sink.add(name, value)
 

@@ -45,7 +45,7 @@ from keel_worker.jobrunner.control import JobControl
 from keel_worker.jobrunner.episodes import EpisodeCalls
 from keel_worker.jobrunner.rewards import RewardContext, RewardWaitExceeded
 from keel_worker.training.metrics import MetricSink
-from keel_worker.training.scoring import scored_groups
+from keel_worker.training.scoring import group_advantages, scored_groups
 from keel_worker.training.step import Trainer
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,16 @@ class AgentStep:
         )
         batch, episode_of_row = _sequences(rows, turns)
         _episode_metrics(sink, rewards, groups, rows, turns, self.trainer.policy_version)
-        if not groups.kept or not len(batch):
-            return sink.finish()
-        kept, advantages_E = self.trainer.group_advantages(rewards, groups, sink)
-        trained = [r for r, e in enumerate(episode_of_row) if e in kept]
-        if not trained:  # the rewarded episodes made no model call: nothing to train on
-            return sink.finish()
-        advantages_R = advantages_E[torch.tensor(episode_of_row)]
-        self.trainer.learn(batch, advantages_R, trained, seed=seed, sink=sink)
-        return sink.finish()
+        kept, advantages_E = group_advantages(
+            rewards, groups, group_size=cfg.group_size, mode=cfg.algorithm.advantage, sink=sink
+        )
+        kept_episodes = set(kept)
+        trained = [r for r, e in enumerate(episode_of_row) if e in kept_episodes]
+        # No update when no group kept, or when its episodes made no model call.
+        if trained:
+            advantages_R = advantages_E[torch.tensor(episode_of_row, dtype=torch.long)]
+            self.trainer.learn(batch, advantages_R, trained, seed=seed, sink=sink)
+        return self.trainer.finish_step(sink)
 
     # ------------------------------------------------------------------ phases
     def _open(self, step: int, items: Sequence[TaskItem]) -> list[RolloutRow]:
@@ -168,12 +169,14 @@ def _sequences(
     """The step's training sequences as one batch, and the episode (row index) of each."""
     prompt_ids, response_ids, logprobs, masks, finishes, episode_of_row = [], [], [], [], [], []
     for e, row in enumerate(rows):
-        for seq in training_sequences(turns[row.id]):
+        indices = sorted({t.sequence_index for t in turns[row.id]})
+        for seq_index, seq in zip(indices, training_sequences(turns[row.id]), strict=True):
             prompt_ids.append(seq.prompt_ids)
             response_ids.append(seq.response_ids)
             logprobs.append(torch.tensor(seq.logprobs, dtype=torch.float32))
             masks.append(torch.tensor(seq.trained_mask, dtype=torch.bool))
-            finishes.append("stop")
+            last = [t for t in turns[row.id] if t.sequence_index == seq_index][-1]
+            finishes.append(last.finish_reason)
             episode_of_row.append(e)
     batch = RolloutBatch(
         prompt_ids=prompt_ids,

@@ -25,6 +25,8 @@ ErrorCode = Literal[
     "rate_limited",  # 429: too many requests or running jobs for the project; see Retry-After
     "broker_unavailable",  # 503: the job was stored but could not be enqueued
     "unavailable",  # 503: readiness failed
+    "policy_unavailable",  # 503: the worker serving the job's policy is stopping or gone
+    "policy_timeout",  # 504: the policy did not answer an agent call in time
     "internal_error",  # 500
 ]
 
@@ -43,6 +45,8 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     "rate_limited": 429,
     "broker_unavailable": 503,
     "unavailable": 503,
+    "policy_unavailable": 503,
+    "policy_timeout": 504,
     "internal_error": 500,
 }
 

@@ -25,6 +25,8 @@ ErrorCode = Literal[
     "rate_limited",  # 429: too many requests or running jobs for the project; see Retry-After
     "broker_unavailable",  # 503: the job was stored but could not be enqueued
     "unavailable",  # 503: readiness failed
+    "policy_unavailable",  # 503: the worker serving the job's policy is stopping or gone
+    "policy_timeout",  # 504: the policy did not answer an agent call in time
     "internal_error",  # 500
     "invalid_request",  # 400: an OpenAI-compatible call the model cannot serve as asked
     "invalid_messages",  # 400: an episode call's messages cannot be rendered (role, content)
@@ -34,8 +36,6 @@ ErrorCode = Literal[
     "invalid_tool_arguments",  # 400: tool-call arguments that are not a JSON object
     "context_length_exceeded",  # 400: an episode's call over the model's context
     "episode_ended",  # 409: a call or claim for an episode rewarded or expired
-    "policy_unavailable",  # 503: no worker serves the episode's job now; retry
-    "policy_timeout",  # 504: the worker did not answer in `serve_timeout_s`
 ]
 
 STATUS_OF_CODE: dict[ErrorCode, int] = {
@@ -53,6 +53,8 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     "rate_limited": 429,
     "broker_unavailable": 503,
     "unavailable": 503,
+    "policy_unavailable": 503,
+    "policy_timeout": 504,
     "internal_error": 500,
     "invalid_request": 400,
     "invalid_messages": 400,
@@ -62,8 +64,6 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     "invalid_tool_arguments": 400,
     "context_length_exceeded": 400,
     "episode_ended": 409,
-    "policy_unavailable": 503,
-    "policy_timeout": 504,
 }
 
 

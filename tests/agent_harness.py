@@ -31,14 +31,14 @@ STEPS = 2
 
 def agent_job(client: keel.Client, **overrides):
     """A 2-step agent job on the tiny dense model (2 tasks × 2 episodes per step)."""
-    config = tiny_job_config(
-        model={"name": "tiny-dense"},
-        steps=STEPS,
-        prompts_per_step=2,
-        group_size=2,
-        rollout={"max_new_tokens": 6},
-        **overrides,
-    )
+    base = {
+        "model": {"name": "tiny-dense"},
+        "steps": STEPS,
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "rollout": {"max_new_tokens": 6},
+    }
+    config = tiny_job_config(**{**base, **overrides})
     return client.jobs.create(
         config=config, prompts={"type": "agent", "tasks": TASKS}, reward={"type": "external"}
     )

@@ -125,6 +125,11 @@ class PolicyServer:
         return f"http://{host}:{port}"
 
     @property
+    def port(self) -> int:
+        """The bound port (the one chosen for port 0)."""
+        return self._httpd.server_address[1]
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

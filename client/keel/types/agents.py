@@ -173,3 +173,16 @@ class KeelSample(ResponseModel):
     token_ids: list[int]
     logprobs: list[float]
     policy_version: int
+
+
+class OpenAIError(ResponseModel):
+    message: str
+    type: str = Field(description="`invalid_request_error` (4xx) or `server_error` (5xx).")
+    param: str | None = None
+    code: str = Field(description="keel's error code (`keel.types.errors.ErrorCode`).")
+
+
+class OpenAIErrorBody(ResponseModel):
+    """The error envelope of the OpenAI-compatible routes, as OpenAI's own."""
+
+    error: OpenAIError

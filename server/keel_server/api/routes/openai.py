@@ -17,14 +17,32 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from keel.types.agents import ChatCompletionRequest, CompletionRequest
+from keel.types.agents import ChatCompletionRequest, CompletionRequest, OpenAIErrorBody
 from keel.types.errors import STATUS_OF_CODE
 from keel_server.api.authenticated import AuthenticatedRoute
 from keel_server.api.deps import Caller, Ctx
+from keel_server.api.errors import error_responses
 from keel_server.services import episodes as service
 from keel_server.services.errors import ServiceError
 
-router = APIRouter(prefix="/openai", tags=["openai"], route_class=AuthenticatedRoute)
+# 401, 413 and 429 are answered before a route runs, in keel's envelope; the rest in OpenAI's.
+_OPENAI_ERRORS = {
+    status: {"model": OpenAIErrorBody, "description": description}
+    for status, description in (
+        (400, "The call cannot be served as asked (`code` says why)."),
+        (403, "Not an episode key."),
+        (404, "The episode is gone."),
+        (409, "The episode was rewarded or expired, or its job ended."),
+        (503, "No worker serves the episode's job now; retry after `Retry-After`."),
+        (504, "The worker did not answer in time."),
+    )
+}
+router = APIRouter(
+    prefix="/openai",
+    tags=["openai"],
+    route_class=AuthenticatedRoute,
+    responses={**error_responses(401, 413, 429), **_OPENAI_ERRORS},
+)
 
 SERVE_SECRET_HEADER = "X-Keel-Serve-Secret"
 _REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}

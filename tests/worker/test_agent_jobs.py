@@ -65,9 +65,18 @@ def _assert_trained_on_what_was_sampled(settings: Settings, job_id: str, seen: d
         assert [s["sequence_index"] for s in samples] == [0, 0]
 
 
-def test_an_agent_job_trains_from_the_sync_openai_sdk(settings, tmp_path):
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"model": {"name": "tiny-dense"}},
+        # MoE: R3 replays the routes the engine took for each sequence, kept by the worker.
+        {"model": {"name": "tiny-moe"}, "routing_replay": "R3"},
+    ],
+    ids=["dense", "moe-r3"],
+)
+def test_an_agent_job_trains_from_the_sync_openai_sdk(settings, tmp_path, model):
     with live_api(settings) as url, keel.Client(base_url=url, api_key=ADMIN_KEY) as client:
-        job = agent_job(client)
+        job = agent_job(client, **model)
         worker = Worker(job.id, settings)
         seen = run_sync_harness(client, job.id)
         worker.join()
@@ -79,6 +88,10 @@ def test_an_agent_job_trains_from_the_sync_openai_sdk(settings, tmp_path):
         assert {p.name for p in points} >= metric.AGENT_METRICS
         sampled = [p for p in points if p.name == metric.AGENT_SAMPLED_TOKENS]
         assert [p.step for p in sampled] == [1, 2] and all(p.value > 0 for p in sampled)
+        if "routing_replay" in model:  # every step replayed the engine's routes, measured them
+            replay = {p.value for p in points if p.name == metric.ROUTING_REPLAY_MODE}
+            assert replay == {3.0}
+            assert {p.step for p in points if p.name == metric.ROUTING_INFER_VS_TRAIN_ANY} == {1, 2}
         checkpoint = client.checkpoints.list(job.id).data[-1]
         path = client.checkpoints.download(checkpoint.id, tmp_path / "model")
         assert (path / "config.json").is_file()

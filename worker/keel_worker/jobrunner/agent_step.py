@@ -92,7 +92,8 @@ class AgentStep:
             cfg.group_size,
             keep_partial=not self.rewards.source.drop_incomplete_groups,
         )
-        batch, episode_of_row = _sequences(rows, turns)
+        routes = self.calls.routes if self.trainer.replay is not None else None
+        batch, episode_of_row = _sequences(rows, turns, routes)
         _episode_metrics(sink, rewards, groups, rows, turns, self.trainer.policy_version)
         kept, advantages_E = group_advantages(
             rewards, groups, group_size=cfg.group_size, mode=cfg.algorithm.advantage, sink=sink
@@ -164,13 +165,25 @@ class AgentStep:
 
 
 def _sequences(
-    rows: list[RolloutRow], turns: dict[str, list[EpisodeTurn]]
+    rows: list[RolloutRow],
+    turns: dict[str, list[EpisodeTurn]],
+    routes: dict[tuple[str, int], torch.Tensor] | None,
 ) -> tuple[RolloutBatch, list[int]]:
-    """The step's training sequences as one batch, and the episode (row index) of each."""
+    """The step's training sequences as one batch, and the episode (row index) of each.
+
+    `routes` (MoE policies): the engine's routes of each sequence, which R3 replays and `auto`
+    measures with. A sequence whose routes this worker does not hold (its turns were sampled
+    before a restart) is left out of the update rather than trained without them."""
     prompt_ids, response_ids, logprobs, masks, finishes, episode_of_row = [], [], [], [], [], []
+    kept_routes = []
     for e, row in enumerate(rows):
         indices = sorted({t.sequence_index for t in turns[row.id]})
         for seq_index, seq in zip(indices, training_sequences(turns[row.id]), strict=True):
+            if routes is not None:
+                if (row.id, seq_index) not in routes:
+                    log.warning("episode %s: sequence %d has no routes here", row.id, seq_index)
+                    continue
+                kept_routes.append(routes[(row.id, seq_index)])
             prompt_ids.append(seq.prompt_ids)
             response_ids.append(seq.response_ids)
             logprobs.append(torch.tensor(seq.logprobs, dtype=torch.float32))
@@ -183,7 +196,7 @@ def _sequences(
         response_ids=response_ids,
         rollout_logprobs=logprobs,
         finish_reasons=finishes,
-        routes=None,
+        routes=kept_routes if routes is not None else None,
         prompt_index=[rows[e].group_index for e in episode_of_row],
         trained_masks=masks,
     )

@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db import episodes as episodes_db
@@ -82,10 +84,13 @@ class EpisodeCalls:
         self.factory, self.job_id, self.max_context = factory, job_id, max_context
         self.renderer = ChatRenderer(tokenizer)
         self.episodes: dict[str, OpenEpisode] = {}
+        # MoE engines' routes of each sequence (episode id, sequence index), kept here for R3.
+        self.routes: dict[tuple[str, int], torch.Tensor] = {}
         self.policy_version = 0
 
     def open(self, stored_turns: dict[str, list]) -> None:
         """The step's episodes (rollout id → turns an earlier run of the step stored)."""
+        self.routes = {}
         self.episodes = {
             rollout_id: OpenEpisode(
                 rollout_id,
@@ -186,26 +191,32 @@ class EpisodeCalls:
             finish = "tool_calls" if parsed.tool_calls else result.finish_reason
         else:
             reply, finish = {"role": "assistant", "content": text}, result.finish_reason
+        # The trajectory decides the turn's sequence (a call planned before another call of the
+        # episode was recorded starts one of its own), so it records first; a failed write then
+        # leaves a turn only in memory, and the harness's retry starts a new sequence.
         index = episode.next_turn
-        sequence_index = episode.sequences_before + p.turn.sequence_index
+        turn = episode.trajectory.record(
+            p.turn, result.sampled_ids, result.logprobs, version, result.finish_reason, reply
+        )
+        sequence_index = episode.sequences_before + turn.sequence_index
         with session_scope(self.factory) as session:
             episodes_db.add_turn(
                 session,
                 episode.rollout_id,
                 index=index,
                 sequence_index=sequence_index,
-                context_ids=p.turn.context_ids,
-                sampled_ids=result.sampled_ids,
-                logprobs=result.logprobs,
+                context_ids=turn.context_ids,
+                sampled_ids=turn.sampled_ids,
+                logprobs=turn.logprobs,
                 policy_version=version,
-                finish_reason=result.finish_reason,
+                finish_reason=turn.finish_reason,
                 messages=_db_json(p.new_messages),
                 reply=_db_json(reply),
                 completion=db_text(text),
             )
-        episode.trajectory.record(
-            p.turn, result.sampled_ids, result.logprobs, version, result.finish_reason, reply
-        )
+        if result.routes is not None:
+            # The last turn's routes cover its whole sequence (everything the engine was fed).
+            self.routes[(episode.rollout_id, sequence_index)] = result.routes
         keel = {
             "episode_id": episode.rollout_id,
             "turn": index,

@@ -1,7 +1,8 @@
 """Persistence: SQLAlchemy models and the only module tree that issues SQL.
 
 Submodules by concept: `models`, `session` (engines, `session_scope`), `jobs` (state machine and
-lease), `prompts`, `rollouts` (reward life cycle), `metrics`, `checkpoints`, `keys`, `events`.
+lease), `prompts`, `rollouts` (reward life cycle), `episodes` (agent episodes: claims, turns),
+`metrics`, `checkpoints`, `keys`, `events`.
 The worker imports these directly; the API reaches them through `keel_server.services`.
 """
 

@@ -20,7 +20,9 @@ AUTH = {SECRET_HEADER: SECRET}
 
 @pytest.fixture
 def server() -> Iterator[PolicyServer]:
-    with PolicyServer("127.0.0.1", 0, SECRET, coalesce_s=0.2, reply_timeout_s=10) as s:
+    with PolicyServer(
+        "127.0.0.1", 0, SECRET, coalesce_s=0.2, max_coalesce_s=1.0, reply_timeout_s=10
+    ) as s:
         yield s
 
 
@@ -88,6 +90,46 @@ def test_concurrent_calls_arrive_in_one_take(
         call.answer(200, {"echo": call.body["i"], "episode": call.episode_id})
     for i, pending in enumerate(responses):
         assert pending.result(timeout=10).json() == {"echo": i, "episode": f"ep_{i}"}
+
+
+def test_the_gather_slides_with_each_arrival(pool: ThreadPoolExecutor) -> None:
+    # Arrivals 0.3 s apart: each within coalesce_s of the last, the third past coalesce_s of the
+    # first, so a window fixed at the first arrival would have cut the batch after two.
+    with PolicyServer("127.0.0.1", 0, SECRET, coalesce_s=0.5, max_coalesce_s=10) as server:
+        taken: Future[list[Call]] = pool.submit(server.take, 10, 64)
+        for i in range(3):
+            pool.submit(post, server.url, "/episodes/e/completions", {"i": i})
+            wait_queued(server, i + 1)
+            if i < 2:
+                time.sleep(0.3)
+        calls = taken.result(timeout=10)
+        assert [c.body["i"] for c in calls] == [0, 1, 2]
+        for call in calls:
+            call.answer(200, {})
+
+
+def test_the_gather_ends_max_coalesce_s_after_the_oldest_call(pool: ThreadPoolExecutor) -> None:
+    with PolicyServer("127.0.0.1", 0, SECRET, coalesce_s=30, max_coalesce_s=0.2) as server:
+        pool.submit(post, server.url, "/episodes/e/completions")
+        wait_queued(server, 1)
+        started = time.monotonic()
+        (call,) = server.take(timeout_s=10, max_calls=64)
+        assert time.monotonic() - started < 5  # not the 30 s of coalesce_s
+        call.answer(200, {})
+
+
+def test_max_calls_queued_are_taken_without_waiting_out_the_window(
+    pool: ThreadPoolExecutor,
+) -> None:
+    with PolicyServer("127.0.0.1", 0, SECRET, coalesce_s=30, max_coalesce_s=30) as server:
+        for i in range(3):
+            pool.submit(post, server.url, "/episodes/e/completions", {"i": i})
+        wait_queued(server, 3)
+        started = time.monotonic()
+        calls = server.take(timeout_s=10, max_calls=3)
+        assert len(calls) == 3 and time.monotonic() - started < 5
+        for call in calls:
+            call.answer(200, {})
 
 
 def test_take_returns_what_is_queued_oldest_first_up_to_max_calls(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -201,7 +202,7 @@ def run_episode(episode: keel.agents.AgentEpisode) -> float:
 
 
 def run(client: keel.Client, args: argparse.Namespace) -> dict[str, Any]:
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()
     job = client.jobs.create(**job_request(args))
     print(
         f"job {job.id}: {args.steps} steps × {args.tasks_per_step} tasks × {args.group_size} "
@@ -226,7 +227,14 @@ def run(client: keel.Client, args: argparse.Namespace) -> dict[str, Any]:
                         flush=True,
                     )
     done = client.jobs.wait(job.id, timeout_s=600)
-    return summarize(job.id, done.status, success, time.monotonic() - started)
+    summary = summarize(job.id, done.status, success, time.monotonic() - started)
+    summary["machine"] = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    return summary
 
 
 def summarize(job_id: str, status: str, success: dict[int, list[float]], wall_s: float) -> dict:
@@ -251,6 +259,13 @@ def summarize(job_id: str, status: str, success: dict[int, list[float]], wall_s:
     return summary
 
 
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
@@ -258,6 +273,7 @@ def _mean(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or args.home / "lookup_agent.json"
+    started = time.monotonic()
     if args.url:
         with keel.Client(base_url=args.url, api_key=args.api_key) as client:
             summary = run(client, args)
@@ -269,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary = run(client, args)
         finally:
             service.stop()
+    summary["total_wall_s"] = round(time.monotonic() - started, 1)  # `keel up` start and stop too
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["status"] == "succeeded" else 1

@@ -112,7 +112,12 @@ class EpisodeCalls:
                 call.answer(400, {"code": bad.code, "detail": bad.detail})
         if not planned:
             return
-        results = generate_batched(self.engine, [p.request for p in planned])
+        try:
+            results = generate_batched(self.engine, [p.request for p in planned])
+        except Exception:  # the engine failed: every waiting harness hears it, then the job does
+            for p in planned:
+                p.call.answer(500, {"code": "internal_error", "detail": "sampling failed"})
+            raise
         for p, result in zip(planned, results, strict=True):
             try:
                 p.call.answer(200, self._record(p, result))
@@ -128,7 +133,11 @@ class EpisodeCalls:
         if episode is None:
             raise CallRefused(409, "episode_ended", f"episode {call.episode_id} is not open")
         body = call.body
-        max_new_tokens = self._max_new_tokens(body)
+        self._check_sampling(body)
+        cap = self.config.rollout.max_new_tokens
+        max_new_tokens = min(
+            body.get("max_completion_tokens") or body.get("max_tokens") or cap, cap
+        )
         if call.kind == "chat/completions":
             tool_choice = body.get("tool_choice", "auto")
             turn = episode.trajectory.plan(
@@ -138,7 +147,7 @@ class EpisodeCalls:
             new_messages = turn.added_messages
         else:
             prompt = body["prompt"]
-            ids = prompt if isinstance(prompt, list) else self._tokenize(prompt)
+            ids = self._token_ids(prompt) if isinstance(prompt, list) else self._tokenize(prompt)
             turn = episode.trajectory.plan_tokens(ids)
             tools, new_messages = None, [{"role": "prompt", "content": prompt}]
         over = len(turn.prompt_ids) + max_new_tokens - self.max_context
@@ -160,7 +169,7 @@ class EpisodeCalls:
         want = bool(body.get("logprobs"))
         return _Planned(call, episode, turn, request, tools, new_messages, want)
 
-    def _max_new_tokens(self, body: dict[str, Any]) -> int:
+    def _check_sampling(self, body: dict[str, Any]) -> None:
         rollout = self.config.rollout
         for name, value in (("temperature", rollout.temperature), ("top_p", rollout.top_p)):
             if name in body and abs(body[name] - value) > 1e-9:
@@ -170,8 +179,15 @@ class EpisodeCalls:
                     f"`{name}` is {body[name]} but this job samples at {name} {value}: the "
                     "trainer corrects for the policy's own distribution (leave it unset)",
                 )
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
-        return min(asked or rollout.max_new_tokens, rollout.max_new_tokens)
+
+    def _token_ids(self, ids: list[int]) -> list[int]:
+        vocab = len(self.tokenizer)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise CallRefused(
+                400, "invalid_request", f"`prompt` holds ids outside the vocabulary: {bad[:5]}"
+            )
+        return list(ids)
 
     def _tokenize(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -376,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     args.data_dir = args.data_dir.resolve()
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Ctrl-C cancels the job even when the demo was started with SIGINT ignored (a shell's
+    # background job, `nohup`): Python installs no KeyboardInterrupt handler then.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     service = KeelService(args.data_dir, choose_port(args.port))
     try:
         print(f"starting keel (embedded: SQLite + filesystem broker in {args.data_dir}) ...")

@@ -13,9 +13,9 @@ from datetime import timedelta
 import pytest
 from in_process import ADMIN_KEY, job_settings
 from job_configs import tiny_job_config
-from live_api import live_api
 
 import keel
+from bench.embedded import live_api
 from keel_server.db import episodes as episodes_db
 from keel_server.db import make_engine, make_session_factory, session_scope, utcnow
 from keel_server.db.rollouts import NewRollout, record_rollouts

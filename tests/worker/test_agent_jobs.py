@@ -13,9 +13,9 @@ import openai
 import pytest
 from agent_harness import STEPS, TOOLS, agent_job, run_async_harness, run_sync_harness
 from in_process import ADMIN_KEY, job_settings
-from live_api import live_api
 
 import keel
+from bench.embedded import live_api
 from keel.types import metric_names as metric
 from keel_server.db import episodes as episodes_db
 from keel_server.db import session_scope

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from in_process import ADMIN_KEY, job_settings
-from live_api import live_api
 
 import keel
+from bench.embedded import live_api
 from keel_worker.jobrunner.runner import run_job
 
 pytestmark = pytest.mark.slow

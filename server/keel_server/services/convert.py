@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from keel.types.agents import Episode, EpisodeTurn
 from keel.types.checkpoints import Checkpoint
 from keel.types.jobs import Job
 from keel.types.prompts import Prompt
@@ -90,3 +93,32 @@ def rollout_state(row: models.Rollout) -> dict:
         "reward": row.reward,
         "deadline_at": row.deadline_at.isoformat(),
     }
+
+
+def episode(row: models.Rollout, base_url: str, api_key: str | None) -> Episode:
+    return Episode(
+        id=row.id,
+        job_id=row.job_id,
+        step=row.step,
+        group_index=row.group_index,
+        sample_index=row.sample_index,
+        task=json.loads(row.prompt),
+        base_url=base_url,
+        api_key=api_key,
+        status=row.status,
+        deadline_at=row.deadline_at,
+    )
+
+
+def episode_turn(row: models.EpisodeTurn) -> EpisodeTurn:
+    return EpisodeTurn(
+        index=row.index,
+        sequence_index=row.sequence_index,
+        messages=row.messages,
+        reply=row.reply,
+        context_tokens=len(row.context_ids),
+        sampled_tokens=len(row.sampled_ids),
+        policy_version=row.policy_version,
+        finish_reason=row.finish_reason,
+        created_at=row.created_at,
+    )

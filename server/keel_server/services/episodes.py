@@ -7,16 +7,16 @@ and its id, so it is handed out with every claim and never stored.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
-from keel.types.agents import Episode, EpisodeClaim, EpisodeClaimed, EpisodeDetail, EpisodeTurn
+from keel.types.agents import EpisodeClaim, EpisodeClaimed, EpisodeDetail
 from keel.types.jobs import TERMINAL_STATUSES
 from keel_server.db import episodes as episodes_db
-from keel_server.db import models, session_scope, stored, utcnow
 from keel_server.db import rollouts as rollouts_db
+from keel_server.db import session_scope, stored, utcnow
 from keel_server.platform.security import episode_key, sealing_key, serve_secret
+from keel_server.services import convert
 from keel_server.services.auth import load_job, load_rollout
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError
@@ -50,7 +50,7 @@ def claim(
             if rows or time.monotonic() >= give_up_at:
                 key = sealing_key(ctx.settings)
                 return EpisodeClaimed(
-                    data=[_episode(row, base_url, episode_key(key, row.id)) for row in rows]
+                    data=[convert.episode(row, base_url, episode_key(key, row.id)) for row in rows]
                 )
         time.sleep(CLAIM_POLL_S)
 
@@ -64,8 +64,8 @@ def retrieve(
             raise ServiceError("not_found", f"episode {episode_id!r} does not exist")
         rollouts_db.expire_due(session, row.job_id, rollout_id=row.id)
         row = rollouts_db.get_rollout(session, episode_id)
-        turns = [_turn(t) for t in episodes_db.turns_of(session, episode_id)]
-        episode = _episode(row, base_url, None)
+        turns = [convert.episode_turn(t) for t in episodes_db.turns_of(session, episode_id)]
+        episode = convert.episode(row, base_url, None)
         return EpisodeDetail(**episode.model_dump(), turns=turns, reward=row.reward)
 
 
@@ -108,32 +108,3 @@ def policy_target(ctx: ServiceContext, principal: Principal) -> PolicyTarget:
 def public_base_url(ctx: ServiceContext, request_base: str) -> str:
     """The episodes' `base_url`: `Settings.public_url`, else the URL the request came to."""
     return (ctx.settings.public_url or request_base).rstrip("/") + "/v1/openai"
-
-
-def _episode(row: models.Rollout, base_url: str, api_key: str | None) -> Episode:
-    return Episode(
-        id=row.id,
-        job_id=row.job_id,
-        step=row.step,
-        group_index=row.group_index,
-        sample_index=row.sample_index,
-        task=json.loads(row.prompt),
-        base_url=base_url,
-        api_key=api_key,
-        status=row.status,
-        deadline_at=row.deadline_at,
-    )
-
-
-def _turn(row: models.EpisodeTurn) -> EpisodeTurn:
-    return EpisodeTurn(
-        index=row.index,
-        sequence_index=row.sequence_index,
-        messages=row.messages,
-        reply=row.reply,
-        context_tokens=len(row.context_ids),
-        sampled_tokens=len(row.sampled_ids),
-        policy_version=row.policy_version,
-        finish_reason=row.finish_reason,
-        created_at=row.created_at,
-    )

@@ -162,3 +162,41 @@ def test_bad_calls_get_a_clear_4xx_and_record_nothing(settings):
             client.rewards.create(episode.id, 0.0)
         worker.join()
         assert worker.outcome.status == "succeeded"
+
+
+def test_a_paused_step_keeps_its_turns_and_a_resumed_worker_serves_the_rest(settings):
+    """Nothing a harness sampled is lost across a pause: the resumed step finds its episodes and
+    their stored turns; the next call of a conversation starts a new sequence (the new worker has
+    no trajectory to continue), and both sequences train under the episode's reward."""
+    user = {"role": "user", "content": "hi"}
+    with live_api(settings) as url, keel.Client(base_url=url, api_key=ADMIN_KEY) as client:
+        job = agent_job(client, steps=1, prompts_per_step=1)
+        first_run = Worker(job.id, settings)
+        episodes = client.episodes.claim(job.id, max_episodes=2, wait_s=30).data
+        llms = [openai.OpenAI(base_url=e.base_url, api_key=e.api_key) for e in episodes]
+        replies = [llm.chat.completions.create(model="policy", messages=[user]) for llm in llms]
+
+        client.jobs.pause(job.id)
+        first_run.join()
+        assert first_run.outcome.status == "paused"
+        paused = llms[0].with_options(max_retries=0)
+        with pytest.raises(openai.APIStatusError) as waiting:  # no worker serves it: retry later
+            paused.chat.completions.create(model="policy", messages=[user])
+        assert waiting.value.status_code == 503
+
+        client.jobs.resume(job.id)
+        second_run = Worker(job.id, settings)
+        for llm, reply, episode in zip(llms, replies, episodes, strict=True):
+            history = [user, reply.choices[0].message.model_dump(exclude_none=True), user]
+            again = llm.chat.completions.create(model="policy", messages=history)
+            assert (
+                again.model_extra["keel"]["turn"],
+                again.model_extra["keel"]["sequence_index"],
+            ) == (1, 1)
+            client.rewards.create(episode.id, float(episode.sample_index))
+        second_run.join()
+        assert second_run.outcome.status == "succeeded"
+        assert [len(client.episodes.retrieve(e.id).turns) for e in episodes] == [2, 2]
+        sequences = client.metrics.list(job.id, name=metric.AGENT_SEQUENCES)
+        assert [p.value for p in sequences] == [4.0]  # 2 episodes × (the turn before + after)
+        assert client.jobs.retrieve(job.id).policy_version == 1

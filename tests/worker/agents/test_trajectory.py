@@ -278,3 +278,25 @@ def _renderer_with(tokenizer, template: str) -> ChatRenderer:
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = template
     return ChatRenderer(tokenizer)
+
+
+def test_raw_prompt_calls_continue_only_on_an_exact_token_prefix(byte):
+    """`/completions`: a prompt that starts with a sequence's tokens continues it (its context is
+    the rest); one that re-tokenized the history differently starts a new sequence."""
+    trajectory = Trajectory(byte)
+    prompt = byte.encode("Q: 1+1?\nA:")
+    first = trajectory.plan_tokens(prompt)
+    assert (first.sequence_index, first.context_ids, first.continues) == (0, prompt, False)
+    trajectory.record(first, byte.encode(" 2"), [-0.1, -0.2], 0, "length", _reply(" 2"))
+
+    more = byte.encode("\nQ: 2+2?\nA:")
+    second = trajectory.plan_tokens([*prompt, *byte.encode(" 2"), *more])
+    assert (second.sequence_index, second.context_ids, second.continues) == (0, more, True)
+    trajectory.record(second, byte.encode(" 4"), [-0.3, -0.4], 0, "length", _reply(" 4"))
+    (sequence,) = training_sequences(trajectory.turns)
+    assert sequence.prompt_ids == prompt
+    assert sequence.trained_mask == [True] * 2 + [False] * len(more) + [True] * 2
+
+    edited = trajectory.plan_tokens([*prompt, *byte.encode(" two"), *more])
+    assert (edited.sequence_index, edited.continues) == (1, False)
+    assert edited.context_ids == edited.prompt_ids

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -28,12 +26,12 @@ import openai
 
 import keel
 from bench.embedded import ADMIN_KEY, live_api
+from bench.machine import describe_machine, load_averages
 from keel_server.db import make_engine, make_session_factory, session_scope
 from keel_server.db.models import Job
 from keel_server.migrate import upgrade
 from keel_server.platform.security import sealing_key, serve_secret
 from keel_server.platform.settings import Settings
-from keel_worker.engines.hardware import cpu_model_name
 from keel_worker.jobrunner import episodes as episode_calls
 from keel_worker.jobrunner.runner import run_job
 
@@ -129,16 +127,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.agent_endpoint")
     parser.add_argument("--calls", type=int, default=50)
     args = parser.parse_args()
-    load_before = os.getloadavg()
+    load_before = load_averages()
     result = run(args.calls)
     record = {
-        "machine": {
-            "cpu": cpu_model_name(),
-            "cores": os.cpu_count(),
-            "arch": platform.machine(),
-            "load_before": [round(x, 2) for x in load_before],
-            "load_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": describe_machine(load_before=load_before, load_after=load_averages()),
         "model": "tiny-dense, 4 new tokens per call",
         "target_added_p50_ms": TARGET_ADDED_P50_MS,
         **result,

@@ -40,7 +40,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -48,6 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.machine import describe_machine, load_averages
 from keel.types import metric_names as metric
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -195,7 +195,7 @@ def measure(
         "steps": steps,
         "config": config.model_dump(mode="json"),
         "warmup": "one unrecorded 1-step run of each side" if warmup else "none",
-        "load_before": _load(),
+        "load_before": load_averages(),
         "runs": [],
     }
     if warmup:
@@ -204,16 +204,22 @@ def measure(
     for pair in range(repeats):
         for side, run in ((a, run_a), (b, run_b)):
             gc.collect()
-            load = _load()
+            load = load_averages()
             print(
                 f"[{time.strftime('%H:%M:%S')}] {part} pair {pair + 1}/{repeats}: {side}",
                 flush=True,
             )
             result = run(config)
             record["runs"].append(
-                {"pair": pair, "side": side, "load_before": load, "load_after": _load(), **result}
+                {
+                    "pair": pair,
+                    "side": side,
+                    "load_before": load,
+                    "load_after": load_averages(),
+                    **result,
+                }
             )
-            record["load_after"] = _load()
+            record["load_after"] = load_averages()
             record["summary"] = summarize(record)
             _save(out, part, record)
             print(
@@ -249,30 +255,15 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- results files
-def _load() -> list[float]:
-    """The load averages over 1, 5 and 15 minutes, as `uptime` prints them."""
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    from keel_worker.engines.hardware import cpu_model_name
-
-    return {
-        "cpu": cpu_model_name(),
-        "cores": os.cpu_count(),
-        "arch": platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "nice": os.nice(0),
-    }
 
 
 def _save(out: Path, part: str, record: dict[str, Any]) -> None:
     """Write `part` into the results files, keeping the other part's results."""
     path = out / f"{NAME}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results["machine"] = _machine()
+    import torch
+
+    results["machine"] = describe_machine(torch_threads=torch.get_num_threads(), nice=os.nice(0))
     results[part] = record
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")

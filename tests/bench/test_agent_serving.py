@@ -4,7 +4,7 @@ the summary."""
 
 import json
 
-from bench import agent_serving
+from bench import agent_serving, agent_serving_report
 
 
 def test_one_repeat_on_the_tiny_model_samples_the_same_work_on_both_sides(tmp_path):
@@ -26,7 +26,7 @@ def test_one_repeat_on_the_tiny_model_samples_the_same_work_on_both_sides(tmp_pa
         ]
         assert sum(side["batches"]) == 8
         for call in calls:
-            parts = sum(call[f"{k}_s"] for k in agent_serving.PARTS)
+            parts = sum(call[f"{k}_s"] for k in agent_serving_report.PARTS)
             assert abs(parts - call["added_s"]) < 1e-9  # the segments split the added time
             assert call["added_s"] > 0
     assert all(c["round_trip_s"] > c["generate_s"] > 0 for c in served["calls"])

@@ -7,8 +7,9 @@ turn, and then rewards once (docs/concepts/agents.md).
 
 The OpenAI request models accept what the `openai` SDK sends for the features keel serves and
 refuse the rest by name (`stream`, `n` > 1, ...): a harness finds out at its first call, not from
-silently different behaviour. The response models follow OpenAI's and add a `keel` object (the
-sampled token ids, their log-probabilities and the policy version that sampled them).
+silently different behaviour. The answers are OpenAI's objects with a `keel` object added (the
+sampled token ids, their log-probabilities and the policy version that sampled them), laid out
+by the worker (`keel_worker.agents.replies`); only their error envelope is typed here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from keel.types.common import Float, Int, RequestModel, ResponseModel, Text
 
@@ -160,19 +161,6 @@ class CompletionRequest(_OpenAIRequest):
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("`prompt` holds no token")
         return self
-
-
-class KeelSample(ResponseModel):
-    """keel's own fields on an answer: what the policy sampled, token-exact."""
-
-    model_config = ConfigDict(extra="ignore")
-    episode_id: str
-    turn: int
-    sequence_index: int
-    prompt_token_ids: list[int] | None = None
-    token_ids: list[int]
-    logprobs: list[float]
-    policy_version: int
 
 
 class OpenAIError(ResponseModel):

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from keel_server.db.base import utcnow
 from keel_server.db.models import EpisodeTurn, Job, Rollout
@@ -25,34 +25,48 @@ def claim(
 ) -> list[Rollout]:
     """Up to `limit` open, unclaimed episodes of the job, oldest step first, now claimed."""
     now = now or utcnow()
-    candidates = select(Rollout.id).where(
-        Rollout.job_id == job_id,
-        Rollout.status == "awaiting_reward",
-        Rollout.claimed_at.is_(None),
-        Rollout.deadline_at > now,
-    )
     key = (Rollout.step, Rollout.group_index, Rollout.sample_index)
-    ids = list(session.execute(candidates.order_by(*key).limit(limit)).scalars())
-    claimed = []
-    for rollout_id in ids:
-        stmt = (
-            update(Rollout)
-            .where(Rollout.id == rollout_id, Rollout.claimed_at.is_(None))
-            .values(claimed_at=now)
-            .execution_options(synchronize_session=False)
+    candidates = (
+        select(Rollout.id)
+        .where(
+            Rollout.job_id == job_id,
+            Rollout.status == "awaiting_reward",
+            Rollout.claimed_at.is_(None),
+            Rollout.deadline_at > now,
         )
-        if session.execute(stmt).rowcount == 1:
-            claimed.append(rollout_id)
-    if not claimed:
+        .order_by(*key)
+        .limit(limit)
+    )
+    ids = list(session.execute(candidates).scalars())
+    if not ids:
         return []
-    rows = select(Rollout).where(Rollout.id.in_(claimed)).order_by(*key)
+    # Claimed only where still unclaimed: a harness that claimed one in between keeps it.
+    claimed = session.execute(
+        update(Rollout)
+        .where(Rollout.id.in_(ids), Rollout.claimed_at.is_(None))
+        .values(claimed_at=now)
+        .returning(Rollout.id)
+        .execution_options(synchronize_session=False)
+    )
+    rows = select(Rollout).where(Rollout.id.in_(list(claimed.scalars()))).order_by(*key)
     return list(session.execute(rows.execution_options(populate_existing=True)).scalars())
 
 
+# What authenticating an episode key and checking a model call read, on every call: not the
+# job's config or summaries (large JSON), which load only when touched.
+_EPISODE_COLUMNS = (Rollout.id, Rollout.job_id, Rollout.status, Rollout.deadline_at)
+_JOB_COLUMNS = (Job.id, Job.project_id, Job.status, Job.serve_url)
+
+
 def episode_and_job(session: Session, rollout_id: str) -> tuple[Rollout, Job] | None:
-    row = session.execute(
-        select(Rollout, Job).join(Job, Rollout.job_id == Job.id).where(Rollout.id == rollout_id)
-    ).one_or_none()
+    stmt = (
+        select(Rollout, Job)
+        .join(Job, Rollout.job_id == Job.id)
+        .where(Rollout.id == rollout_id)
+        .options(load_only(*_EPISODE_COLUMNS), load_only(*_JOB_COLUMNS))
+        .execution_options(populate_existing=True)
+    )
+    row = session.execute(stmt).one_or_none()
     return None if row is None else (row[0], row[1])
 
 

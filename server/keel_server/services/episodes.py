@@ -19,7 +19,7 @@ from keel_server.platform.security import episode_key, sealing_key, serve_secret
 from keel_server.services import convert
 from keel_server.services.auth import load_job, load_rollout
 from keel_server.services.context import Principal, ServiceContext
-from keel_server.services.errors import ServiceError
+from keel_server.services.errors import ServiceError, not_found
 
 CLAIM_POLL_S = 0.2
 NOT_AN_EPISODE_KEY = (
@@ -61,7 +61,7 @@ def retrieve(
     with session_scope(ctx.sessions) as session:
         row, job = load_rollout(session, principal, episode_id)
         if stored.prompt_type(job) != "agent":
-            raise ServiceError("not_found", f"episode {episode_id!r} does not exist")
+            raise not_found("episode", episode_id)
         rollouts_db.expire_due(session, row.job_id, rollout_id=row.id)
         row = rollouts_db.get_rollout(session, episode_id)
         turns = [convert.episode_turn(t) for t in episodes_db.turns_of(session, episode_id)]
@@ -85,7 +85,7 @@ def policy_target(ctx: ServiceContext, principal: Principal) -> PolicyTarget:
     with session_scope(ctx.sessions) as session:
         found = episodes_db.episode_and_job(session, principal.episode_id)
         if found is None:
-            raise ServiceError("not_found", f"episode {principal.episode_id!r} does not exist")
+            raise not_found("episode", principal.episode_id)
         rollout, job = found
         if rollout.status != "awaiting_reward" or rollout.deadline_at <= utcnow():
             ended = "expired" if rollout.status != "rewarded" else "rewarded"

@@ -86,13 +86,15 @@ class PlannedTurn:
 class TrainingSequence:
     """One sequence of an episode, as the trainer takes it. `trained_mask`, `logprobs` (0.0 at
     context positions) and `policy_versions` (the version of the turn each position belongs to;
-    read only where trained) run along `response_ids`."""
+    read only where trained) run along `response_ids`; `finish_reason` is its last turn's."""
 
+    sequence_index: int
     prompt_ids: list[int]
     response_ids: list[int]
     trained_mask: list[bool]
     logprobs: list[float]
     policy_versions: list[int]
+    finish_reason: FinishReason
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,13 @@ def _training_sequence(turns: list[Turn]) -> TrainingSequence:
         logprobs += [0.0] * len(context_ids) + turn.logprobs
         policy_versions += [turn.policy_version] * (len(context_ids) + len(turn.sampled_ids))
     return TrainingSequence(
-        list(turns[0].context_ids), response_ids, trained_mask, logprobs, policy_versions
+        turns[0].sequence_index,
+        list(turns[0].context_ids),
+        response_ids,
+        trained_mask,
+        logprobs,
+        policy_versions,
+        turns[-1].finish_reason,
     )
 
 

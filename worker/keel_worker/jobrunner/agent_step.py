@@ -177,19 +177,19 @@ def _sequences(
     prompt_ids, response_ids, logprobs, masks, finishes, episode_of_row = [], [], [], [], [], []
     kept_routes = []
     for e, row in enumerate(rows):
-        indices = sorted({t.sequence_index for t in turns[row.id]})
-        for seq_index, seq in zip(indices, training_sequences(turns[row.id]), strict=True):
+        for seq in training_sequences(turns[row.id]):
             if routes is not None:
-                if (row.id, seq_index) not in routes:
-                    log.warning("episode %s: sequence %d has no routes here", row.id, seq_index)
+                if (row.id, seq.sequence_index) not in routes:
+                    log.warning(
+                        "episode %s: sequence %d has no routes here", row.id, seq.sequence_index
+                    )
                     continue
-                kept_routes.append(routes[(row.id, seq_index)])
+                kept_routes.append(routes[(row.id, seq.sequence_index)])
             prompt_ids.append(seq.prompt_ids)
             response_ids.append(seq.response_ids)
             logprobs.append(torch.tensor(seq.logprobs, dtype=torch.float32))
             masks.append(torch.tensor(seq.trained_mask, dtype=torch.bool))
-            last = [t for t in turns[row.id] if t.sequence_index == seq_index][-1]
-            finishes.append(last.finish_reason)
+            finishes.append(seq.finish_reason)
             episode_of_row.append(e)
     batch = RolloutBatch(
         prompt_ids=prompt_ids,

@@ -190,7 +190,7 @@ class EpisodeCalls:
         return list(ids)
 
     def _tokenize(self, text: str) -> list[int]:
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.renderer.encode(text)
         if not ids:
             raise CallRefused(400, "invalid_request", "`prompt` tokenizes to nothing")
         return ids
@@ -198,7 +198,7 @@ class EpisodeCalls:
     def _record(self, p: _Planned, result: GenerationResult) -> dict[str, Any]:
         """Store the turn, then the answer the harness gets."""
         episode, version = p.episode, self.policy_version
-        text = self._reply_text(result.sampled_ids)
+        text = self.renderer.decode(result.sampled_ids)
         if p.call.kind == "chat/completions":
             parsed = parse_completion(text, p.tools)
             reply: dict[str, Any] = {"role": "assistant", "content": parsed.content}
@@ -253,9 +253,6 @@ class EpisodeCalls:
         if p.call.kind == "chat/completions":
             return chat_completion(message=reply, **common)
         return text_completion(text=text, **common)
-
-    def _reply_text(self, sampled_ids: list[int]) -> str:
-        return self.renderer.decode(sampled_ids)
 
     def _token_strings(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i]) for i in ids]

@@ -57,12 +57,14 @@ class AgentEpisode:
 
     def reward(self, value: float) -> RewardResult:
         """Post the episode's one reward (sync client)."""
-        assert isinstance(self._client, Client), "use `await episode.areward(...)`"
+        if not isinstance(self._client, Client):
+            raise TypeError("this episode came from an AsyncClient: `await episode.areward(...)`")
         return self._client.rewards.create(self.id, value)
 
     async def areward(self, value: float) -> RewardResult:
         """Post the episode's one reward (async client)."""
-        assert isinstance(self._client, AsyncClient), "use `episode.reward(...)`"
+        if not isinstance(self._client, AsyncClient):
+            raise TypeError("this episode came from a Client: `episode.reward(...)`")
         return await self._client.rewards.create(self.id, value)
 
     def _key(self) -> str:

@@ -155,9 +155,17 @@ def test_bad_calls_get_a_clear_4xx_and_record_nothing(settings):
 
         ok = llm.chat.completions.create(model="policy", messages=user)
         assert ok.choices[0].finish_reason in ("stop", "length")
+        # A raw prompt (`/completions`) continuing the conversation's own tokens, with logprobs.
+        keel_sample = ok.model_extra["keel"]
+        with pytest.raises(openai.BadRequestError):
+            llm.completions.create(model="policy", prompt=[10**9], max_tokens=2)
+        raw = llm.completions.create(model="policy", prompt="Q: 1+1=", max_tokens=2, logprobs=1)
+        sampled = raw.model_extra["keel"]
+        assert raw.choices[0].logprobs.token_logprobs == sampled["logprobs"]
+        assert sampled["turn"] == keel_sample["turn"] + 1
         other.rewards.create(first.id, 1.0)
         refused(409, "episode_ended", messages=user)  # a call after the episode's reward
-        assert len(client.episodes.retrieve(first.id).turns) == 1
+        assert len(client.episodes.retrieve(first.id).turns) == 2
         for episode in [second, *rest]:
             client.rewards.create(episode.id, 0.0)
         worker.join()

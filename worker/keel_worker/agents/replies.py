@@ -24,15 +24,7 @@ def chat_completion(
     choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason}
     if token_strings is not None:
         choice["logprobs"] = {"content": _token_logprobs(token_strings, keel["logprobs"])}
-    return {
-        "id": f"chatcmpl-{call_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [choice],
-        "usage": _usage(prompt_tokens, len(keel["token_ids"])),
-        "keel": keel,
-    }
+    return _answer(f"chatcmpl-{call_id}", "chat.completion", model, choice, prompt_tokens, keel)
 
 
 def text_completion(
@@ -45,8 +37,12 @@ def text_completion(
     token_strings: list[str] | None,
     keel: dict[str, Any],
 ) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": finish_reason}
-    choice["logprobs"] = None
+    choice: dict[str, Any] = {
+        "index": 0,
+        "text": text,
+        "finish_reason": finish_reason,
+        "logprobs": None,
+    }
     if token_strings is not None:
         choice["logprobs"] = {
             "tokens": token_strings,
@@ -54,13 +50,30 @@ def text_completion(
             "top_logprobs": None,
             "text_offset": _offsets(token_strings),
         }
+    return _answer(f"cmpl-{call_id}", "text_completion", model, choice, prompt_tokens, keel)
+
+
+def _answer(
+    answer_id: str,
+    kind: str,
+    model: str,
+    choice: dict[str, Any],
+    prompt_tokens: int,
+    keel: dict[str, Any],
+) -> dict[str, Any]:
+    """OpenAI's envelope around one choice, with its usage and keel's object."""
+    completion_tokens = len(keel["token_ids"])
     return {
-        "id": f"cmpl-{call_id}",
-        "object": "text_completion",
+        "id": answer_id,
+        "object": kind,
         "created": int(time.time()),
         "model": model,
         "choices": [choice],
-        "usage": _usage(prompt_tokens, len(keel["token_ids"])),
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
         "keel": keel,
     }
 
@@ -78,11 +91,3 @@ def _offsets(tokens: list[str]) -> list[int]:
         offsets.append(at)
         at += len(t)
     return offsets
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -195,4 +196,64 @@ class JobEvent(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(String(20))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TinkerSession(Base):
+    """A Tinker SDK client's session (`create_session`), kept alive by its heartbeats."""
+
+    __tablename__ = "tinker_sessions"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    sdk_version: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TinkerRequest(Base):
+    """One Tinker call on a model (a job): its future. Queued by the API, executed by the job's
+    resident worker in `seq_id` order, answered from `result` by `retrieve_future`; rows, so a
+    pending future survives an API restart."""
+
+    __tablename__ = "tinker_requests"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq_id"),
+        Index("ix_tinker_requests_job_id_state", "job_id", "state"),
+    )
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq_id: Mapped[int | None] = mapped_column(Integer)  # None: unordered (sampling)
+    kind: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # the request body, decompressed
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(10))  # "proto" | "json"
+    state: Mapped[str] = mapped_column(String(10), default="queued")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the SDK's JSON response
+    error: Mapped[str | None] = mapped_column(Text)
+    error_category: Mapped[str | None] = mapped_column(String(10))  # user | server | unknown
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TinkerWeights(Base):
+    """A named save of a Tinker model: `tinker://<job>/weights/<name>` (weights, optionally the
+    optimizer) or `tinker://<job>/sampler_weights/<name>` (weights only)."""
+
+    __tablename__ = "tinker_weights"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "name"),)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))  # "weights" | "sampler_weights"
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)  # the directory under the job's artifacts
+    policy_version: Mapped[int] = mapped_column(Integer)
+    with_optimizer: Mapped[bool] = mapped_column(Boolean, default=False)
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    checkpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="SET NULL")
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

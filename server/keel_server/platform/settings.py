@@ -113,6 +113,30 @@ class Settings(BaseSettings):
         description="Seconds one model call of an agent episode may take, queued and sampled "
         "(the API's wait on the worker; the worker answers 504 past it).",
     )
+    tinker_poll_interval_s: float = Field(
+        default=0.01,
+        gt=0,
+        description="Seconds between a Tinker model's checks of its request queue while it has "
+        "nothing to run (the worker's side; calls wait at most this long to start).",
+    )
+    tinker_seq_gap_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a Tinker model waits for a missing `seq_id` before it fails the "
+        "calls queued after it.",
+    )
+    tinker_session_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a Tinker SDK session has ended "
+        "(the SDK beats every 10 s and never unloads its models): its models' jobs end.",
+    )
+    tinker_idle_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a Tinker model stays resident with no call; then its job pauses "
+        "(its saved weights stay; a new call resumes it).",
+    )
     job_queue: str = Field(default="keel", description="Celery queue that `keel.run_job` uses.")
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."

@@ -80,11 +80,15 @@ def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> Run
 def _run_leased(
     spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
 ) -> RunOutcome:
-    from keel_worker.jobrunner.loop import JobLoop  # torch stays out of light imports
+    # torch stays out of light imports
+    if spec.prompt_type == "tinker":
+        from keel_worker.jobrunner.tinker_loop import TinkerLoop as Loop
+    else:
+        from keel_worker.jobrunner.loop import JobLoop as Loop
 
     loop = None
     try:
-        loop = JobLoop(spec, settings, factory, control)
+        loop = Loop(spec, settings, factory, control)
         status = loop.run()
     except (StopRun, LeaseLost):
         log.warning("job %s: lease lost; leaving the job to its new holder", spec.id)

@@ -1,0 +1,289 @@
+"""A Tinker model's run: the model stays resident in this worker and executes the job's queued
+calls (`keel_server.db.tinker`) one at a time, numbered calls strictly in `seq_id` order.
+
+What a client sees depends on the order alone: gradients accumulate across forward_backward
+calls (and the SDK's chunks of one call) until optim_step, so a call may only run once every call
+numbered before it has. Unnumbered calls (sampling) run in arrival order between them. A missing
+`seq_id` holds the calls behind it for `tinker_seq_gap_s`, then fails them.
+
+Each optim_step is a step of the job: its metrics (the losses and keel's mismatch / IS / clip
+numbers of the forward_backward calls since the last step) and progress are written like any
+job's, so the dashboard draws the run. A named `save_weights` is also a checkpoint of the job
+(its downloads work like any job's).
+
+Only the training since the last save lives in memory alone: a worker that dies fails the calls
+it had open, and the next worker reloads the newest `save_weights` (weights and optimizer) and says
+so in those calls' errors. The run ends with `unload_model` (succeeded), a cancel or pause
+(open calls fail with that reason), the end of its SDK session (no heartbeat for
+`tinker_session_timeout_s`: succeeded; the SDK never unloads a model, it stops beating), or
+`tinker_idle_timeout_s` with no call (paused: resumable).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keel_server.db import SessionFactory, session_scope
+from keel_server.db import tinker as queue
+from keel_server.db.base import utcnow
+from keel_server.db.jobs import get_job, record_progress
+from keel_server.db.metrics import write_step_metrics
+from keel_server.db.models import TinkerRequest
+from keel_server.platform.model_access import ModelNotAllowed, resolve_job_model
+from keel_server.platform.settings import Settings
+from keel_server.platform.storage import job_dir
+from keel_worker.engines.models import LoadedModel, load_model
+from keel_worker.jobrunner.checkpoints import register_checkpoint_dir
+from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.spec import JobSpec
+from keel_worker.jobrunner.tinker_calls import CallError, TinkerCalls
+from keel_worker.tinker.resident import ResidentModel
+
+log = logging.getLogger(__name__)
+
+# Why the calls still open when a run ends fail, by the run's end state.
+_ENDED = {
+    "paused": "the model's job was paused; resume it and send the call again",
+    "cancelled": "the model's job was cancelled",
+    "succeeded": "the model was unloaded",
+}
+
+
+@dataclass
+class _Order:
+    """Which numbered call may run next, and since when a later one waits for it."""
+
+    expected: int
+    gap_since: object | None = None  # created_at of the first call waiting behind a gap
+
+
+@dataclass
+class _Window:
+    """The forward_backward metrics since the last optim_step, summed."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    calls: int = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.calls += 1
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+
+    def drain(self) -> dict[str, float]:
+        out = dict(self.sums)
+        out["tinker/forward_backward_calls"] = float(self.calls)
+        self.sums, self.calls = {}, 0
+        return out
+
+
+class TinkerLoop:
+    """Serves a Tinker model's calls; `run()` returns the end state for `finish_job`."""
+
+    def __init__(
+        self, spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.factory = factory
+        self.control = control
+        self.workdir = job_dir(settings.artifacts_dir, spec.id)
+        self.step_reached = 0
+        self.end_reason: str | None = None
+        self.window = _Window()
+
+    def run(self) -> str:
+        outcome = "failed"
+        try:
+            self._setup()
+            outcome = self._serve()
+            return outcome
+        except StopRun:
+            outcome = "lost"
+            raise
+        finally:
+            if outcome != "lost":  # a new holder owns the calls now
+                self._fail_open(outcome)
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.spec.config
+        lora_rank = cfg.lora.rank if cfg.lora is not None else None
+        self.model = ResidentModel.create(self._load_model(), lora_rank=lora_rank, seed=cfg.seed)
+        self.calls = TinkerCalls(
+            model=self.model,
+            factory=self.factory,
+            job_id=self.spec.id,
+            workdir=self.workdir,
+            register=self._register,
+        )
+        reloaded = self.calls.reload_latest()
+        with session_scope(self.factory) as session:
+            lost = queue.fail_open(
+                session,
+                self.spec.id,
+                "the worker serving this model stopped; the model was reloaded from "
+                + (f"its last save {reloaded}" if reloaded else "its base weights (never saved)")
+                + ": send the calls again from there",
+            )
+            last = queue.last_finished_seq(session, self.spec.id)
+        if lost:
+            log.warning(
+                "job %s: failed %d calls left open by an earlier worker", self.spec.id, lost
+            )
+            job = get_job(session, self.spec.id)
+            self.session_id = (job.prompt_source or {}).get("session_id") if job else None
+        self._session_checked = 0.0
+        self.order = _Order(expected=last + 1 if last is not None else 0)
+        self.step_reached = self.model.version
+
+    def _load_model(self) -> LoadedModel:
+        model = self.spec.config.model
+        with session_scope(self.factory) as session:
+            source = resolve_job_model(model, self.settings, session, self.spec.project_id)
+        try:
+            return load_model(
+                source.spec,
+                cache_dir=Path(self.settings.home) / "models",
+                local_paths=source.kind in ("local", "checkpoint"),
+            )
+        except Exception as exc:
+            log.exception("job %s: loading model %r failed", self.spec.id, model.label)
+            raise ModelNotAllowed(model.label) from exc
+
+    # ------------------------------------------------------------------ the queue
+    def _serve(self) -> str:
+        idle_since = time.monotonic()
+        while True:
+            try:
+                self.control.check()
+            except StopRun as stop:
+                if stop.reason == "lost":
+                    raise
+                return "paused" if stop.reason == "pause" else "cancelled"
+            if self._session_ended():
+                self.end_reason = (
+                    f"its Tinker session sent no heartbeat for "
+                    f"{self.settings.tinker_session_timeout_s:g} s: the client is gone"
+                )
+                return "succeeded"
+            row = self._next()
+            if row is None:
+                if time.monotonic() - idle_since > self.settings.tinker_idle_timeout_s:
+                    self.end_reason = (
+                        f"no call for {self.settings.tinker_idle_timeout_s:g} s: the model was "
+                        "unloaded; its saves stay, and resuming the job loads the newest"
+                    )
+                    return "paused"
+                time.sleep(self.settings.tinker_poll_interval_s)
+                continue
+            self._execute(row)
+            idle_since = time.monotonic()
+            if row.kind == "unload_model":
+                return "succeeded"
+
+    def _session_ended(self) -> bool:
+        """Checked once a second: the SDK never unloads a model, it stops its heartbeats."""
+        now = time.monotonic()
+        if self.session_id is None or now - self._session_checked < 1.0:
+            return False
+        self._session_checked = now
+        with session_scope(self.factory) as session:
+            row = queue.get_session(session, self.session_id)
+            if row is None:
+                return True
+            silent = (utcnow() - row.heartbeat_at).total_seconds()
+        return silent > self.settings.tinker_session_timeout_s
+
+    def _next(self) -> TinkerRequest | None:
+        """The call to run now: the expected numbered one or the oldest unnumbered one,
+        whichever came first; None while the next numbered call is missing."""
+        with session_scope(self.factory) as session:
+            rows = queue.queued(session, self.spec.id)
+            numbered = [r for r in rows if r.seq_id is not None]
+            unnumbered = [r for r in rows if r.seq_id is None]
+            ready = None
+            if numbered:
+                head = numbered[0]
+                if self.order.expected == 0 and head.seq_id > 0:
+                    self.order.expected = min(head.seq_id, 1)  # no create-via-load call: from 1
+                if head.seq_id < self.order.expected:
+                    queue.fail(
+                        session,
+                        head.id,
+                        f"seq_id {head.seq_id} comes after seq_id {self.order.expected - 1} "
+                        "already ran: calls must be numbered in the order they are sent",
+                    )
+                    return None
+                if head.seq_id == self.order.expected:
+                    ready, self.order.gap_since = head, None
+                else:
+                    self.order.gap_since = self.order.gap_since or head.created_at
+                    queue.fail_after_gap(
+                        session,
+                        self.spec.id,
+                        missing_seq=self.order.expected,
+                        waited_since=self.order.gap_since,
+                        bound_s=self.settings.tinker_seq_gap_s,
+                    )
+            if unnumbered and (ready is None or unnumbered[0].created_at < ready.created_at):
+                ready = unnumbered[0]
+            if ready is None or not queue.start(session, ready.id):
+                return None
+            session.expunge(ready)
+            return ready
+
+    def _execute(self, row: TinkerRequest) -> None:
+        started = time.perf_counter()
+        try:
+            result, metrics = self.calls.run(row)
+        except CallError as exc:
+            self._finish(row, error=str(exc), category="user")
+        except Exception as exc:
+            log.exception("job %s: %s (seq_id %s) failed", self.spec.id, row.kind, row.seq_id)
+            self._finish(row, error=f"{type(exc).__name__}: {exc}", category="server")
+        else:
+            if row.kind in ("forward", "forward_backward"):
+                self.window.add(metrics)
+            self._finish(row, result=result, step_metrics=metrics)
+        log.debug("job %s: %s in %.3f s", self.spec.id, row.kind, time.perf_counter() - started)
+
+    def _finish(
+        self,
+        row: TinkerRequest,
+        *,
+        result: dict | None = None,
+        error: str | None = None,
+        category: str = "user",
+        step_metrics: dict[str, float] | None = None,
+    ) -> None:
+        with session_scope(self.factory) as session:
+            if error is not None:
+                queue.fail(session, row.id, error, category=category)
+            else:
+                queue.finish(session, row.id, result or {})
+            if row.seq_id is not None:
+                self.order.expected = row.seq_id + 1
+            if error is None and row.kind == "optim_step":
+                version = self.model.version
+                metrics = {**self.window.drain(), **(step_metrics or {})}
+                write_step_metrics(session, self.spec.id, version, metrics)
+                record_progress(
+                    session, self.spec.id, self.control.owner, step=version, policy_version=version
+                )
+                self.step_reached = version
+
+    def _register(self, path: Path, version: int) -> str:
+        return register_checkpoint_dir(
+            self.factory, self.spec.id, path, step=version, policy_version=version
+        )
+
+    def _fail_open(self, outcome: str) -> None:
+        reason = _ENDED.get(outcome, f"the model's job ended ({outcome})")
+        try:
+            with session_scope(self.factory) as session:
+                queue.fail_open(session, self.spec.id, reason)
+        except Exception:  # the run's own end state matters more; the next worker fails them
+            log.exception("job %s: could not fail the open calls", self.spec.id)

@@ -328,3 +328,46 @@ def test_the_sdk_creates_a_training_client_and_its_forward_backward_waits(live_u
     future = training.forward_backward([_datum([1, 2], [2, 3], [1.0, 1.0])], "cross_entropy")
     with pytest.raises(TimeoutError):  # no worker: the future stays pending, polled again and again
         future.result(timeout=1.0)
+
+
+def test_the_rest_client_lists_gets_and_deletes_a_runs_named_checkpoints(
+    live_url, project_key, sessions
+):
+    from keel_server.db import tinker as tinker_db
+
+    key = "tml-" + _key(project_key, "p")
+    service = tinker.ServiceClient(base_url=live_url, api_key=key)
+    model_id = (
+        service.create_lora_training_client(base_model="tiny-dense", rank=4).result().model_id
+    )
+    with session_scope(sessions) as s:  # what the worker records after a save
+        tinker_db.record_weights(
+            s, job_id=model_id, kind="weights", name="step-1", path="x", policy_version=1
+        )
+        tinker_db.record_weights(
+            s,
+            job_id=model_id,
+            kind="sampler_weights",
+            name="eph",
+            path="y",
+            policy_version=1,
+            ephemeral=True,
+        )
+    rest = service.create_rest_client()  # as the cookbook's checkpoint_utils does
+    path = f"tinker://{model_id}/weights/step-1"
+    run = rest.get_training_run_by_tinker_path(path).result()
+    assert (run.training_run_id, run.base_model, run.is_lora, run.lora_rank) == (
+        model_id,
+        "tiny-dense",
+        True,
+        4,
+    )
+    assert run.last_checkpoint.tinker_path == path and run.last_sampler_checkpoint is None
+    listed = rest.list_checkpoints(model_id).result().checkpoints
+    assert [c.tinker_path for c in listed] == [path]  # the ephemeral save is no checkpoint
+    assert [r.training_run_id for r in rest.list_training_runs().result().training_runs] == [
+        model_id
+    ]
+    assert rest.get_weights_info_by_tinker_path(path).result().lora_rank == 4
+    rest.delete_checkpoint_from_tinker_path(path).result()
+    assert rest.list_checkpoints(model_id).result().checkpoints == []

@@ -130,6 +130,10 @@ class SampleRequest(TinkerRequest):
     prompt_logprobs: bool | None = None
 
 
+class WeightsInfoRequest(TinkerRequest):
+    tinker_path: str = Field(min_length=1, max_length=400)
+
+
 class FutureRetrieveRequest(TinkerRequest):
     request_id: str = Field(max_length=40)
     allow_metadata_only: bool = False
@@ -156,5 +160,6 @@ __all__ = [
     "SessionHeartbeatRequest",
     "TinkerBuiltinLoss",
     "TinkerRequest",
+    "WeightsInfoRequest",
     "WeightsKind",
 ]

@@ -193,7 +193,7 @@ def load_model(session: Session, principal: Principal, model_id: str) -> Job:
         job = auth.load_job(session, principal, model_id)
     except ServiceError as exc:
         raise not_found("model", model_id) from exc
-    if job.prompt_source != TINKER_SOURCE:
+    if job.prompt_source.get("type") != TINKER_SOURCE["type"]:
         raise not_found("model", model_id)
     return job
 

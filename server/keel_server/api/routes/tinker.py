@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from keel.types import tinker as wire
 from keel_server.api.authenticated import AuthenticatedRoute
-from keel_server.api.deps import Ctx
+from keel_server.api.deps import Ctx, Id
 from keel_server.api.errors import envelope
 from keel_server.platform.settings import Settings
 from keel_server.services import tinker as service
-from keel_server.services import tinker_futures
+from keel_server.services import tinker_futures, tinker_runs
 from keel_server.services.context import Principal
 from keel_server.services.errors import ServiceError
 
@@ -57,8 +57,10 @@ class TinkerRoute(AuthenticatedRoute):
         return authenticate_first
 
 
-public = APIRouter(prefix="/tinker/api/v1", tags=["tinker"])
-router = APIRouter(prefix="/tinker/api/v1", tags=["tinker"], route_class=TinkerRoute)
+# Not in keel's OpenAPI document: the SDK's schema is the contract here, and its bodies (protobuf,
+# the SDK's own JSON shapes) are not keel's wire types.
+public = APIRouter(prefix="/tinker/api/v1", include_in_schema=False)
+router = APIRouter(prefix="/tinker/api/v1", include_in_schema=False, route_class=TinkerRoute)
 
 
 def _caller(request: Request) -> Principal:
@@ -132,7 +134,7 @@ async def unload_model(request: Request, ctx: Ctx) -> dict:
     return await run_in_threadpool(service.submit_unload, ctx, _caller(request), req)
 
 
-@router.post("/forward_backward", openapi_extra={"requestBody": {"content": {PROTO: {}}}})
+@router.post("/forward_backward")
 async def forward_backward(request: Request, ctx: Ctx) -> dict:
     """forward (`forward_only`) and forward_backward: a protobuf body, zstd or not."""
     body = await request.body()
@@ -195,3 +197,45 @@ async def retrieve_future(request: Request, ctx: Ctx) -> Response:
     if answer.proto is not None:
         return Response(answer.proto, media_type=PROTO)
     return JSONResponse(answer.body, status_code=answer.status)
+
+
+# ---- the RestClient's training runs and checkpoints ----------------------------------------------
+
+
+@router.get("/training_runs")
+async def training_runs(
+    request: Request,
+    ctx: Ctx,
+    limit: int = Query(20, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=2**31 - 1),
+) -> dict:
+    return await run_in_threadpool(
+        tinker_runs.training_runs, ctx, _caller(request), offset=offset, limit=limit
+    )
+
+
+@router.get("/training_runs/{model_id}")
+async def training_run(request: Request, ctx: Ctx, model_id: Id) -> dict:
+    return await run_in_threadpool(tinker_runs.training_run, ctx, _caller(request), model_id)
+
+
+@router.get("/training_runs/{model_id}/checkpoints")
+async def checkpoints(request: Request, ctx: Ctx, model_id: Id) -> dict:
+    return await run_in_threadpool(tinker_runs.checkpoints, ctx, _caller(request), model_id)
+
+
+@router.delete("/training_runs/{model_id}/checkpoints/{checkpoint_id:path}")
+async def delete_checkpoint(
+    request: Request, ctx: Ctx, model_id: Id, checkpoint_id: str
+) -> Response:
+    """`checkpoint_id` is `<kind>/<name>`, as the SDK splits a tinker path."""
+    await run_in_threadpool(
+        tinker_runs.delete_checkpoint, ctx, _caller(request), model_id, checkpoint_id
+    )
+    return Response(status_code=204)
+
+
+@router.post("/weights_info")
+async def weights_info(request: Request, ctx: Ctx) -> dict:
+    req = await _parse(request, wire.WeightsInfoRequest)
+    return await run_in_threadpool(tinker_runs.weights_info, ctx, _caller(request), req.tinker_path)

@@ -15,23 +15,21 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import tinker  # the test extra pins it
 import uvicorn
 from sqlalchemy import func, select
-
-tinker = pytest.importorskip("tinker")  # the pinned test extra installs it
-
-from tinker import types  # noqa: E402
-from tinker.proto import tinker_public_pb2 as public_pb  # noqa: E402
-from tinker.proto.request_conv import forward_backward_request_to_proto  # noqa: E402
-from tinker.proto.response_conv import (  # noqa: E402
+from tinker import types
+from tinker.proto import tinker_public_pb2 as public_pb
+from tinker.proto.request_conv import forward_backward_request_to_proto
+from tinker.proto.response_conv import (
     deserialize_forward_backward_output,
     deserialize_sample_response,
 )
 
-from keel_server.api.app import create_app  # noqa: E402
-from keel_server.db import session_scope  # noqa: E402
-from keel_server.db.models import Job, TinkerRequest  # noqa: E402
-from keel_server.platform import tinker_wire as wire  # noqa: E402
+from keel_server.api.app import create_app
+from keel_server.db import session_scope
+from keel_server.db.models import Job, TinkerRequest
+from keel_server.platform import tinker_wire as wire
 
 API = "/tinker/api/v1"
 
@@ -371,3 +369,60 @@ def test_the_rest_client_lists_gets_and_deletes_a_runs_named_checkpoints(
     assert rest.get_weights_info_by_tinker_path(path).result().lora_rank == 4
     rest.delete_checkpoint_from_tinker_path(path).result()
     assert rest.list_checkpoints(model_id).result().checkpoints == []
+
+
+def test_a_zstd_body_is_the_same_call_as_the_plain_one(client, tml, sessions):
+    import zstandard
+
+    model_id = _model(client, tml)
+    body = _fb_body(model_id, 1, [_datum([1, 2], [2, 3], [1.0, 1.0])])
+    proto = {**tml, "Content-Type": "application/x-protobuf"}
+    plain = client.post(f"{API}/forward_backward", content=body, headers=proto)
+    packed = client.post(
+        f"{API}/forward_backward",
+        content=zstandard.ZstdCompressor().compress(body),
+        headers={**proto, "Content-Encoding": "zstd"},
+    )
+    assert packed.status_code == 200, packed.text
+    assert packed.json()["request_id"] == plain.json()["request_id"]
+    with session_scope(sessions) as s:
+        assert s.get(TinkerRequest, plain.json()["request_id"]).payload == body  # stored plain
+
+
+def test_a_base_model_sampling_session_is_a_job_and_a_sample_is_queued(client, tml, sessions):
+    session_id = client.post(
+        f"{API}/create_session", json={"sdk_version": "t"}, headers=tml
+    ).json()["session_id"]
+    r = client.post(
+        f"{API}/create_sampling_session",
+        json={"session_id": session_id, "sampling_session_seq_id": 0, "base_model": "tiny-dense"},
+        headers=tml,
+    )
+    sampler = r.json()["sampling_session_id"]
+    sample = {
+        "sampling_session_id": sampler,
+        "seq_id": 0,
+        "num_samples": 3,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
+        "sampling_params": {"max_tokens": 4},
+    }
+    future = client.post(f"{API}/asample", json=sample, headers=tml).json()
+    assert future["model_id"] == sampler
+    assert len(set(future["sample_sequence_ids"])) == 3
+    with session_scope(sessions) as s:
+        row = s.get(TinkerRequest, future["request_id"])
+        assert (row.kind, row.seq_id, row.state) == ("sample", None, "queued")
+        assert s.get(Job, sampler).config["lora"] is None  # a base model: nothing to train
+
+
+def test_loading_weights_that_were_never_saved_is_404(client, tml):
+    model_id = _model(client, tml)
+    body = {
+        "model_id": model_id,
+        "seq_id": 1,
+        "path": f"tinker://{model_id}/weights/nope",
+        "optimizer": True,
+    }
+    assert client.post(f"{API}/load_weights", json=body, headers=tml).status_code == 404
+    body["path"] = "s3://elsewhere"
+    assert client.post(f"{API}/load_weights", json=body, headers=tml).status_code == 400

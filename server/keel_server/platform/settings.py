@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         description="Seconds a Tinker `retrieve_future` waits for its result before answering "
         "408 try-again (under the SDK's 45 s read timeout).",
     )
-    tinker_poll_interval_s: float = Field(
+    tinker_retrieve_poll_s: float = Field(
         default=0.1,
         gt=0,
         description="Seconds between a waiting `retrieve_future`'s checks of its request row.",

@@ -4,7 +4,7 @@ The SDK polls a future until it gets a result: it sends `retrieve_future` again 
 (`try_again`, with a queue state), re-sends the original call on a 410 (the promise is gone), and
 raises `RequestFailedError` with the category for `{"error", "category"}`. So the API waits up to
 `Settings.tinker_retrieve_wait_s` (under the SDK's 45 s read timeout) for the worker, checking
-the row every `tinker_poll_interval_s`, and then answers 408: a future outlives any number of
+the row every `tinker_retrieve_poll_s`, and then answers 408: a future outlives any number of
 polls, and an API restart loses nothing (the row is the future).
 
 Results are stored as the SDK's JSON; a ForwardBackwardOutput or SampleResponse is encoded to
@@ -86,7 +86,7 @@ async def retrieve(
             return _answer(request_id, snap, want_proto=want_proto)
         if time.monotonic() >= deadline:
             return _try_again(request_id, snap)
-        await asyncio.sleep(ctx.settings.tinker_poll_interval_s)
+        await asyncio.sleep(ctx.settings.tinker_retrieve_poll_s)
 
 
 def _answer(request_id: str, snap: _Snapshot, *, want_proto: bool) -> FutureAnswer:

@@ -426,3 +426,32 @@ def test_loading_weights_that_were_never_saved_is_404(client, tml):
     assert client.post(f"{API}/load_weights", json=body, headers=tml).status_code == 404
     body["path"] = "s3://elsewhere"
     assert client.post(f"{API}/load_weights", json=body, headers=tml).status_code == 400
+
+
+def test_the_sdk_decodes_a_finished_forward_backward_and_shows_a_failed_call(
+    live_url, project_key, sessions
+):
+    from keel_server.db import tinker as tinker_db
+
+    service = tinker.ServiceClient(base_url=live_url, api_key="tml-" + _key(project_key, "p"))
+    training = service.create_lora_training_client(base_model="tiny-dense", rank=4).result()
+    done = training.forward_backward([_datum([1, 2], [2, 3], [1.0, 1.0])], "cross_entropy")
+    failed = training.optim_step(types.AdamParams(learning_rate=1e-3))
+    queued = []
+    deadline = time.monotonic() + 10
+    while len(queued) < 2 and time.monotonic() < deadline:  # the SDK sends in the background
+        with session_scope(sessions) as s:
+            queued = [(r.id, r.kind) for r in tinker_db.queued(s, training.model_id)]
+        time.sleep(0.02)
+    assert [kind for _, kind in queued] == ["forward_backward", "optim_step"]  # seq_id order
+    (fb, _), (step, _) = queued
+    with session_scope(sessions) as s:  # the worker's part, by hand
+        logprobs = {"data": [-0.5, -0.25], "dtype": "float32", "shape": [2]}
+        result = {"loss_fn_outputs": [{"logprobs": logprobs}], "metrics": {"loss:sum": 0.75}}
+        tinker_db.finish(s, fb, {"loss_fn_output_type": "ArrayRecord", **result})
+        tinker_db.fail(s, step, "the optimizer exploded", category="user")
+    out = done.result(timeout=10)
+    assert out.metrics == {"loss:sum": 0.75}
+    assert out.loss_fn_outputs[0]["logprobs"].tolist() == [-0.5, -0.25]
+    with pytest.raises(tinker.RequestFailedError, match="the optimizer exploded"):
+        failed.result(timeout=10)

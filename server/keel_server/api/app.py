@@ -24,6 +24,7 @@ from keel_server.api.routes import (
     prompts,
     rewards,
     rollouts,
+    tinker,
 )
 from keel_server.platform.settings import Settings, get_settings
 from keel_server.services.context import ServiceContext
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     )
     includes = [(module.router, "/v1") for module in v1]
     includes += [(health.router, ""), (prometheus.router, ""), (dashboard.router, "")]
+    includes += [(tinker.public, ""), (tinker.router, "")]  # the Tinker SDK's own paths
     for router, prefix in includes:
         app.include_router(router, prefix=prefix)
     # Outermost: it also counts the requests refused before a route runs (401, 413, 429).

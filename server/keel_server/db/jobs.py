@@ -84,6 +84,17 @@ def list_jobs(
     return list(session.execute(stmt).scalars())
 
 
+def jobs_of_source(
+    session: Session, project_id: str, source_type: str, *, offset: int, limit: int
+) -> tuple[list[Job], int]:
+    """A page of the project's jobs whose prompt source is `source_type` (newest first), and
+    how many there are."""
+    where = (Job.project_id == project_id, Job.prompt_source["type"].as_string() == source_type)
+    total = session.execute(select(func.count()).select_from(Job).where(*where)).scalar_one()
+    page = select(Job).where(*where).order_by(Job.id.desc()).offset(offset).limit(limit)
+    return list(session.execute(page).scalars()), total
+
+
 def count_jobs(session: Session, project_id: str, *, statuses: Sequence[str]) -> int:
     stmt = select(func.count()).where(Job.project_id == project_id, Job.status.in_(statuses))
     return session.execute(stmt).scalar_one()

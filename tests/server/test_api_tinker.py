@@ -219,7 +219,8 @@ def test_a_model_is_a_job_of_its_project_with_the_lora_rank(client, tml, setting
     model_id = _model(client, tml, rank=8)
     with session_scope(sessions) as s:
         job = s.get(Job, model_id)
-        assert job.prompt_source == {"type": "tinker"}
+        assert job.prompt_source["type"] == "tinker"
+        assert job.prompt_source["session_id"].startswith("tks_")  # its end ends the model
         assert job.reward_source["type"] == "external"
         assert job.config["model"]["name"] == "tiny-dense"
         assert job.config["lora"]["rank"] == 8

@@ -82,7 +82,8 @@ PromptSource = Annotated[
     TaskPrompts | DatasetPrompts | ClientPrompts | AgentPrompts, Field(discriminator="type")
 ]
 # The `type` of each prompt source: a stored job keeps the source without its inline prompts.
-PromptSourceType = Literal["task", "dataset", "client", "agent"]
+# `tinker`: a model created through the Tinker-compatible API (never through `POST /v1/jobs`).
+PromptSourceType = Literal["task", "dataset", "client", "agent", "tinker"]
 
 
 # ---- reward sources ----------------------------------------------------------------------------

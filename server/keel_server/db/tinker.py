@@ -176,6 +176,28 @@ def last_finished_seq(session: Session, job_id: str) -> int | None:
     return session.execute(query).scalar_one_or_none()
 
 
+# The calls that change a model's state (weights, optimizer or accumulated gradients).
+STATE_CHANGING = ("forward_backward", "optim_step", "load_weights")
+
+
+def last_change_at(session: Session, job_id: str) -> datetime | None:
+    """When the model's state last changed: the newest state-changing call that ran."""
+    query = select(func.max(TinkerRequest.finished_at)).where(
+        TinkerRequest.job_id == job_id,
+        TinkerRequest.state == "done",
+        TinkerRequest.kind.in_(STATE_CHANGING),
+    )
+    return session.execute(query).scalar_one_or_none()
+
+
+def was_interrupted(session: Session, job_id: str) -> bool:
+    """A call was running when its worker stopped."""
+    query = select(func.count()).where(
+        TinkerRequest.job_id == job_id, TinkerRequest.state == "running"
+    )
+    return session.execute(query).scalar_one() > 0
+
+
 def queued(session: Session, job_id: str, *, limit: int = 64) -> list[TinkerRequest]:
     """The job's queued calls, numbered ones in `seq_id` order first, then unnumbered by age."""
     query = (

@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a Tinker SDK session has ended "
         "(the SDK beats every 10 s and never unloads its models): its models' jobs end.",
     )
+    tinker_fwdbwd_max_chunk_len: int = Field(
+        default=1024,
+        ge=1,
+        description="Most data the Tinker SDK puts in one forward_backward request; it splits a "
+        "larger batch into chunks, whose gradients add up to the batch's.",
+    )
     tinker_idle_timeout_s: float = Field(
         default=3600.0,
         gt=0,

@@ -43,7 +43,7 @@ from keel_server.services.models_check import check_model
 from keel_server.services.quotas import check_active_jobs
 
 TINKER_SOURCE = {"type": "tinker"}
-_ENDED = ("completed", "failed", "cancelled")
+_ENDED = ("succeeded", "failed", "cancelled")
 
 
 def authenticate(ctx: ServiceContext, api_key: str | None) -> Principal:
@@ -76,6 +76,7 @@ def client_config(ctx: ServiceContext) -> dict[str, Any]:
         "pjwt_auth_enabled": False,
         "proto_compress_fwdbwd": False,
         "fwdbwd_max_chunk_bytes_count": ctx.settings.max_body_bytes // 2,
+        "fwdbwd_max_chunk_len": ctx.settings.tinker_fwdbwd_max_chunk_len,
         "sample_use_retrieve_futures": False,
         "custom_loss_server_side": False,
         "sample_join_sampling_session": False,
@@ -149,7 +150,8 @@ def _create_job(
             name=f"tinker {base_model}",
             status="queued",
             config=config.model_dump(mode="json"),
-            prompt_source=TINKER_SOURCE,
+            # The worker ends the model's run when this session stops its heartbeats.
+            prompt_source={**TINKER_SOURCE, "session_id": session_id},
             reward_source={"type": "external"},
             steps=config.steps,
             reward_token_hash=hash_secret(new_reward_token()),
@@ -262,6 +264,16 @@ def _submit(
             raise ServiceError(
                 "conflict", f"model {model_id} is {job.status}: it takes no more calls"
             )
+        # A model paused (idle, or by its user) is loaded again by its next call, from its
+        # newest save.
+        resumed = job.status == "paused" and jobs_db.transition(
+            session,
+            job.id,
+            from_statuses=("paused",),
+            to="queued",
+            values={"requested": None},
+            event={"reason": f"resumed by a Tinker {kind} call"},
+        )
         try:
             row = tinker_db.submit(
                 session,
@@ -275,7 +287,10 @@ def _submit(
             raise ServiceError(
                 "conflict", str(exc), state={"seq_id": exc.seq_id, "request_id": exc.request_id}
             ) from None
-        return {"request_id": row.id, "model_id": job.id}
+        future = {"request_id": row.id, "model_id": job.id}
+    if resumed:
+        enqueue(ctx, job.id)
+    return future
 
 
 # ---- sampling -----------------------------------------------------------------------------------

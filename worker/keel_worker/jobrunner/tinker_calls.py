@@ -28,6 +28,7 @@ from keel_worker.tinker.batch import AdamParams, Datum, SamplingParams
 from keel_worker.tinker.resident import ResidentModel
 
 TINKER_DIR = "tinker"
+RESUME_SAVE = "keel-resume"  # the save a pause makes, loaded when the model is resumed
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _PATH = re.compile(r"tinker://(?P<job>[^/]+)/(?P<kind>weights|sampler_weights)/(?P<name>[^/]+)")
 
@@ -147,7 +148,7 @@ class TinkerCalls:
             self._ephemeral[row.id] = self.epoch
             result = {
                 "path": tinker_path(self.job_id, "sampler_weights", name),
-                "sampling_session_id": row.id,
+                "sampling_session_id": f"{self.job_id}/sampler_weights/{name}",
                 "type": "save_weights_for_sampler",
             }
             return result, {}
@@ -173,17 +174,23 @@ class TinkerCalls:
         self.epoch += 1
         return {"path": path, "model_id": self.job_id, "type": "load_weights"}, {}
 
-    def reload_latest(self) -> str | None:
-        """Load the newest `save_weights` of this model (a new worker taking the job over);
-        its tinker path, or None when it was never saved."""
+    def reload_latest(self) -> TinkerWeights | None:
+        """Load the newest `save_weights` of this model (its run starting again); that save,
+        or None when it was never saved."""
         with session_scope(self.factory) as session:
             saves = [w for w in queue.list_weights(session, self.job_id) if w.kind == "weights"]
             newest = max(saves, key=lambda w: w.created_at, default=None)
-            if newest is None:
-                return None
-            directory, name = Path(newest.path), newest.name
-        self.model.load(directory, optimizer=True)
-        return tinker_path(self.job_id, "weights", name)
+            if newest is not None:
+                session.expunge(newest)
+        if newest is not None:
+            self.model.load(Path(newest.path), optimizer=newest.with_optimizer)
+        return newest
+
+    def save_for_resume(self) -> str:
+        """Save everything (weights, optimizer) before the model leaves memory on a pause, so
+        the resumed run continues exactly; the save's tinker path."""
+        result, _ = self._save_weights({"path": RESUME_SAVE, "overwrite": True})
+        return result["path"]
 
     # ------------------------------------------------------------------ sampling
     def _sample(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -210,27 +217,21 @@ class TinkerCalls:
         return result, {}
 
     def _sampler_weights(self, body: dict[str, Any]) -> Path | None:
-        """Where the weights to sample from are: None for the live ones."""
-        session_id, model_path = body.get("sampling_session_id"), body.get("model_path")
-        if session_id is None and model_path is None:
-            return None  # the base model's own job samples its live (untrained) weights
-        with session_scope(self.factory) as session:
-            if session_id is not None:
-                row = session.get(TinkerWeights, session_id)
-                if row is None or row.job_id != self.job_id:
-                    raise CallError(f"no sampling session {session_id!r} on this model")
-            else:
-                row = self._find(str(model_path), session=session)
-            row_id, ephemeral, path = row.id, row.ephemeral, row.path
-        if ephemeral:
-            if self._ephemeral.get(row_id) != self.epoch:
+        """Where the weights to sample from are (the API resolved the sampling session to a
+        `model_path`): None for the live ones."""
+        model_path = body.get("model_path")
+        if model_path is None:
+            return None  # the job's current weights (a base model's own job never trains)
+        row = self._find(str(model_path))
+        if row.ephemeral:
+            if self._ephemeral.get(row.id) != self.epoch:
                 raise CallError(
                     "the weights this sampling client was made from have changed since (an "
                     "optim_step or load ran): save them with a name "
                     "(save_weights_for_sampler(name)) to sample from them later"
                 )
             return None
-        return Path(path)
+        return Path(row.path)
 
     # ------------------------------------------------------------------ end
     def _unload_model(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -274,23 +275,19 @@ class TinkerCalls:
             session.expunge(row)
             return row
 
-    def _find(self, path: str, *, session=None) -> TinkerWeights:
+    def _find(self, path: str) -> TinkerWeights:
         match = _PATH.fullmatch(path)
         if match is None:
             raise CallError(
                 f"not a tinker path of keel: {path!r} (tinker://<model>/weights/<name>)"
             )
-        job_id = match["job"]  # may be another model of the project: the API checked it
-        if session is None:
-            with session_scope(self.factory) as own:
-                row = queue.find_weights(own, job_id, match["kind"], match["name"])
-                if row is not None:
-                    own.expunge(row)
-        else:
-            row = queue.find_weights(session, job_id, match["kind"], match["name"])
-        if row is None:
-            raise CallError(f"no saved weights at {path}")
-        return row
+        # It may name another model of the project: the API checked the project.
+        with session_scope(self.factory) as session:
+            row = queue.find_weights(session, match["job"], match["kind"], match["name"])
+            if row is None:
+                raise CallError(f"no saved weights at {path}")
+            session.expunge(row)
+            return row
 
 
 def _prompt_tokens(prompt: Any) -> list[int]:

@@ -16,7 +16,8 @@ it had open, and the next worker reloads the newest `save_weights` (weights and 
 so in those calls' errors. The run ends with `unload_model` (succeeded), a cancel or pause
 (open calls fail with that reason), the end of its SDK session (no heartbeat for
 `tinker_session_timeout_s`: succeeded; the SDK never unloads a model, it stops beating), or
-`tinker_idle_timeout_s` with no call (paused: resumable).
+`tinker_idle_timeout_s` with no call. A pause (asked for, or idle) saves the whole state first
+(`keel-resume`), so the model's next call, which resumes it, continues exactly.
 """
 
 from __future__ import annotations
@@ -121,18 +122,29 @@ class TinkerLoop:
         )
         reloaded = self.calls.reload_latest()
         with session_scope(self.factory) as session:
-            lost = queue.fail_open(
-                session,
-                self.spec.id,
-                "the worker serving this model stopped; the model was reloaded from "
-                + (f"its last save {reloaded}" if reloaded else "its base weights (never saved)")
-                + ": send the calls again from there",
+            changed = queue.last_change_at(session, self.spec.id)
+            # The training since the newest save was in the memory of a worker that stopped:
+            # the calls sent after it would run on other weights than their sender's.
+            lost = queue.was_interrupted(session, self.spec.id) or (
+                changed is not None and (reloaded is None or changed > reloaded.created_at)
             )
+            if lost:
+                origin = (
+                    f"its last save tinker://{self.spec.id}/weights/{reloaded.name}"
+                    if reloaded is not None
+                    else "its base weights (it was never saved)"
+                )
+                failed = queue.fail_open(
+                    session,
+                    self.spec.id,
+                    f"the worker serving this model stopped; the model was reloaded from "
+                    f"{origin}: load the state you want and send the calls again",
+                )
+                log.warning("job %s: state lost; failed %d open calls", self.spec.id, failed)
+        if lost:  # the state from here is the reloaded one: a later restart must not fail again
+            self.calls.save_for_resume()
+        with session_scope(self.factory) as session:
             last = queue.last_finished_seq(session, self.spec.id)
-        if lost:
-            log.warning(
-                "job %s: failed %d calls left open by an earlier worker", self.spec.id, lost
-            )
             job = get_job(session, self.spec.id)
             self.session_id = (job.prompt_source or {}).get("session_id") if job else None
         self._session_checked = 0.0
@@ -162,7 +174,10 @@ class TinkerLoop:
             except StopRun as stop:
                 if stop.reason == "lost":
                     raise
-                return "paused" if stop.reason == "pause" else "cancelled"
+                if stop.reason == "pause":
+                    self.calls.save_for_resume()
+                    return "paused"
+                return "cancelled"
             if self._session_ended():
                 self.end_reason = (
                     f"its Tinker session sent no heartbeat for "
@@ -174,8 +189,9 @@ class TinkerLoop:
                 if time.monotonic() - idle_since > self.settings.tinker_idle_timeout_s:
                     self.end_reason = (
                         f"no call for {self.settings.tinker_idle_timeout_s:g} s: the model was "
-                        "unloaded; its saves stay, and resuming the job loads the newest"
+                        "unloaded after saving its state; its next call loads it again"
                     )
+                    self.calls.save_for_resume()
                     return "paused"
                 time.sleep(self.settings.tinker_poll_interval_s)
                 continue

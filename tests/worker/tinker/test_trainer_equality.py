@@ -1,5 +1,5 @@
 """forward_backward("minirl") + optim_step on keel's own batch gives the weights keel's Trainer
-gives: one mini-batch, the same AdamW hyperparameters, fp32 (issue 28's "done when").
+gives: one mini-batch, the same AdamW hyperparameters, fp32 (the Tinker API's acceptance check).
 
 The Trainer samples 2 prompts × 2 responses on tiny-dense and learns from them with MiniRL's
 defaults (`seq_mean_token_sum`: the loss is Σ tokens / number of responses). The same responses go

@@ -1,4 +1,4 @@
-"""A resident model that executes Tinker's training and sampling primitives (issue 28).
+"""A resident model that executes Tinker's training and sampling primitives.
 
 Pure compute, no HTTP and no database: `resident.ResidentModel` holds one policy (full weights or
 LoRA adapters), its AdamW state and a rollout engine, and answers `forward` /

@@ -23,6 +23,9 @@ class PolicyBatch:
         rollout_logprobs_B_T: log μ_old(y_t|·), recorded by the inference engine at sampling.
         advantages_B: Â(x, y), one per response, shared by all its tokens (paper Eq. 7).
         mask_B_T: bool, True at response tokens only (prompt and padding are False).
+        token_advantages_B_T: optional Â per token, which replaces ``advantages_B`` where given:
+            Tinker's data carry one advantage per token (the cookbook folds a KL penalty into
+            them), and the objectives read Â only through :attr:`advantages_B_T`.
     """
 
     logprobs_B_T: Tensor
@@ -30,12 +33,16 @@ class PolicyBatch:
     rollout_logprobs_B_T: Tensor
     advantages_B: Tensor
     mask_B_T: Tensor
+    token_advantages_B_T: Tensor | None = None
 
     def __post_init__(self) -> None:
         shape = self.logprobs_B_T.shape
         if self.logprobs_B_T.dim() != 2:
             raise ValueError(f"logprobs_B_T must be 2-D [B, T], got {tuple(shape)}")
-        for name in ("old_logprobs_B_T", "rollout_logprobs_B_T", "mask_B_T"):
+        same_shape = ["old_logprobs_B_T", "rollout_logprobs_B_T", "mask_B_T"]
+        if self.token_advantages_B_T is not None:
+            same_shape.append("token_advantages_B_T")
+        for name in same_shape:
             other = getattr(self, name).shape
             if other != shape:
                 raise ValueError(f"{name} has shape {tuple(other)}, expected {tuple(shape)}")
@@ -48,7 +55,10 @@ class PolicyBatch:
 
     @property
     def advantages_B_T(self) -> Tensor:
-        """Â broadcast over tokens (the same value for every token of a response)."""
+        """Â per token: ``token_advantages_B_T`` when given, else ``advantages_B`` broadcast over
+        tokens (the same value for every token of a response)."""
+        if self.token_advantages_B_T is not None:
+            return self.token_advantages_B_T
         return self.advantages_B.unsqueeze(-1).expand_as(self.logprobs_B_T)
 
 

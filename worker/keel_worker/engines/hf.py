@@ -12,6 +12,7 @@ position and the fp32 engine reproduces the trainer's logprobs to ~1e-6.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -82,27 +83,33 @@ class HFEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         seed: int | None = None,
+        stop_ids: Collection[int] | None = None,
     ) -> RolloutBatch:
-        """Sample `n` responses per prompt; the responses of one prompt are adjacent."""
+        """Sample `n` responses per prompt; the responses of one prompt are adjacent. A response
+        stops at the first of `stop_ids` (None: the model's EOS ids; empty: never before
+        `max_new_tokens`), which it includes."""
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
             raise ValueError("generate needs at least one non-empty prompt")
         if n < 1 or max_new_tokens < 1:
             raise ValueError("n and max_new_tokens must be at least 1")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         sampler = (temperature, top_p, generator, top_k)
+        stops = self.eos_ids if stop_ids is None else set(stop_ids)
         if self.replay is None:
-            return self._generate(prompt_ids, n, max_new_tokens, sampler, RouteCollector(None))
+            return self._generate(
+                prompt_ids, n, max_new_tokens, sampler, stops, RouteCollector(None)
+            )
         with self.replay.record() as recording:
             collector = RouteCollector(recording, prompt_ids, n, max_new_tokens)
-            return self._generate(prompt_ids, n, max_new_tokens, sampler, collector)
+            return self._generate(prompt_ids, n, max_new_tokens, sampler, stops, collector)
 
-    def _generate(self, prompt_ids, n, max_new_tokens, sampler, routes: RouteCollector):
+    def _generate(self, prompt_ids, n, max_new_tokens, sampler, stops, routes: RouteCollector):
         num_responses = len(prompt_ids) * n
         tokens_B_T = torch.full((num_responses, max_new_tokens), self.pad_id, dtype=torch.long)
         logprobs_B_T = torch.zeros(num_responses, max_new_tokens)
         lengths_B = torch.zeros(num_responses, dtype=torch.long)
         stopped_B = torch.zeros(num_responses, dtype=torch.bool)
-        eos_ids = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
+        eos_ids = torch.tensor(sorted(stops), dtype=torch.long)
 
         cache, logits_R_V, rows = self._prefill(prompt_ids, n, max_new_tokens)
         routes.take_prefill()

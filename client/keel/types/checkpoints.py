@@ -19,9 +19,11 @@ from keel.types.common import ResponseModel
 CheckpointKind = Literal["weights", "adapter", "merged", "full"]
 DEFAULT_CHECKPOINT_KIND: CheckpointKind = "weights"
 # The layout of a checkpoint directory (and so of a `full` archive) beside its HF model files:
-# the trainer state keel resumes from, and a LoRA job's PEFT adapter (`save_pretrained` output).
+# the trainer state keel resumes from, and a LoRA job's PEFT adapter (`save_pretrained` output);
+# a Tinker model's save keeps its resident state (trained weights, optimizer) in its own folder.
 TRAINER_STATE_FILE = "trainer_state.pt"
 ADAPTER_DIR = "adapter"
+TINKER_STATE_DIR = "tinker_state"
 
 
 class CheckpointArchive(ResponseModel):

@@ -25,7 +25,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import get_args
 
-from keel.types.checkpoints import ADAPTER_DIR, TRAINER_STATE_FILE, CheckpointKind
+from keel.types.checkpoints import (
+    ADAPTER_DIR,
+    TINKER_STATE_DIR,
+    TRAINER_STATE_FILE,
+    CheckpointKind,
+)
 
 CHUNK_BYTES = 1 << 20
 
@@ -73,7 +78,7 @@ def _members(directory: Path, kind: CheckpointKind) -> tuple[Path, list[Path]]:
         directory = directory / ADAPTER_DIR
     paths = sorted(p for p in directory.rglob("*") if not p.is_symlink())
     if kind in ("weights", "merged"):
-        dropped = (directory / TRAINER_STATE_FILE, directory / ADAPTER_DIR)
+        dropped = [directory / name for name in (TRAINER_STATE_FILE, ADAPTER_DIR, TINKER_STATE_DIR)]
         paths = [p for p in paths if not any(p == d or p.is_relative_to(d) for d in dropped)]
     return directory, paths
 

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from keel.types.checkpoints import ADAPTER_DIR, TINKER_STATE_DIR
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db import tinker as queue
 from keel_server.db.models import TinkerRequest, TinkerWeights
 from keel_server.platform.tinker_wire import WireError, parse_forward_backward
+from keel_worker.engines.merged import is_adapter_model
 from keel_worker.tinker.batch import AdamParams, Datum, SamplingParams
 from keel_worker.tinker.resident import ResidentModel
 
@@ -73,13 +77,14 @@ class TinkerCalls:
         handler = getattr(self, f"_{row.kind}", None)
         if handler is None:
             raise CallError(f"keel cannot run a {row.kind!r} call on a model")
-        if row.kind in ("forward", "forward_backward"):
-            return handler(row.payload)
         try:
-            body = json.loads(row.payload or b"{}")
-        except ValueError as exc:
-            raise CallError(f"the {row.kind} request body is not JSON: {exc}") from exc
-        return handler(body)
+            if row.kind in ("forward", "forward_backward"):
+                return handler(row.payload)
+            return handler(json.loads(row.payload or b"{}"))
+        except CallError:
+            raise
+        except ValueError as exc:  # the resident model checks a whole call before it runs
+            raise CallError(str(exc)) from exc
 
     # ------------------------------------------------------------------ training
     def _forward(self, payload: bytes) -> tuple[dict[str, Any], dict[str, float]]:
@@ -93,15 +98,9 @@ class TinkerCalls:
         except WireError as exc:
             raise CallError(str(exc)) from exc
         data = [Datum(tokens=list(d.tokens), inputs=dict(d.inputs)) for d in call.data]
-        try:
-            out = self.model.forward(
-                data,
-                call.loss_fn,
-                call.loss_fn_config,
-                backward=backward and not call.forward_only,
-            )
-        except ValueError as exc:  # unknown loss, bad inputs: checked before any forward
-            raise CallError(str(exc)) from exc
+        out = self.model.forward(
+            data, call.loss_fn, call.loss_fn_config, backward=backward and not call.forward_only
+        )
         result = {
             "loss_fn_output_type": "ArrayRecord",
             "loss_fn_outputs": [
@@ -134,7 +133,7 @@ class TinkerCalls:
             taken = queue.find_weights(session, self.job_id, "weights", name)
         if taken is not None and not body.get("overwrite", False):
             raise CallError(f"weights {name!r} exist; pass overwrite=True to replace them")
-        self.model.save(directory, optimizer=True)
+        self._write_checkpoint(directory)
         checkpoint_id = self.register(directory, self.model.version)
         self._record("weights", name, directory, with_optimizer=True, checkpoint_id=checkpoint_id)
         return {"path": tinker_path(self.job_id, "weights", name), "type": "save_weights"}, {}
@@ -162,6 +161,24 @@ class TinkerCalls:
         }
         return result, {}
 
+    def _write_checkpoint(self, directory: Path) -> None:
+        """A checkpoint of the job's own layout, so its downloads work like any job's: the
+        policy as a Hugging Face directory (adapters merged), a LoRA policy's PEFT adapter, and
+        the resident state (`TINKER_STATE_DIR`) a load puts back; written aside, then renamed."""
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.model.save_for_sampler(tmp)
+            if is_adapter_model(self.model.model):
+                self.model.model.save_pretrained(tmp / ADAPTER_DIR)
+            self.model.save(tmp / TINKER_STATE_DIR, optimizer=True)
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
     def _load_weights(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
         path = str(body.get("path") or "")
         saved = self._find(path)
@@ -170,7 +187,7 @@ class TinkerCalls:
         optimizer = bool(body.get("optimizer", False))
         if optimizer and not saved.with_optimizer:
             raise CallError(f"{path} was saved without optimizer state")
-        self.model.load(Path(saved.path), optimizer=optimizer)
+        self.model.load(Path(saved.path) / TINKER_STATE_DIR, optimizer=optimizer)
         self.epoch += 1
         return {"path": path, "model_id": self.job_id, "type": "load_weights"}, {}
 
@@ -183,7 +200,7 @@ class TinkerCalls:
             if newest is not None:
                 session.expunge(newest)
         if newest is not None:
-            self.model.load(Path(newest.path), optimizer=newest.with_optimizer)
+            self.model.load(Path(newest.path) / TINKER_STATE_DIR, optimizer=newest.with_optimizer)
         return newest
 
     def save_for_resume(self) -> str:
@@ -307,7 +324,7 @@ def _sampling_params(raw: dict[str, Any]) -> SamplingParams:
     if isinstance(stop, str):
         stop = [stop]
     return SamplingParams(
-        max_tokens=int(raw.get("max_tokens") or 16),
+        max_tokens=raw.get("max_tokens"),
         temperature=float(raw.get("temperature", 1.0)),
         top_p=float(raw.get("top_p", 1.0)),
         top_k=int(raw.get("top_k", -1)),

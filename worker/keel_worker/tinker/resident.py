@@ -17,6 +17,8 @@ the merged-weights export (`engines.merged`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +280,20 @@ class ResidentModel:
         if getattr(base, "generation_config", None) is not None:
             base.generation_config.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+    @contextmanager
+    def weights_from(self, directory: Path) -> Iterator[None]:
+        """Sample from a `save_for_sampler` directory: the engine holds its weights inside the
+        block and takes the live ones back at the next sample."""
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(Path(directory), dtype=torch.float32)
+        self.engine.load_weights(saved)
+        del saved
+        try:
+            yield
+        finally:
+            self.engine_stale = True
 
     def _fresh_optimizer(self) -> torch.optim.AdamW:
         defaults = AdamParams()

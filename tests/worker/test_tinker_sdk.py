@@ -46,7 +46,9 @@ def loss_of(output: types.ForwardBackwardOutput) -> float:
 def test_a_lora_model_trains_through_the_sdk(settings) -> None:
     with tinker_keel(settings) as tk:
         service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
-        training = service.create_lora_training_client(base_model="tiny-dense", rank=4, seed=0)
+        training = service.create_lora_training_client(
+            base_model="tiny-dense", rank=4, seed=0
+        ).result()
         info = training.get_info()
         assert info.model_data.model_name == "tiny-dense"
         # Pipelined: both passes and the step are sent before any result is read; the two
@@ -68,16 +70,20 @@ def test_a_lora_model_trains_through_the_sdk(settings) -> None:
         assert [len(o["logprobs"].data) for o in a.loss_fn_outputs] == lengths
 
         with tk.keel() as client:
-            job = client.jobs.get(training.model_id)
-            assert job.step == 5
-            names = {m.name for m in client.metrics.list(job.id).items}
-            assert "loss:sum" in names
+            job = client.jobs.retrieve(training.model_id)
+            assert (job.status, job.step, job.policy_version) == ("running", 5, 5)
+            points = client.metrics.list(job.id, name="loss:sum")
+            assert [p.step for p in points] == [1, 2, 3, 4, 5]
+            # the first step's loss is the two pipelined passes' together
+            assert points[0].value == pytest.approx(loss_of(a) + loss_of(b), rel=1e-5)
 
 
 def test_saves_loads_and_sampling(settings) -> None:
     with tinker_keel(settings) as tk:
         service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
-        training = service.create_lora_training_client(base_model="tiny-dense", rank=4, seed=0)
+        training = service.create_lora_training_client(
+            base_model="tiny-dense", rank=4, seed=0
+        ).result()
         training.forward_backward(BATCH, "cross_entropy").result()
         training.optim_step(LR).result()
         saved = training.save_state("after-one").result().path

@@ -125,7 +125,8 @@ class SampleRequest(TinkerRequest):
     sampling_params: SamplingParams
     base_model: str | None = Field(default=None, max_length=300)
     model_path: str | None = Field(default=None, max_length=400)
-    sampling_session_id: str | None = Field(default=None, max_length=40)
+    # `<model_id>` or `<model_id>/<kind>/<name>` (services.tinker.create_sampling_session)
+    sampling_session_id: str | None = Field(default=None, max_length=400)
     seq_id: int | None = SeqId
     prompt_logprobs: bool | None = None
 

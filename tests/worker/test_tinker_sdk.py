@@ -6,14 +6,23 @@ model visible in keel as a job with its curves and checkpoints."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import tinker
+import torch
 from in_process import job_settings
 from tinker import types
+from tinker.lib.api_future_impl import _APIFuture
+from tinker.lib.client_connection_pool_type import ClientConnectionPoolType
+from tinker.lib.public_interfaces.training_client import TrainingClient, fetch_training_info
 from tinker_harness import tinker_keel
 
+from keel_server.db import session_scope
+from keel_server.db.models import TinkerRequest
 from keel_server.platform.settings import Settings
+from keel_worker.jobrunner.runner import session_factory
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +118,112 @@ def test_saves_loads_and_sampling(settings) -> None:
         np.testing.assert_allclose(
             logprobs[1:], forward.loss_fn_outputs[0]["logprobs"].data, atol=1e-4
         )
+
+
+def full_fine_tuning_client(service: tinker.ServiceClient, base_model: str) -> TrainingClient:
+    """A model with no LoRA config: the SDK's public calls always send one, so this goes
+    through its own lower layer exactly as `create_lora_training_client` does."""
+    holder = service.holder
+
+    async def create() -> TrainingClient:
+        request = types.CreateModelRequest(
+            session_id=holder.get_session_id(),
+            model_seq_id=holder.get_training_client_id(),
+            base_model=base_model,
+        )
+        with holder.aclient(ClientConnectionPoolType.TRAIN) as client:
+            future = await client.models.create(request=request)
+        created = await _APIFuture(
+            types.CreateModelResponse, holder, future, time.time(), "CreateModel"
+        ).result_async()
+        info = await fetch_training_info(holder, created.model_id)
+        return TrainingClient(
+            holder, model_seq_id=request.model_seq_id, model_id=created.model_id, info=info
+        )
+
+    return holder.run_coroutine_threadsafe(create()).result()
+
+
+def test_full_fine_tuning_and_a_save_that_downloads(settings, tmp_path) -> None:
+    with tinker_keel(settings) as tk:
+        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        training = full_fine_tuning_client(service, "tiny-dense")
+        info = training.get_info()
+        assert (info.is_lora, info.lora_rank) == (False, None)
+        losses = []
+        for _ in range(3):
+            out = training.forward_backward(BATCH, "cross_entropy")
+            training.optim_step(LR).result()
+            losses.append(loss_of(out.result()))
+        assert losses[-1] < losses[0]
+        training.save_state("final").result()
+        with tk.keel() as client:
+            (checkpoint,) = client.checkpoints.list(training.model_id).data
+            assert (checkpoint.step, checkpoint.policy_version) == (3, 3)
+            weights = client.checkpoints.download(checkpoint.id, tmp_path / "final")
+        from transformers import AutoModelForCausalLM
+
+        downloaded = AutoModelForCausalLM.from_pretrained(weights)  # a plain HF directory
+        assert not (weights / "tinker_state").exists()
+        ids = torch.tensor([[5, 6, 7, 8]])
+        logprobs = torch.log_softmax(downloaded(ids).logits[0, :-1].float(), -1)
+        expected = logprobs.gather(-1, ids[0, 1:, None])[:, 0]
+        forward = training.forward([datum([5], [6, 7, 8])], "cross_entropy").result()
+        np.testing.assert_allclose(
+            forward.loss_fn_outputs[0]["logprobs"].data, expected.detach().numpy(), atol=1e-4
+        )
+
+
+def test_chunks_a_gap_and_a_pause(settings) -> None:
+    """A 3-datum call goes as 2 chunks (chunk length 2) whose gradients add up; a seq_id that
+    never comes fails the calls behind it after the bound; a paused model resumes on its next
+    call with its state exact."""
+    with tinker_keel(settings) as tk:
+        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        training = service.create_lora_training_client(
+            base_model="tiny-dense", rank=4, seed=0
+        ).result()
+        whole = training.forward_backward(BATCH, "cross_entropy").result()
+        training.optim_step(LR).result()
+        with session_scope(session_factory(settings)) as session:
+            rows = session.query(TinkerRequest).filter_by(
+                job_id=training.model_id, kind="forward_backward"
+            )
+            assert rows.count() == 2
+        before = loss_of(training.forward(BATCH, "cross_entropy").result())
+        assert before < loss_of(whole)
+
+        with tk.keel() as client:
+            client.jobs.pause(training.model_id)
+            deadline = time.monotonic() + 60
+            while client.jobs.retrieve(training.model_id).status != "paused":
+                assert time.monotonic() < deadline, "the model did not pause"
+                time.sleep(0.1)
+        # The next call loads the model again from the state its pause saved.
+        assert loss_of(training.forward(BATCH, "cross_entropy").result()) == pytest.approx(
+            before, rel=1e-6
+        )
+
+        # seq_ids 1000+: nothing numbered 999 will come, so the call fails after the bound.
+        late = forward_backward_at(training, seq_id=1000)
+        with pytest.raises(tinker.RequestFailedError, match=r"seq_id \d+ never arrived"):
+            late.result(timeout=60)
+
+
+def forward_backward_at(training: TrainingClient, *, seq_id: int):
+    """One forward_backward sent with a chosen seq_id through the SDK's lower layer."""
+    holder = training.holder
+
+    async def send():
+        request = types.ForwardBackwardRequest(
+            forward_backward_input=types.ForwardBackwardInput(data=BATCH, loss_fn="cross_entropy"),
+            model_id=training.model_id,
+            seq_id=seq_id,
+        )
+        with holder.aclient(ClientConnectionPoolType.TRAIN) as client:
+            future = await client.training.forward_backward(request=request)
+        return await _APIFuture(
+            types.ForwardBackwardOutput, holder, future, time.time(), "ForwardBackward"
+        ).result_async()
+
+    return holder.run_coroutine_threadsafe(send())

@@ -102,7 +102,7 @@ agent-demo: install
 # tinker-cookbook's math_rl recipe (arithmetic) and a supervised loop, run unmodified from
 # .venv-tinker against a keel started here, on SmolLM2-135M-Instruct.
 tinker-demo: install $(TINKER_STAMP)
-	$(PY) examples/tinker_cookbook.py
+	$(PY) examples/tinker_recipes.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(TINKER_VENV) .keel

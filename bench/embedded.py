@@ -59,15 +59,16 @@ def embedded_service(
 
 
 @contextmanager
-def live_api(settings: Settings) -> Iterator[str]:
-    """Serve the API of `settings` on a free local port; yields its base URL."""
+def live_api(settings: Settings, *, port: int | None = None) -> Iterator[str]:
+    """Serve the API of `settings` on `port` (default a free one); yields its base URL."""
     import uvicorn
 
     from keel_server.api.app import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

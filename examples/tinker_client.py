@@ -1,5 +1,5 @@
 """tinker-cookbook's own recipes, run unmodified as a Tinker user would, against whatever
-TINKER_BASE_URL names (keel, for `examples/tinker_cookbook.py`). Runs in `.venv-tinker`, never
+TINKER_BASE_URL names (keel, for `examples/tinker_recipes.py`). Runs in `.venv-tinker`, never
 in keel's venv: it imports the `tinker` SDK and the cookbook, and nothing of keel.
 
 The one thing added to the recipes is the tokenizer. The cookbook loads it by the model's name

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import tinker
 import torch
-from in_process import job_settings
+from in_process import ADMIN_KEY, job_settings
 from tinker import types
 from tinker.lib.api_future_impl import _APIFuture
 from tinker.lib.client_connection_pool_type import ClientConnectionPoolType
 from tinker.lib.public_interfaces.training_client import TrainingClient, fetch_training_info
-from tinker_harness import tinker_keel
+from tinker_harness import Workers, tinker_keel
 
+import keel
+from bench.embedded import live_api
 from keel_server.db import session_scope
 from keel_server.db.models import TinkerRequest
 from keel_server.platform.settings import Settings
@@ -227,3 +229,52 @@ def forward_backward_at(training: TrainingClient, *, seq_id: int):
         ).result_async()
 
     return holder.run_coroutine_threadsafe(send())
+
+
+def test_a_dead_worker_fails_its_open_calls_and_the_model_reloads_its_last_save(settings):
+    """A worker process SIGKILLed with calls open: a new one takes the model over, the open
+    calls fail with a reason naming the save it reloaded, and the model is that save."""
+    with tinker_keel(settings, processes=True) as tk:
+        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        training = service.create_lora_training_client(
+            base_model="tiny-dense", rank=4, seed=0
+        ).result()
+        training.forward_backward(BATCH, "cross_entropy").result()
+        training.optim_step(LR).result()
+        saved = training.save_state("s1").result().path
+        at_save = loss_of(training.forward(BATCH, "cross_entropy").result())
+        training.forward_backward(BATCH, "cross_entropy").result()
+        training.optim_step(LR).result()  # trained past the save: lost with the worker
+        first = tk.workers.spawned[training.model_id]
+        first.kill()
+        first.wait()
+        open_call = training.forward(BATCH, "cross_entropy")
+        with pytest.raises(tinker.RequestFailedError, match=f"reloaded from its last save {saved}"):
+            open_call.result(timeout=120)
+        assert tk.workers.spawned[training.model_id].pid != first.pid
+        after = loss_of(training.forward(BATCH, "cross_entropy").result(timeout=120))
+        assert after == pytest.approx(at_save, rel=1e-6)
+
+
+def test_a_pending_future_survives_an_api_restart(settings):
+    """A call queued while no worker runs, the API restarted on its port: the SDK's future
+    (a database row) is answered by the new API once a worker runs the model."""
+    workers = Workers(settings)
+    with live_api(settings) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with keel.Client(base_url=url, api_key=ADMIN_KEY) as admin:
+            key = "tml-" + admin.keys.create(project="tinker", name="t").key
+        service = tinker.ServiceClient(base_url=url + "/tinker", api_key=key)
+        training = service.create_lora_training_client(
+            base_model="tiny-dense", rank=4, seed=0
+        ).result()
+        pending = training.forward(BATCH, "cross_entropy")
+        time.sleep(0.5)
+        assert not pending.future().done()
+    with live_api(settings, port=port):
+        workers.start()
+        try:
+            out = pending.result(timeout=120)
+        finally:
+            workers.stop()
+    assert len(out.loss_fn_outputs) == len(BATCH)

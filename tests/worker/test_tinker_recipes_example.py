@@ -25,7 +25,7 @@ def _load(name: str, path: Path):
 
 @pytest.fixture(scope="module")
 def runner():
-    return _load("tinker_cookbook_example", REPO / "examples" / "tinker_cookbook.py")
+    return _load("tinker_cookbook_example", REPO / "examples" / "tinker_recipes.py")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ The criteria, declared here before any run (the constants block below), and why:
   first epoch's. The data is identical every epoch, so the NLL has no sampling noise; 10 % asks
   for a fall that memorizing eight short conversations over five epochs clearly makes.
 
-    python examples/tinker_cookbook.py          # writes bench/results/tinker_cookbook.json
+    python examples/tinker_recipes.py          # writes bench/results/tinker_cookbook.json
 
 It exits 1 when a criterion is not met or a recipe fails.
 """

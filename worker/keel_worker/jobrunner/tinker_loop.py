@@ -63,21 +63,36 @@ class _Order:
 
 @dataclass
 class _Window:
-    """The forward_backward metrics since the last optim_step, summed."""
+    """The forward_backward metrics since the last optim_step, as one step's metrics under
+    keel's names: each call's metric carries the SDK's reduction suffix (`loss:sum`,
+    `mismatch/kl_k3:mean`, `is/weight_max:max`), which says how the calls combine (a mean over
+    the calls, each a chunk of about equal size)."""
 
-    sums: dict[str, float] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
     calls: int = 0
 
     def add(self, metrics: dict[str, float]) -> None:
         self.calls += 1
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.values.setdefault(name, []).append(float(value))
 
     def drain(self) -> dict[str, float]:
-        out = dict(self.sums)
-        out["tinker/forward_backward_calls"] = float(self.calls)
-        self.sums, self.calls = {}, 0
+        out = {"tinker/forward_backward_calls": float(self.calls)}
+        for name, values in self.values.items():
+            base, _, reduction = name.rpartition(":")
+            combine = _REDUCTIONS.get(reduction)
+            if base and combine is not None:
+                out[base] = combine(values)
+        self.values, self.calls = {}, 0
         return out
+
+
+_REDUCTIONS = {
+    "sum": sum,
+    "mean": lambda values: sum(values) / len(values),
+    "max": max,
+    "min": min,
+}
 
 
 class TinkerLoop:
@@ -147,9 +162,9 @@ class TinkerLoop:
             last = queue.last_finished_seq(session, self.spec.id)
             job = get_job(session, self.spec.id)
             self.session_id = (job.prompt_source or {}).get("session_id") if job else None
+            self.step_reached = job.step if job else 0
         self._session_checked = 0.0
         self.order = _Order(expected=last + 1 if last is not None else 0)
-        self.step_reached = self.model.version
 
     def _load_model(self) -> LoadedModel:
         model = self.spec.config.model
@@ -283,13 +298,19 @@ class TinkerLoop:
             if row.seq_id is not None:
                 self.order.expected = row.seq_id + 1
             if error is None and row.kind == "optim_step":
-                version = self.model.version
+                # A step counts every optim_step, also one skipped for a non-finite gradient
+                # (the policy version counts the updates applied).
+                step = self.step_reached + 1
                 metrics = {**self.window.drain(), **(step_metrics or {})}
-                write_step_metrics(session, self.spec.id, version, metrics)
+                write_step_metrics(session, self.spec.id, step, metrics)
                 record_progress(
-                    session, self.spec.id, self.control.owner, step=version, policy_version=version
+                    session,
+                    self.spec.id,
+                    self.control.owner,
+                    step=step,
+                    policy_version=self.model.version,
                 )
-                self.step_reached = version
+                self.step_reached = step
 
     def _register(self, path: Path, version: int) -> str:
         return register_checkpoint_dir(

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db import tinker as queue
 from keel_server.db.base import utcnow
@@ -128,6 +130,7 @@ class TinkerLoop:
         cfg = self.spec.config
         lora_rank = cfg.lora.rank if cfg.lora is not None else None
         self.model = ResidentModel.create(self._load_model(), lora_rank=lora_rank, seed=cfg.seed)
+        log.info("job %s: resident on %d torch threads", self.spec.id, torch.get_num_threads())
         self.calls = TinkerCalls(
             model=self.model,
             factory=self.factory,
@@ -276,7 +279,7 @@ class TinkerLoop:
             log.exception("job %s: %s (seq_id %s) failed", self.spec.id, row.kind, row.seq_id)
             self._finish(row, error=f"{type(exc).__name__}: {exc}", category="server")
         else:
-            if row.kind in ("forward", "forward_backward"):
+            if row.kind == "forward_backward":  # a forward alone (an evaluation) trains nothing
                 self.window.add(metrics)
             self._finish(row, result=result, step_metrics=metrics)
         log.debug("job %s: %s in %.3f s", self.spec.id, row.kind, time.perf_counter() - started)

@@ -229,3 +229,30 @@ def test_a_refused_delivery_shows_on_the_job_as_an_event_and_a_metric(sdk, setti
     events = [e for e in sdk.jobs.events(job.id) if e.type == "webhook"]
     assert [(e.data["step"], e.data["delivered"]) for e in events] == [(1, False)]
     assert "KEEL_WEBHOOK_ALLOW" in events[0].data["error"]
+
+
+def test_a_cancel_ends_a_webhook_delivery_between_attempts(sdk, settings):
+    """A receiver answering 503 forever: the backoff grows to its ceiling, and a cancel during
+    it ends the job at once, not after the attempts run out."""
+    receiver = Receiver(lambda payload: (503, {}))
+    slow = settings.model_copy(update={"webhook_backoff_s": 3.0, "webhook_backoff_max_s": 60.0})
+    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "max_attempts": 20}
+    job = sdk.jobs.create(job_config(steps=1), reward=reward)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(run_job(job.id, slow)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not receiver.deliveries and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.deliveries, "the job never delivered"
+        sdk.jobs.cancel(job.id)
+        cancelled_at = time.monotonic()
+        worker.join(60)
+    finally:
+        receiver.close()
+    # The first backoff is 3 s and the next ones 6, 12, …: the heartbeat (0.2 s) wakes it.
+    assert time.monotonic() - cancelled_at < 2.5
+    assert outcome[0].status == "cancelled"
+    assert len(receiver.deliveries) == 1
+    assert not [e for e in sdk.jobs.events(job.id) if e.type == "webhook"]  # not a failure

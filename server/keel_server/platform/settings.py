@@ -128,6 +128,18 @@ class Settings(BaseSettings):
         description="Seconds before a webhook delivery's second attempt, doubled for each "
         "further one; 0 = retry at once.",
     )
+    webhook_backoff_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="The longest wait between two webhook delivery attempts (the doubling "
+        "stops there). A delivery also ends at its rollouts' reward deadline.",
+    )
+    webhook_max_reply_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="The largest webhook reply a worker reads; a longer one fails the "
+        "delivery (inline rewards are a short JSON list).",
+    )
     sse_poll_interval_s: float = Field(
         default=0.5,
         gt=0,

@@ -37,6 +37,7 @@ class JobControl:
         self.interval_s = interval_s
         self._requested: str | None = None
         self._lost = False
+        self._stop_seen = threading.Event()  # set while stop_reason() is not None
         self._halt = threading.Event()
         self._thread = threading.Thread(
             target=self._beat_forever, name="keel-heartbeat", daemon=True
@@ -65,12 +66,21 @@ class JobControl:
         except LeaseLost:
             log.warning("job %s: lease lost by %s", self.job_id, self.owner)
             self._lost = True
+        if self.stop_reason() is None:
+            self._stop_seen.clear()  # a pending pause withdrawn by `resume`
+        else:
+            self._stop_seen.set()
 
     def stop_reason(self) -> str | None:
         """`lost`, `cancel`, `pause` or None (keep going)."""
         if self._lost:
             return "lost"
         return self._requested
+
+    def wait_for_stop(self, timeout_s: float) -> bool:
+        """Sleep up to `timeout_s`, waking as soon as a heartbeat sees a stop; returns whether
+        the loop must stop."""
+        return self._stop_seen.wait(timeout_s)
 
     def check(self, *, refresh: bool = False) -> None:
         """Raise `StopRun` when the loop must stop; `refresh` asks the DB first."""

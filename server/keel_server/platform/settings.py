@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         description="Seconds between a worker's heartbeats on the job it runs; each renews the "
         "lease and picks up a pause or cancel. Keep it well below the lease timeout.",
     )
+    queued_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A job queued this long without a worker taking it is enqueued again (its "
+        "broker message may be lost); a duplicate message finds the job taken and exits.",
+    )
     reaper_interval_s: float | None = Field(
         default=None,
         gt=0,

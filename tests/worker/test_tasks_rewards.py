@@ -198,6 +198,34 @@ def test_client_prompts_are_waited_for_and_scored_by_a_builtin_verifier(sdk, set
     assert all(r.status == "rewarded" and r.reward in (0.0, 1.0) for r in rollouts)
 
 
+def test_a_job_without_client_prompts_says_it_waits_then_pauses_with_the_reason(sdk, settings):
+    """No prompt posted: one `prompts` event says what the job waits for (not one per poll),
+    and past KEEL_MAX_PROMPT_WAIT_S the job pauses, freeing its worker, with the reason."""
+    bounded = settings.model_copy(update={"max_prompt_wait_s": 1.5})
+    reward = {"type": "builtin", "verifier": "numeric"}
+    job = sdk.jobs.create(job_config(), prompts={"type": "client"}, reward=reward)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(run_job(job.id, bounded)))
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # the unbounded wait: end it before failing
+        sdk.jobs.cancel(job.id)
+        worker.join(30)
+        pytest.fail("the job waited for prompts past its bound")
+    assert outcome[0].status == "paused"
+    events = list(sdk.jobs.events(job.id, follow=False))
+    waits = [e.data for e in events if e.type == "prompts"]
+    assert waits == [{"waiting_for": 2, "available": 0, "max_wait_s": 1.5}]
+    paused = [e.data for e in events if e.type == "status" and e.data["status"] == "paused"]
+    assert "no prompts arrived in 1.5 s" in paused[0]["reason"]
+    # Posting prompts and resuming carries on.
+    sdk.prompts.create(
+        job.id, [{"text": f"What is {a} + 1?", "reference": str(a + 1)} for a in range(4)]
+    )
+    assert sdk.jobs.resume(job.id).status == "queued"
+    assert run_job(job.id, bounded).status == "succeeded"
+
+
 def test_the_operator_cap_on_reward_waiting_fails_the_job(settings, tmp_path):
     capped = settings.model_copy(update={"max_reward_wait_s": 1.0})
     with TestClient(create_app(capped), base_url=BASE_URL) as http:

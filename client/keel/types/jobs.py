@@ -159,7 +159,10 @@ class WebhookReward(_RewardBase):
         description="HMAC key; generated and returned once if unset.",
     )
     timeout_s: Float = Field(
-        default=10.0, gt=0, le=300.0, description="Seconds one delivery attempt may take, connect to the reply's last byte."
+        default=10.0,
+        gt=0,
+        le=300.0,
+        description="Seconds one delivery attempt may take, connect to the reply's last byte.",
     )
     max_attempts: Int = Field(
         default=5,
@@ -369,7 +372,7 @@ class JobResume(RequestModel):
         return TrainingConfig.model_validate(changed)
 
 
-EventType = Literal["status", "metrics", "checkpoint", "webhook", "guard"]
+EventType = Literal["status", "metrics", "checkpoint", "webhook", "guard", "prompts"]
 
 
 class JobEvent(ResponseModel):

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         description="Seconds between a worker's checks for new prompts while a job waits for "
         "them (`client` prompts that ran out).",
     )
+    max_prompt_wait_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a job fed `client` prompts waits for more before it pauses "
+        "(freeing its worker; post prompts, then resume it).",
+    )
     public_url: str | None = Field(
         default=None,
         description="The URL agent harnesses reach this API at (the episodes' `base_url` is "

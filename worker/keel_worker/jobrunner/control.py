@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class StopRun(Exception):
-    """Raised inside the loop to leave the current step: `reason` is pause | cancel | lost."""
+    """Raised inside the loop to leave the current step: `reason` is pause | cancel | lost;
+    `detail` says why the worker pauses on its own (none when the user asked)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 class JobControl:

@@ -3,7 +3,7 @@
 The SDK depends on httpx and pydantic only; the wire types live in `keel.types`.
 """
 
-from keel._archive import ChecksumMismatchError
+from keel._archive import ChecksumMismatchError, UnsafeArchiveError
 from keel._client import AsyncClient, Client
 from keel._errors import (
     APIConnectionError,
@@ -47,5 +47,6 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "UnprocessableEntityError",
+    "UnsafeArchiveError",
     "WaitTimeoutError",
 ]

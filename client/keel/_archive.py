@@ -1,9 +1,16 @@
 """Atomic unpacking of a downloaded checkpoint archive.
 
 The archive is streamed into a hidden staging folder next to the destination while its SHA-256
-is computed, checked against the checkpoint's recorded checksum, unpacked there with tarfile's
-`data` filter (no absolute paths, links out of the tree or devices), and only then renamed onto
-the destination. A crash or a bad checksum leaves no half-written model behind.
+is computed, checked against the checkpoint's recorded checksum, unpacked there, and only then
+renamed onto the destination. A crash or a bad checksum leaves no half-written model behind.
+
+keel's archives hold regular files and folders only (`keel_server.platform.storage`), so the
+unpack accepts nothing else: a link (symbolic or hard), device or fifo member, an absolute path
+or a `..` refuses the whole archive before anything is written (a server, or a man-in-the-middle
+on plain http, could otherwise write outside the destination: a link that points inside the
+staging folder points elsewhere once the top folder is lifted, and the `data` filter of some
+Python releases can be bypassed through links). tarfile's `data` filter still applies, and every
+unpacked path is checked to lie inside the lifted folder before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -13,13 +20,18 @@ import os
 import shutil
 import tarfile
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from keel._errors import KeelError
 
 
 class ChecksumMismatchError(KeelError):
     """The downloaded archive does not match the checkpoint's recorded SHA-256."""
+
+
+class UnsafeArchiveError(KeelError):
+    """The archive holds a member that a keel checkpoint never has (a link, a device, an
+    absolute or `..` path): nothing was unpacked."""
 
 
 class Staging:
@@ -49,8 +61,10 @@ class Staging:
             raise ChecksumMismatchError(f"archive sha256 {digest} != expected {expected_sha256}")
         unpacked = self.root / "unpacked"
         with tarfile.open(self.archive, "r:*") as tar:
-            tar.extractall(unpacked, filter="data")
+            members = _checked_members(tar)
+            tar.extractall(unpacked, members=members, filter="data")
         source = _single_top_folder(unpacked)
+        _check_inside(source)
         if self.dest.exists():
             retired = self.root / "previous"
             os.replace(self.dest, retired)
@@ -61,6 +75,28 @@ class Staging:
     def discard(self) -> None:
         self._file.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """Every member, once each is a plain file or folder at a relative path without `..`."""
+    members = tar.getmembers()
+    for member in members:
+        name = PurePosixPath(member.name)
+        if not (member.isfile() or member.isdir()):
+            raise UnsafeArchiveError(
+                f"{member.name!r} is not a file or folder (type {member.type!r})"
+            )
+        if name.is_absolute() or ".." in name.parts or "\\" in member.name:
+            raise UnsafeArchiveError(f"{member.name!r} is not a path inside the archive")
+    return members
+
+
+def _check_inside(folder: Path) -> None:
+    """Every path under `folder` is a file or folder whose real path lies inside it."""
+    root = folder.resolve()
+    for path in folder.rglob("*"):
+        if path.is_symlink() or not path.resolve().is_relative_to(root):
+            raise UnsafeArchiveError(f"{path.relative_to(folder)} would lie outside {folder.name}")
 
 
 def _single_top_folder(unpacked: Path) -> Path:

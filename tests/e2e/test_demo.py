@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from demo_processes import processes_using, stop_demo
 
 pytestmark = pytest.mark.slow
 
@@ -52,23 +53,6 @@ def _home(tmp_path: Path) -> Path:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     return {**env, "PYTHONUNBUFFERED": "1"}
-
-
-def _processes_using(home: Path) -> list[int]:
-    """Processes whose environment names this keel home (the worker) or whose command line does
-    (`keel up --home ...`)."""
-    marker = str(home).encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            blobs = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in blobs:
-            found.append(int(proc.name))
-    return found
 
 
 def _refuses(url: str) -> bool:
@@ -134,7 +118,7 @@ def test_demo_small_budget_delivers_every_artifact(tmp_path):
     url = re.search(r"keel is up at (\S+) ", out).group(1)
     assert f"dashboard: {url}/dashboard (sign in with {home}/admin_key)" in out
     assert _refuses(url)
-    assert _processes_using(home) == []
+    assert processes_using(home) == []
     assert (home / "keel.db").is_file() and (home / "admin_key").is_file()
 
 
@@ -156,7 +140,15 @@ def test_ctrl_c_cancels_the_job_and_stops_keel(tmp_path):
     cmd = [sys.executable, str(DEMO), *SMALL, "--steps", "50", "--data-dir", str(home)]
     log = tmp_path / "demo.log"
     with log.open("w") as out:
-        demo = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        # Its own session: Ctrl-C is sent to it alone, and on failure its whole group is killed.
+        demo = subprocess.Popen(
+            cmd,
+            env=_env(),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while "job running" not in log.read_text() and time.monotonic() < deadline:
@@ -167,10 +159,10 @@ def test_ctrl_c_cancels_the_job_and_stops_keel(tmp_path):
         assert demo.wait(120) == 130, log.read_text()
     finally:
         if demo.poll() is None:
-            demo.kill()
+            stop_demo(demo, home)  # with the `keel up` it started, which would train on
     text = log.read_text()
     assert "interrupted: cancelling the job" in text and "stopped;" in text
-    assert _processes_using(home) == []
+    assert processes_using(home) == []
     with sqlite3.connect(home / "keel.db") as db:
         status, requested = db.execute("SELECT status, requested FROM jobs").fetchone()
     # Cancelled, or (when the worker was stopped before its next check) the cancel is recorded

@@ -107,6 +107,18 @@ def test_controls_of_a_job_nobody_runs(job_body, client, project_key) -> None:
     assert r.json()["state"]["status"] == "cancelled"
 
 
+def test_resume_of_a_queued_job_enqueues_it_again(job_body, client, project_key, settings):
+    """A queued job whose broker message was lost is started again by `resume`."""
+    headers = project_key("alpha")
+    job_id = client.post("/v1/jobs", json=job_body(), headers=headers).json()["id"]
+    for message in [p for p in settings.broker_dir.iterdir() if p.is_file()]:
+        message.unlink()  # the broker lost it
+    assert client.post(f"/v1/jobs/{job_id}/resume", headers=headers).json()["status"] == "queued"
+    messages = [p for p in settings.broker_dir.iterdir() if p.is_file()]
+    assert len(messages) == 1
+    assert job_id in json.loads(messages[0].read_text())["headers"]["argsrepr"]
+
+
 def test_controls_of_a_running_job_are_requests_for_the_worker(
     job_body, client, project_key, sessions
 ):

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tarfile
+import tracemalloc
 
 from keel_server.platform.storage import archive_digest, archive_kinds, has_kind, iter_archive
 
@@ -81,3 +82,47 @@ def test_a_full_fine_tune_has_no_adapter_kind(tmp_path) -> None:
     (ckpt / "adapter").rmdir()
     assert not has_kind(ckpt, "adapter") and has_kind(ckpt, "weights")
     assert sorted(archive_kinds(ckpt)) == ["full", "merged", "weights"]
+
+
+# `iter_archive` of `_large_checkpoint(…, 24 MiB)`, as the previous (buffering) code wrote it.
+LARGE_SIZE = 25180160
+LARGE_SHA256 = "adb779360ee2db95fb1259abd473aa921ffcd5795edb80a7b68cb45d8931fa74"
+
+
+def _large_checkpoint(root, size_bytes: int):
+    """A checkpoint with one large weights file, a long (PAX) name and a non-ASCII one; the
+    contents are a fixed pattern, so the archive's sha256 is a constant."""
+    (root / "adapter").mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "llama"}')
+    (root / "adapter" / "adapter_config.json").write_text('{"r": 4}')
+    (root / ("shard-" + "x" * 120 + ".safetensors")).write_bytes(b"long name")
+    (root / "tokenizer-é.json").write_text("{}")
+    pattern = bytes(range(256)) * 4096  # 1 MiB
+    with (root / "model.safetensors").open("wb") as fh:
+        for _ in range(size_bytes // len(pattern)):
+            fh.write(pattern)
+        fh.write(b"tail" * 3)  # not a whole tar block
+    return root
+
+
+def test_a_large_file_streams_in_chunks_with_the_same_bytes(tmp_path) -> None:
+    """A download must not hold a member in memory (the probe measured 604 MiB for a 300 MiB
+    file): peak traced memory stays a few chunks, whatever the file's size; the bytes are those
+    the archive always had (the sha256 below was computed by the previous, buffering code)."""
+    root = _large_checkpoint(tmp_path / "ckpt", 24 << 20)
+    tracemalloc.start()
+    try:
+        digest, size = hashlib.sha256(), 0
+        for chunk in iter_archive(root):
+            digest.update(chunk)
+            size += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak {peak / (1 << 20):.1f} MiB for a 24 MiB file"
+    assert (size, digest.hexdigest()) == (LARGE_SIZE, LARGE_SHA256)
+    archive = b"".join(iter_archive(root))
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        member = tar.extractfile("checkpoint/model.safetensors")
+        assert member.read()[-12:] == b"tail" * 3
+        assert "checkpoint/tokenizer-é.json" in tar.getnames()

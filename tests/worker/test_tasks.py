@@ -232,10 +232,33 @@ def test_reaper_enqueues_each_stale_job_once_per_lease_timeout(sdk, settings, se
         assert take_lease(session, stale.id, "dead", lease_timeout_s=3, now=long_ago).acquired
         assert take_lease(session, live.id, "alive", lease_timeout_s=3).acquired
     sent: list[str] = []
-    reaper = LeaseReaper(sessions, sent.append, lease_timeout_s=3.0)
+    reaper = LeaseReaper(sessions, sent.append, lease_timeout_s=3.0, queued_timeout_s=600.0)
     assert reaper.sweep() == [stale.id]
     assert reaper.sweep() == []  # not again within one lease timeout
     assert sent == [stale.id]
+
+
+def test_reaper_enqueues_a_job_queued_too_long_once_per_bound_across_processes(
+    sdk, settings, sessions
+):
+    """A queued job whose broker message was lost is enqueued again after `queued_timeout_s`;
+    one sweeper wins it per bound (the API and every worker sweep)."""
+    from keel_server.platform.leases import LeaseReaper
+
+    lost, fresh = sdk.jobs.create(job_config()), sdk.jobs.create(job_config())
+    with session_scope(sessions) as session:
+        get_job(session, lost.id).updated_at = utcnow() - timedelta(seconds=700)
+    sent: list[str] = []
+    api, worker = (
+        LeaseReaper(sessions, sent.append, lease_timeout_s=3.0, queued_timeout_s=600.0)
+        for _ in range(2)
+    )
+    assert api.sweep() == [lost.id]
+    assert worker.sweep() == []  # the other process's sweep saw it enqueued already
+    assert api.sweep() == []
+    assert sent == [lost.id]
+    assert _job_row(sessions, lost.id)["status"] == "queued"
+    assert _job_row(sessions, fresh.id)["status"] == "queued"
 
 
 def test_rewards_match_rollouts_by_position_and_text():

@@ -198,6 +198,34 @@ def test_client_prompts_are_waited_for_and_scored_by_a_builtin_verifier(sdk, set
     assert all(r.status == "rewarded" and r.reward in (0.0, 1.0) for r in rollouts)
 
 
+def test_a_job_without_client_prompts_says_it_waits_then_pauses_with_the_reason(sdk, settings):
+    """No prompt posted: one `prompts` event says what the job waits for (not one per poll),
+    and past KEEL_MAX_PROMPT_WAIT_S the job pauses, freeing its worker, with the reason."""
+    bounded = settings.model_copy(update={"max_prompt_wait_s": 1.5})
+    reward = {"type": "builtin", "verifier": "numeric"}
+    job = sdk.jobs.create(job_config(), prompts={"type": "client"}, reward=reward)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(run_job(job.id, bounded)))
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # the unbounded wait: end it before failing
+        sdk.jobs.cancel(job.id)
+        worker.join(30)
+        pytest.fail("the job waited for prompts past its bound")
+    assert outcome[0].status == "paused"
+    events = list(sdk.jobs.events(job.id, follow=False))
+    waits = [e.data for e in events if e.type == "prompts"]
+    assert waits == [{"waiting_for": 2, "available": 0, "max_wait_s": 1.5}]
+    paused = [e.data for e in events if e.type == "status" and e.data["status"] == "paused"]
+    assert "no prompts arrived in 1.5 s" in paused[0]["reason"]
+    # Posting prompts and resuming carries on.
+    sdk.prompts.create(
+        job.id, [{"text": f"What is {a} + 1?", "reference": str(a + 1)} for a in range(4)]
+    )
+    assert sdk.jobs.resume(job.id).status == "queued"
+    assert run_job(job.id, bounded).status == "succeeded"
+
+
 def test_the_operator_cap_on_reward_waiting_fails_the_job(settings, tmp_path):
     capped = settings.model_copy(update={"max_reward_wait_s": 1.0})
     with TestClient(create_app(capped), base_url=BASE_URL) as http:
@@ -229,3 +257,30 @@ def test_a_refused_delivery_shows_on_the_job_as_an_event_and_a_metric(sdk, setti
     events = [e for e in sdk.jobs.events(job.id) if e.type == "webhook"]
     assert [(e.data["step"], e.data["delivered"]) for e in events] == [(1, False)]
     assert "KEEL_WEBHOOK_ALLOW" in events[0].data["error"]
+
+
+def test_a_cancel_ends_a_webhook_delivery_between_attempts(sdk, settings):
+    """A receiver answering 503 forever: the backoff grows to its ceiling, and a cancel during
+    it ends the job at once, not after the attempts run out."""
+    receiver = Receiver(lambda payload: (503, {}))
+    slow = settings.model_copy(update={"webhook_backoff_s": 3.0, "webhook_backoff_max_s": 60.0})
+    reward = {"type": "webhook", "url": receiver.url, "secret": SECRET, "max_attempts": 20}
+    job = sdk.jobs.create(job_config(steps=1), reward=reward)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(run_job(job.id, slow)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not receiver.deliveries and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert receiver.deliveries, "the job never delivered"
+        sdk.jobs.cancel(job.id)
+        cancelled_at = time.monotonic()
+        worker.join(60)
+    finally:
+        receiver.close()
+    # The first backoff is 3 s and the next ones 6, 12, …: the heartbeat (0.2 s) wakes it.
+    assert time.monotonic() - cancelled_at < 2.5
+    assert outcome[0].status == "cancelled"
+    assert len(receiver.deliveries) == 1
+    assert not [e for e in sdk.jobs.events(job.id) if e.type == "webhook"]  # not a failure

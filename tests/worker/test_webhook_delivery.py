@@ -1,11 +1,19 @@
 """Webhook delivery (worker side): retries, the SSRF policy of keel_server.platform.webhook_targets
-checked before every attempt, and connections pinned to the checked address."""
+checked before every attempt, connections pinned to the checked address, and the bounds on a
+delivery (backoff ceiling, the reward deadline, pause/cancel between attempts, each exchange's
+whole duration, the reply's size)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import ipaddress
 import json
+import threading
+import time
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -13,7 +21,7 @@ import pytest
 from keel import webhooks
 from keel.types.rewards import WebhookPayload, WebhookRollout
 from keel_server.platform.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
-from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver
+from keel_worker.jobrunner.webhook import DeliveryLimits, WebhookDeliveryError, deliver
 
 PUBLIC = "93.184.216.34"
 NOBODY = WebhookAllow.parse("")
@@ -37,18 +45,31 @@ def _public(host: str, port: int) -> list[str]:
     return [PUBLIC]
 
 
+LIMITS = DeliveryLimits(
+    attempt_timeout_s=5.0,
+    max_attempts=3,
+    backoff_s=0.5,
+    backoff_max_s=60.0,
+    max_reply_bytes=1 << 20,
+    total_s=60.0,
+)
+
+
 def _deliver(handler, *, url="http://rewards.test/hook", resolve=_public, attempts=5, waits=None):
+    def wait(seconds: float) -> bool:
+        if waits is not None:
+            waits.append(seconds)
+        return False
+
     with httpx.Client(transport=httpx.MockTransport(handler)) as client:
         return deliver(
             url,
             "secret-0123456789",
             _payload(),
             allow=NOBODY,
-            timeout_s=1,
-            max_attempts=attempts,
-            backoff_s=0.5,
+            limits=dataclasses.replace(LIMITS, max_attempts=attempts),
+            wait=wait,
             client=client,
-            sleep=(waits.append if waits is not None else lambda _: None),
             resolve=resolve,
         )
 
@@ -149,3 +170,157 @@ def test_dns_rebinding_between_attempts_is_refused_before_connecting() -> None:
     with pytest.raises(WebhookDeliveryError, match="refused"):
         _deliver(handler, resolve=lambda h, p: next(answers))
     assert seen == [PUBLIC]  # the second attempt never connected
+
+
+# ---- the bounds of a delivery, against a real local receiver
+
+LOCAL = WebhookAllow.parse("127.0.0.1")
+
+
+class Receiver:
+    """A local HTTP endpoint whose every answer is `answer(handler)` (raw writes on the socket,
+    so it can trickle); counts the deliveries it got."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.posts = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.posts += 1
+                with contextlib.suppress(OSError):
+                    receiver.answer(self)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        serve = functools.partial(self.server.serve_forever, poll_interval=0.05)
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def receiver(answer):
+    r = Receiver(answer)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _status(code: int, body: bytes = b""):
+    def answer(handler) -> None:
+        handler.send_response(code)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def _trickle(part: str):
+    """One byte every 0.2 s for 30 s, in the headers or in the body."""
+
+    def answer(handler) -> None:
+        out = handler.wfile
+        out.write(b"HTTP/1.1 200 OK\r\n")
+        if part == "body":
+            out.write(b"Content-Length: 150\r\n\r\n")
+        else:
+            out.write(b"X-Slow: ")
+        out.flush()
+        for _ in range(150):
+            time.sleep(0.2)
+            out.write(b"a")
+            out.flush()
+
+    return answer
+
+
+def _limits(**overrides) -> DeliveryLimits:
+    return dataclasses.replace(LIMITS, **{"backoff_s": 0.01, "backoff_max_s": 0.01, **overrides})
+
+
+def _local(url: str, limits: DeliveryLimits, **kwargs):
+    return deliver(url, "secret-0123456789", _payload(), allow=LOCAL, limits=limits, **kwargs)
+
+
+def test_backoff_doubles_up_to_its_ceiling() -> None:
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    with receiver(_status(503)) as r, pytest.raises(WebhookDeliveryError, match="7 attempts"):
+        _local(r.url, _limits(max_attempts=7, backoff_s=1.0, backoff_max_s=5.0), wait=wait)
+    assert r.posts == 7
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]  # doubled, then the ceiling
+
+
+def test_the_reward_deadline_bounds_the_whole_delivery() -> None:
+    limits = _limits(max_attempts=20, backoff_s=0.2, backoff_max_s=1e6, total_s=1.5)
+    started = time.monotonic()
+    with receiver(_status(503)) as r, pytest.raises(WebhookDeliveryError, match="deadline"):
+        _local(r.url, limits)
+    # Without the bound the 20 attempts would back off for 0.2 × (2**19 - 1) s ≈ 29 hours.
+    assert time.monotonic() - started < 3.0
+    assert 2 <= r.posts < 10
+
+
+def test_a_pause_or_cancel_ends_the_delivery_between_attempts() -> None:
+    def wait(seconds: float) -> bool:  # the job is cancelled during the first backoff
+        return True
+
+    with receiver(_status(503)) as r, pytest.raises(WebhookDeliveryError, match="stopped"):
+        _local(r.url, _limits(max_attempts=20), wait=wait)
+    assert r.posts == 1
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_trickling_receiver_cannot_hold_an_attempt_past_its_timeout(part) -> None:
+    started = time.monotonic()
+    with (
+        receiver(_trickle(part)) as r,
+        pytest.raises(WebhookDeliveryError, match=r"no complete reply within 1 s"),
+    ):
+        _local(r.url, _limits(attempt_timeout_s=1.0, max_attempts=1))
+    # httpx's own timeouts bound each read, and each byte arrives within 0.2 s: 30 s without
+    # the bound on the whole exchange.
+    assert time.monotonic() - started < 4.0
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_reply_over_the_size_bound_fails_the_delivery_at_once(declared) -> None:
+    big = b"x" * 5000
+
+    def answer(handler) -> None:
+        handler.send_response(200)
+        if declared:
+            handler.send_header("Content-Length", str(len(big)))
+        handler.end_headers()
+        handler.wfile.write(big)  # undeclared: the body ends when the connection closes
+        handler.close_connection = True
+
+    with receiver(answer) as r, pytest.raises(WebhookDeliveryError, match="over 4096 bytes"):
+        _local(r.url, _limits(max_reply_bytes=4096))
+    assert r.posts == 1  # the receiver would answer the same again: not retried
+
+
+@pytest.mark.parametrize("body", [b"OK", b"<html>thanks</html>", b"[]", b"   "])
+def test_any_2xx_counts_as_delivered_and_a_body_that_is_not_the_json_reply_holds_no_rewards(
+    body,
+) -> None:
+    with receiver(_status(200, body)) as r:
+        assert _local(r.url, _limits()).rewards == []
+    with receiver(_status(202, b'{"rewards": [{"rollout_id": "ro_1", "value": 0.5}]}')) as r:
+        assert [(i.rollout_id, i.value) for i in _local(r.url, _limits()).rewards] == [
+            ("ro_1", 0.5)
+        ]

@@ -160,15 +160,19 @@ class WebhookReward(_RewardBase):
         description="HMAC key; generated and returned once if unset.",
     )
     timeout_s: Float = Field(
-        default=10.0, gt=0, le=300.0, description="Seconds one delivery attempt may take."
+        default=10.0,
+        gt=0,
+        le=300.0,
+        description="Seconds one delivery attempt may take, connect to the reply's last byte.",
     )
     max_attempts: Int = Field(
         default=5,
         ge=1,
         le=20,
         description="Delivery attempts per step, the first included. Connection errors, 408, "
-        "409, 425, 429 and 5xx are retried after `KEEL_WEBHOOK_BACKOFF_S`, doubled each time; "
-        "another 4xx fails at once. Undelivered rollouts still accept posted rewards.",
+        "409, 425, 429 and 5xx are retried after `KEEL_WEBHOOK_BACKOFF_S`, doubled each time up "
+        "to `KEEL_WEBHOOK_BACKOFF_MAX_S`, until the reward deadline; another 4xx fails at "
+        "once. Undelivered rollouts still accept posted rewards.",
     )
 
 
@@ -369,7 +373,7 @@ class JobResume(RequestModel):
         return TrainingConfig.model_validate(changed)
 
 
-EventType = Literal["status", "metrics", "checkpoint", "webhook", "guard"]
+EventType = Literal["status", "metrics", "checkpoint", "webhook", "guard", "prompts"]
 
 
 class JobEvent(ResponseModel):

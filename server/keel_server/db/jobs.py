@@ -295,6 +295,20 @@ def find_stale_jobs(
     return list(session.execute(stmt).scalars())
 
 
+def claim_long_queued(
+    session: Session, *, queued_timeout_s: float, now: datetime | None = None
+) -> list[str]:
+    """Ids of jobs queued for longer than `queued_timeout_s` (their broker message may be
+    lost), each claimed for a re-enqueue by one compare-and-set on `updated_at`, so of all the
+    processes sweeping, one enqueues it per bound."""
+    now = now or utcnow()
+    before = now - timedelta(seconds=queued_timeout_s)
+    long_queued = (Job.status == "queued", Job.updated_at < before)
+    ids = list(session.execute(select(Job.id).where(*long_queued)).scalars())
+    claim = update(Job).where(*long_queued)
+    return [j for j in ids if cas_update(session, claim.where(Job.id == j).values(updated_at=now))]
+
+
 def running_leases(session: Session) -> list[tuple[str, str | None]]:
     """(job id, lease owner) of every running job, for a sweep that checks the owners."""
     stmt = select(Job.id, Job.lease_owner).where(Job.status == "running")

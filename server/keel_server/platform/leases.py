@@ -10,7 +10,9 @@ namespace never judges another's pids.
 
 `LeaseReaper` runs in the API process (FastAPI lifespan) and in every worker: a job whose worker
 died is re-enqueued even when no worker is left running. Whichever delivery takes the lease
-resumes the job from its latest checkpoint; extra deliveries find the live lease and exit.
+resumes the job from its latest checkpoint; extra deliveries find the live lease and exit. It also
+re-enqueues a job queued longer than `Settings.queued_timeout_s`, whose broker message may be
+lost (a broker restart without persistence, an expired or purged message).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from celery import Celery
 
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.jobs import find_stale_jobs, running_leases
+from keel_server.db.jobs import claim_long_queued, find_stale_jobs, running_leases
 from keel_server.platform.queue import enqueue_run_job
 from keel_server.platform.settings import Settings
 
@@ -77,13 +79,15 @@ def start_reaper(factory: SessionFactory, producer: Celery, settings: Settings) 
         factory,
         lambda job_id: enqueue_run_job(producer, settings, job_id),
         lease_timeout_s=settings.lease_timeout_s,
+        queued_timeout_s=settings.queued_timeout_s,
         interval_s=settings.reaper_interval_s,
     ).start()
 
 
 class LeaseReaper:
     """A daemon thread: at start and every `interval_s`, enqueue each job whose lease holder is
-    dead or stale (a job at most once per lease timeout)."""
+    dead or stale (a job at most once per lease timeout), and each job queued longer than
+    `queued_timeout_s` (once per that bound, across processes)."""
 
     def __init__(
         self,
@@ -91,11 +95,13 @@ class LeaseReaper:
         enqueue: Callable[[str], object],
         *,
         lease_timeout_s: float,
+        queued_timeout_s: float,
         interval_s: float | None = None,
     ) -> None:
         self.factory = factory
         self.enqueue = enqueue
         self.lease_timeout_s = lease_timeout_s
+        self.queued_timeout_s = queued_timeout_s
         self.interval_s = interval_s or max(lease_timeout_s / 2, 0.5)
         self._sent_at: dict[str, float] = {}
         self._halt = threading.Event()
@@ -115,6 +121,10 @@ class LeaseReaper:
         with session_scope(self.factory) as session:
             orphans = set(find_stale_jobs(session, lease_timeout_s=self.lease_timeout_s))
             orphans |= {job for job, owner in running_leases(session) if owner_is_dead(owner)}
+            lost = claim_long_queued(session, queued_timeout_s=self.queued_timeout_s)
+        for job_id in lost:
+            log.warning("job %s: queued too long without a worker; enqueueing it again", job_id)
+            self.enqueue(job_id)
         now = time.monotonic()
         due = sorted(
             j for j in orphans if now - self._sent_at.get(j, -1e18) >= self.lease_timeout_s
@@ -123,7 +133,7 @@ class LeaseReaper:
             log.warning("job %s: its lease holder is gone; re-enqueueing it", job_id)
             self.enqueue(job_id)
             self._sent_at[job_id] = now
-        return due
+        return sorted(lost) + due
 
     def _loop(self) -> None:
         while not self._halt.is_set():

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         description="Seconds between a worker's heartbeats on the job it runs; each renews the "
         "lease and picks up a pause or cancel. Keep it well below the lease timeout.",
     )
+    queued_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A job queued this long without a worker taking it is enqueued again (its "
+        "broker message may be lost); a duplicate message finds the job taken and exits.",
+    )
     reaper_interval_s: float | None = Field(
         default=None,
         gt=0,
@@ -88,6 +94,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between a worker's checks for new prompts while a job waits for "
         "them (`client` prompts that ran out).",
+    )
+    max_prompt_wait_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a job fed `client` prompts waits for more before it pauses "
+        "(freeing its worker; post prompts, then resume it).",
     )
     public_url: str | None = Field(
         default=None,
@@ -157,6 +169,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds before a webhook delivery's second attempt, doubled for each "
         "further one; 0 = retry at once.",
+    )
+    webhook_backoff_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="The longest wait between two webhook delivery attempts (the doubling "
+        "stops there). A delivery also ends at its rollouts' reward deadline.",
+    )
+    webhook_max_reply_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="The largest webhook reply a worker reads; a longer one fails the "
+        "delivery (inline rewards are a short JSON list).",
     )
     sse_poll_interval_s: float = Field(
         default=0.5,

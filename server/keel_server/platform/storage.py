@@ -19,7 +19,6 @@ every later download streams, and the SDK can verify them.
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from keel.types.checkpoints import (
 )
 
 CHUNK_BYTES = 1 << 20
+TAR_ENCODING = "utf-8"  # of member names (tarfile's default: the filesystem encoding)
 
 
 def files_dir(artifacts_dir: Path) -> Path:
@@ -42,24 +42,6 @@ def files_dir(artifacts_dir: Path) -> Path:
 def job_dir(artifacts_dir: Path, job_id: str) -> Path:
     """A job's working directory: its checkpoints (`checkpoints/step_…`) and engine files."""
     return artifacts_dir / "jobs" / job_id
-
-
-class _Sink(io.RawIOBase):
-    """Write-only buffer that tarfile streams into; drained after each member."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        self.chunks.append(bytes(b))
-        return len(b)
-
-    def drain(self) -> bytes:
-        out, self.chunks = b"".join(self.chunks), []
-        return out
 
 
 def _tarinfo(path: Path, arcname: str) -> tarfile.TarInfo:
@@ -92,25 +74,40 @@ def iter_archive(
     directory: Path, *, kind: CheckpointKind = "full", root_name: str = "checkpoint"
 ) -> Iterator[bytes]:
     """Stream a deterministic uncompressed tar of one kind of a checkpoint `directory` (entries
-    under `root_name/`); `full`, the default, archives every file of any directory."""
-    sink = _Sink()
+    under `root_name/`); `full`, the default, archives every file of any directory.
+
+    The tar is written here block by block, as `tarfile.open(mode="w|")` lays it out (PAX
+    headers from `TarInfo.tobuf`, contents padded to 512-byte blocks, two zero blocks, the
+    stream padded to a whole record), so each file is read and sent in `CHUNK_BYTES` pieces and
+    never held whole: a weights file of gigabytes costs a download a chunk of memory."""
     directory, paths = _members(directory, kind)
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(_tarinfo(directory, root_name))
-        for path in paths:
-            info = _tarinfo(path, f"{root_name}/{path.relative_to(directory).as_posix()}")
-            if info.isdir():
-                tar.addfile(info)
-                continue
-            with path.open("rb") as fh:
-                tar.addfile(info, fh)
-            yield from _chunks(sink.drain())
-    yield from _chunks(sink.drain())
+    offset = 0
+    for path, arcname in [(directory, root_name)] + [
+        (p, f"{root_name}/{p.relative_to(directory).as_posix()}") for p in paths
+    ]:
+        info = _tarinfo(path, arcname)
+        header = info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape")
+        yield header
+        offset += len(header)
+        if info.isfile():
+            yield from _file_blocks(path, info.size)
+            offset += -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+    offset += len(end)
+    yield end + tarfile.NUL * (-offset % tarfile.RECORDSIZE)
 
 
-def _chunks(data: bytes) -> Iterator[bytes]:
-    for i in range(0, len(data), CHUNK_BYTES):
-        yield data[i : i + CHUNK_BYTES]
+def _file_blocks(path: Path, size_bytes: int) -> Iterator[bytes]:
+    """The file's `size_bytes` in chunks, the last padded to a whole tar block."""
+    left = size_bytes
+    with path.open("rb") as fh:
+        while left:
+            chunk = fh.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                raise OSError(f"{path} shrank while it was archived")
+            left -= len(chunk)
+            yield chunk
+    yield tarfile.NUL * (-size_bytes % tarfile.BLOCKSIZE)
 
 
 def archive_digest(directory: Path, *, kind: CheckpointKind = "full") -> tuple[int, str]:

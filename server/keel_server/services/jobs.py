@@ -200,11 +200,16 @@ def _webhook_secret(req: JobCreate) -> str | None:
     return req.reward.secret or new_webhook_secret()
 
 
-def enqueue(ctx: ServiceContext, job_id: str) -> None:
-    """Send `keel.run_job`; a broker that refuses leaves the job stored as failed (a 503)."""
+def enqueue(ctx: ServiceContext, job_id: str, *, fail_job: bool = True) -> None:
+    """Send `keel.run_job`; when the broker refuses, answer 503, failing the job first when
+    nothing else would start it (`fail_job`; a queued job is re-sent by the reaper)."""
     try:
         enqueue_run_job(ctx.producer, ctx.settings, job_id)
     except Exception as exc:
+        if not fail_job:
+            raise ServiceError(
+                "broker_unavailable", f"the broker refused job {job_id}'s message: {exc}"
+            ) from exc
         with session_scope(ctx.sessions) as session:
             jobs_db.transition(
                 session,
@@ -285,10 +290,12 @@ def pause(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:
 def resume(
     ctx: ServiceContext, principal: Principal, job_id: str, changes: JobResume | None = None
 ) -> Job:
-    """Resume a paused job (or withdraw a pending pause). `changes` (a new learning rate or
-    algorithm) apply to a paused job only and are validated against its whole config; a new
-    learning rate also resets the guard's rollback scale."""
-    enqueue: list[str] = []
+    """Resume a paused job (or withdraw a pending pause; a queued job is enqueued again, in
+    case its broker message was lost: a duplicate finds it taken and exits). `changes` (a new
+    learning rate or algorithm) apply to a paused job only and are validated against its whole
+    config; a new learning rate also resets the guard's rollback scale."""
+    resumed: list[str] = []
+    requeue: list[str] = []
     changing = changes is not None and (changes.lr is not None or changes.algorithm is not None)
 
     def attempt(session, job) -> bool:
@@ -307,7 +314,7 @@ def resume(
                 event=event,
             )
             if ok:
-                enqueue.append(job.id)
+                resumed.append(job.id)
             return ok
         if changing:
             raise ServiceError(
@@ -317,13 +324,17 @@ def resume(
             )
         if job.status == "running" and job.requested == "pause":
             return jobs_db.set_requested(session, job.id, None, from_statuses=("running",))
-        if job.status in ("queued", "running"):
+        if job.status == "queued":  # its broker message may be lost: send another
+            requeue.append(job.id)
+            return True
+        if job.status == "running":
             return True
         raise _finished(job, "resume")
 
     result = _control(ctx, principal, job_id, attempt)
-    if enqueue:
-        enqueue(ctx, job_id)
+    if resumed or requeue:
+        # A queued job stays queued when the broker is away: the reaper sends it later.
+        enqueue(ctx, job_id, fail_job=bool(resumed))
     return result
 
 

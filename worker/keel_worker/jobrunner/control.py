@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class StopRun(Exception):
-    """Raised inside the loop to leave the current step: `reason` is pause | cancel | lost."""
+    """Raised inside the loop to leave the current step: `reason` is pause | cancel | lost;
+    `detail` says why the worker pauses on its own (none when the user asked)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 class JobControl:
@@ -37,6 +39,7 @@ class JobControl:
         self.interval_s = interval_s
         self._requested: str | None = None
         self._lost = False
+        self._stop_seen = threading.Event()  # set while stop_reason() is not None
         self._halt = threading.Event()
         self._thread = threading.Thread(
             target=self._beat_forever, name="keel-heartbeat", daemon=True
@@ -65,12 +68,21 @@ class JobControl:
         except LeaseLost:
             log.warning("job %s: lease lost by %s", self.job_id, self.owner)
             self._lost = True
+        if self.stop_reason() is None:
+            self._stop_seen.clear()  # a pending pause withdrawn by `resume`
+        else:
+            self._stop_seen.set()
 
     def stop_reason(self) -> str | None:
         """`lost`, `cancel`, `pause` or None (keep going)."""
         if self._lost:
             return "lost"
         return self._requested
+
+    def wait_for_stop(self, timeout_s: float) -> bool:
+        """Sleep up to `timeout_s`, waking as soon as a heartbeat sees a stop; returns whether
+        the loop must stop."""
+        return self._stop_seen.wait(timeout_s)
 
     def check(self, *, refresh: bool = False) -> None:
         """Raise `StopRun` when the loop must stop; `refresh` asks the DB first."""

@@ -131,7 +131,7 @@ class JobLoop:
                 self.control.check()
                 metrics = self._one_step(step)
             except StopRun as stop:
-                return self._stop(stop.reason, before)
+                return self._stop(stop, before)
             done = step + 1
             with session_scope(self.factory) as session:
                 store = JobCheckpoints(session, self.spec.id)
@@ -231,6 +231,7 @@ class JobLoop:
             job_id=spec.id,
             control=self.control,
             poll_interval_s=self.settings.prompt_poll_interval_s,
+            max_wait_s=self.settings.max_prompt_wait_s,
         )
         source = spec.reward_source
         verifier = None
@@ -338,12 +339,13 @@ class JobLoop:
         return evaluate(self.engine, self.tokenizer, self.task, self.spec.config)
 
     # ------------------------------------------------------------------ stops and checkpoints
-    def _stop(self, reason: str, before: _Resume) -> str:
-        if reason == "lost":
+    def _stop(self, stop: StopRun, before: _Resume) -> str:
+        if stop.reason == "lost":
             raise StopRun("lost")
-        if reason == "pause":
+        if stop.reason == "pause":
             # Pause checkpoints first: the state from before the abandoned step.
             self._checkpoint(before.step, before.cursor, before.rng)
+            self.end_reason = stop.detail
             return "paused"
         return "cancelled"
 

@@ -5,8 +5,9 @@ them whatever the source:
 
 - `builtin`: a verifier runs here and the rows are written already rewarded.
 - `webhook`: the awaiting rows are POSTed, signed, to the receiver (`keel.webhooks`,
-  retried with backoff on connection errors, 408, 429 and 5xx); scores it answers inline are
-  recorded at once, the rest arrive through the API before the deadline.
+  retried with backoff on connection errors, 408, 429 and 5xx, for no longer than the reward
+  deadline, the operator's wait cap and the job's pause or cancel allow); scores it answers
+  inline are recorded at once, the rest arrive through the API before the deadline.
 - `external`: nothing is pushed; reward services poll and post.
 
 Then the step waits until no rollout is still `awaiting_reward` (each rewarded, or expired at its
@@ -42,7 +43,12 @@ from keel_server.db.rollouts import (
 from keel_server.platform.settings import Settings
 from keel_server.platform.webhook_targets import WebhookAllow
 from keel_worker.jobrunner.control import JobControl, StopRun
-from keel_worker.jobrunner.webhook import WebhookDeliveryError, deliver, payload_for
+from keel_worker.jobrunner.webhook import (
+    DeliveryLimits,
+    WebhookDeliveryError,
+    deliver,
+    payload_for,
+)
 from keel_worker.training.scoring import Rollout
 from keel_worker.training.tasks import VERIFIERS, Task
 
@@ -103,10 +109,12 @@ class StepScorer:
         rows, fresh = self._rows(rollouts, computed)
         if computed is not None:
             return list(computed)
-        if isinstance(ctx.source, WebhookReward):
-            self._push(rows if fresh else [r for r in rows if r.status == "awaiting_reward"])
+        # A webhook delivery is reward waiting too: it counts against the operator's cap.
         started = time.monotonic()
         cap_s = ctx.settings.max_reward_wait_s
+        if isinstance(ctx.source, WebhookReward):
+            awaiting = rows if fresh else [r for r in rows if r.status == "awaiting_reward"]
+            self._push(awaiting, cap_left_s=cap_s - ctx.waited_s)
 
         def over_cap() -> bool:
             return ctx.waited_s + (time.monotonic() - started) > cap_s
@@ -147,24 +155,34 @@ class StepScorer:
             )
             return rows, True
 
-    def _push(self, rows: list[RolloutRow]) -> None:
-        """Deliver the awaiting rows to the webhook and record the rewards it answers inline."""
+    def _push(self, rows: list[RolloutRow], *, cap_left_s: float) -> None:
+        """Deliver the awaiting rows to the webhook and record the rewards it answers inline;
+        the delivery ends by the rows' reward deadline and the job's remaining wait cap."""
         if not rows:
             return
-        ctx, source = self.ctx, self.ctx.source
+        ctx, source, settings = self.ctx, self.ctx.source, self.ctx.settings
         assert isinstance(source, WebhookReward)
         payload = payload_for(ctx.job_id, self.step, rows)
+        deadline_left_s = (min(r.deadline_at for r in rows) - utcnow()).total_seconds()
+        limits = DeliveryLimits(
+            attempt_timeout_s=source.timeout_s,
+            max_attempts=source.max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            backoff_max_s=settings.webhook_backoff_max_s,
+            max_reply_bytes=settings.webhook_max_reply_bytes,
+            total_s=min(deadline_left_s, cap_left_s),
+        )
         try:
             reply = deliver(
                 str(source.url),
                 ctx.webhook_secret or "",
                 payload,
-                allow=WebhookAllow.parse(ctx.settings.webhook_allow),
-                timeout_s=source.timeout_s,
-                max_attempts=source.max_attempts,
-                backoff_s=ctx.settings.webhook_backoff_s,
+                allow=WebhookAllow.parse(settings.webhook_allow),
+                limits=limits,
+                wait=ctx.control.wait_for_stop,
             )
         except WebhookDeliveryError as exc:
+            ctx.control.check()  # stopped by a pause or cancel: not a delivery failure
             # The rows stay awaiting: the receiver may still post, else they expire. The job's
             # owner sees the failure as an event and the step's `webhook/delivery_failures`.
             log.warning("job %s step %d: webhook delivery failed: %s", ctx.job_id, self.step, exc)

@@ -10,11 +10,17 @@ target refused, fails at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import httpx
+from pydantic import ValidationError
 
 from keel.types.rewards import WebhookPayload, WebhookReply, WebhookRollout
 from keel.webhooks import signed_headers
@@ -27,11 +33,39 @@ from keel_server.platform.webhook_targets import (
     system_resolver,
 )
 
+log = logging.getLogger(__name__)
+
 RETRY_STATUSES = frozenset({408, 409, 425, 429})
 
 
 class WebhookDeliveryError(RuntimeError):
-    """Every attempt failed; the rollouts stay awaiting and expire at their deadline."""
+    """Every attempt failed, or the delivery was stopped or refused; the rollouts stay awaiting
+    and expire at their deadline."""
+
+
+class _AttemptFailed(Exception):
+    """One attempt failed in a way worth retrying."""
+
+
+@dataclass(frozen=True)
+class DeliveryLimits:
+    """The bounds of one step's delivery."""
+
+    attempt_timeout_s: float  # one attempt's whole exchange, connect to the reply's last byte
+    max_attempts: int  # the first included
+    backoff_s: float  # before the second attempt, doubled for each further one ...
+    backoff_max_s: float  # ... up to this
+    max_reply_bytes: int  # a longer reply fails the delivery
+    total_s: float  # the whole delivery, attempts and waits: the time left to the reward deadline
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before attempt number `attempt` (1 = the second)."""
+        return min(self.backoff_s * 2 ** (attempt - 1), self.backoff_max_s)
+
+
+def _sleep_through(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
 
 
 def payload_for(job_id: str, step: int, rollouts: Iterable) -> WebhookPayload:
@@ -63,63 +97,145 @@ def deliver(
     payload: WebhookPayload,
     *,
     allow: WebhookAllow,
-    timeout_s: float,
-    max_attempts: int,
-    backoff_s: float,
+    limits: DeliveryLimits,
+    wait: Callable[[float], bool] = _sleep_through,
     client: httpx.Client | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
     resolve: Resolver = system_resolver,
 ) -> WebhookReply:
     """POST the signed payload; returns the receiver's inline rewards (possibly none: it will
-    post them later). Raises WebhookDeliveryError when every attempt failed or the target is
-    refused."""
+    post them later). `wait(seconds)` sleeps between attempts and answers whether the job asked
+    to stop (`JobControl.wait_for_stop`). Raises WebhookDeliveryError when every attempt failed,
+    the deadline passed, the job was stopped or the target is refused."""
     body = encode_payload(payload)
+    ends_at = clock() + limits.total_s
     owned = client is None
-    http = client or httpx.Client(timeout=timeout_s)
+    http = client or httpx.Client()
     try:
         last_error = "no attempt made"
-        for attempt in range(max_attempts):
+        for attempt in range(limits.max_attempts):
             if attempt:
-                sleep(backoff_s * 2 ** (attempt - 1))
+                delay = min(limits.backoff(attempt), max(ends_at - clock(), 0.0))
+                if wait(delay):
+                    raise WebhookDeliveryError(
+                        f"stopped after {attempt} attempts: the job was paused or cancelled"
+                    )
+            left_s = ends_at - clock()
+            if left_s <= 0:
+                raise WebhookDeliveryError(
+                    f"{url}: the reward deadline passed after {attempt} attempts ({last_error})"
+                )
             try:
                 target = resolve_target(url, allow, resolve=resolve)
             except WebhookTargetRefused as exc:
                 raise WebhookDeliveryError(f"refused: {exc}") from exc
             headers = signed_headers(secret, body, job_id=payload.job_id)
+            timeout_s = min(limits.attempt_timeout_s, left_s)
             try:
-                response = _post_pinned(http, target, body, headers, timeout_s)
-            except httpx.HTTPError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+                status, content = _exchange(http, target, body, headers, timeout_s, limits)
+            except _AttemptFailed as exc:
+                last_error = str(exc)
                 continue
-            if response.status_code in RETRY_STATUSES or response.status_code >= 500:
-                last_error = f"HTTP {response.status_code}"
+            if status in RETRY_STATUSES or status >= 500:
+                last_error = f"HTTP {status}"
                 continue
-            if response.is_error:
-                raise WebhookDeliveryError(f"{url} answered HTTP {response.status_code}")
-            return _parse_reply(response)
-        raise WebhookDeliveryError(f"{url}: {max_attempts} attempts failed ({last_error})")
+            if status >= 400:
+                raise WebhookDeliveryError(f"{url} answered HTTP {status}")
+            return _parse_reply(content)
+        raise WebhookDeliveryError(f"{url}: {limits.max_attempts} attempts failed ({last_error})")
     finally:
         if owned:
             http.close()
 
 
+def _exchange(
+    http: httpx.Client,
+    target: Target,
+    body: bytes,
+    headers: dict,
+    timeout_s: float,
+    limits: DeliveryLimits,
+) -> tuple[int, bytes]:
+    """One POST and its whole reply, within `timeout_s` however slowly the receiver sends: at
+    the bound a timer shuts the connection's socket (found through httpcore's `trace`
+    extension), which ends any read in progress. Returns (status, body)."""
+    sockets: list[socket.socket] = []
+
+    def trace(event: str, info: dict) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sockets.append(info["return_value"].get_extra_info("socket"))
+
+    watchdog = threading.Timer(timeout_s, _shut, args=(sockets,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with _post_pinned(http, target, body, headers, timeout_s, trace) as response:
+            return response.status_code, _read_bounded(response, limits.max_reply_bytes)
+    except httpx.HTTPError as exc:
+        if watchdog.finished.is_set():
+            raise _AttemptFailed(f"no complete reply within {timeout_s:g} s") from exc
+        raise _AttemptFailed(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        watchdog.cancel()
+
+
+def _shut(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):  # closed already, or detached by TLS
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _read_bounded(response: httpx.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise WebhookDeliveryError(_too_large(max_bytes, f"{declared} bytes declared"))
+    content = bytearray()
+    for chunk in response.iter_bytes():
+        content += chunk
+        if len(content) > max_bytes:
+            raise WebhookDeliveryError(_too_large(max_bytes, "more sent"))
+    return bytes(content)
+
+
+def _too_large(max_bytes: int, what: str) -> str:
+    return (
+        f"the reply is over {max_bytes} bytes ({what}; KEEL_WEBHOOK_MAX_REPLY_BYTES): inline "
+        "rewards are a short JSON list"
+    )
+
+
 def _post_pinned(
-    http: httpx.Client, target: Target, body: bytes, headers: dict, timeout_s: float
-) -> httpx.Response:
+    http: httpx.Client,
+    target: Target,
+    body: bytes,
+    headers: dict,
+    timeout_s: float,
+    trace: Callable[[str, dict], None],
+):
+    """The streamed POST to the checked address. `Connection: close`: each attempt opens its
+    own connection, so the watchdog's socket is this exchange's."""
     pinned = httpx.URL(target.url).copy_with(host=target.address)
     default_port = 443 if target.scheme == "https" else 80
     host_header = target.host if target.port == default_port else f"{target.host}:{target.port}"
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    return http.post(
+    extensions: dict = {"trace": trace}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
+    return http.stream(
+        "POST",
         pinned,
         content=body,
-        headers={**headers, "Host": host_header},
+        headers={**headers, "Host": host_header, "Connection": "close"},
         timeout=timeout_s,
         extensions=extensions,
     )
 
 
-def _parse_reply(response: httpx.Response) -> WebhookReply:
-    if not response.content.strip():
+def _parse_reply(content: bytes) -> WebhookReply:
+    """Inline rewards from a 2xx body that is the documented JSON; any other body holds none."""
+    if not content.strip():
         return WebhookReply()
-    return WebhookReply.model_validate_json(response.content)
+    try:
+        return WebhookReply.model_validate_json(content)
+    except ValidationError:
+        log.warning("webhook reply is not the inline-rewards JSON; taken as none: %.80r", content)
+        return WebhookReply()

@@ -92,7 +92,7 @@ async def job_events(
     follow: FollowQuery = True,
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `metrics`, `checkpoint`, `webhook` (a failed delivery),
-    `guard` (a stability-guard trigger fired);
+    `guard` (a stability-guard trigger fired), `prompts` (a `client`-fed job waits for prompts);
     each `id:` resumes the stream via `Last-Event-ID`. The stream ends after the job's final
     event, or with `follow=false` after the events so far."""
     after = await run_in_threadpool(events_service.open_stream, ctx, caller, job_id, last_event_id)

@@ -14,6 +14,8 @@ def _members(annotated) -> tuple[type, ...]:
 def test_prompt_source_types_are_the_prompt_source_union():
     types = {m.model_fields["type"].default for m in _members(jobs.PromptSource)}
     assert set(typing.get_args(jobs.PromptSourceType)) == types
+    # a stored job may also be a Tinker model, which no `PromptSource` creates
+    assert set(typing.get_args(jobs.StoredPromptType)) == types | {"tinker"}
 
 
 def test_reward_verifiers_are_task_regex_and_the_reference_verifiers():

@@ -82,8 +82,10 @@ PromptSource = Annotated[
     TaskPrompts | DatasetPrompts | ClientPrompts | AgentPrompts, Field(discriminator="type")
 ]
 # The `type` of each prompt source: a stored job keeps the source without its inline prompts.
-# `tinker`: a model created through the Tinker-compatible API (never through `POST /v1/jobs`).
-PromptSourceType = Literal["task", "dataset", "client", "agent", "tinker"]
+PromptSourceType = Literal["task", "dataset", "client", "agent"]
+# What a stored job's prompt source may be besides: `tinker`, a model made through the
+# Tinker-compatible API (never through `POST /v1/jobs`), whose calls are its prompts.
+StoredPromptType = Literal[PromptSourceType, "tinker"]
 
 
 # ---- reward sources ----------------------------------------------------------------------------

@@ -12,11 +12,11 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter
 
-from keel.types.jobs import GuardSummary, PromptSourceType, RewardSource
+from keel.types.jobs import GuardSummary, RewardSource, StoredPromptType
 from keel.types.training import TrainingConfig
 
 _REWARD_SOURCE: TypeAdapter[RewardSource] = TypeAdapter(RewardSource)
-_PROMPT_TYPE: TypeAdapter[PromptSourceType] = TypeAdapter(PromptSourceType)
+_PROMPT_TYPE: TypeAdapter[StoredPromptType] = TypeAdapter(StoredPromptType)
 
 
 class _StoredJob(Protocol):
@@ -37,7 +37,7 @@ def reward_source(job: _StoredJob) -> RewardSource:
     return _REWARD_SOURCE.validate_python(job.reward_source)
 
 
-def prompt_type(job: _StoredJob) -> PromptSourceType:
+def prompt_type(job: _StoredJob) -> StoredPromptType:
     """The stored prompt source is a summary (inline prompts live in the prompts table): only its
     `type` is read."""
     return _PROMPT_TYPE.validate_python(job.prompt_source["type"])

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from keel.types import metric_names as metric
-from keel.types.jobs import BuiltinReward, PromptSourceType, RewardSource, WebhookReward
+from keel.types.jobs import BuiltinReward, RewardSource, StoredPromptType, WebhookReward
 from keel.types.training import TrainingConfig
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.checkpoints import list_checkpoints
@@ -373,7 +373,7 @@ class JobLoop:
 
 
 def _task_or_none(
-    cfg: TrainingConfig, prompt_type: PromptSourceType, reward_source: RewardSource
+    cfg: TrainingConfig, prompt_type: StoredPromptType, reward_source: RewardSource
 ) -> Task | None:
     """The built-in task, when the job draws prompts or rewards from it."""
     uses_task = prompt_type == "task" or (

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from keel.types.jobs import PromptSourceType
+from keel.types.jobs import StoredPromptType
 from keel.types.training import TaskItem
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.events import append_event
@@ -129,7 +129,7 @@ def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def make_prompt_source(
-    kind: PromptSourceType,
+    kind: StoredPromptType,
     *,
     task: Task | None,
     seed: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keel.types.jobs import GuardSummary, PromptSourceType, RewardSource
+from keel.types.jobs import GuardSummary, RewardSource, StoredPromptType
 from keel.types.training import TrainingConfig
 from keel_server.db import stored
 from keel_server.db.models import Job
@@ -21,7 +21,7 @@ class JobSpec:
     id: str
     project_id: str
     config: TrainingConfig
-    prompt_type: PromptSourceType
+    prompt_type: StoredPromptType
     reward_source: RewardSource
     webhook_secret: str | None
     guard: GuardSummary

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import tinker
 from in_process import ADMIN_KEY
 
 import keel
@@ -111,10 +112,17 @@ class TinkerKeel:
     api_key: str  # a project key with the SDK's `tml-` prefix
     keel_key: str
     workers: Workers
+    clients: list[tinker.ServiceClient] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return self.url + "/tinker"
+
+    def service(self) -> tinker.ServiceClient:
+        """The SDK's client on this keel, closed (its session heartbeats stopped) at the end."""
+        client = tinker.ServiceClient(base_url=self.base_url, api_key=self.api_key)
+        self.clients.append(client)
+        return client
 
     def keel(self) -> keel.Client:
         return keel.Client(base_url=self.url, api_key=self.keel_key)
@@ -130,7 +138,10 @@ def tinker_keel(
         with keel.Client(base_url=url, api_key=ADMIN_KEY) as admin:
             key = admin.keys.create(project=project, name="tinker").key
         workers.start()
+        tk = TinkerKeel(url=url, api_key="tml-" + key, keel_key=key, workers=workers)
         try:
-            yield TinkerKeel(url=url, api_key="tml-" + key, keel_key=key, workers=workers)
+            yield tk
         finally:
+            for client in tk.clients:
+                client.close("success")
             workers.stop()

@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("sdk_version", sa.String(length=50), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finish_status", sa.String(length=20), nullable=True),
         sa.ForeignKeyConstraint(
             ["project_id"],
             ["projects.id"],

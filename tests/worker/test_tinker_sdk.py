@@ -56,7 +56,7 @@ def loss_of(output: types.ForwardBackwardOutput) -> float:
 
 def test_a_lora_model_trains_through_the_sdk(settings) -> None:
     with tinker_keel(settings) as tk:
-        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        service = tk.service()
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
@@ -91,7 +91,7 @@ def test_a_lora_model_trains_through_the_sdk(settings) -> None:
 
 def test_saves_loads_and_sampling(settings) -> None:
     with tinker_keel(settings) as tk:
-        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        service = tk.service()
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
@@ -106,9 +106,33 @@ def test_saves_loads_and_sampling(settings) -> None:
         training.load_state(saved).result()
         assert loss_of(training.forward(BATCH, "cross_entropy").result()) == pytest.approx(before)
 
-        sampler = training.save_weights_and_get_sampling_client()
-        prompt = types.ModelInput.from_ints([5, 6, 7])
+        # With the optimizer: the next step from the save equals the step taken from it before.
+        training.load_state_with_optimizer(saved).result()
+        training.forward_backward(BATCH, "cross_entropy").result()
+        training.optim_step(LR).result()
+        retrained = loss_of(training.forward(BATCH, "cross_entropy").result())
+        training.load_state_with_optimizer(saved).result()
+        training.forward_backward(BATCH, "cross_entropy").result()
+        training.optim_step(LR).result()
+        assert loss_of(training.forward(BATCH, "cross_entropy").result()) == pytest.approx(
+            retrained, rel=1e-6
+        )
+
+        # A named sampler save samples the weights it saved, after training moved on.
+        named = training.save_weights_for_sampler("snapshot").result().path
         params = types.SamplingParams(max_tokens=4, temperature=1.0, seed=3)
+        prompt = types.ModelInput.from_ints([5, 6, 7])
+        from_save = service.create_sampling_client(model_path=named)
+        before_step = from_save.sample(prompt, 2, params).result()
+        training.forward_backward(BATCH, "cross_entropy").result()
+        training.optim_step(types.AdamParams(learning_rate=0.5)).result()
+        after_step = from_save.sample(prompt, 2, params).result()
+        assert [s.tokens for s in after_step.sequences] == [s.tokens for s in before_step.sequences]
+        np.testing.assert_allclose(
+            after_step.sequences[0].logprobs, before_step.sequences[0].logprobs, atol=1e-5
+        )
+
+        sampler = training.save_weights_and_get_sampling_client()
         result = sampler.sample(prompt, 2, params).result()
         assert len(result.sequences) == 2
         assert all(1 <= len(s.tokens) <= 4 for s in result.sequences)
@@ -148,7 +172,7 @@ def full_fine_tuning_client(service: tinker.ServiceClient, base_model: str) -> T
 
 def test_full_fine_tuning_and_a_save_that_downloads(settings, tmp_path) -> None:
     with tinker_keel(settings) as tk:
-        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        service = tk.service()
         training = full_fine_tuning_client(service, "tiny-dense")
         info = training.get_info()
         assert (info.is_lora, info.lora_rank) == (False, None)
@@ -181,7 +205,7 @@ def test_chunks_a_gap_and_a_pause(settings) -> None:
     never comes fails the calls behind it after the bound; a paused model resumes on its next
     call with its state exact."""
     with tinker_keel(settings) as tk:
-        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        service = tk.service()
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
@@ -235,7 +259,7 @@ def test_a_dead_worker_fails_its_open_calls_and_the_model_reloads_its_last_save(
     """A worker process SIGKILLed with calls open: a new one takes the model over, the open
     calls fail with a reason naming the save it reloaded, and the model is that save."""
     with tinker_keel(settings, processes=True) as tk:
-        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        service = tk.service()
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
@@ -276,6 +300,7 @@ def test_a_pending_future_survives_an_api_restart(settings):
         try:
             out = pending.result(timeout=120)
         finally:
+            service.close("success")
             workers.stop()
     assert len(out.loss_fn_outputs) == len(BATCH)
 
@@ -286,7 +311,7 @@ def test_an_rl_step_on_smollm2_with_keels_objective(settings):
     numbers, and the step's metrics land on the job under keel's names."""
     prompt = [1, 9690, 198, 2683, 314, 216, 34, 1232, 216, 35, 47, 2, 198]
     with tinker_keel(settings) as tk:
-        service = tinker.ServiceClient(base_url=tk.base_url, api_key=tk.api_key)
+        service = tk.service()
         training = service.create_lora_training_client(
             base_model="smollm2-135m-instruct", rank=8, seed=0
         ).result()

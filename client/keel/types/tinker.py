@@ -42,6 +42,17 @@ class SessionHeartbeatRequest(TinkerRequest):
     session_id: str = Field(max_length=40)
 
 
+class FinishReason(TinkerRequest):
+    type: Literal["success", "errored", "interrupted"] = "success"
+
+
+class FinishSessionRequest(TinkerRequest):
+    """`ServiceClient.close(status, detail)`."""
+
+    reason: FinishReason = FinishReason()
+    detail: str | None = Field(default=None, max_length=2000)
+
+
 class LoraConfig(TinkerRequest):
     rank: int = Field(ge=1, le=4096)
     seed: int | None = Field(default=None, ge=0, le=MAX_INT)

@@ -210,6 +210,9 @@ class TinkerSession(Base):
     sdk_version: Mapped[str | None] = mapped_column(String(50))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # `ServiceClient.close(status)`: its models end now instead of after missed heartbeats.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finish_status: Mapped[str | None] = mapped_column(String(20))
 
 
 class TinkerRequest(Base):

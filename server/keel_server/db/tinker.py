@@ -82,6 +82,16 @@ def heartbeat(session: Session, session_id: str) -> bool:
     return done.rowcount > 0
 
 
+def finish_session(session: Session, session_id: str, status: str) -> bool:
+    """The client closed its session (first status wins); False when there is no such session."""
+    row = session.get(TinkerSession, session_id)
+    if row is None:
+        return False
+    if row.finished_at is None:
+        row.finished_at, row.finish_status = utcnow(), status[:20]
+    return True
+
+
 # ---- requests: the API's side -------------------------------------------------------------------
 
 

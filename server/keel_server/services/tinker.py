@@ -109,6 +109,13 @@ def heartbeat(ctx: ServiceContext, principal: Principal, req: SessionHeartbeatRe
         tinker_db.heartbeat(session, req.session_id)
 
 
+def finish_session(ctx: ServiceContext, principal: Principal, session_id: str, status: str) -> None:
+    """`ServiceClient.close`: the session's models end (their workers see it at once)."""
+    with session_scope(ctx.sessions) as session:
+        _load_session(session, principal, session_id)
+        tinker_db.finish_session(session, session_id, status)
+
+
 def _load_session(session: Session, principal: Principal, session_id: str) -> None:
     row = tinker_db.get_session(session, session_id)
     if row is None or row.project_id != principal.project_id:
@@ -327,6 +334,23 @@ def create_sampling_session(
     if not req.base_model:
         raise ServiceError("invalid_request", "base_model or model_path is required")
     return _create_job(ctx, principal, req.session_id, req.base_model, lora=None, seed=None)
+
+
+def get_sampler(ctx: ServiceContext, principal: Principal, sampling_session_id: str) -> dict:
+    """What the SDK asks of a sampling session it did not create itself: its base model and
+    the weights it samples (`create_sampling_client(model_path=...)`)."""
+    model_id, _, rest = sampling_session_id.partition("/")
+    with session_scope(ctx.sessions) as session:
+        job = load_model(session, principal, model_id)
+        model_path = f"{TINKER_PATH_SCHEME}{sampling_session_id}" if rest else None
+        if model_path:
+            resolve_path(session, principal, model_path, kinds=("sampler_weights", "weights"))
+        config = TrainingConfig.model_validate(job.config)
+    return {
+        "sampler_id": sampling_session_id,
+        "base_model": config.model.name,
+        "model_path": model_path,
+    }
 
 
 def submit_sample(ctx: ServiceContext, principal: Principal, req: SampleRequest) -> dict:

@@ -198,8 +198,8 @@ class TinkerLoop:
                 return "cancelled"
             if self._session_ended():
                 self.end_reason = (
-                    f"its Tinker session sent no heartbeat for "
-                    f"{self.settings.tinker_session_timeout_s:g} s: the client is gone"
+                    "its Tinker session was closed, or sent no heartbeat for "
+                    f"{self.settings.tinker_session_timeout_s:g} s"
                 )
                 return "succeeded"
             row = self._next()
@@ -226,7 +226,7 @@ class TinkerLoop:
         self._session_checked = now
         with session_scope(self.factory) as session:
             row = queue.get_session(session, self.session_id)
-            if row is None:
+            if row is None or row.finished_at is not None:
                 return True
             silent = (utcnow() - row.heartbeat_at).total_seconds()
         return silent > self.settings.tinker_session_timeout_s

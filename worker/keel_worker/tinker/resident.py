@@ -290,6 +290,7 @@ class ResidentModel:
         saved = AutoModelForCausalLM.from_pretrained(Path(directory), dtype=torch.float32)
         self.engine.load_weights(saved)
         del saved
+        self.engine_stale = False  # `sample` must not sync the live weights over these
         try:
             yield
         finally:

@@ -116,6 +116,14 @@ async def session_heartbeat(request: Request, ctx: Ctx) -> dict:
     return {"type": "session_heartbeat"}
 
 
+@router.post("/sessions/{session_id}/finish")
+async def finish_session(session_id: str, request: Request, ctx: Ctx) -> None:
+    req = await _parse(request, wire.FinishSessionRequest)
+    await run_in_threadpool(
+        service.finish_session, ctx, _caller(request), session_id, req.reason.type
+    )
+
+
 @router.post("/create_model")
 async def create_model(request: Request, ctx: Ctx) -> dict:
     req = await _parse(request, wire.CreateModelRequest)
@@ -233,6 +241,11 @@ async def delete_checkpoint(
         tinker_runs.delete_checkpoint, ctx, _caller(request), model_id, checkpoint_id
     )
     return Response(status_code=204)
+
+
+@router.get("/samplers/{sampling_session_id:path}")
+async def get_sampler(sampling_session_id: str, request: Request, ctx: Ctx) -> dict:
+    return await run_in_threadpool(service.get_sampler, ctx, _caller(request), sampling_session_id)
 
 
 @router.post("/weights_info")

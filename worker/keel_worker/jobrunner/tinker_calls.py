@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from keel_server.platform.tinker_wire import WireError, parse_forward_backward
 from keel_worker.engines.merged import is_adapter_model
 from keel_worker.tinker.batch import AdamParams, Datum, SamplingParams
 from keel_worker.tinker.resident import ResidentModel
+from keel_worker.training.checkpoint import written_aside
 
 TINKER_DIR = "tinker"
 RESUME_SAVE = "keel-resume"  # the save a pause makes, loaded when the model is resumed
@@ -164,20 +163,12 @@ class TinkerCalls:
     def _write_checkpoint(self, directory: Path) -> None:
         """A checkpoint of the job's own layout, so its downloads work like any job's: the
         policy as a Hugging Face directory (adapters merged), a LoRA policy's PEFT adapter, and
-        the resident state (`TINKER_STATE_DIR`) a load puts back; written aside, then renamed."""
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        the resident state (`TINKER_STATE_DIR`) a load puts back; never seen half-written."""
+        with written_aside(directory) as tmp:
             self.model.save_for_sampler(tmp)
             if is_adapter_model(self.model.model):
                 self.model.model.save_pretrained(tmp / ADAPTER_DIR)
             self.model.save(tmp / TINKER_STATE_DIR, optimizer=True)
-            if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def _load_weights(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
         path = str(body.get("path") or "")

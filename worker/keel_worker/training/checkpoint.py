@@ -33,6 +33,8 @@ import json
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,23 @@ def checkpoint_dir(workdir: Path, step: int) -> Path:
     return Path(workdir) / CHECKPOINTS_DIR / f"{_PREFIX}{step:06d}"
 
 
+@contextmanager
+def written_aside(path: Path) -> Iterator[Path]:
+    """A folder to write `path`'s contents into: renamed to `path` (replacing it) when the block
+    ends, removed if it raises, so `path` is never seen half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_checkpoint(
     path: Path,
     *,
@@ -93,9 +112,7 @@ def save_checkpoint(
     """Write an HF directory (merged weights) + trainer state (+ `adapter/` for a LoRA policy)
     to `path` atomically; returns `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with written_aside(path) as tmp:
         save_policy(model, tmp)
         if is_adapter_model(model):
             model.save_pretrained(tmp / ADAPTER_DIR)
@@ -106,12 +123,6 @@ def save_checkpoint(
         torch.save(state.__dict__, tmp / TRAINER_STATE_FILE)
         info = {"step": state.step, "policy_version": state.policy_version, **(summary or {})}
         (tmp / SUMMARY_FILE).write_text(json.dumps(info, indent=2, default=str))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

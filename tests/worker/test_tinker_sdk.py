@@ -80,11 +80,25 @@ def test_a_lora_model_trains_through_the_sdk(settings) -> None:
         lengths = [len(d.loss_fn_inputs["target_tokens"].data) for d in BATCH]
         assert [len(o["logprobs"].data) for o in a.loss_fn_outputs] == lengths
 
+        # A client-side custom loss (the SDK's forward + a weighted cross_entropy): the same
+        # weighted sum, so the same loss as the built-in one.
+        def weighted_nll(data, logprobs_list):
+            loss = sum(
+                -(d.loss_fn_inputs["weights"].to_torch() * lp).sum()
+                for d, lp in zip(data, logprobs_list, strict=True)
+            )
+            return loss, {"weighted_nll": float(loss)}
+
+        builtin = loss_of(training.forward(BATCH, "cross_entropy").result())
+        custom = training.forward_backward_custom(BATCH, weighted_nll).result()
+        assert custom.metrics["weighted_nll"] == pytest.approx(builtin, rel=1e-5)
+        training.optim_step(LR).result()
+
         with tk.keel() as client:
             job = client.jobs.retrieve(training.model_id)
-            assert (job.status, job.step, job.policy_version) == ("running", 5, 5)
+            assert (job.status, job.step, job.policy_version) == ("running", 6, 6)
             points = client.metrics.list(job.id, name="loss")
-            assert [p.step for p in points] == [1, 2, 3, 4, 5]
+            assert [p.step for p in points] == [1, 2, 3, 4, 5, 6]
             # the first step's loss is the two pipelined passes' together
             assert points[0].value == pytest.approx(loss_of(a) + loss_of(b), rel=1e-5)
 

@@ -11,6 +11,7 @@ same every time. Handlers parse and call one service function; the rules live in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -71,6 +72,13 @@ async def _parse(request: Request, model: type) -> Any:
     return service.parse(model, await request.body())
 
 
+async def _call(request: Request, ctx: Ctx, model: type, fn: Callable, **options: Any) -> Any:
+    """A JSON call: its body checked as `model`, then `fn(ctx, caller, request, **options)` off
+    the event loop."""
+    req = await _parse(request, model)
+    return await run_in_threadpool(fn, ctx, _caller(request), req, **options)
+
+
 @public.get("/healthz")
 async def healthz() -> dict:
     return {"status": "ok"}
@@ -126,20 +134,17 @@ async def finish_session(session_id: str, request: Request, ctx: Ctx) -> None:
 
 @router.post("/create_model")
 async def create_model(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.CreateModelRequest)
-    return await run_in_threadpool(service.create_model, ctx, _caller(request), req)
+    return await _call(request, ctx, wire.CreateModelRequest, service.create_model)
 
 
 @router.post("/get_info")
 async def get_info(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.ModelRequest)
-    return await run_in_threadpool(service.get_info, ctx, _caller(request), req)
+    return await _call(request, ctx, wire.ModelRequest, service.get_info)
 
 
 @router.post("/unload_model")
 async def unload_model(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.ModelRequest)
-    return await run_in_threadpool(service.submit_unload, ctx, _caller(request), req)
+    return await _call(request, ctx, wire.ModelRequest, service.submit_unload)
 
 
 @router.post("/forward_backward")
@@ -154,30 +159,24 @@ async def forward_backward(request: Request, ctx: Ctx) -> dict:
 
 @router.post("/optim_step")
 async def optim_step(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.OptimStepRequest)
-    return await run_in_threadpool(service.submit_optim_step, ctx, _caller(request), req)
+    return await _call(request, ctx, wire.OptimStepRequest, service.submit_optim_step)
 
 
 @router.post("/save_weights")
 async def save_weights(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.SaveWeightsRequest)
-    return await run_in_threadpool(
-        service.submit_save, ctx, _caller(request), req, for_sampler=False
+    return await _call(
+        request, ctx, wire.SaveWeightsRequest, service.submit_save, for_sampler=False
     )
 
 
 @router.post("/save_weights_for_sampler")
 async def save_weights_for_sampler(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.SaveWeightsRequest)
-    return await run_in_threadpool(
-        service.submit_save, ctx, _caller(request), req, for_sampler=True
-    )
+    return await _call(request, ctx, wire.SaveWeightsRequest, service.submit_save, for_sampler=True)
 
 
 @router.post("/load_weights")
 async def load_weights(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.LoadWeightsRequest)
-    return await run_in_threadpool(service.submit_load, ctx, _caller(request), req)
+    return await _call(request, ctx, wire.LoadWeightsRequest, service.submit_load)
 
 
 @router.post("/create_sampling_session")
@@ -191,8 +190,7 @@ async def create_sampling_session(request: Request, ctx: Ctx) -> dict:
 
 @router.post("/asample")
 async def asample(request: Request, ctx: Ctx) -> dict:
-    req = await _parse(request, wire.SampleRequest)
-    return await run_in_threadpool(service.submit_sample, ctx, _caller(request), req)
+    return await _call(request, ctx, wire.SampleRequest, service.submit_sample)
 
 
 @router.post("/retrieve_future")

@@ -289,25 +289,10 @@ class JobLoop:
         )
 
     def _model_cache(self) -> Path:
-        return Path(self.settings.home) / "models"
+        return model_cache(self.settings)
 
     def _load_model(self) -> LoadedModel:
-        """The job's model under the same policy the API applied at creation (the settings may
-        have changed since; a checkpoint must still be this project's and still have its
-        files); a refused or unloadable model fails the job without naming paths."""
-        model = self.spec.config.model
-        with session_scope(self.factory) as session:
-            source = resolve_job_model(model, self.settings, session, self.spec.project_id)
-        try:
-            return load_model(
-                source.spec,
-                cache_dir=self._model_cache(),
-                local_paths=source.kind in ("local", "checkpoint"),
-            )
-        except Exception as exc:
-            shown = model.label
-            log.exception("job %s: loading model %r failed", self.spec.id, shown)
-            raise ModelNotAllowed(shown) from exc
+        return load_job_model(self.spec, self.settings, self.factory)
 
     # ------------------------------------------------------------------ one step
     def _one_step(self, step: int) -> dict[str, float]:
@@ -370,6 +355,28 @@ class JobLoop:
             known = bool(rows) and rows[0].step == step
         if not known:
             self._register(path, step, policy_version)
+
+
+def model_cache(settings: Settings) -> Path:
+    return Path(settings.home) / "models"
+
+
+def load_job_model(spec: JobSpec, settings: Settings, factory: SessionFactory) -> LoadedModel:
+    """The job's model under the same policy the API applied at creation (the settings may
+    have changed since; a checkpoint must still be this project's and still have its files); a
+    refused or unloadable model fails the job without naming paths."""
+    model = spec.config.model
+    with session_scope(factory) as session:
+        source = resolve_job_model(model, settings, session, spec.project_id)
+    try:
+        return load_model(
+            source.spec,
+            cache_dir=model_cache(settings),
+            local_paths=source.kind in ("local", "checkpoint"),
+        )
+    except Exception as exc:
+        log.exception("job %s: loading model %r failed", spec.id, model.label)
+        raise ModelNotAllowed(model.label) from exc
 
 
 def _task_or_none(

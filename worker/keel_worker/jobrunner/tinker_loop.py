@@ -35,12 +35,11 @@ from keel_server.db.base import utcnow
 from keel_server.db.jobs import get_job, record_progress
 from keel_server.db.metrics import write_step_metrics
 from keel_server.db.models import TinkerRequest
-from keel_server.platform.model_access import ModelNotAllowed, resolve_job_model
 from keel_server.platform.settings import Settings
 from keel_server.platform.storage import job_dir
-from keel_worker.engines.models import LoadedModel, load_model
 from keel_worker.jobrunner.checkpoints import register_checkpoint_dir
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.loop import load_job_model
 from keel_worker.jobrunner.spec import JobSpec
 from keel_worker.jobrunner.tinker_calls import CallError, TinkerCalls
 from keel_worker.tinker.resident import ResidentModel
@@ -129,7 +128,8 @@ class TinkerLoop:
     def _setup(self) -> None:
         cfg = self.spec.config
         lora_rank = cfg.lora.rank if cfg.lora is not None else None
-        self.model = ResidentModel.create(self._load_model(), lora_rank=lora_rank, seed=cfg.seed)
+        loaded = load_job_model(self.spec, self.settings, self.factory)
+        self.model = ResidentModel.create(loaded, lora_rank=lora_rank, seed=cfg.seed)
         log.info("job %s: resident on %d torch threads", self.spec.id, torch.get_num_threads())
         self.calls = TinkerCalls(
             model=self.model,
@@ -168,20 +168,6 @@ class TinkerLoop:
             self.step_reached = job.step if job else 0
         self._session_checked = 0.0
         self.order = _Order(expected=last + 1 if last is not None else 0)
-
-    def _load_model(self) -> LoadedModel:
-        model = self.spec.config.model
-        with session_scope(self.factory) as session:
-            source = resolve_job_model(model, self.settings, session, self.spec.project_id)
-        try:
-            return load_model(
-                source.spec,
-                cache_dir=Path(self.settings.home) / "models",
-                local_paths=source.kind in ("local", "checkpoint"),
-            )
-        except Exception as exc:
-            log.exception("job %s: loading model %r failed", self.spec.id, model.label)
-            raise ModelNotAllowed(model.label) from exc
 
     # ------------------------------------------------------------------ the queue
     def _serve(self) -> str:

@@ -62,6 +62,16 @@ def test_webhook_job_gets_a_generated_secret_not_stored_in_config(
             "builtin",
             "not a regular expression",
         ),
+        (
+            {"reward": {"type": "builtin", "verifier": "regex", "pattern": r"(a)\1"}},
+            "pattern",
+            "RE2",
+        ),
+        (
+            {"reward": {"type": "builtin", "verifier": "regex", "pattern": r"a(?=b)"}},
+            "pattern",
+            "RE2",
+        ),
     ],
 )
 def test_impossible_or_malformed_jobs_are_422_naming_the_field(

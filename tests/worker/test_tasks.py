@@ -312,6 +312,39 @@ def test_every_wire_verifier_scores_a_right_completion_1_and_a_wrong_one_0():
         assert scores == [1.0, 0.0], name
 
 
+def _regex_score_in_a_child(pattern: str, completion: str, queue) -> None:
+    from keel.types.jobs import BuiltinReward
+    from keel.types.training import TaskItem
+    from keel_worker.jobrunner.rewards import builtin_verifier
+    from keel_worker.training.scoring import Rollout
+
+    verify = builtin_verifier(BuiltinReward(verifier="regex", pattern=pattern), None)
+    queue.put(verify(Rollout(0, 0, TaskItem(prompt="q", answer=""), completion, 3, "stop", 0)))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "completion"),
+    [(r"([\s\S]+)+\x01", "a" * 5000), (r"(a+)+$", "a" * 30 + "!")],
+)
+def test_a_catastrophic_regex_reward_scores_in_linear_time(pattern, completion):
+    """Nested quantifiers that a backtracking engine takes minutes over (2^n paths for n
+    characters, with the GIL held so the heartbeat stops) are scored at once. The verifier runs
+    in a forked child so that a backtracking engine fails this test instead of hanging it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_regex_score_in_a_child, args=(pattern, completion, queue))
+    child.start()
+    child.join(timeout=5.0)
+    stuck = child.is_alive()
+    if stuck:
+        child.kill()
+        child.join()
+    assert not stuck, f"scoring {pattern!r} on {len(completion)} characters took over 5 s"
+    assert queue.get(timeout=1.0) == 0.0  # neither pattern matches its completion
+
+
 @pytest.mark.slow
 def test_a_regex_reward_chosen_on_the_wire_scores_the_job(sdk, settings):
     # `^` matches every completion: every reward is 1 (an unread verifier field would give the

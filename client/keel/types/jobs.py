@@ -128,7 +128,11 @@ class BuiltinReward(_RewardBase):
         "matches somewhere in the completion, else 0.",
     )
     pattern: Text | None = Field(
-        default=None, min_length=1, max_length=1000, description="The `regex` verifier's pattern."
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description="The `regex` verifier's pattern, in RE2 syntax (linear time: no "
+        "backreferences or lookaround; the API refuses those with a 422).",
     )
 
     @model_validator(mode="after")

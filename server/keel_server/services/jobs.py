@@ -18,6 +18,7 @@ from keel.types.agents import AgentPrompts
 from keel.types.common import Page
 from keel.types.jobs import (
     REFERENCE_VERIFIERS,
+    BuiltinReward,
     DatasetPrompts,
     Job,
     JobCreate,
@@ -30,6 +31,7 @@ from keel_server.db import jobs as jobs_db
 from keel_server.db import new_id, session_scope, stored
 from keel_server.db import prompts as prompts_db
 from keel_server.platform.queue import enqueue_run_job
+from keel_server.platform.reward_pattern import RewardPatternRefused, compile_reward_pattern
 from keel_server.platform.security import (
     hash_secret,
     new_reward_token,
@@ -62,6 +64,7 @@ def create(
     require_api_key(principal)
     check_model(ctx, principal, req.config)
     _check_deadline(ctx, req)
+    _check_reward_pattern(req)
     _check_webhook_target(ctx, req)
     fingerprint = _fingerprint(req)
     if idempotency_key:
@@ -183,6 +186,15 @@ def _check_deadline(ctx: ServiceContext, req: JobCreate) -> None:
             ["body", "reward", "deadline_s"],
             f"exceeds this server's cap of {cap_s:g} s on a job's total reward wait",
         )
+
+
+def _check_reward_pattern(req: JobCreate) -> None:
+    if not isinstance(req.reward, BuiltinReward) or req.reward.pattern is None:
+        return
+    try:
+        compile_reward_pattern(req.reward.pattern)
+    except RewardPatternRefused as exc:
+        raise invalid(["body", "reward", "pattern"], str(exc)) from exc
 
 
 def _check_webhook_target(ctx: ServiceContext, req: JobCreate) -> None:

@@ -319,9 +319,15 @@ def live_url(settings) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def test_the_sdk_creates_a_training_client_and_its_forward_backward_waits(live_url, project_key):
-    key = "tml-" + _key(project_key, "p")
-    service = tinker.ServiceClient(base_url=live_url, api_key=key)
+@pytest.fixture
+def service(live_url, project_key):
+    """The SDK's client for project `p`, closed at the end (its session heartbeats stop)."""
+    client = tinker.ServiceClient(base_url=live_url, api_key="tml-" + _key(project_key, "p"))
+    yield client
+    client.close("success").result(timeout=30)
+
+
+def test_the_sdk_creates_a_training_client_and_its_forward_backward_waits(service):
     training = service.create_lora_training_client(base_model="tiny-dense", rank=4).result()
     assert training.model_id.startswith("job_")
     future = training.forward_backward([_datum([1, 2], [2, 3], [1.0, 1.0])], "cross_entropy")
@@ -329,13 +335,9 @@ def test_the_sdk_creates_a_training_client_and_its_forward_backward_waits(live_u
         future.result(timeout=1.0)
 
 
-def test_the_rest_client_lists_gets_and_deletes_a_runs_named_checkpoints(
-    live_url, project_key, sessions
-):
+def test_the_rest_client_lists_gets_and_deletes_a_runs_named_checkpoints(service, sessions):
     from keel_server.db import tinker as tinker_db
 
-    key = "tml-" + _key(project_key, "p")
-    service = tinker.ServiceClient(base_url=live_url, api_key=key)
     model_id = (
         service.create_lora_training_client(base_model="tiny-dense", rank=4).result().model_id
     )
@@ -429,12 +431,9 @@ def test_loading_weights_that_were_never_saved_is_404(client, tml):
     assert client.post(f"{API}/load_weights", json=body, headers=tml).status_code == 400
 
 
-def test_the_sdk_decodes_a_finished_forward_backward_and_shows_a_failed_call(
-    live_url, project_key, sessions
-):
+def test_the_sdk_decodes_a_finished_forward_backward_and_shows_a_failed_call(service, sessions):
     from keel_server.db import tinker as tinker_db
 
-    service = tinker.ServiceClient(base_url=live_url, api_key="tml-" + _key(project_key, "p"))
     training = service.create_lora_training_client(base_model="tiny-dense", rank=4).result()
     done = training.forward_backward([_datum([1, 2], [2, 3], [1.0, 1.0])], "cross_entropy")
     failed = training.optim_step(types.AdamParams(learning_rate=1e-3))

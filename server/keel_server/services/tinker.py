@@ -29,9 +29,9 @@ from keel.types.tinker import (
 )
 from keel.types.training import TrainingConfig
 from keel_server.db import jobs as jobs_db
-from keel_server.db import new_id, session_scope
+from keel_server.db import new_id, session_scope, stored
 from keel_server.db import tinker as tinker_db
-from keel_server.db.models import Job
+from keel_server.db.models import Job, TinkerWeights
 from keel_server.platform.model_access import BUILTIN_MODELS
 from keel_server.platform.security import hash_secret, new_reward_token
 from keel_server.platform.tinker_wire import WireError, decompress, parse_forward_backward
@@ -43,6 +43,7 @@ from keel_server.services.models_check import check_model
 from keel_server.services.quotas import check_active_jobs
 
 TINKER_SOURCE = {"type": "tinker"}
+SAVE_KINDS = ("weights", "sampler_weights")  # tinker://<model>/<kind>/<name>
 _ENDED = ("succeeded", "failed", "cancelled")
 
 
@@ -61,9 +62,14 @@ def parse(model: type[BaseModel], raw: bytes) -> Any:
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ServiceError("invalid_request", f"{where}: {first['msg']}") from None
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> ServiceError:
+    """A 400 naming the first bad field."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return ServiceError("invalid_request", f"{where}: {first['msg']}")
 
 
 # ---- handshake and sessions ---------------------------------------------------------------------
@@ -175,24 +181,31 @@ def _training_config(base_model: str, *, lora: dict | None, seed: int | None) ->
     try:
         return TrainingConfig.model_validate(fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ServiceError("invalid_request", f"{where}: {first['msg']}") from None
+        raise _invalid(exc) from None
+
+
+def model_facts(job: Job) -> dict[str, Any]:
+    """What the SDK's responses say of a model: its base model and LoRA rank."""
+    config = stored.training_config(job)
+    lora = config.lora
+    return {
+        "base_model": config.model.name,
+        "is_lora": lora is not None,
+        "lora_rank": lora.rank if lora else None,
+    }
 
 
 def get_info(ctx: ServiceContext, principal: Principal, req: ModelRequest) -> dict:
     with session_scope(ctx.sessions) as session:
         job = load_model(session, principal, req.model_id)
-        config = TrainingConfig.model_validate(job.config)
-    name = config.model.name
-    lora = config.lora
+        facts = model_facts(job)
+    name = facts.pop("base_model")
     return {
         "type": "get_info",
         "model_id": job.id,
         "model_data": {"arch": None, "model_name": name, "tokenizer_id": name},
-        "is_lora": lora is not None,
-        "lora_rank": lora.rank if lora else None,
         "model_name": name,
+        **facts,
     }
 
 
@@ -202,7 +215,7 @@ def load_model(session: Session, principal: Principal, model_id: str) -> Job:
         job = auth.load_job(session, principal, model_id)
     except ServiceError as exc:
         raise not_found("model", model_id) from exc
-    if job.prompt_source.get("type") != TINKER_SOURCE["type"]:
+    if stored.prompt_type(job) != TINKER_SOURCE["type"]:
         raise not_found("model", model_id)
     return job
 
@@ -304,18 +317,31 @@ def _submit(
 
 
 def resolve_path(
-    session: Session, principal: Principal, path: str, *, kinds: tuple[str, ...]
-) -> tuple[Job, str, str]:
-    """`tinker://<model>/<kind>/<name>` of the caller's project: (its job, kind, name)."""
+    session: Session, principal: Principal, path: str, *, kinds: tuple[str, ...] = SAVE_KINDS
+) -> tuple[Job, TinkerWeights]:
+    """`tinker://<model>/<kind>/<name>` of the caller's project: (its job, the save)."""
     parts = path.removeprefix(TINKER_PATH_SCHEME).split("/")
     if not path.startswith(TINKER_PATH_SCHEME) or len(parts) != 3 or parts[1] not in kinds:
         shapes = " or ".join(f"{TINKER_PATH_SCHEME}<model_id>/{k}/<name>" for k in kinds)
         raise ServiceError("invalid_request", f"path {path!r} is not {shapes}")
     model_id, kind, name = parts
     job = load_model(session, principal, model_id)
-    if tinker_db.find_weights(session, job.id, kind, name) is None:
+    weights = tinker_db.find_weights(session, job.id, kind, name)
+    if weights is None:
         raise not_found("weights", path)
-    return job, kind, name
+    return job, weights
+
+
+def _sampler_target(session: Session, principal: Principal, target: str) -> tuple[Job, str | None]:
+    """The model a sampling session (`<model_id>` or `<model_id>/<kind>/<name>`) or a
+    `tinker://` path samples with, and the saved weights' path (None: its live weights)."""
+    if not target.startswith(TINKER_PATH_SCHEME):
+        model_id, _, rest = target.partition("/")
+        if not rest:
+            return load_model(session, principal, model_id), None
+        target = f"{TINKER_PATH_SCHEME}{target}"
+    job, weights = resolve_path(session, principal, target)
+    return job, f"{TINKER_PATH_SCHEME}{job.id}/{weights.kind}/{weights.name}"
 
 
 def create_sampling_session(
@@ -327,10 +353,8 @@ def create_sampling_session(
     if req.model_path:
         with session_scope(ctx.sessions) as session:
             _load_session(session, principal, req.session_id)
-            job, kind, name = resolve_path(
-                session, principal, req.model_path, kinds=("sampler_weights", "weights")
-            )
-        return f"{job.id}/{kind}/{name}"
+            job, weights = resolve_path(session, principal, req.model_path)
+        return f"{job.id}/{weights.kind}/{weights.name}"
     if not req.base_model:
         raise ServiceError("invalid_request", "base_model or model_path is required")
     return _create_job(ctx, principal, req.session_id, req.base_model, lora=None, seed=None)
@@ -339,18 +363,10 @@ def create_sampling_session(
 def get_sampler(ctx: ServiceContext, principal: Principal, sampling_session_id: str) -> dict:
     """What the SDK asks of a sampling session it did not create itself: its base model and
     the weights it samples (`create_sampling_client(model_path=...)`)."""
-    model_id, _, rest = sampling_session_id.partition("/")
     with session_scope(ctx.sessions) as session:
-        job = load_model(session, principal, model_id)
-        model_path = f"{TINKER_PATH_SCHEME}{sampling_session_id}" if rest else None
-        if model_path:
-            resolve_path(session, principal, model_path, kinds=("sampler_weights", "weights"))
-        config = TrainingConfig.model_validate(job.config)
-    return {
-        "sampler_id": sampling_session_id,
-        "base_model": config.model.name,
-        "model_path": model_path,
-    }
+        job, model_path = _sampler_target(session, principal, sampling_session_id)
+        base_model = model_facts(job)["base_model"]
+    return {"sampler_id": sampling_session_id, "base_model": base_model, "model_path": model_path}
 
 
 def submit_sample(ctx: ServiceContext, principal: Principal, req: SampleRequest) -> dict:
@@ -360,19 +376,9 @@ def submit_sample(ctx: ServiceContext, principal: Principal, req: SampleRequest)
     if not target:
         raise ServiceError("invalid_request", "sampling_session_id or model_path is required")
     with session_scope(ctx.sessions) as session:
-        if target.startswith(TINKER_PATH_SCHEME):
-            job, kind, name = resolve_path(
-                session, principal, target, kinds=("sampler_weights", "weights")
-            )
-            model_path: str | None = f"{TINKER_PATH_SCHEME}{job.id}/{kind}/{name}"
-        else:
-            model_id, _, rest = target.partition("/")
-            job = load_model(session, principal, model_id)
-            model_path = f"{TINKER_PATH_SCHEME}{target}" if rest else None
-            if model_path:
-                resolve_path(session, principal, model_path, kinds=("sampler_weights", "weights"))
-    stored = req.model_copy(update={"model_path": model_path, "sampling_session_id": None})
-    payload = stored.model_dump_json(exclude_none=True).encode()
+        job, model_path = _sampler_target(session, principal, target)
+    queued = req.model_copy(update={"model_path": model_path, "sampling_session_id": None})
+    payload = queued.model_dump_json(exclude_none=True).encode()
     future = _submit(ctx, principal, job.id, None, "sample", payload, "json")
     future["sample_sequence_ids"] = [f"{future['request_id']}-{i}" for i in range(req.num_samples)]
     return future

@@ -13,14 +13,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from keel.types.tinker import TINKER_PATH_SCHEME
-from keel.types.training import TrainingConfig
 from keel_server.db import jobs as jobs_db
 from keel_server.db import session_scope
 from keel_server.db import tinker as tinker_db
 from keel_server.db.models import Job, TinkerWeights
 from keel_server.services.context import Principal, ServiceContext
-from keel_server.services.errors import not_found
-from keel_server.services.tinker import TINKER_SOURCE, load_model, resolve_path
+from keel_server.services.tinker import TINKER_SOURCE, load_model, model_facts, resolve_path
 
 _CHECKPOINT_TYPE = {"weights": "training", "sampler_weights": "sampler"}
 
@@ -40,17 +38,14 @@ def _named(session: Session, job_id: str) -> list[TinkerWeights]:
 
 
 def _training_run(session: Session, job: Job) -> dict[str, Any]:
-    config = TrainingConfig.model_validate(job.config)
     saves = sorted(_named(session, job.id), key=lambda w: w.created_at)
     last = dict.fromkeys(_CHECKPOINT_TYPE)
     for row in saves:
         last[row.kind] = _checkpoint(row)
     return {
         "training_run_id": job.id,
-        "base_model": config.model.name,
+        **model_facts(job),
         "model_owner": job.project_id,
-        "is_lora": config.lora is not None,
-        "lora_rank": config.lora.rank if config.lora else None,
         "corrupted": job.status == "failed",
         "last_request_time": job.updated_at.isoformat(),
         "last_checkpoint": last["weights"],
@@ -86,19 +81,11 @@ def delete_checkpoint(
 ) -> None:
     path = f"{TINKER_PATH_SCHEME}{model_id}/{checkpoint_id}"
     with session_scope(ctx.sessions) as session:
-        job, kind, name = resolve_path(session, principal, path, kinds=tuple(_CHECKPOINT_TYPE))
-        row = tinker_db.find_weights(session, job.id, kind, name)
-        if row is None:
-            raise not_found("checkpoint", path)
-        tinker_db.delete_weights(session, row.id)
+        _, weights = resolve_path(session, principal, path)
+        tinker_db.delete_weights(session, weights.id)
 
 
 def weights_info(ctx: ServiceContext, principal: Principal, tinker_path: str) -> dict[str, Any]:
     with session_scope(ctx.sessions) as session:
-        job, _, _ = resolve_path(session, principal, tinker_path, kinds=tuple(_CHECKPOINT_TYPE))
-        config = TrainingConfig.model_validate(job.config)
-    return {
-        "base_model": config.model.name,
-        "is_lora": config.lora is not None,
-        "lora_rank": config.lora.rank if config.lora else None,
-    }
+        job, _ = resolve_path(session, principal, tinker_path)
+        return model_facts(job)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from keel_server.db.base import new_id, utcnow
 from keel_server.db.models import TinkerRequest, TinkerSession, TinkerWeights
@@ -209,9 +209,12 @@ def was_interrupted(session: Session, job_id: str) -> bool:
 
 
 def queued(session: Session, job_id: str, *, limit: int = 64) -> list[TinkerRequest]:
-    """The job's queued calls, numbered ones in `seq_id` order first, then unnumbered by age."""
+    """The job's queued calls, numbered ones in `seq_id` order first, then unnumbered by age.
+    Their bodies load only when read: the worker looks at every queued call each time it picks
+    one, and runs one."""
     query = (
         select(TinkerRequest)
+        .options(defer(TinkerRequest.payload))
         .where(TinkerRequest.job_id == job_id, TinkerRequest.state == "queued")
         .order_by(TinkerRequest.seq_id.is_(None), TinkerRequest.seq_id, TinkerRequest.id)
         .limit(limit)

@@ -252,6 +252,7 @@ class TinkerLoop:
                 ready = unnumbered[0]
             if ready is None or not queue.start(session, ready.id):
                 return None
+            session.refresh(ready, ["payload"])  # `queued` deferred the bodies
             session.expunge(ready)
             return ready
 

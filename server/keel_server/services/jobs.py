@@ -300,12 +300,18 @@ def pause(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:
 
 
 def resume(
-    ctx: ServiceContext, principal: Principal, job_id: str, changes: JobResume | None = None
+    ctx: ServiceContext,
+    principal: Principal,
+    job_id: str,
+    changes: JobResume | None = None,
+    *,
+    reason: str = "resumed by the user",
 ) -> Job:
     """Resume a paused job (or withdraw a pending pause; a queued job is enqueued again, in
     case its broker message was lost: a duplicate finds it taken and exits). `changes` (a new
     learning rate or algorithm) apply to a paused job only and are validated against its whole
-    config; a new learning rate also resets the guard's rollback scale."""
+    config; a new learning rate also resets the guard's rollback scale. `reason` goes on the
+    status event."""
     resumed: list[str] = []
     requeue: list[str] = []
     changing = changes is not None and (changes.lr is not None or changes.algorithm is not None)
@@ -313,7 +319,7 @@ def resume(
     def attempt(session, job) -> bool:
         if job.status == "paused":
             values = {"requested": None}
-            event = {"reason": "resumed by the user"}
+            event = {"reason": reason}
             if changing:
                 values.update(_resumed_with(job, changes))
                 event["changes"] = changes.model_dump(mode="json", exclude_none=True)

@@ -38,7 +38,7 @@ from keel_server.platform.tinker_wire import WireError, decompress, parse_forwar
 from keel_server.services import auth
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, not_found
-from keel_server.services.jobs import enqueue
+from keel_server.services.jobs import enqueue, resume
 from keel_server.services.models_check import check_model
 from keel_server.services.quotas import check_active_jobs
 
@@ -284,16 +284,7 @@ def _submit(
             raise ServiceError(
                 "conflict", f"model {model_id} is {job.status}: it takes no more calls"
             )
-        # A model paused (idle, or by its user) is loaded again by its next call, from its
-        # newest save.
-        resumed = job.status == "paused" and jobs_db.transition(
-            session,
-            job.id,
-            from_statuses=("paused",),
-            to="queued",
-            values={"requested": None},
-            event={"reason": f"resumed by a Tinker {kind} call"},
-        )
+        paused = job.status == "paused"
         try:
             row = tinker_db.submit(
                 session,
@@ -308,8 +299,8 @@ def _submit(
                 "conflict", str(exc), state={"seq_id": exc.seq_id, "request_id": exc.request_id}
             ) from None
         future = {"request_id": row.id, "model_id": job.id}
-    if resumed:
-        enqueue(ctx, job.id)
+    if paused:  # idle, or paused by its user: its next call loads it again, from its newest save
+        resume(ctx, principal, job.id, reason=f"resumed by a Tinker {kind} call")
     return future
 
 

@@ -54,6 +54,15 @@ def loss_of(output: types.ForwardBackwardOutput) -> float:
     return float(output.metrics["loss:sum"])
 
 
+def train_step(
+    training: TrainingClient, adam: types.AdamParams = LR
+) -> types.ForwardBackwardOutput:
+    """One forward_backward on BATCH and its optim_step; the pass's output."""
+    out = training.forward_backward(BATCH, "cross_entropy")
+    training.optim_step(adam).result()
+    return out.result()
+
+
 def test_a_lora_model_trains_through_the_sdk(settings) -> None:
     with tinker_keel(settings) as tk:
         service = tk.service()
@@ -72,9 +81,7 @@ def test_a_lora_model_trains_through_the_sdk(settings) -> None:
         step.result()
         losses = [loss_of(a)]
         for _ in range(4):
-            out = training.forward_backward(BATCH, "cross_entropy")
-            training.optim_step(LR).result()
-            losses.append(loss_of(out.result()))
+            losses.append(loss_of(train_step(training)))
         assert losses[-1] < losses[0]
         # Per-token outputs: one logprobs array per datum, as long as its targets.
         lengths = [len(d.loss_fn_inputs["target_tokens"].data) for d in BATCH]
@@ -109,25 +116,21 @@ def test_saves_loads_and_sampling(settings) -> None:
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()
+        train_step(training)
         saved = training.save_state("after-one").result().path
         assert saved == f"tinker://{training.model_id}/weights/after-one"
         before = loss_of(training.forward(BATCH, "cross_entropy").result())
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()
+        train_step(training)
         assert loss_of(training.forward(BATCH, "cross_entropy").result()) != before
         training.load_state(saved).result()
         assert loss_of(training.forward(BATCH, "cross_entropy").result()) == pytest.approx(before)
 
         # With the optimizer: the next step from the save equals the step taken from it before.
         training.load_state_with_optimizer(saved).result()
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()
+        train_step(training)
         retrained = loss_of(training.forward(BATCH, "cross_entropy").result())
         training.load_state_with_optimizer(saved).result()
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()
+        train_step(training)
         assert loss_of(training.forward(BATCH, "cross_entropy").result()) == pytest.approx(
             retrained, rel=1e-6
         )
@@ -138,8 +141,7 @@ def test_saves_loads_and_sampling(settings) -> None:
         prompt = types.ModelInput.from_ints([5, 6, 7])
         from_save = service.create_sampling_client(model_path=named)
         before_step = from_save.sample(prompt, 2, params).result()
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(types.AdamParams(learning_rate=0.5)).result()
+        train_step(training, types.AdamParams(learning_rate=0.5))
         after_step = from_save.sample(prompt, 2, params).result()
         assert [s.tokens for s in after_step.sequences] == [s.tokens for s in before_step.sequences]
         np.testing.assert_allclose(
@@ -192,9 +194,7 @@ def test_full_fine_tuning_and_a_save_that_downloads(settings, tmp_path) -> None:
         assert (info.is_lora, info.lora_rank) == (False, None)
         losses = []
         for _ in range(3):
-            out = training.forward_backward(BATCH, "cross_entropy")
-            training.optim_step(LR).result()
-            losses.append(loss_of(out.result()))
+            losses.append(loss_of(train_step(training)))
         assert losses[-1] < losses[0]
         training.save_state("final").result()
         with tk.keel() as client:
@@ -223,8 +223,7 @@ def test_chunks_a_gap_and_a_pause(settings) -> None:
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
-        whole = training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()
+        whole = train_step(training)
         with session_scope(session_factory(settings)) as session:
             rows = session.query(TinkerRequest).filter_by(
                 job_id=training.model_id, kind="forward_backward"
@@ -277,12 +276,10 @@ def test_a_dead_worker_fails_its_open_calls_and_the_model_reloads_its_last_save(
         training = service.create_lora_training_client(
             base_model="tiny-dense", rank=4, seed=0
         ).result()
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()
+        train_step(training)
         saved = training.save_state("s1").result().path
         at_save = loss_of(training.forward(BATCH, "cross_entropy").result())
-        training.forward_backward(BATCH, "cross_entropy").result()
-        training.optim_step(LR).result()  # trained past the save: lost with the worker
+        train_step(training)  # trained past the save: lost with the worker
         first = tk.workers.spawned[training.model_id]
         first.kill()
         first.wait()

@@ -61,6 +61,7 @@ from keel.types.guard import GuardConfig
 from keel_worker.training.guard import StabilityGuard
 from research.guard_thresholds import SUITES, step_metrics
 from research.stability.criterion import RunSeries, judge
+from research.stability.report_fidelity import guard_table
 from research.stability.results import load_runs
 
 FROZEN_AT = "13449b42817768d16d490e042fb54dc65737ff9b"
@@ -241,6 +242,7 @@ def main() -> None:
         "frozen_at": FROZEN_AT,
         "frozen": FROZEN,
         "entropy_reward_window": ENTROPY_REWARD_WINDOW,
+        "in_sample_listed": len(in_sample_names()),
         "machine_load": os.getloadavg()[0],
         "scores": {
             label: {name: score(make(), runs) for name, runs in sets.items()}
@@ -254,26 +256,6 @@ def main() -> None:
     print((GUARD / "out_of_sample.md").read_text())
 
 
-def table(result: dict[str, Any]) -> list[str]:
-    """The out-of-sample table (REPORT.md and out_of_sample.md show it)."""
-    lines = [
-        "| defaults | runs | stable runs alarmed | alarms per stable run "
-        "| collapses caught before the fall | alerted at all | leads (grad steps) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, per_set in result["scores"].items():
-        for name, s in per_set.items():
-            per = s["alarms_per_stable_run"]
-            leads = ", ".join("–" if x is None else str(x) for x in s["leads"]) or "–"
-            lines.append(
-                f"| {label}: {name} | {s['runs']} ({s['collapsing']} collapsing) | "
-                f"{s['stable_alarmed']}/{s['stable']} | {'–' if per is None else f'{per:.2f}'} | "
-                f"{s['caught_before']}/{s['collapsing']} | {s['alerted_at_all']}/"
-                f"{s['collapsing']} | {leads} |"
-            )
-    return lines
-
-
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# The guard's defaults, out of sample",
@@ -284,7 +266,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"breach counts only while the mean reward of the last {result['entropy_reward_window']} "
         "steps is below that of the first ones.",
         "",
-        *table(result),
+        *guard_table(result),
         "",
     ]
     for label, per_set in result["scores"].items():

@@ -116,6 +116,7 @@ def run_row(run: Run) -> dict[str, Any]:
     row = run_summary(run)
     v = judge_smoothed(run.series())
     row["collapsed_first_rule"] = row["collapsed"]
+    row["first_rule_step"] = row["collapse_step"]
     row["collapsed"] = int(v.collapsed)
     row["reason"] = v.reason
     row["collapse_step"] = "" if v.step is None else v.step

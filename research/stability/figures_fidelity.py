@@ -87,6 +87,9 @@ def delta_vs_n_figure(rows: Rows, path: Path) -> None:
     fig, axes = plt.subplots(2, 4, figsize=(14, 6.4), sharex=True)
     flat = list(axes.flat)
     positions = {n: i for i, n in enumerate(NS)}
+    every = [d for cells in RECIPES.values() for c in cells.values() for d in _deltas(rows, c)]
+    low = min([*every, -band]) - 0.03 if every else -1.0
+    high = max([*every, band]) + 0.03 if every else 1.0
     for ax, (recipe, cells) in zip(flat, RECIPES.items(), strict=False):
         ax.axhspan(-band, band, color="0.85", zorder=0, label="evaluation noise (±2 SE)")
         ax.axhline(0, color="0.5", lw=0.8)
@@ -104,7 +107,7 @@ def delta_vs_n_figure(rows: Rows, path: Path) -> None:
             means.append(fmean(deltas))
         ax.plot(xs, means, color="black", lw=1.2, marker="_", markersize=14, zorder=2)
         ax.set_title(recipe, fontsize=9)
-        ax.set_ylim(-0.42, 0.2)
+        ax.set_ylim(low, high)
         ax.grid(alpha=0.3)
     for ax in flat[:4]:
         ax.tick_params(labelbottom=True)
@@ -118,7 +121,7 @@ def delta_vs_n_figure(rows: Rows, path: Path) -> None:
     mech.set_yscale("log")
     mech.axhline(1e-2, color="tab:purple", ls=":", lw=1, label="k3 goal 1e-2")
     mech.set_title("measured per N (MiniRL cells)", fontsize=9)
-    mech.legend(fontsize=7, loc="center left")
+    mech.legend(fontsize=7, loc="upper left")
     mech.grid(alpha=0.3)
     for ax in flat:
         ax.set_xticks(range(len(NS)), [f"N={n}" for n in NS], fontsize=8)

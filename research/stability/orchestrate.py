@@ -163,6 +163,39 @@ def run_stress(
     return regime
 
 
+def run_rerun(
+    suite,
+    part,
+    sft: coldstart.SFTBudget,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    workers: int,
+    deadline: float | None = None,
+) -> None:
+    """One part of `reruns` into `out_dir`, resumably; refuses to mix kinds of CPU."""
+    from research.stability.reruns import foreign_cpus
+
+    if not part.cells:
+        raise SystemExit(f"{part.name}: cut ({part.what})")
+    foreign = foreign_cpus(out_dir, coldstart.cpu_kind())
+    if foreign:
+        raise SystemExit(f"{part.name}: {out_dir} holds runs of {sorted(foreign)}; not pooling")
+    budget = part.budget()
+    with open_pool(workers) as pool:
+        inits = sorted({c.init for c in part.cells})
+        paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
+        run_groups(
+            pool,
+            suite,
+            [(list(part.cells), budget)],
+            paths,
+            out_dir=out_dir,
+            cache_dir=cache_dir,
+            deadline=deadline,
+        )
+
+
 def _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline):
     """Rules A, B, C of `stress` on their pilots (seed 0), each run once and kept in `pilot/`."""
     path = out_dir / "regime.json"

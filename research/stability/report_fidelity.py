@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from research.stability import fidelity
+from research.stability import fidelity, reruns
 from research.stability.figures_fidelity import delta_vs_n_figure, map_delta_figure
 from research.stability.findings import Finding
 
@@ -82,7 +82,33 @@ def fidelity_section(
         "",
     ]
     lines += guard_section(out_dir.parent.parent / "guard" / "out_of_sample.json")
+    lines += reruns_section(out_dir)
     return lines
+
+
+def reruns_section(out_dir: Path) -> list[str]:
+    """Issue 30 §3's reruns as declared in `reruns` (not run), and what they cut."""
+    probe = out_dir / "discrepancy.csv"
+    if not probe.is_file():
+        return []
+    doc = reruns.__doc__ or ""
+    cut = next((b for b in doc.split("\n\n") if b.startswith("**Cut**")), "")
+    return [
+        "### Reruns prepared, not run",
+        "",
+        "Declared in `research/stability/reruns.py` (rules, rung choice, budget, one CPU kind per "
+        "part); each part runs with `python -m research.stability rerun --part NAME` into "
+        "`stress/reruns/NAME/`, resumably, under two hours on 2 cores by the declared estimate. "
+        "The GPU part of the issue (§6) is `scripts/gpu_fidelity.sh`, seven parts of under 10 "
+        "minutes each (what it cuts is in `scripts/gpu_fidelity.py`).",
+        "",
+        "```text",
+        *reruns.plan_lines(reruns.probe_k3(probe)),
+        "```",
+        "",
+        " ".join(line.strip() for line in cut.splitlines()),
+        "",
+    ]
 
 
 CONSTANTS = (

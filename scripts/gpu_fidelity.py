@@ -15,7 +15,11 @@ verifier scores the last integer of the answer, and `LONG_TOKENS` new tokens lea
 worked chain of thought: the response length over which the per-token mismatch adds up.
 
 **Rollouts and training.** vLLM with `fp8` weights (a scale per output channel), the trainer in
-bf16 on the GPU; the paper's MiniRL defaults otherwise.
+bf16 on the GPU; the paper's MiniRL defaults otherwise. A real MoE trains LoRA adapters (rank
+`LORA_RANK`, lr `LORA_LR`): full fine-tuning of a 7B-parameter MoE with AdamW's fp32 states does
+not fit one 80 GB GPU beside vLLM. keel's LoRA keeps the routers frozen, so the θ_old-vs-θ routing
+flip comes only from the adapted layers around them (a cut of its own). The fallback model trains
+every weight at the stress suite's lr (`FULL_LR`).
 
 **Parts** (`PARTS`; one `train()` each, `STEPS` global steps of `PROMPTS` × `GROUP`, under
 `timeout 540` in the shell script; the metrics of every step are written as it ends, so a part cut
@@ -51,6 +55,7 @@ PROMPTS, GROUP = 8, 8
 EVAL_SIZE = 32
 ITEMS = 400
 FALLBACK_MODEL = "tiny-moe-deep"
+LORA_RANK, LORA_LR, FULL_LR = 16, 1e-4, 3e-4
 PARTS: dict[str, dict[str, Any]] = {
     "probe": {"algorithm": {"name": "minirl"}, "num_minibatches": 1, "steps": 4},
     "f1-minirl": {"algorithm": {"name": "minirl"}, "num_minibatches": 1},
@@ -89,6 +94,10 @@ def model_name() -> str:
 def config(part: str) -> TrainingConfig:
     spec = dict(PARTS[part])
     steps = spec.pop("steps", STEPS)
+    real = model_name() != FALLBACK_MODEL
+    if real:
+        spec["lora"] = {"rank": LORA_RANK}
+    spec["optimizer"] = {"lr": LORA_LR if real else FULL_LR}
     return TrainingConfig.model_validate(
         {
             "model": {"name": model_name()},

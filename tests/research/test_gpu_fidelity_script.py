@@ -39,3 +39,10 @@ def test_every_gpu_part_builds_a_valid_config_with_long_answers_and_fp8_vllm_rol
     config = gpu_fidelity.config("f4-clip")
     assert (config.rollout.engine, config.rollout.precision) == ("vllm", "fp8")
     assert config.rollout.max_new_tokens >= 512 and config.num_minibatches == 4
+    assert config.lora is None  # the fallback trains every weight
+    os.environ["KEEL_GPU_MOE"] = "/models/olmoe"
+    try:
+        real = gpu_fidelity.config("f4-clip")
+    finally:
+        del os.environ["KEEL_GPU_MOE"]
+    assert real.lora is not None and real.model.name == "/models/olmoe"

@@ -180,7 +180,10 @@ def guard_section(path: Path) -> list[str]:
         f"The fit saw {result['in_sample_listed']} runs; the in-sample rows replay the "
         f"{_in_sample_runs(result)} of them the tree still holds (the others, superseded AVX2 "
         "runs, have left it). A service job's stored metrics hold entropy, reward, KL and "
-        "held-out accuracy only.",
+        "held-out accuracy only, and its cells are suite cells (`A/lr0.003/fp32/N1/reinforce`, "
+        "`N4/minirl-noclip`, `N1/minirl`, `N4/minirl+R3`) run again as jobs: new runs of "
+        "configurations the fit knew, not new configurations. 22 runs with 6 collapses is a "
+        "small out-of-sample set; the reruns below add to it.",
         "",
         *guard_table(result),
     ]

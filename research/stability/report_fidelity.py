@@ -169,6 +169,7 @@ def guard_section(path: Path) -> list[str]:
     if not path.is_file():
         return []
     result = json.loads(path.read_text())
+    oos = next(iter(result["scores"].values()))["all out of sample"]
     lines = [
         "### The guard out of sample",
         "",
@@ -182,8 +183,8 @@ def guard_section(path: Path) -> list[str]:
         "runs, have left it). A service job's stored metrics hold entropy, reward, KL and "
         "held-out accuracy only, and its cells are suite cells (`A/lr0.003/fp32/N1/reinforce`, "
         "`N4/minirl-noclip`, `N1/minirl`, `N4/minirl+R3`) run again as jobs: new runs of "
-        "configurations the fit knew, not new configurations. 22 runs with 6 collapses is a "
-        "small out-of-sample set; the reruns below add to it.",
+        f"configurations the fit knew, not new configurations. {oos['runs']} runs with "
+        f"{oos['collapsing']} collapses is a small out-of-sample set; the reruns below add to it.",
         "",
         *guard_table(result),
     ]

@@ -12,7 +12,9 @@ bounded far below what it takes (`KEEL_PHASE_TIMEOUTS_S`), or a cancel's grace
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 
 import pytest
 
@@ -87,3 +89,37 @@ def test_a_cancel_the_step_does_not_act_on_ends_the_job_cancelled(production_sta
     )
     quick = client.jobs.create(helpers.job_config(steps=1), reward={"type": "builtin"})
     assert client.jobs.wait(quick.id, timeout_s=120, poll_interval_s=0.2).status == "succeeded"
+
+
+def test_a_stopped_worker_loses_its_job_to_another_and_never_writes_again(
+    production_stack, helpers
+):
+    base_url = production_stack.api()
+    workers = [production_stack.worker("w1"), production_stack.worker("w2")]
+    client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
+    config = helpers.job_config(steps=6, prompts_per_step=4, group_size=4)
+    job = client.jobs.create(config, reward={"type": "builtin"})
+    holder = helpers.wait_until(
+        lambda: next((w for w in workers if f"job {job.id}: lease taken" in w.output()), None),
+        timeout_s=60,
+        what="a worker on the job",
+    )
+    other = next(w for w in workers if w is not holder)
+    helpers.wait_until(lambda: client.jobs.retrieve(job.id).step >= 1, timeout_s=120, what="step")
+
+    os.killpg(holder.process.pid, signal.SIGSTOP)  # alive, but neither training nor beating
+    stopped_at = client.jobs.retrieve(job.id).step
+    try:
+        # KEEL_LEASE_TIMEOUT_S is 4 s here: the other worker takes the job over and ends it.
+        done = client.jobs.wait(job.id, timeout_s=180, poll_interval_s=0.5)
+    finally:
+        os.killpg(holder.process.pid, signal.SIGCONT)
+    assert (done.status, done.step, done.attempts) == ("succeeded", 6, 2)
+    assert stopped_at < 6 and f"job {job.id}: lease taken" in other.output()
+    helpers.assert_every_step_once(client, job.id, steps=6)
+    # Woken up, the old holder finds its lease gone and leaves the finished job alone.
+    helpers.wait_until(
+        lambda: f"job {job.id}: lease lost" in holder.output(), timeout_s=60, what="lease lost"
+    )
+    after = client.jobs.retrieve(job.id)
+    assert (after.status, after.step, after.attempts) == ("succeeded", 6, 2)

@@ -16,6 +16,11 @@ rollback budget counts from this call: a resumed run starts with none used.
 Resuming is exact: weights, optimizer state, step, policy version, RNG states and the data
 cursor come back from the checkpoint, and every step's sampling and shuffling seeds are derived
 from (config.seed, step) alone.
+
+Under torchrun (an initialised process group of k ranks, `distributed.group.init_from_env`) every
+rank calls `train` with the same arguments and runs the same steps in lockstep: the session is
+data-parallel (`TrainingSession`), every rank yields the same `StepResult`s (rank 0's metrics),
+rank 0 alone writes the trackers and prunes checkpoints, and `should_stop` is rank 0's answer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from keel.types import metric_names as metric
 from keel.types.training import TrainingConfig
+from keel_worker.distributed.rank_zero import from_rank_zero
 from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.checkpoint import WorkdirCheckpoints, capture_rng, prune_checkpoints
 from keel_worker.training.evaluate import evaluate
@@ -40,6 +46,15 @@ from keel_worker.training.trackers import StepTrackers
 __all__ = ["DEFAULT_CACHE_DIR", "StepResult", "build_engine", "step_seed", "train"]
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "keel" / "models"
+
+
+def _rank_zero_answer(dp, should_stop: Callable[[], bool]) -> Callable[[], bool]:
+    """`should_stop` asked on rank 0, its answer on every rank (collective)."""
+
+    def agreed() -> bool:
+        return from_rank_zero(dp, should_stop, what="stop decision")
+
+    return agreed
 
 
 @dataclass(frozen=True)
@@ -87,11 +102,18 @@ def train(
     def held_out() -> dict[str, float]:
         return evaluate(run.engine, run.tokenizer, task, config)
 
-    trackers = StepTrackers.open(
-        config.logging,
-        logdir=workdir,
-        run_id=Path(workdir).name,
-        config=config.model_dump(mode="json"),
+    writer = run.dp is None or run.dp.is_writer
+    if run.dp is not None and should_stop is not None:
+        should_stop = _rank_zero_answer(run.dp, should_stop)
+    trackers = (
+        StepTrackers.open(
+            config.logging,
+            logdir=workdir,
+            run_id=Path(workdir).name,
+            config=config.model_dump(mode="json"),
+        )
+        if writer
+        else StepTrackers([])
     )
     schedule = StepSchedule.of(config)
     policy, checkpoints = GuardPolicy(config.guard), WorkdirCheckpoints(workdir)
@@ -103,7 +125,7 @@ def train(
             rng=capture_rng(),
             summary={"config": config.model_dump(mode="json")},
         )
-        if config.checkpoint_keep_last is not None:
+        if config.checkpoint_keep_last is not None and writer:
             prune_checkpoints(workdir, keep_last=config.checkpoint_keep_last)
         return path
 

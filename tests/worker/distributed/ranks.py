@@ -18,6 +18,22 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
+def tiny_config(**overrides):
+    """2 prompts × 4 responses of ≤ 8 tokens in 2 mini-batches of micro-batches of 2 (so each
+    rank has micro-batches to run, π_old is recomputed and R3 replays)."""
+    from job_configs import merge_config, tiny_job_config
+
+    from keel.types.training import TrainingConfig
+
+    step = {
+        "group_size": 4,
+        "num_minibatches": 2,
+        "micro_batch_size": 2,
+        "rollout": {"max_new_tokens": 8},
+    }
+    return TrainingConfig.model_validate(merge_config(tiny_job_config(**step), overrides))
+
+
 def parity_reward(rollouts):
     """Varied rewards on an untrained model: 1.0 when the completion's byte sum is even."""
     return [float(sum(r.completion.encode()) % 2 == 0) for r in rollouts]
@@ -33,6 +49,7 @@ def _rank(
     resume: bool,
 ) -> None:
     from keel.types.training import TrainingConfig
+    from keel_worker.distributed import group
     from keel_worker.training.run import train
 
     torch.set_num_threads(1)
@@ -58,7 +75,7 @@ def _rank(
         if rank == 0:
             (Path(workdir) / "results.json").write_text(json.dumps(results))
     finally:
-        dist.destroy_process_group()
+        group.shutdown()
 
 
 def train_on_ranks(
@@ -71,8 +88,69 @@ def train_on_ranks(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.start_processes(
         _rank,
-        args=(world_size, str(rendezvous), config.model_dump_json(), str(workdir), timeout_s, resume),
+        args=(
+            world_size,
+            str(rendezvous),
+            config.model_dump_json(),
+            str(workdir),
+            timeout_s,
+            resume,
+        ),
         nprocs=world_size,
         start_method="spawn",
     )
     return json.loads((workdir / "results.json").read_text())
+
+
+def _rank_that_may_die(
+    rank: int, world_size: int, rendezvous: str, config_json: str, workdir: str, timeout_s: float
+) -> None:
+    """Rank 1 SIGKILLs itself at its first update (mid-step, after the rollouts and π_old);
+    rank 0 writes how it ended to `rank0.json`."""
+    import signal
+    import time
+
+    from keel_worker.training.step import Trainer
+
+    if rank == 1:
+
+        def die(*_args, **_kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        Trainer._update = die
+    started = time.monotonic()
+    try:
+        _rank(rank, world_size, rendezvous, config_json, workdir, timeout_s, False)
+        outcome = {"error": None}
+    except BaseException as exc:
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        if rank == 0:
+            outcome["ended_at"] = time.time()
+            outcome["ran_s"] = time.monotonic() - started
+            (Path(workdir) / "rank0.json").write_text(json.dumps(outcome))
+
+
+def kill_one_rank(config, workdir: Path, *, timeout_s: float, wait_s: float) -> dict:
+    """Start 2 ranks, rank 1 SIGKILLs itself mid-step; how rank 0 ended (`rank0.json`) with
+    `dead_at` (when the parent saw rank 1 gone) and `exitcode`."""
+    import time
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    rendezvous = workdir / "rendezvous"
+    rendezvous.unlink(missing_ok=True)
+    ctx = mp.get_context("spawn")
+    args = (2, str(rendezvous), config.model_dump_json(), str(workdir), timeout_s)
+    procs = [ctx.Process(target=_rank_that_may_die, args=(r, *args)) for r in range(2)]
+    for p in procs:
+        p.start()
+    procs[1].join(wait_s)
+    dead_at = time.time()
+    procs[0].join(wait_s)
+    for p in procs:
+        if p.is_alive():  # a hang: end it, the test fails on exitcode None
+            p.kill()
+            p.join()
+    outcome = json.loads((workdir / "rank0.json").read_text())
+    return {**outcome, "dead_at": dead_at, "exitcode": procs[0].exitcode}

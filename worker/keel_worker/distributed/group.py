@@ -24,6 +24,11 @@ DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 DEFAULT_ROLLOUT_TIMEOUT_S = 3600.0
 
 
+class GroupFailure(RuntimeError):
+    """A rank of a data-parallel run stopped: its own error, or a collective that failed because
+    another rank died or stalled (gloo and NCCL name neither the rank nor the cause)."""
+
+
 @dataclass(frozen=True)
 class DataParallel:
     """This rank's place in the run: `rank` of `world_size`, the `device` it trains on, the 1-D
@@ -34,6 +39,14 @@ class DataParallel:
     device: torch.device
     mesh: DeviceMesh
     objects: dist.ProcessGroup
+
+    def failure(self, exc: BaseException) -> GroupFailure:
+        """`exc` as this rank's `GroupFailure`, saying what it may mean."""
+        return GroupFailure(
+            f"rank {self.rank} of {self.world_size} stopped: {type(exc).__name__}: {exc} "
+            "(a collective that fails or times out means another rank died or stalled; its own "
+            "log has the first error)"
+        )
 
     @property
     def is_writer(self) -> bool:
@@ -67,39 +80,40 @@ def init_from_env(
     return current(device=device, rollout_timeout_s=rollout_timeout_s)
 
 
-_OBJECT_GROUPS: dict[float, dist.ProcessGroup] = {}
+_JOINED: dict[str, DataParallel] = {}  # "this": the process's description, once made
 
 
 def current(
     *, device: str | None = None, rollout_timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S
 ) -> DataParallel | None:
     """The data-parallel description of an initialised group of ≥ 2 ranks, else None (a
-    single-process run). Collective: every rank calls it at the same point (it may create the
-    side group)."""
+    single-process run). The first call on a process is collective (every rank makes it at the
+    same point: it creates the side group and the mesh); later ones return the same description,
+    whatever they pass."""
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
         return None
+    if "this" in _JOINED:
+        return _JOINED["this"]
     if device is None:
         device = f"cuda:{torch.cuda.current_device()}" if _uses_nccl() else "cpu"
     dev = torch.device(device)
-    if rollout_timeout_s not in _OBJECT_GROUPS:
-        _OBJECT_GROUPS[rollout_timeout_s] = dist.new_group(
-            backend="gloo", timeout=timedelta(seconds=rollout_timeout_s)
-        )
+    objects = dist.new_group(backend="gloo", timeout=timedelta(seconds=rollout_timeout_s))
     mesh = init_device_mesh(dev.type, (dist.get_world_size(),), mesh_dim_names=("dp",))
-    return DataParallel(
+    _JOINED["this"] = DataParallel(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
         device=dev,
         mesh=mesh,
-        objects=_OBJECT_GROUPS[rollout_timeout_s],
+        objects=objects,
     )
+    return _JOINED["this"]
 
 
 def shutdown() -> None:
     """Leave the group (idempotent)."""
+    _JOINED.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _OBJECT_GROUPS.clear()
 
 
 def _cuda() -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from keel.types import metric_names as metric
 from keel.types.training import TrainingConfig
+from keel_worker.distributed.group import GroupFailure
 from keel_worker.distributed.rank_zero import from_rank_zero
 from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.checkpoint import WorkdirCheckpoints, capture_rng, prune_checkpoints
@@ -154,5 +155,9 @@ def train(
             if stopping:
                 return
             step = done
+    except Exception as exc:
+        if run.dp is None or isinstance(exc, GroupFailure):
+            raise
+        raise run.dp.failure(exc) from exc
     finally:
         trackers.close()

@@ -34,9 +34,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine, uptime  # noqa: E402
+from machine import describe_machine, uptime  # a sibling (this script's folder is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULT_FILE = RESULTS / "distributed_step.json"

@@ -29,14 +29,22 @@ WEIGHT_TOL = 1e-6
 METRIC_RTOL = 1e-5
 
 
-def _config(model: str, **overrides):
-    replay = {"routing_replay": "R3"} if model == "tiny-moe" else {}
+# (model, Routing Replay mode) of each compared run.
+RUNS = {
+    "tiny-dense": ("tiny-dense", "none"),
+    "tiny-moe-R3": ("tiny-moe", "R3"),
+    "tiny-moe-R2": ("tiny-moe", "R2"),
+}
+
+
+def _config(run: str, **overrides):
+    model, replay = RUNS[run]
     return tiny_config(
         model={"name": model},
+        routing_replay=replay,
         steps=2,
         checkpoint_every=1,
         optimizer={"lr": 1e-2, "grad_clip": 100.0, "eps": 1e-2},
-        **replay,
         **overrides,
     )
 
@@ -55,7 +63,7 @@ def _one_process(config, workdir: Path) -> list[dict[str, float]]:
     return [r.metrics for r in results]
 
 
-@pytest.fixture(scope="module", params=["tiny-dense", "tiny-moe"])
+@pytest.fixture(scope="module", params=list(RUNS))
 def runs(request, tmp_path_factory):
     """(config, one-process workdir + metrics, two-rank workdir + metrics) of one model."""
     config = _config(request.param)
@@ -99,13 +107,18 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):
 
 def test_a_one_process_checkpoint_resumes_on_two_ranks(runs, tmp_path):
     config, (one_dir, _), _ = runs
-    if config.model.name != "tiny-dense":
+    if config.model.name != "tiny-dense":  # (the other runs are resumed 2 → 1 only)
         pytest.skip("one model is enough for the 1 → 2 direction")
     resumed = tmp_path / "resumed"
     shutil.copytree(checkpoint_dir(one_dir, 1), checkpoint_dir(resumed, 1))
     results = train_on_ranks(config, resumed, resume=True)
     assert [r["step"] for r in results] == [2]
     assert _max_diff(_weights(resumed, 2), _weights(one_dir, 2)) <= WEIGHT_TOL
+
+
+def test_lora_is_refused_on_two_ranks(tmp_path):
+    with pytest.raises(Exception, match="LoRA is not supported on more than one trainer"):
+        train_on_ranks(_config("tiny-dense", lora={}), tmp_path / "run")
 
 
 def test_a_killed_rank_fails_the_other_within_the_collective_timeout(tmp_path):

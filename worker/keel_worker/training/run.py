@@ -59,6 +59,19 @@ def _rank_zero_answer(dp, should_stop: Callable[[], bool]) -> Callable[[], bool]
 
 
 @dataclass(frozen=True)
+class _ReadOnly:
+    """A workdir's checkpoints as a rank other than 0 sees them: it finds them, rank 0 deletes."""
+
+    store: WorkdirCheckpoints
+
+    def latest_at_most(self, step: int):
+        return self.store.latest_at_most(step)
+
+    def delete_after(self, step: int) -> None:
+        return None
+
+
+@dataclass(frozen=True)
 class StepResult:
     """What one global step produced. `step` counts completed steps (1 after the first)."""
 
@@ -118,6 +131,8 @@ def train(
     )
     schedule = StepSchedule.of(config)
     policy, checkpoints = GuardPolicy(config.guard), WorkdirCheckpoints(workdir)
+    if not writer:  # a rollback's deletions are rank 0's; the other ranks only read
+        checkpoints = _ReadOnly(checkpoints)
 
     def save(done: int) -> Path:
         path, _ = run.save(

@@ -160,12 +160,52 @@ def measure(model: str, *, world: int, threads: int, steps: int, cache_dir: Path
     }
 
 
+def render_markdown(result: dict) -> str:
+    """The results file as the benchmarks page shows it."""
+    mem, runs = result["memory"], result["runs"]
+    one, two = runs
+    mib = 1024 * 1024
+    lines = [
+        f"# Data-parallel step (FSDP2, gloo), {result['model']}",
+        "",
+        f"{result['work']}; CPU {result['machine']['cpu']}, {result['machine']['cores']} cores "
+        f"(shared: the load averages are in `distributed_step.json`).",
+        "",
+        "| ranks × threads | params + AdamW state per rank | median step | generate | train |",
+        "|---|---|---|---|---|",
+    ]
+    for run in (one, two):
+        per_rank = ", ".join(f"{r['total_bytes'] / mib:.1f} MiB" for r in run["per_rank"])
+        gen, train = run.get("median_generate_s"), run.get("median_train_s")
+        lines.append(
+            f"| {run['ranks']} × {run['threads_per_rank']} | {per_rank} | "
+            f"{run['median_step_s']:.2f} s | "
+            f"{'—' if gen is None else f'{gen:.2f} s'} | "
+            f"{'—' if train is None else f'{train:.2f} s'} |"
+        )
+    ratios = ", ".join(f"{x:.3f}" for x in mem["k2_over_k1"])
+    lines += [
+        "",
+        f"Per-rank parameter + optimizer bytes on 2 ranks over 1 process: {ratios} (1/k = 0.5 "
+        "expected; measured from the tensors' local shards). Rank 0 also holds the rollout "
+        "engine's full copy, which this count leaves out. Rank 0 samples every rollout, so "
+        "generation is not parallel; only the update is split.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=SMOLLM2)
     parser.add_argument("--steps", type=int, default=3, help="steps per run; the first warms up")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache/keel/models")
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from .json")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(RESULT_FILE.read_text())
+        RESULT_FILE.with_suffix(".md").write_text(render_markdown(result))
+        return
     one = measure(args.model, world=1, threads=2, steps=args.steps, cache_dir=args.cache_dir)
     two = measure(args.model, world=2, threads=1, steps=args.steps, cache_dir=args.cache_dir)
     per_rank_1 = one["per_rank"][0]["total_bytes"]
@@ -189,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     RESULT_FILE.write_text(json.dumps(result, indent=2) + "\n")
+    RESULT_FILE.with_suffix(".md").write_text(render_markdown(result))
     print(json.dumps({k: result[k] for k in ("memory", "time")}, indent=2))
 
 

@@ -2,10 +2,16 @@
 
     python -m keel_worker.training --workdir runs/add --config '{"steps": 30, "eval_every": 5}'
     python -m keel_worker.training --workdir runs/add --config config.json
+    torchrun --nproc-per-node 2 -m keel_worker.training --workdir runs/add --config config.json
 
 `--config` is a `TrainingConfig` as JSON (inline or a file path); unset fields keep their
 defaults (SmolLM2-135M-Instruct on the addition task with MiniRL). A second run with the same
 `--workdir` resumes from the latest checkpoint.
+
+Under torchrun (`WORLD_SIZE` > 1) every rank joins the group (gloo on a CPU, NCCL on CUDA, the
+timeouts from `Settings`: `KEEL_COLLECTIVE_TIMEOUT_S`, `KEEL_ROLLOUT_WAIT_TIMEOUT_S`) and runs the
+same data-parallel `train()`; rank 0 prints the lines and writes the workdir
+(docs/how-to/distributed.md).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import sys
 from pathlib import Path
 
 from keel.types.training import TrainingConfig
+from keel_server.platform.settings import Settings
+from keel_worker.distributed import group
 from keel_worker.training.run import DEFAULT_CACHE_DIR, train
 
 
@@ -28,11 +36,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     raw = Path(args.config).read_text() if Path(args.config).is_file() else args.config
     config = TrainingConfig.model_validate_json(raw)
-    for result in train(
-        config, workdir=args.workdir, resume=not args.no_resume, cache_dir=args.cache_dir
-    ):
-        line = {"step": result.step, "policy_version": result.policy_version, **result.metrics}
-        print(json.dumps(line), flush=True)
+    dp = None
+    if group.launched_by_torchrun():
+        settings = Settings()
+        dp = group.init_from_env(
+            collective_timeout_s=settings.collective_timeout_s,
+            rollout_timeout_s=settings.rollout_wait_timeout_s,
+        )
+    try:
+        for result in train(
+            config, workdir=args.workdir, resume=not args.no_resume, cache_dir=args.cache_dir
+        ):
+            if dp is None or dp.is_writer:
+                line = {"step": result.step, "policy_version": result.policy_version}
+                print(json.dumps({**line, **result.metrics}), flush=True)
+    finally:
+        if dp is not None:
+            group.shutdown()
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@
 defaults (SmolLM2-135M-Instruct on the addition task with MiniRL). A second run with the same
 `--workdir` resumes from the latest checkpoint.
 
-Under torchrun (`WORLD_SIZE` > 1) every rank joins the group (gloo on a CPU, NCCL on CUDA, the
-timeouts from `Settings`: `KEEL_COLLECTIVE_TIMEOUT_S`, `KEEL_ROLLOUT_WAIT_TIMEOUT_S`) and runs the
-same data-parallel `train()`; rank 0 prints the lines and writes the workdir
-(docs/how-to/distributed.md).
+Under torchrun (`WORLD_SIZE` > 1) every rank joins the group (gloo on a CPU, NCCL on CUDA, bounded
+by `--collective-timeout-s` and `--rollout-wait-timeout-s`: the service's jobs take the same bounds
+from `KEEL_COLLECTIVE_TIMEOUT_S` and `KEEL_ROLLOUT_WAIT_TIMEOUT_S`; this in-process entry knows
+nothing of the server) and runs the same data-parallel `train()`; rank 0 prints the lines and
+writes the workdir (docs/how-to/distributed.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import sys
 from pathlib import Path
 
 from keel.types.training import TrainingConfig
-from keel_server.platform.settings import Settings
 from keel_worker.distributed import group
 from keel_worker.training.run import DEFAULT_CACHE_DIR, train
 
@@ -33,15 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help="TrainingConfig JSON, inline or a file")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--collective-timeout-s", type=float, default=600.0)
+    parser.add_argument("--rollout-wait-timeout-s", type=float, default=3600.0)
     args = parser.parse_args(argv)
     raw = Path(args.config).read_text() if Path(args.config).is_file() else args.config
     config = TrainingConfig.model_validate_json(raw)
     dp = None
     if group.launched_by_torchrun():
-        settings = Settings()
         dp = group.init_from_env(
-            collective_timeout_s=settings.collective_timeout_s,
-            rollout_timeout_s=settings.rollout_wait_timeout_s,
+            collective_timeout_s=args.collective_timeout_s,
+            rollout_timeout_s=args.rollout_wait_timeout_s,
         )
     try:
         for result in train(

@@ -6,7 +6,7 @@
     python -m research.stability run --suite stress --full --part pilot   # only the regime rules
     python -m research.stability run --suite stress --quick  # smoke test of the stress dials
     python -m research.stability report                      # rebuild summaries, figures, REPORT.md
-    python -m research.stability rerun --list                # issue 30's reruns (reruns.py)
+    python -m research.stability rerun --list                # the fidelity reruns (reruns.py)
     python -m research.stability rerun --part f1-rung1       # one part, < 2 h, resumable
 
 Every run is kept as soon as it finishes and a rerun does only what is missing, so a long suite
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
     run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
-    rerun = sub.add_parser("rerun", help="one part of issue 30's reruns (stability/reruns.py)")
+    rerun = sub.add_parser("rerun", help="one part of the fidelity reruns (stability/reruns.py)")
     which = rerun.add_mutually_exclusive_group(required=True)
     which.add_argument("--list", action="store_true", help="the parts and their estimates")
     which.add_argument("--part", help="the part to run")

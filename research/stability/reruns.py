@@ -1,15 +1,16 @@
-"""Issue 30 §3's reruns, declared here before any of them ran: resumable parts of under two hours.
+"""The fidelity reruns (the ladder's rungs, ≥ 4 seeds, the lr controls), declared here before any
+of them ran: resumable parts of under two hours.
 
     python -m research.stability rerun --list             # the parts, their runs and estimates
     python -m research.stability rerun --part f1-rung1    # one part; a rerun does what is missing
 
-**Rungs.** §3 asks for the rungs whose per-token k3 KL(μ‖π_old) is closest to `RUNG_TARGETS`
+**Rungs.** The reruns ask for the rungs whose per-token k3 KL(μ‖π_old) is closest to `RUNG_TARGETS`
 (3e-3, 1e-2, 3e-2). `rung_for` picks, from the discrepancy probe of the `balanced` cold start
 (`stress/discrepancy.csv`), the dial with the smallest |log(k3 / target)|; the target is
 *reached* only when that dial lies within `RUNG_TOLERANCE` (10^0.25: half the log spacing of the
 targets, so a dial counts for the target it is nearest to, never for two). A part that needs an
 unreached rung is cut, and `--list` says so. With today's ladder (`fp8_tensor`, `int4`,
-`int4+top_p0.9`) only the first target can be reached; the others wait for §2's mechanisms.
+`int4+top_p0.9`) only the first target can be reached; the others wait for new mismatch mechanisms.
 
 **Budget.** `SEEDS` (four), the stress suite's budget with `EVAL_PROMPTS` held-out prompts (twice
 the matrix's: its ±2 SE band on a run's Δ was ±0.10). A run's minutes are estimated as
@@ -34,9 +35,9 @@ names), plus:
   counts by the moving-mean criterion; a long run is one unit, resumable only between runs.
 
 **Cut** (declared with the parts): lr warmup (keel's optimizer has a constant learning rate, no
-schedule to warm up); the rungs of 1e-2 and 3e-2 and the routing flip over 10 % (§2's new
-mechanisms do not exist yet); the guard's SmolLM2 addition jobs at several learning rates (service
-jobs of ≈ 6 min each: `research.guard_service` runs them, not this module).
+schedule to warm up); the rungs of 1e-2 and 3e-2 and the routing flip over 10 % (the new
+mismatch mechanisms do not exist yet); the guard's SmolLM2 addition jobs at several learning
+rates (service jobs of ≈ 6 min each: `research.guard_service` runs them, not this module).
 """
 
 from __future__ import annotations

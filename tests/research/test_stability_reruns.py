@@ -1,4 +1,5 @@
-"""Issue 30's reruns (`research.stability.reruns`): the rung rule, the parts' sizes, their cells."""
+"""The fidelity reruns (`research.stability.reruns`): the rung rule, the parts' sizes, their
+cells."""
 
 from pathlib import Path
 

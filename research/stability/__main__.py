@@ -143,11 +143,11 @@ def _rerun(args: argparse.Namespace, orchestrate) -> int:
     from research.stability import reruns
     from research.stability.suites import STRESS
 
-    k3 = reruns.probe_k3(STRESS.results_dir / "discrepancy.csv")
+    probe = reruns.read_probe(STRESS.results_dir)
     if args.list:
-        print("\n".join(reruns.plan_lines(k3)))
+        print("\n".join(reruns.plan_lines(probe)))
         return 0
-    part = next((p for p in reruns.parts(k3) if p.name == args.part), None)
+    part = next((p for p in reruns.parts(probe) if p.name == args.part), None)
     if part is None:
         raise SystemExit(f"no part {args.part!r}; see rerun --list")
     cache = args.cache_dir or Path(os.environ.get("KEEL_STABILITY_CACHE", DEFAULT_CACHE))

@@ -38,6 +38,8 @@ RolloutPrecision = Literal[
     "int4_router",
     "kv_fp8",
     "int4_kv_fp8",
+    "int2",
+    "int3_kv_fp8",
 ]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
@@ -164,8 +166,9 @@ class RolloutConfig(_Strict):
         "same with 3 bits, as GPTQ bits=3), int4_channel (symmetric 4-bit, one scale per output "
         "channel, no groups), int4_router (int4 with the MoE router gates quantized too, as "
         "bitsandbytes 4-bit), kv_fp8 (fp32 weights, keys and values in an fp8 KV cache with "
-        "scale 1, as vLLM's kv_cache_dtype=fp8), int4_kv_fp8 (both). Every one but fp32, bf16 "
-        "and fp8 is an emulation of the `hf` engine.",
+        "scale 1, as vLLM's kv_cache_dtype=fp8), int4_kv_fp8 and int3_kv_fp8 (both), int2 (2-bit, "
+        "groups of 16, as llama.cpp Q2_K). Every one but fp32, bf16 and fp8 is an emulation of "
+        "the `hf` engine.",
     )
     max_new_tokens: Int = Field(
         64,

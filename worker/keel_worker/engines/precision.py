@@ -16,6 +16,9 @@ tunable on a CPU:
   a row shorter than that is one group), activations in bfloat16;
 - int3: W3A16, GPTQ's `bits=3` (and llama.cpp's 3-bit K-quants in spirit): the same groups with
   8 levels instead of 16, activations in bfloat16;
+- int2: W2A16 as llama.cpp's Q2_K serves the big MoEs whose 2-bit files people run: asymmetric
+  2-bit levels (a scale and a minimum) per block of `INT2_GROUP` = 16 inputs (Q2_K's sub-blocks;
+  its 4-bit requantization of the scales themselves is left out), activations in bfloat16;
 - int4_channel: W4A16 per output channel, symmetric (one absmax scale per row, levels −8..7, no
   zero point, no groups), as TensorRT-LLM's and vLLM's Marlin per-channel int4 weight-only
   kernels serve a model quantized without groups;
@@ -26,7 +29,7 @@ tunable on a CPU:
   stored as float8_e4m3 with one per-tensor scale of `KV_FP8_SCALE` = 1, as vLLM's
   `kv_cache_dtype="fp8"` does for a checkpoint without calibrated k/v scales;
 - int4_kv_fp8: int4 weights and the fp8 KV cache together, the usual memory-bound deployment of
-  an AWQ model on vLLM.
+  an AWQ model on vLLM; int3_kv_fp8: the same with GPTQ's 3-bit weights.
 
 The weight-quantized precisions past fp8 compute in float32 on values rounded to their formats
 (weights once at sync, activations by a forward pre-hook on every quantized linear and expert
@@ -70,6 +73,8 @@ FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT4_GROUP = 128  # AWQ's default q_group_size (GPTQ uses 32–128)
 INT4_LEVELS = 15  # 16 levels: 0..15
 INT3_LEVELS = 7  # 8 levels: 0..7
+INT2_LEVELS = 3  # 4 levels: 0..3
+INT2_GROUP = 16  # llama.cpp Q2_K's sub-block
 # vLLM's k_scale = v_scale default when the checkpoint carries none: the cache holds the values
 # themselves on the e4m3 grid (relative step 2^-3, subnormal below 2^-6).
 KV_FP8_SCALE = 1.0
@@ -161,6 +166,11 @@ def fake_quantize_int3(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.T
     return fake_quantize_grouped(weight, group=group, levels=INT3_LEVELS)
 
 
+def fake_quantize_int2(weight: torch.Tensor, group: int = INT2_GROUP) -> torch.Tensor:
+    """`fake_quantize_int4` with 2 bits on groups of 16: s = (max − min) / 3, levels 0..3."""
+    return fake_quantize_grouped(weight, group=group, levels=INT2_LEVELS)
+
+
 def fake_quantize_int4_channel(weight: torch.Tensor) -> torch.Tensor:
     """Round `weight` to symmetric 4-bit integers with one scale per output channel (row of the
     last dimension): s = absmax / 7, w becomes s · clamp(round(w / s), −8, 7). Without groups one
@@ -211,6 +221,8 @@ _ACTIVATION_ROUNDING = {
     "int4_channel": round_activation_bf16,
     "int4_router": round_activation_bf16,
     "int4_kv_fp8": round_activation_bf16,
+    "int2": round_activation_bf16,
+    "int3_kv_fp8": round_activation_bf16,
 }
 
 _QUANTIZERS = {
@@ -221,9 +233,11 @@ _QUANTIZERS = {
     "int4_channel": fake_quantize_int4_channel,
     "int4_router": fake_quantize_int4,
     "int4_kv_fp8": fake_quantize_int4,
+    "int2": fake_quantize_int2,
+    "int3_kv_fp8": fake_quantize_int3,
 }
 _QUANTIZED_ROUTERS = frozenset({"int4_router"})
-_FP8_KV_CACHE = frozenset({"kv_fp8", "int4_kv_fp8"})
+_FP8_KV_CACHE = frozenset({"kv_fp8", "int4_kv_fp8", "int3_kv_fp8"})
 
 
 def make_engine_copy(

@@ -331,7 +331,10 @@ def foreign_cpus(out_dir: Path, here: str) -> set[str]:
 
 
 def plan_lines(probe: Probe) -> list[str]:
-    lines = ["rungs (chosen_rungs):", *(f"  {line}" for line in chosen_rungs(probe).lines(probe))]
+    lines = [
+        "rungs (chosen_rungs, from the ladder probe: stress/ladder.md):",
+        *(f"  {line}" for line in chosen_rungs(probe).lines(probe)),
+    ]
     for p in parts(probe):
         state = "CUT: rung not reached" if not p.cells else f"≈ {p.minutes():.0f} min on 2 cores"
         lines.append(f"{p.name:18s} {p.runs():3d} runs  {state:28s} {p.what}")

@@ -126,6 +126,7 @@ def test_fp8_kv_rounding_is_elementwise_idempotent_and_saturates() -> None:
 def test_kv_fp8_keeps_fp32_weights_and_rounds_keys_and_values_in_attention(tiny_moe) -> None:
     engine = make_engine_copy(tiny_moe.model, "kv_fp8")
     assert engine.config._attn_implementation == FP8_KV_SDPA
+    assert tiny_moe.model.config._attn_implementation == "sdpa"  # the trainer's stays exact
     source, copied = dict(tiny_moe.model.named_parameters()), dict(engine.named_parameters())
     assert all(torch.equal(copied[n], source[n]) for n in source)
     with_int4 = make_engine_copy(tiny_moe.model, "int4_kv_fp8")

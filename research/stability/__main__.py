@@ -8,7 +8,7 @@
     python -m research.stability report                      # rebuild summaries, figures, REPORT.md
     python -m research.stability rerun --list                # issue 30's reruns (reruns.py)
     python -m research.stability rerun --part f1-rung1       # one part, < 2 h, resumable
-    python -m research.stability ladder                      # issue 30 §2's rung probe
+    python -m research.stability ladder                      # the mismatch ladder's probe
 
 Every run is kept as soon as it finishes and a rerun does only what is missing, so a long suite
 runs in parts (`--deadline HH:MM` starts no run after that time). The cold-start cache lives

@@ -1,4 +1,4 @@
-"""Issue 30 §2's ladder probe: every rung candidate measured on the committed cold starts.
+"""The mismatch ladder's probe: every rung candidate measured on the committed cold starts.
 
     python -m research.stability ladder                  # stress/ladder.csv and stress/ladder.md
     python -m research.stability ladder --prompts 16 --samples 2 --out /tmp/x   # a small one
@@ -82,7 +82,7 @@ def summary(rows: list[dict], conditions: dict) -> str:
     rungs = reruns.chosen_rungs(probe_rows)
     first = rows[0]
     lines = [
-        "# The mismatch ladder's probe (issue 30 §2)",
+        "# The mismatch ladder's probe",
         "",
         "Written by `python -m research.stability ladder` (`research/stability/ladder.py`). Per "
         f"init and dial: {first['prompts']} RL-pool prompts × {first['n']} samples at T = 1, "

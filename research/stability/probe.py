@@ -19,9 +19,9 @@ fp32 trainer forward (π_old) both with natural routing (e^π) and replaying the
   and trainer (`routing_L<l>`, the maximum over layers as `routing_layer_max`), the share of
   (token, layer) pairs (`routing_layer_frac`) and of tokens with a difference in any layer.
 
-`ladder` runs the same measurement over issue 30 §2's rung candidates (`suites.RUNG_CANDIDATES`)
-on the committed cold starts, and also on a long-answer slice of the RL pool (problems of at
-least `LONG_MIN_DIGITS` digits, init labelled `<init>@long`): the rows of
+`ladder_job` runs the same measurement for the mismatch ladder's rung candidates
+(`suites.RUNG_CANDIDATES`) on the committed cold starts, and also on a long-answer slice of the RL
+pool (problems of at least `LONG_MIN_DIGITS` digits, init labelled `<init>@long`): the rows of
 `stress/ladder.csv`, from which `reruns.chosen_rungs` picks the reruns' rungs.
 """
 

@@ -3,11 +3,11 @@
     python -m research.stability rerun --list             # the parts, their runs and estimates
     python -m research.stability rerun --part f1-rung1    # one part; a rerun does what is missing
 
-**Rungs** (issue 30 §2's rule, declared here before the ladder probe ran). The candidates are
-`suites.RUNG_CANDIDATES`: the stress ladder (`fp8_tensor`, `int4`, `int4+top_p0.9`) and §2's
-serving mechanisms (`int3`, `int4_channel`, `int4_router`, `kv_fp8`, `int4_kv_fp8`, then
-`int3_kv_fp8` and `int2`, added after a smoke run, before the full probe), measured by
-the discrepancy probe on the `balanced` cold start (`stress/discrepancy.csv`, then
+**Rungs** (the mismatch ladder's rule, declared here before the ladder probe ran). The
+candidates are `suites.RUNG_CANDIDATES`: the stress ladder (`fp8_tensor`, `int4`,
+`int4+top_p0.9`) and the serving mechanisms (`int3`, `int4_channel`, `int4_router`, `kv_fp8`,
+`int4_kv_fp8`, then `int3_kv_fp8` and `int2`, added after a smoke run, before the full probe),
+measured by the discrepancy probe on the `balanced` cold start (`stress/discrepancy.csv`, then
 `stress/ladder.csv`, whose rows win). `chosen_rungs` keeps:
 
 - for each of `RUNG_TARGETS` (per-token k3 KL(μ‖π_old) of 3e-3, 1e-2, 3e-2), the candidate with

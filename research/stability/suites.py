@@ -84,10 +84,11 @@ LADDER: tuple[Dial, ...] = (
 )
 NO_MISMATCH = Dial("fp32", "fp32")
 
-# Issue 30 §2's mechanisms: more rollout precisions that serving stacks use (each documented with
-# its stack in keel_worker/engines/precision.py), probed beside the ladder on the committed cold
-# starts (`probe.ladder`, results in `stress/ladder.csv`). `reruns.chosen_rungs` picks the rungs of
-# the reruns among `RUNG_CANDIDATES` by a rule declared before that probe ran.
+# The mismatch ladder's mechanisms: more rollout precisions that serving stacks use (each
+# documented with its stack in keel_worker/engines/precision.py), probed beside the ladder on the
+# committed cold starts (`research.stability.ladder`, results in `stress/ladder.csv`).
+# `reruns.chosen_rungs` picks the reruns' rungs among `RUNG_CANDIDATES` by a rule declared before
+# that probe ran.
 MECHANISMS: tuple[Dial, ...] = (
     Dial("int3", "int3"),
     Dial("int4_channel", "int4_channel"),

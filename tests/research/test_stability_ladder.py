@@ -1,4 +1,4 @@
-"""The mismatch ladder keeps what the stress suite promises (issue 30 §2).
+"""The mismatch ladder keeps what the stress suite promises.
 
 `reruns.chosen_rungs` picks, by the rule declared before the ladder probe ran, the rungs of the
 reruns from the committed probe (`stress/ladder.csv`). Here those rungs are measured again on a

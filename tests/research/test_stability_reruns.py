@@ -19,7 +19,7 @@ def test_a_rung_counts_for_the_target_it_is_nearest_to_and_only_within_the_toler
     assert reruns.rung_for(1e-2, LADDER_K3) is None  # 5× off: not reached
     assert reruns.rung_for(3e-2, LADDER_K3 | _probe({"int4": 2.5e-2})) == "int4"
     assert reruns.rung_for(3e-3, _probe({"fp32": 0.0})) is None
-    # §2's mechanisms are candidates too; a dial outside the candidates (fp32) never is.
+    # The serving mechanisms are candidates too; a dial outside the candidates (fp32) never is.
     assert reruns.rung_for(1e-2, LADDER_K3 | _probe({"int3": 8e-3, "fp32": 1e-2})) == "int3"
 
 

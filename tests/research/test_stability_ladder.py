@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from research.stability import probe, reruns
+from research.stability import ladder, probe, reruns
 from research.stability.suites import STRESS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,3 +63,31 @@ def test_the_routing_rung_flips_over_ten_percent_of_tokens_in_some_layer(committ
     _, rungs = committed
     stats = _small_probe(rungs.routing)
     assert stats["routing_layer_max"] >= reruns.ROUTING_TARGET, stats["routing_layer_max"]
+
+
+def test_the_ladder_command_writes_its_rows_and_names_the_rungs(tmp_path):
+    """`ladder.run` end to end on a 2-prompt budget: a row per (init, dial) and the long slice,
+    each with its CPU and budget, and a summary that applies the declared rule."""
+    dials = (reruns._dial("fp32"), reruns._dial("int4_router"))
+    rows = ladder.run(
+        STRESS,
+        out_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        workers=1,
+        prompts=2,
+        samples=1,
+        inits=("balanced",),
+        dials=dials,
+    )
+    assert [(r["init"], r["dial"]) for r in rows] == [
+        ("balanced", "fp32"),
+        ("balanced", "int4_router"),
+        ("balanced@long", "fp32"),
+        ("balanced@long", "int4_router"),
+    ]
+    assert all(r["prompts"] == 2 and r["n"] == 1 and r["cpu"] for r in rows)
+    # Answers of the long slice are long (a cold start may stop a little short of the digits).
+    assert min(r["response_len_mean"] for r in rows[2:]) > 0.75 * probe.LONG_MIN_DIGITS
+    assert reruns.read_probe(tmp_path).keys() == {"fp32", "int4_router"}
+    summary = (tmp_path / "ladder.md").read_text()
+    assert "## Rungs kept by the declared rule" in summary and "## balanced@long" in summary

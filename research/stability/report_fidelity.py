@@ -103,7 +103,7 @@ def reruns_section(out_dir: Path) -> list[str]:
         "minutes each (what it cuts is in `scripts/gpu_fidelity.py`).",
         "",
         "```text",
-        *reruns.plan_lines(reruns.probe_k3(probe)),
+        *reruns.plan_lines(reruns.read_probe(out_dir)),
         "```",
         "",
         " ".join(line.strip() for line in cut.splitlines()),

@@ -26,7 +26,21 @@ VerifierName = Literal["exact_match", "numeric", "math_verify"]
 # The worker's task registry (`keel_worker.training.tasks.TASKS`) has exactly these names; a
 # contract test keeps them equal, so an unknown task is a 422 at job creation.
 TaskName = Literal["addition", "dataset"]
-RolloutPrecision = Literal["fp32", "bf16", "fp8", "fp8_tensor", "int4"]
+# What each one does, and which serving stack does it: keel_worker/engines/precision.py.
+RolloutPrecision = Literal[
+    "fp32",
+    "bf16",
+    "fp8",
+    "fp8_tensor",
+    "int4",
+    "int3",
+    "int4_channel",
+    "int4_router",
+    "kv_fp8",
+    "int4_kv_fp8",
+    "int2",
+    "int3_kv_fp8",
+]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).
@@ -147,8 +161,14 @@ class RolloutConfig(_Strict):
     precision: RolloutPrecision = Field(
         "fp32",
         description="Inference weights: fp32 (exact copy), bf16, fp8 (float8_e4m3fn, a scale per "
-        "output channel), fp8_tensor (one scale per tensor), int4 (4-bit, a scale and zero point "
-        "per group of 32 inputs, as AWQ/GPTQ).",
+        "output channel), fp8_tensor (one scale per tensor, fp8 activations, as vLLM's fp8), "
+        "int4 (4-bit, a scale and zero point per group of 128 inputs, as AWQ/GPTQ), int3 (the "
+        "same with 3 bits, as GPTQ bits=3), int4_channel (symmetric 4-bit, one scale per output "
+        "channel, no groups), int4_router (int4 with the MoE router gates quantized too, as "
+        "bitsandbytes 4-bit), kv_fp8 (fp32 weights, keys and values in an fp8 KV cache with "
+        "scale 1, as vLLM's kv_cache_dtype=fp8), int4_kv_fp8 and int3_kv_fp8 (both), int2 (2-bit, "
+        "groups of 16, as llama.cpp Q2_K). Every one but fp32, bf16 and fp8 is an emulation of "
+        "the `hf` engine.",
     )
     max_new_tokens: Int = Field(
         64,

@@ -2,15 +2,17 @@
 is read from the database (docs/house-style.md rule 5). See `keel_worker.jobrunner.runner`.
 
 Worker start-up imports the training stack once in the parent process (forked pool processes start
-with torch loaded) and starts the lease reaper (`keel_server.platform.leases`). Each pool process
-dies with the worker's main process (`lifeline`): a SIGKILLed worker must not leave its job running,
-lease renewed, in an orphan.
+with torch loaded), starts the lease reaper (`keel_server.platform.leases`) and advertises what one
+job may ask of this worker (`keel_worker.advertise`). Each pool process dies with the worker's main
+process (`lifeline`): a SIGKILLed worker must not leave its job running, lease renewed, in an
+orphan.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import asdict
 from typing import Any
 
@@ -18,6 +20,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from sqlalchemy.exc import OperationalError
 
 from keel_server.platform.leases import LeaseReaper, start_reaper
+from keel_worker.advertise import Advertiser
 from keel_worker.celery_app import RUN_JOB_TASK, app
 from keel_worker.jobrunner.runner import dispose_engines, session_factory
 from keel_worker.jobrunner.runner import run_job as run_job_once
@@ -25,6 +28,7 @@ from keel_worker.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 _reaper: LeaseReaper | None = None
+_advertiser: Advertiser | None = None  # this worker's row in `workers` (keel_worker.advertise)
 _main_pid: int | None = None  # the worker's main process, recorded before the pool forks
 
 
@@ -56,15 +60,20 @@ def _preload_training_stack(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    global _reaper
-    _reaper = start_reaper(session_factory(app.keel_settings), app, app.keel_settings)
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    global _reaper, _advertiser
+    factory = session_factory(app.keel_settings)
+    _reaper = start_reaper(factory, app, app.keel_settings)
+    worker_id = getattr(sender, "hostname", None) or f"keel@{socket.gethostname()}:{os.getpid()}"
+    _advertiser = Advertiser(factory, app.keel_settings, worker_id).start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     if _reaper is not None:
         _reaper.stop()
+    if _advertiser is not None:
+        _advertiser.stop()
 
 
 @worker_process_init.connect

@@ -260,3 +260,18 @@ class TinkerWeights(Base):
         ForeignKey("checkpoints.id", ondelete="SET NULL")
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A worker as it advertises itself: what one job may ask of it (docs/how-to/distributed.md).
+    Each worker upserts its row at start and every heartbeat interval; job creation checks a job's
+    `distributed` request against the rows seen within the lease timeout."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    host: Mapped[str] = mapped_column(String(255))
+    queue: Mapped[str] = mapped_column(String(200))
+    max_processes: Mapped[int] = mapped_column(Integer)
+    engines: Mapped[list[str]] = mapped_column(JSON)  # rollout engines it can run
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

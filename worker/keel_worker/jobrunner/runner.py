@@ -50,7 +50,15 @@ class RunOutcome:
     step: int = 0
 
 
-def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> RunOutcome:
+def run_job(
+    job_id: str,
+    settings: Settings,
+    *,
+    owner: str | None = None,
+    rank_args: tuple[str, ...] = (),
+) -> RunOutcome:
+    """`rank_args`: extra arguments of each rank of a job trained by several processes
+    (`jobrunner.rank`; `--probe` runs the group's self-check instead of training)."""
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
@@ -74,7 +82,41 @@ def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> Run
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
     with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
+        if spec.config.distributed.world_size > 1:
+            return _run_group(spec, settings, factory, control, rank_args)
         return _run_leased(spec, settings, factory, control)
+
+
+def _run_group(
+    spec: JobSpec,
+    settings: Settings,
+    factory: SessionFactory,
+    control: JobControl,
+    rank_args: tuple[str, ...],
+) -> RunOutcome:
+    """A job of several ranks: this process keeps the lease while its launcher runs the ranks
+    (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
+    from keel_worker.jobrunner.group import RankGroup, own_refusal
+
+    refused = own_refusal(spec.config.distributed, settings)
+    if refused is not None:
+        _end(factory, spec.id, control.owner, "failed", error=refused)
+        return RunOutcome(spec.id, "failed", 0)
+    group = RankGroup(spec.id, spec.config.distributed, settings, control, rank_args=rank_args)
+    try:
+        end = group.run()
+    except StopRun:
+        log.warning("job %s: lease lost; its rank group is ended", spec.id)
+        return RunOutcome(spec.id, "lost", _step_of(factory, spec.id))
+    _end(factory, spec.id, control.owner, end.status, error=end.error, reason=end.reason)
+    step = end.step if end.step is not None else _step_of(factory, spec.id)
+    return RunOutcome(spec.id, end.status, step)
+
+
+def _step_of(factory: SessionFactory, job_id: str) -> int:
+    with session_scope(factory) as session:
+        job = get_job(session, job_id)
+        return job.step if job is not None else 0
 
 
 def _run_leased(

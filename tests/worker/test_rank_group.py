@@ -1,0 +1,255 @@
+"""A job's rank group (`keel_worker.jobrunner.group`): the launcher agents and their c10d
+rendezvous, the lease holder's watch over the ranks, and how a group ends, with real processes
+(torch.distributed's elastic agent, gloo) running the group probe (`jobrunner.group_probe`: an
+all-reduce per step under the job's control) instead of a model, so each test takes seconds.
+
+- Two agents standing for two machines join one rendezvous on loopback and run a 2-rank group.
+- A probe job of 2 ranks runs through `run_job`: rank 0 records each step under the lease.
+- SIGKILL of one rank fails the job within the declared bound, naming the rank and the signal.
+- Cancel stops every rank: at a step boundary, or (inside a long step) by the worker's teardown.
+- A rank that stops making progress fails the job within the stall bound.
+- A worker asked for more ranks than it advertises fails the job without launching anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from in_process import job_settings
+from job_configs import tiny_job_config
+
+from keel_server.db import session_scope
+from keel_server.db.events import list_events
+from keel_server.db.jobs import get_job, set_requested
+from keel_server.platform.leases import pid_running
+from keel_server.platform.settings import Settings
+from keel_server.platform.storage import job_dir
+from keel_worker.jobrunner import group, group_progress
+from keel_worker.jobrunner.runner import RunOutcome, run_job
+
+GRACE_S = 3.0  # group_stop_grace_s of these tests
+STALL_S = 8.0  # group_stall_timeout_s of these tests
+# How long a dead rank may take to end the job: the agent sees it within its monitor interval and
+# ends the others; failing that the worker does after the grace, then waits out SIGTERM.
+DEATH_BOUND_S = GRACE_S + group.TERMINATE_WAIT_S + 2.0
+
+
+@pytest.fixture
+def settings(sqlite_url: str, tmp_path) -> Settings:
+    return job_settings(
+        sqlite_url,
+        tmp_path,
+        worker_max_processes=2,
+        group_stop_grace_s=GRACE_S,
+        group_stall_timeout_s=STALL_S,
+        lease_timeout_s=10.0,
+    )
+
+
+def probe_job(sdk, *, steps: int = 2, **distributed) -> str:
+    config = tiny_job_config(steps=steps, distributed={"processes": 2, **distributed})
+    return sdk.jobs.create(config).id
+
+
+def probe_args(*, steps: int, step_s: float = 0.0, stall_rank: int | None = None) -> tuple:
+    args = ("--probe", "--probe-steps", str(steps), "--probe-step-s", str(step_s))
+    return args + (("--probe-stall-rank", str(stall_rank)) if stall_rank is not None else ())
+
+
+class Delivery:
+    """`run_job` in a thread, as a Celery pool process runs it; `ended_at` when it returned."""
+
+    def __init__(self, job_id: str, settings: Settings, rank_args: tuple) -> None:
+        self.outcome: RunOutcome | None = None
+        self.ended_at: float | None = None
+        self.thread = threading.Thread(target=self._run, args=(job_id, settings, rank_args))
+        self.thread.start()
+
+    def _run(self, job_id, settings, rank_args) -> None:
+        self.outcome = run_job(job_id, settings, rank_args=rank_args)
+        self.ended_at = time.monotonic()
+
+    def join(self, timeout_s: float) -> RunOutcome:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), f"run_job still running after {timeout_s} s"
+        assert self.outcome is not None
+        return self.outcome
+
+
+def ranks_of(settings: Settings, job_id: str, count: int = 2) -> list[group_progress.RankFile]:
+    folder = job_dir(settings.artifacts_dir, job_id) / "group"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ranks = group_progress.read_ranks(folder) if folder.exists() else []
+        if len(ranks) == count:
+            return ranks
+        time.sleep(0.1)
+    raise TimeoutError(f"the {count} ranks of {job_id} never registered")
+
+
+def job_row(sessions, job_id: str):
+    with session_scope(sessions) as session:
+        job = get_job(session, job_id)
+        session.expunge(job)
+        return job
+
+
+def wait_for_step(sessions, job_id: str, step: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while job_row(sessions, job_id).step < step:
+        assert time.monotonic() < deadline, f"{job_id} never reached step {step}"
+        time.sleep(0.05)
+
+
+def status_events(sessions, job_id: str) -> list[dict]:
+    with session_scope(sessions) as session:
+        rows = list_events(session, job_id, after_id=0, limit=1000)
+        return [r.data for r in rows if r.type == "status"]
+
+
+def assert_all_gone(ranks: list[group_progress.RankFile]) -> None:
+    alive = [r for r in ranks if pid_running(r.pid) or pid_running(r.agent_pid)]
+    assert not alive, f"processes of the group still run: {alive}"
+
+
+# ---------------------------------------------------------------------- two machines
+
+
+def test_two_agents_standing_for_two_machines_join_one_rendezvous(tmp_path):
+    port = group.free_port("127.0.0.1")
+    agents = []
+    for machine in ("a", "b"):
+        folder = tmp_path / machine
+        folder.mkdir()
+        cmd = [
+            sys.executable,
+            "-m",
+            group.AGENT_MODULE,
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--run-id",
+            "job_two_machines",
+            "--local-addr",
+            "127.0.0.1",
+            "--join-timeout-s",
+            "60",
+            "--result-file",
+            str(folder / "agent.json"),
+            *(["--is-host"] if machine == "a" else []),
+            "--",
+            group.RANK_MODULE,
+            *probe_args(steps=3),
+        ]
+        env = {**os.environ, group_progress.GROUP_DIR_ENV: str(folder)}
+        env["KEEL_HOME"] = str(tmp_path / "home")
+        log = (folder / "agent.log").open("wb")
+        agents.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    codes = [agent.wait(180) for agent in agents]
+    logs = [(tmp_path / m / "agent.log").read_text() for m in ("a", "b")]
+    assert codes == [0, 0], logs
+    results = [json.loads((tmp_path / m / "agent.json").read_text()) for m in ("a", "b")]
+    assert results == [{"ok": True}, {"ok": True}]
+    # One rank on each machine, each started by that machine's agent; rank 0 ran every step.
+    ranks = [group_progress.read_ranks(tmp_path / m) for m in ("a", "b")]
+    assert [len(r) for r in ranks] == [1, 1]
+    assert {r[0].rank for r in ranks} == {0, 1}
+    assert [r[0].agent_pid for r in ranks] == [a.pid for a in agents]
+    outcomes = [group_progress.read_outcome(tmp_path / m) for m in ("a", "b")]
+    assert [o for o in outcomes if o] == [{"status": "succeeded", "step": 3, "reason": None}]
+
+
+# ---------------------------------------------------------------------- one job's group
+
+
+def test_a_probe_job_of_two_ranks_succeeds_with_rank_0_recording_its_steps(sdk, settings, sessions):
+    job_id = probe_job(sdk, steps=3)
+    outcome = run_job(job_id, settings, rank_args=probe_args(steps=3))
+    assert (outcome.status, outcome.step) == ("succeeded", 3)
+    job = job_row(sessions, job_id)
+    assert (job.status, job.step, job.lease_owner) == ("succeeded", 3, None)
+    assert_all_gone(ranks_of(settings, job_id))
+
+
+def test_sigkill_of_one_rank_fails_the_job_within_the_bound_naming_the_rank(
+    sdk, settings, sessions
+):
+    job_id = probe_job(sdk, steps=1000)
+    delivery = Delivery(job_id, settings, probe_args(steps=1000, step_s=0.2))
+    wait_for_step(sessions, job_id, 2)
+    ranks = ranks_of(settings, job_id)
+    victim = next(r for r in ranks if r.rank == 1)
+    os.kill(victim.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    outcome = delivery.join(DEATH_BOUND_S + 30)
+    assert delivery.ended_at - killed_at < DEATH_BOUND_S
+    assert outcome.status == "failed"
+    job = job_row(sessions, job_id)
+    assert job.status == "failed"
+    assert f"rank 1 (pid {victim.pid}) was killed by SIGKILL" in job.error
+    assert status_events(sessions, job_id)[-1] == {"status": "failed", "error": job.error}
+    assert_all_gone(ranks)
+
+
+@pytest.mark.parametrize("where", ["at a step boundary", "inside a long step"])
+def test_cancel_stops_every_rank(sdk, settings, sessions, where):
+    job_id = probe_job(sdk, steps=1000)
+    step_s = 0.1 if where == "at a step boundary" else 600.0
+    delivery = Delivery(job_id, settings, probe_args(steps=1000, step_s=step_s))
+    wait_for_step(sessions, job_id, 1)
+    ranks = ranks_of(settings, job_id)
+    with session_scope(sessions) as session:
+        assert set_requested(session, job_id, "cancel", from_statuses=("running",))
+    asked_at = time.monotonic()
+    outcome = delivery.join(DEATH_BOUND_S + 30)
+    assert outcome.status == "cancelled"
+    assert job_row(sessions, job_id).status == "cancelled"
+    last = status_events(sessions, job_id)[-1]
+    if where == "inside a long step":
+        # The ranks never reach a boundary: the worker ends them after the grace.
+        assert GRACE_S < delivery.ended_at - asked_at < DEATH_BOUND_S
+        assert last["reason"].startswith(f"the ranks did not stop within {GRACE_S:g} s")
+    else:
+        assert delivery.ended_at - asked_at < GRACE_S
+        assert last == {"status": "cancelled"}
+    assert_all_gone(ranks)
+
+
+def test_a_rank_that_makes_no_progress_fails_the_job_within_the_stall_bound(
+    sdk, settings, sessions
+):
+    job_id = probe_job(sdk, steps=1000)
+    delivery = Delivery(job_id, settings, probe_args(steps=1000, step_s=0.1, stall_rank=1))
+    wait_for_step(sessions, job_id, 1)
+    stalled_from = time.monotonic()
+    ranks = ranks_of(settings, job_id)
+    outcome = delivery.join(STALL_S + DEATH_BOUND_S + 30)
+    assert outcome.status == "failed"
+    assert delivery.ended_at - stalled_from < STALL_S + group.TERMINATE_WAIT_S + 2.0
+    job = job_row(sessions, job_id)
+    assert job.step == 1
+    assert job.error.startswith("no progress from the job's ranks for")
+    assert f"the bound is {STALL_S:g} s" in job.error
+    assert_all_gone(ranks)
+
+
+def test_a_worker_asked_for_more_ranks_than_it_advertises_fails_the_job(sdk, settings, sessions):
+    job_id = probe_job(sdk, steps=2)
+    outcome = run_job(job_id, settings.model_copy(update={"worker_max_processes": 1}))
+    assert outcome.status == "failed"
+    job = job_row(sessions, job_id)
+    assert job.error == (
+        "distributed.processes asks for 2 trainer processes per machine; the live workers run "
+        "at most 1 per job (KEEL_WORKER_MAX_PROCESSES)"
+    )
+    assert not (job_dir(settings.artifacts_dir, job_id) / "group").exists()

@@ -1,0 +1,98 @@
+"""What the ranks of a job's group tell the worker that launched them, through files in the
+group's folder on this machine (`$KEEL_GROUP_DIR`): who they are, that they make progress, and
+(rank 0) how the run ended.
+
+- `rank-<r>.json`: the rank's pid, its agent's pid and its host, written when it starts; its
+  modification time is the rank's last progress mark (`mark()`: a step, a phase, a check while
+  it waits for prompts or rewards). The worker stops a group whose newest mark is older than the stall bound
+  (`Settings.group_stall_timeout_s`), and kills these pids when it tears the group down (each rank
+  runs in a session of its own).
+- `outcome.json`: rank 0's end state of the run (succeeded | paused | cancelled, the step reached,
+  the reason of a pause), which the worker records on the job: it alone holds the lease.
+
+Files, not a socket: they need no server in the worker, survive the death of any rank, and a
+crashed group leaves them for the post-mortem. Outside a group every function here is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+GROUP_DIR_ENV = "KEEL_GROUP_DIR"
+OUTCOME_FILE = "outcome.json"
+
+_mine: Path | None = None  # this rank's file, once `start` ran in this process
+
+
+def start(rank: int) -> None:
+    """Register this rank (pid, host) in the group folder, if it runs in one."""
+    global _mine
+    folder = os.environ.get(GROUP_DIR_ENV)
+    if not folder:
+        return
+    path = Path(folder) / f"rank-{rank}.json"
+    data = {"rank": rank, "pid": os.getpid(), "agent_pid": os.getppid()}
+    _write_json(path, {**data, "host": socket.gethostname()})
+    _mine = path
+
+
+def mark() -> None:
+    """This rank made progress (cheap: one utime)."""
+    if _mine is not None:
+        os.utime(_mine)
+
+
+def write_outcome(status: str, step: int, reason: str | None = None) -> None:
+    """Rank 0's end state of the run, for the worker to record."""
+    folder = os.environ.get(GROUP_DIR_ENV)
+    if folder:
+        _write_json(Path(folder) / OUTCOME_FILE, {"status": status, "step": step, "reason": reason})
+
+
+@dataclass(frozen=True)
+class RankFile:
+    rank: int
+    pid: int
+    agent_pid: int  # the launcher agent that started it
+    host: str
+    last_mark: float  # time.time() of the rank's last progress mark
+
+
+def read_ranks(folder: Path) -> list[RankFile]:
+    """The ranks registered in `folder` (a file being replaced is skipped this time)."""
+    ranks = []
+    for path in sorted(folder.glob("rank-*.json")):
+        try:
+            data = json.loads(path.read_text())
+            mtime = path.stat().st_mtime
+            ranks.append(
+                RankFile(data["rank"], data["pid"], data["agent_pid"], data["host"], mtime)
+            )
+        except (OSError, ValueError, KeyError):
+            continue
+    return ranks
+
+
+def read_outcome(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / OUTCOME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def reset(folder: Path) -> None:
+    """An empty folder for a new launch (a previous attempt's files removed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.unlink()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)

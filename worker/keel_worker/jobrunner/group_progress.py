@@ -4,9 +4,9 @@ group's folder on this machine (`$KEEL_GROUP_DIR`): who they are, that they make
 
 - `rank-<r>.json`: the rank's pid, its agent's pid and its host, written when it starts; its
   modification time is the rank's last progress mark (`mark()`: a step, a phase, a check while
-  it waits for prompts or rewards). The worker stops a group whose newest mark is older than the stall bound
-  (`Settings.group_stall_timeout_s`), and kills these pids when it tears the group down (each rank
-  runs in a session of its own).
+  it waits for prompts or rewards). The worker stops a group whose newest mark is older than the
+  stall bound (`Settings.group_stall_timeout_s`), and kills these pids when it tears the group
+  down (each rank runs in a session of its own).
 - `outcome.json`: rank 0's end state of the run (succeeded | paused | cancelled, the step reached,
   the reason of a pause), which the worker records on the job: it alone holds the lease.
 

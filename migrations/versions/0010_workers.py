@@ -1,4 +1,5 @@
-"""workers: what each worker advertises (max trainer processes per job, rollout engines)
+"""workers: what each worker advertises (max trainer processes per job, rollout engines); the
+rendezvous of a job of several machines
 
 Revision ID: 0010
 Revises: 0008
@@ -6,7 +7,9 @@ Create Date: 2026-12-05
 
 A worker upserts its row when it starts and on every heartbeat; job creation checks a job's
 `distributed` request (processes per machine, machines, vLLM tensor parallel) against the workers
-of its queue seen within the lease timeout (docs/how-to/distributed.md).
+of its queue seen within the lease timeout (docs/how-to/distributed.md). `jobs.rendezvous` is the
+host:port of the c10d rendezvous the lease holder of a several-machine job hosts, where the other
+machines' workers join it.
 """
 
 from collections.abc import Sequence
@@ -32,7 +35,11 @@ def upgrade() -> None:
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workers")),
     )
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("rendezvous", sa.String(length=300), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("rendezvous")
     op.drop_table("workers")

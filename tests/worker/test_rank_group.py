@@ -160,13 +160,13 @@ def test_two_agents_standing_for_two_machines_join_one_rendezvous(tmp_path):
     assert codes == [0, 0], logs
     results = [json.loads((tmp_path / m / "agent.json").read_text()) for m in ("a", "b")]
     assert results == [{"ok": True}, {"ok": True}]
-    # One rank on each machine, each started by that machine's agent; rank 0 ran every step.
+    # One rank on each machine, each started by that machine's agent; both ran every step.
     ranks = [group_progress.read_ranks(tmp_path / m) for m in ("a", "b")]
     assert [len(r) for r in ranks] == [1, 1]
     assert {r[0].rank for r in ranks} == {0, 1}
     assert [r[0].agent_pid for r in ranks] == [a.pid for a in agents]
     outcomes = [group_progress.read_outcome(tmp_path / m) for m in ("a", "b")]
-    assert [o for o in outcomes if o] == [{"status": "succeeded", "step": 3, "reason": None}]
+    assert outcomes == [{"status": "succeeded", "step": 3, "reason": None}] * 2
 
 
 # ---------------------------------------------------------------------- one job's group
@@ -253,3 +253,33 @@ def test_a_worker_asked_for_more_ranks_than_it_advertises_fails_the_job(sdk, set
         "at most 1 per job (KEEL_WORKER_MAX_PROCESSES)"
     )
     assert not (job_dir(settings.artifacts_dir, job_id) / "group").exists()
+
+
+def test_a_job_of_two_machines_runs_with_a_joining_worker(sdk, settings, sessions):
+    """The lease holder hosts the rendezvous and calls for one more machine; a second worker
+    (here a thread of this process, standing for another host) joins through `join_job`."""
+    from keel_worker.jobrunner.joining import join_job
+
+    job_id = probe_job(sdk, steps=3, processes=1, nodes=2)
+    joins: list[threading.Thread] = []
+    joined: list[str] = []
+    rank_args = probe_args(steps=3)
+
+    def call_machines(count: int) -> None:
+        for _ in range(count):
+            thread = threading.Thread(
+                target=lambda: joined.append(join_job(job_id, settings, rank_args=rank_args))
+            )
+            thread.start()
+            joins.append(thread)
+
+    outcome = run_job(job_id, settings, rank_args=rank_args, call_machines=call_machines)
+    for thread in joins:
+        thread.join(60)
+    assert (outcome.status, outcome.step) == ("succeeded", 3)
+    assert joined == ["succeeded"]
+    job = job_row(sessions, job_id)
+    assert job.status == "succeeded" and job.rendezvous.startswith("127.0.0.1:")
+    folders = sorted(job_dir(settings.artifacts_dir, job_id).glob("group*"))
+    ranks = [r for folder in folders for r in group_progress.read_ranks(folder)]
+    assert sorted(r.rank for r in ranks) == [0, 1] and len({r.agent_pid for r in ranks}) == 2

@@ -20,8 +20,10 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from sqlalchemy.exc import OperationalError
 
 from keel_server.platform.leases import LeaseReaper, start_reaper
+from keel_server.platform.queue import JOIN_JOB_TASK, enqueue_join_job
 from keel_worker.advertise import Advertiser
 from keel_worker.celery_app import RUN_JOB_TASK, app
+from keel_worker.jobrunner.joining import join_job as join_job_once
 from keel_worker.jobrunner.runner import dispose_engines, session_factory
 from keel_worker.jobrunner.runner import run_job as run_job_once
 from keel_worker.lifeline import die_with_parent
@@ -46,9 +48,23 @@ _main_pid: int | None = None  # the worker's main process, recorded before the p
 )
 def run_job(job_id: str) -> dict[str, Any]:
     """Run (or resume) one job to its end; a duplicate delivery returns without touching it."""
-    outcome = run_job_once(job_id, app.keel_settings)
+    settings = app.keel_settings
+
+    def call_machines(count: int) -> None:
+        for _ in range(count):
+            enqueue_join_job(app, settings, job_id)
+
+    outcome = run_job_once(job_id, settings, call_machines=call_machines)
     log.info("keel.run_job(%s) -> %s at step %d", job_id, outcome.status, outcome.step)
     return asdict(outcome)
+
+
+@app.task(name=JOIN_JOB_TASK, acks_late=True, ignore_result=True)
+def join_job(job_id: str) -> str:
+    """Run this machine's ranks of a job another worker leased, to the group's end."""
+    status = join_job_once(job_id, app.keel_settings)
+    log.info("keel.join_job(%s) -> %s", job_id, status)
+    return status
 
 
 @worker_init.connect

@@ -97,6 +97,9 @@ class Job(Base):
     runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Where the lease holder's policy server answers an agent job's episode calls, while it runs.
     serve_url: Mapped[str | None] = mapped_column(Text)
+    # host:port of the c10d rendezvous the lease holder hosts for a job of several machines; the
+    # workers of the other machines join it there (keel_worker.jobrunner.joining).
+    rendezvous: Mapped[str | None] = mapped_column(String(300))
 
 
 class Prompt(Base):

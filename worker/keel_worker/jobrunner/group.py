@@ -33,10 +33,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from keel.types.training import DistributedConfig
+from keel_server.db import SessionFactory, session_scope
+from keel_server.db.jobs import get_job
 from keel_server.platform.capacity import Advertised, refusal
 from keel_server.platform.leases import pid_running
 from keel_server.platform.settings import Settings
@@ -103,16 +106,24 @@ class RankGroup:
         job_id: str,
         request: DistributedConfig,
         settings: Settings,
-        control: JobControl,
+        control: JobControl | Following,
         *,
+        endpoint: str | None = None,
         rank_args: tuple[str, ...] = (),
+        on_rendezvous: Callable[[str], None] | None = None,
     ) -> None:
+        """`endpoint` None: this worker holds the lease and hosts the rendezvous (telling
+        `on_rendezvous` where, for the other machines); else it joins the one there."""
         self.job_id = job_id
         self.request = request
         self.settings = settings
         self.control = control
+        self.endpoint = endpoint
+        self.hosting = endpoint is None
         self.rank_args = rank_args
-        self.folder = job_dir(settings.artifacts_dir, job_id) / "group"
+        self.on_rendezvous = on_rendezvous
+        folder = "group" if self.hosting else f"group-join-{socket.gethostname()}-{os.getpid()}"
+        self.folder = job_dir(settings.artifacts_dir, job_id) / folder
         self.result_file = self.folder / "agent.json"
         self.process: subprocess.Popen | None = None
 
@@ -131,7 +142,7 @@ class RankGroup:
             endpoint,
             "--run-id",
             self.job_id,
-            "--is-host",
+            *(["--is-host"] if self.hosting else []),
             "--local-addr",
             s.rendezvous_host,
             "--join-timeout-s",
@@ -163,10 +174,11 @@ class RankGroup:
         when the lease is lost."""
         group_progress.reset(self.folder)
         host = self.settings.rendezvous_host
-        endpoint = f"{host}:{self.settings.rendezvous_port or free_port(host)}"
+        endpoint = self.endpoint or f"{host}:{self.settings.rendezvous_port or free_port(host)}"
         log.info(
-            "job %s: launching %d rank(s) x %d machine(s), rendezvous %s",
+            "job %s: %s %d rank(s) x %d machine(s), rendezvous %s",
             self.job_id,
+            "launching" if self.hosting else "joining with",
             self.request.processes,
             self.request.nodes,
             endpoint,
@@ -179,6 +191,8 @@ class RankGroup:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: ended as one
             )
+        if self.hosting and self.request.nodes > 1 and self.on_rendezvous is not None:
+            self.on_rendezvous(endpoint)
         try:
             return self._watch()
         finally:
@@ -196,6 +210,8 @@ class RankGroup:
             if code is not None:
                 return self._ended(code)
             reason = self.control.stop_reason()
+            if reason == "lost" and not self.hosting and self._finishing():
+                continue  # the job ended with its ranks: theirs is the end to report
             if reason == "lost":
                 self.end()
                 raise StopRun("lost")
@@ -227,6 +243,15 @@ class RankGroup:
                     f"not end the group within {grace:g} s; the worker ended it",
                 )
             time.sleep(WATCH_INTERVAL_S)
+
+    def _finishing(self) -> bool:
+        """This machine's ranks wrote the run's end and its agent exits within a few seconds."""
+        assert self.process is not None
+        if group_progress.read_outcome(self.folder) is None:
+            return False
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(TERMINATE_WAIT_S)
+        return self.process.poll() is not None
 
     def _ended(self, code: int) -> GroupEnd:
         """The agent exited on its own: read how the group ended."""
@@ -264,6 +289,33 @@ class RankGroup:
         for rank in group_progress.read_ranks(self.folder):
             if rank.host == host and _is_rank_process(rank.pid):
                 _signal_group(rank.pid, signal.SIGKILL)
+
+
+class Following:
+    """The control of a machine that joined another worker's job: it stops when the job is no
+    longer running under the lease owner it joined (ended, paused, taken over), checked every
+    `interval_s`; pause and cancel themselves reach its ranks from rank 0."""
+
+    def __init__(
+        self, factory: SessionFactory, job_id: str, owner: str, *, interval_s: float
+    ) -> None:
+        self.factory = factory
+        self.job_id = job_id
+        self.owner = owner
+        self.interval_s = interval_s
+        self._checked_at = -float("inf")
+        self._reason: str | None = None
+
+    def stop_reason(self) -> str | None:
+        now = time.monotonic()
+        if self._reason is None and now - self._checked_at >= self.interval_s:
+            self._checked_at = now
+            with session_scope(self.factory) as session:
+                job = get_job(session, self.job_id)
+                held = job is not None and job.status == "running"
+                if not held or job.lease_owner != self.owner:
+                    self._reason = "lost"
+        return self._reason
 
 
 def describe_failure(result: dict | None, code: int) -> str:

@@ -7,8 +7,9 @@ group's folder on this machine (`$KEEL_GROUP_DIR`): who they are, that they make
   it waits for prompts or rewards). The worker stops a group whose newest mark is older than the
   stall bound (`Settings.group_stall_timeout_s`), and kills these pids when it tears the group
   down (each rank runs in a session of its own).
-- `outcome.json`: rank 0's end state of the run (succeeded | paused | cancelled, the step reached,
-  the reason of a pause), which the worker records on the job: it alone holds the lease.
+- `outcome.json`: the run's end state (succeeded | paused | cancelled, the step reached, the
+  reason of a pause), which the ranks agreed on and each machine's local rank 0 writes; the lease
+  holder records it on the job (it alone ends the job).
 
 Files, not a socket: they need no server in the worker, survive the death of any rank, and a
 crashed group leaves them for the post-mortem. Outside a group every function here is a no-op.
@@ -47,7 +48,7 @@ def mark() -> None:
 
 
 def write_outcome(status: str, step: int, reason: str | None = None) -> None:
-    """Rank 0's end state of the run, for the worker to record."""
+    """The run's end state, for the worker to record (written by each machine's local rank 0)."""
     folder = os.environ.get(GROUP_DIR_ENV)
     if folder:
         _write_json(Path(folder) / OUTCOME_FILE, {"status": status, "step": step, "reason": reason})

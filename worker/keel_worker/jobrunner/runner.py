@@ -6,15 +6,20 @@
 2. Heartbeat while the loop runs; the loop resumes from the latest checkpoint when there is one.
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
    A lost lease (another worker took over) ends it without touching the job.
+
+A job of several processes (`config.distributed`) runs its ranks under torch.distributed's
+launcher while this process keeps the lease (`jobrunner.group`); the workers of its other
+machines join it through `keel.join_job` (`jobrunner.joining`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, take_lease
+from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
 from keel_server.platform.settings import Settings
@@ -56,9 +61,12 @@ def run_job(
     *,
     owner: str | None = None,
     rank_args: tuple[str, ...] = (),
+    call_machines: Callable[[int], object] | None = None,
 ) -> RunOutcome:
     """`rank_args`: extra arguments of each rank of a job trained by several processes
-    (`jobrunner.rank`; `--probe` runs the group's self-check instead of training)."""
+    (`jobrunner.rank`; `--probe` runs the group's self-check instead of training).
+    `call_machines(n)` asks n more workers to join a job of several machines (`keel.join_job`
+    messages) once its rendezvous is recorded on the job."""
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
@@ -83,7 +91,7 @@ def run_job(
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
     with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
         if spec.config.distributed.world_size > 1:
-            return _run_group(spec, settings, factory, control, rank_args)
+            return _run_group(spec, settings, factory, control, rank_args, call_machines)
         return _run_leased(spec, settings, factory, control)
 
 
@@ -93,6 +101,7 @@ def _run_group(
     factory: SessionFactory,
     control: JobControl,
     rank_args: tuple[str, ...],
+    call_machines: Callable[[int], object] | None,
 ) -> RunOutcome:
     """A job of several ranks: this process keeps the lease while its launcher runs the ranks
     (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
@@ -102,7 +111,17 @@ def _run_group(
     if refused is not None:
         _end(factory, spec.id, control.owner, "failed", error=refused)
         return RunOutcome(spec.id, "failed", 0)
-    group = RankGroup(spec.id, spec.config.distributed, settings, control, rank_args=rank_args)
+    request = spec.config.distributed
+
+    def announce(endpoint: str) -> None:
+        with session_scope(factory) as session:
+            record_rendezvous(session, spec.id, control.owner, endpoint)
+        if call_machines is not None:
+            call_machines(request.nodes - 1)
+
+    group = RankGroup(
+        spec.id, request, settings, control, rank_args=rank_args, on_rendezvous=announce
+    )
     try:
         end = group.run()
     except StopRun:

@@ -5,7 +5,8 @@ starts this machine's launcher agent (`group_agent`: torch.distributed's `elasti
 rendezvous hosted here, run id = the job id) in a process of its own, which starts the ranks
 (`rank`). Then it watches the group until it ends, and ends it when it must:
 
-- the ranks finish: rank 0's outcome (succeeded | paused | cancelled) is the job's end;
+- the ranks finish: rank 0's outcome (succeeded | paused | cancelled, or failed with rank 0's
+  error) is the job's end;
 - a rank dies: the agent ends the others and reports which rank died and how; the job fails with
   that reason. If the agent has not ended the group `group_stop_grace_s` after a rank of this
   machine died, the worker does;
@@ -61,7 +62,7 @@ END_OF_STOP = {"pause": "paused", "cancel": "cancelled"}
 class GroupEnd:
     """How a group run ended: the job's end state and what goes on it."""
 
-    status: str  # succeeded | paused | cancelled | failed
+    status: str  # succeeded | paused | cancelled | failed | lost
     step: int | None = None  # rank 0's last step, when it reported one
     error: str | None = None
     reason: str | None = None
@@ -257,7 +258,12 @@ class RankGroup:
         """The agent exited on its own: read how the group ended."""
         outcome = group_progress.read_outcome(self.folder)
         if code == 0 and outcome is not None:
-            return GroupEnd(outcome["status"], outcome.get("step"), reason=outcome.get("reason"))
+            return GroupEnd(
+                outcome["status"],
+                outcome.get("step"),
+                error=outcome.get("error"),
+                reason=outcome.get("reason"),
+            )
         if code == 0:
             return GroupEnd("failed", error="the ranks exited without rank 0's outcome")
         return GroupEnd("failed", error=describe_failure(self._agent_result(), code))

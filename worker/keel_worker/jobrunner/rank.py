@@ -19,12 +19,16 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from keel_server.platform.settings import get_settings
+from keel_server.db import session_scope
+from keel_server.db.jobs import get_job
+from keel_server.platform.settings import Settings, get_settings
 from keel_worker.jobrunner import group_progress
-from keel_worker.jobrunner.control import JobControl
+from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.follow import Lead, Outcome, follow
 from keel_worker.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -87,7 +91,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             stall_rank=args.probe_stall_rank,
         )
         return 0
-    raise SystemExit("keel-rank: training a job on several ranks needs keel_worker.distributed")
+    outcome = run_job_rank(args.job_id, args.owner, settings)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # every machine's lease holder reads it
+        group_progress.write_outcome(**asdict(outcome))
+    return 0
+
+
+def run_job_rank(job_id: str, owner: str, settings: Settings) -> Outcome:
+    """This rank's part of the job: rank 0 runs the job loop and tells the others what to do
+    (`jobrunner.follow`); every rank returns rank 0's outcome."""
+    from keel_server.platform.security import sealing_key
+    from keel_worker.distributed.group import init_from_env, shutdown
+    from keel_worker.jobrunner.loop import JobLoop
+    from keel_worker.jobrunner.runner import describe, session_factory
+    from keel_worker.jobrunner.spec import JobSpec
+
+    dp = init_from_env()
+    factory = session_factory(settings)
+    with session_scope(factory) as session:
+        spec = JobSpec.from_row(get_job(session, job_id), sealing_key=sealing_key(settings))
+    try:
+        if dp.rank != 0:
+            return follow(spec, settings, factory, dp)
+        lead = Lead(dp)
+        loop = None
+        with RankControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as ctl:
+            try:
+                loop = JobLoop(spec, settings, factory, ctl, lead=lead)
+                status = loop.run()
+                outcome = Outcome(status, loop.step_reached, reason=loop.end_reason)
+            except StopRun:
+                outcome = Outcome("lost", loop.step_reached if loop else 0)
+            except Exception as exc:
+                step = loop.step_reached if loop else 0
+                log.exception("job %s failed at step %d", job_id, step)
+                outcome = Outcome("failed", step, error=describe(exc, step))
+        lead.tell("end", outcome)
+        return outcome
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

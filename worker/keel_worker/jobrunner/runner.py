@@ -86,7 +86,7 @@ def run_job(
     try:
         spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
     except ValueError as exc:
-        _end(factory, job_id, owner, "failed", error=_describe(exc, lease.job.step))
+        _end(factory, job_id, owner, "failed", error=describe(exc, lease.job.step))
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
     with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
@@ -105,7 +105,7 @@ def _run_group(
 ) -> RunOutcome:
     """A job of several ranks: this process keeps the lease while its launcher runs the ranks
     (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
-    from keel_worker.jobrunner.group import RankGroup, own_refusal
+    from keel_worker.jobrunner.group import GroupEnd, RankGroup, own_refusal
 
     refused = own_refusal(spec.config.distributed, settings)
     if refused is not None:
@@ -125,6 +125,8 @@ def _run_group(
     try:
         end = group.run()
     except StopRun:
+        end = GroupEnd("lost")
+    if end.status == "lost":
         log.warning("job %s: lease lost; its rank group is ended", spec.id)
         return RunOutcome(spec.id, "lost", _step_of(factory, spec.id))
     _end(factory, spec.id, control.owner, end.status, error=end.error, reason=end.reason)
@@ -157,7 +159,7 @@ def _run_leased(
     except Exception as exc:
         step = loop.step_reached if loop else 0
         log.exception("job %s failed at step %d", spec.id, step)
-        _end(factory, spec.id, control.owner, "failed", error=_describe(exc, step))
+        _end(factory, spec.id, control.owner, "failed", error=describe(exc, step))
         return RunOutcome(spec.id, "failed", step)
     _end(factory, spec.id, control.owner, status, reason=loop.end_reason)
     return RunOutcome(spec.id, status, loop.step_reached)
@@ -177,6 +179,6 @@ def _end(
             log.warning("job %s: could not record %s (lease no longer held)", job_id, status)
 
 
-def _describe(exc: BaseException, step: int) -> str:
+def describe(exc: BaseException, step: int) -> str:
     text = f"{type(exc).__name__} after step {step}: {exc}"
     return text[:MAX_ERROR_CHARS]

@@ -283,3 +283,40 @@ def test_a_job_of_two_machines_runs_with_a_joining_worker(sdk, settings, session
     folders = sorted(job_dir(settings.artifacts_dir, job_id).glob("group*"))
     ranks = [r for folder in folders for r in group_progress.read_ranks(folder)]
     assert sorted(r.rank for r in ranks) == [0, 1] and len({r.agent_pid for r in ranks}) == 2
+
+
+# ---------------------------------------------------------------------- a training job
+
+
+@pytest.mark.slow
+def test_a_training_job_of_two_ranks_ends_with_the_weights_of_one_process(sdk, settings, sessions):
+    """The real job loop on 2 gloo ranks (rank 0 leads, rank 1 follows its directives): every
+    step once in the metrics, a checkpoint per step, and the final weights those of the same job
+    trained in one process."""
+    from safetensors.torch import load_file
+
+    from keel_worker.training.checkpoint import checkpoint_dir
+
+    config = tiny_job_config(steps=2, optimizer={"lr": 1e-3}, checkpoint_every=1)
+    single = sdk.jobs.create(config).id
+    assert run_job(single, settings).status == "succeeded"
+    grouped = sdk.jobs.create({**config, "distributed": {"processes": 2}}).id
+    outcome = run_job(grouped, settings)
+    assert (outcome.status, outcome.step) == ("succeeded", 2), job_row(sessions, grouped).error
+    job = job_row(sessions, grouped)
+    assert (job.status, job.step, job.policy_version) == ("succeeded", 2, 2)
+    steps = sorted({m.step for m in sdk.metrics.list(grouped, name="optim/loss")})
+    assert steps == [1, 2]
+    assert [c.step for c in sdk.checkpoints.list(grouped).data] == [2, 1]
+
+    def final_weights(job_id: str) -> dict:
+        newest = max(sdk.checkpoints.list(job_id).data, key=lambda c: c.step)
+        folder = checkpoint_dir(job_dir(settings.artifacts_dir, job_id), newest.step)
+        files = sorted(folder.glob("*.safetensors"))
+        assert files, f"no weights in {folder}"
+        return {k: v for f in files for k, v in load_file(f).items()}
+
+    one, two = final_weights(single), final_weights(grouped)
+    assert one.keys() == two.keys()
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert worst <= 1e-6, worst

@@ -47,11 +47,14 @@ def mark() -> None:
         os.utime(_mine)
 
 
-def write_outcome(status: str, step: int, reason: str | None = None) -> None:
+def write_outcome(
+    status: str, step: int, reason: str | None = None, error: str | None = None
+) -> None:
     """The run's end state, for the worker to record (written by each machine's local rank 0)."""
     folder = os.environ.get(GROUP_DIR_ENV)
     if folder:
-        _write_json(Path(folder) / OUTCOME_FILE, {"status": status, "step": step, "reason": reason})
+        data = {"status": status, "step": step, "reason": reason}
+        _write_json(Path(folder) / OUTCOME_FILE, {**data, **({"error": error} if error else {})})
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,17 @@ def test_with_no_live_worker_the_job_is_accepted_for_the_leasing_worker_to_check
     assert post(client, job_body, headers, processes=4).status_code == 201
     workers("w1", 1)  # back: now the request is checked
     assert post(client, job_body, headers, processes=4).status_code == 422
+
+
+def test_lora_and_agent_jobs_of_several_ranks_are_a_422_saying_why(client, job_body, project_key):
+    headers = project_key("alpha")
+    body = job_body(config={"lora": {"rank": 4}, "distributed": {"processes": 2}})
+    loc, detail = error_of(client.post("/v1/jobs", json=body, headers=headers))
+    assert loc[-1] == "processes" and "LoRA is not supported on more than one" in detail
+    body = job_body(
+        config={"distributed": {"nodes": 2}},
+        prompts={"type": "agent", "tasks": [{"q": 1}]},
+        reward={"type": "external"},
+    )
+    loc, detail = error_of(client.post("/v1/jobs", json=body, headers=headers))
+    assert loc[-1] == "processes" and "an agent job runs in one process" in detail

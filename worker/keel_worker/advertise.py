@@ -1,5 +1,5 @@
 """A worker's advertisement in the `workers` table: the trainer processes it may start for one job
-and the rollout engines it has (docs/how-to/distributed.md §Which worker runs it). Job creation
+and the rollout engines it has (docs/how-to/distributed.md, "Which worker runs a job"). Job creation
 checks a job's `distributed` request against the live rows; a daemon thread renews this worker's
 row every heartbeat interval, and a clean shutdown removes it."""
 

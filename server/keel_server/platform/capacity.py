@@ -1,5 +1,5 @@
-"""Whether the workers of a queue can run a job's `distributed` request (docs/how-to/distributed.md
-§Which worker runs it).
+"""Whether the workers of a queue can run a job's `distributed` request (docs/how-to/distributed.md,
+"Which worker runs a job").
 
 A worker advertises the trainer processes it may start for one job (`Settings.worker_max_processes`)
 and its rollout engines (`keel_server.db.workers`). A job asking for `processes` ranks on each of

@@ -64,7 +64,7 @@ def create(
     """
     require_api_key(principal)
     check_model(ctx, principal, req.config)
-    check_distributed(ctx, req.config)
+    check_distributed(ctx, req)
     _check_deadline(ctx, req)
     _check_reward_pattern(req)
     _check_webhook_target(ctx, req)

@@ -5,8 +5,8 @@ job's lease keeps heartbeating, pausing and cancelling around it (`jobrunner.gro
 `python -m keel_worker.jobrunner.group_agent [options] -- <rank module> [rank args]` starts
 `--nproc-per-node` ranks of `python -m <rank module>` once `--nnodes` agents have joined the
 rendezvous at `--rdzv-endpoint`. The agent hosting the rendezvous store (`--is-host`) is the worker
-that leased the job; the others join it from their own machines (docs/how-to/distributed.md
-§Several machines). No restarts: a rank that fails ends the group, and the worker decides what
+that leased the job; the others join it from their own machines (docs/how-to/distributed.md,
+"Several machines"). No restarts: a rank that fails ends the group, and the worker decides what
 happens to the job. The agent writes what happened to `--result-file` (JSON): `{"ok": true}`, or
 the failed ranks with their exit codes and signals, or the error that stopped the rendezvous.
 """

@@ -4,8 +4,8 @@ step as the job's progress, pause and cancel stop every rank at a step boundary)
 
 It exercises what a training job's group needs from the launcher (the rendezvous of every machine,
 the process group, the lease, the stop decisions, the progress marks, the outcome) without a
-model, so an operator can check that machines reach each other (docs/how-to/distributed.md
-§Several machines) and the tests can kill, stall and cancel ranks cheaply. `stall_rank` hangs that
+model, so an operator can check that machines reach each other (docs/how-to/distributed.md,
+"Several machines") and the tests can kill, stall and cancel ranks cheaply. `stall_rank` hangs that
 rank in the second step without marking progress: what a wedged collective looks like from
 outside.
 """

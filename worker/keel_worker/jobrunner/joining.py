@@ -1,5 +1,5 @@
 """One delivery of `keel.join_job(job_id)`: this worker's machine joins the rank group of a job
-that another worker leased (docs/how-to/distributed.md §Several machines).
+that another worker leased (docs/how-to/distributed.md, "Several machines").
 
 The lease holder of a job of `nodes` > 1 machines hosts the job's c10d rendezvous, records its
 address on the job (`jobs.rendezvous`) and sends `nodes` - 1 join messages to the job queue. A

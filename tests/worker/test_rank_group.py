@@ -49,6 +49,7 @@ def settings(sqlite_url: str, tmp_path) -> Settings:
         worker_max_processes=2,
         group_stop_grace_s=GRACE_S,
         group_stall_timeout_s=STALL_S,
+        group_requeues=0,  # a failure fails the job (the re-queue tests ask for one)
         lease_timeout_s=10.0,
     )
 
@@ -66,14 +67,19 @@ def probe_args(*, steps: int, step_s: float = 0.0, stall_rank: int | None = None
 class Delivery:
     """`run_job` in a thread, as a Celery pool process runs it; `ended_at` when it returned."""
 
-    def __init__(self, job_id: str, settings: Settings, rank_args: tuple) -> None:
+    def __init__(
+        self, job_id: str, settings: Settings, rank_args: tuple, requeued: list | None = None
+    ) -> None:
         self.outcome: RunOutcome | None = None
         self.ended_at: float | None = None
-        self.thread = threading.Thread(target=self._run, args=(job_id, settings, rank_args))
+        requeue = (lambda: requeued.append(job_id)) if requeued is not None else None
+        self.thread = threading.Thread(
+            target=self._run, args=(job_id, settings, rank_args, requeue)
+        )
         self.thread.start()
 
-    def _run(self, job_id, settings, rank_args) -> None:
-        self.outcome = run_job(job_id, settings, rank_args=rank_args)
+    def _run(self, job_id, settings, rank_args, requeue) -> None:
+        self.outcome = run_job(job_id, settings, rank_args=rank_args, requeue=requeue)
         self.ended_at = time.monotonic()
 
     def join(self, timeout_s: float) -> RunOutcome:
@@ -241,6 +247,38 @@ def test_a_rank_that_makes_no_progress_fails_the_job_within_the_stall_bound(
     assert job.error.startswith("no progress from the job's ranks for")
     assert f"the bound is {STALL_S:g} s" in job.error
     assert_all_gone(ranks)
+
+
+def test_a_killed_rank_requeues_the_job_while_it_has_requeues_left(sdk, settings, sessions):
+    settings = settings.model_copy(update={"group_requeues": 1})
+    job_id = probe_job(sdk, steps=1000)
+    requeued: list[str] = []
+
+    def kill_rank_1_of_attempt(attempt: int) -> RunOutcome:
+        delivery = Delivery(job_id, settings, probe_args(steps=1000, step_s=0.2), requeued)
+        deadline = time.monotonic() + 120
+        while job_row(sessions, job_id).attempts < attempt or not all(
+            pid_running(r.pid) for r in ranks_of(settings, job_id)
+        ):  # this attempt's ranks, not the files of the one before
+            assert time.monotonic() < deadline, f"attempt {attempt} never started its ranks"
+            time.sleep(0.1)
+        ranks = ranks_of(settings, job_id)
+        os.kill(next(r for r in ranks if r.rank == 1).pid, signal.SIGKILL)
+        outcome = delivery.join(DEATH_BOUND_S + 30)
+        assert_all_gone(ranks)
+        return outcome
+
+    assert kill_rank_1_of_attempt(1).status == "requeued"
+    job = job_row(sessions, job_id)
+    assert (job.status, job.lease_owner, job.error, requeued) == ("queued", None, None, [job_id])
+    reason = status_events(sessions, job_id)[-1]["reason"]
+    assert reason.startswith("re-queued (0 re-queue(s) left) after: rank 1 (pid")
+    assert "killed by SIGKILL" in reason
+    # The second attempt has none left: the same failure fails the job.
+    assert kill_rank_1_of_attempt(2).status == "failed"
+    job = job_row(sessions, job_id)
+    assert (job.status, job.attempts, requeued) == ("failed", 2, [job_id])
+    assert "rank 1" in job.error and "SIGKILL" in job.error
 
 
 def test_a_worker_asked_for_more_ranks_than_it_advertises_fails_the_job(sdk, settings, sessions):

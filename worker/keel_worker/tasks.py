@@ -20,7 +20,7 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from sqlalchemy.exc import OperationalError
 
 from keel_server.platform.leases import LeaseReaper, start_reaper
-from keel_server.platform.queue import JOIN_JOB_TASK, enqueue_join_job
+from keel_server.platform.queue import JOIN_JOB_TASK, enqueue_join_job, enqueue_run_job
 from keel_worker.advertise import Advertiser
 from keel_worker.celery_app import RUN_JOB_TASK, app
 from keel_worker.jobrunner.joining import join_job as join_job_once
@@ -54,7 +54,12 @@ def run_job(job_id: str) -> dict[str, Any]:
         for _ in range(count):
             enqueue_join_job(app, settings, job_id)
 
-    outcome = run_job_once(job_id, settings, call_machines=call_machines)
+    outcome = run_job_once(
+        job_id,
+        settings,
+        call_machines=call_machines,
+        requeue=lambda: enqueue_run_job(app, settings, job_id),
+    )
     log.info("keel.run_job(%s) -> %s at step %d", job_id, outcome.status, outcome.step)
     return asdict(outcome)
 

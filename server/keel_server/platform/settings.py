@@ -175,6 +175,14 @@ class Settings(BaseSettings):
         "while it waits for prompts or rewards) for this long is stopped and the job fails "
         "with the reason. Keep it above the collective timeout.",
     )
+    group_requeues: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Times a job whose rank was killed by a signal or whose group stalled is "
+        "put back in the queue (it resumes from its latest checkpoint) before such a failure "
+        "fails it; 0 = fail at once.",
+    )
     group_stop_grace_s: float = Field(
         default=60.0,
         gt=0,

@@ -8,11 +8,13 @@ rendezvous hosted here, run id = the job id) in a process of its own, which star
 - the ranks finish: rank 0's outcome (succeeded | paused | cancelled, or failed with rank 0's
   error) is the job's end;
 - a rank dies: the agent ends the others and reports which rank died and how; the job fails with
-  that reason. If the agent has not ended the group `group_stop_grace_s` after a rank of this
-  machine died, the worker does;
+  that reason, or, killed by a signal (the OOM killer, a lost machine), is put back in the queue
+  to resume from its latest checkpoint, up to `group_requeues` times (`runner`). If the agent
+  has not ended the group `group_stop_grace_s` after a rank of this machine died, the worker
+  does;
 - no rank marks progress for `group_stall_timeout_s` (a wedged collective, a hung rank; before
   any rank of this machine started, that plus the rendezvous timeout): the worker ends the group
-  and the job fails, saying so;
+  and the job fails (or is re-queued, as for a killed rank), saying so;
 - pause or cancel: rank 0 sees it at a step boundary and every rank stops there (a pause
   checkpoints first); a group still running `group_stop_grace_s` later (inside a long step) is
   ended by the worker, and the job is paused (it resumes from its latest checkpoint) or cancelled;
@@ -66,6 +68,9 @@ class GroupEnd:
     step: int | None = None  # rank 0's last step, when it reported one
     error: str | None = None
     reason: str | None = None
+    # A failure a new attempt may not repeat (a rank killed by a signal, a stall), unlike an
+    # error of the job's own code or a rendezvous that never formed.
+    retryable: bool = False
 
 
 def own_refusal(request: DistributedConfig, settings: Settings) -> str | None:
@@ -231,6 +236,7 @@ class RankGroup:
             if idle > stall + (0 if ranks else self.settings.rendezvous_timeout_s):
                 return self._ended_by_worker(
                     "failed",
+                    retryable=True,
                     error=f"no progress from the job's ranks for {idle:.0f} s (the bound is "
                     f"{stall:g} s, KEEL_GROUP_STALL_TIMEOUT_S): a rank hung or a collective "
                     "wedged; the worker ended the group",
@@ -240,6 +246,7 @@ class RankGroup:
             if dead_since is not None and now - dead_since > grace:
                 return self._ended_by_worker(
                     "failed",
+                    retryable=True,
                     error=f"rank {dead[0].rank} (pid {dead[0].pid}) died and the launcher did "
                     f"not end the group within {grace:g} s; the worker ended it",
                 )
@@ -266,14 +273,21 @@ class RankGroup:
             )
         if code == 0:
             return GroupEnd("failed", error="the ranks exited without rank 0's outcome")
-        return GroupEnd("failed", error=describe_failure(self._agent_result(), code))
+        result = self._agent_result()
+        killed = any(f.get("signal") for f in (result or {}).get("failures", []))
+        return GroupEnd("failed", error=describe_failure(result, code), retryable=killed)
 
     def _ended_by_worker(
-        self, status: str, *, error: str | None = None, reason: str | None = None
+        self,
+        status: str,
+        *,
+        error: str | None = None,
+        reason: str | None = None,
+        retryable: bool = False,
     ) -> GroupEnd:
         log.warning("job %s: ending its rank group: %s", self.job_id, error or reason)
         self.end()
-        return GroupEnd(status, error=error, reason=reason)
+        return GroupEnd(status, error=error, reason=reason, retryable=retryable)
 
     def _agent_result(self) -> dict | None:
         try:
@@ -331,7 +345,7 @@ def describe_failure(result: dict | None, code: int) -> str:
     if "error" in result:
         return f"the rank group did not run: {result['error']}"
     parts = []
-    for f in result.get("failures", []):
+    for f in sorted(result.get("failures", []), key=_root_cause_first):
         how = f"was killed by {f['signal']}" if f.get("signal") else f"exited with {f['exitcode']}"
         text = f"rank {f['rank']} (pid {f['pid']}) {how}"
         message = (f.get("message") or "").strip()
@@ -339,6 +353,14 @@ def describe_failure(result: dict | None, code: int) -> str:
             text += f": {message}"
         parts.append(text)
     return "; ".join(parts) or f"the launcher agent exited with code {code}"
+
+
+def _root_cause_first(failure: dict) -> tuple[int, int]:
+    """A rank killed from outside (SIGKILL, SIGSEGV) first, then one that exited with an error,
+    then those the agent itself ended with SIGTERM once another had failed."""
+    signal_name = failure.get("signal")
+    order = 2 if signal_name == "SIGTERM" else 0 if signal_name else 1
+    return order, failure["rank"]
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 MONITOR_INTERVAL_S = 0.5  # how often the agent looks at its ranks: the delay before it sees a death
 SHUTDOWN_TIMEOUT_S = 5  # SIGTERM to SIGKILL when the agent ends its ranks
+MESSAGE_CHARS = 500
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
                 "pid": f.pid,
                 "exitcode": f.exitcode,
                 "signal": f.signal_name() if f.exitcode < 0 else None,
-                "message": str(f.message)[:2000],
+                "message": _message(f.message),
             }
             for rank, f in sorted(exc.failures.items())
         ]
@@ -108,6 +109,13 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
         log.exception("the rank group did not run")
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
     return {"ok": True}
+
+
+def _message(message: object) -> str:
+    """A failed rank's own error: the exception line of its error file, not the traceback."""
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    return str(message)[:MESSAGE_CHARS]
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
+from keel_server.db import jobs as jobs_db
 from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
 from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.group import GroupEnd, RankGroup, own_refusal
 from keel_worker.jobrunner.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ class RunOutcome:
     """What one delivery did: `status` is the job's end state, or why it left the job alone."""
 
     job_id: str
-    status: str  # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost
+    # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost | requeued
+    status: str
     step: int = 0
 
 
@@ -62,11 +65,13 @@ def run_job(
     owner: str | None = None,
     rank_args: tuple[str, ...] = (),
     call_machines: Callable[[int], object] | None = None,
+    requeue: Callable[[], object] | None = None,
 ) -> RunOutcome:
     """`rank_args`: extra arguments of each rank of a job trained by several processes
     (`jobrunner.rank`; `--probe` runs the group's self-check instead of training).
     `call_machines(n)` asks n more workers to join a job of several machines (`keel.join_job`
-    messages) once its rendezvous is recorded on the job."""
+    messages) once its rendezvous is recorded on the job; `requeue()` sends the job again after
+    its group failed in a way a new attempt may not repeat (`Settings.group_requeues`)."""
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
@@ -91,7 +96,8 @@ def run_job(
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
     with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
         if spec.config.distributed.world_size > 1:
-            return _run_group(spec, settings, factory, control, rank_args, call_machines)
+            calls = _GroupCalls(rank_args, call_machines, requeue)
+            return _run_group(spec, settings, factory, control, calls)
         return _run_leased(spec, settings, factory, control)
 
 
@@ -100,13 +106,10 @@ def _run_group(
     settings: Settings,
     factory: SessionFactory,
     control: JobControl,
-    rank_args: tuple[str, ...],
-    call_machines: Callable[[int], object] | None,
+    calls: _GroupCalls,
 ) -> RunOutcome:
     """A job of several ranks: this process keeps the lease while its launcher runs the ranks
     (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
-    from keel_worker.jobrunner.group import GroupEnd, RankGroup, own_refusal
-
     refused = own_refusal(spec.config.distributed, settings)
     if refused is not None:
         _end(factory, spec.id, control.owner, "failed", error=refused)
@@ -116,11 +119,11 @@ def _run_group(
     def announce(endpoint: str) -> None:
         with session_scope(factory) as session:
             record_rendezvous(session, spec.id, control.owner, endpoint)
-        if call_machines is not None:
-            call_machines(request.nodes - 1)
+        if calls.call_machines is not None:
+            calls.call_machines(request.nodes - 1)
 
     group = RankGroup(
-        spec.id, request, settings, control, rank_args=rank_args, on_rendezvous=announce
+        spec.id, request, settings, control, rank_args=calls.rank_args, on_rendezvous=announce
     )
     try:
         end = group.run()
@@ -129,9 +132,43 @@ def _run_group(
     if end.status == "lost":
         log.warning("job %s: lease lost; its rank group is ended", spec.id)
         return RunOutcome(spec.id, "lost", _step_of(factory, spec.id))
+    if end.retryable and _requeued(factory, spec.id, control.owner, end, settings):
+        if calls.requeue is not None:
+            calls.requeue()
+        return RunOutcome(spec.id, "requeued", _step_of(factory, spec.id))
     _end(factory, spec.id, control.owner, end.status, error=end.error, reason=end.reason)
     step = end.step if end.step is not None else _step_of(factory, spec.id)
     return RunOutcome(spec.id, end.status, step)
+
+
+@dataclass(frozen=True)
+class _GroupCalls:
+    """What a delivery of a job of several ranks may call besides the database."""
+
+    rank_args: tuple[str, ...]
+    call_machines: Callable[[int], object] | None
+    requeue: Callable[[], object] | None
+
+
+def _requeued(
+    factory: SessionFactory, job_id: str, owner: str, end: GroupEnd, settings: Settings
+) -> bool:
+    """Put the job back in the queue (running → queued, the reason on the event) while it has
+    re-queues left: attempt n re-queues when n ≤ `group_requeues`."""
+    with session_scope(factory) as session:
+        job = get_job(session, job_id)
+        if job is None or job.attempts > settings.group_requeues:
+            return False
+        left = settings.group_requeues - job.attempts
+        return jobs_db.transition(
+            session,
+            job_id,
+            from_statuses=("running",),
+            to="queued",
+            owner=owner,
+            values={"lease_owner": None, "requested": None},
+            event={"reason": f"re-queued ({left} re-queue(s) left) after: {end.error}"},
+        )
 
 
 def _step_of(factory: SessionFactory, job_id: str) -> int:

@@ -331,10 +331,6 @@ def test_a_training_job_of_two_ranks_ends_with_the_weights_of_one_process(sdk, s
     """The real job loop on 2 gloo ranks (rank 0 leads, rank 1 follows its directives): every
     step once in the metrics, a checkpoint per step, and the final weights those of the same job
     trained in one process."""
-    from safetensors.torch import load_file
-
-    from keel_worker.training.checkpoint import checkpoint_dir
-
     # A bound on the slowest phase (loading the model, a step), not on a probe's step.
     settings = settings.model_copy(update={"group_stall_timeout_s": 300.0})
     config = tiny_job_config(steps=2, optimizer={"lr": 1e-3}, checkpoint_every=1)
@@ -349,14 +345,52 @@ def test_a_training_job_of_two_ranks_ends_with_the_weights_of_one_process(sdk, s
     assert steps == [1, 2]
     assert sorted(c.step for c in sdk.checkpoints.list(grouped).data) == [1, 2]
 
-    def final_weights(job_id: str) -> dict:
-        newest = max(sdk.checkpoints.list(job_id).data, key=lambda c: c.step)
-        folder = checkpoint_dir(job_dir(settings.artifacts_dir, job_id), newest.step)
-        files = sorted(folder.glob("*.safetensors"))
-        assert files, f"no weights in {folder}"
-        return {k: v for f in files for k, v in load_file(f).items()}
+    assert_same_weights(final_weights(settings, sdk, single), final_weights(settings, sdk, grouped))
 
-    one, two = final_weights(single), final_weights(grouped)
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_job_requeues_it_and_the_resumed_job_ends_as_if_never_killed(
+    sdk, settings, sessions
+):
+    """SIGKILL of rank 1 after the first step: the job goes back to the queue, the next delivery
+    resumes it on 2 ranks from its latest (sharded) checkpoint, and its final weights are those
+    of the same job never interrupted (in one process)."""
+    settings = settings.model_copy(update={"group_stall_timeout_s": 300.0, "group_requeues": 1})
+    config = tiny_job_config(steps=3, optimizer={"lr": 1e-3}, checkpoint_every=1)
+    single = sdk.jobs.create(config).id
+    assert run_job(single, settings).status == "succeeded"
+    grouped = sdk.jobs.create({**config, "distributed": {"processes": 2}}).id
+    requeued: list[str] = []
+    delivery = Delivery(grouped, settings, (), requeued)
+    wait_for_step(sessions, grouped, 1, timeout_s=300)
+    ranks = ranks_of(settings, grouped)
+    os.kill(next(r for r in ranks if r.rank == 1).pid, signal.SIGKILL)
+    assert delivery.join(DEATH_BOUND_S + 60).status == "requeued"
+    killed_at = job_row(sessions, grouped).step
+    assert killed_at < 3 and requeued == [grouped]
+    outcome = run_job(grouped, settings)
+    assert (outcome.status, outcome.step) == ("succeeded", 3), job_row(sessions, grouped).error
+    job = job_row(sessions, grouped)
+    assert (job.attempts, job.policy_version) == (2, 3)
+    steps = sorted({m.step for m in sdk.metrics.list(grouped, name="optim/loss")})
+    assert steps == [1, 2, 3]
+    assert_same_weights(final_weights(settings, sdk, single), final_weights(settings, sdk, grouped))
+
+
+def final_weights(settings: Settings, sdk, job_id: str) -> dict:
+    """The consolidated weights of the job's newest checkpoint."""
+    from safetensors.torch import load_file
+
+    from keel_worker.training.checkpoint import checkpoint_dir
+
+    newest = max(sdk.checkpoints.list(job_id).data, key=lambda c: c.step)
+    folder = checkpoint_dir(job_dir(settings.artifacts_dir, job_id), newest.step)
+    files = sorted(folder.glob("*.safetensors"))
+    assert files, f"no weights in {folder}"
+    return {k: v for f in files for k, v in load_file(f).items()}
+
+
+def assert_same_weights(one: dict, two: dict) -> None:
     assert one.keys() == two.keys()
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst <= 1e-6, worst

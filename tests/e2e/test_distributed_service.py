@@ -34,3 +34,23 @@ def test_a_two_rank_job_through_the_api_and_sdk(production_stack, helpers):
     assert len(posted) == 8  # 2 steps × 2 prompts × 2 samples, each scored once (by rank 0)
     helpers.assert_rewards_kept(client, job.id, posted)
     assert sorted(c.step for c in client.checkpoints.list(job.id).data) == [1, 2]
+
+
+def test_a_job_of_two_machines_served_by_two_workers(production_stack, helpers):
+    """Two `keel worker` processes stand for two machines of one rank each: the one that leases
+    the job hosts the rendezvous and sends a `keel.join_job`, which the other takes and joins."""
+    production_stack.env.update(KEEL_WORKER_MAX_PROCESSES="1", KEEL_GROUP_STALL_TIMEOUT_S="300")
+    base_url = production_stack.api()
+    workers = [production_stack.worker("w1"), production_stack.worker("w2")]
+    client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
+
+    with pytest.raises(keel.UnprocessableEntityError) as refused:
+        client.jobs.create(helpers.job_config(distributed={"nodes": 3}))
+    assert "2 live worker(s) advertise that many" in refused.value.detail
+
+    job = client.jobs.create(helpers.job_config(distributed={"nodes": 2}))
+    done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
+    assert (done.status, done.step, done.attempts) == ("succeeded", 2, 1)
+    helpers.assert_every_step_once(client, job.id, steps=2)
+    logs = [w.output() for w in workers]
+    assert sum("keel.join_job" in log and "succeeded" in log for log in logs) == 1, logs

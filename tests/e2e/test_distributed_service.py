@@ -53,4 +53,6 @@ def test_a_job_of_two_machines_served_by_two_workers(production_stack, helpers):
     assert (done.status, done.step, done.attempts) == ("succeeded", 2, 1)
     helpers.assert_every_step_once(client, job.id, steps=2)
     logs = [w.output() for w in workers]
-    assert sum("keel.join_job" in log and "succeeded" in log for log in logs) == 1, logs
+    held = [f"keel.run_job({job.id}) -> succeeded" in log for log in logs]
+    joined = [f"keel.join_job({job.id}) -> succeeded" in log for log in logs]
+    assert sorted(zip(held, joined, strict=True)) == [(False, True), (True, False)], logs

@@ -52,7 +52,12 @@ def test_a_job_of_two_machines_served_by_two_workers(production_stack, helpers):
     done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
     assert (done.status, done.step, done.attempts) == ("succeeded", 2, 1)
     helpers.assert_every_step_once(client, job.id, steps=2)
+    # The joining worker ends its ranks' watch a moment after the lease holder ends the job.
+    joined_line = f"keel.join_job({job.id}) -> succeeded"
+    helpers.wait_until(
+        lambda: any(joined_line in w.output() for w in workers), timeout_s=30, what="the join"
+    )
     logs = [w.output() for w in workers]
     held = [f"keel.run_job({job.id}) -> succeeded" in log for log in logs]
-    joined = [f"keel.join_job({job.id}) -> succeeded" in log for log in logs]
+    joined = [joined_line in log for log in logs]
     assert sorted(zip(held, joined, strict=True)) == [(False, True), (True, False)], logs

@@ -394,3 +394,29 @@ def assert_same_weights(one: dict, two: dict) -> None:
     assert one.keys() == two.keys()
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst <= 1e-6, worst
+
+
+@pytest.mark.slow
+def test_pause_of_a_two_rank_job_checkpoints_every_rank_and_the_resumed_job_ends_as_one(
+    sdk, settings, sessions
+):
+    """Pause reaches every rank at a step boundary (rank 0 decides, the others follow its
+    checkpoint and end directives); resumed, the job ends with the single-process weights."""
+    settings = settings.model_copy(update={"group_stall_timeout_s": 300.0})
+    config = tiny_job_config(steps=3, optimizer={"lr": 1e-3})
+    single = sdk.jobs.create(config).id
+    assert run_job(single, settings).status == "succeeded"
+    grouped = sdk.jobs.create({**config, "distributed": {"processes": 2}}).id
+    delivery = Delivery(grouped, settings, ())
+    wait_for_step(sessions, grouped, 1, timeout_s=300)
+    ranks = ranks_of(settings, grouped)
+    sdk.jobs.pause(grouped)
+    outcome = delivery.join(120)
+    assert outcome.status == "paused", job_row(sessions, grouped).error
+    assert_all_gone(ranks)
+    paused_at = job_row(sessions, grouped).step
+    assert paused_at < 3
+    assert [c.step for c in sdk.checkpoints.list(grouped).data] == [paused_at]
+    sdk.jobs.resume(grouped)
+    assert run_job(grouped, settings).status == "succeeded"
+    assert_same_weights(final_weights(settings, sdk, single), final_weights(settings, sdk, grouped))

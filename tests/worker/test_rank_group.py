@@ -420,3 +420,21 @@ def test_pause_of_a_two_rank_job_checkpoints_every_rank_and_the_resumed_job_ends
     sdk.jobs.resume(grouped)
     assert run_job(grouped, settings).status == "succeeded"
     assert_same_weights(final_weights(settings, sdk, single), final_weights(settings, sdk, grouped))
+
+
+def test_a_rank_rebuilds_the_workers_settings_from_the_environment(settings, monkeypatch):
+    """The ranks get the worker's `Settings` as `KEEL_*` variables (not the worker's own
+    environment, which tests and `keel up` override with explicit settings)."""
+    tuned = settings.model_copy(
+        update={"model_roots": (settings.home / "a", settings.home / "b"), "metrics_token": None}
+    )
+    monkeypatch.setenv("KEEL_METRICS_TOKEN", "from-the-parent-environment")
+    from keel.types.training import DistributedConfig
+
+    env = group.RankGroup("job_x", DistributedConfig(), tuned, None).environment()
+    for key in [k for k in os.environ if k.startswith("KEEL_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("KEEL_"):
+            monkeypatch.setenv(key, value)
+    assert Settings() == tuned

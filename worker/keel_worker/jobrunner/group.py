@@ -274,7 +274,8 @@ class RankGroup:
         if code == 0:
             return GroupEnd("failed", error="the ranks exited without rank 0's outcome")
         result = self._agent_result()
-        killed = any(f.get("signal") for f in (result or {}).get("failures", []))
+        # A rank killed by a signal, or the agent itself (code < 0: the OOM killer, kill -9).
+        killed = code < 0 or any(f.get("signal") for f in (result or {}).get("failures", []))
         return GroupEnd("failed", error=describe_failure(result, code), retryable=killed)
 
     def _ended_by_worker(

@@ -330,11 +330,13 @@ def test_a_job_of_two_machines_runs_with_a_joining_worker(sdk, settings, session
 @pytest.mark.slow
 def test_a_training_job_of_two_ranks_ends_with_the_weights_of_one_process(sdk, settings, sessions):
     """The real job loop on 2 gloo ranks (rank 0 leads, rank 1 follows its directives): every
-    step once in the metrics, a checkpoint per step, and the final weights those of the same job
-    trained in one process."""
+    step once in the metrics, the held-out eval on the group's engine, a checkpoint per step, and
+    the metrics and final weights those of the same job trained in one process."""
     # A bound on the slowest phase (loading the model, a step), not on a probe's step.
     settings = settings.model_copy(update={"group_stall_timeout_s": 300.0})
-    config = tiny_job_config(steps=2, optimizer={"lr": 1e-3}, checkpoint_every=1)
+    config = tiny_job_config(
+        steps=2, optimizer={"lr": 1e-3}, checkpoint_every=1, eval_every=1, eval_size=4
+    )
     single = sdk.jobs.create(config).id
     assert run_job(single, settings).status == "succeeded"
     grouped = sdk.jobs.create({**config, "distributed": {"processes": 2}}).id
@@ -345,6 +347,14 @@ def test_a_training_job_of_two_ranks_ends_with_the_weights_of_one_process(sdk, s
     steps = sorted({m.step for m in sdk.metrics.list(grouped, name="optim/loss")})
     assert steps == [1, 2]
     assert sorted(c.step for c in sdk.checkpoints.list(grouped).data) == [1, 2]
+    for name in ("eval/accuracy", "optim/loss", "reward/mean"):
+        ones, twos = (
+            [(m.step, m.value) for m in sdk.metrics.list(job, name=name)]
+            for job in (single, grouped)
+        )
+        assert ones and len(ones) == len(twos), name
+        pairs = zip(ones, twos, strict=True)
+        assert all(a[0] == b[0] and abs(a[1] - b[1]) <= 1e-5 for a, b in pairs), name
 
     assert_same_weights(final_weights(settings, sdk, single), final_weights(settings, sdk, grouped))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from dataclasses import asdict
 from typing import Any
@@ -59,6 +60,7 @@ def run_job(job_id: str) -> dict[str, Any]:
         settings,
         call_machines=call_machines,
         requeue=lambda: enqueue_run_job(app, settings, job_id),
+        on_stuck=_replace_this_process,
     )
     log.info("keel.run_job(%s) -> %s at step %d", job_id, outcome.status, outcome.step)
     return asdict(outcome)
@@ -70,6 +72,14 @@ def join_job(job_id: str) -> str:
     status = join_job_once(job_id, app.keel_settings)
     log.info("keel.join_job(%s) -> %s", job_id, status)
     return status
+
+
+def _replace_this_process() -> None:
+    """A stuck job's thread cannot be stopped from inside: end the pool process (the pool starts
+    a fresh one; the job row already says why, so the redelivered message finds it ended)."""
+    log.error("stopping pool process %d: its job is stuck", os.getpid())
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @worker_init.connect

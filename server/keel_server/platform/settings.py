@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from keel.types.jobs import JOB_PHASES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore")
@@ -70,6 +72,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between a worker's heartbeats on the job it runs; each renews the "
         "lease and picks up a pause or cancel. Keep it well below the lease timeout.",
+    )
+    progress_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A running job whose worker reports no progress (a new phase: load, "
+        "prompts, generate, rewards, update, evaluate, checkpoint, calls) for this long is "
+        "stuck: it fails with the phase and its last progress named, and its worker process is "
+        "replaced. Waits with their own deadline (rewards, prompts) use that deadline instead.",
+    )
+    phase_timeouts_s: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-phase overrides of `progress_timeout_s`, e.g. `{"checkpoint": 600}` '
+        "(JSON in the environment).",
+    )
+    stall_grace_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Slack past a wait's own deadline before the job counts as stuck; also how "
+        "long a pause or cancel waits, with no progress, for the step to stop on its own before "
+        "the worker process is stopped and the job ends in the requested state.",
     )
     queued_timeout_s: float = Field(
         default=600.0,
@@ -327,6 +349,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(Path(p) for p in value.split(os.pathsep) if p.strip())
         return value
+
+    @field_validator("phase_timeouts_s")
+    @classmethod
+    def _known_phases(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(JOB_PHASES))
+        if unknown:
+            raise ValueError(f"unknown phases {unknown}; the phases are {list(JOB_PHASES)}")
+        if any(not bound > 0 for bound in value.values()):
+            raise ValueError("each phase timeout must be a positive number of seconds")
+        return value
+
+    def phase_timeout_s(self, phase: str) -> float:
+        """The progress bound of `phase`: its override, else `progress_timeout_s`."""
+        return self.phase_timeouts_s.get(phase, self.progress_timeout_s)
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

@@ -93,6 +93,8 @@ def settings_env(settings: Settings) -> dict[str, str | None]:
             env[key] = os.pathsep.join(str(v) for v in value)
         elif isinstance(value, bool):
             env[key] = "true" if value else "false"
+        elif isinstance(value, dict | list):
+            env[key] = json.dumps(value)
         else:
             env[key] = str(value)
     return env
@@ -132,6 +134,7 @@ class RankGroup:
         self.folder = job_dir(settings.artifacts_dir, job_id) / folder
         self.result_file = self.folder / "agent.json"
         self.process: subprocess.Popen | None = None
+        self._phase: tuple[str, float | None, float] | None = None  # rank 0's, last reported
 
     # ------------------------------------------------------------------ launch
     def command(self, endpoint: str) -> list[str]:
@@ -230,6 +233,7 @@ class RankGroup:
                     "the worker ended them",
                 )
             ranks = group_progress.read_ranks(self.folder)
+            self._report_phase(ranks)
             idle = time.time() - max([started, *(r.last_mark for r in ranks)])
             # Before its ranks start, the group may wait for the other machines: the agents
             # bound that wait by the rendezvous timeout, this watch by both bounds together.
@@ -251,6 +255,14 @@ class RankGroup:
                     f"not end the group within {grace:g} s; the worker ended it",
                 )
             time.sleep(WATCH_INTERVAL_S)
+
+    def _report_phase(self, ranks: list[group_progress.RankFile]) -> None:
+        """Rank 0's latest phase, as this worker's progress (its heartbeat stores it on the job,
+        its watchdog bounds it)."""
+        phase = next((r.phase for r in ranks if r.rank == 0 and r.phase is not None), None)
+        if phase is not None and phase != self._phase and hasattr(self.control, "progress"):
+            self._phase = phase
+            self.control.progress(phase[0], bound_s=phase[1])
 
     def _finishing(self) -> bool:
         """This machine's ranks wrote the run's end and its agent exits within a few seconds."""

@@ -6,7 +6,10 @@ group's folder on this machine (`$KEEL_GROUP_DIR`): who they are, that they make
   modification time is the rank's last progress mark (`mark()`: a step, a phase, a check while
   it waits for prompts or rewards). The worker stops a group whose newest mark is older than the
   stall bound (`Settings.group_stall_timeout_s`), and kills these pids when it tears the group
-  down (each rank runs in a session of its own).
+  down (each rank runs in a session of its own). Rank 0's file also names the phase its job loop
+  entered last (and that phase's bound), which the worker reports as the job's progress, so the
+  lease holder's phase watchdog (`jobrunner.control`) bounds a group's phases as it bounds one
+  process's.
 - `outcome.json`: the run's end state (succeeded | paused | cancelled, the step reached, the
   reason of a pause), which the ranks agreed on and each machine's local rank 0 writes; the lease
   holder records it on the job (it alone ends the job).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +45,16 @@ def start(rank: int) -> None:
     _mine = path
 
 
-def mark() -> None:
-    """This rank made progress (cheap: one utime)."""
-    if _mine is not None:
+def mark(*, phase: str | None = None, bound_s: float | None = None) -> None:
+    """This rank made progress (cheap: one utime); `phase`: rank 0's loop entered that phase of
+    the job (`jobrunner.progress`), which may take up to `bound_s`, for its worker's watchdog."""
+    if _mine is None:
+        return
+    if phase is None:
         os.utime(_mine)
+        return
+    data = json.loads(_mine.read_text())
+    _write_json(_mine, {**data, "phase": phase, "bound_s": bound_s, "phase_at": time.time()})
 
 
 def write_outcome(
@@ -64,6 +74,7 @@ class RankFile:
     agent_pid: int  # the launcher agent that started it
     host: str
     last_mark: float  # time.time() of the rank's last progress mark
+    phase: tuple[str, float | None, float] | None = None  # (phase, its bound, when) of rank 0
 
 
 def read_ranks(folder: Path) -> list[RankFile]:
@@ -73,8 +84,9 @@ def read_ranks(folder: Path) -> list[RankFile]:
         try:
             data = json.loads(path.read_text())
             mtime = path.stat().st_mtime
+            phase = (data["phase"], data["bound_s"], data["phase_at"]) if "phase" in data else None
             ranks.append(
-                RankFile(data["rank"], data["pid"], data["agent_pid"], data["host"], mtime)
+                RankFile(data["rank"], data["pid"], data["agent_pid"], data["host"], mtime, phase)
             )
         except (OSError, ValueError, KeyError):
             continue

@@ -35,8 +35,32 @@ log = logging.getLogger(__name__)
 
 
 class RankControl(JobControl):
-    """Rank 0's `JobControl`: every check the loop makes is also a progress mark (a rank that
-    waits for prompts or rewards keeps checking, so it is waiting, not stalled)."""
+    """Rank 0's `JobControl`. The worker that launched the group holds the lease: this one only
+    reads the job's row each heartbeat interval (a pending pause or cancel; a lease no longer
+    held is a lost one), and passes the loop's progress to that worker through its rank file
+    (`group_progress`), whose watchdog bounds each phase. Every check the loop makes is also a
+    progress mark (a rank that waits for prompts or rewards keeps checking: waiting, not
+    stalled)."""
+
+    def beat(self) -> None:
+        if self._lost:
+            return
+        with session_scope(self.factory) as session:
+            job = get_job(session, self.job_id)
+            held = job is not None and job.status == "running" and job.lease_owner == self.owner
+            requested = job.requested if held else None
+        if not held:
+            log.warning("job %s: no longer running under %s", self.job_id, self.owner)
+            self._lost = True
+        self._requested = requested
+        if self.stop_reason() is None:
+            self._stop_seen.clear()
+        else:
+            self._stop_seen.set()
+
+    def progress(self, phase: str, *, bound_s: float | None = None) -> None:
+        super().progress(phase, bound_s=bound_s)
+        group_progress.mark(phase=phase, bound_s=bound_s)
 
     def stop_reason(self) -> str | None:
         if threading.current_thread() is not self._thread:  # not the heartbeat's own checks

@@ -4,6 +4,8 @@
    (`keel_server.platform.leases`). A duplicate delivery finds a live lease, or a job that is not
    runnable (finished, paused, cancelled), and returns without writing anything.
 2. Heartbeat while the loop runs; the loop resumes from the latest checkpoint when there is one.
+   The loop reports its progress by phase; a run stuck past its phase's bound, or deaf to a pause
+   or cancel, is ended by the heartbeat's watchdog (`jobrunner.control`).
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
    A lost lease (another worker took over) ends it without touching the job.
 
@@ -66,8 +68,11 @@ def run_job(
     rank_args: tuple[str, ...] = (),
     call_machines: Callable[[int], object] | None = None,
     requeue: Callable[[], object] | None = None,
+    on_stuck: Callable[[], None] | None = None,
 ) -> RunOutcome:
-    """`rank_args`: extra arguments of each rank of a job trained by several processes
+    """`on_stuck` runs when the watchdog ends a stuck run (`jobrunner.control`): the Celery task
+    passes one that replaces this process (and with it a job's rank group, which dies with it).
+    `rank_args`: extra arguments of each rank of a job trained by several processes
     (`jobrunner.rank`; `--probe` runs the group's self-check instead of training).
     `call_machines(n)` asks n more workers to join a job of several machines (`keel.join_job`
     messages) once its rendezvous is recorded on the job; `requeue()` sends the job again after
@@ -94,7 +99,16 @@ def run_job(
         _end(factory, job_id, owner, "failed", error=describe(exc, lease.job.step))
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
-    with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
+    control = JobControl(
+        factory,
+        job_id,
+        owner,
+        interval_s=settings.heartbeat_interval_s,
+        bound_of=settings.phase_timeout_s,
+        stall_grace_s=settings.stall_grace_s,
+        on_stuck=on_stuck,
+    )
+    with control:
         if spec.config.distributed.world_size > 1:
             calls = _GroupCalls(rank_args, call_machines, requeue)
             return _run_group(spec, settings, factory, control, calls)

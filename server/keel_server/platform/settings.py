@@ -342,6 +342,21 @@ class Settings(BaseSettings):
         description="GPUs one vllm engine shards the model over; 1 runs it in the worker's "
         "process, more in vLLM worker processes that the weight sync reaches by RPC.",
     )
+    # A job on several trainer processes (torch.distributed, docs/how-to/distributed.md).
+    collective_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Bound on every collective of a multi-process job (gradient reductions, "
+        "parameter gathers, the weight sync to the rollout engine, checkpoint barriers): a rank "
+        "that dies or stalls makes the others fail within it instead of hanging.",
+    )
+    rollout_wait_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long the other ranks of a multi-process job wait for rank 0's sampled "
+        "and scored batch each step (its generation and the rewards, which may come from "
+        "outside); keep it above the reward deadline.",
+    )
 
     @field_validator("model_roots", mode="before")
     @classmethod

@@ -130,7 +130,10 @@ def run_job_rank(job_id: str, owner: str, settings: Settings) -> Outcome:
     from keel_worker.jobrunner.runner import describe, session_factory
     from keel_worker.jobrunner.spec import JobSpec
 
-    dp = init_from_env()
+    dp = init_from_env(
+        collective_timeout_s=settings.collective_timeout_s,
+        rollout_timeout_s=settings.rollout_wait_timeout_s,
+    )
     factory = session_factory(settings)
     with session_scope(factory) as session:
         spec = JobSpec.from_row(get_job(session, job_id), sealing_key=sealing_key(settings))

@@ -99,6 +99,9 @@ def run_job(
         _end(factory, job_id, owner, "failed", error=describe(exc, lease.job.step))
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
+    tensor_parallel = spec.config.distributed.tensor_parallel
+    if tensor_parallel is not None:  # the job's vLLM tensor-parallel size over the worker's
+        settings = settings.model_copy(update={"vllm_tensor_parallel_size": tensor_parallel})
     control = JobControl(
         factory,
         job_id,

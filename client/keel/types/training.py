@@ -311,6 +311,42 @@ class LoraConfig(_Strict):
     )
 
 
+MAX_PROCESSES = 1024
+MAX_NODES = 256
+
+
+class DistributedConfig(_Strict):
+    """How many processes train the job (docs/how-to/distributed.md). With `processes` × `nodes`
+    > 1 the worker that leases the job starts that many ranks with torch.distributed's launcher
+    (c10d rendezvous, FSDP2 sharding); the default, 1, trains in the worker's own process."""
+
+    processes: Int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Trainer processes (ranks) on each machine, one per GPU; at most what a "
+        "live worker advertises (`KEEL_WORKER_MAX_PROCESSES`), a 422 past it.",
+    )
+    nodes: Int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Machines the job spans, each running `processes` ranks; more than 1 needs "
+        "that many live workers advertising `processes` and a reachable rendezvous.",
+    )
+    tensor_parallel: Int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="GPUs one vLLM rollout engine shards the model over (`rollout.engine` "
+        "`vllm` only); None = the worker's `KEEL_VLLM_TENSOR_PARALLEL_SIZE`.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.nodes
+
+
 def _default_algorithm() -> AlgorithmConfig:
     return TypeAdapter(AlgorithmConfig).validate_python({"name": "minirl"})
 
@@ -346,6 +382,11 @@ class TrainingConfig(_Strict):
     guard: GuardConfig = Field(
         default_factory=GuardConfig,
         description="The stability guard: signals, thresholds and actions (keel.types.guard).",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Trainer processes per machine, machines, and the vLLM tensor-parallel "
+        "size; the default trains in one process.",
     )
     lora: LoraConfig | None = Field(
         None, description="Train LoRA adapters instead of all weights; None = full fine-tuning."
@@ -469,6 +510,12 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"eval_samples={self.eval_samples} with eval_temperature=0 repeats one greedy "
                 "response; set eval_temperature > 0 or eval_samples=1"
+            )
+        tp = self.distributed.tensor_parallel
+        if tp is not None and tp > 1 and self.rollout.engine != "vllm":
+            raise ValueError(
+                f"distributed.tensor_parallel={tp} shards a vLLM engine; set rollout.engine "
+                "to 'vllm' or leave tensor_parallel unset"
             )
         mode = self.algorithm.advantage
         if self.group_size == 1 and mode in GROUP_ADVANTAGE_MODES:

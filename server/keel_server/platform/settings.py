@@ -181,6 +181,54 @@ class Settings(BaseSettings):
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."
     )
+    # A job's trainer processes (`TrainingConfig.distributed`; docs/how-to/distributed.md).
+    worker_max_processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Trainer processes (ranks) this worker may start for one job, advertised "
+        "in the `workers` table and checked at job creation; unset: the number of CUDA GPUs, "
+        "or 1 without one.",
+    )
+    group_stall_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A job's rank group that reports no progress (a step, a phase, a check "
+        "while it waits for prompts or rewards) for this long is stopped and the job fails "
+        "with the reason. Keep it above the collective timeout.",
+    )
+    group_requeues: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Times a job whose rank was killed by a signal or whose group stalled is "
+        "put back in the queue (it resumes from its latest checkpoint) before such a failure "
+        "fails it; 0 = fail at once.",
+    )
+    group_stop_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a rank group gets to stop on its own after a pause or cancel "
+        "(at a step boundary, a pause checkpointing first) before the worker terminates it.",
+    )
+    rendezvous_host: str = Field(
+        default="127.0.0.1",
+        description="Address the other machines of a several-machine job reach this worker's "
+        "c10d rendezvous at; 127.0.0.1 serves one machine only.",
+    )
+    rendezvous_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the c10d rendezvous a worker hosts for the job it leases; 0 = a "
+        "free port (one machine), a fixed port for several machines.",
+    )
+    rendezvous_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds the machines of a job wait for each other at its rendezvous "
+        "before the job fails.",
+    )
     webhook_allow: str = Field(
         default="",
         description="Comma-separated hostnames and IP networks webhooks may be delivered to "

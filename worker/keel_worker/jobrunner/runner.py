@@ -8,6 +8,10 @@
    or cancel, is ended by the heartbeat's watchdog (`jobrunner.control`).
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
    A lost lease (another worker took over) ends it without touching the job.
+
+A job of several processes (`config.distributed`) runs its ranks under torch.distributed's
+launcher while this process keeps the lease (`jobrunner.group`); the workers of its other
+machines join it through `keel.join_job` (`jobrunner.joining`).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, take_lease
+from keel_server.db import jobs as jobs_db
+from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
 from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.group import GroupEnd, RankGroup, own_refusal
 from keel_worker.jobrunner.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,8 @@ class RunOutcome:
     """What one delivery did: `status` is the job's end state, or why it left the job alone."""
 
     job_id: str
-    status: str  # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost
+    # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost | requeued
+    status: str
     step: int = 0
 
 
@@ -58,10 +65,18 @@ def run_job(
     settings: Settings,
     *,
     owner: str | None = None,
+    rank_args: tuple[str, ...] = (),
+    call_machines: Callable[[int], object] | None = None,
+    requeue: Callable[[], object] | None = None,
     on_stuck: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """`on_stuck` runs when the watchdog ends a stuck run (`jobrunner.control`): the Celery task
-    passes one that replaces this process."""
+    passes one that replaces this process (and with it a job's rank group, which dies with it).
+    `rank_args`: extra arguments of each rank of a job trained by several processes
+    (`jobrunner.rank`; `--probe` runs the group's self-check instead of training).
+    `call_machines(n)` asks n more workers to join a job of several machines (`keel.join_job`
+    messages) once its rendezvous is recorded on the job; `requeue()` sends the job again after
+    its group failed in a way a new attempt may not repeat (`Settings.group_requeues`)."""
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
@@ -81,9 +96,12 @@ def run_job(
     try:
         spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
     except ValueError as exc:
-        _end(factory, job_id, owner, "failed", error=_describe(exc, lease.job.step))
+        _end(factory, job_id, owner, "failed", error=describe(exc, lease.job.step))
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
+    tensor_parallel = spec.config.distributed.tensor_parallel
+    if tensor_parallel is not None:  # the job's vLLM tensor-parallel size over the worker's
+        settings = settings.model_copy(update={"vllm_tensor_parallel_size": tensor_parallel})
     control = JobControl(
         factory,
         job_id,
@@ -94,7 +112,86 @@ def run_job(
         on_stuck=on_stuck,
     )
     with control:
+        if spec.config.distributed.world_size > 1:
+            calls = _GroupCalls(rank_args, call_machines, requeue)
+            return _run_group(spec, settings, factory, control, calls)
         return _run_leased(spec, settings, factory, control)
+
+
+def _run_group(
+    spec: JobSpec,
+    settings: Settings,
+    factory: SessionFactory,
+    control: JobControl,
+    calls: _GroupCalls,
+) -> RunOutcome:
+    """A job of several ranks: this process keeps the lease while its launcher runs the ranks
+    (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
+    refused = own_refusal(spec.config.distributed, settings)
+    if refused is not None:
+        _end(factory, spec.id, control.owner, "failed", error=refused)
+        return RunOutcome(spec.id, "failed", 0)
+    request = spec.config.distributed
+
+    def announce(endpoint: str) -> None:
+        with session_scope(factory) as session:
+            record_rendezvous(session, spec.id, control.owner, endpoint)
+        if calls.call_machines is not None:
+            calls.call_machines(request.nodes - 1)
+
+    group = RankGroup(
+        spec.id, request, settings, control, rank_args=calls.rank_args, on_rendezvous=announce
+    )
+    try:
+        end = group.run()
+    except StopRun:
+        end = GroupEnd("lost")
+    if end.status == "lost":
+        log.warning("job %s: lease lost; its rank group is ended", spec.id)
+        return RunOutcome(spec.id, "lost", _step_of(factory, spec.id))
+    if end.retryable and _requeued(factory, spec.id, control.owner, end, settings):
+        if calls.requeue is not None:
+            calls.requeue()
+        return RunOutcome(spec.id, "requeued", _step_of(factory, spec.id))
+    _end(factory, spec.id, control.owner, end.status, error=end.error, reason=end.reason)
+    step = end.step if end.step is not None else _step_of(factory, spec.id)
+    return RunOutcome(spec.id, end.status, step)
+
+
+@dataclass(frozen=True)
+class _GroupCalls:
+    """What a delivery of a job of several ranks may call besides the database."""
+
+    rank_args: tuple[str, ...]
+    call_machines: Callable[[int], object] | None
+    requeue: Callable[[], object] | None
+
+
+def _requeued(
+    factory: SessionFactory, job_id: str, owner: str, end: GroupEnd, settings: Settings
+) -> bool:
+    """Put the job back in the queue (running → queued, the reason on the event) while it has
+    re-queues left: attempt n re-queues when n ≤ `group_requeues`."""
+    with session_scope(factory) as session:
+        job = get_job(session, job_id)
+        if job is None or job.attempts > settings.group_requeues:
+            return False
+        left = settings.group_requeues - job.attempts
+        return jobs_db.transition(
+            session,
+            job_id,
+            from_statuses=("running",),
+            to="queued",
+            owner=owner,
+            values={"lease_owner": None, "requested": None},
+            event={"reason": f"re-queued ({left} re-queue(s) left) after: {end.error}"},
+        )
+
+
+def _step_of(factory: SessionFactory, job_id: str) -> int:
+    with session_scope(factory) as session:
+        job = get_job(session, job_id)
+        return job.step if job is not None else 0
 
 
 def _run_leased(
@@ -116,7 +213,7 @@ def _run_leased(
     except Exception as exc:
         step = loop.step_reached if loop else 0
         log.exception("job %s failed at step %d", spec.id, step)
-        _end(factory, spec.id, control.owner, "failed", error=_describe(exc, step))
+        _end(factory, spec.id, control.owner, "failed", error=describe(exc, step))
         return RunOutcome(spec.id, "failed", step)
     _end(factory, spec.id, control.owner, status, reason=loop.end_reason)
     return RunOutcome(spec.id, status, loop.step_reached)
@@ -136,6 +233,6 @@ def _end(
             log.warning("job %s: could not record %s (lease no longer held)", job_id, status)
 
 
-def _describe(exc: BaseException, step: int) -> str:
+def describe(exc: BaseException, step: int) -> str:
     text = f"{type(exc).__name__} after step {step}: {exc}"
     return text[:MAX_ERROR_CHARS]

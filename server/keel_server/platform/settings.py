@@ -212,8 +212,9 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(
         default=200.0,
         gt=0,
-        description="Sustained requests per second per project, per API "
-        "process (429 with Retry-After past it).",
+        description="Sustained requests per second per project (429 with Retry-After past it). "
+        "With a Redis broker it holds across every API process (the buckets live in that "
+        "Redis); otherwise each API process enforces it on its own.",
     )
     rate_limit_burst: int = Field(default=1000, ge=1, description="Requests a project may burst.")
     max_reward_wait_s: float = Field(

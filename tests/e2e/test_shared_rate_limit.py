@@ -1,0 +1,59 @@
+"""The per-project request rate across two real API processes (`keel server` twice, on one
+PostgreSQL database and one Redis): requests to both together are limited to the project's rate,
+not twice it (docs/concepts/tenancy.md §6)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.services]
+
+BURST, RATE_PER_S = 6, 0.05  # a token every 20 s: the test sees the burst and nothing more
+
+
+def test_two_api_processes_share_a_projects_rate(production_stack, helpers):
+    production_stack.env.update(
+        KEEL_RATE_LIMIT_PER_S=str(RATE_PER_S), KEEL_RATE_LIMIT_BURST=str(BURST)
+    )
+    urls = [_api(production_stack, helpers, name) for name in ("api-1", "api-2")]
+    admin = {"Authorization": f"Bearer {helpers.admin_key}"}
+    created = httpx.post(f"{urls[0]}/v1/keys", json={"project": "team"}, headers=admin)
+    headers = {"Authorization": f"Bearer {created.json()['key']}"}
+
+    started = time.monotonic()
+    answers = []  # (which process, status) in the order sent, alternating between the two
+    with httpx.Client(headers=headers, timeout=30) as client:
+        for i in range(3 * BURST):
+            url = urls[i % 2]
+            answers.append((url, client.get(f"{url}/v1/jobs").status_code))
+    refilled = int((time.monotonic() - started) * RATE_PER_S)
+
+    served = [a for a in answers if a[1] == 200]
+    # Per-process buckets would serve 2 × BURST here, BURST from each process.
+    assert BURST <= len(served) <= BURST + refilled, answers
+    assert {status for _, status in answers} == {200, 429}
+    assert {url for url, status in answers if status == 429} == set(urls)  # both refuse
+    assert {url for url, status in answers if status == 200} == set(urls)  # both served
+    refused = httpx.get(f"{urls[1]}/v1/jobs", headers=headers)
+    assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 1 / RATE_PER_S
+
+
+def _api(stack, helpers, name: str) -> str:
+    """One more `keel server` process on the stack's database and Redis, with a log of its own."""
+    port = helpers.free_port()
+    proc = stack.start(name, helpers.keel_cmd("server", "--port", str(port)))
+    url = f"http://127.0.0.1:{port}"
+
+    def live() -> bool:
+        assert proc.process.poll() is None, proc.output()
+        try:
+            return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    helpers.wait_until(live, timeout_s=90, what=f"{name} live")
+    return url

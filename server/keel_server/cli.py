@@ -54,7 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     server = add("server")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
-    server.add_argument("--workers", type=int, default=1)
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes; 0 = one per CPU core (default: KEEL_API_WORKERS, else 1)",
+    )
     server.set_defaults(func=_server)
 
     # Its options (--queue, --loglevel, --hostname, --help, ...) belong to `keel-worker`.
@@ -83,8 +88,20 @@ def _up(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=args.workers)
+    workers = api_processes(get_settings().api_workers if args.workers is None else args.workers)
+    uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=workers)
     return 0
+
+
+def api_processes(workers: int) -> int:
+    """How many API processes `keel server --workers N` runs: N, or for 0 one per CPU core this
+    process may run on (its affinity: a container limited to some cores gets that many)."""
+    if workers < 0:
+        raise ValueError(f"--workers must be 0 (one per core) or more, not {workers}")
+    if workers:
+        return workers
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def _worker(args: argparse.Namespace) -> int:

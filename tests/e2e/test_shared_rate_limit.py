@@ -5,6 +5,7 @@ not twice it (docs/concepts/tenancy.md §6)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -42,8 +43,43 @@ def test_two_api_processes_share_a_projects_rate(production_stack, helpers):
     assert 1 <= int(refused.headers["retry-after"]) <= 1 / RATE_PER_S
 
 
+def test_keel_server_runs_its_workers_under_one_rate(production_stack, helpers):
+    """`keel server` as compose runs it, with KEEL_API_WORKERS processes on one port: they are
+    all there, and a project's burst is one burst however the connections were spread."""
+    production_stack.env.update(
+        KEEL_RATE_LIMIT_PER_S=str(RATE_PER_S),
+        KEEL_RATE_LIMIT_BURST=str(BURST),
+        KEEL_API_WORKERS="2",
+    )
+    url = _api(production_stack, helpers, "api")
+    server = production_stack.procs[-1].process.pid
+    helpers.wait_until(lambda: len(_workers(server)) == 2, timeout_s=60, what="two workers")
+    admin = {"Authorization": f"Bearer {helpers.admin_key}"}
+    created = httpx.post(f"{url}/v1/keys", json={"project": "team"}, headers=admin)
+    headers = {"Authorization": f"Bearer {created.json()['key']}"}
+    # A new connection per request, so the kernel may hand each to either process.
+    codes = [httpx.get(f"{url}/v1/jobs", headers=headers).status_code for _ in range(3 * BURST)]
+    assert codes == [200] * BURST + [429] * (2 * BURST)
+
+
+def _workers(pid: int) -> list[int]:
+    """uvicorn's worker processes under its supervisor `pid`: its children started by
+    multiprocessing's spawn (another child is multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
 def _api(stack, helpers, name: str) -> str:
-    """One more `keel server` process on the stack's database and Redis, with a log of its own."""
+    """One more `keel server` on the stack's database and Redis, with a log of its own."""
     port = helpers.free_port()
     proc = stack.start(name, helpers.keel_cmd("server", "--port", str(port)))
     url = f"http://127.0.0.1:{port}"

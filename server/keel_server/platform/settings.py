@@ -217,6 +217,12 @@ class Settings(BaseSettings):
         "Redis); otherwise each API process enforces it on its own.",
     )
     rate_limit_burst: int = Field(default=1000, ge=1, description="Requests a project may burst.")
+    api_workers: int = Field(
+        default=1,
+        ge=0,
+        description="API processes `keel server` runs (uvicorn workers) when `--workers` is not "
+        "given; 0 = one per CPU core it may use (the compose deployment's default).",
+    )
     max_reward_wait_s: float = Field(
         default=24 * 3600.0,
         gt=0,

@@ -1,37 +1,41 @@
-"""Reward ingestion under concurrency: N clients posting rewards to a real `keel server`, swept
-over the number of clients against a target of 1,000 posts/s with a p99 under 50 ms.
+"""Reward ingestion under concurrency: N clients posting rewards to real `keel server`s, swept
+over the number of clients and the number of API processes, against a target of 1,000 posts/s
+with a p99 under 50 ms.
 
-The server runs as its own process (`keel migrate`, then `keel server` as docker-compose runs
-it: one uvicorn worker unless `--server-workers` says otherwise) on SQLite (a file, as in
-`keel up`) or a fresh PostgreSQL database. One server serves the whole sweep, as a deployed API
-does: starting one costs many seconds here, and a sweep point should measure the posts, not a
-cold process; an unmeasured warm-up job goes first. Each point then gets a job of its own with
-`--rollouts` awaiting rollouts, written as the worker writes them, and `clients` concurrent
-clients, each with its own keep-alive HTTP connection, post three rewards per rollout in random
-order: the value twice and a different value once. Whichever arrives first wins, so per rollout
-exactly one post must say `created`, every other post with the winning value is a 200 repeat,
-every post with the other value is a 409, and the stored reward is the winner's: checked per
-point against the database afterwards.
+Each server runs as its own process (`keel migrate`, then `keel server --workers N` as a
+deployment runs it: `--server-workers 1,2` compares one process with two) on SQLite (a file, as
+in `keel up`) or a fresh PostgreSQL database. On PostgreSQL the servers' broker is Redis
+(`--redis`), as in the compose deployment, so every request also takes its project's token from
+the rate-limit bucket shared through Redis. The servers serve the whole sweep, as deployed APIs
+do: starting one costs many seconds here, and a sweep point should measure the posts, not a cold
+process; an unmeasured warm-up job goes first on each. The points are interleaved (at each
+concurrency, every server in turn), so a load that other programs put on a shared machine falls
+on the compared servers alike. Each point gets a job of its own with `--rollouts` awaiting
+rollouts, written as the worker writes them, and `clients` concurrent clients, each with its own
+keep-alive HTTP connection, post three rewards per rollout in random order: the value twice and a
+different value once. Whichever arrives first wins, so per rollout exactly one post must say
+`created`, every other post with the winning value is a 200 repeat, every post with the other
+value is a 409, and the stored reward is the winner's: checked per point against the database
+afterwards.
 
 The clients are `bench/reward_clients.py` (one asyncio loop of minimal HTTP/1.1). The bench
-server's per-project request-rate limit and active-job quota are raised (an operator's settings;
-the defaults, 200 requests/s per project per API process and 16 active jobs, would answer this
-load with 429s).
+servers' per-project request-rate limit and active-job quota are raised (an operator's settings;
+the defaults, 200 requests/s per project and 16 active jobs, would answer this load with 429s).
 
 Reports requests per second, latency percentiles and the CPU milliseconds per request of the
-server process(es) and of the clients for each concurrency, and writes
-`bench/results/reward_ingest_<db>.json` and `.md` (`_<N>workers` added with `--server-workers N`).
+server processes and of the clients for each concurrency and process count, with the CPU and the
+load averages before and after, and writes `bench/results/reward_ingest_<db>.json` and `.md`.
 
     .venv/bin/python -m bench.reward_ingest --db sqlite
-    .venv/bin/python -m bench.reward_ingest --db postgres --clients 1,2,4,8,16,32,64 --rollouts 500
+    .venv/bin/python -m bench.reward_ingest --db postgres --server-workers 1,2 --rollouts 500
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import random
 import secrets
 import socket
@@ -47,11 +51,13 @@ from pathlib import Path
 
 import httpx
 
+from bench.machine import describe_machine, load_averages, uptime
 from bench.reward_clients import Post, Result, post_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_KEY = "keel_admin_bench_0123456789abcdef"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/5"
 DEFAULT_CLIENTS = (1, 2, 4, 8, 16, 32, 64)
 WARMUP_ROLLOUTS = 100
 TARGET_REQUESTS_PER_S, TARGET_P99_MS = 1000.0, 50.0  # the sweep's target
@@ -80,11 +86,14 @@ class Report:
 
 @dataclass(frozen=True)
 class Sweep:
+    """The points of one server: `server_workers` API processes."""
+
     db: str
     rollouts: int
     server_workers: int
     points: list[Report]
     warmup_exactly_once: bool
+    shared_rate_limit: bool = False  # its broker was Redis: every request took a shared token
 
     @property
     def exactly_once(self) -> bool:
@@ -97,8 +106,10 @@ class Sweep:
 class Server:
     """`keel migrate` then `keel server` on a database of its own, in a temporary home."""
 
-    def __init__(self, db: str, home: Path, *, workers: int = 1) -> None:
-        self.db, self.home = db, home
+    def __init__(
+        self, db: str, home: Path, *, workers: int = 1, redis_url: str | None = None
+    ) -> None:
+        self.db, self.home, self.workers, self.redis_url = db, home, workers, redis_url
         self.database_url = self._database()
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -111,6 +122,8 @@ class Server:
             KEEL_RATE_LIMIT_BURST="1000000",
             KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000",
         )
+        if redis_url:
+            self.env["KEEL_BROKER_URL"] = redis_url  # the rate-limit buckets live there
         cli = [sys.executable, "-m", "keel"]
         try:
             subprocess.run([*cli, "migrate"], env=self.env, check=True, capture_output=True)
@@ -290,26 +303,63 @@ def sweep(
     seed: int = 0,
     server_workers: int = 1,
     warmup_rollouts: int = WARMUP_ROLLOUTS,
+    redis_url: str | None = None,
 ) -> Sweep:
-    """One server; an unmeasured warm-up job, then one job of `rollouts` per concurrency."""
-    points = []
-    with tempfile.TemporaryDirectory(prefix="keel-ingest-") as tmp:
-        server = Server(db, Path(tmp), workers=server_workers)
-        try:
-            warmup = None
-            if warmup_rollouts:
-                warmup = _point(server, max(clients), warmup_rollouts, seed)
-            for i, n in enumerate(clients):
-                points.append(_point(server, n, rollouts, seed + 1 + i))
-        finally:
-            server.stop()
-    return Sweep(
-        db=db,
+    """One server of `server_workers` processes: an unmeasured warm-up job, then one job of
+    `rollouts` per concurrency."""
+    (result,) = compare(
+        db,
+        clients=clients,
         rollouts=rollouts,
-        server_workers=server_workers,
-        points=points,
-        warmup_exactly_once=warmup is None or warmup.exactly_once,
+        seed=seed,
+        server_workers=[server_workers],
+        warmup_rollouts=warmup_rollouts,
+        redis_url=redis_url,
     )
+    return result
+
+
+def compare(
+    db: str,
+    *,
+    clients: Sequence[int] = DEFAULT_CLIENTS,
+    rollouts: int,
+    seed: int = 0,
+    server_workers: Sequence[int] = (1,),
+    warmup_rollouts: int = WARMUP_ROLLOUTS,
+    redis_url: str | None = None,
+) -> list[Sweep]:
+    """One server per entry of `server_workers`, all up together; each gets a warm-up, then at
+    each concurrency every server in turn gets a job of `rollouts` (the same posts, seeded per
+    concurrency), so a passing load on the machine does not favour one server."""
+    points: dict[int, list[Report]] = {}
+    warmups: dict[int, bool] = {}
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for i, workers in enumerate(server_workers):
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-ingest-")))
+            server = Server(db, home, workers=workers, redis_url=redis_url)
+            stack.callback(server.stop)
+            servers.append((i, server))
+        for i, server in servers:
+            warmup = (
+                _point(server, max(clients), warmup_rollouts, seed) if warmup_rollouts else None
+            )
+            warmups[i] = warmup is None or warmup.exactly_once
+        for k, n in enumerate(clients):
+            for i, server in servers:
+                points.setdefault(i, []).append(_point(server, n, rollouts, seed + 1 + k))
+    return [
+        Sweep(
+            db=db,
+            rollouts=rollouts,
+            server_workers=workers,
+            points=points[i],
+            warmup_exactly_once=warmups[i],
+            shared_rate_limit=bool(redis_url),
+        )
+        for i, workers in enumerate(server_workers)
+    ]
 
 
 def run(db: str, *, clients: int, rollouts: int, seed: int = 0) -> Report:
@@ -353,33 +403,73 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return round(sorted_values[index], 1)
 
 
-def write_results(result: Sweep, *, note: str = "") -> Path:
-    """`reward_ingest_<db>.json` (every point in full) and `.md` (the curve as a table)."""
+def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note: str = "") -> Path:
+    """`reward_ingest_<db>.json` (every point of every server in full) and `.md` (one table per
+    server: the curve). `machine` is what `bench.machine` recorded around the run."""
     RESULTS.mkdir(exist_ok=True)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    machine = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_after": [round(x, 2) for x in load] if load else None,
-    }
+    db = sweeps[0].db
+    machine = {**(machine or {}), "load_average_after": load_averages()}
     target = {"requests_per_s": TARGET_REQUESTS_PER_S, "p99_ms": TARGET_P99_MS}
-    met = [p.clients for p in result.points if _meets_target(p)]
     data = {
-        "db": result.db,
-        "rollouts": result.rollouts,
-        "server_workers": result.server_workers,
-        "exactly_once": result.exactly_once,
-        "warmup_exactly_once": result.warmup_exactly_once,
+        "db": db,
+        "rollouts": sweeps[0].rollouts,
+        "exactly_once": all(s.exactly_once for s in sweeps),
         "target": target,
-        "target_met_at_clients": met,
+        "verdict": _verdict(sweeps),
         "note": note,
-        "points": [asdict(p) for p in result.points],
+        "servers": [
+            {
+                "server_workers": s.server_workers,
+                "shared_rate_limit": s.shared_rate_limit,
+                "exactly_once": s.exactly_once,
+                "warmup_exactly_once": s.warmup_exactly_once,
+                "target_met_at_clients": [p.clients for p in s.points if _meets_target(p)],
+                "points": [asdict(p) for p in s.points],
+            }
+            for s in sweeps
+        ],
         "machine": machine,
     }
-    # The production shape (one worker, as docker-compose runs it) is the plain name.
-    workers = "" if result.server_workers == 1 else f"_{result.server_workers}workers"
-    path = RESULTS / f"reward_ingest_{result.db}{workers}.json"
+    path = RESULTS / f"reward_ingest_{db}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
+    cpu = machine.get("cpu", "an unnamed CPU")
+    cores = machine.get("cores", os.cpu_count())
+    counts = " and ".join(str(s.server_workers) for s in sweeps)
+    rate = (
+        " Their broker is Redis, so each request also takes a token from its project's "
+        "rate-limit bucket shared through Redis, as deployed."
+        if sweeps[0].shared_rate_limit
+        else ""
+    )
+    loads = ""
+    if machine.get("uptime_before"):
+        loads = (
+            f" `uptime` before: `{machine['uptime_before']}`; load averages after: "
+            f"{machine['load_average_after']}. The cores were shared with the clients, the "
+            "database and other programs running on the machine."
+        )
+    parts = [
+        f"# Reward ingestion, {db}\n",
+        f"`keel server` with {counts} API processes on {cores} cores ({cpu}), shared with the "
+        f"clients and the database; per point a job of {sweeps[0].rollouts} rollouts × 3 posts "
+        f"(the value twice, another once), the servers' points interleaved.{rate} Target: "
+        f"≥ {TARGET_REQUESTS_PER_S:g} posts/s with p99 < {TARGET_P99_MS:g} ms: "
+        f"{data['verdict']}. Exactly once at every point: "
+        f"{'yes' if data['exactly_once'] else 'NO'}.{loads}\n",
+    ]
+    for s in sweeps:
+        parts.append(f"## {_processes(s.server_workers)}\n\n" + _table(s) + "\n")
+    if note:
+        parts.append(note + "\n")
+    path.with_suffix(".md").write_text("\n".join(parts))
+    return path
+
+
+def _processes(n: int) -> str:
+    return f"{n} API process{'es' if n != 1 else ''}"
+
+
+def _table(result: Sweep) -> str:
     rows = [
         "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
         "| exactly once | server CPU ms/req | client CPU ms/req |",
@@ -393,28 +483,24 @@ def write_results(result: Sweep, *, note: str = "") -> Path:
             f"| {p.p99_ms} | {p.max_ms} | {statuses} | {once} "
             f"| {_cell(p.server_cpu_ms_per_request)} | {_cell(p.client_cpu_ms_per_request)} |"
         )
-    best = max(result.points, key=lambda p: p.requests_per_s)
-    verdict = (
-        f"met at {', '.join(map(str, met))} clients"
-        if met
-        else f"not met: the best point is {best.requests_per_s} req/s at {best.clients} clients "
-        f"(p99 {best.p99_ms} ms)"
+    return "\n".join(rows)
+
+
+def _verdict(sweeps: Sequence[Sweep]) -> str:
+    met = [
+        f"{_processes(s.server_workers)} at {p.clients} clients"
+        for s in sweeps
+        for p in s.points
+        if _meets_target(p)
+    ]
+    if met:
+        return "met with " + ", ".join(met)
+    best = {s.server_workers: max(s.points, key=lambda p: p.requests_per_s) for s in sweeps}
+    return "not met: the best points are " + "; ".join(
+        f"{p.requests_per_s} posts/s at {p.clients} clients (p99 {p.p99_ms} ms) with "
+        f"{_processes(n)}"
+        for n, p in best.items()
     )
-    load_text = f" Load average after the run: {machine['load_average_after']}." if load else ""
-    md = (
-        f"# Reward ingestion, {result.db}\n\n"
-        f"One `keel server` ({result.server_workers} uvicorn worker"
-        f"{'s' if result.server_workers != 1 else ''}) on {os.cpu_count()} CPUs, shared with the "
-        f"clients and the database; per point a job of {result.rollouts} rollouts × 3 posts "
-        f"(the value twice, another once). Target: ≥ {TARGET_REQUESTS_PER_S:g} "
-        f"posts/s with p99 < {TARGET_P99_MS:g} ms: {verdict}. Exactly once at every point: "
-        f"{'yes' if result.exactly_once else 'NO'}.{load_text}\n\n"
-        + "\n".join(rows)
-        + "\n"
-        + (f"\n{note}\n" if note else "")
-    )
-    path.with_suffix(".md").write_text(md)
-    return path
 
 
 def _meets_target(point: Report) -> bool:
@@ -436,7 +522,17 @@ def _clients(text: str) -> list[int]:
     return values
 
 
+def _counts(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of counts, each >= 1")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
+    from keel_server.cli import api_processes
+
+    cores = api_processes(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument(
@@ -450,22 +546,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--server-workers",
-        type=int,
-        default=1,
-        help="uvicorn workers of the server (docker-compose runs 1)",
+        type=_counts,
+        default=sorted({1, cores}),
+        help=f"API processes of each compared server (default 1,{cores}: one, and one per core "
+        "as docker-compose runs it)",
+    )
+    parser.add_argument(
+        "--redis",
+        default=None,
+        help=f"the servers' Redis broker, which shares the rate limit (default {REDIS_URL} on "
+        "postgres, none on sqlite; 'none' for none)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="a line for the .md (conditions of the run)")
     args = parser.parse_args(argv)
-    result = sweep(
+    redis_url = args.redis or (REDIS_URL if args.db == "postgres" else None)
+    machine = describe_machine(uptime_before=uptime(), load_average_before=load_averages())
+    results = compare(
         args.db,
         clients=args.clients,
         rollouts=args.rollouts,
         seed=args.seed,
         server_workers=args.server_workers,
+        redis_url=None if redis_url == "none" else redis_url,
     )
-    print(write_results(result, note=args.note).with_suffix(".md").read_text())
-    return 0 if result.exactly_once else 1
+    path = write_results(results, machine=machine, note=args.note)
+    print(path.with_suffix(".md").read_text())
+    return 0 if all(r.exactly_once for r in results) else 1
 
 
 if __name__ == "__main__":

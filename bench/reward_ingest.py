@@ -58,6 +58,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_KEY = "keel_admin_bench_0123456789abcdef"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/5"
+DB_CONNECTIONS_PER_SERVER = 32  # half the largest concurrency swept
 DEFAULT_CLIENTS = (1, 2, 4, 8, 16, 32, 64)
 WARMUP_ROLLOUTS = 100
 TARGET_REQUESTS_PER_S, TARGET_P99_MS = 1000.0, 50.0  # the sweep's target
@@ -121,6 +122,9 @@ class Server:
             KEEL_RATE_LIMIT_PER_S="1000000",
             KEEL_RATE_LIMIT_BURST="1000000",
             KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000",
+            # The compared servers are up together on one PostgreSQL (max_connections 100 by
+            # default, shared with whatever else runs): each holds at most this many in all.
+            KEEL_API_DATABASE_CONNECTIONS=str(DB_CONNECTIONS_PER_SERVER),
         )
         if redis_url:
             self.env["KEEL_BROKER_URL"] = redis_url  # the rate-limit buckets live there

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keel.cli import OPERATOR_COMMANDS, dispatch, print_json
-from keel_server.platform.settings import Settings, get_settings
+from keel_server.platform.settings import Settings, api_process_count, get_settings
 
 
 def run(argv: Sequence[str]) -> int:
@@ -89,19 +89,20 @@ def _server(args: argparse.Namespace) -> int:
     import uvicorn
 
     workers = api_processes(get_settings().api_workers if args.workers is None else args.workers)
+    # Each process reads its Settings from this environment: the count tells it its share of the
+    # database connections (`Settings.api_database_connections`).
+    os.environ["KEEL_API_WORKERS"] = str(workers)
+    get_settings.cache_clear()
     uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=workers)
     return 0
 
 
 def api_processes(workers: int) -> int:
-    """How many API processes `keel server --workers N` runs: N, or for 0 one per CPU core this
-    process may run on (its affinity: a container limited to some cores gets that many)."""
-    if workers < 0:
-        raise ValueError(f"--workers must be 0 (one per core) or more, not {workers}")
-    if workers:
-        return workers
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
+    """`keel server --workers N`: N processes, or one per CPU core for 0."""
+    try:
+        return api_process_count(workers)
+    except ValueError as exc:
+        raise SystemExit(f"error: --workers: {exc}") from None
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def test_server_runs_the_processes_asked_for_or_one_per_core(monkeypatch):
     assert operator_cli.api_processes(0) == cores
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4})
     assert operator_cli.api_processes(0) == 5  # the cores it may use, not the machine's
-    with pytest.raises(ValueError, match="--workers"):
+    with pytest.raises(SystemExit, match="--workers"):
         operator_cli.api_processes(-1)
     get_settings.cache_clear()
     monkeypatch.setenv("KEEL_API_WORKERS", "0")

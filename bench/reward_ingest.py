@@ -499,11 +499,29 @@ def _verdict(sweeps: Sequence[Sweep]) -> str:
     ]
     if met:
         return "met with " + ", ".join(met)
-    best = {s.server_workers: max(s.points, key=lambda p: p.requests_per_s) for s in sweeps}
-    return "not met: the best points are " + "; ".join(
-        f"{p.requests_per_s} posts/s at {p.clients} clients (p99 {p.p99_ms} ms) with "
-        f"{_processes(n)}"
-        for n, p in best.items()
+    within = []
+    for s in sweeps:
+        fast = [p for p in s.points if p.exactly_once and p.p99_ms < TARGET_P99_MS]
+        best = max(fast, key=lambda p: p.requests_per_s, default=None)
+        within.append(
+            f"{best.requests_per_s} posts/s at {best.clients} clients (p99 {best.p99_ms} ms) "
+            f"with {_processes(s.server_workers)}"
+            if best
+            else f"no point of {_processes(s.server_workers)}"
+        )
+    most = []
+    for s in sweeps:
+        best = max(s.points, key=lambda p: p.requests_per_s)
+        most.append(
+            f"{best.requests_per_s} at {best.clients} clients (p99 {best.p99_ms} ms) with "
+            f"{_processes(s.server_workers)}"
+        )
+    return (
+        f"not met: the most posts/s with p99 under {TARGET_P99_MS:g} ms are "
+        + "; ".join(within)
+        + " (the most at any latency: "
+        + "; ".join(most)
+        + ")"
     )
 
 

@@ -10,8 +10,10 @@ user commands (`keel jobs ...`, `keel checkpoints ...`) are the SDK's own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,12 +90,20 @@ def _up(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from keel_server.platform.telemetry import MULTIPROCESS_DIR_VARIABLE
+
     workers = api_processes(get_settings().api_workers if args.workers is None else args.workers)
     # Each process reads its Settings from this environment: the count tells it its share of the
     # database connections (`Settings.api_database_connections`).
     os.environ["KEEL_API_WORKERS"] = str(workers)
     get_settings.cache_clear()
-    uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=workers)
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and MULTIPROCESS_DIR_VARIABLE not in os.environ:
+            # The processes' Prometheus counts, added up by whichever one a scrape reaches
+            # (keel_server.platform.telemetry); a fresh folder, so no earlier run's counts.
+            shared = stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-metrics-"))
+            os.environ[MULTIPROCESS_DIR_VARIABLE] = shared
+        uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=workers)
     return 0
 
 

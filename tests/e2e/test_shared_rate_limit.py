@@ -45,7 +45,8 @@ def test_two_api_processes_share_a_projects_rate(production_stack, helpers):
 
 def test_keel_server_runs_its_workers_under_one_rate(production_stack, helpers):
     """`keel server` as compose runs it, with KEEL_API_WORKERS processes on one port: they are
-    all there, and a project's burst is one burst however the connections were spread."""
+    all there, a project's burst is one burst however the connections were spread, and a
+    Prometheus scrape counts the requests of all of them."""
     production_stack.env.update(
         KEEL_RATE_LIMIT_PER_S=str(RATE_PER_S),
         KEEL_RATE_LIMIT_BURST=str(BURST),
@@ -60,6 +61,25 @@ def test_keel_server_runs_its_workers_under_one_rate(production_stack, helpers):
     # A new connection per request, so the kernel may hand each to either process.
     codes = [httpx.get(f"{url}/v1/jobs", headers=headers).status_code for _ in range(3 * BURST)]
     assert codes == [200] * BURST + [429] * (2 * BURST)
+    # Prometheus counts every process's requests, whichever process answers the scrape.
+    for _ in range(4):
+        scrape = httpx.get(f"{url}/metrics", headers=admin).text
+        assert _requests(scrape, "GET", "/v1/jobs") == {"200": BURST, "429": 2 * BURST}
+
+
+def _requests(scrape: str, method: str, route: str) -> dict[str, int]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(scrape):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "keel_http_requests_total" and (
+                labels["method"],
+                labels["route"],
+            ) == (method, route):
+                counts[labels["status"]] = int(sample.value)
+    return counts
 
 
 def _workers(pid: int) -> list[int]:

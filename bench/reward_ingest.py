@@ -83,6 +83,21 @@ class Report:
     violations: list[str]
     server_cpu_ms_per_request: float | None = None  # the server process(es); None without /proc
     client_cpu_ms_per_request: float | None = None  # this process, which runs the clients
+    # The PostgreSQL backends serving the server's database and the Redis server, where this
+    # machine runs them (None elsewhere): with the two above, the CPU a post costs in all.
+    database_cpu_ms_per_request: float | None = None
+    redis_cpu_ms_per_request: float | None = None
+
+    @property
+    def total_cpu_ms_per_request(self) -> float | None:
+        parts = (
+            self.server_cpu_ms_per_request,
+            self.client_cpu_ms_per_request,
+            self.database_cpu_ms_per_request,
+        )
+        if any(part is None for part in parts):
+            return None
+        return round(sum(parts) + (self.redis_cpu_ms_per_request or 0.0), 2)
 
 
 @dataclass(frozen=True)
@@ -189,6 +204,47 @@ class Server:
 
             with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+    def database_cpu_s(self) -> dict[int, float] | None:
+        """CPU seconds so far of each PostgreSQL backend connected to this server's database
+        (local PostgreSQL only: None where /proc does not show its processes)."""
+        if self.db != "postgres":
+            return None
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.pg_name,)
+            ).fetchall()
+        cpu = {pid: _pid_cpu_s(pid) for (pid,) in rows}
+        return None if not cpu or None in cpu.values() else cpu
+
+    def redis_cpu_s(self) -> float | None:
+        """CPU seconds so far of the Redis server the broker URL names, if it runs here."""
+        if not self.redis_url:
+            return None
+        import redis
+
+        with redis.Redis.from_url(self.redis_url) as client:
+            return _pid_cpu_s(int(client.info("server")["process_id"]))
+
+
+def _pid_cpu_s(pid: int) -> float | None:
+    """utime + stime of one process; None where /proc does not show it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_delta_ms(before: dict[int, float] | None, after: dict[int, float] | None, n: int):
+    """CPU ms per request of the backends between two snapshots (a backend that appeared
+    meanwhile counts from zero; one that ended meanwhile is missed: the server's pool keeps
+    its connections, so few do)."""
+    if before is None or after is None:
+        return None
+    return round(sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items()) / n * 1e3, 2)
 
 
 def _tree_cpu_s(root: int) -> float | None:
@@ -374,9 +430,11 @@ def run(db: str, *, clients: int, rollouts: int, seed: int = 0) -> Report:
 def _point(server: Server, clients: int, rollouts: int, seed: int) -> Report:
     token, ids = prepare_job(server, rollouts)
     posts = make_posts(ids, seed)
+    db_cpu0, redis_cpu0 = server.database_cpu_s(), server.redis_cpu_s()
     server_cpu0, client_cpu0 = server.cpu_s(), time.process_time()
     results, wall_s = post_all(server.url, token, posts, clients)
     server_cpu1, client_cpu1 = server.cpu_s(), time.process_time()
+    db_cpu1, redis_cpu1 = server.database_cpu_s(), server.redis_cpu_s()
     violations = check_exactly_once(results, stored_rewards(server.database_url, ids))
     n = len(results)
     if len(results) != len(posts):
@@ -399,6 +457,12 @@ def _point(server: Server, clients: int, rollouts: int, seed: int) -> Report:
         violations=violations[:20],
         server_cpu_ms_per_request=per_request,
         client_cpu_ms_per_request=round((client_cpu1 - client_cpu0) / n * 1e3, 2),
+        database_cpu_ms_per_request=_cpu_delta_ms(db_cpu0, db_cpu1, n),
+        redis_cpu_ms_per_request=(
+            None
+            if redis_cpu0 is None or redis_cpu1 is None
+            else round((redis_cpu1 - redis_cpu0) / n * 1e3, 3)
+        ),
     )
 
 
@@ -420,6 +484,7 @@ def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note:
         "exactly_once": all(s.exactly_once for s in sweeps),
         "target": target,
         "verdict": _verdict(sweeps),
+        "cpu_ms_per_post": _cpu_per_post(sweeps),
         "note": note,
         "servers": [
             {
@@ -428,7 +493,10 @@ def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note:
                 "exactly_once": s.exactly_once,
                 "warmup_exactly_once": s.warmup_exactly_once,
                 "target_met_at_clients": [p.clients for p in s.points if _meets_target(p)],
-                "points": [asdict(p) for p in s.points],
+                "points": [
+                    {**asdict(p), "total_cpu_ms_per_request": p.total_cpu_ms_per_request}
+                    for p in s.points
+                ],
             }
             for s in sweeps
         ],
@@ -461,12 +529,30 @@ def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note:
         f"{data['verdict']}. Exactly once at every point: "
         f"{'yes' if data['exactly_once'] else 'NO'}.{loads}\n",
     ]
+    cost = data["cpu_ms_per_post"]
+    if cost is not None:
+        parts.append(
+            f"A post costs {cost} ms of CPU in all (server, clients, PostgreSQL and Redis; the "
+            "median over the points), whatever else the machine runs: "
+            f"{TARGET_REQUESTS_PER_S:g} posts/s takes about "
+            f"{cost * TARGET_REQUESTS_PER_S / 1000:.1f} cores of this CPU free for them, "
+            f"against {cores} here.\n"
+        )
     for s in sweeps:
         parts.append(f"## {_processes(s.server_workers)}\n\n" + _table(s) + "\n")
     if note:
         parts.append(note + "\n")
     path.with_suffix(".md").write_text("\n".join(parts))
     return path
+
+
+def _cpu_per_post(sweeps: Sequence[Sweep]) -> float | None:
+    """The median over every point of the CPU a post costs in all; None where a part was not
+    measured."""
+    totals = [p.total_cpu_ms_per_request for s in sweeps for p in s.points]
+    if not totals or None in totals:
+        return None
+    return sorted(totals)[len(totals) // 2]
 
 
 def _processes(n: int) -> str:
@@ -476,8 +562,8 @@ def _processes(n: int) -> str:
 def _table(result: Sweep) -> str:
     rows = [
         "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
-        "| exactly once | server CPU ms/req | client CPU ms/req |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
+        "| exactly once | CPU ms/req: server | clients | PostgreSQL | Redis | all |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for p in result.points:
         statuses = ", ".join(f"{k}: {v}" for k, v in p.statuses.items())
@@ -485,7 +571,9 @@ def _table(result: Sweep) -> str:
         rows.append(
             f"| {p.clients} | {p.requests} | {p.requests_per_s} | {p.p50_ms} | {p.p95_ms} "
             f"| {p.p99_ms} | {p.max_ms} | {statuses} | {once} "
-            f"| {_cell(p.server_cpu_ms_per_request)} | {_cell(p.client_cpu_ms_per_request)} |"
+            f"| {_cell(p.server_cpu_ms_per_request)} | {_cell(p.client_cpu_ms_per_request)} "
+            f"| {_cell(p.database_cpu_ms_per_request)} | {_cell(p.redis_cpu_ms_per_request)} "
+            f"| {_cell(p.total_cpu_ms_per_request)} |"
         )
     return "\n".join(rows)
 

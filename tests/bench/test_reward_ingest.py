@@ -66,6 +66,12 @@ def test_one_and_two_api_processes_on_postgres_and_redis(tmp_path, monkeypatch):
     path = reward_ingest.write_results([one, two], machine={"cpu": "a test CPU", "cores": 2})
     data = json.loads(path.read_text())
     assert [s["server_workers"] for s in data["servers"]] == [1, 2]
+    # Every part of a post's CPU is measured here (PostgreSQL and Redis run on this machine;
+    # 24 posts may take less than a clock tick of either, so only the server's must show).
+    for point in one.points + two.points:
+        assert point.database_cpu_ms_per_request >= 0 and point.redis_cpu_ms_per_request >= 0
+        assert point.total_cpu_ms_per_request >= point.server_cpu_ms_per_request > 0
+    assert data["cpu_ms_per_post"] > 0 and "ms of CPU in all" in path.with_suffix(".md").read_text()
     assert (
         data["machine"]["cpu"] == "a test CPU" and len(data["machine"]["load_average_after"]) == 3
     )

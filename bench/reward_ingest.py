@@ -506,7 +506,13 @@ def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note:
     path.write_text(json.dumps(data, indent=2) + "\n")
     cpu = machine.get("cpu", "an unnamed CPU")
     cores = machine.get("cores", os.cpu_count())
-    counts = " and ".join(str(s.server_workers) for s in sweeps)
+    counts = " and ".join(str(s.server_workers) for s in sweeps[:-1])
+    counts = (
+        _processes(sweeps[-1].server_workers)
+        if not counts
+        else (f"{counts} and {_processes(sweeps[-1].server_workers)}")
+    )
+    interleaved = ", the servers' points interleaved" if len(sweeps) > 1 else ""
     rate = (
         " Their broker is Redis, so each request also takes a token from its project's "
         "rate-limit bucket shared through Redis, as deployed."
@@ -522,9 +528,9 @@ def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note:
         )
     parts = [
         f"# Reward ingestion, {db}\n",
-        f"`keel server` with {counts} API processes on {cores} cores ({cpu}), shared with the "
+        f"`keel server` with {counts} on {cores} cores ({cpu}), shared with the "
         f"clients and the database; per point a job of {sweeps[0].rollouts} rollouts × 3 posts "
-        f"(the value twice, another once), the servers' points interleaved.{rate} Target: "
+        f"(the value twice, another once){interleaved}.{rate} Target: "
         f"≥ {TARGET_REQUESTS_PER_S:g} posts/s with p99 < {TARGET_P99_MS:g} ms: "
         f"{data['verdict']}. Exactly once at every point: "
         f"{'yes' if data['exactly_once'] else 'NO'}.{loads}\n",
@@ -532,7 +538,7 @@ def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note:
     cost = data["cpu_ms_per_post"]
     if cost is not None:
         parts.append(
-            f"A post costs {cost} ms of CPU in all (server, clients, PostgreSQL and Redis; the "
+            f"A post costs {cost} ms of CPU in all (server, clients, database and Redis; the "
             "median over the points), whatever else the machine runs: "
             f"{TARGET_REQUESTS_PER_S:g} posts/s takes about "
             f"{cost * TARGET_REQUESTS_PER_S / 1000:.1f} cores of this CPU free for them, "
@@ -562,7 +568,7 @@ def _processes(n: int) -> str:
 def _table(result: Sweep) -> str:
     rows = [
         "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
-        "| exactly once | CPU ms/req: server | clients | PostgreSQL | Redis | all |",
+        "| exactly once | CPU ms/req: server | clients | database | Redis | all |",
         "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for p in result.points:

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from keel_server.api.app import create_app
 from keel_server.platform.rate_buckets import KEY_PREFIX, RedisBuckets
+from keel_server.services import quotas
 from keel_server.services.context import Principal
 from keel_server.services.errors import ServiceError
 from keel_server.services.quotas import RateLimiter
@@ -130,6 +131,27 @@ def test_without_redis_each_process_keeps_its_own_buckets_and_serves(caplog) -> 
     assert time.monotonic() - started < 2  # one failed connection, not one per request
     warnings = [r for r in caplog.records if "Redis did not answer" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_once_redis_answers_again_the_limiter_goes_back_to_it(monkeypatch) -> None:
+    monkeypatch.setattr(quotas, "REDIS_RETRY_S", 0.05)
+    principal = Principal(_project())
+    limiter = RateLimiter(1e-3, 2, shared_url=UNREACHABLE)
+    witness = RedisBuckets(REDIS_URL, 1e-3, 2)  # another process's view of the shared bucket
+
+    async def run() -> None:
+        await limiter.check(principal)  # Redis down: this process's own bucket
+        await limiter.shared.aclose()
+        limiter.shared.url = REDIS_URL  # Redis is back
+        await limiter.check(principal)  # still within the retry interval: its own bucket
+        assert (await witness.take(principal.project_id)).spent  # the shared one is untouched
+        await asyncio.sleep(0.1)
+        await limiter.check(principal)  # past it: the shared bucket, its second token
+        assert not (await witness.take(principal.project_id)).spent
+        await limiter.aclose()
+        await witness.aclose()
+
+    asyncio.run(run())
 
 
 @pytest.mark.parametrize(

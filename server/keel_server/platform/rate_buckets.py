@@ -4,7 +4,8 @@ A bucket holds at most `burst` tokens and refills at `rate_per_s`; `take` spends
 says how long until one is free. `LocalBuckets` live in one process's memory (the embedded
 deployment, which has no Redis). `RedisBuckets` keep each bucket in one Redis hash and update it
 in one Lua script, which Redis runs atomically, on Redis's own clock: two API processes cannot
-both spend the last token, and their clocks need not agree. What to do when Redis does not
+both spend the last token, and their clocks need not agree (Redis 5 or newer: the script writes
+after reading the clock). What to do when Redis does not
 answer is the caller's decision (`keel_server.services.quotas`).
 """
 

@@ -282,10 +282,24 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(
         default=200.0,
         gt=0,
-        description="Sustained requests per second per project, per API "
-        "process (429 with Retry-After past it).",
+        description="Sustained requests per second per project (429 with Retry-After past it). "
+        "With a Redis broker it holds across every API process (the buckets live in that "
+        "Redis); otherwise each API process enforces it on its own.",
     )
     rate_limit_burst: int = Field(default=1000, ge=1, description="Requests a project may burst.")
+    api_workers: int = Field(
+        default=1,
+        ge=0,
+        description="API processes `keel server` runs (uvicorn workers) when `--workers` is not "
+        "given; 0 = one per CPU core it may use (the compose deployment's default).",
+    )
+    api_database_connections: int = Field(
+        default=50,
+        ge=1,
+        description="PostgreSQL connections the API may hold in all, split evenly among its "
+        "processes (at least 4 each), so one API process per core does not exhaust "
+        "PostgreSQL's `max_connections` (100 by default; workers need a few each too).",
+    )
     max_reward_wait_s: float = Field(
         default=24 * 3600.0,
         gt=0,
@@ -392,6 +406,27 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def api_process_count(workers: int) -> int:
+    """How many API processes `api_workers` (or `keel server --workers`) means: the number, or
+    for 0 one per CPU core this process may run on (its affinity: a container limited to some
+    cores gets that many)."""
+    if workers < 0:
+        raise ValueError(f"API workers must be 0 (one per core) or more, not {workers}")
+    if workers:
+        return workers
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+MIN_CONNECTIONS_PER_API_PROCESS = 4
+
+
+def api_process_connections(settings: Settings) -> int:
+    """This API process's share of `api_database_connections`."""
+    share = settings.api_database_connections // api_process_count(settings.api_workers)
+    return max(MIN_CONNECTIONS_PER_API_PROCESS, share)
 
 
 @lru_cache(maxsize=1)

@@ -71,7 +71,7 @@ from research.stability.criterion import (
     compare,
     judge,
 )
-from research.stability.findings import _combine, _missing, better
+from research.stability.findings import _combine, _missing, better, group_by_cell
 from research.stability.matrix import OFF_POLICY_N
 from research.stability.results import Run, run_summary
 
@@ -450,14 +450,7 @@ def _combined_pairs(rows, key, title, claim, pairs) -> Judged:
 RULES: tuple[Callable[[Rows], Judged], ...] = (f1, f2, f3, f4a, f4b, f5, f6, f7, f8, f9)
 
 
-def group(run_rows: list[dict[str, Any]], aliases: dict[str, str] | None = None) -> Rows:
-    rows: Rows = {}
-    for row in run_rows:
-        rows.setdefault(row["cell"], []).append(row)
-    for alias, owner in (aliases or {}).items():
-        if owner in rows:
-            rows[alias] = rows[owner]
-    return rows
+group = group_by_cell  # the fidelity rules read the runs as the first rules do
 
 
 def judge_all(run_rows: list[dict[str, Any]], aliases: dict[str, str]) -> list[Judged]:

@@ -368,10 +368,16 @@ def evaluate_findings(
 ) -> list[Finding]:
     """Every finding on the run summaries; `aliases` maps a cell that was not run twice to the
     cell with the same configuration (the stress suite's deduplication)."""
+    rows = group_by_cell(run_rows, aliases)
+    return [finding(rows) for finding in findings]
+
+
+def group_by_cell(run_rows: list[dict[str, Any]], aliases: dict[str, str] | None = None) -> Rows:
+    """The run summaries by cell, each alias sharing its owner's runs."""
     rows: Rows = {}
     for row in run_rows:
         rows.setdefault(row["cell"], []).append(row)
     for alias, owner in (aliases or {}).items():
         if owner in rows:
             rows[alias] = rows[owner]
-    return [finding(rows) for finding in findings]
+    return rows

@@ -54,25 +54,17 @@ def make_producer(settings: Settings) -> Celery:
 
 def enqueue_run_job(app: Celery, settings: Settings, job_id: str) -> str:
     """Send `keel.run_job(job_id)`; returns the Celery task id."""
-    result = app.send_task(
-        RUN_JOB_TASK,
-        args=[job_id],
-        queue=settings.job_queue,
-        expires=settings.job_task_expires_s,
-    )
-    return result.id
+    return _send(app, RUN_JOB_TASK, job_id, settings.job_queue, settings.job_task_expires_s)
 
 
 def enqueue_join_job(app: Celery, settings: Settings, job_id: str) -> str:
     """Ask one more worker of the queue to join `job_id`'s rank group; the message is useless
     once the rendezvous has timed out, so it expires then."""
-    result = app.send_task(
-        JOIN_JOB_TASK,
-        args=[job_id],
-        queue=settings.job_queue,
-        expires=settings.rendezvous_timeout_s,
-    )
-    return result.id
+    return _send(app, JOIN_JOB_TASK, job_id, settings.job_queue, settings.rendezvous_timeout_s)
+
+
+def _send(app: Celery, task: str, job_id: str, queue: str, expires_s: float) -> str:
+    return app.send_task(task, args=[job_id], queue=queue, expires=expires_s).id
 
 
 def broker_reachable(app: Celery, *, timeout_s: float = 2.0) -> bool:

@@ -10,9 +10,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keel.types.errors import ErrorBody, ErrorCode
+from keel_server.db.transient import is_transient
 from keel_server.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` documenting the envelope for these statuses."""
     return {s: {"model": ErrorBody, "description": _DESCRIPTION[s]} for s in statuses}
 
+
+# What a request that met a database blip tells the client to wait before sending it again.
+DB_RETRY_AFTER_S = 1
 
 # What any authenticated route may answer besides its success.
 ROUTE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429)
@@ -85,6 +90,21 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_OF_STATUS.get(exc.status_code, "bad_request")
         return envelope(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_transient(exc):
+            return await _unexpected(request, exc)
+        # A restart or failover dropped the connection (the pool's pre-ping replaces it at the
+        # next checkout) or the database does not answer yet: the request's transaction was
+        # rolled back, so the client may send it again (the SDK retries a 503).
+        log.warning("database unavailable: %s", exc.orig)
+        return envelope(
+            503,
+            "unavailable",
+            "the database is unavailable (a restart or failover?); retry shortly",
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

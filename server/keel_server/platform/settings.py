@@ -239,6 +239,21 @@ class Settings(BaseSettings):
         default=None, description="Bearer token a Prometheus scraper sends to `GET /metrics`."
     )
 
+    # Database blips (a restart, a failover, dropped connections: keel_server.db.transient).
+    db_recovery_attempts: int = Field(
+        default=10,
+        ge=0,
+        description="Times in a row (with no step completed in between) a worker resumes a job "
+        "from its last checkpoint after the database dropped its connections, before the job "
+        "fails; 0 = fail at once.",
+    )
+    db_recovery_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker waits for the database to answer again after a dropped "
+        "connection before it gives the job up (another worker takes it over later).",
+    )
+
     # The `vllm` rollout engine on this worker (keel_worker.engines.vllm.VLLMOptions).
     vllm_kv_cache_gib: float | None = Field(
         default=None,

@@ -1,0 +1,70 @@
+"""A database blip on the production path (issue 29 §3 High 3): PostgreSQL drops every
+connection of the service's database (`pg_terminate_backend`, as a restart or a failover does)
+several times while a job runs on a real worker.
+
+The job must not fail: the worker's writes that meet a dropped connection are retried after the
+database answers again (or the step re-runs from the last checkpoint), and the API's requests
+during the blip answer 503 with `Retry-After` (the SDK retries them) instead of a 500.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+import keel
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+STEPS = 8
+BLIPS = 4  # rounds of terminations, each over a short window so that some land mid-query
+
+
+def _terminate_all(dsn: str) -> int:
+    """Drop every other connection to the database of `dsn`; returns how many were dropped."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return sum(1 for (dropped,) in rows if dropped)
+
+
+def test_a_database_blip_mid_job_does_not_fail_it(production_stack, helpers):
+    base_url = production_stack.api()
+    worker = production_stack.worker("w1")
+    dsn = production_stack.env["KEEL_DATABASE_URL"].replace("+psycopg", "", 1)
+    client = keel.Client(base_url=base_url, api_key=helpers.admin_key, max_retries=8)
+    job = client.jobs.create(helpers.job_config(steps=STEPS), reward={"type": "builtin"})
+    helpers.wait_until(lambda: client.jobs.retrieve(job.id).step >= 1, timeout_s=240, what="step 1")
+
+    dropped = 0
+    for _ in range(BLIPS):
+        step = client.jobs.retrieve(job.id).step
+        if step >= STEPS - 1:
+            break
+        # A burst of terminations (the first ones catch pooled idle connections, later ones
+        # catch connections the worker and the API have just reopened, mid-transaction).
+        ends = time.monotonic() + 1.5
+        while time.monotonic() < ends:
+            dropped += _terminate_all(dsn)
+            time.sleep(0.05)
+        helpers.wait_until(
+            lambda step=step: _past(client, job.id, step),
+            timeout_s=180,
+            what=f"a step after {step}",
+        )
+    assert dropped > 0, "no connection was dropped: the test did not test anything"
+    assert "database blip" in worker.output(), "no blip reached the worker mid-step"
+
+    done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
+    assert (done.status, done.step, done.error) == ("succeeded", STEPS, None)
+    helpers.assert_every_step_once(client, job.id, steps=STEPS)
+
+
+def _past(client: keel.Client, job_id: str, step: int) -> bool:
+    job = client.jobs.retrieve(job_id)
+    assert job.status in ("queued", "running", "succeeded"), (job.status, job.error)
+    return job.step > step

@@ -83,7 +83,13 @@ def _up(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     import uvicorn
 
-    uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=args.workers)
+    uvicorn.run(
+        "keel_server.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        timeout_graceful_shutdown=get_settings().shutdown_grace_s,
+    )
     return 0
 
 

@@ -158,7 +158,13 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     # that would kill this process before `finally` stops the worker, leaving it orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+        )
     finally:
         worker.stop()
         lock.release()

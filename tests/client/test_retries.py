@@ -262,3 +262,37 @@ async def test_async_event_streams_reconnect_and_give_up_like_the_sync_ones():
     with pytest.raises(keel.APIConnectionError):
         [e async for e in _async_client(handler, max_retries=1).jobs.events("job_x")]
     assert len(resumed_from) == 2
+
+
+def _aging_stream(events_per_connection: int, total: int):
+    """Each connection sends the next events after Last-Event-ID, then the server's `reconnect`
+    event and a clean end (its age cap); the last one ends after the final event."""
+    resumed_from: list[str | None] = []
+    reconnect = b'event: reconnect\ndata: {"reason": "max_age"}\n\n'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        last = request.headers.get("last-event-id")
+        resumed_from.append(last)
+        start = int(last or 0) + 1
+        ids = list(range(start, min(start + events_per_connection, total + 1)))
+        chunks = [_event(i) for i in ids] + ([reconnect] if ids[-1] < total else [])
+        body = _Body(chunks, drops=False)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    return handler, resumed_from
+
+
+def test_a_stream_the_server_ends_with_reconnect_resumes_from_the_last_event():
+    # Five clean ends with `reconnect` and max_retries=0: they are not drops, nothing gives up.
+    handler, resumed_from = _aging_stream(2, total=11)
+    client = _client(httpx.Client(transport=httpx.MockTransport(handler)), max_retries=0)
+    assert [e.id for e in client.jobs.events("job_x")] == list(range(1, 12))
+    assert resumed_from == [None, "2", "4", "6", "8", "10"]
+
+
+@run_async
+async def test_async_event_streams_follow_reconnect_too():
+    handler, resumed_from = _aging_stream(3, total=7)
+    events = [e.id async for e in _async_client(handler, max_retries=0).jobs.events("job_x")]
+    assert events == list(range(1, 8))
+    assert resumed_from == [None, "3", "6"]

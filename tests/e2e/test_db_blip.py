@@ -1,6 +1,6 @@
-"""A database blip on the production path (issue 29 §3 High 3): PostgreSQL drops every
-connection of the service's database (`pg_terminate_backend`, as a restart or a failover does)
-several times while a job runs on a real worker.
+"""A database blip on the production path: PostgreSQL drops every connection of the service's
+database (`pg_terminate_backend`, as a restart or a failover does) several times while a job
+runs on a real worker.
 
 The job must not fail: the worker's writes that meet a dropped connection are retried after the
 database answers again (or the step re-runs from the last checkpoint), and the API's requests

@@ -1,4 +1,4 @@
-"""The API through a database blip (issue 29 §3 High 3), on PostgreSQL: connections dropped
+"""The API through a database blip, on PostgreSQL: connections dropped
 between requests are replaced (the next request answers as before), and while the database
 refuses connections every request answers 503 with `Retry-After` (the SDK retries a 503), not a
 500; once it accepts them again the API answers without a restart."""

@@ -7,7 +7,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keel_server.db.base import new_id, utcnow
-from keel_server.db.jobs import cas_update
 from keel_server.db.models import ApiKey, File, Project
 
 
@@ -29,10 +28,21 @@ def get_project(session: Session, project_id: str) -> Project | None:
 
 
 def insert_api_key(
-    session: Session, project_id: str, *, key_hash: str, prefix: str, name: str | None
+    session: Session,
+    project_id: str,
+    *,
+    key_hash: str,
+    prefix: str,
+    name: str | None,
+    parent_key_id: str | None = None,
 ) -> ApiKey:
     row = ApiKey(
-        id=new_id("key"), project_id=project_id, key_hash=key_hash, prefix=prefix, name=name
+        id=new_id("key"),
+        project_id=project_id,
+        key_hash=key_hash,
+        prefix=prefix,
+        name=name,
+        parent_key_id=parent_key_id,
     )
     session.add(row)
     session.flush()
@@ -53,13 +63,22 @@ def get_key(session: Session, key_id: str) -> ApiKey | None:
     return session.get(ApiKey, key_id)
 
 
-def revoke_key(session: Session, key_id: str) -> bool:
+def revoke_key(session: Session, key_id: str) -> list[str]:
+    """Revoke the key and every key minted from it, directly or not; returns the ids this
+    revoked now (a key revoked before keeps its time, its descendants are still revoked)."""
+    now = utcnow()
+    family, frontier = [key_id], [key_id]
+    while frontier:
+        children = select(ApiKey.id).where(ApiKey.parent_key_id.in_(frontier))
+        frontier = [c for c in session.execute(children).scalars() if c not in family]
+        family += frontier
     stmt = (
         update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .where(ApiKey.id.in_(family), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .returning(ApiKey.id)
     )
-    return cas_update(session, stmt)
+    return list(session.execute(stmt).scalars())
 
 
 def insert_file(

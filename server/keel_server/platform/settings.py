@@ -194,6 +194,30 @@ class Settings(BaseSettings):
         description="Seconds without an event after which an event stream sends a keep-alive "
         "comment, so proxies keep it open.",
     )
+    sse_max_streams_per_key: int = Field(
+        default=10,
+        ge=1,
+        description="Event streams one key (or the admin key, or a reward token) may hold open "
+        "in one API process; one more is refused with 429.",
+    )
+    sse_max_age_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Seconds after which an event stream ends with a `reconnect` event; the "
+        "client resumes from its last event id (the SDK does so itself).",
+    )
+    sse_key_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between an event stream's checks that its key is not revoked (a "
+        "revocation in the same API process ends its streams at once).",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds `keel server` and `keel up` wait on SIGTERM for requests still "
+        "running (a checkpoint download) before cutting them; event streams end at once.",
+    )
     tinker_retrieve_wait_s: float = Field(
         default=20.0,
         gt=0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -107,3 +107,14 @@ def insert_file(
 def get_file(session: Session, file_id: str, *, project_id: str) -> File | None:
     stmt = select(File).where(File.id == file_id, File.project_id == project_id)
     return session.execute(stmt).scalar_one_or_none()
+
+
+def file_bytes(session: Session, project_id: str) -> int:
+    """Bytes of every file the project has uploaded and not deleted."""
+    stmt = select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.project_id == project_id)
+    return int(session.execute(stmt).scalar_one())
+
+
+def delete_file(session: Session, file_id: str, *, project_id: str) -> bool:
+    stmt = delete(File).where(File.id == file_id, File.project_id == project_id)
+    return session.execute(stmt).rowcount == 1

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Body limit of uploads: job creation (inline datasets), prompts, files.",
     )
+    max_file_bytes_per_project: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of uploaded prompt files one project may keep (413 past it; "
+        "`DELETE /v1/files/{id}` frees space).",
+    )
     max_small_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,

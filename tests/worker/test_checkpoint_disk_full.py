@@ -94,9 +94,7 @@ def test_a_full_tmpfs_pauses_the_job_and_the_resume_continues(sqlite_url, tmp_pa
         subprocess.run(["umount", "-l", str(artifacts)], capture_output=True)
 
 
-def test_enospc_while_writing_the_trainer_state_pauses_the_job(
-    sqlite_url, tmp_path, monkeypatch
-):
+def test_enospc_while_writing_the_trainer_state_pauses_the_job(sqlite_url, tmp_path, monkeypatch):
     settings = job_settings(sqlite_url, tmp_path)
     real_save = torch.save
     writes = {"trainer states": 0}

@@ -68,6 +68,7 @@ from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.disk_space import NoSpaceLeft, no_space_reason
 from keel_worker.jobrunner.episodes import EpisodeCalls
 from keel_worker.jobrunner.guarding import JobGuard
+from keel_worker.jobrunner.prompt_length import check_prompt_lengths
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
 from keel_worker.jobrunner.spec import JobSpec
@@ -311,6 +312,12 @@ class JobLoop:
         if self.agent is not None:
             metrics.update(self.agent.run(step + 1, items, seed=schedule.seed_of(step)))
             return metrics
+        check_prompt_lengths(
+            items,
+            self.tokenizer,
+            context=self._context_tokens(),
+            max_new_tokens=cfg.rollout.max_new_tokens,
+        )
         scorer = StepScorer(self.rewards, step=step + 1, policy_version=self.trainer.policy_version)
         metrics.update(
             self.trainer.step(
@@ -325,6 +332,14 @@ class JobLoop:
         if self.task is not None and schedule.evaluates_after(step):
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics
+
+    def _context_tokens(self) -> int:
+        """The longest prompt + answer the model serves (the vllm engine's own cap, if lower)."""
+        context = self.run_state.model.config.max_position_embeddings
+        cap = (
+            self.settings.vllm_max_model_len if self.spec.config.rollout.engine == "vllm" else None
+        )
+        return min(context, cap) if cap is not None else context
 
     def _evaluate(self) -> dict[str, float]:
         assert self.task is not None

@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     includes += [(tinker.public, ""), (tinker.router, "")]  # the Tinker SDK's own paths
     for router, prefix in includes:
         app.include_router(router, prefix=prefix)
+    app.state.method_table = errors.method_table(includes)
     # Outermost: it also counts the requests refused before a route runs (401, 413, 429).
     app.add_middleware(
         prometheus.RequestMetricsMiddleware,

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from keel.types.errors import ErrorBody, ErrorCode
 from keel_server.db.transient import is_transient
@@ -87,9 +90,12 @@ def install(app: FastAPI) -> None:
         return envelope(422, "validation_error", f"{where}: {first['msg']}", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_OF_STATUS.get(exc.status_code, "bad_request")
-        return envelope(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return envelope(exc.status_code, code, str(exc.detail), headers=headers or None)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -117,6 +123,25 @@ def install(app: FastAPI) -> None:
             f"internal error ({type(exc).__name__})",
             headers={"Connection": "close"},
         )
+
+
+def method_table(
+    includes: Sequence[tuple[APIRouter, str]],
+) -> list[tuple[re.Pattern, frozenset[str]]]:
+    """(path regex, methods) of every route the app includes, for the `Allow` of a 405 (RFC
+    9110: it names every method the path takes; Starlette's names only the first route's, and
+    GET and POST of one path are two routes)."""
+    return [
+        (compile_path(prefix + route.path)[0], frozenset(getattr(route, "methods", None) or ()))
+        for router, prefix in includes
+        for route in router.routes
+    ]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    table = getattr(request.app.state, "method_table", [])
+    path = request.scope.get("path", "")
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 def _field_error(err: dict) -> dict:

@@ -83,6 +83,9 @@ def _up(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from keel_server.platform.storage import keep_files_private
+
+    keep_files_private()  # uploads, downloads' temp files, the SQLite file: this user's only
     uvicorn.run(
         "keel_server.main:app",
         host=args.host,

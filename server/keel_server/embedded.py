@@ -142,10 +142,11 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
     from keel_server.api.app import create_app
+    from keel_server.platform.storage import keep_files_private
 
     # Everything keel up and its worker create (state, broker messages, artifacts, logs) is
     # readable by this user only; the worker inherits the umask.
-    os.umask(0o077)
+    keep_files_private()
     lock = HomeLock.acquire(Path(settings.home))
     upgrade(settings.database_url)
     worker = WorkerProcess.start(settings, log_path=Path(settings.home) / "worker.log", lock=lock)

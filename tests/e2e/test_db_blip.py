@@ -62,6 +62,9 @@ def test_a_database_blip_mid_job_does_not_fail_it(production_stack, helpers):
     done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
     assert (done.status, done.step, done.error) == ("succeeded", STEPS, None)
     helpers.assert_every_step_once(client, job.id, steps=STEPS)
+    # What the worker wrote is its user's alone (`keel worker`, not only `keel up`).
+    written = list((production_stack.tmp / "home" / "artifacts").rglob("*"))
+    assert written and not [p for p in written if p.stat().st_mode & 0o077], "world-readable"
 
 
 def _past(client: keel.Client, job_id: str, step: int) -> bool:

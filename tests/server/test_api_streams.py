@@ -201,3 +201,13 @@ def test_only_the_admin_revokes_another_projects_key(server):
     refused = httpx.delete(f"{server}/v1/keys/{alpha_id}", headers=_auth(beta))
     assert refused.status_code == 404, refused.text
     assert httpx.delete(f"{server}/v1/keys/{alpha_id}", headers=_auth(ADMIN)).status_code == 200
+
+
+def test_what_keel_server_writes_is_its_users_alone(server, tmp_path):
+    _, key = _new_key(server, ADMIN, "alpha")
+    lines = b'{"text": "1 + 1 =", "reference": "2"}\n'
+    r = httpx.post(f"{server}/v1/files", files={"file": ("p.jsonl", lines)}, headers=_auth(key))
+    assert r.status_code == 201, r.text
+    stored = tmp_path / "home" / "artifacts" / "files" / f"{r.json()['id']}.jsonl"
+    assert stored.stat().st_mode & 0o077 == 0, oct(stored.stat().st_mode)
+    assert stored.parent.stat().st_mode & 0o077 == 0

@@ -115,8 +115,69 @@ def test_connection_errors_are_retried_then_raised():
     assert _client(http, max_retries=2).health.live().status == "ok"
     calls.clear()
     with pytest.raises(keel.APIConnectionError):
-        _client(http, max_retries=1).health.live()
+        _client(http, max_retries=1, reconnect_window_s=0).health.live()
     assert len(calls) == 2
+
+
+def _restarting(down_s: float):
+    """A server that refuses connections for `down_s` from its first request (an API restart),
+    then answers; records each attempt's time."""
+    attempts: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(time.monotonic())
+        if attempts[-1] - attempts[0] < down_s:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(
+            200,
+            json={
+                "rollout_id": "rol_x",
+                "status": "rewarded",
+                "reward": 1.0,
+                "rewarded_at": "2026-12-01T12:00:00Z",
+                "created": True,
+            },
+        )
+
+    return handler, attempts
+
+
+def test_a_reward_posted_during_a_restart_is_retried_until_the_server_is_back():
+    # Two retries' worth of backoff is a fraction of the outage: past `max_retries`, a refused
+    # connection is retried within `reconnect_window_s`, with the same Idempotency-Key.
+    handler, attempts = _restarting(down_s=1.0)
+    keys: list[str] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["idempotency-key"])
+        return handler(request)
+
+    http = httpx.Client(transport=httpx.MockTransport(recording))
+    client = keel.Client(
+        base_url="http://flaky", api_key="k", http_client=http, max_retries=2, backoff_base_s=0.05
+    )
+    assert client.rewards.create("rol_x", 1.0).status == "rewarded"
+    assert attempts[-1] - attempts[0] >= 1.0 and len(attempts) > 3
+    assert len(set(keys)) == 1
+
+    # A window shorter than the outage gives up with the typed error; max_retries=0 never
+    # retries, window or not.
+    for retries, window, tries in ((2, 0.3, None), (0, 30.0, 1)):
+        handler, attempts = _restarting(down_s=5.0)
+        http = httpx.Client(transport=httpx.MockTransport(handler))
+        client = keel.Client(
+            base_url="http://flaky",
+            api_key="k",
+            http_client=http,
+            max_retries=retries,
+            backoff_base_s=0.05,
+            reconnect_window_s=window,
+        )
+        with pytest.raises(keel.APIConnectionError):
+            client.rewards.create("rol_x", 1.0)
+        assert attempts[-1] - attempts[0] < window
+        if tries is not None:
+            assert len(attempts) == tries
 
 
 # ---- async twins of the retry loop ------------------------------------------------------------

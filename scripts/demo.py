@@ -230,6 +230,20 @@ def fetch_curves(client: Client, job_id: str) -> dict[str, list[tuple[int, float
     return curves
 
 
+def phase_seconds(client: Client, job_id: str, job_seconds: float) -> dict[str, float]:
+    """Where the job's time went: each step phase summed over the steps, and the rest (model
+    load, the held-out evaluations, checkpoints) as `outside_steps`."""
+    totals = dict.fromkeys((*metric.TIME_PHASES, metric.TIME_STEP), 0.0)
+    for point in client.metrics.list(job_id, name=list(totals)):
+        if point.value is not None:
+            totals[point.name] += point.value
+    split = {
+        name.removeprefix("time/").removesuffix("_s"): round(v, 1) for name, v in totals.items()
+    }
+    split["outside_steps"] = round(job_seconds - totals[metric.TIME_STEP], 1)
+    return split
+
+
 def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -326,6 +340,7 @@ def finish(client, job, config: dict, started: float, data_dir: Path) -> dict[st
     before, after = first(curves[ACC]), last(curves[ACC])
     png = out_dir / "training_curves.png"
     plot_curves(curves, png, f"keel demo: SmolLM2-135M-Instruct, addition, MiniRL ({job.id})")
+    job_seconds = (job.finished_at - job.started_at).total_seconds()
     summary = {
         "job_id": job.id,
         "seed": config["seed"],
@@ -335,7 +350,8 @@ def finish(client, job, config: dict, started: float, data_dir: Path) -> dict[st
         "heldout_accuracy_after": after,
         "train_reward_first": first(curves[REWARD]),
         "train_reward_last": last(curves[REWARD]),
-        "job_seconds": (job.finished_at - job.started_at).total_seconds(),
+        "job_seconds": job_seconds,
+        "phase_seconds": phase_seconds(client, job.id, job_seconds),
         "runtime": job.runtime.model_dump(mode="json") if job.runtime else None,
         "wall_seconds": time.monotonic() - started,
         "checkpoint": str(checkpoint),

@@ -92,6 +92,28 @@ def session_factory(migrated_url: str):
 
 
 @pytest.fixture
+def job_id(session_factory) -> str:
+    """A queued job row, inserted straight through the DB layer (client prompts, external
+    rewards), for the DB tests."""
+    from keel_server.db import jobs as jobs_db
+    from keel_server.db import keys as keys_db
+    from keel_server.db import new_id, session_scope
+
+    with session_scope(session_factory) as s:
+        project = keys_db.get_or_create_project(s, "p")
+        return jobs_db.insert_job(
+            s,
+            id=new_id("job"),
+            project_id=project.id,
+            status="queued",
+            config={},
+            prompt_source={"type": "client"},
+            reward_source={"type": "external"},
+            reward_token_hash=new_id("h"),
+        ).id
+
+
+@pytest.fixture
 def sessions(settings):
     """A session factory on the database of the folder's `settings` fixture."""
     from keel_server.db import make_engine, make_session_factory

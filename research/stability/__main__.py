@@ -6,6 +6,8 @@
     python -m research.stability run --suite stress --full --part pilot   # only the regime rules
     python -m research.stability run --suite stress --quick  # smoke test of the stress dials
     python -m research.stability report                      # rebuild summaries, figures, REPORT.md
+    python -m research.stability rerun --list                # issue 30's reruns (reruns.py)
+    python -m research.stability rerun --part f1-rung1       # one part, < 2 h, resumable
 
 Every run is kept as soon as it finishes and a rerun does only what is missing, so a long suite
 runs in parts (`--deadline HH:MM` starts no run after that time). The cold-start cache lives
@@ -64,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
     run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
+    rerun = sub.add_parser("rerun", help="one part of issue 30's reruns (stability/reruns.py)")
+    which = rerun.add_mutually_exclusive_group(required=True)
+    which.add_argument("--list", action="store_true", help="the parts and their estimates")
+    which.add_argument("--part", help="the part to run")
+    rerun.add_argument("--cache-dir", type=Path, help="cold-start cache")
+    rerun.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
+    rerun.add_argument("--deadline", help="HH:MM (local time): start no run after it")
     report = sub.add_parser("report", help="rebuild summaries, figures and REPORT.md")
     report.add_argument(
         "--out",
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from research.stability import orchestrate
 
+    if args.command == "rerun":
+        return _rerun(args, orchestrate)
     suite = SUITES[args.suite]
     budget, sft = _budgets(args, suite)
     out = args.out or (suite.results_dir if args.full else suite.quick_dir)
@@ -125,6 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         orchestrate.run_stress_quick(suite, budget, sft, **common)
         print(build_report(None, stress_dir=out))
+    return 0
+
+
+def _rerun(args: argparse.Namespace, orchestrate) -> int:
+    from research.stability import reruns
+    from research.stability.suites import STRESS
+
+    k3 = reruns.probe_k3(STRESS.results_dir / "discrepancy.csv")
+    if args.list:
+        print("\n".join(reruns.plan_lines(k3)))
+        return 0
+    part = next((p for p in reruns.parts(k3) if p.name == args.part), None)
+    if part is None:
+        raise SystemExit(f"no part {args.part!r}; see rerun --list")
+    cache = args.cache_dir or Path(os.environ.get("KEEL_STABILITY_CACHE", DEFAULT_CACHE))
+    orchestrate.run_rerun(
+        STRESS,
+        part,
+        STRESS.sft,
+        out_dir=STRESS.results_dir / "reruns" / part.name,
+        cache_dir=cache,
+        workers=args.workers,
+        deadline=_deadline(args.deadline),
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
@@ -161,6 +162,44 @@ def run_stress(
             pool, suite, groups, paths, out_dir=out_dir, cache_dir=cache_dir, deadline=deadline
         )
     return regime
+
+
+def run_rerun(
+    suite,
+    part,
+    sft: coldstart.SFTBudget,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    workers: int,
+    deadline: float | None = None,
+) -> None:
+    """One part of `reruns` into `out_dir`, resumably; refuses to mix kinds of CPU."""
+    from research.stability.reruns import foreign_cpus
+
+    if not part.cells:
+        raise SystemExit(f"{part.name}: cut ({part.what})")
+    foreign = foreign_cpus(out_dir, coldstart.cpu_kind())
+    if foreign:
+        raise SystemExit(f"{part.name}: {out_dir} holds runs of {sorted(foreign)}; not pooling")
+    budget = part.budget()
+    # The committed cold starts were probed with this very budget: reuse the probe, not redo it.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("coldstarts.json", "discrepancy.csv"):
+        if (suite.results_dir / name).is_file() and not (out_dir / name).exists():
+            shutil.copyfile(suite.results_dir / name, out_dir / name)
+    with open_pool(workers) as pool:
+        inits = sorted({c.init for c in part.cells})
+        paths = prepare(pool, suite, inits, sft, budget, out_dir=out_dir, cache_dir=cache_dir)
+        run_groups(
+            pool,
+            suite,
+            [(list(part.cells), budget)],
+            paths,
+            out_dir=out_dir,
+            cache_dir=cache_dir,
+            deadline=deadline,
+        )
 
 
 def _ensure_regime(pool, suite, budget, paths, out_dir, cache_dir, deadline):

@@ -14,10 +14,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from research.stability import stress
+from research.stability import fidelity, stress
 from research.stability.criterion import COLLAPSE_FRACTION, MIN_SEEDS
 from research.stability.figures import collapse_figure, stability_map_figure
 from research.stability.findings import FINDINGS, better, dppo_critique, evaluate_findings
+from research.stability.report_fidelity import fidelity_section
 from research.stability.results import (
     UNRECORDED_CPU,
     Run,
@@ -258,9 +259,13 @@ def _map_entry(entry: tuple[float, int, int] | None) -> str:
     return f"**collapsed {collapsed}/{seeds}**, {_f(acc)}" if collapsed else f"{_f(acc)} ({seeds})"
 
 
-def _findings(rows: list[dict], aliases: dict[str, str]) -> list[str]:
-    findings = evaluate_findings(rows, aliases=aliases, findings=(*FINDINGS, dppo_critique))
-    lines = ["## Findings in the stress regime", "", "| finding | verdict |", "|---|---|"]
+def _findings(rows: list[dict], aliases: dict[str, str], findings: list) -> list[str]:
+    lines = [
+        "## Findings in the stress regime (the first rules, for the record)",
+        "",
+        "| finding | verdict |",
+        "|---|---|",
+    ]
     lines += [f"| {f.key}. {f.title} | {f.verdict} |" for f in findings] + [""]
     for f in findings:
         lines += [
@@ -390,8 +395,12 @@ def _runs(out_dir: Path, report_dir: Path, runs: list[Run]) -> list[str]:
     if regime_path.is_file():
         aliases = stress.matrix_cells(stress.Regime.load(regime_path))[1]
     cells = cell_summaries(rows)
+    findings = evaluate_findings(rows, aliases=aliases, findings=(*FINDINGS, dppo_critique))
     lines = [
-        *_findings(rows, aliases),
+        *fidelity_section(
+            [fidelity.run_row(r) for r in runs], aliases, findings, out_dir, report_dir
+        ),
+        *_findings(rows, aliases, findings),
         *auto_table(runs, rows, aliases),
         *_map(out_dir, report_dir, cells, aliases),
         *_mechanisms(out_dir, report_dir, runs, rows, cells),

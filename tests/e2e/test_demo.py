@@ -97,6 +97,13 @@ def test_demo_small_budget_delivers_every_artifact(tmp_path):
     for key in ("heldout_accuracy_before", "heldout_accuracy_after", "train_reward_last"):
         assert 0.0 <= summary[key] <= 1.0, key
     assert f"{summary['heldout_accuracy_before']:.2f} before" in out
+    # Where the job's time went (bench/demo_time.py records it): the step phases add up to the
+    # steps' time, and the rest (model load, the evaluations) is what the job took besides.
+    split = summary["phase_seconds"]
+    phases = ("generate", "score", "recompute", "update", "sync")
+    assert abs(sum(split[p] for p in phases) - split["step"]) < 0.5 and split["update"] > 0
+    assert split["outside_steps"] > 0
+    assert abs(split["step"] + split["outside_steps"] - summary["job_seconds"]) < 0.2
 
     png = Path(summary["curves_png"])
     assert png.parent == summary_file.parent and png.read_bytes()[:8] == PNG_MAGIC

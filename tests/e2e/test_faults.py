@@ -1,8 +1,8 @@
 """Faults with real processes on PostgreSQL and Redis.
 
-- A worker SIGKILLed inside a step (while it generates, and while it updates) is replaced, and
-  the job finishes with every step exactly once, every posted reward kept, and the same weights
-  and metrics as an uninterrupted run of the same seed.
+- A worker SIGKILLed inside a step (while it generates, and while it updates) is replaced by the
+  second worker already running, and the job finishes with every step exactly once, every posted
+  reward kept, and the same weights and metrics as an uninterrupted run of the same seed.
 - A duplicate `keel.run_job` delivery exits without touching the job; a reward after its
   deadline gets a clear 409, and a job whose every reward expired fails with the reason.
 """
@@ -40,12 +40,17 @@ def test_sigkill_inside_a_step_then_the_job_ends_as_if_never_killed(
     production_stack, helpers, tmp_path, phase
 ):
     base_url = production_stack.api()
-    first = production_stack.worker("w1")
+    workers = [production_stack.worker("w1"), production_stack.worker("w2")]
     service = production_stack.reward_service(base_url)
     client = keel.Client(base_url=base_url, api_key=helpers.admin_key)
     reward = helpers.webhook_reward(service)
     job = client.jobs.create(helpers.job_config(**CONFIG), reward=reward)
     service.give_token(job.reward_token)
+    holder = helpers.wait_until(
+        lambda: next((w for w in workers if f"job {job.id}: lease taken" in w.output()), None),
+        timeout_s=60,
+        what="a worker on the job",
+    )
 
     inside = _in_generation if phase == "generation" else _in_update
     helpers.wait_until(
@@ -54,12 +59,11 @@ def test_sigkill_inside_a_step_then_the_job_ends_as_if_never_killed(
         interval_s=0.02,
         what=f"the {phase} of step {KILL_STEP}",
     )
-    first.kill(signal.SIGKILL)  # the worker and its pool process
+    holder.kill(signal.SIGKILL)  # the worker and its pool process; the other one is idle
     killed_at = client.jobs.retrieve(job.id)
     assert (killed_at.status, killed_at.step) == ("running", KILL_STEP - 1), "killed too late"
     assert inside(client, job.id), f"the kill did not land in the {phase}"
 
-    production_stack.worker("w2")
     done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
     assert (done.status, done.step, done.policy_version, done.attempts) == (
         "succeeded",

@@ -33,7 +33,10 @@ def make_celery(settings: Settings) -> Celery:
     conf = celery_config(settings)
     embedded = settings.broker_url.startswith("filesystem://")
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        conf["broker_transport_options"] = {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+        conf["broker_transport_options"] = {
+            **conf["broker_transport_options"],
+            "visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S,
+        }
     app.conf.update(
         **conf,
         task_acks_late=True,

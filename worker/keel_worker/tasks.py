@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import asdict
 from typing import Any
 
@@ -42,9 +43,17 @@ _main_pid: int | None = None  # the worker's main process, recorded before the p
 )
 def run_job(job_id: str) -> dict[str, Any]:
     """Run (or resume) one job to its end; a duplicate delivery returns without touching it."""
-    outcome = run_job_once(job_id, app.keel_settings)
+    outcome = run_job_once(job_id, app.keel_settings, on_stuck=_replace_this_process)
     log.info("keel.run_job(%s) -> %s at step %d", job_id, outcome.status, outcome.step)
     return asdict(outcome)
+
+
+def _replace_this_process() -> None:
+    """A stuck job's thread cannot be stopped from inside: end the pool process (the pool starts
+    a fresh one; the job row already says why, so the redelivered message finds it ended)."""
+    log.error("stopping pool process %d: its job is stuck", os.getpid())
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @worker_init.connect

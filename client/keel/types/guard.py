@@ -88,7 +88,11 @@ class ClipTrigger(_Strict):
 
 class EntropyTrigger(_Strict):
     """Policy entropy (`train/entropy`) below `min_ratio` × its early level (the mean of the
-    first `warmup` steps): the policy grew confident, the collapse criterion's sign."""
+    first `warmup` steps) while the reward has fallen: the mean `reward/mean` of the last
+    `reward_window` steps below that of the first `reward_window` steps. A policy that grows
+    confident as it gets more right is learning (the demo's happy path); one that grows confident
+    without becoming right is the collapse criterion's entropy collapse. `reward_window` 0 judges
+    the entropy alone."""
 
     action: GuardAction = Field("alert", description=_ACTION)
     patience: Int = _patience(1)
@@ -96,6 +100,13 @@ class EntropyTrigger(_Strict):
         0.3, gt=0.0, lt=1.0, description="Share of the early entropy below which it breaches."
     )
     warmup: Int = Field(1, ge=1, le=MAX_WINDOW, description="Steps that set the early level.")
+    reward_window: Int = Field(
+        4,
+        ge=0,
+        le=MAX_WINDOW,
+        description="A breach needs the mean reward of the last this many steps below that of "
+        "the first this many (0: the entropy alone).",
+    )
 
 
 class GradNormTrigger(_Strict):

@@ -23,6 +23,12 @@ from keel.types.training import TrainingConfig, VerifierName
 JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 JobRequest = Literal["pause", "cancel"]
+
+# What a running job's worker is doing, as it last reported (each report is progress).
+JobPhase = Literal[
+    "load", "prompts", "generate", "rewards", "update", "evaluate", "checkpoint", "calls"
+]
+JOB_PHASES: tuple[str, ...] = get_args(JobPhase)
 # A builtin reward source's verifier: the task's own reward, one that compares with each prompt's
 # reference (keel.types.training.VerifierName), or a regular expression the completion must match.
 RewardVerifier = Literal["task", "regex"] | VerifierName
@@ -328,6 +334,16 @@ class Job(ResponseModel):
         default=None,
         description="Last lease heartbeat of the worker running the job; a running job whose "
         "heartbeat is older than the server's lease timeout is taken over and resumed.",
+    )
+    phase: JobPhase | None = Field(
+        default=None,
+        description="What the worker running the job is doing (load, prompts, generate, "
+        "rewards, update, evaluate, checkpoint, calls); null when no worker runs it.",
+    )
+    progress_at: datetime | None = Field(
+        default=None,
+        description="When the worker last made progress (entered a phase). A job with no "
+        "progress for the server's bound for its phase is failed as stuck, naming the phase.",
     )
     routing_replay: RoutingReplaySummary | None = Field(
         default=None,

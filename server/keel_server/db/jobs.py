@@ -188,6 +188,8 @@ def take_lease(
             status="running",
             lease_owner=owner,
             heartbeat_at=now,
+            phase="load",
+            progress_at=now,
             attempts=Job.attempts + 1,
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,
@@ -205,13 +207,22 @@ def take_lease(
 
 
 def heartbeat(
-    session: Session, job_id: str, owner: str, *, now: datetime | None = None
+    session: Session,
+    job_id: str,
+    owner: str,
+    *,
+    now: datetime | None = None,
+    progress: tuple[str, datetime] | None = None,
 ) -> str | None:
-    """Renew the lease; returns the pending request ("pause" | "cancel" | None).
+    """Renew the lease, storing the holder's last `progress` (phase, when) if given; returns
+    the pending request ("pause" | "cancel" | None).
 
     Raises LeaseLost when the caller is no longer the running job's lease holder.
     """
-    _update_held(session, job_id, owner, heartbeat_at=now or utcnow())
+    values: dict[str, Any] = {"heartbeat_at": now or utcnow()}
+    if progress is not None:
+        values["phase"], values["progress_at"] = progress
+    _update_held(session, job_id, owner, **values)
     return session.execute(select(Job.requested).where(Job.id == job_id)).scalar_one()
 
 
@@ -277,7 +288,12 @@ def finish_job(
     """
     if status not in WORKER_END_STATES:
         raise ValueError(f"a worker ends a job as one of {WORKER_END_STATES}, not {status!r}")
-    values: dict[str, Any] = {"lease_owner": None, "requested": None, "serve_url": None}
+    values: dict[str, Any] = {
+        "lease_owner": None,
+        "requested": None,
+        "serve_url": None,
+        "phase": None,
+    }
     if error is not None:
         values["error"] = error
     event = {k: v for k, v in (("error", error), ("reason", reason)) if v is not None} or None

@@ -84,6 +84,10 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The phase the lease holder last reported entering (keel.types.jobs.JobPhase) and when:
+    # liveness is progress, judged per phase (jobrunner.control).
+    phase: Mapped[str | None] = mapped_column(String(20))
+    progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reward_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # Sealed with Settings.secret_key (platform.security): returned again by an idempotent
     # repeat of the create request; the worker signs webhook deliveries with the secret.

@@ -21,13 +21,22 @@ SessionFactory = sessionmaker[Session]
 # (a PostgreSQL backend fork per request: at 16 concurrent reward posts ~10 % of the API's CPU
 # went to connecting). A pool opens connections only as concurrency needs them.
 PG_POOL_SIZE, PG_MAX_OVERFLOW = 40, 10
+# Every database wait is bounded: connecting (an unreachable server), waiting for a pooled
+# connection, and each statement (a lock held by a wedged transaction). Defaults for what
+# `KEEL_DATABASE_URL` leaves unset (`?connect_timeout=…`, `?options=-c statement_timeout=…`).
+PG_CONNECT_TIMEOUT_S, PG_POOL_TIMEOUT_S, PG_STATEMENT_TIMEOUT_MS = 10, 30, 300_000
 
 
 def make_engine(database_url: str) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(
-            url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW
+            url,
+            pool_pre_ping=True,
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
+            pool_timeout=PG_POOL_TIMEOUT_S,
+            connect_args=_pg_bounds(url.query),
         )
     if url.database and url.database != ":memory:":
         _create_private(Path(url.database))
@@ -50,6 +59,16 @@ def make_engine(database_url: str) -> Engine:
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin_immediate)
     return engine
+
+
+def _pg_bounds(query) -> dict[str, object]:
+    """libpq's connect timeout and the server's statement timeout, unless the URL sets them."""
+    args: dict[str, object] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    if "options" not in query:
+        args["options"] = f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+    return args
 
 
 def _create_private(path: Path) -> None:

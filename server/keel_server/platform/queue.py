@@ -13,6 +13,9 @@ from keel_server.platform.settings import Settings
 RUN_JOB_TASK = "keel.run_job"
 
 
+REDIS_SOCKET_TIMEOUTS = {"socket_connect_timeout": 10, "socket_timeout": 30}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Broker settings for both producer and worker (`Celery(...).conf.update(**this)`)."""
     conf: dict[str, Any] = {
@@ -22,6 +25,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.job_queue,
         "broker_connection_retry_on_startup": True,
     }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Every broker wait is bounded: a Redis that stops answering fails a publish or a poll
+        # (retried by Celery's own policies) instead of blocking a request or a worker forever.
+        conf["broker_transport_options"] = dict(REDIS_SOCKET_TIMEOUTS)
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_dir
         (folder / "processed").mkdir(parents=True, exist_ok=True)

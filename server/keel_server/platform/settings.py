@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from keel.types.jobs import JOB_PHASES
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEEL_", extra="ignore")
@@ -76,6 +78,26 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds between a worker's heartbeats on the job it runs; each renews the "
         "lease and picks up a pause or cancel. Keep it well below the lease timeout.",
+    )
+    progress_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A running job whose worker reports no progress (a new phase: load, "
+        "prompts, generate, rewards, update, evaluate, checkpoint, calls) for this long is "
+        "stuck: it fails with the phase and its last progress named, and its worker process is "
+        "replaced. Waits with their own deadline (rewards, prompts) use that deadline instead.",
+    )
+    phase_timeouts_s: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-phase overrides of `progress_timeout_s`, e.g. `{"checkpoint": 600}` '
+        "(JSON in the environment).",
+    )
+    stall_grace_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Slack past a wait's own deadline before the job counts as stuck; also how "
+        "long a pause or cancel waits, with no progress, for the step to stop on its own before "
+        "the worker process is stopped and the job ends in the requested state.",
     )
     queued_timeout_s: float = Field(
         default=600.0,
@@ -317,6 +339,21 @@ class Settings(BaseSettings):
         description="GPUs one vllm engine shards the model over; 1 runs it in the worker's "
         "process, more in vLLM worker processes that the weight sync reaches by RPC.",
     )
+    # A job on several trainer processes (torch.distributed, docs/how-to/distributed.md).
+    collective_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Bound on every collective of a multi-process job (gradient reductions, "
+        "parameter gathers, the weight sync to the rollout engine, checkpoint barriers): a rank "
+        "that dies or stalls makes the others fail within it instead of hanging.",
+    )
+    rollout_wait_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long the other ranks of a multi-process job wait for rank 0's sampled "
+        "and scored batch each step (its generation and the rewards, which may come from "
+        "outside); keep it above the reward deadline.",
+    )
 
     @field_validator("model_roots", mode="before")
     @classmethod
@@ -324,6 +361,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(Path(p) for p in value.split(os.pathsep) if p.strip())
         return value
+
+    @field_validator("phase_timeouts_s")
+    @classmethod
+    def _known_phases(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(JOB_PHASES))
+        if unknown:
+            raise ValueError(f"unknown phases {unknown}; the phases are {list(JOB_PHASES)}")
+        if any(not bound > 0 for bound in value.values()):
+            raise ValueError("each phase timeout must be a positive number of seconds")
+        return value
+
+    def phase_timeout_s(self, phase: str) -> float:
+        """The progress bound of `phase`: its override, else `progress_timeout_s`."""
+        return self.phase_timeouts_s.get(phase, self.progress_timeout_s)
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

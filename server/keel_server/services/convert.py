@@ -33,6 +33,8 @@ def job(row: models.Job) -> Job:
         started_at=row.started_at,
         finished_at=row.finished_at,
         heartbeat_at=row.heartbeat_at,
+        phase=row.phase,
+        progress_at=row.progress_at,
         routing_replay=row.routing_replay,
         guard=stored.guard_summary(row),
         runtime=row.runtime,

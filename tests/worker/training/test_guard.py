@@ -81,10 +81,30 @@ def test_clip_fires_after_three_steps_over_five_percent():
 
 # ---------------------------------------------------------------- entropy
 def test_entropy_fires_below_its_share_of_the_early_level():
-    # Early level = 1.0 (warmup 1); 0.29 < 0.3 breaches and fires at once (patience 1).
+    # Entropy alone (reward_window 0): early level = 1.0 (warmup 1); 0.29 < 0.3 breaches and
+    # fires at once (patience 1).
+    alone = only("entropy", reward_window=0)
     values = [1.0, 0.8, 0.5, 0.31, 0.29]
-    assert fire_steps(only("entropy"), series("train/entropy", values)) == [5]
-    assert fire_steps(only("entropy", warmup=2), series("train/entropy", [1.0, 0.2, 0.2])) == []
+    assert fire_steps(alone, series("train/entropy", values)) == [5]
+    low = series("train/entropy", [1.0, 0.2, 0.2])
+    assert fire_steps(only("entropy", warmup=2, reward_window=0), low) == []
+
+
+def with_reward(entropy: list[float], reward: list[float]) -> list[dict[str, float]]:
+    return [{"train/entropy": e, "reward/mean": r} for e, r in zip(entropy, reward, strict=True)]
+
+
+def test_an_entropy_drop_while_the_reward_climbs_is_learning_not_an_alert():
+    # `make demo`'s shape (issue 30): entropy 2.18 → 0.61 while the reward goes 0.19 → 0.77.
+    entropy = [2.18, 1.9, 1.5, 1.2, 0.9, 0.75, 0.65, 0.61]
+    reward = [0.19, 0.33, 0.41, 0.38, 0.48, 0.6, 0.7, 0.77]
+    assert fire_steps(only("entropy"), with_reward(entropy, reward)) == []
+    # The same entropy with the reward falling is the criterion's entropy collapse: it fires
+    # once 4 rewards after the first 4 average below them (step 8, the first it can judge).
+    falling = [0.4, 0.45, 0.4, 0.42, 0.3, 0.1, 0.0, 0.0]
+    assert fire_steps(only("entropy"), with_reward(entropy, falling)) == [8]
+    # Entropy alone (the first form) alerts on the happy path too.
+    assert fire_steps(only("entropy", reward_window=0), with_reward(entropy, reward)) == [7]
 
 
 # ---------------------------------------------------------------- grad norm

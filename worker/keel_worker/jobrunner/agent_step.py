@@ -77,11 +77,15 @@ class AgentStep:
         sink = MetricSink()
         t0 = time.perf_counter()
         rows = self._open(step, items)
+        # Episodes are served until each is rewarded or expires at its deadline.
+        settings = self.rewards.settings
+        self.control.progress("rewards", bound_s=self.rewards.deadline_s + settings.stall_grace_s)
         self.calls.policy_version = self.trainer.policy_version
         with session_scope(self.factory) as session:
             self.calls.open(episodes_db.step_turns(session, [r.id for r in rows]))
         self._serve_until_scored(step)
         sink.time(metric.TIME_GENERATE, t0)
+        self.control.progress("update")
 
         with session_scope(self.factory) as session:
             rows = step_rollouts(session, self.job_id, step)

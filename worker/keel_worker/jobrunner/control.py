@@ -1,18 +1,33 @@
-"""The lease holder's side of a job: a heartbeat thread and the cooperative stop checks.
+"""The lease holder's side of a job: a heartbeat thread, the cooperative stop checks, and the
+watchdog that ends a job that stopped making progress.
 
 The heartbeat renews the lease every `heartbeat_interval_s` (a training step may take longer
 than the lease timeout) and picks up the pause/cancel request the API stored on the job row.
 The loop asks `stop_reason()` between phases; a lost lease (another worker took the job over)
 is a stop too, after which this worker must not write to the job again.
+
+A live heartbeat is not a live job: a step stuck in a call that never returns keeps renewing the
+lease. So the loop reports each phase it enters (`progress`, `jobrunner.progress`), each beat
+stores the latest on the job row, and the heartbeat thread gives up on the run when
+- the current phase ran past its bound: the job fails, its error naming the phase and the last
+  progress;
+- a pause or cancel was requested and the loop neither acted on it nor made progress within
+  `stall_grace_s` (it is inside a call no check can interrupt): the job ends paused (resuming
+  from its latest checkpoint) or cancelled, as asked.
+Then `on_stuck` runs; the Celery task passes one that kills the pool process, since the stuck
+thread cannot be stopped from inside, and the pool starts a fresh process in its place.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.jobs import LeaseLost, heartbeat
+from keel_server.db.jobs import LeaseLost, finish_job, get_job, heartbeat
+from keel_worker.jobrunner.progress import ProgressClock, stuck_reason
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +43,29 @@ class StopRun(Exception):
 
 
 class JobControl:
-    """Heartbeats a held lease in the background; tells the loop when to stop."""
+    """Heartbeats a held lease in the background; tells the loop when to stop; ends the run
+    itself when the loop stops making progress (module docstring)."""
 
     def __init__(
-        self, factory: SessionFactory, job_id: str, owner: str, *, interval_s: float
+        self,
+        factory: SessionFactory,
+        job_id: str,
+        owner: str,
+        *,
+        interval_s: float,
+        bound_of: Callable[[str], float] = lambda phase: float("inf"),
+        stall_grace_s: float = float("inf"),
+        on_stuck: Callable[[], None] | None = None,
     ) -> None:
         self.factory = factory
         self.job_id = job_id
         self.owner = owner
         self.interval_s = interval_s
+        self.stall_grace_s = stall_grace_s
+        self.on_stuck = on_stuck
+        self.clock = ProgressClock(bound_of)
         self._requested: str | None = None
+        self._requested_since: float | None = None  # monotonic time the request was first seen
         self._lost = False
         self._stop_seen = threading.Event()  # set while stop_reason() is not None
         self._halt = threading.Event()
@@ -58,20 +86,31 @@ class JobControl:
     def lost(self) -> bool:
         return self._lost
 
+    def progress(self, phase: str, *, bound_s: float | None = None) -> None:
+        """The loop enters `phase` (keel.types.jobs.JobPhase); a wait with its own deadline
+        passes `bound_s` (that deadline plus `stall_grace_s`)."""
+        self.clock.enter(phase, bound_s=bound_s)
+
     def beat(self) -> None:
-        """Renew the lease now and refresh the pending request."""
+        """Renew the lease now, store the last progress, and refresh the pending request."""
         if self._lost:
             return
+        last = self.clock.last
         try:
             with session_scope(self.factory) as session:
-                self._requested = heartbeat(session, self.job_id, self.owner)
+                self._requested = heartbeat(
+                    session, self.job_id, self.owner, progress=(last.phase, last.at)
+                )
         except LeaseLost:
             log.warning("job %s: lease lost by %s", self.job_id, self.owner)
             self._lost = True
         if self.stop_reason() is None:
             self._stop_seen.clear()  # a pending pause withdrawn by `resume`
+            self._requested_since = None
         else:
             self._stop_seen.set()
+            if self._requested_since is None:
+                self._requested_since = time.monotonic()
 
     def stop_reason(self) -> str | None:
         """`lost`, `cancel`, `pause` or None (keep going)."""
@@ -92,10 +131,49 @@ class JobControl:
         if reason is not None:
             raise StopRun(reason)
 
+    def watch(self, now_monotonic: float | None = None) -> bool:
+        """One watchdog check (the heartbeat thread runs it after each beat): end the run when
+        it is stuck; returns whether it did."""
+        now = time.monotonic() if now_monotonic is None else now_monotonic
+        requested, last = self._requested, self.clock.last
+        # Progress since the request means the loop still moves and will reach its next check.
+        since = (
+            None if self._requested_since is None else max(self._requested_since, last.at_monotonic)
+        )
+        if requested is not None and since is not None and now - since > self.stall_grace_s:
+            reason = (
+                f"the step did not stop within {self.stall_grace_s:g} s of the {requested} "
+                f"request (no progress in phase '{last.phase}'); the worker process was "
+                "stopped and replaced"
+            )
+            status = "cancelled" if requested == "cancel" else "paused"
+            return self._give_up(status, reason=reason)
+        overrun = self.clock.overrun(now)
+        if overrun is not None:
+            with session_scope(self.factory) as session:
+                job = get_job(session, self.job_id)
+                step = job.step if job is not None else 0
+            return self._give_up("failed", error=stuck_reason(overrun, step))
+        return False
+
+    def _give_up(self, status: str, *, error: str | None = None, reason: str | None = None) -> bool:
+        log.error("job %s: giving up on the run as %s: %s", self.job_id, status, error or reason)
+        with session_scope(self.factory) as session:
+            ended = finish_job(session, self.job_id, self.owner, status, error=error, reason=reason)
+        # Whether or not this write won (another worker may hold the job now), this run must not
+        # write again: the loop sees a lost lease at its next check.
+        self._lost = True
+        self._stop_seen.set()
+        if ended and self.on_stuck is not None:
+            self.on_stuck()
+        return ended
+
     def _beat_forever(self) -> None:
         while not self._halt.wait(self.interval_s):
             try:
                 self.beat()
+                if not self._lost and self.watch():
+                    return
             except Exception:  # a DB hiccup must not kill the heartbeat; the next beat retries
                 log.exception("job %s: heartbeat failed", self.job_id)
             if self._lost:

@@ -308,7 +308,12 @@ class JobLoop:
         metrics: dict[str, float] = {}
         if self.task is not None and schedule.evaluates_before(step):
             metrics.update(self._evaluate())
+        # A `client` prompt source waits up to max_prompt_wait_s, then pauses the job.
+        self.control.progress(
+            "prompts", bound_s=self.settings.max_prompt_wait_s + self.settings.stall_grace_s
+        )
         items = self.prompts.take(cfg.prompts_per_step)
+        self.control.progress("generate")
         if self.agent is not None:
             metrics.update(self.agent.run(step + 1, items, seed=schedule.seed_of(step)))
             return metrics
@@ -343,6 +348,7 @@ class JobLoop:
 
     def _evaluate(self) -> dict[str, float]:
         assert self.task is not None
+        self.control.progress("evaluate")
         return evaluate(self.engine, self.tokenizer, self.task, self.spec.config)
 
     # ------------------------------------------------------------------ stops and checkpoints
@@ -357,6 +363,7 @@ class JobLoop:
         return "cancelled"
 
     def _checkpoint(self, step: int, cursor: int, rng: dict[str, Any]) -> None:
+        self.control.progress("checkpoint")
         try:
             path, state = self.run_state.save(
                 step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}

@@ -104,7 +104,17 @@ class StepScorer:
         self.delivery_failures = 0  # webhook deliveries of this step that failed for good
 
     def __call__(self, rollouts: Sequence[Rollout]) -> list[float | None]:
+        rewards = self._score(rollouts)
+        # The trainer's next phase after scoring is the update (advantages, π_old, mini-batches,
+        # weight sync): reported here, where the job loop sees the step's inside.
+        self.ctx.control.progress("update")
+        return rewards
+
+    def _score(self, rollouts: Sequence[Rollout]) -> list[float | None]:
         ctx = self.ctx
+        # Rows expire at their deadline, and the whole wait is capped: a wait bounded by both.
+        wait_bound_s = min(ctx.deadline_s, ctx.settings.max_reward_wait_s - ctx.waited_s)
+        ctx.control.progress("rewards", bound_s=max(wait_bound_s, 0.0) + ctx.settings.stall_grace_s)
         computed = [ctx.verifier(r) for r in rollouts] if ctx.verifier else None
         rows, fresh = self._rows(rollouts, computed)
         if computed is not None:

@@ -4,6 +4,8 @@
    (`keel_server.platform.leases`). A duplicate delivery finds a live lease, or a job that is not
    runnable (finished, paused, cancelled), and returns without writing anything.
 2. Heartbeat while the loop runs; the loop resumes from the latest checkpoint when there is one.
+   The loop reports its progress by phase; a run stuck past its phase's bound, or deaf to a pause
+   or cancel, is ended by the heartbeat's watchdog (`jobrunner.control`).
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
    A lost lease (another worker took over) ends it without touching the job.
 
@@ -19,6 +21,7 @@ stale.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
@@ -59,7 +62,15 @@ class RunOutcome:
     step: int = 0
 
 
-def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> RunOutcome:
+def run_job(
+    job_id: str,
+    settings: Settings,
+    *,
+    owner: str | None = None,
+    on_stuck: Callable[[], None] | None = None,
+) -> RunOutcome:
+    """`on_stuck` runs when the watchdog ends a stuck run (`jobrunner.control`): the Celery task
+    passes one that replaces this process."""
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
@@ -83,7 +94,16 @@ def run_job(job_id: str, settings: Settings, *, owner: str | None = None) -> Run
         _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
-    with JobControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as control:
+    control = JobControl(
+        factory,
+        job_id,
+        owner,
+        interval_s=settings.heartbeat_interval_s,
+        bound_of=settings.phase_timeout_s,
+        stall_grace_s=settings.stall_grace_s,
+        on_stuck=on_stuck,
+    )
+    with control:
         return _run_leased(spec, settings, factory, control)
 
 
@@ -104,6 +124,7 @@ def _run_leased(
             _end(factory, spec.id, control.owner, "failed", error=blip.error, wait_s=end_wait_s)
             return RunOutcome(spec.id, "failed", blip.step)
         recoveries += 1
+        control.progress("load")  # waiting for the database, then loading the model again
         log.warning(
             "job %s: database blip (%s); resuming from the last checkpoint (recovery %d of %d)",
             spec.id,

@@ -188,6 +188,8 @@ class TinkerLoop:
                     f"{self.settings.tinker_session_timeout_s:g} s"
                 )
                 return "succeeded"
+            # Waiting for calls is progress: an idle model is bounded by its idle timeout.
+            self.control.progress("calls")
             row = self._next()
             if row is None:
                 if time.monotonic() - idle_since > self.settings.tinker_idle_timeout_s:

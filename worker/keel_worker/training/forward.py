@@ -10,12 +10,19 @@ Routing Replay (docs/concepts/algorithm.md §2.4) is applied here: with `replay_
 layer uses those experts (gate weights recomputed from live logits); either way the routes the
 routers would pick naturally are returned, so the step can report routing disagreement without a
 second forward.
+
+Under FSDP2 (`distributed.sharding`) the decoder and the head run inside the sharded root's
+registered forward method (`root_call`), which gathers the root's parameters around them, and
+every micro-batch takes one decoder pass (no shared-prompt prefix): each decoder call gathers
+every block's parameters, so ranks running different micro-batches must make the same calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,10 +54,14 @@ class PolicyForward:
         bf16: bool,
         replay: RoutingReplay | None,
         bf16_native: bool | None = None,
+        root_call: Callable[..., Any] | None = None,
+        share_prompts: bool = True,
     ) -> None:
         """`bf16` computes the forwards in bf16: torch.autocast where the device does so
         natively, else `EmulatedBf16` (the same roundings, in float32); `bf16_native` None
-        measures the model's device (`engines.hardware.device_profile`)."""
+        measures the model's device (`engines.hardware.device_profile`). `root_call(fn, *args)`
+        runs the decoder and head of a sharded model (`distributed.sharding.shard_policy`), which
+        also wants `share_prompts=False`."""
         self.model = model
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
@@ -58,6 +69,8 @@ class PolicyForward:
         self.bf16 = bf16
         self.bf16_native = bf16_native
         self.replay = replay
+        self.root_call = root_call or _call
+        self.share_prompts = share_prompts
 
     def _compute_context(self, device: torch.device):
         if not self.bf16:
@@ -84,13 +97,9 @@ class PolicyForward:
         else:
             routing = nullcontext(None)
         mask_B_T = mb.mask_B_T.to(device)
-        shared = shared_prompts(mb) if self.replay is None else None
+        shared = shared_prompts(mb) if self.replay is None and self.share_prompts else None
         with routing as recording, self._compute_context(device):
-            if shared is not None:
-                hidden_B_T_H = self._hidden_shared_prompts(mb, *shared, device)
-            else:
-                hidden_B_T_H = self._hidden(mb, device)
-            logits_N_V = self.head(hidden_B_T_H[mask_B_T])
+            logits_N_V = self.root_call(self._trained_logits, mb, shared, mask_B_T, device)
         scaled_N_V = logits_N_V.float() / self.temperature
         targets_N = mb.targets_B_T.to(device)[mask_B_T]
         # log softmax at the target only: z_target − logsumexp(z), no [N, V] log-prob tensor.
@@ -104,6 +113,16 @@ class PolicyForward:
         entropy_sum, _ = entropy_from_logits(scaled_N_V.detach()[None], all_N)
         natural = recording.routes_B_S_L_K if recording is not None else None
         return ForwardOutput(logprobs_B_T, entropy_sum, natural)
+
+    def _trained_logits(
+        self, mb: MicroBatch, shared, mask_B_T: torch.Tensor, device
+    ) -> torch.Tensor:
+        """The head's logits at the positions that score a trained token, `[N, V]`."""
+        if shared is not None:
+            hidden_B_T_H = self._hidden_shared_prompts(mb, *shared, device)
+        else:
+            hidden_B_T_H = self._hidden(mb, device)
+        return self.head(hidden_B_T_H[mask_B_T])
 
     def _hidden(self, mb: MicroBatch, device: torch.device) -> torch.Tensor:
         """The final hidden state that scores each response token, one forward per row."""
@@ -170,6 +189,10 @@ class PolicyForward:
             use_cache=True,
         ).last_hidden_state
         return torch.cat([first_B_1_H, rest_B_R_H], dim=1)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def shared_prompts(mb: MicroBatch) -> tuple[list[list[int]], torch.Tensor, torch.Tensor] | None:

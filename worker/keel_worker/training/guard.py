@@ -8,7 +8,8 @@ this module keeps the running state each signal is judged against:
     kl          mismatch/kl_k3 > ratio × median(non-breaching steps so far), and > min_value
     is_fraction max(is/truncated_frac, is/masked_frac) > max_frac
     clip        clip/frac > max_frac
-    entropy     train/entropy < min_ratio × mean(first `warmup` steps)
+    entropy     train/entropy < min_ratio × mean(first `warmup` steps), while the mean reward
+                of the last `reward_window` steps is below that of the first `reward_window`
     grad_norm   optim/grad_norm non-finite, or > ratio × median(non-breaching steps so far);
                 an exact 0 (no group had a reward spread: no update) is no observation
     reward      mean(last `window` reward/mean) < min_ratio × median(non-breaching means so far),
@@ -125,6 +126,7 @@ class _Signal:
     history: list[float] = field(default_factory=list)
     window: deque = field(default_factory=deque)
     peak: float = -math.inf
+    early: list[float] = field(default_factory=list)  # the first rewards (entropy's clause)
 
 
 class StabilityGuard:
@@ -225,6 +227,7 @@ def _clip(trigger: ClipTrigger, signal: _Signal, metrics: Mapping[str, float]):
 
 
 def _entropy(trigger: EntropyTrigger, signal: _Signal, metrics: Mapping[str, float]):
+    reward_fell, reward_text = _reward_fell(trigger.reward_window, signal, metrics)
     value = _finite(metrics, ENTROPY)
     if value is None:
         return None
@@ -233,7 +236,27 @@ def _entropy(trigger: EntropyTrigger, signal: _Signal, metrics: Mapping[str, flo
         return False, value, math.nan, ""
     early = statistics.fmean(signal.history)
     reason = f"entropy {value:.3g} < {trigger.min_ratio:g} × its early level {early:.3g}"
-    return value < trigger.min_ratio * early, value, early, reason
+    return value < trigger.min_ratio * early and reward_fell, value, early, reason + reward_text
+
+
+def _reward_fell(window: int, signal: _Signal, metrics: Mapping[str, float]) -> tuple[bool, str]:
+    """Whether the mean reward of the last `window` steps is below that of the first `window`
+    (False until 2 × `window` rewards were seen, so the two never share a step; always True
+    with `window` 0), and the words the reason adds."""
+    if window == 0:
+        return True, ""
+    reward = _finite(metrics, REWARD)
+    if reward is not None:
+        if len(signal.early) < window:
+            signal.early.append(reward)
+        else:
+            signal.window.append(reward)
+            if len(signal.window) > window:
+                signal.window.popleft()
+    if len(signal.early) < window or len(signal.window) < window:
+        return False, ""
+    first, last = statistics.fmean(signal.early), statistics.fmean(signal.window)
+    return last < first, f", with the reward down from {first:.3g} to {last:.3g}"
 
 
 def _grad_norm(trigger: GradNormTrigger, signal: _Signal, metrics: Mapping[str, float]):

@@ -67,6 +67,30 @@ class MetricSink:
         """The seconds since `start` of one of the step's phases (`metric_names.TIME_PHASES`)."""
         self._floats[name] = time.perf_counter() - start
 
+    def totals(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, Reduce | None]]:
+        """Per metric: (Σ numerators, Σ denominators, "max"/"min" for an extreme else None),
+        as 0-dim tensors: what a data-parallel step reduces over ranks (distributed.metrics).
+        An extreme's numerator is the extreme of its values."""
+        out: dict[str, tuple[torch.Tensor, torch.Tensor, Reduce | None]] = {}
+        for name, nums in self._num.items():
+            extreme = self._extreme.get(name)
+            stacked = torch.stack([v.to(nums[0].device) for v in nums])
+            num = (
+                stacked.amax() if extreme == "max" else stacked.amin() if extreme else stacked.sum()
+            )
+            den = torch.stack([d.to(nums[0].device) for d in self._den[name]]).sum()
+            out[name] = (num, den, extreme)  # type: ignore[assignment]
+        return out
+
+    def add_total(
+        self, name: str, num: torch.Tensor, den: torch.Tensor, extreme: Reduce | None
+    ) -> None:
+        """Add what `totals()` gave for `name` (summed or extremized over ranks)."""
+        self._num[name].append(num.detach().float().reshape(()))
+        self._den[name].append(den.detach().float().reshape(()).to(num.device))
+        if extreme is not None:
+            self._extreme[name] = extreme
+
     def finish(self) -> dict[str, float]:
         out = dict(self._floats)
         names = list(self._num)

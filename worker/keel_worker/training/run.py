@@ -16,6 +16,11 @@ rollback budget counts from this call: a resumed run starts with none used.
 Resuming is exact: weights, optimizer state, step, policy version, RNG states and the data
 cursor come back from the checkpoint, and every step's sampling and shuffling seeds are derived
 from (config.seed, step) alone.
+
+Under torchrun (an initialised process group of k ranks, `distributed.group.init_from_env`) every
+rank calls `train` with the same arguments and runs the same steps in lockstep: the session is
+data-parallel (`TrainingSession`), every rank yields the same `StepResult`s (rank 0's metrics),
+rank 0 alone writes the trackers and prunes checkpoints, and `should_stop` is rank 0's answer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 
 from keel.types import metric_names as metric
 from keel.types.training import TrainingConfig
+from keel_worker.distributed.group import GroupFailure
+from keel_worker.distributed.rank_zero import from_rank_zero
 from keel_worker.engines.vllm import VLLMOptions
 from keel_worker.training.checkpoint import WorkdirCheckpoints, capture_rng, prune_checkpoints
 from keel_worker.training.evaluate import evaluate
@@ -40,6 +47,28 @@ from keel_worker.training.trackers import StepTrackers
 __all__ = ["DEFAULT_CACHE_DIR", "StepResult", "build_engine", "step_seed", "train"]
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "keel" / "models"
+
+
+def _rank_zero_answer(dp, should_stop: Callable[[], bool]) -> Callable[[], bool]:
+    """`should_stop` asked on rank 0, its answer on every rank (collective)."""
+
+    def agreed() -> bool:
+        return from_rank_zero(dp, should_stop, what="stop decision")
+
+    return agreed
+
+
+@dataclass(frozen=True)
+class _ReadOnly:
+    """A workdir's checkpoints as a rank other than 0 sees them: it finds them, rank 0 deletes."""
+
+    store: WorkdirCheckpoints
+
+    def latest_at_most(self, step: int):
+        return self.store.latest_at_most(step)
+
+    def delete_after(self, step: int) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -87,14 +116,23 @@ def train(
     def held_out() -> dict[str, float]:
         return evaluate(run.engine, run.tokenizer, task, config)
 
-    trackers = StepTrackers.open(
-        config.logging,
-        logdir=workdir,
-        run_id=Path(workdir).name,
-        config=config.model_dump(mode="json"),
+    writer = run.dp is None or run.dp.is_writer
+    if run.dp is not None and should_stop is not None:
+        should_stop = _rank_zero_answer(run.dp, should_stop)
+    trackers = (
+        StepTrackers.open(
+            config.logging,
+            logdir=workdir,
+            run_id=Path(workdir).name,
+            config=config.model_dump(mode="json"),
+        )
+        if writer
+        else StepTrackers([])
     )
     schedule = StepSchedule.of(config)
     policy, checkpoints = GuardPolicy(config.guard), WorkdirCheckpoints(workdir)
+    if not writer:  # a rollback's deletions are rank 0's; the other ranks only read
+        checkpoints = _ReadOnly(checkpoints)
 
     def save(done: int) -> Path:
         path, _ = run.save(
@@ -103,7 +141,7 @@ def train(
             rng=capture_rng(),
             summary={"config": config.model_dump(mode="json")},
         )
-        if config.checkpoint_keep_last is not None:
+        if config.checkpoint_keep_last is not None and writer:
             prune_checkpoints(workdir, keep_last=config.checkpoint_keep_last)
         return path
 
@@ -132,5 +170,9 @@ def train(
             if stopping:
                 return
             step = done
+    except Exception as exc:
+        if run.dp is None or isinstance(exc, GroupFailure):
+            raise
+        raise run.dp.failure(exc) from exc
     finally:
         trackers.close()

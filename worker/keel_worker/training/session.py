@@ -9,6 +9,13 @@ resume exact for every caller.
 A LoRA run (`config.lora`) wraps the configured model in adapters (`training.lora`); resuming
 one reloads that base model and puts the checkpoint's adapter tensors back, never the merged
 top-level weights (unmerging them would not give W back exactly).
+
+Data-parallel: opened in a process of an initialised torch.distributed group of k ≥ 2 ranks
+(torchrun; `distributed.group.init_from_env`), every rank opens the same session: the model is
+sharded with FSDP2 (`distributed.sharding`), rank 0 alone holds the rollout engine and every rank
+reaches it through a `distributed.rank_zero.RankZeroEngine`, and `save` writes a sharded checkpoint
+plus rank 0's consolidated weights (`distributed.checkpoint`). Every rank calls every method in
+the same order. LoRA is refused there (`LORA_UNDER_FSDP`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,16 @@ from typing import Any
 import torch
 
 from keel.types.training import TrainingConfig
+from keel_worker.distributed import group as distributed_group
+from keel_worker.distributed.checkpoint import (
+    has_sharded_state,
+    load_full_optimizer,
+    load_sharded,
+    save_distributed_checkpoint,
+)
+from keel_worker.distributed.group import DataParallel
+from keel_worker.distributed.rank_zero import RankZeroEngine
+from keel_worker.distributed.sharding import shard_policy
 from keel_worker.engines.base import RolloutEngine
 from keel_worker.engines.models import LoadedModel, is_moe_model, load_model
 from keel_worker.engines.vllm import VLLMOptions
@@ -64,6 +81,12 @@ def build_engine(
     return HFEngine(model, tokenizer, precision=config.rollout.precision)
 
 
+LORA_UNDER_FSDP = (
+    "LoRA is not supported on more than one trainer process yet (FSDP2 would shard the frozen "
+    "base with the adapters); run a LoRA job on one process"
+)
+
+
 def _load_by_name(config: TrainingConfig, cache_dir: Path) -> LoadedModel:
     if config.model.name is None:
         raise ValueError(
@@ -86,6 +109,7 @@ class TrainingSession:
     step: int = 0
     data_cursor: int = 0
     resumed_from: Path | None = None
+    dp: DataParallel | None = None  # this rank, in a data-parallel run
 
     @classmethod
     def open(
@@ -104,6 +128,10 @@ class TrainingSession:
         `Settings`' vLLM knobs as `vllm_options`."""
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
+        dp = distributed_group.current(device=device)
+        if dp is not None and config.lora is not None:
+            raise ValueError(LORA_UNDER_FSDP)
+        device = str(dp.device) if dp is not None else device
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(config.seed)
         ckpt = latest_checkpoint(workdir) if resume else None
@@ -122,12 +150,24 @@ class TrainingSession:
         # engine samples on the CPU even on a CUDA worker, because its decode loop builds its
         # tokens, cache and sampling generator on the CPU (engines/hf.py); a GPU worker samples
         # with `vllm` (RolloutConfig.engine says so). Each step's weight sync copies across.
-        engine = build_engine(config, model, tokenizer, workdir=workdir, vllm_options=vllm_options)
+        # Data-parallel: rank 0 alone holds an engine; the others receive its batches.
+        engine = None
+        if dp is None or dp.is_writer:
+            engine = build_engine(
+                config, model, tokenizer, workdir=workdir, vllm_options=vllm_options
+            )
+        is_moe = is_moe_model(model)
         model.to(device)
-        trainer = Trainer(config, model, tokenizer, engine, is_moe=is_moe_model(model))
-        session = cls(config, workdir, model, tokenizer, engine, trainer, resumed_from=ckpt)
+        root_call = None
+        if dp is not None:
+            root_call = shard_policy(model, dp)
+            engine = RankZeroEngine(engine, dp)
+        trainer = Trainer(
+            config, model, tokenizer, engine, is_moe=is_moe, dp=dp, root_call=root_call
+        )
+        session = cls(config, workdir, model, tokenizer, engine, trainer, resumed_from=ckpt, dp=dp)
         if state is not None:
-            trainer.optimizer.load_state_dict(state.optimizer)
+            session._load_optimizer(ckpt, state)
             trainer.policy_version = state.policy_version
             if state.routing_replay is not None:
                 trainer.auto.load_state_dict(state.routing_replay)
@@ -135,16 +175,26 @@ class TrainingSession:
             session.step, session.data_cursor = state.step, state.data_cursor
         return session
 
+    def _load_optimizer(self, ckpt: Path, state: TrainerState) -> None:
+        _load_optimizer_into(
+            self.model, self.trainer.optimizer, ckpt, state, sharded=self.dp is not None
+        )
+
     def restore(self, path: Path) -> TrainerState:
         """Roll the live run back to the checkpoint at `path`: weights (trainer and engine),
         optimizer state, policy version and RNG states; returns the checkpoint's state."""
         state = _trainer_state(path, self.config)
-        if self.config.lora is None:
+        if has_sharded_state(path):  # weights and optimizer, resharded onto this run
+            load_sharded(path, self.model, self.trainer.optimizer)
+        elif self.dp is not None:
+            raise ValueError(f"{path} has no sharded state to restore a data-parallel run from")
+        elif self.config.lora is None:
             model, _ = load_policy(path)
             self.model.load_state_dict(model.state_dict())
+            self.trainer.optimizer.load_state_dict(state.optimizer)
         else:  # the base weights never change: only the adapters go back
             load_adapter_state(self.model, state.adapter)
-        self.trainer.optimizer.load_state_dict(state.optimizer)
+            self.trainer.optimizer.load_state_dict(state.optimizer)
         self.trainer.policy_version = state.policy_version
         self.engine.load_weights(self.model)
         restore_rng(state.rng)
@@ -159,16 +209,29 @@ class TrainingSession:
     def save(
         self, step: int, *, data_cursor: int, rng: dict[str, Any], summary: dict[str, Any]
     ) -> tuple[Path, TrainerState]:
-        """Checkpoint the run as it stands after `step` completed steps."""
+        """Checkpoint the run as it stands after `step` completed steps (collective in a
+        data-parallel run, where rank 0 writes all but the other ranks' shards)."""
+        sharded = self.dp is not None
         state = TrainerState(
             step=step,
             policy_version=self.trainer.policy_version,
             data_cursor=data_cursor,
-            optimizer=self.trainer.optimizer.state_dict(),
+            optimizer={} if sharded else self.trainer.optimizer.state_dict(),
             rng=rng,
             routing_replay=self.trainer.auto.state_dict(),
             adapter=adapter_state(self.model) if self.config.lora is not None else None,
         )
+        if self.dp is not None:
+            path = save_distributed_checkpoint(
+                checkpoint_dir(self.workdir, step),
+                model=self.model,
+                optimizer=self.trainer.optimizer,
+                tokenizer=self.tokenizer,
+                state=state,
+                summary=summary,
+                dp=self.dp,
+            )
+            return path, state
         path = save_checkpoint(
             checkpoint_dir(self.workdir, step),
             model=self.model,
@@ -177,6 +240,23 @@ class TrainingSession:
             summary=summary,
         )
         return path, state
+
+
+def _load_optimizer_into(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ckpt: Path,
+    state: TrainerState,
+    *,
+    sharded: bool,
+) -> None:
+    """The checkpoint's optimizer state into this run's optimizer, whichever kind wrote it."""
+    if has_sharded_state(ckpt):  # written by k ranks: DCP reshards it (or loads it whole)
+        load_sharded(ckpt, model, optimizer)
+    elif sharded:  # written by one process, resumed on k ranks
+        load_full_optimizer(model, optimizer, state.optimizer)
+    else:
+        optimizer.load_state_dict(state.optimizer)
 
 
 def _trainer_state(ckpt: Path, config: TrainingConfig) -> TrainerState:

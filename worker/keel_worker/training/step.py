@@ -30,6 +30,14 @@ Which routes each forward replays, and π_old as the phases record it, live in `
 the step's diagnostics (rollout statistics, mismatch, routing disagreement) in
 `training.step_metrics`.
 
+Data-parallel (`dp`, a `distributed.group.DataParallel`: k ranks under torch.distributed with
+FSDP2, docs/how-to/distributed.md): every rank runs this same code on the same batch (rank 0
+samples and scores it, `distributed.rank_zero`), so the advantages and the plan are one process's;
+each rank runs its share of every mini-batch's micro-batches (`distributed.partition`) with the
+mini-batch's global normalizer, FSDP2 sums the gradients over ranks, the clip sees the global norm,
+the non-finite skip is decided over all ranks, and the per-micro-batch metrics are reduced
+(`distributed.metrics`): the update and the metrics are those of one process on the whole batch.
+
 Metric values stay tensors (on the training device) until `MetricSink.finish()` moves them to the
 host in one transfer per step; only host-side bookkeeping (the shuffle order, sequence lengths
 of each micro-batch) is read with `.tolist()` on the way.
@@ -44,6 +52,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from keel.types import metric_names as metric
 from keel.types.algorithm import objective_kwargs
@@ -52,6 +62,10 @@ from keel.types.training import TaskItem, TrainingConfig
 from keel_worker.core.aggregation import loss_normalizer
 from keel_worker.core.objectives import OBJECTIVES
 from keel_worker.core.types import PolicyBatch
+from keel_worker.distributed.group import DataParallel
+from keel_worker.distributed.metrics import reduce_shard
+from keel_worker.distributed.partition import my_share
+from keel_worker.distributed.rank_zero import rank_zero_scores
 from keel_worker.engines.base import RolloutBatch, RolloutEngine
 from keel_worker.engines.chat import encode_prompt
 from keel_worker.training.batching import (
@@ -89,7 +103,8 @@ class UpdatePlan:
     """The step's kept responses as the π_old recompute and the N updates consume them, built
     once per step: `minibatches_N[n]` holds the rows of mini-batch n and `micro_N[n]` the rows of
     its micro-batches; `build` makes a micro-batch's tensors from its rows; `old` collects π_old
-    as the phases compute it, `sink` the step's metrics."""
+    as the phases compute it, `sink` the step's metrics, `shard` those of the micro-batches this
+    rank trains on (the step's sink itself in a single process)."""
 
     rollouts: RolloutBatch
     minibatches_N: list[list[int]]
@@ -97,6 +112,7 @@ class UpdatePlan:
     build: BuildMicroBatch
     old: OldPolicy
     sink: MetricSink
+    shard: MetricSink
 
 
 class Trainer:
@@ -111,8 +127,13 @@ class Trainer:
         engine: RolloutEngine,
         *,
         is_moe: bool,
+        dp: DataParallel | None = None,
+        root_call: Callable[..., object] | None = None,
     ) -> None:
+        """`dp` and `root_call` (from `distributed.sharding.shard_policy`) for a data-parallel
+        rank whose `model` is sharded and whose `engine` is a `distributed.rank_zero` one."""
         self.config = config
+        self.dp = dp
         self.model = model
         self.tokenizer = tokenizer
         self.engine = engine
@@ -129,6 +150,8 @@ class Trainer:
             temperature=config.rollout.temperature,
             bf16=config.train_dtype == "bf16",
             replay=self.replay,
+            root_call=root_call,
+            share_prompts=dp is None,
         )
         # Full fine-tuning trains every weight; a LoRA policy only its adapters (peft froze W).
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -184,6 +207,8 @@ class Trainer:
         # 2. Score. A missing reward is never 0: its group is dropped, or keeps the members that
         #    have one (a baseline needs two of them).
         t0 = time.perf_counter()
+        if self.dp is not None:  # rank 0 scores, every rank gets its rewards
+            score = rank_zero_scores(self.dp, score)
         rewards = list(score(self._rollouts(batch, items)))
         groups = scored_groups(rewards, cfg.group_size, keep_partial=not drop_incomplete_groups)
         sink.time(metric.TIME_SCORE, t0)
@@ -237,6 +262,9 @@ class Trainer:
         self.policy_version += 1
         sink.time(metric.TIME_SYNC, t0)
 
+        if self.dp is not None:
+            reduce_shard(plan.shard, sink, self.dp)
+            plan.old.logprobs = _gathered(plan.old.logprobs)  # the mismatch covers every row
         mismatch(sink, rows, batch, plan.old)
         sink.add_float(metric.OPTIM_LR, self.optimizer.param_groups[0]["lr"])
         sink.add_float(metric.POLICY_VERSION, float(self.policy_version))
@@ -245,6 +273,8 @@ class Trainer:
         """The step's metrics from `sink`, with the replay mode it ran with; `auto` decides the
         next step's mode from them."""
         metrics = sink.finish()
+        if self.dp is not None:  # rank 0's (its own timings): one dict, one replay decision
+            metrics = _from_rank_zero(metrics)
         num_layers = self.replay.num_layers if self.replay is not None else 0
         metrics.update(self.auto.after_step(metrics, num_layers=num_layers))
         return metrics
@@ -280,18 +310,21 @@ class Trainer:
             pad_id=self.pad_id,
             trained_masks=batch.trained_masks,
         )
-        return UpdatePlan(batch, minibatches_N, micro_N, build, OldPolicy(), sink)
+        shard = MetricSink() if self.dp is not None else sink
+        return UpdatePlan(batch, minibatches_N, micro_N, build, OldPolicy(), sink, shard)
 
     def _recompute_old(self, plan: UpdatePlan) -> None:
         """log π_old (and its natural routes) of every mini-batch whose update forward is not
         π_old itself, without gradient."""
         micro_N = plan.micro_N if self.adapter_dropout else plan.micro_N[1:]
         with torch.no_grad():
-            for rows_mb in (r for mb in micro_N for r in mb):
+            # The same share of each mini-batch as its update runs: π_old is where it is needed.
+            for rows_mb, real in (s for micro in micro_N for s in my_share(micro, self.dp)):
                 mb = plan.build(rows_mb)
                 out = self.forward(mb, replay_routes_B_S_L_K=recompute_routes(self.replay_mode, mb))
-                plan.old.remember(mb, out)
-                old_policy_metrics(plan.sink, mb, out)
+                if real:
+                    plan.old.remember(mb, out)
+                    old_policy_metrics(plan.shard, mb, out)
 
     def _update(self, plan: UpdatePlan, n: int) -> None:
         """Mini-batch n: accumulate every micro-batch's gradient, clip, one AdamW step.
@@ -299,7 +332,7 @@ class Trainer:
         The model stays in eval mode: dropout would make π_θ ≠ π_old at θ = θ_old. LoRA dropout,
         when a run asks for it, is the one exception (and then π_old was recomputed for all).
         """
-        cfg, sink, old = self.config, plan.sink, plan.old
+        cfg, sink, shard, old = self.config, plan.sink, plan.shard, plan.old
         # First mini-batch: θ = θ_old, so its forward IS the π_old recompute (unless dropout).
         first = n == 0 and not self.adapter_dropout
         batch, rows = plan.rollouts, plan.minibatches_N[n]
@@ -308,16 +341,19 @@ class Trainer:
             self.loss_agg, mask_B_T=trained_B_T, constant=self._norm_constant()
         )
         losses = []
-        for rows_mb in plan.micro_N[n]:
+        for rows_mb, real in my_share(plan.micro_N[n], self.dp):
             mb = plan.build(rows_mb)
             routes_B_S_L_K = update_routes(self.replay_mode, mb, old)
             with adapter_dropout(self.model) if self.adapter_dropout else nullcontext():
                 out = self.forward(mb, replay_routes_B_S_L_K=routes_B_S_L_K)
+            if not real:  # lockstep padding: FSDP2's gathers and reductions, a zero gradient
+                (out.logprobs_B_T.sum() * 0.0).backward()
+                continue
             if first:
                 old.remember(mb, out)
-                old_policy_metrics(sink, mb, out)
+                old_policy_metrics(shard, mb, out)
             elif out.natural_routes_B_S_L_K is not None:
-                routing_drift(sink, mb, out, old)
+                routing_drift(shard, mb, out, old)
             device = out.logprobs_B_T.device
             policy_batch = PolicyBatch(
                 logprobs_B_T=out.logprobs_B_T,
@@ -331,16 +367,21 @@ class Trainer:
             loss = self.objective(policy_batch, normalizer=normalizer, **self.objective_kwargs)
             loss.loss.backward()
             losses.append(loss.loss.detach())
-            sink.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
-            sink.add(metric.OPTIM_LOSS, loss.loss / cfg.num_minibatches, reduce="sum")
+            shard.add_weighted(loss.metrics, weight=mb.mask_B_T.sum())
+            shard.add(metric.OPTIM_LOSS, loss.loss / cfg.num_minibatches, reduce="sum")
         clip = cfg.optimizer.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, clip if clip is not None else float("inf")
         )
+        if isinstance(grad_norm, DTensor):  # the sharded gradients' norm: the global one
+            grad_norm = grad_norm.full_tensor()
         sink.add(metric.OPTIM_GRAD_NORM, grad_norm)
         # A non-finite loss or gradient never reaches the optimizer (it would poison AdamW's
         # moments for good): the update is skipped and counted. One host sync per mini-batch.
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(torch.stack(losses)).all())
+        losses_finite = torch.isfinite(torch.stack(losses)).all() if losses else torch.tensor(True)
+        if self.dp is not None:  # skipped on every rank when any rank's loss is not finite
+            losses_finite = _all_ranks(losses_finite, self.dp)
+        finite = bool(torch.isfinite(grad_norm) & losses_finite)
         sink.add(metric.GUARD_SKIPPED_UPDATES, torch.tensor(0.0 if finite else 1.0), reduce="sum")
         if finite:
             self.optimizer.step()
@@ -366,6 +407,26 @@ class Trainer:
     def _norm_constant(self) -> float:
         # The fixed divisor of `seq_mean_token_sum_norm` (Dr. GRPO: the max generation length).
         return float(self.config.rollout.max_new_tokens)
+
+
+def _all_ranks(flag: torch.Tensor, dp: DataParallel) -> torch.Tensor:
+    """True when `flag` is True on every rank (collective)."""
+    value = flag.to(device=dp.device, dtype=torch.int32).reshape(1)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value[0].bool().cpu()
+
+
+def _from_rank_zero(value: dict[str, float]) -> dict[str, float]:
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gathered(per_row: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Every rank's entries of a per-response dict (collective)."""
+    parts: list[dict[int, torch.Tensor] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, {r: v.cpu() for r, v in per_row.items()})
+    return {r: v for part in parts for r, v in (part or {}).items()}
 
 
 def _pad_id(tokenizer) -> int:

@@ -220,8 +220,12 @@ async function showJob(jobId, signal) {
       : job.status;
     $("job-status").className = `status ${job.status}`;
     const model = job.config?.model?.name ?? "";
+    // What the worker is doing and when it last moved: a stuck job shows an old time here.
+    const phase = job.phase && job.progress_at
+      ? ` · ${job.phase} since ${new Date(job.progress_at).toLocaleTimeString()}` : "";
     $("job-summary").textContent =
-      `${job.id} · ${model} · step ${job.step} / ${job.steps ?? "?"} · attempt ${job.attempts}`;
+      `${job.id} · ${model} · step ${job.step} / ${job.steps ?? "?"} · attempt ${job.attempts}`
+      + phase;
     $("job-error").textContent = job.error || "";
     renderStability(job);
     $("job-actions").replaceChildren(...actionButtons(job, refreshJob));

@@ -1,0 +1,216 @@
+"""The stress suite's verdicts by issue 30's rules (`fidelity`), the goals table, the two figures
+and the guard's out-of-sample table, as REPORT.md lines. Rebuilt from the saved runs and
+`results/guard/out_of_sample.json` alone (a JSON file, not an import of the guard modules).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from research.stability import fidelity, reruns
+from research.stability.figures_fidelity import delta_vs_n_figure, map_delta_figure
+from research.stability.findings import Finding
+
+
+def image_link(alt: str, path: Path, report_dir: Path) -> str:
+    return f"![{alt}]({Path(os.path.relpath(path, report_dir)).as_posix()})"
+
+
+def _rules_text() -> list[str]:
+    doc = fidelity.__doc__ or ""
+    body = doc.split("\n\n", 2)[2] if doc.count("\n\n") >= 2 else doc
+    return [body.strip(), ""]
+
+
+def fidelity_section(
+    run_rows: list[dict[str, Any]],
+    aliases: dict[str, str],
+    first: list[Finding],
+    out_dir: Path,
+    report_dir: Path,
+) -> list[str]:
+    judged = fidelity.judge_all(run_rows, aliases)
+    first_by_key = {f.key: f.verdict for f in first}
+    first_by_key["F4a"] = first_by_key["F4b"] = first_by_key.get("F4", "")
+    rows = fidelity.group(run_rows, aliases)
+    lines = [
+        "## Verdicts by issue 30's rules",
+        "",
+        "These verdicts replace the first rules' (kept below, under *Findings in the stress "
+        "regime*, for the record). The rules, declared in `research/stability/fidelity.py` "
+        "and committed before they were applied to any run:",
+        "",
+        *_rules_text(),
+        "Constants: "
+        + ", ".join(f"`{name}` = {getattr(fidelity, name):g}" for name in CONSTANTS)
+        + ".",
+        "",
+        _plainly(judged),
+        "",
+        "| finding | verdict | first rules' verdict |",
+        "|---|---|---|",
+        *[
+            f"| {j.key}. {j.title} | **{j.verdict}** | {first_by_key.get(j.key, '–')} |"
+            for j in judged
+        ],
+        "",
+    ]
+    for j in judged:
+        lines += [f"#### {j.key}. {j.title} — **{j.verdict}**", "", f"*Claim:* {j.claim}", ""]
+        lines += [f"- {line}" for line in j.lines] + [""]
+    lines += _goals(run_rows)
+    figures = out_dir / "figures"
+    delta_vs_n_figure(rows, figures / "delta_vs_n.png")
+    drawn = map_delta_figure(rows, figures / "map_delta.png")
+    lines += [
+        "### Figures",
+        "",
+        "Δ held-out accuracy (final − start) against N, one dot per seed (red: collapsed by the "
+        "moving-mean criterion), per recipe, at the regime's rung; grey: the evaluation-noise "
+        "band of rule 6; the last panel: measured per-token k3 and clip fraction per N.",
+        "",
+        image_link("delta vs N", figures / "delta_vs_n.png", report_dir),
+        "",
+        "The stability map as Δ from the start on a diverging scale fitted to the data "
+        f"(±{drawn['limit']:.2f}); each rung titled with its measured k3.",
+        "",
+        image_link("stability map as delta", figures / "map_delta.png", report_dir),
+        "",
+    ]
+    lines += guard_section(out_dir.parent.parent / "guard" / "out_of_sample.json")
+    lines += reruns_section(out_dir)
+    return lines
+
+
+def reruns_section(out_dir: Path) -> list[str]:
+    """Issue 30 §3's reruns as declared in `reruns` (not run), and what they cut."""
+    probe = out_dir / "discrepancy.csv"
+    if not probe.is_file():
+        return []
+    doc = reruns.__doc__ or ""
+    cut = next((b for b in doc.split("\n\n") if b.startswith("**Cut**")), "")
+    return [
+        "### Reruns prepared, not run",
+        "",
+        "Declared in `research/stability/reruns.py` (rules, rung choice, budget, one CPU kind per "
+        "part); each part runs with `python -m research.stability rerun --part NAME` into "
+        "`stress/reruns/NAME/`, resumably, under two hours on 2 cores by the declared estimate. "
+        "The GPU part of the issue (§6) is `scripts/gpu_fidelity.sh`, seven parts of under 10 "
+        "minutes each (what it cuts is in `scripts/gpu_fidelity.py`).",
+        "",
+        "```text",
+        *reruns.plan_lines(reruns.probe_k3(probe)),
+        "```",
+        "",
+        " ".join(line.strip() for line in cut.splitlines()),
+        "",
+    ]
+
+
+CONSTANTS = (
+    "SMOOTH_EVALS",
+    "CI",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "K3_FLOOR",
+    "ROUTING_FLOOR",
+    "NOISE_Z",
+    "F8_PERMUTATIONS",
+    "F8_ALPHA",
+    "SEQUENCE_KL_GOAL",
+    "SEEDS_GOAL",
+    "POWER_AT",
+    "POWER_SIMULATIONS",
+)
+
+
+def _plainly(judged: list[fidelity.Judged]) -> str:
+    """One sentence: how many verdicts of each kind, and which findings."""
+    by: dict[str, list[str]] = {}
+    for j in judged:
+        by.setdefault(j.verdict, []).append(j.key)
+    parts = [f"{v}: {', '.join(keys)}" for v, keys in sorted(by.items(), key=lambda x: -len(x[1]))]
+    return f"In plain words, of {len(judged)} verdicts — " + "; ".join(parts) + "."
+
+
+def _goals(run_rows: list[dict[str, Any]]) -> list[str]:
+    goals = fidelity.goals(run_rows)
+    collapses = [r for r in run_rows if r["collapsed_first_rule"]]
+    shock = [r for r in collapses if r["collapse_step"] != "" and _first_rule_step(r) <= 8]
+    mark = {True: "met", False: "**not met**", None: "–"}
+    return [
+        "### What the testbed reached against its goals",
+        "",
+        "Computed from the stress runs (`fidelity.goals`; the mismatch rows over the runs with "
+        "a mismatch dial, the fp32 rung left out). The per-token KL is the run's mean of the "
+        "per-step k3 estimate; the paper's collapses come with tens of nats per response.",
+        "",
+        "| quantity | goal | reached | |",
+        "|---|---|---|---|",
+        *[f"| {g.what} | {g.goal} | {g.reached} | {mark[g.met]} |" for g in goals],
+        f"| collapses the first criterion dates at grad step ≤ 8 (row added after the table's "
+        f"first output: the moving mean dates a collapse one evaluation later at the earliest) "
+        f"| – | {len(shock)} of {len(collapses)} | – |",
+        "",
+    ]
+
+
+def _first_rule_step(row: dict[str, Any]) -> float:
+    step = row.get("first_rule_step")
+    return math.inf if step in ("", None) else float(step)
+
+
+def guard_section(path: Path) -> list[str]:
+    """The guard's out-of-sample table from `research.guard_oos`'s JSON, if it has run."""
+    if not path.is_file():
+        return []
+    result = json.loads(path.read_text())
+    oos = next(iter(result["scores"].values()))["all out of sample"]
+    lines = [
+        "### The guard out of sample",
+        "",
+        f"The guard's defaults frozen as commit `{result['frozen_at'][:10]}` left them, scored "
+        "without refitting on runs that played no part in choosing them (suite runs committed "
+        "after that commit, guard service jobs the guard never acted on, `make demo`'s job); "
+        "the demo rule (an entropy drop alerts only with a reward fall) beside them. Rules in "
+        "`research/guard_oos.py`; per-run detail in `research/results/guard/out_of_sample.md`. "
+        f"The fit saw {result['in_sample_listed']} runs; the in-sample rows replay the "
+        f"{_in_sample_runs(result)} of them the tree still holds (the others, superseded AVX2 "
+        "runs, have left it). A service job's stored metrics hold entropy, reward, KL and "
+        "held-out accuracy only, and its cells are suite cells (`A/lr0.003/fp32/N1/reinforce`, "
+        "`N4/minirl-noclip`, `N1/minirl`, `N4/minirl+R3`) run again as jobs: new runs of "
+        f"configurations the fit knew, not new configurations. {oos['runs']} runs with "
+        f"{oos['collapsing']} collapses is a small out-of-sample set; the reruns below add to it.",
+        "",
+        *guard_table(result),
+    ]
+    return [*lines, ""]
+
+
+def _in_sample_runs(result: dict[str, Any]) -> int:
+    per_set = next(iter(result["scores"].values()))
+    return next(s["runs"] for name, s in per_set.items() if name.startswith("in sample"))
+
+
+def guard_table(result: dict[str, Any]) -> list[str]:
+    """One row per (defaults, run set) of `research.guard_oos`'s result."""
+    lines = [
+        "| defaults | runs | stable runs alarmed | alarms per stable run "
+        "| collapses caught before the fall | alerted at all | leads (grad steps) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, per_set in result["scores"].items():
+        for name, s in per_set.items():
+            per = s["alarms_per_stable_run"]
+            leads = ", ".join("–" if x is None else str(x) for x in s["leads"]) or "–"
+            lines.append(
+                f"| {label}: {name} | {s['runs']} ({s['collapsing']} collapsing) | "
+                f"{s['stable_alarmed']}/{s['stable']} | {'–' if per is None else f'{per:.2f}'} | "
+                f"{s['caught_before']}/{s['collapsing']} | {s['alerted_at_all']}/"
+                f"{s['collapsing']} | {leads} |"
+            )
+    return lines

@@ -35,6 +35,9 @@ RUN useradd --create-home --uid 1000 keel \
 USER keel
 
 EXPOSE 8000
+# `keel server` runs one API process per CPU core the container may use; set KEEL_API_WORKERS to
+# a number to choose another count.
+ENV KEEL_API_WORKERS=0
 CMD ["keel", "server", "--host", "0.0.0.0", "--port", "8000"]
 
 # The worker: vLLM 0.32 (built for torch 2.13.0, transformers < 5.20: the pins of the vLLM test

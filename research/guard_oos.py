@@ -1,6 +1,6 @@
 """The guard's defaults scored out of sample: on runs that played no part in choosing them.
 
-Declared before any score below was computed (issue 30 §4).
+Declared before any score below was computed.
 
 **What is frozen.** `FROZEN` is `keel.types.guard`'s default of every trigger field as commit
 `FROZEN_AT` left them: the last commit that moved a default (the accuracy trigger, re-chosen by
@@ -32,7 +32,7 @@ the stable runs with at least one firing, and the firings per stable run. *Caugh
 fall*: the collapsing runs whose first firing comes at a grad step before the criterion dates
 the collapse; *lead* = collapse grad step − first firing grad step.
 
-**The demo rule** (issue 30: "a default that alarms on the flagship demo is a wrong default").
+**The demo rule** (a default that alarms on the flagship demo is a wrong default).
 The entropy trigger's first form fires on any entropy drop below 0.3 × its first step. But an
 entropy that falls while the policy gets more right is learning, the happy path: the collapse
 criterion's entropy clause (criterion 2) counts an entropy drop only "while the final held-out

@@ -1,4 +1,4 @@
-"""Issue 30 §6, prepared for a GPU: the key cells of the stress suite on a small real MoE with vLLM
+"""Prepared for a GPU: the key cells of the stress suite on a small real MoE with vLLM
 fp8 rollouts and long chain-of-thought answers, in parts of at most 10 minutes each.
 
     bash scripts/gpu_fidelity.sh PART     # one part, under `timeout`; writes $OUT/<part>.json

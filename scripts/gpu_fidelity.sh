@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 30 §6 on a CUDA machine, one part at a time (each under 10 minutes):
+# The stress suite's key cells on a CUDA machine, one part at a time (each under 10 minutes):
 #   bash scripts/gpu_fidelity.sh probe|f1-minirl|f1-noIS|f4-clip|f4-noclip|f9-mu|f9-dppo
 # What each part runs, the model (KEEL_GPU_MOE, a local MoE directory, else tiny-moe-deep: the
 # plumbing only) and what was cut: scripts/gpu_fidelity.py. Records go to $OUT/<part>.json

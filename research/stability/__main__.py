@@ -6,8 +6,9 @@
     python -m research.stability run --suite stress --full --part pilot   # only the regime rules
     python -m research.stability run --suite stress --quick  # smoke test of the stress dials
     python -m research.stability report                      # rebuild summaries, figures, REPORT.md
-    python -m research.stability rerun --list                # issue 30's reruns (reruns.py)
+    python -m research.stability rerun --list                # the fidelity reruns (reruns.py)
     python -m research.stability rerun --part f1-rung1       # one part, < 2 h, resumable
+    python -m research.stability ladder                      # the mismatch ladder's probe
 
 Every run is kept as soon as it finishes and a rerun does only what is missing, so a long suite
 runs in parts (`--deadline HH:MM` starts no run after that time). The cold-start cache lives
@@ -66,13 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--sft-max-steps", type=int, help="cap on SFT steps per cold start")
     run.add_argument("--deadline", help="HH:MM (local time): start no run after it")
-    rerun = sub.add_parser("rerun", help="one part of issue 30's reruns (stability/reruns.py)")
+    rerun = sub.add_parser("rerun", help="one part of the fidelity reruns (stability/reruns.py)")
     which = rerun.add_mutually_exclusive_group(required=True)
     which.add_argument("--list", action="store_true", help="the parts and their estimates")
     which.add_argument("--part", help="the part to run")
     rerun.add_argument("--cache-dir", type=Path, help="cold-start cache")
     rerun.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     rerun.add_argument("--deadline", help="HH:MM (local time): start no run after it")
+    ladder = sub.add_parser("ladder", help="probe every rung candidate (stability/ladder.py)")
+    ladder.add_argument("--prompts", type=int, default=64, help="RL-pool prompts per dial")
+    ladder.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    ladder.add_argument("--out", type=Path, help="results directory (default: the stress one)")
+    ladder.add_argument("--cache-dir", type=Path, help="cold-start cache")
+    ladder.add_argument("--workers", type=int, default=2, help="parallel processes (default 2)")
     report = sub.add_parser("report", help="rebuild summaries, figures and REPORT.md")
     report.add_argument(
         "--out",
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "rerun":
         return _rerun(args, orchestrate)
+    if args.command == "ladder":
+        return _ladder(args)
     suite = SUITES[args.suite]
     budget, sft = _budgets(args, suite)
     out = args.out or (suite.results_dir if args.full else suite.quick_dir)
@@ -143,11 +152,11 @@ def _rerun(args: argparse.Namespace, orchestrate) -> int:
     from research.stability import reruns
     from research.stability.suites import STRESS
 
-    k3 = reruns.probe_k3(STRESS.results_dir / "discrepancy.csv")
+    probe = reruns.read_probe(STRESS.results_dir)
     if args.list:
-        print("\n".join(reruns.plan_lines(k3)))
+        print("\n".join(reruns.plan_lines(probe)))
         return 0
-    part = next((p for p in reruns.parts(k3) if p.name == args.part), None)
+    part = next((p for p in reruns.parts(probe) if p.name == args.part), None)
     if part is None:
         raise SystemExit(f"no part {args.part!r}; see rerun --list")
     cache = args.cache_dir or Path(os.environ.get("KEEL_STABILITY_CACHE", DEFAULT_CACHE))
@@ -160,6 +169,23 @@ def _rerun(args: argparse.Namespace, orchestrate) -> int:
         workers=args.workers,
         deadline=_deadline(args.deadline),
     )
+    return 0
+
+
+def _ladder(args: argparse.Namespace) -> int:
+    from research.stability import ladder
+    from research.stability.suites import STRESS
+
+    out = args.out or STRESS.results_dir
+    ladder.run(
+        STRESS,
+        out_dir=out,
+        cache_dir=args.cache_dir or Path(os.environ.get("KEEL_STABILITY_CACHE", DEFAULT_CACHE)),
+        workers=args.workers,
+        prompts=args.prompts,
+        samples=args.samples,
+    )
+    print((out / "ladder.md").read_text())
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Issue 30's verdict rules for the stress suite: declared here before they were applied to a run.
+"""The fidelity verdict rules for the stress suite: declared here before they were applied to a run.
 
 The first rules (`findings`, `criterion`) stay in the report for the record; an outside read
 found that three of their verdicts say more than the runs do. These rules replace them as the

@@ -1,4 +1,4 @@
-"""The two figures issue 30 asks for, read in ten seconds, from the stress suite's run rows.
+"""The two fidelity figures, read in ten seconds, from the stress suite's run rows.
 
 1. `delta_vs_n.png`: Δ held-out accuracy (final − start) against N, one panel per recipe, one dot
    per seed, the cell mean joined by a line, and the evaluation-noise band of

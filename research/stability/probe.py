@@ -18,6 +18,11 @@ fp32 trainer forward (π_old) both with natural routing (e^π) and replaying the
 - routing disagreement: per MoE layer, the share of tokens whose top-k set differs between engine
   and trainer (`routing_L<l>`, the maximum over layers as `routing_layer_max`), the share of
   (token, layer) pairs (`routing_layer_frac`) and of tokens with a difference in any layer.
+
+`ladder_job` runs the same measurement for the mismatch ladder's rung candidates
+(`suites.RUNG_CANDIDATES`) on the committed cold starts, and also on a long-answer slice of the RL
+pool (problems of at least `LONG_MIN_DIGITS` digits, init labelled `<init>@long`): the rows of
+`stress/ladder.csv`, from which `reruns.chosen_rungs` picks the reruns' rungs.
 """
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from keel_worker.engines.routing_replay import RoutingReplay
 from keel_worker.engines.sampling import truncate
 from keel_worker.training.batching import make_micro_batch
 from keel_worker.training.forward import PolicyForward
-from research.stability.coldstart import load_policy
+from research.stability.coldstart import cpu_kind, load_policy
 
 TIS_CAP = 5.0  # MiniRL's default truncation (keel.types.algorithm.TokenTruncate)
+LONG_MIN_DIGITS = 48  # the long-answer slice: answers of 49–101 tokens (EOS included)
 
 
 def _token_stats(old_N: torch.Tensor, rollout_N: torch.Tensor) -> dict[str, float]:
@@ -98,11 +104,17 @@ def measure(
     prompts: int = 64,
     n: int = 4,
     seed: int = 0,
+    long: bool = False,
 ):
-    """Discrepancy statistics of the cold start in `model_dir` under the engine `dial`."""
+    """Discrepancy statistics of the cold start in `model_dir` under the engine `dial` (on the
+    first `prompts` RL-pool problems, or with `long` the first ones of `LONG_MIN_DIGITS` digits
+    or more)."""
     model, tokenizer = load_policy(str(model_dir), cache_dir=model_dir.parent)
     engine = HFEngine(model, tokenizer, precision=dial.precision)
-    problems = suite.task.rl_pool()[:prompts]
+    pool = suite.task.rl_pool()
+    if long:
+        pool = [p for p in pool if len(p.digits) >= LONG_MIN_DIGITS]
+    problems = pool[:prompts]
     batch = engine.generate(
         [encode_prompt(tokenizer, p.prompt) for p in problems],
         n=n,
@@ -145,3 +157,11 @@ def measure(
         mb.routes_B_S_L_K, natural.natural_routes_B_S_L_K, mb.attention_mask_B_S
     )
     return stats
+
+
+def ladder_job(suite, init: str, path: Path, dial, *, long: bool, **budget) -> dict:
+    """One row of `stress/ladder.csv`: `measure` of `dial` on the cold start `init` (its
+    long-answer slice when `long`, init labelled `<init>@long`), with the CPU and the budget."""
+    stats = measure(suite, path, dial, long=long, **budget)
+    label = f"{init}@long" if long else init
+    return {"init": label, **stats, **budget, "cpu": cpu_kind()}

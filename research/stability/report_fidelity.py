@@ -1,4 +1,4 @@
-"""The stress suite's verdicts by issue 30's rules (`fidelity`), the goals table, the two figures
+"""The stress suite's verdicts by the fidelity rules (`fidelity`), the goals table, the two figures
 and the guard's out-of-sample table, as REPORT.md lines. Rebuilt from the saved runs and
 `results/guard/out_of_sample.json` alone (a JSON file, not an import of the guard modules).
 """
@@ -38,7 +38,7 @@ def fidelity_section(
     first_by_key["F4a"] = first_by_key["F4b"] = first_by_key.get("F4", "")
     rows = fidelity.group(run_rows, aliases)
     lines = [
-        "## Verdicts by issue 30's rules",
+        "## Verdicts by the fidelity rules",
         "",
         "These verdicts replace the first rules' (kept below, under *Findings in the stress "
         "regime*, for the record). The rules, declared in `research/stability/fidelity.py` "
@@ -87,7 +87,7 @@ def fidelity_section(
 
 
 def reruns_section(out_dir: Path) -> list[str]:
-    """Issue 30 §3's reruns as declared in `reruns` (not run), and what they cut."""
+    """The fidelity reruns as declared in `reruns` (not run), and what they cut."""
     probe = out_dir / "discrepancy.csv"
     if not probe.is_file():
         return []
@@ -99,11 +99,11 @@ def reruns_section(out_dir: Path) -> list[str]:
         "Declared in `research/stability/reruns.py` (rules, rung choice, budget, one CPU kind per "
         "part); each part runs with `python -m research.stability rerun --part NAME` into "
         "`stress/reruns/NAME/`, resumably, under two hours on 2 cores by the declared estimate. "
-        "The GPU part of the issue (§6) is `scripts/gpu_fidelity.sh`, seven parts of under 10 "
+        "The GPU part is `scripts/gpu_fidelity.sh`, seven parts of under 10 "
         "minutes each (what it cuts is in `scripts/gpu_fidelity.py`).",
         "",
         "```text",
-        *reruns.plan_lines(reruns.probe_k3(probe)),
+        *reruns.plan_lines(reruns.read_probe(out_dir)),
         "```",
         "",
         " ".join(line.strip() for line in cut.splitlines()),

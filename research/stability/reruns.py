@@ -1,15 +1,26 @@
-"""Issue 30 §3's reruns, declared here before any of them ran: resumable parts of under two hours.
+"""The fidelity reruns (the ladder's rungs, ≥ 4 seeds, the lr controls), declared here before any
+of them ran: resumable parts of under two hours.
 
     python -m research.stability rerun --list             # the parts, their runs and estimates
     python -m research.stability rerun --part f1-rung1    # one part; a rerun does what is missing
 
-**Rungs.** §3 asks for the rungs whose per-token k3 KL(μ‖π_old) is closest to `RUNG_TARGETS`
-(3e-3, 1e-2, 3e-2). `rung_for` picks, from the discrepancy probe of the `balanced` cold start
-(`stress/discrepancy.csv`), the dial with the smallest |log(k3 / target)|; the target is
-*reached* only when that dial lies within `RUNG_TOLERANCE` (10^0.25: half the log spacing of the
-targets, so a dial counts for the target it is nearest to, never for two). A part that needs an
-unreached rung is cut, and `--list` says so. With today's ladder (`fp8_tensor`, `int4`,
-`int4+top_p0.9`) only the first target can be reached; the others wait for §2's mechanisms.
+**Rungs** (the mismatch ladder's rule, declared here before the ladder probe ran). The
+candidates are `suites.RUNG_CANDIDATES`: the stress ladder (`fp8_tensor`, `int4`,
+`int4+top_p0.9`) and the serving mechanisms (`int3`, `int4_channel`, `int4_router`, `kv_fp8`,
+`int4_kv_fp8`, then `int3_kv_fp8` and `int2`, added after a smoke run, before the full probe),
+measured by the discrepancy probe on the `balanced` cold start (`stress/discrepancy.csv`, then
+`stress/ladder.csv`, whose rows win). `chosen_rungs` keeps:
+
+- for each of `RUNG_TARGETS` (per-token k3 KL(μ‖π_old) of 3e-3, 1e-2, 3e-2), the candidate with
+  the smallest |log(k3 / target)| (`rung_for`); the target is *reached* only when that candidate
+  lies within `RUNG_TOLERANCE` (10^0.25: half the log spacing of the targets, so a candidate
+  counts for the target it is nearest to, never for two);
+- the routing rung: among the candidates whose worst-layer routing flip engine vs trainer
+  (`routing_layer_max`) is at least `ROUTING_TARGET` (10 %, fidelity's `ROUTING_FLOOR`), the one
+  with the least k3, so that what it adds over the k3 rungs is the routing flip
+  (`routing_rung`); none when no candidate reaches 10 %.
+
+A part that needs an unreached rung is cut, and `--list` says so.
 
 **Budget.** `SEEDS` (four), the stress suite's budget with `EVAL_PROMPTS` held-out prompts (twice
 the matrix's: its ±2 SE band on a run's Δ was ±0.10). A run's minutes are estimated as
@@ -21,6 +32,9 @@ so a part there needs `--deadline` and a second sitting. A part whose estimate e
 
 **CPU kinds.** A part's folder (`stress/reruns/<part>/`) holds runs of one kind of CPU: `run`
 refuses to add a run on another kind, so no rerun pools CPU kinds as seeds.
+
+**Parts at the routing rung**: F3 (N = 1: MiniRL, + R3, reinforce + R3) and F5 (N = 2, 4, 8:
+MiniRL + R2 against + R3), the findings that `fidelity` marks untestable below a 10 % flip.
 
 **Rules.** Each part is judged by `fidelity`'s rules unchanged (the findings' cells under the same
 names), plus:
@@ -34,9 +48,9 @@ names), plus:
   counts by the moving-mean criterion; a long run is one unit, resumable only between runs.
 
 **Cut** (declared with the parts): lr warmup (keel's optimizer has a constant learning rate, no
-schedule to warm up); the rungs of 1e-2 and 3e-2 and the routing flip over 10 % (§2's new
-mechanisms do not exist yet); the guard's SmolLM2 addition jobs at several learning rates (service
-jobs of ≈ 6 min each: `research.guard_service` runs them, not this module).
+schedule to warm up); any rung `chosen_rungs` does not reach (`--list` names them); the guard's
+SmolLM2 addition jobs at several learning rates (service jobs of ≈ 6 min each:
+`research.guard_service` runs them, not this module).
 """
 
 from __future__ import annotations
@@ -48,10 +62,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from research.stability.matrix import Budget, Cell
-from research.stability.suites import LADDER, NO_MISMATCH, STRESS, Dial
+from research.stability.suites import LADDER, NO_MISMATCH, RUNG_CANDIDATES, STRESS, Dial
 
 RUNG_TARGETS = (3e-3, 1e-2, 3e-2)
 RUNG_TOLERANCE = 10**0.25
+ROUTING_TARGET = 0.10
+PROBE_FILES = ("discrepancy.csv", "ladder.csv")  # later files win for a dial in both
+ROUTING_PART = len(RUNG_TARGETS)  # `Part.needs_rung` of the parts at the routing rung
 SEEDS = (0, 1, 2, 3)
 EVAL_PROMPTS = 128
 RUN_MINUTES = 8.4
@@ -82,7 +99,7 @@ class Part:
     cells: tuple[Cell, ...]
     seeds: tuple[int, ...]
     grad_steps: int
-    needs_rung: int | None = None  # index into RUNG_TARGETS
+    needs_rung: int | None = None  # index into RUNG_TARGETS, or ROUTING_PART
 
     def budget(self) -> Budget:
         return replace(
@@ -102,23 +119,76 @@ class Part:
         return per_run * self.runs() / workers
 
 
-def probe_k3(path: Path, init: str = "balanced") -> dict[str, float]:
-    """Per dial, the probe's per-token k3 on `init`'s cold start."""
-    with path.open() as f:
-        return {r["dial"]: float(r["kl_k3"]) for r in csv.DictReader(f) if r["init"] == init}
+Probe = dict[str, dict[str, float]]  # dial -> {"kl_k3": ..., "routing_layer_max": ...}
 
 
-def rung_for(target: float, k3: dict[str, float]) -> str | None:
-    """The ladder dial nearest `target` in log k3, if within `RUNG_TOLERANCE`; else None."""
-    ladder = {d.name: k3[d.name] for d in LADDER if k3.get(d.name, 0.0) > 0}
-    if not ladder:
+def read_probe(results_dir: Path, init: str = "balanced") -> Probe:
+    """Per dial, the probe's per-token k3 and worst-layer routing flip on `init`'s cold start,
+    from every file of `PROBE_FILES` in `results_dir` (a dial in a later file wins)."""
+    out: Probe = {}
+    for name in PROBE_FILES:
+        path = results_dir / name
+        if not path.is_file():
+            continue
+        with path.open() as f:
+            for r in csv.DictReader(f):
+                if r["init"] == init:
+                    out[r["dial"]] = {
+                        "kl_k3": float(r["kl_k3"]),
+                        "routing_layer_max": float(r["routing_layer_max"]),
+                    }
+    return out
+
+
+def rung_for(target: float, probe: Probe) -> str | None:
+    """The candidate nearest `target` in log k3, if within `RUNG_TOLERANCE`; else None."""
+    k3 = {
+        d.name: probe[d.name]["kl_k3"]
+        for d in RUNG_CANDIDATES
+        if probe.get(d.name, {}).get("kl_k3", 0.0) > 0
+    }
+    if not k3:
         return None
-    name = min(ladder, key=lambda n: abs(math.log(ladder[n] / target)))
-    return name if abs(math.log(ladder[name] / target)) <= math.log(RUNG_TOLERANCE) else None
+    name = min(k3, key=lambda n: abs(math.log(k3[n] / target)))
+    return name if abs(math.log(k3[name] / target)) <= math.log(RUNG_TOLERANCE) else None
+
+
+def routing_rung(probe: Probe) -> str | None:
+    """The candidate of least k3 among those whose worst-layer routing flip reaches
+    `ROUTING_TARGET`; None when none does."""
+    over = [
+        d.name
+        for d in RUNG_CANDIDATES
+        if probe.get(d.name, {}).get("routing_layer_max", 0.0) >= ROUTING_TARGET
+    ]
+    return min(over, key=lambda n: probe[n]["kl_k3"]) if over else None
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """The dials `chosen_rungs` keeps: one per `RUNG_TARGETS` (None: not reached) and the
+    routing rung."""
+
+    k3: tuple[str | None, ...]
+    routing: str | None
+
+    def lines(self, probe: Probe) -> list[str]:
+        def shown(name: str | None) -> str:
+            if name is None:
+                return "not reached"
+            row = probe[name]
+            return f"`{name}` (k3 {row['kl_k3']:.2g}, routing flip {row['routing_layer_max']:.1%})"
+
+        out = [f"k3 ≈ {t:g}: {shown(n)}" for t, n in zip(RUNG_TARGETS, self.k3, strict=True)]
+        return [*out, f"routing flip ≥ {ROUTING_TARGET:.0%}: {shown(self.routing)}"]
+
+
+def chosen_rungs(probe: Probe) -> Rungs:
+    return Rungs(tuple(rung_for(t, probe) for t in RUNG_TARGETS), routing_rung(probe))
 
 
 def _dial(name: str) -> Dial:
-    return next(d for d in (NO_MISMATCH, *LADDER) if d.name == name)
+    return next(d for d in (NO_MISMATCH, *RUNG_CANDIDATES) if d.name == name)
 
 
 def _cell(name: str, algorithm: dict, dial: Dial, *, n: int = 1, replay: str = "none", **kw):
@@ -126,9 +196,10 @@ def _cell(name: str, algorithm: dict, dial: Dial, *, n: int = 1, replay: str = "
     return Cell(name, "rerun", algorithm, replay, n, lr=lr, **dial.fields, **kw)
 
 
-def parts(k3: dict[str, float]) -> list[Part]:
-    """Every part in the order to run them; a part whose rung is unreached names it `None`."""
-    rung = [rung_for(t, k3) for t in RUNG_TARGETS]
+def parts(probe: Probe) -> list[Part]:
+    """Every part in the order to run them; a part whose rung is unreached has no cells."""
+    rungs = chosen_rungs(probe)
+    rung = rungs.k3
     out: list[Part] = []
     for i, target in enumerate(RUNG_TARGETS):
         dial = _dial(rung[i]) if rung[i] else None
@@ -169,6 +240,7 @@ def parts(k3: dict[str, float]) -> list[Part]:
                 i,
             )
         )
+    out += _routing_parts(rungs.routing)
     for n in (4, 8):
         replay = "R3" if n >= 4 else "R2"
         f4 = (
@@ -203,6 +275,35 @@ def parts(k3: dict[str, float]) -> list[Part]:
     return [piece for part in out for piece in fit(part)]
 
 
+def _routing_parts(name: str | None) -> list[Part]:
+    """F3 and F5 (fidelity's routing findings, their cells under the same names) at the routing
+    rung; cut when no candidate reaches `ROUTING_TARGET`."""
+    dial = _dial(name) if name else None
+    where = f"the routing rung ({f'`{name}`' if name else 'not reached'})"
+    f3 = (
+        (
+            _cell("N1/minirl", {"name": "minirl"}, dial),
+            _cell("N1/minirl+R3", {"name": "minirl"}, dial, replay="R3"),
+            _cell("N1/reinforce+R3", {"name": "reinforce"}, dial, replay="R3"),
+        )
+        if dial
+        else ()
+    )
+    f5 = (
+        tuple(
+            _cell(f"N{n}/minirl+{r}", {"name": "minirl"}, dial, n=n, replay=r)
+            for n in (2, 4, 8)
+            for r in ("R2", "R3")
+        )
+        if dial
+        else ()
+    )
+    return [
+        Part("f3-routing", f"F3 at {where}: R3 on-policy, N = 1", f3, SEEDS, 64, ROUTING_PART),
+        Part("f5-routing", f"F5 at {where}: R2 vs R3, N = 2, 4, 8", f5, SEEDS, 64, ROUTING_PART),
+    ]
+
+
 def fit(part: Part) -> list[Part]:
     """`part` as is when its estimate fits `PART_LIMIT_MIN`, else split by seeds into the
     fewest pieces that each fit (a single run over the limit stays one piece)."""
@@ -230,9 +331,12 @@ def foreign_cpus(out_dir: Path, here: str) -> set[str]:
     return {k for k in kinds if k and k != here}
 
 
-def plan_lines(k3: dict[str, float]) -> list[str]:
-    lines = []
-    for p in parts(k3):
+def plan_lines(probe: Probe) -> list[str]:
+    lines = [
+        "rungs (chosen_rungs, from the ladder probe: stress/ladder.md):",
+        *(f"  {line}" for line in chosen_rungs(probe).lines(probe)),
+    ]
+    for p in parts(probe):
         state = "CUT: rung not reached" if not p.cells else f"≈ {p.minutes():.0f} min on 2 cores"
         lines.append(f"{p.name:18s} {p.runs():3d} runs  {state:28s} {p.what}")
     return lines

@@ -84,6 +84,24 @@ LADDER: tuple[Dial, ...] = (
 )
 NO_MISMATCH = Dial("fp32", "fp32")
 
+# The mismatch ladder's mechanisms: more rollout precisions that serving stacks use (each
+# documented with its stack in keel_worker/engines/precision.py), probed beside the ladder on the
+# committed cold starts (`research.stability.ladder`, results in `stress/ladder.csv`).
+# `reruns.chosen_rungs` picks the reruns' rungs among `RUNG_CANDIDATES` by a rule declared before
+# that probe ran.
+MECHANISMS: tuple[Dial, ...] = (
+    Dial("int3", "int3"),
+    Dial("int4_channel", "int4_channel"),
+    Dial("int4_router", "int4_router"),
+    Dial("kv_fp8", "kv_fp8"),
+    Dial("int4_kv_fp8", "int4_kv_fp8"),
+    # Added after an 8-prompt smoke run of the probe showed no candidate near 3e-2, before the
+    # full probe ran; the rule did not change.
+    Dial("int3_kv_fp8", "int3_kv_fp8"),
+    Dial("int2", "int2"),
+)
+RUNG_CANDIDATES: tuple[Dial, ...] = (*LADDER, *MECHANISMS)
+
 STRESS = Suite(
     name="stress",
     task=sorting,

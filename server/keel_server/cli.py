@@ -10,13 +10,15 @@ user commands (`keel jobs ...`, `keel checkpoints ...`) are the SDK's own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from keel.cli import OPERATOR_COMMANDS, dispatch, print_json
-from keel_server.platform.settings import Settings, get_settings
+from keel_server.platform.settings import Settings, api_process_count, get_settings
 
 
 def run(argv: Sequence[str]) -> int:
@@ -54,7 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     server = add("server")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
-    server.add_argument("--workers", type=int, default=1)
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes; 0 = one per CPU core (default: KEEL_API_WORKERS, else 1)",
+    )
     server.set_defaults(func=_server)
 
     # Its options (--queue, --loglevel, --hostname, --help, ...) belong to `keel-worker`.
@@ -86,14 +93,35 @@ def _server(args: argparse.Namespace) -> int:
     from keel_server.platform.storage import keep_files_private
 
     keep_files_private()  # uploads, downloads' temp files, the SQLite file: this user's only
-    uvicorn.run(
-        "keel_server.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        timeout_graceful_shutdown=get_settings().shutdown_grace_s,
-    )
+    from keel_server.platform.telemetry import MULTIPROCESS_DIR_VARIABLE
+
+    workers = api_processes(get_settings().api_workers if args.workers is None else args.workers)
+    # Each process reads its Settings from this environment: the count tells it its share of the
+    # database connections (`Settings.api_database_connections`).
+    os.environ["KEEL_API_WORKERS"] = str(workers)
+    get_settings.cache_clear()
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and MULTIPROCESS_DIR_VARIABLE not in os.environ:
+            # The processes' Prometheus counts, added up by whichever one a scrape reaches
+            # (keel_server.platform.telemetry); a fresh folder, so no earlier run's counts.
+            shared = stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-metrics-"))
+            os.environ[MULTIPROCESS_DIR_VARIABLE] = shared
+        uvicorn.run(
+            "keel_server.main:app",
+            host=args.host,
+            port=args.port,
+            workers=workers,
+            timeout_graceful_shutdown=get_settings().shutdown_grace_s,
+        )
     return 0
+
+
+def api_processes(workers: int) -> int:
+    """`keel server --workers N`: N processes, or one per CPU core for 0."""
+    try:
+        return api_process_count(workers)
+    except ValueError as exc:
+        raise SystemExit(f"error: --workers: {exc}") from None
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from bench import reward_ingest
-from bench.reward_ingest import Result, check_exactly_once, run, sweep
+from bench.reward_ingest import Report, Result, Sweep, check_exactly_once, compare, run, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +34,68 @@ def test_a_sweep_checks_every_point_and_writes_the_curve(db, tmp_path, monkeypat
         assert point.p50_ms <= point.p95_ms <= point.p99_ms <= point.max_ms
         assert point.client_cpu_ms_per_request is not None
     monkeypatch.setattr(reward_ingest, "RESULTS", tmp_path)
-    path = reward_ingest.write_results(result)
+    path = reward_ingest.write_results([result])
     data = json.loads(path.read_text())
-    assert [p["clients"] for p in data["points"]] == [1, 4] and data["exactly_once"] is True
+    (server,) = data["servers"]
+    assert [p["clients"] for p in server["points"]] == [1, 4] and data["exactly_once"] is True
     table = [
         line
         for line in path.with_suffix(".md").read_text().splitlines()
         if line[:2] in ("| ", "|-")
     ]
     assert len(table) == 2 + 2  # header, rule, one row per point
+
+
+@pytest.mark.services
+def test_one_and_two_api_processes_on_postgres_and_redis(tmp_path, monkeypatch):
+    """The comparison the results file holds: servers of 1 and 2 processes side by side, their
+    rate limit shared through Redis (raised far above the load, so no post is refused)."""
+    one, two = compare(
+        "postgres",
+        clients=[4],
+        rollouts=8,
+        server_workers=[1, 2],
+        warmup_rollouts=4,
+        redis_url=reward_ingest.REDIS_URL,
+    )
+    assert (one.server_workers, two.server_workers) == (1, 2)
+    for result in (one, two):
+        assert result.shared_rate_limit and result.exactly_once, result.points
+        assert set(result.points[0].statuses) == {"200", "409"}
+    monkeypatch.setattr(reward_ingest, "RESULTS", tmp_path)
+    path = reward_ingest.write_results([one, two], machine={"cpu": "a test CPU", "cores": 2})
+    data = json.loads(path.read_text())
+    assert [s["server_workers"] for s in data["servers"]] == [1, 2]
+    # Every part of a post's CPU is measured here (PostgreSQL and Redis run on this machine;
+    # 24 posts may take less than a clock tick of either, so only the server's must show).
+    for point in one.points + two.points:
+        assert point.database_cpu_ms_per_request >= 0 and point.redis_cpu_ms_per_request >= 0
+        assert point.total_cpu_ms_per_request >= point.server_cpu_ms_per_request > 0
+    assert data["cpu_ms_per_post"] > 0 and "ms of CPU in all" in path.with_suffix(".md").read_text()
+    assert (
+        data["machine"]["cpu"] == "a test CPU" and len(data["machine"]["load_average_after"]) == 3
+    )
+    md = path.with_suffix(".md").read_text()
+    assert "## 1 API process\n" in md and "## 2 API processes\n" in md
+
+
+def test_the_verdict_names_where_the_target_was_met_or_the_best_points():
+    def point(clients: int, per_s: float, p99_ms: float, once: bool = True) -> Report:
+        return Report("postgres", clients, 1, 3, 1.0, per_s, 1.0, 1.0, p99_ms, 1.0, {}, once, [])
+
+    def server(workers: int, *points: Report) -> Sweep:
+        return Sweep("postgres", 1, workers, list(points), True)
+
+    slow = server(1, point(4, 300.0, 20.0), point(16, 350.0, 80.0))
+    fast = server(2, point(4, 900.0, 10.0), point(16, 1100.0, 40.0), point(32, 1200.0, 60.0))
+    assert reward_ingest._verdict([slow, fast]) == "met with 2 API processes at 16 clients"
+    broken = server(2, point(8, 700.0, 30.0), point(16, 1100.0, 40.0, once=False))
+    assert reward_ingest._verdict([slow, broken]) == (
+        "not met: the most posts/s with p99 under 50 ms are 300.0 posts/s at 4 clients "
+        "(p99 20.0 ms) with 1 API process; 700.0 posts/s at 8 clients (p99 30.0 ms) with "
+        "2 API processes (the most at any latency: 350.0 at 16 clients (p99 80.0 ms) with "
+        "1 API process; 1100.0 at 16 clients (p99 40.0 ms) with 2 API processes)"
+    )
 
 
 def test_the_clients_list_parses():

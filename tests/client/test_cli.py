@@ -64,6 +64,27 @@ def test_operator_commands_hand_their_arguments_to_the_server(capsys):
     assert (args.project, args.name) == ("team-a", None)
 
 
+def test_server_runs_the_processes_asked_for_or_one_per_core(monkeypatch):
+    from keel_server.platform.settings import get_settings
+
+    args = operator_cli.build_parser().parse_args(["server", "--workers", "3"])
+    assert args.workers == 3
+    assert operator_cli.build_parser().parse_args(["server"]).workers is None  # the setting's
+    assert operator_cli.api_processes(3) == 3
+    cores = len(os.sched_getaffinity(0))
+    assert operator_cli.api_processes(0) == cores
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4})
+    assert operator_cli.api_processes(0) == 5  # the cores it may use, not the machine's
+    with pytest.raises(SystemExit, match="--workers"):
+        operator_cli.api_processes(-1)
+    get_settings.cache_clear()
+    monkeypatch.setenv("KEEL_API_WORKERS", "0")
+    try:
+        assert get_settings().api_workers == 0
+    finally:
+        get_settings.cache_clear()
+
+
 def test_help_runs_as_a_program():
     result = run_keel("--help", env=dict(os.environ))
     assert result.returncode == 0 and "usage" in result.stdout

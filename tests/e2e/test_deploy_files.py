@@ -99,3 +99,19 @@ def test_compose_config_accepts_the_file():
         [*cmd, "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_api_runs_one_process_per_core_sharing_the_rate_through_redis(compose):
+    api = compose["services"]["api"]
+    assert api["environment"]["KEEL_API_WORKERS"] == "${KEEL_API_WORKERS:-0}"
+    assert "--workers" not in api["command"]  # so KEEL_API_WORKERS decides
+    # The rate limit is shared through the broker's Redis (keel_server.platform.rate_buckets).
+    from keel_server.platform.rate_buckets import shared_store_url
+    from keel_server.platform.settings import Settings
+
+    env = {k: v for k, v in api["environment"].items() if "${" not in v}
+    settings = Settings(**{k.removeprefix("KEEL_").lower(): v for k, v in env.items()})
+    assert shared_store_url(settings) == "redis://redis:6379/0"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = dockerfile.split("\nFROM base AS worker")[0]
+    assert "ENV KEEL_API_WORKERS=0" in base

@@ -1,4 +1,4 @@
-"""`scripts/gpu_fidelity.py` (issue 30 §6, prepared for a GPU): every part's config is valid here,
+"""`scripts/gpu_fidelity.py` (prepared for a GPU): every part's config is valid here,
 so the GPU session spends its minutes training, not on a typo."""
 
 import os

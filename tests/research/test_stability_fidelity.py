@@ -1,4 +1,4 @@
-"""Issue 30's verdict rules (`research.stability.fidelity`) on hand-made run summaries."""
+"""The fidelity verdict rules (`research.stability.fidelity`) on hand-made run summaries."""
 
 import math
 

@@ -26,8 +26,8 @@ def test_stress_quick_mode_measures_every_dial_and_runs_the_baselines(tmp_path):
     assert probe["fp32+top_p0.9"]["sampling_kl"] > 0.0 == probe["int4"]["sampling_kl"]
     assert probe["fp32+top_p0.9"]["kl_k3"] < 1e-9
     # Routing changes under int4 in every layer-worth of tokens: the quick cold start has had
-    # 60 SFT steps; the full one's >= 10% (the suite's promise) is checked on the committed
-    # probe by test_stability_stress.py.
+    # 60 SFT steps, so only a floor here. The suite's promise, a rung whose worst-layer flip is
+    # at least 10 %, is asserted on the committed cold start by test_stability_ladder.py.
     assert probe["int4"]["routing_layer_max"] >= 0.03
     assert probe["int4"]["routing_any_frac"] > probe["fp8_tensor"]["routing_layer_max"]
     assert probe["fp32"]["response_len_mean"] >= 20  # long answers even from a barely-SFT'd model

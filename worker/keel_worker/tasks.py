@@ -2,9 +2,10 @@
 is read from the database (docs/house-style.md rule 5). See `keel_worker.jobrunner.runner`.
 
 Worker start-up imports the training stack once in the parent process (forked pool processes start
-with torch loaded) and starts the lease reaper (`keel_server.platform.leases`). Each pool process
-dies with the worker's main process (`lifeline`): a SIGKILLed worker must not leave its job running,
-lease renewed, in an orphan.
+with torch loaded), starts the lease reaper (`keel_server.platform.leases`) and advertises what one
+job may ask of this worker (`keel_worker.advertise`). Each pool process dies with the worker's main
+process (`lifeline`): a SIGKILLed worker must not leave its job running, lease renewed, in an
+orphan.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from dataclasses import asdict
 from typing import Any
 
@@ -19,13 +21,17 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from sqlalchemy.exc import OperationalError
 
 from keel_server.platform.leases import LeaseReaper, start_reaper
+from keel_server.platform.queue import JOIN_JOB_TASK, enqueue_join_job, enqueue_run_job
+from keel_worker.advertise import Advertiser
 from keel_worker.celery_app import RUN_JOB_TASK, app
+from keel_worker.jobrunner.joining import join_job as join_job_once
 from keel_worker.jobrunner.runner import dispose_engines, session_factory
 from keel_worker.jobrunner.runner import run_job as run_job_once
 from keel_worker.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 _reaper: LeaseReaper | None = None
+_advertiser: Advertiser | None = None  # this worker's row in `workers` (keel_worker.advertise)
 _main_pid: int | None = None  # the worker's main process, recorded before the pool forks
 
 
@@ -43,9 +49,29 @@ _main_pid: int | None = None  # the worker's main process, recorded before the p
 )
 def run_job(job_id: str) -> dict[str, Any]:
     """Run (or resume) one job to its end; a duplicate delivery returns without touching it."""
-    outcome = run_job_once(job_id, app.keel_settings, on_stuck=_replace_this_process)
+    settings = app.keel_settings
+
+    def call_machines(count: int) -> None:
+        for _ in range(count):
+            enqueue_join_job(app, settings, job_id)
+
+    outcome = run_job_once(
+        job_id,
+        settings,
+        call_machines=call_machines,
+        requeue=lambda: enqueue_run_job(app, settings, job_id),
+        on_stuck=_replace_this_process,
+    )
     log.info("keel.run_job(%s) -> %s at step %d", job_id, outcome.status, outcome.step)
     return asdict(outcome)
+
+
+@app.task(name=JOIN_JOB_TASK, acks_late=True, ignore_result=True)
+def join_job(job_id: str) -> str:
+    """Run this machine's ranks of a job another worker leased, to the group's end."""
+    status = join_job_once(job_id, app.keel_settings)
+    log.info("keel.join_job(%s) -> %s", job_id, status)
+    return status
 
 
 def _replace_this_process() -> None:
@@ -65,15 +91,20 @@ def _preload_training_stack(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    global _reaper
-    _reaper = start_reaper(session_factory(app.keel_settings), app, app.keel_settings)
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    global _reaper, _advertiser
+    factory = session_factory(app.keel_settings)
+    _reaper = start_reaper(factory, app, app.keel_settings)
+    worker_id = getattr(sender, "hostname", None) or f"keel@{socket.gethostname()}:{os.getpid()}"
+    _advertiser = Advertiser(factory, app.keel_settings, worker_id).start()
 
 
 @worker_shutdown.connect
 def _stop_reaper(**_: Any) -> None:
     if _reaper is not None:
         _reaper.stop()
+    if _advertiser is not None:
+        _advertiser.stop()
 
 
 @worker_process_init.connect

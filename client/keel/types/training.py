@@ -26,7 +26,21 @@ VerifierName = Literal["exact_match", "numeric", "math_verify"]
 # The worker's task registry (`keel_worker.training.tasks.TASKS`) has exactly these names; a
 # contract test keeps them equal, so an unknown task is a 422 at job creation.
 TaskName = Literal["addition", "dataset"]
-RolloutPrecision = Literal["fp32", "bf16", "fp8", "fp8_tensor", "int4"]
+# What each one does, and which serving stack does it: keel_worker/engines/precision.py.
+RolloutPrecision = Literal[
+    "fp32",
+    "bf16",
+    "fp8",
+    "fp8_tensor",
+    "int4",
+    "int3",
+    "int4_channel",
+    "int4_router",
+    "kv_fp8",
+    "int4_kv_fp8",
+    "int2",
+    "int3_kv_fp8",
+]
 
 # Advantage modes that subtract a baseline estimated from the other members of the group: with a
 # single response per prompt every advantage would be exactly zero (or undefined for rloo).
@@ -147,8 +161,14 @@ class RolloutConfig(_Strict):
     precision: RolloutPrecision = Field(
         "fp32",
         description="Inference weights: fp32 (exact copy), bf16, fp8 (float8_e4m3fn, a scale per "
-        "output channel), fp8_tensor (one scale per tensor), int4 (4-bit, a scale and zero point "
-        "per group of 32 inputs, as AWQ/GPTQ).",
+        "output channel), fp8_tensor (one scale per tensor, fp8 activations, as vLLM's fp8), "
+        "int4 (4-bit, a scale and zero point per group of 128 inputs, as AWQ/GPTQ), int3 (the "
+        "same with 3 bits, as GPTQ bits=3), int4_channel (symmetric 4-bit, one scale per output "
+        "channel, no groups), int4_router (int4 with the MoE router gates quantized too, as "
+        "bitsandbytes 4-bit), kv_fp8 (fp32 weights, keys and values in an fp8 KV cache with "
+        "scale 1, as vLLM's kv_cache_dtype=fp8), int4_kv_fp8 and int3_kv_fp8 (both), int2 (2-bit, "
+        "groups of 16, as llama.cpp Q2_K). Every one but fp32, bf16 and fp8 is an emulation of "
+        "the `hf` engine.",
     )
     max_new_tokens: Int = Field(
         64,
@@ -291,6 +311,42 @@ class LoraConfig(_Strict):
     )
 
 
+MAX_PROCESSES = 1024
+MAX_NODES = 256
+
+
+class DistributedConfig(_Strict):
+    """How many processes train the job (docs/how-to/distributed.md). With `processes` × `nodes`
+    > 1 the worker that leases the job starts that many ranks with torch.distributed's launcher
+    (c10d rendezvous, FSDP2 sharding); the default, 1, trains in the worker's own process."""
+
+    processes: Int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Trainer processes (ranks) on each machine, one per GPU; at most what a "
+        "live worker advertises (`KEEL_WORKER_MAX_PROCESSES`), a 422 past it.",
+    )
+    nodes: Int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Machines the job spans, each running `processes` ranks; more than 1 needs "
+        "that many live workers advertising `processes` and a reachable rendezvous.",
+    )
+    tensor_parallel: Int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="GPUs one vLLM rollout engine shards the model over (`rollout.engine` "
+        "`vllm` only); None = the worker's `KEEL_VLLM_TENSOR_PARALLEL_SIZE`.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.nodes
+
+
 def _default_algorithm() -> AlgorithmConfig:
     return TypeAdapter(AlgorithmConfig).validate_python({"name": "minirl"})
 
@@ -326,6 +382,11 @@ class TrainingConfig(_Strict):
     guard: GuardConfig = Field(
         default_factory=GuardConfig,
         description="The stability guard: signals, thresholds and actions (keel.types.guard).",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig,
+        description="Trainer processes per machine, machines, and the vLLM tensor-parallel "
+        "size; the default trains in one process.",
     )
     lora: LoraConfig | None = Field(
         None, description="Train LoRA adapters instead of all weights; None = full fine-tuning."
@@ -449,6 +510,12 @@ class TrainingConfig(_Strict):
             raise ValueError(
                 f"eval_samples={self.eval_samples} with eval_temperature=0 repeats one greedy "
                 "response; set eval_temperature > 0 or eval_samples=1"
+            )
+        tp = self.distributed.tensor_parallel
+        if tp is not None and tp > 1 and self.rollout.engine != "vllm":
+            raise ValueError(
+                f"distributed.tensor_parallel={tp} shards a vLLM engine; set rollout.engine "
+                "to 'vllm' or leave tensor_parallel unset"
             )
         mode = self.algorithm.advantage
         if self.group_size == 1 and mode in GROUP_ADVANTAGE_MODES:

@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
                 yield
         finally:
             await app.state.policy_client.aclose()
+            await app.state.rate_limiter.aclose()
             reaper.stop()
             ctx.close()
 
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         lifespan=lifespan,
     )
     app.state.ctx = ctx
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.rate_limiter = RateLimiter.from_settings(settings)
     errors.install(app)
     v1 = (
         jobs,

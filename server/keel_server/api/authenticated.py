@@ -43,7 +43,7 @@ class AuthenticatedRoute(APIRoute):
             principal = auth.known_reward_token(ctx, token)
             if principal is None:
                 principal = await run_in_threadpool(auth.authenticate, ctx, token)
-            request.app.state.rate_limiter.check(principal)
+            await request.app.state.rate_limiter.check(principal)
             request.state.principal = principal
             return await read_body_and_run(request)
 

@@ -38,7 +38,7 @@ async def scrape(request: Request, ctx: Ctx) -> Response:
 def _exposition(ctx: ServiceContext) -> bytes:
     service = CollectorRegistry(auto_describe=False)
     service.register(_ServiceCollector(ctx))
-    return generate_latest(ctx.telemetry.registry) + generate_latest(service)
+    return ctx.telemetry.exposition() + generate_latest(service)
 
 
 class _ServiceCollector:

@@ -260,6 +260,11 @@ def record_serve_url(session: Session, job_id: str, owner: str, url: str | None)
     _update_held(session, job_id, owner, serve_url=url)
 
 
+def record_rendezvous(session: Session, job_id: str, owner: str, endpoint: str) -> None:
+    """Where the lease holder hosts the c10d rendezvous of a job of several machines."""
+    _update_held(session, job_id, owner, rendezvous=endpoint)
+
+
 def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> None:
     """Set `values` on a running job whose lease `owner` holds; `LeaseLost` otherwise (every
     write of the lease holder goes through here)."""

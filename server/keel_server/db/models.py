@@ -106,6 +106,9 @@ class Job(Base):
     runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Where the lease holder's policy server answers an agent job's episode calls, while it runs.
     serve_url: Mapped[str | None] = mapped_column(Text)
+    # host:port of the c10d rendezvous the lease holder hosts for a job of several machines; the
+    # workers of the other machines join it there (keel_worker.jobrunner.joining).
+    rendezvous: Mapped[str | None] = mapped_column(String(300))
 
 
 class Prompt(Base):
@@ -269,3 +272,18 @@ class TinkerWeights(Base):
         ForeignKey("checkpoints.id", ondelete="SET NULL")
     )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A worker as it advertises itself: what one job may ask of it (docs/how-to/distributed.md).
+    Each worker upserts its row at start and every heartbeat interval; job creation checks a job's
+    `distributed` request against the rows seen within the lease timeout."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    host: Mapped[str] = mapped_column(String(255))
+    queue: Mapped[str] = mapped_column(String(200))
+    max_processes: Mapped[int] = mapped_column(Integer)
+    engines: Mapped[list[str]] = mapped_column(JSON)  # rollout engines it can run
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -27,14 +27,19 @@ PG_POOL_SIZE, PG_MAX_OVERFLOW = 40, 10
 PG_CONNECT_TIMEOUT_S, PG_POOL_TIMEOUT_S, PG_STATEMENT_TIMEOUT_MS = 10, 30, 300_000
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, *, max_connections: int | None = None) -> Engine:
+    """`max_connections` caps a PostgreSQL pool (an API process's share when several serve one
+    database); None keeps `PG_POOL_SIZE` + `PG_MAX_OVERFLOW`."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
+        pool_size, overflow = (
+            (PG_POOL_SIZE, PG_MAX_OVERFLOW) if max_connections is None else (max_connections, 0)
+        )
         return create_engine(
             url,
             pool_pre_ping=True,
-            pool_size=PG_POOL_SIZE,
-            max_overflow=PG_MAX_OVERFLOW,
+            pool_size=pool_size,
+            max_overflow=overflow,
             pool_timeout=PG_POOL_TIMEOUT_S,
             connect_args=_pg_bounds(url.query),
         )

@@ -11,6 +11,8 @@ from celery import Celery
 from keel_server.platform.settings import Settings
 
 RUN_JOB_TASK = "keel.run_job"
+# A worker of another machine joins the rank group of a running job (docs/how-to/distributed.md).
+JOIN_JOB_TASK = "keel.join_job"
 
 
 REDIS_SOCKET_TIMEOUTS = {"socket_connect_timeout": 10, "socket_timeout": 30}
@@ -57,6 +59,18 @@ def enqueue_run_job(app: Celery, settings: Settings, job_id: str) -> str:
         args=[job_id],
         queue=settings.job_queue,
         expires=settings.job_task_expires_s,
+    )
+    return result.id
+
+
+def enqueue_join_job(app: Celery, settings: Settings, job_id: str) -> str:
+    """Ask one more worker of the queue to join `job_id`'s rank group; the message is useless
+    once the rendezvous has timed out, so it expires then."""
+    result = app.send_task(
+        JOIN_JOB_TASK,
+        args=[job_id],
+        queue=settings.job_queue,
+        expires=settings.rendezvous_timeout_s,
     )
     return result.id
 

@@ -187,6 +187,54 @@ class Settings(BaseSettings):
     job_task_expires_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Expiry of a queued `keel.run_job` message."
     )
+    # A job's trainer processes (`TrainingConfig.distributed`; docs/how-to/distributed.md).
+    worker_max_processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Trainer processes (ranks) this worker may start for one job, advertised "
+        "in the `workers` table and checked at job creation; unset: the number of CUDA GPUs, "
+        "or 1 without one.",
+    )
+    group_stall_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A job's rank group that reports no progress (a step, a phase, a check "
+        "while it waits for prompts or rewards) for this long is stopped and the job fails "
+        "with the reason. Keep it above the collective timeout.",
+    )
+    group_requeues: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Times a job whose rank was killed by a signal or whose group stalled is "
+        "put back in the queue (it resumes from its latest checkpoint) before such a failure "
+        "fails it; 0 = fail at once.",
+    )
+    group_stop_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a rank group gets to stop on its own after a pause or cancel "
+        "(at a step boundary, a pause checkpointing first) before the worker terminates it.",
+    )
+    rendezvous_host: str = Field(
+        default="127.0.0.1",
+        description="Address the other machines of a several-machine job reach this worker's "
+        "c10d rendezvous at; 127.0.0.1 serves one machine only.",
+    )
+    rendezvous_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the c10d rendezvous a worker hosts for the job it leases; 0 = a "
+        "free port (one machine), a fixed port for several machines.",
+    )
+    rendezvous_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds the machines of a job wait for each other at its rendezvous "
+        "before the job fails.",
+    )
     webhook_allow: str = Field(
         default="",
         description="Comma-separated hostnames and IP networks webhooks may be delivered to "
@@ -264,10 +312,24 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(
         default=200.0,
         gt=0,
-        description="Sustained requests per second per project, per API "
-        "process (429 with Retry-After past it).",
+        description="Sustained requests per second per project (429 with Retry-After past it). "
+        "With a Redis broker it holds across every API process (the buckets live in that "
+        "Redis); otherwise each API process enforces it on its own.",
     )
     rate_limit_burst: int = Field(default=1000, ge=1, description="Requests a project may burst.")
+    api_workers: int = Field(
+        default=1,
+        ge=0,
+        description="API processes `keel server` runs (uvicorn workers) when `--workers` is not "
+        "given; 0 = one per CPU core it may use (the compose deployment's default).",
+    )
+    api_database_connections: int = Field(
+        default=50,
+        ge=1,
+        description="PostgreSQL connections the API may hold in all, split evenly among its "
+        "processes (at least 4 each), so one API process per core does not exhaust "
+        "PostgreSQL's `max_connections` (100 by default; workers need a few each too).",
+    )
     max_reward_wait_s: float = Field(
         default=24 * 3600.0,
         gt=0,
@@ -389,6 +451,27 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def api_process_count(workers: int) -> int:
+    """How many API processes `api_workers` (or `keel server --workers`) means: the number, or
+    for 0 one per CPU core this process may run on (its affinity: a container limited to some
+    cores gets that many)."""
+    if workers < 0:
+        raise ValueError(f"API workers must be 0 (one per core) or more, not {workers}")
+    if workers:
+        return workers
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+MIN_CONNECTIONS_PER_API_PROCESS = 4
+
+
+def api_process_connections(settings: Settings) -> int:
+    """This API process's share of `api_database_connections`."""
+    share = settings.api_database_connections // api_process_count(settings.api_workers)
+    return max(MIN_CONNECTIONS_PER_API_PROCESS, share)
 
 
 @lru_cache(maxsize=1)

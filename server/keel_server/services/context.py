@@ -12,7 +12,7 @@ from celery import Celery
 from keel_server.db import SessionFactory, make_engine, make_session_factory
 from keel_server.platform.leases import LeaseReaper, start_reaper
 from keel_server.platform.queue import make_producer
-from keel_server.platform.settings import Settings
+from keel_server.platform.settings import Settings, api_process_connections
 from keel_server.platform.telemetry import Telemetry
 from keel_server.services.streams import StreamRegistry
 
@@ -28,7 +28,9 @@ class ServiceContext:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceContext:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url, max_connections=api_process_connections(settings)
+        )
         return cls(settings, make_session_factory(engine), make_producer(settings))
 
     def start_reaper(self) -> LeaseReaper:

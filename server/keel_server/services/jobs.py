@@ -44,6 +44,7 @@ from keel_server.platform.security import (
 from keel_server.platform.webhook_targets import WebhookAllow, WebhookTargetRefused, resolve_target
 from keel_server.services import convert, files
 from keel_server.services.auth import load_job, require_api_key
+from keel_server.services.capacity import check_distributed
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
 from keel_server.services.models_check import check_model
@@ -64,6 +65,7 @@ def create(
     """
     require_api_key(principal)
     check_model(ctx, principal, req.config)
+    check_distributed(ctx, req)
     _check_deadline(ctx, req)
     _check_reward_pattern(req)
     _check_webhook_target(ctx, req)

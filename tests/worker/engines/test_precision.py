@@ -10,17 +10,25 @@ from keel_worker.engines.chat import encode_prompt
 from keel_worker.engines.hardware import cpu_model_name, device_profile, gemm_gflops
 from keel_worker.engines.hf import HFEngine
 from keel_worker.engines.precision import (
+    FP8_KV_SDPA,
+    INT2_GROUP,
+    INT4_GROUP,
     EmulatedBf16,
     compute_dtype,
     engine_bf16_native,
     fake_quantize_fp8,
     fake_quantize_fp8_tensor,
+    fake_quantize_int2,
+    fake_quantize_int3,
     fake_quantize_int4,
+    fake_quantize_int4_channel,
     make_engine_copy,
     round_activation_bf16,
     round_activation_fp8,
+    round_kv_fp8,
     sdpa_bf16,
 )
+from keel_worker.engines.vllm import VLLMEngine, VLLMOptions
 
 
 def test_fp8_fake_quant_by_hand() -> None:
@@ -64,6 +72,105 @@ def test_int4_group_quant_by_hand() -> None:
     torch.testing.assert_close(quantized, torch.tensor([[-1.0, 0.0, 0.4, 2.0, 0, 0, 0, 0.3]]))
     with pytest.raises(ValueError, match="multiple of 4"):
         fake_quantize_int4(torch.ones(2, 6), group=4)
+
+
+def _levels_per_group(quantized: torch.Tensor, group: int) -> torch.Tensor:
+    grouped = quantized.reshape(*quantized.shape[:-1], -1, group)
+    return torch.tensor([len(torch.unique(g)) for g in grouped.reshape(-1, group)])
+
+
+def test_int3_and_int2_keep_at_most_8_and_4_levels_per_group() -> None:
+    weight = torch.randn(6, 2 * INT4_GROUP, generator=torch.Generator().manual_seed(0))
+    int3, int2 = fake_quantize_int3(weight), fake_quantize_int2(weight)
+    levels3, levels2 = _levels_per_group(int3, INT4_GROUP), _levels_per_group(int2, INT2_GROUP)
+    assert levels3.max() <= 8 and levels3.min() >= 7  # Gaussian groups use (nearly) every level
+    assert levels2.max() <= 4 and levels2.min() >= 3
+    # Fewer bits, larger error; each rounding is idempotent (its values are on its own grid).
+    errors = [(q - weight).abs().mean() for q in (fake_quantize_int4(weight), int3, int2)]
+    assert errors[0] < errors[1] < errors[2]
+    torch.testing.assert_close(fake_quantize_int3(int3), int3)
+    # By hand, one group of 4 [−1, 0, 0.5, 2]: 3 bits give scale 3/7, zero point
+    # round(7/3) = 2; 0.5 / (3/7) = 1.17 → level 3 → 3/7; 2 → 4.67 → 5 + 2 = 7 → 15/7.
+    torch.testing.assert_close(
+        fake_quantize_int3(torch.tensor([[-1.0, 0.0, 0.5, 2.0]]), group=4),
+        torch.tensor([[-6 / 7, 0.0, 3 / 7, 15 / 7]]),
+    )
+
+
+def test_per_channel_int4_is_symmetric_with_one_scale_per_row() -> None:
+    # Row absmax 7 → scale 1: 2.4 → 2, −3.5 → −4 (half to even), −7 → −7; the row of 256 has
+    # one scale, unlike int4's groups of 128, so its small half loses what groups keep.
+    torch.testing.assert_close(
+        fake_quantize_int4_channel(torch.tensor([[7.0, 2.4, -3.5, -7.0]])),
+        torch.tensor([[7.0, 2.0, -4.0, -7.0]]),
+    )
+    row = torch.cat([torch.full((128,), 7.0), torch.linspace(-0.1, 0.1, 128)])[None]
+    per_channel, grouped = fake_quantize_int4_channel(row), fake_quantize_int4(row)
+    assert len(torch.unique(per_channel)) <= 16
+    assert torch.all(per_channel[0, 128:] == 0)  # below half a step of 1: all rounded away
+    assert (grouped[0, 128:] - row[0, 128:]).abs().max() < 0.01
+
+
+def test_fp8_kv_rounding_is_elementwise_idempotent_and_saturates() -> None:
+    # Scale 1: 1.1 lies in [1, 2) where e4m3 steps by 1/8 → 1.125; 500 saturates at 448;
+    # 3e-3 is subnormal (steps of 2^-9 ≈ 1.95e-3) → 2^-9 · 2 = 3.9e-3.
+    x = torch.tensor([1.1, -500.0, 3e-3, 0.0])
+    torch.testing.assert_close(round_kv_fp8(x), torch.tensor([1.125, -448.0, 2**-8, 0.0]))
+    keys = torch.randn(2, 2, 9, 32, generator=torch.Generator().manual_seed(1)) * 3
+    once = round_kv_fp8(keys)
+    assert torch.equal(round_kv_fp8(once), once)
+    # Elementwise with a fixed scale: a cached token's key rounds the same whatever comes later.
+    assert torch.equal(round_kv_fp8(keys[:, :, :4]), once[:, :, :4])
+
+
+def test_kv_fp8_keeps_fp32_weights_and_rounds_keys_and_values_in_attention(tiny_moe) -> None:
+    engine = make_engine_copy(tiny_moe.model, "kv_fp8")
+    assert engine.config._attn_implementation == FP8_KV_SDPA
+    assert tiny_moe.model.config._attn_implementation == "sdpa"  # the trainer's stays exact
+    source, copied = dict(tiny_moe.model.named_parameters()), dict(engine.named_parameters())
+    assert all(torch.equal(copied[n], source[n]) for n in source)
+    with_int4 = make_engine_copy(tiny_moe.model, "int4_kv_fp8")
+    assert with_int4.config._attn_implementation == FP8_KV_SDPA
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(
+        dict(with_int4.named_parameters())[q_proj], fake_quantize_int4(source[q_proj])
+    )
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    fp32_logits = make_engine_copy(tiny_moe.model, "fp32")(ids).logits
+    assert not torch.equal(engine(ids).logits, fp32_logits)
+
+
+def test_int4_router_quantizes_the_gates_that_int4_leaves_alone(tiny_moe) -> None:
+    gate = "model.layers.0.mlp.gate.weight"
+    source = dict(tiny_moe.model.named_parameters())[gate]
+    int4 = dict(make_engine_copy(tiny_moe.model, "int4").named_parameters())[gate]
+    routed = make_engine_copy(tiny_moe.model, "int4_router")
+    assert torch.equal(int4, source)
+    assert torch.equal(dict(routed.named_parameters())[gate], fake_quantize_int4(source))
+    seen = []
+    routed.model.layers[0].mlp.gate.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].clone())
+    )
+    routed(torch.tensor([[5, 6, 7]]))
+    assert torch.equal(seen[0], seen[0].bfloat16().float())  # W4A16: its input in bf16 too
+
+
+NEW_PRECISIONS = (
+    "int3",
+    "int2",
+    "int4_channel",
+    "int4_router",
+    "kv_fp8",
+    "int4_kv_fp8",
+    "int3_kv_fp8",
+)
+
+
+@pytest.mark.parametrize("precision", NEW_PRECISIONS)
+def test_vllm_refuses_the_hf_only_precisions(precision, tmp_path) -> None:
+    options = VLLMOptions(None, 0, None, 0.5, 1)
+    with pytest.raises(ValueError, match="hf-engine emulation"):
+        VLLMEngine(tmp_path, options=options, precision=precision)
 
 
 def test_per_tensor_fp8_loses_small_channels_that_per_channel_keeps() -> None:
@@ -250,3 +357,26 @@ def test_device_profile_is_measured_once_and_decides_by_its_rule() -> None:
     assert engine_bf16_native("int4") is False
     # One 256² product is 2·256³ FLOPs: the rate is that over the measured time, in GFLOP/s.
     assert 0 < gemm_gflops(torch.float32, size=64, budget_s=0.01) < 1e5
+
+
+def test_every_new_precision_moves_the_rollout_logprobs_off_fp32(tiny_moe) -> None:
+    """The engine's μ logprobs at each new precision differ from the fp32 engine's on the tokens
+    both sample alike (same seed), by what its rounding causes; fp32 itself matches the trainer
+    to ~2e-7 (test_hf). Measured on tiny-moe (AMD EPYC), mean |Δ logprob| against fp32: int4
+    0.042, int4_channel 0.053, int4_router 0.042, int3 0.10, int2 0.20, kv_fp8 0.0056,
+    int4_kv_fp8 0.037, int3_kv_fp8 0.086. The floor is 5× under the smallest (kv_fp8); fewer
+    bits must move them further (one torch thread: 8 tiny rollouts take seconds, where two
+    threads on a loaded 2-core machine took minutes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fp32 = _rollout(tiny_moe, "fp32", None)
+        gaps = {}
+        for precision in ("int4", *NEW_PRECISIONS):
+            gap, shared, _ = _logprob_gap(_rollout(tiny_moe, precision, None), fp32)
+            gaps[precision] = float(gap.mean())
+            assert shared > 0, precision
+    finally:
+        torch.set_num_threads(threads)
+    assert all(g > 1e-3 for g in gaps.values()), gaps
+    assert gaps["int2"] > gaps["int3"] > gaps["int4"], gaps

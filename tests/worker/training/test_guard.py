@@ -95,7 +95,7 @@ def with_reward(entropy: list[float], reward: list[float]) -> list[dict[str, flo
 
 
 def test_an_entropy_drop_while_the_reward_climbs_is_learning_not_an_alert():
-    # `make demo`'s shape (issue 30): entropy 2.18 → 0.61 while the reward goes 0.19 → 0.77.
+    # `make demo`'s shape: entropy 2.18 → 0.61 while the reward goes 0.19 → 0.77.
     entropy = [2.18, 1.9, 1.5, 1.2, 0.9, 0.75, 0.65, 0.61]
     reward = [0.19, 0.33, 0.41, 0.38, 0.48, 0.6, 0.7, 0.77]
     assert fire_steps(only("entropy"), with_reward(entropy, reward)) == []

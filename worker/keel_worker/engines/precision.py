@@ -13,14 +13,30 @@ tunable on a CPU:
   quantized to fp8 with a dynamic per-tensor scale;
 - int4: W4A16 as AWQ/GPTQ-served rollout models are: the same matrices rounded to 4-bit integers,
   asymmetric (a scale and a zero point) per group of `INT4_GROUP` input elements (AWQ's default;
-  a row shorter than that is one group), activations in bfloat16.
+  a row shorter than that is one group), activations in bfloat16;
+- int3: W3A16, GPTQ's `bits=3` (and llama.cpp's 3-bit K-quants in spirit): the same groups with
+  8 levels instead of 16, activations in bfloat16;
+- int2: W2A16 as llama.cpp's Q2_K serves the big MoEs whose 2-bit files people run: asymmetric
+  2-bit levels (a scale and a minimum) per block of `INT2_GROUP` = 16 inputs (Q2_K's sub-blocks;
+  its 4-bit requantization of the scales themselves is left out), activations in bfloat16;
+- int4_channel: W4A16 per output channel, symmetric (one absmax scale per row, levels −8..7, no
+  zero point, no groups), as TensorRT-LLM's and vLLM's Marlin per-channel int4 weight-only
+  kernels serve a model quantized without groups;
+- int4_router: int4 with the MoE router gates quantized too, as a quantizer that treats the gate
+  as one more linear layer does (bitsandbytes' `load_in_4bit` converts every `nn.Linear` but the
+  LM head; AWQ, GPTQ and llama.cpp skip the gate): routing decisions made on 4-bit gate weights;
+- kv_fp8: fp32 weights with the attention keys and values (after RoPE: what the cache holds)
+  stored as float8_e4m3 with one per-tensor scale of `KV_FP8_SCALE` = 1, as vLLM's
+  `kv_cache_dtype="fp8"` does for a checkpoint without calibrated k/v scales;
+- int4_kv_fp8: int4 weights and the fp8 KV cache together, the usual memory-bound deployment of
+  an AWQ model on vLLM; int3_kv_fp8: the same with GPTQ's 3-bit weights.
 
-fp8_tensor and int4 compute in float32 on values rounded to their formats (weights once,
-activations by a forward pre-hook on every quantized linear and expert module), so the mismatch
-they create is the same on every CPU, whatever its bf16 support. The fused expert modules of
-transformers compute their inner (down-projection) input themselves; it is rounded only through
-the weights. Embeddings, the LM head, norms and routers are never quantized, as serving stacks
-leave them unquantized.
+The weight-quantized precisions past fp8 compute in float32 on values rounded to their formats
+(weights once at sync, activations by a forward pre-hook on every quantized linear and expert
+module), so the mismatch they create is the same on every CPU, whatever its bf16 support. The
+fused expert modules of transformers compute their inner (down-projection) input themselves; it
+is rounded only through the weights. Embeddings, the LM head and norms are never quantized, and
+routers only by int4_router, as serving stacks leave them unquantized.
 
 bf16 and fp8 compute in bfloat16 only where the machine does so natively
 (`engines.hardware.device_profile`: advertised and measured at least as fast as fp32). Elsewhere
@@ -56,6 +72,12 @@ from keel_worker.engines.merged import plain_copy, policy_tensors
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT4_GROUP = 128  # AWQ's default q_group_size (GPTQ uses 32–128)
 INT4_LEVELS = 15  # 16 levels: 0..15
+INT3_LEVELS = 7  # 8 levels: 0..7
+INT2_LEVELS = 3  # 4 levels: 0..3
+INT2_GROUP = 16  # llama.cpp Q2_K's sub-block
+# vLLM's k_scale = v_scale default when the checkpoint carries none: the cache holds the values
+# themselves on the e4m3 grid (relative step 2^-3, subnormal below 2^-6).
+KV_FP8_SCALE = 1.0
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 _BF16_COMPUTE = frozenset({"bf16", "fp8"})
 
@@ -136,6 +158,30 @@ def fake_quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.T
     Each group g of the last dimension gets scale s = (max − min) / 15 and zero point
     z = round(−min / s); a value w becomes s · (clamp(round(w / s) + z, 0, 15) − z).
     """
+    return fake_quantize_grouped(weight, group=group, levels=INT4_LEVELS)
+
+
+def fake_quantize_int3(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.Tensor:
+    """`fake_quantize_int4` with 3 bits: s = (max − min) / 7, levels clamped to 0..7."""
+    return fake_quantize_grouped(weight, group=group, levels=INT3_LEVELS)
+
+
+def fake_quantize_int2(weight: torch.Tensor, group: int = INT2_GROUP) -> torch.Tensor:
+    """`fake_quantize_int4` with 2 bits on groups of 16: s = (max − min) / 3, levels 0..3."""
+    return fake_quantize_grouped(weight, group=group, levels=INT2_LEVELS)
+
+
+def fake_quantize_int4_channel(weight: torch.Tensor) -> torch.Tensor:
+    """Round `weight` to symmetric 4-bit integers with one scale per output channel (row of the
+    last dimension): s = absmax / 7, w becomes s · clamp(round(w / s), −8, 7). Without groups one
+    outlier sets the step of its whole row, and −8 is reached only by values below −absmax."""
+    weight_f32 = weight.detach().float()
+    scale = weight_f32.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 7
+    return torch.clamp(torch.round(weight_f32 / scale), -8, 7) * scale
+
+
+def fake_quantize_grouped(weight: torch.Tensor, *, group: int, levels: int) -> torch.Tensor:
+    """Asymmetric integer rounding to `levels` + 1 levels per group of `group` input elements."""
     weight_f32 = weight.detach().float()
     group = min(group, weight_f32.shape[-1])
     if weight_f32.shape[-1] % group:
@@ -143,10 +189,10 @@ def fake_quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.T
     grouped = weight_f32.reshape(*weight_f32.shape[:-1], -1, group)
     low = grouped.amin(dim=-1, keepdim=True).clamp(max=0.0)
     high = grouped.amax(dim=-1, keepdim=True).clamp(min=0.0)
-    scale = ((high - low) / INT4_LEVELS).clamp(min=1e-12)
+    scale = ((high - low) / levels).clamp(min=1e-12)
     zero = torch.round(-low / scale)
-    levels = torch.clamp(torch.round(grouped / scale) + zero, 0, INT4_LEVELS)
-    return ((levels - zero) * scale).reshape(weight_f32.shape)
+    rounded = torch.clamp(torch.round(grouped / scale) + zero, 0, levels)
+    return ((rounded - zero) * scale).reshape(weight_f32.shape)
 
 
 def round_activation_fp8(x: torch.Tensor) -> torch.Tensor:
@@ -159,13 +205,39 @@ def round_activation_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(x.dtype)
 
 
-_ACTIVATION_ROUNDING = {"fp8_tensor": round_activation_fp8, "int4": round_activation_bf16}
+def round_kv_fp8(x: torch.Tensor, scale: float = KV_FP8_SCALE) -> torch.Tensor:
+    """A key or value tensor as an fp8 KV cache stores it: x / scale on the float8_e4m3fn grid
+    (saturated at ±448, as vLLM's cache write clamps), times the scale. Elementwise with a fixed
+    scale, so a token's cached key rounds the same at every decoding step and a second rounding
+    changes nothing."""
+    clamped = (x / scale).clamp(-FP8_MAX, FP8_MAX)
+    return (clamped.to(torch.float8_e4m3fn).to(x.dtype) * scale).to(x.dtype)
+
+
+_ACTIVATION_ROUNDING = {
+    "fp8_tensor": round_activation_fp8,
+    "int4": round_activation_bf16,
+    "int3": round_activation_bf16,
+    "int4_channel": round_activation_bf16,
+    "int4_router": round_activation_bf16,
+    "int4_kv_fp8": round_activation_bf16,
+    "int2": round_activation_bf16,
+    "int3_kv_fp8": round_activation_bf16,
+}
 
 _QUANTIZERS = {
     "fp8": fake_quantize_fp8,
     "fp8_tensor": fake_quantize_fp8_tensor,
     "int4": fake_quantize_int4,
+    "int3": fake_quantize_int3,
+    "int4_channel": fake_quantize_int4_channel,
+    "int4_router": fake_quantize_int4,
+    "int4_kv_fp8": fake_quantize_int4,
+    "int2": fake_quantize_int2,
+    "int3_kv_fp8": fake_quantize_int3,
 }
+_QUANTIZED_ROUTERS = frozenset({"int4_router"})
+_FP8_KV_CACHE = frozenset({"kv_fp8", "int4_kv_fp8", "int3_kv_fp8"})
 
 
 def make_engine_copy(
@@ -188,7 +260,32 @@ def make_engine_copy(
         _emulate_bf16_storage(engine_model)
     else:
         _round_activations(engine_model, precision)
+    if precision in _FP8_KV_CACHE:
+        _store_kv_fp8(engine_model)
     return engine_model
+
+
+def _store_kv_fp8(engine_model: nn.Module) -> None:
+    """Attention that reads its keys and values from an fp8 cache (`FP8_KV_SDPA`)."""
+    if engine_model.config._attn_implementation != "sdpa":
+        raise ValueError(
+            "kv_fp8 rounds the keys and values inside sdpa attention; this model uses "
+            f"{engine_model.config._attn_implementation!r}"
+        )
+    engine_model.set_attn_implementation(FP8_KV_SDPA)
+
+
+def _fp8_kv_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention on keys and values rounded as an fp8 KV cache stores them
+    (the query and the softmax stay fp32, as vLLM's fp8-cache kernels dequantize on read)."""
+    return sdpa_attention_forward(
+        module, query, round_kv_fp8(key), round_kv_fp8(value), attention_mask, **kwargs
+    )
+
+
+FP8_KV_SDPA = "keel_fp8_kv_sdpa"
+AttentionInterface.register(FP8_KV_SDPA, _fp8_kv_sdpa_attention)
+AttentionMaskInterface.register(FP8_KV_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def _emulate_bf16_storage(engine_model: nn.Module) -> None:
@@ -242,7 +339,10 @@ def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
     rounding = _ACTIVATION_ROUNDING.get(precision)
     if rounding is None:
         return
-    owners = {name.rsplit(".", 1)[0] for name in _quantized_parameter_names(engine_model)}
+    routers = precision in _QUANTIZED_ROUTERS
+    owners = {
+        name.rsplit(".", 1)[0] for name in _quantized_parameter_names(engine_model, routers=routers)
+    }
 
     def hook(_module, args):
         # Only the input activation: an expert module's later arguments are its routing.
@@ -259,7 +359,8 @@ def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precisio
     policy's adapters are merged first (engines.merged), so the engine samples base + adapter
     (bf16 and fp8 round to bfloat16 whether the copy holds bfloat16 or emulates it in float32)."""
     quantize = _QUANTIZERS.get(precision)
-    quantized = _quantized_parameter_names(engine_model) if quantize else set()
+    routers = precision in _QUANTIZED_ROUTERS
+    quantized = _quantized_parameter_names(engine_model, routers=routers) if quantize else set()
     storage = torch.bfloat16 if precision in _BF16_COMPUTE else torch.float32
     params = dict(engine_model.named_parameters())
     buffers = {n: b for n, b in engine_model.named_buffers() if b.is_floating_point()}
@@ -274,16 +375,16 @@ def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precisio
         raise ValueError(f"the policy has no weights for engine parameters {missing[:5]}")
 
 
-def _quantized_parameter_names(model: nn.Module) -> set[str]:
+def _quantized_parameter_names(model: nn.Module, *, routers: bool = False) -> set[str]:
     """Matrices that quantized inference rounds: linear and expert weights, not embeddings,
-    heads or routers."""
+    heads, nor routers unless `routers`."""
     keep = {id(model.get_input_embeddings().weight)}
     output = model.get_output_embeddings()
     if output is not None:
         keep.add(id(output.weight))
     names: set[str] = set()
     for module_name, module in model.named_modules():
-        if type(module).__name__.lower().endswith("router"):
+        if type(module).__name__.lower().endswith("router") and not routers:
             continue
         for param_name, param in module.named_parameters(recurse=False):
             if param.dim() >= 2 and id(param) not in keep and not isinstance(module, nn.Embedding):

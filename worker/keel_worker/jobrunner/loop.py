@@ -22,6 +22,10 @@ prompt cursor where it is (the batches drawn since are skipped), scales the lear
 the steps from there again, replacing their metric rows. When a trigger may roll back, a new job
 checkpoints once before its first step.
 
+On rank 0 of a job's group (`config.distributed`) the loop is the same and does all the database
+work; before each collective call (the step, the eval, a checkpoint, a rollback, a learning rate)
+it tells the other ranks to make it too (`lead`, `jobrunner.follow`).
+
 A pause or cancel seen inside a step (while waiting for prompts or rewards) abandons the step
 before any update, so the state from before the step is exact: a pause checkpoints that state
 (weights, optimizer, the cursor and RNG as they were when the step began), and the resumed job
@@ -67,6 +71,7 @@ from keel_worker.jobrunner.checkpoints import (
 from keel_worker.jobrunner.control import JobControl, StopRun
 from keel_worker.jobrunner.disk_space import NoSpaceLeft, no_space_reason
 from keel_worker.jobrunner.episodes import EpisodeCalls
+from keel_worker.jobrunner.follow import Lead
 from keel_worker.jobrunner.guarding import JobGuard
 from keel_worker.jobrunner.prompt_length import check_prompt_lengths
 from keel_worker.jobrunner.prompts import make_prompt_source
@@ -100,9 +105,18 @@ class JobLoop:
     """Runs a job's remaining steps; `run()` returns the end state for `finish_job`."""
 
     def __init__(
-        self, spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
+        self,
+        spec: JobSpec,
+        settings: Settings,
+        factory: SessionFactory,
+        control: JobControl,
+        *,
+        lead: Lead | None = None,
     ) -> None:
+        """`lead`: this loop runs on rank 0 of a job's group and tells the other ranks each
+        collective call it makes (`jobrunner.follow`); None in a single process."""
         self.spec = spec
+        self.lead = lead
         self.settings = settings
         self.factory = factory
         self.control = control
@@ -183,7 +197,7 @@ class JobLoop:
         same transaction as their checkpoint rows; returns the step to run next."""
         policy = self.guard.policy
         with guard_checkpoints(self.factory, self.spec.id) as store:
-            to_step = policy.roll_back(decision, store, restore=self.run_state.restore)
+            to_step = policy.roll_back(decision, store, restore=self._restore)
             delete_rollouts_after(store.session, self.spec.id, to_step)
             self.guard.rolled_back(store.session, self.control.owner, decision)
             record_progress(
@@ -193,7 +207,7 @@ class JobLoop:
                 step=to_step,
                 policy_version=self.trainer.policy_version,
             )
-        self.run_state.set_lr(policy.lr(self.spec.config.optimizer.lr))
+        self._set_lr(policy.lr(self.spec.config.optimizer.lr))
         log.warning(
             "job %s: guard rolled back to step %d (%s)",
             self.spec.id,
@@ -226,7 +240,7 @@ class JobLoop:
             record_runtime(session, spec.id, self.control.owner, runtime.model_dump(mode="json"))
         self.run_state = run
         self.trainer, self.engine, self.tokenizer = run.trainer, run.engine, run.tokenizer
-        self.task = _task_or_none(cfg, spec.prompt_type, spec.reward_source)
+        self.task = task_or_none(cfg, spec.prompt_type, spec.reward_source)
         self.step_reached, cursor = run.step, run.data_cursor
         if run.resumed_from is not None:
             self._ensure_registered(run.resumed_from, run.step, run.trainer.policy_version)
@@ -261,7 +275,7 @@ class JobLoop:
             self.agent = self._serve_episodes(run)
         self.guard = JobGuard(cfg.guard, spec.guard, factory=self.factory, job_id=spec.id)
         self.guard.warm(self.step_reached)
-        run.set_lr(self.guard.policy.lr(cfg.optimizer.lr))
+        self._set_lr(self.guard.policy.lr(cfg.optimizer.lr))
         if run.resumed_from is None and self.guard.policy.checkpoints_first:
             self._checkpoint(0, self.prompts.cursor, capture_rng())
 
@@ -323,6 +337,7 @@ class JobLoop:
             context=self._context_tokens(),
             max_new_tokens=cfg.rollout.max_new_tokens,
         )
+        self._tell("step", step, items)
         scorer = StepScorer(self.rewards, step=step + 1, policy_version=self.trainer.policy_version)
         metrics.update(
             self.trainer.step(
@@ -349,6 +364,7 @@ class JobLoop:
     def _evaluate(self) -> dict[str, float]:
         assert self.task is not None
         self.control.progress("evaluate")
+        self._tell("evaluate")
         return evaluate(self.engine, self.tokenizer, self.task, self.spec.config)
 
     # ------------------------------------------------------------------ stops and checkpoints
@@ -364,6 +380,7 @@ class JobLoop:
 
     def _checkpoint(self, step: int, cursor: int, rng: dict[str, Any]) -> None:
         self.control.progress("checkpoint")
+        self._tell("checkpoint", step, cursor, rng)
         try:
             path, state = self.run_state.save(
                 step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
@@ -383,6 +400,20 @@ class JobLoop:
         keep_last = self.spec.config.checkpoint_keep_last
         if keep_last is not None:
             apply_retention(self.factory, self.spec.id, keep_last=keep_last)
+
+    # ------------------------------------------------------------------ the group's collectives
+    def _tell(self, kind: str, *args: Any) -> None:
+        """Announce a collective call to the other ranks of the group (`jobrunner.follow`)."""
+        if self.lead is not None:
+            self.lead.tell(kind, *args)
+
+    def _set_lr(self, lr: float) -> None:
+        self._tell("lr", lr)
+        self.run_state.set_lr(lr)
+
+    def _restore(self, path: Path) -> Any:
+        self._tell("restore", str(path))
+        return self.run_state.restore(path)
 
     def _register(self, path: Path, step: int, policy_version: int) -> None:
         register_checkpoint_dir(
@@ -420,7 +451,7 @@ def load_job_model(spec: JobSpec, settings: Settings, factory: SessionFactory) -
         raise ModelNotAllowed(model.label) from exc
 
 
-def _task_or_none(
+def task_or_none(
     cfg: TrainingConfig, prompt_type: StoredPromptType, reward_source: RewardSource
 ) -> Task | None:
     """The built-in task, when the job draws prompts or rewards from it."""

@@ -16,6 +16,10 @@ over would (the step in flight re-runs and finds its rollouts and rewards alread
 most `db_recovery_attempts` times in a row without a step completed in between; a database gone
 past `db_recovery_wait_s` leaves the job running, for the reaper to hand over once its lease is
 stale.
+
+A job of several processes (`config.distributed`) runs its ranks under torch.distributed's
+launcher while this process keeps the lease (`jobrunner.group`); the workers of its other
+machines join it through `keel.join_job` (`jobrunner.joining`).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, take_lease
+from keel_server.db import jobs as jobs_db
+from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
 from keel_server.db.transient import is_transient, wait_until_reachable
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
 from keel_server.platform.settings import Settings
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.group import GroupEnd, RankGroup, own_refusal
 from keel_worker.jobrunner.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,8 @@ class RunOutcome:
     """What one delivery did: `status` is the job's end state, or why it left the job alone."""
 
     job_id: str
-    status: str  # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost
+    # succeeded | paused | cancelled | failed | held | not_runnable | missing | lost | requeued
+    status: str
     step: int = 0
 
 
@@ -67,10 +74,18 @@ def run_job(
     settings: Settings,
     *,
     owner: str | None = None,
+    rank_args: tuple[str, ...] = (),
+    call_machines: Callable[[int], object] | None = None,
+    requeue: Callable[[], object] | None = None,
     on_stuck: Callable[[], None] | None = None,
 ) -> RunOutcome:
     """`on_stuck` runs when the watchdog ends a stuck run (`jobrunner.control`): the Celery task
-    passes one that replaces this process."""
+    passes one that replaces this process (and with it a job's rank group, which dies with it).
+    `rank_args`: extra arguments of each rank of a job trained by several processes
+    (`jobrunner.rank`; `--probe` runs the group's self-check instead of training).
+    `call_machines(n)` asks n more workers to join a job of several machines (`keel.join_job`
+    messages) once its rendezvous is recorded on the job; `requeue()` sends the job again after
+    its group failed in a way a new attempt may not repeat (`Settings.group_requeues`)."""
     factory = session_factory(settings)
     owner = owner or new_owner()
     with session_scope(factory) as session:
@@ -90,10 +105,13 @@ def run_job(
     try:
         spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
     except ValueError as exc:
-        error = _describe(exc, lease.job.step)
+        error = describe(exc, lease.job.step)
         _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
+    tensor_parallel = spec.config.distributed.tensor_parallel
+    if tensor_parallel is not None:  # the job's vLLM tensor-parallel size over the worker's
+        settings = settings.model_copy(update={"vllm_tensor_parallel_size": tensor_parallel})
     control = JobControl(
         factory,
         job_id,
@@ -104,7 +122,95 @@ def run_job(
         on_stuck=on_stuck,
     )
     with control:
+        if spec.config.distributed.world_size > 1:
+            calls = _GroupCalls(rank_args, call_machines, requeue)
+            return _run_group(spec, settings, factory, control, calls)
         return _run_leased(spec, settings, factory, control)
+
+
+def _run_group(
+    spec: JobSpec,
+    settings: Settings,
+    factory: SessionFactory,
+    control: JobControl,
+    calls: _GroupCalls,
+) -> RunOutcome:
+    """A job of several ranks: this process keeps the lease while its launcher runs the ranks
+    (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
+    refused = own_refusal(spec.config.distributed, settings)
+    if refused is not None:
+        wait_s = settings.db_recovery_wait_s
+        _end(factory, spec.id, control.owner, "failed", error=refused, wait_s=wait_s)
+        return RunOutcome(spec.id, "failed", 0)
+    request = spec.config.distributed
+
+    def announce(endpoint: str) -> None:
+        with session_scope(factory) as session:
+            record_rendezvous(session, spec.id, control.owner, endpoint)
+        if calls.call_machines is not None:
+            calls.call_machines(request.nodes - 1)
+
+    group = RankGroup(
+        spec.id, request, settings, control, rank_args=calls.rank_args, on_rendezvous=announce
+    )
+    try:
+        end = group.run()
+    except StopRun:
+        end = GroupEnd("lost")
+    if end.status == "lost":
+        log.warning("job %s: lease lost; its rank group is ended", spec.id)
+        return RunOutcome(spec.id, "lost", _step_of(factory, spec.id))
+    if end.retryable and _requeued(factory, spec.id, control.owner, end, settings):
+        if calls.requeue is not None:
+            calls.requeue()
+        return RunOutcome(spec.id, "requeued", _step_of(factory, spec.id))
+    _end(
+        factory,
+        spec.id,
+        control.owner,
+        end.status,
+        error=end.error,
+        reason=end.reason,
+        wait_s=settings.db_recovery_wait_s,
+    )
+    step = end.step if end.step is not None else _step_of(factory, spec.id)
+    return RunOutcome(spec.id, end.status, step)
+
+
+@dataclass(frozen=True)
+class _GroupCalls:
+    """What a delivery of a job of several ranks may call besides the database."""
+
+    rank_args: tuple[str, ...]
+    call_machines: Callable[[int], object] | None
+    requeue: Callable[[], object] | None
+
+
+def _requeued(
+    factory: SessionFactory, job_id: str, owner: str, end: GroupEnd, settings: Settings
+) -> bool:
+    """Put the job back in the queue (running → queued, the reason on the event) while it has
+    re-queues left: attempt n re-queues when n ≤ `group_requeues`."""
+    with session_scope(factory) as session:
+        job = get_job(session, job_id)
+        if job is None or job.attempts > settings.group_requeues:
+            return False
+        left = settings.group_requeues - job.attempts
+        return jobs_db.transition(
+            session,
+            job_id,
+            from_statuses=("running",),
+            to="queued",
+            owner=owner,
+            values={"lease_owner": None, "requested": None},
+            event={"reason": f"re-queued ({left} re-queue(s) left) after: {end.error}"},
+        )
+
+
+def _step_of(factory: SessionFactory, job_id: str) -> int:
+    with session_scope(factory) as session:
+        job = get_job(session, job_id)
+        return job.step if job is not None else 0
 
 
 def _run_leased(
@@ -178,7 +284,7 @@ def _run_loop_once(
         step = loop.step_reached if loop else 0
         if is_transient(exc):
             log.warning("job %s: database error after step %d", spec.id, step, exc_info=True)
-            return _DatabaseBlip(_describe(exc, step), step)
+            return _DatabaseBlip(describe(exc, step), step)
         log.exception("job %s failed at step %d", spec.id, step)
         return _fail(factory, settings, spec.id, control.owner, exc, step)
     end_wait_s = settings.db_recovery_wait_s
@@ -194,7 +300,7 @@ def _fail(
     exc: BaseException,
     step: int,
 ) -> RunOutcome:
-    error = _describe(exc, step)
+    error = describe(exc, step)
     _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
     return RunOutcome(job_id, "failed", step)
 
@@ -226,6 +332,6 @@ def _end(
             wait_until_reachable(factory, timeout_s=wait_s)
 
 
-def _describe(exc: BaseException, step: int) -> str:
+def describe(exc: BaseException, step: int) -> str:
     text = f"{type(exc).__name__} after step {step}: {exc}"
     return text[:MAX_ERROR_CHARS]

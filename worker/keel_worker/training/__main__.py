@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--collective-timeout-s", type=float, default=600.0)
     parser.add_argument("--rollout-wait-timeout-s", type=float, default=3600.0)
     args = parser.parse_args(argv)
-    raw = Path(args.config).read_text() if Path(args.config).is_file() else args.config
+    # Inline JSON starts with "{" (and may be longer than a file name may be).
+    raw = args.config if args.config.lstrip().startswith("{") else Path(args.config).read_text()
     config = TrainingConfig.model_validate_json(raw)
     dp = None
     if group.launched_by_torchrun():

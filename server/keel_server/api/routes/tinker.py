@@ -48,7 +48,7 @@ class TinkerRoute(AuthenticatedRoute):
                 principal = await run_in_threadpool(
                     service.authenticate, ctx, request.headers.get("x-api-key")
                 )
-                request.app.state.rate_limiter.check(principal)
+                await request.app.state.rate_limiter.check(principal)
                 request.state.principal = principal
                 return await read_body_and_run(request)
             except ServiceError as exc:

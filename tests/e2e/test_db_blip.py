@@ -18,8 +18,8 @@ import keel
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-STEPS = 8
-BLIPS = 4  # rounds of terminations, each over a short window so that some land mid-query
+STEPS = 12
+BURST_S = 3.0  # one round of terminations, long enough to span a step's writes
 
 
 def _terminate_all(dsn: str) -> int:
@@ -41,16 +41,18 @@ def test_a_database_blip_mid_job_does_not_fail_it(production_stack, helpers):
     helpers.wait_until(lambda: client.jobs.retrieve(job.id).step >= 1, timeout_s=240, what="step 1")
 
     dropped = 0
-    for _ in range(BLIPS):
+    # Rounds of terminations until one has landed in the job loop mid-step (the worker says
+    # "database blip" when it resumes), while steps remain. The first terminations of a round
+    # catch pooled idle connections; the later ones catch connections the worker and the API
+    # have just reopened, mid-transaction.
+    while "database blip" not in worker.output():
         step = client.jobs.retrieve(job.id).step
         if step >= STEPS - 1:
             break
-        # A burst of terminations (the first ones catch pooled idle connections, later ones
-        # catch connections the worker and the API have just reopened, mid-transaction).
-        ends = time.monotonic() + 1.5
+        ends = time.monotonic() + BURST_S
         while time.monotonic() < ends:
             dropped += _terminate_all(dsn)
-            time.sleep(0.05)
+            time.sleep(0.02)
         helpers.wait_until(
             lambda step=step: _past(client, job.id, step),
             timeout_s=180,

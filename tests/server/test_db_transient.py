@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from keel_server.db.transient import is_transient
 
@@ -36,3 +36,24 @@ def test_an_error_raised_from_a_blip_is_one():
             raise RuntimeError("loading the model's source failed") from blip
     except RuntimeError as wrapped:
         assert is_transient(wrapped)
+
+
+def test_an_error_raised_while_handling_a_dropped_connection_is_a_blip():
+    # The shape of SQLAlchemy's psycopg pre-ping on a closed socket: the ping fails with the
+    # driver's OperationalError, then resetting `autocommit` raises the driver's
+    # ProgrammingError, which SQLAlchemy wraps.
+    import psycopg
+
+    message = "can't change 'autocommit' now: connection in transaction status ACTIVE"
+    try:
+        try:
+            try:
+                raise psycopg.OperationalError("connection socket closed")
+            except psycopg.OperationalError:
+                raise psycopg.ProgrammingError(message)  # noqa: B904 (as psycopg raises it)
+        except psycopg.ProgrammingError as driver:
+            raise ProgrammingError("SELECT 1", {}, driver) from driver
+    except ProgrammingError as masked:
+        assert is_transient(masked)
+    plain = ProgrammingError("SELECT 1", {}, psycopg.ProgrammingError("syntax error"))
+    assert not is_transient(plain)

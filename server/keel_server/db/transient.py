@@ -22,19 +22,27 @@ log = logging.getLogger(__name__)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether `exc` (or an exception it was raised from) is a dropped connection or a
-    database that does not answer for now."""
+    """Whether `exc`, an exception it was raised from, or one it was raised while handling, is a
+    dropped connection or a database that does not answer for now. The last case is real:
+    SQLAlchemy's pre-ping on a psycopg connection whose socket was closed fails, then setting
+    `autocommit` back on it raises "can't change 'autocommit' now: connection in transaction
+    status ACTIVE", a `ProgrammingError` whose context is the dropped connection."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
         seen.add(id(current))
         if _transient_itself(current):
             return True
-        current = current.__cause__
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
     return False
 
 
 def _transient_itself(exc: BaseException) -> bool:
+    if _psycopg_connection_error(exc):  # the driver's own, before SQLAlchemy wraps it
+        return True
     if not isinstance(exc, DBAPIError):
         return False
     if exc.connection_invalidated:
@@ -45,6 +53,14 @@ def _transient_itself(exc: BaseException) -> bool:
         text = str(exc.orig).lower()
         return "locked" in text or "busy" in text
     return True
+
+
+def _psycopg_connection_error(exc: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:  # a SQLite-only install
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def wait_until_reachable(

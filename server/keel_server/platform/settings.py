@@ -361,6 +361,13 @@ class Settings(BaseSettings):
         "from its last checkpoint after the database dropped its connections, before the job "
         "fails; 0 = fail at once.",
     )
+    db_recovery_backoff_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds a worker waits before resuming a job after a database blip, doubled "
+        "for each further blip in a row (up to `db_recovery_wait_s`), so a flapping database "
+        "does not use up `db_recovery_attempts` in a second.",
+    )
     db_recovery_wait_s: float = Field(
         default=300.0,
         gt=0,

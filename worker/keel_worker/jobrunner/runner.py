@@ -13,7 +13,8 @@ A database blip (a restart, a failover, every connection dropped: `keel_server.d
 is no reason to fail the job: the worker waits for the database to answer, checks that it still
 holds the lease, and runs the loop again from the latest checkpoint, as a worker taking the job
 over would (the step in flight re-runs and finds its rollouts and rewards already stored). At
-most `db_recovery_attempts` times in a row without a step completed in between; a database gone
+most `db_recovery_attempts` times in a row without a step completed in between, each after a
+wait that doubles from `db_recovery_backoff_s` (a flapping database settles); a database gone
 past `db_recovery_wait_s` leaves the job running, for the reaper to hand over once its lease is
 stale.
 
@@ -25,6 +26,7 @@ machines join it through `keel.join_job` (`jobrunner.joining`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -238,6 +240,8 @@ def _run_leased(
             recoveries,
             settings.db_recovery_attempts,
         )
+        backoff = settings.db_recovery_backoff_s * 2 ** (recoveries - 1)
+        time.sleep(min(backoff, settings.db_recovery_wait_s))  # a flapping database settles
         if not wait_until_reachable(factory, timeout_s=settings.db_recovery_wait_s):
             log.error(
                 "job %s: the database did not come back; leaving the job to the reaper", spec.id

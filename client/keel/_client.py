@@ -6,7 +6,9 @@
 
 `base_url` and `api_key` fall back to `KEEL_BASE_URL` and `KEEL_API_KEY`. Pass `http_client=`
 (an `httpx.Client` / `httpx.AsyncClient`, e.g. on an `ASGITransport`) to control the transport;
-the SDK then never closes it.
+the SDK then never closes it. A failed request is retried `max_retries` times; a refused
+connection (the API restarting) is retried past that until `reconnect_window_s` after the first
+attempt.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from typing import Any
 
 import httpx
 
-from keel._transport import AsyncTransport, ClientConfig, SyncTransport
+from keel._transport import (
+    DEFAULT_RECONNECT_WINDOW_S,
+    AsyncTransport,
+    ClientConfig,
+    SyncTransport,
+)
 from keel.resources.checkpoints import AsyncCheckpoints, Checkpoints
 from keel.resources.episodes import AsyncEpisodes, Episodes
 from keel.resources.health import AsyncHealthResource, HealthResource
@@ -42,8 +49,16 @@ class Client:
         max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_base_s: float = 0.5,
         http_client: httpx.Client | None = None,
+        reconnect_window_s: float = DEFAULT_RECONNECT_WINDOW_S,
     ) -> None:
-        config = ClientConfig.resolve(base_url, api_key, timeout_s, max_retries, backoff_base_s)
+        config = ClientConfig.resolve(
+            base_url,
+            api_key,
+            timeout_s,
+            max_retries,
+            backoff_base_s,
+            reconnect_window_s=reconnect_window_s,
+        )
         self._transport = SyncTransport(config, http_client)
         self.jobs = Jobs(self._transport)
         self.prompts = Prompts(self._transport)
@@ -82,8 +97,16 @@ class AsyncClient:
         max_retries: int = DEFAULT_MAX_RETRIES,
         backoff_base_s: float = 0.5,
         http_client: httpx.AsyncClient | None = None,
+        reconnect_window_s: float = DEFAULT_RECONNECT_WINDOW_S,
     ) -> None:
-        config = ClientConfig.resolve(base_url, api_key, timeout_s, max_retries, backoff_base_s)
+        config = ClientConfig.resolve(
+            base_url,
+            api_key,
+            timeout_s,
+            max_retries,
+            backoff_base_s,
+            reconnect_window_s=reconnect_window_s,
+        )
         self._transport = AsyncTransport(config, http_client)
         self.jobs = AsyncJobs(self._transport)
         self.prompts = AsyncPrompts(self._transport)

@@ -7,6 +7,11 @@ the caller). A streamed body that breaks off mid-read raises `APIConnectionError
 carries an `Idempotency-Key` that stays the same across its retries, so a
 retried create cannot make a second job. Waits grow exponentially with jitter and honor
 `Retry-After` when the server sends one.
+
+A server that refuses connections is restarting (or not up yet): the request never reached it,
+so the SDK keeps trying for `reconnect_window_s` (30 s) from the first attempt, beyond
+`max_retries`, and a reward posted during a restart of a few seconds is not lost.
+`max_retries=0` still means no retry at all.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from keel._errors import APIConnectionError, APITimeoutError, error_from_respons
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
+DEFAULT_RECONNECT_WINDOW_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class ClientConfig:
     max_retries: int
     backoff_base_s: float
     backoff_max_s: float
+    reconnect_window_s: float = DEFAULT_RECONNECT_WINDOW_S
 
     @classmethod
     def resolve(
@@ -51,11 +58,20 @@ class ClientConfig:
         max_retries: int,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 8.0,
+        reconnect_window_s: float = DEFAULT_RECONNECT_WINDOW_S,
     ) -> ClientConfig:
         # The environment is only a fallback for arguments the caller left out.
         url = base_url or os.environ.get("KEEL_BASE_URL") or DEFAULT_BASE_URL
         key = api_key if api_key is not None else os.environ.get("KEEL_API_KEY")
-        return cls(url.rstrip("/"), key, timeout_s, max_retries, backoff_base_s, backoff_max_s)
+        return cls(
+            url.rstrip("/"),
+            key,
+            timeout_s,
+            max_retries,
+            backoff_base_s,
+            backoff_max_s,
+            reconnect_window_s,
+        )
 
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "keel-python"}
@@ -94,6 +110,35 @@ def backoff_s(config: ClientConfig, attempt: int, response: httpx.Response | Non
     # Full jitter over an exponentially growing window: retries from many clients spread out.
     window = min(config.backoff_base_s * 2**attempt, config.backoff_max_s)
     return random.uniform(window / 2, window)
+
+
+class Retries:
+    """One request's retries: `max_retries` of them, and past that, a refused connection is
+    retried until `reconnect_window_s` after the first attempt."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.attempt = 0
+        self.started = time.monotonic()
+
+    def wait_s(self, error: httpx.TransportError | None, response: httpx.Response | None) -> float:
+        """Seconds to wait before the next attempt; raises `GiveUp` when there is none."""
+        config = self.config
+        if response is not None and not should_retry(response):
+            raise GiveUp
+        wait = backoff_s(config, min(self.attempt, 30), response)
+        self.attempt += 1
+        if self.attempt <= config.max_retries:
+            return wait
+        refused = isinstance(error, httpx.ConnectError)
+        in_window = time.monotonic() - self.started + wait < config.reconnect_window_s
+        if config.max_retries > 0 and refused and in_window:
+            return wait
+        raise GiveUp
+
+
+class GiveUp(Exception):
+    """No more attempts for this request."""
 
 
 def build_request_kwargs(
@@ -174,26 +219,29 @@ class SyncTransport:
             response.close()
 
     def _send(self, kwargs: dict[str, Any], *, stream: bool) -> httpx.Response:
-        for attempt in range(self.config.max_retries + 1):
-            last = attempt == self.config.max_retries
+        retries = Retries(self.config)
+        while True:
             try:
                 request = self.http.build_request(**kwargs)
                 response = self.http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if last:
+                try:
+                    wait = retries.wait_s(exc, None)
+                except GiveUp:
                     raise connection_error(exc) from exc
-                time.sleep(backoff_s(self.config, attempt, None))
+                time.sleep(wait)
                 continue
             if response.is_success:
                 return response
-            if last or not should_retry(response):
+            try:
+                wait = retries.wait_s(None, response)
+            except GiveUp:
                 if stream:
                     response.read()
                     response.close()
-                raise error_from_response(response)
+                raise error_from_response(response) from None
             response.close()
-            time.sleep(backoff_s(self.config, attempt, response))
-        raise AssertionError("unreachable: the loop returns or raises")
+            time.sleep(wait)
 
 
 class AsyncTransport:
@@ -242,23 +290,26 @@ class AsyncTransport:
             await response.aclose()
 
     async def _send(self, kwargs: dict[str, Any], *, stream: bool) -> httpx.Response:
-        for attempt in range(self.config.max_retries + 1):
-            last = attempt == self.config.max_retries
+        retries = Retries(self.config)
+        while True:
             try:
                 request = self.http.build_request(**kwargs)
                 response = await self.http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if last:
+                try:
+                    wait = retries.wait_s(exc, None)
+                except GiveUp:
                     raise connection_error(exc) from exc
-                await asyncio.sleep(backoff_s(self.config, attempt, None))
+                await asyncio.sleep(wait)
                 continue
             if response.is_success:
                 return response
-            if last or not should_retry(response):
+            try:
+                wait = retries.wait_s(None, response)
+            except GiveUp:
                 if stream:
                     await response.aread()
                     await response.aclose()
-                raise error_from_response(response)
+                raise error_from_response(response) from None
             await response.aclose()
-            await asyncio.sleep(backoff_s(self.config, attempt, response))
-        raise AssertionError("unreachable: the loop returns or raises")
+            await asyncio.sleep(wait)

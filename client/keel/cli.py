@@ -202,7 +202,9 @@ def _client_commands(sub: argparse._SubParsersAction) -> None:
 
 def _with_client(fn: Callable[[Client, argparse.Namespace], int]) -> Callable[..., int]:
     def run(args: argparse.Namespace) -> int:
-        with Client(base_url=args.base_url, api_key=args.api_key) as client:
+        # A command someone waits on: an address where nothing listens is an error at once
+        # (after the usual retries), not after the SDK's reconnect window for long-lived clients.
+        with Client(base_url=args.base_url, api_key=args.api_key, reconnect_window_s=0) as client:
             return fn(client, args)
 
     return run

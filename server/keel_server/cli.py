@@ -90,6 +90,9 @@ def _up(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from keel_server.platform.storage import keep_files_private
+
+    keep_files_private()  # uploads, downloads' temp files, the SQLite file: this user's only
     from keel_server.platform.telemetry import MULTIPROCESS_DIR_VARIABLE
 
     workers = api_processes(get_settings().api_workers if args.workers is None else args.workers)
@@ -103,7 +106,13 @@ def _server(args: argparse.Namespace) -> int:
             # (keel_server.platform.telemetry); a fresh folder, so no earlier run's counts.
             shared = stack.enter_context(tempfile.TemporaryDirectory(prefix="keel-metrics-"))
             os.environ[MULTIPROCESS_DIR_VARIABLE] = shared
-        uvicorn.run("keel_server.main:app", host=args.host, port=args.port, workers=workers)
+        uvicorn.run(
+            "keel_server.main:app",
+            host=args.host,
+            port=args.port,
+            workers=workers,
+            timeout_graceful_shutdown=get_settings().shutdown_grace_s,
+        )
     return 0
 
 

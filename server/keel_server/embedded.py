@@ -142,10 +142,11 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     import uvicorn
 
     from keel_server.api.app import create_app
+    from keel_server.platform.storage import keep_files_private
 
     # Everything keel up and its worker create (state, broker messages, artifacts, logs) is
     # readable by this user only; the worker inherits the umask.
-    os.umask(0o077)
+    keep_files_private()
     lock = HomeLock.acquire(Path(settings.home))
     upgrade(settings.database_url)
     worker = WorkerProcess.start(settings, log_path=Path(settings.home) / "worker.log", lock=lock)
@@ -158,7 +159,13 @@ def up(settings: Settings, *, host: str, port: int) -> None:
     # that would kill this process before `finally` stops the worker, leaving it orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
+        )
     finally:
         worker.stop()
         lock.release()

@@ -115,8 +115,69 @@ def test_connection_errors_are_retried_then_raised():
     assert _client(http, max_retries=2).health.live().status == "ok"
     calls.clear()
     with pytest.raises(keel.APIConnectionError):
-        _client(http, max_retries=1).health.live()
+        _client(http, max_retries=1, reconnect_window_s=0).health.live()
     assert len(calls) == 2
+
+
+def _restarting(down_s: float):
+    """A server that refuses connections for `down_s` from its first request (an API restart),
+    then answers; records each attempt's time."""
+    attempts: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(time.monotonic())
+        if attempts[-1] - attempts[0] < down_s:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(
+            200,
+            json={
+                "rollout_id": "rol_x",
+                "status": "rewarded",
+                "reward": 1.0,
+                "rewarded_at": "2026-12-01T12:00:00Z",
+                "created": True,
+            },
+        )
+
+    return handler, attempts
+
+
+def test_a_reward_posted_during_a_restart_is_retried_until_the_server_is_back():
+    # Two retries' worth of backoff is a fraction of the outage: past `max_retries`, a refused
+    # connection is retried within `reconnect_window_s`, with the same Idempotency-Key.
+    handler, attempts = _restarting(down_s=1.0)
+    keys: list[str] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["idempotency-key"])
+        return handler(request)
+
+    http = httpx.Client(transport=httpx.MockTransport(recording))
+    client = keel.Client(
+        base_url="http://flaky", api_key="k", http_client=http, max_retries=2, backoff_base_s=0.05
+    )
+    assert client.rewards.create("rol_x", 1.0).status == "rewarded"
+    assert attempts[-1] - attempts[0] >= 1.0 and len(attempts) > 3
+    assert len(set(keys)) == 1
+
+    # A window shorter than the outage gives up with the typed error; max_retries=0 never
+    # retries, window or not.
+    for retries, window, tries in ((2, 0.3, None), (0, 30.0, 1)):
+        handler, attempts = _restarting(down_s=5.0)
+        http = httpx.Client(transport=httpx.MockTransport(handler))
+        client = keel.Client(
+            base_url="http://flaky",
+            api_key="k",
+            http_client=http,
+            max_retries=retries,
+            backoff_base_s=0.05,
+            reconnect_window_s=window,
+        )
+        with pytest.raises(keel.APIConnectionError):
+            client.rewards.create("rol_x", 1.0)
+        assert attempts[-1] - attempts[0] < window
+        if tries is not None:
+            assert len(attempts) == tries
 
 
 # ---- async twins of the retry loop ------------------------------------------------------------
@@ -262,3 +323,37 @@ async def test_async_event_streams_reconnect_and_give_up_like_the_sync_ones():
     with pytest.raises(keel.APIConnectionError):
         [e async for e in _async_client(handler, max_retries=1).jobs.events("job_x")]
     assert len(resumed_from) == 2
+
+
+def _aging_stream(events_per_connection: int, total: int):
+    """Each connection sends the next events after Last-Event-ID, then the server's `reconnect`
+    event and a clean end (its age cap); the last one ends after the final event."""
+    resumed_from: list[str | None] = []
+    reconnect = b'event: reconnect\ndata: {"reason": "max_age"}\n\n'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        last = request.headers.get("last-event-id")
+        resumed_from.append(last)
+        start = int(last or 0) + 1
+        ids = list(range(start, min(start + events_per_connection, total + 1)))
+        chunks = [_event(i) for i in ids] + ([reconnect] if ids[-1] < total else [])
+        body = _Body(chunks, drops=False)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    return handler, resumed_from
+
+
+def test_a_stream_the_server_ends_with_reconnect_resumes_from_the_last_event():
+    # Five clean ends with `reconnect` and max_retries=0: they are not drops, nothing gives up.
+    handler, resumed_from = _aging_stream(2, total=11)
+    client = _client(httpx.Client(transport=httpx.MockTransport(handler)), max_retries=0)
+    assert [e.id for e in client.jobs.events("job_x")] == list(range(1, 12))
+    assert resumed_from == [None, "2", "4", "6", "8", "10"]
+
+
+@run_async
+async def test_async_event_streams_follow_reconnect_too():
+    handler, resumed_from = _aging_stream(3, total=7)
+    events = [e.id async for e in _async_client(handler, max_retries=0).jobs.events("job_x")]
+    assert events == list(range(1, 8))
+    assert resumed_from == [None, "3", "6"]

@@ -123,3 +123,8 @@ def test_uploaded_jsonl_file_becomes_a_dataset_job(project_client, tmp_path, sma
     )
     listed = client.prompts.list(job.id).data
     assert [(p.text, p.reference) for p in listed] == [("1 + 2 =", "3"), ("2 + 2 =", "4")]
+    # Deleting the file leaves the job's prompts; the file is gone for good.
+    assert client.files.delete(uploaded.id) is None
+    assert [p.text for p in client.prompts.list(job.id).data] == ["1 + 2 =", "2 + 2 ="]
+    with pytest.raises(keel.NotFoundError):
+        client.files.delete(uploaded.id)

@@ -19,6 +19,23 @@ def test_page_and_assets_are_served(client) -> None:
     assert "/v1/jobs" in script and "innerHTML" not in script  # text only goes in as text
 
 
+def test_the_page_may_not_be_framed_nor_run_inline_or_foreign_script(client) -> None:
+    for url in ("/dashboard", "/dashboard/static/dashboard.js"):
+        headers = client.get(url).headers
+        assert headers["x-frame-options"] == "DENY", url
+        assert headers["x-content-type-options"] == "nosniff", url
+        policy = dict(
+            directive.strip().split(" ", 1)
+            for directive in headers["content-security-policy"].split(";")
+        )
+        assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+        assert policy["script-src"] == "'self'" and policy["connect-src"] == "'self'"
+    # The page itself holds no inline script or style the policy would block.
+    page = client.get("/dashboard").text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page) and "style=" not in page
+    assert not re.search(r"\son[a-z]+=", page)  # no inline event handlers
+
+
 def test_only_the_dashboards_files_are_served(client) -> None:
     for name in ("index.html", "..%2Fapp.py", "missing.js"):
         r = client.get(f"/dashboard/static/{name}")

@@ -36,6 +36,9 @@ def test_unknown_route_and_method_use_the_envelope(client, project_key) -> None:
     assert r.status_code == 404 and r.json()["code"] == "not_found"
     r = client.put("/v1/jobs", headers=project_key("alpha"))
     assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}  # RFC 9110
+    r = client.post("/v1/keys/key_x", headers=project_key("alpha"))
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE"
 
 
 def test_metrics_query_by_name_and_range(job_body, client, project_key, sessions) -> None:

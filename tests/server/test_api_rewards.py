@@ -75,6 +75,24 @@ def test_past_deadline_is_409_and_the_rollout_is_expired(
     assert len(listed.json()["data"]) == 4
 
 
+def test_a_cancelled_jobs_rollouts_no_longer_await_a_reward(
+    job_body, client, project_key, add_rollouts
+) -> None:
+    headers = project_key("alpha")
+    job_id = _job(client, headers, job_body)
+    rollout_id = add_rollouts(job_id)[0]
+    awaiting = {"status": "awaiting_reward"}
+    url = f"/v1/jobs/{job_id}/rollouts"
+    assert len(client.get(url, params=awaiting, headers=headers).json()["data"]) == 4
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=headers).json()["status"] == "cancelled"
+    assert client.get(url, params=awaiting, headers=headers).json()["data"] == []
+    assert len(client.get(url, params={"status": "expired"}, headers=headers).json()["data"]) == 4
+    # A late reward hears that the job ended, not that a deadline passed.
+    r = client.post(f"/v1/rollouts/{rollout_id}/reward", json={"value": 1.0}, headers=headers)
+    assert r.status_code == 409 and r.json()["code"] == "conflict", r.text
+    assert "cancelled" in r.json()["detail"] and r.json()["state"]["status"] == "cancelled"
+
+
 def test_batch_reports_each_item(job_body, client, project_key, add_rollouts) -> None:
     headers = project_key("alpha")
     ids = add_rollouts(_job(client, headers, job_body))

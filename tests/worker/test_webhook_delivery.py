@@ -135,6 +135,11 @@ def test_a_permanent_4xx_fails_at_once_and_exhausted_retries_fail() -> None:
         "fe80::1",
         "::ffff:127.0.0.1",
         "224.0.0.1",
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:c0a8:101::",  # 6to4 of 192.168.1.1
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
     ],
 )
 def test_non_public_addresses_are_refused_unless_allowed(address) -> None:
@@ -152,6 +157,9 @@ def test_non_public_addresses_are_refused_unless_allowed(address) -> None:
 
 def test_a_public_address_and_odd_urls() -> None:
     assert resolve_target(f"https://{PUBLIC}/h", NOBODY).port == 443
+    # The NAT64 and 6to4 forms of a public IPv4 address are as public as it is.
+    for public_v6 in ("64:ff9b::808:808", "2002:808:808::1"):
+        assert resolve_target(f"http://[{public_v6}]/h", NOBODY).address == public_v6
     for bad in ["ftp://example.com/x", "http:///nohost", "file:///etc/passwd"]:
         with pytest.raises(WebhookTargetRefused):
             resolve_target(bad, NOBODY)

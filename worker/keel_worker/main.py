@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from keel_server.platform.settings import Settings
+from keel_server.platform.storage import keep_files_private
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_files_private()  # checkpoints and logs: the service user's only, as `keel up` does
     if args.parent_pid is not None:
         from keel_worker.lifeline import die_with_parent
 

@@ -4,6 +4,8 @@
 terminal and raises `JobFailedError` / `JobCancelledError` instead of returning quietly.
 `events()` reconnects a dropped stream from the last event id; only `max_retries` drops in a row
 without an event in between give up, with the SDK's `APIConnectionError`, never a raw httpx one.
+A `reconnect` event (the server ends a stream early: its age cap, a shutdown, a revoked key)
+reconnects the same way at once; a revoked key's reconnect then raises its 401.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def _finished(job: Job) -> Job:
     if job.status == "cancelled":
         raise JobCancelledError(job)
     return job
+
+
+# The event a server sends before it ends a stream early; not a job event.
+RECONNECT = "reconnect"
 
 
 def _to_job_event(event: ServerEvent) -> JobEvent:
@@ -138,8 +144,11 @@ class Jobs(SyncResource):
                 with self._transport.stream("GET", path, params=params, headers=headers) as r:
                     for event in iter_events(r.iter_lines(), decoder):
                         reconnects.received()
+                        if event.event == RECONNECT:
+                            break
                         yield _to_job_event(event)
-                return
+                    else:
+                        return
             except APIConnectionError as exc:
                 time.sleep(reconnects.dropped(exc))
 
@@ -201,8 +210,11 @@ class AsyncJobs(AsyncResource):
                 async with self._transport.stream("GET", path, params=params, headers=headers) as r:
                     async for event in aiter_events(r.aiter_lines(), decoder):
                         reconnects.received()
+                        if event.event == RECONNECT:
+                            break
                         yield _to_job_event(event)
-                return
+                    else:
+                        return
             except APIConnectionError as exc:
                 await asyncio.sleep(reconnects.dropped(exc))
 

@@ -59,9 +59,17 @@ class Files(SyncResource):
         data = self._transport.request("POST", "/v1/files", **_upload_args(path))
         return parse(FileObject, data)
 
+    def delete(self, file_id: str) -> None:
+        """Delete an uploaded file; jobs created from it keep their prompts."""
+        self._transport.request("DELETE", f"/v1/files/{file_id}")
+
 
 class AsyncFiles(AsyncResource):
     async def create(self, path: str | Path) -> FileObject:
         """Upload a JSONL file of `{"text", "reference"}` lines; use its id as `file_id`."""
         data = await self._transport.request("POST", "/v1/files", **_upload_args(path))
         return parse(FileObject, data)
+
+    async def delete(self, file_id: str) -> None:
+        """Delete an uploaded file; jobs created from it keep their prompts."""
+        await self._transport.request("DELETE", f"/v1/files/{file_id}")

@@ -1,10 +1,18 @@
 """The FastAPI application factory: REST under `/v1`, OpenAPI at `/docs`, health also at
 `/health/*` for probes, Prometheus at `/metrics`, the web dashboard at `/dashboard`. The app holds
 one ServiceContext built from the given Settings and, while it serves, runs the context's lease
-reaper: a job whose worker died is re-enqueued even when no worker is left to notice."""
+reaper: a job whose worker died is re-enqueued even when no worker is left to notice.
+
+While it serves, SIGTERM and SIGINT also drain the open event streams (`services.streams`)
+before the server's own handler runs: uvicorn waits for every open response before it exits, and
+a stream of a running job would never end by itself."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 
 import httpx
@@ -41,7 +49,8 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         # Agent episodes' model calls are forwarded to the workers' policy servers over it.
         app.state.policy_client = httpx.AsyncClient()
         try:
-            yield
+            with _drain_streams_on_signals(ctx.streams.drain):
+                yield
         finally:
             await app.state.policy_client.aclose()
             await app.state.rate_limiter.aclose()
@@ -75,6 +84,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     includes += [(tinker.public, ""), (tinker.router, "")]  # the Tinker SDK's own paths
     for router, prefix in includes:
         app.include_router(router, prefix=prefix)
+    app.state.method_table = errors.method_table(includes)
     # Outermost: it also counts the requests refused before a route runs (401, 413, 429).
     app.add_middleware(
         prometheus.RequestMetricsMiddleware,
@@ -82,3 +92,32 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         templates=prometheus.route_templates(includes),
     )
     return app
+
+
+@contextlib.contextmanager
+def _drain_streams_on_signals(drain: Callable[[], None]) -> Iterator[None]:
+    """Chain `drain` in front of the SIGTERM / SIGINT handlers the server installed (uvicorn
+    installs its own before the app starts). Signals belong to the main thread: elsewhere (a
+    test client) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: object) -> None:
+        drain()
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, before)

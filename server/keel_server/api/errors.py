@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from keel.types.errors import ErrorBody, ErrorCode
+from keel_server.db.transient import is_transient
 from keel_server.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": _DESCRIPTION[s]} for s in statuses}
 
 
+# What a request that met a database blip tells the client to wait before sending it again.
+DB_RETRY_AFTER_S = 1
+
 # What any authenticated route may answer besides its success.
 ROUTE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 422, 429)
 
@@ -82,9 +90,27 @@ def install(app: FastAPI) -> None:
         return envelope(422, "validation_error", f"{where}: {first['msg']}", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_OF_STATUS.get(exc.status_code, "bad_request")
-        return envelope(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return envelope(exc.status_code, code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_transient(exc):
+            return await _unexpected(request, exc)
+        # A restart or failover dropped the connection (the pool's pre-ping replaces it at the
+        # next checkout) or the database does not answer yet: the request's transaction was
+        # rolled back, so the client may send it again (the SDK retries a 503).
+        log.warning("database unavailable: %s", exc.orig)
+        return envelope(
+            503,
+            "unavailable",
+            "the database is unavailable (a restart or failover?); retry shortly",
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -97,6 +123,25 @@ def install(app: FastAPI) -> None:
             f"internal error ({type(exc).__name__})",
             headers={"Connection": "close"},
         )
+
+
+def method_table(
+    includes: Sequence[tuple[APIRouter, str]],
+) -> list[tuple[re.Pattern, frozenset[str]]]:
+    """(path regex, methods) of every route the app includes, for the `Allow` of a 405 (RFC
+    9110: it names every method the path takes; Starlette's names only the first route's, and
+    GET and POST of one path are two routes)."""
+    return [
+        (compile_path(prefix + route.path)[0], frozenset(getattr(route, "methods", None) or ()))
+        for router, prefix in includes
+        for route in router.routes
+    ]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    table = getattr(request.app.state, "method_table", [])
+    path = request.scope.get("path", "")
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 def _field_error(err: dict) -> dict:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from keel_server.db.base import utcnow
 from keel_server.db.events import append_event
-from keel_server.db.models import Job
+from keel_server.db.models import Job, Rollout
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 WORKER_END_STATES = ("succeeded", "failed", "cancelled", "paused")
@@ -120,8 +120,23 @@ def transition(
         stmt = stmt.where(Job.lease_owner == owner)
     if not cas_update(session, stmt.values(**new)):
         return False
+    if to in TERMINAL:
+        close_awaiting_rollouts(session, job_id, now=now)
     append_event(session, job_id, "status", {"status": to, **(event or {})})
     return True
+
+
+def close_awaiting_rollouts(session: Session, job_id: str, *, now: datetime) -> int:
+    """An ended job reads no more rewards: its rollouts still awaiting one expire now, in the
+    transaction that ends it, so no reward service is shown work nobody will use. (Expired
+    before its deadline is how a reward post tells this from a deadline that passed.)"""
+    stmt = (
+        update(Rollout)
+        .where(Rollout.job_id == job_id, Rollout.status == "awaiting_reward")
+        .values(status="expired", expired_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(stmt).rowcount
 
 
 def set_requested(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from keel_server.db.base import new_id, utcnow
-from keel_server.db.jobs import cas_update
 from keel_server.db.models import ApiKey, File, Project
 
 
@@ -29,10 +28,21 @@ def get_project(session: Session, project_id: str) -> Project | None:
 
 
 def insert_api_key(
-    session: Session, project_id: str, *, key_hash: str, prefix: str, name: str | None
+    session: Session,
+    project_id: str,
+    *,
+    key_hash: str,
+    prefix: str,
+    name: str | None,
+    parent_key_id: str | None = None,
 ) -> ApiKey:
     row = ApiKey(
-        id=new_id("key"), project_id=project_id, key_hash=key_hash, prefix=prefix, name=name
+        id=new_id("key"),
+        project_id=project_id,
+        key_hash=key_hash,
+        prefix=prefix,
+        name=name,
+        parent_key_id=parent_key_id,
     )
     session.add(row)
     session.flush()
@@ -53,13 +63,22 @@ def get_key(session: Session, key_id: str) -> ApiKey | None:
     return session.get(ApiKey, key_id)
 
 
-def revoke_key(session: Session, key_id: str) -> bool:
+def revoke_key(session: Session, key_id: str) -> list[str]:
+    """Revoke the key and every key minted from it, directly or not; returns the ids this
+    revoked now (a key revoked before keeps its time, its descendants are still revoked)."""
+    now = utcnow()
+    family, frontier = [key_id], [key_id]
+    while frontier:
+        children = select(ApiKey.id).where(ApiKey.parent_key_id.in_(frontier))
+        frontier = [c for c in session.execute(children).scalars() if c not in family]
+        family += frontier
     stmt = (
         update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .where(ApiKey.id.in_(family), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .returning(ApiKey.id)
     )
-    return cas_update(session, stmt)
+    return list(session.execute(stmt).scalars())
 
 
 def insert_file(
@@ -88,3 +107,14 @@ def insert_file(
 def get_file(session: Session, file_id: str, *, project_id: str) -> File | None:
     stmt = select(File).where(File.id == file_id, File.project_id == project_id)
     return session.execute(stmt).scalar_one_or_none()
+
+
+def file_bytes(session: Session, project_id: str) -> int:
+    """Bytes of every file the project has uploaded and not deleted."""
+    stmt = select(func.coalesce(func.sum(File.size_bytes), 0)).where(File.project_id == project_id)
+    return int(session.execute(stmt).scalar_one())
+
+
+def delete_file(session: Session, file_id: str, *, project_id: str) -> bool:
+    stmt = delete(File).where(File.id == file_id, File.project_id == project_id)
+    return session.execute(stmt).rowcount == 1

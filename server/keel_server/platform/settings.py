@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Body limit of uploads: job creation (inline datasets), prompts, files.",
     )
+    max_file_bytes_per_project: int = Field(
+        default=1024 * 1024 * 1024,
+        gt=0,
+        description="Bytes of uploaded prompt files one project may keep (413 past it; "
+        "`DELETE /v1/files/{id}` frees space).",
+    )
     max_small_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,
@@ -264,6 +270,30 @@ class Settings(BaseSettings):
         description="Seconds without an event after which an event stream sends a keep-alive "
         "comment, so proxies keep it open.",
     )
+    sse_max_streams_per_key: int = Field(
+        default=10,
+        ge=1,
+        description="Event streams one key (or the admin key, or a reward token) may hold open "
+        "in one API process; one more is refused with 429.",
+    )
+    sse_max_age_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Seconds after which an event stream ends with a `reconnect` event; the "
+        "client resumes from its last event id (the SDK does so itself).",
+    )
+    sse_key_check_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between an event stream's checks that its key is not revoked (a "
+        "revocation in the same API process ends its streams at once).",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds `keel server` and `keel up` wait on SIGTERM for requests still "
+        "running (a checkpoint download) before cutting them; event streams end at once.",
+    )
     tinker_retrieve_wait_s: float = Field(
         default=20.0,
         gt=0,
@@ -321,6 +351,28 @@ class Settings(BaseSettings):
     )
     metrics_token: str | None = Field(
         default=None, description="Bearer token a Prometheus scraper sends to `GET /metrics`."
+    )
+
+    # Database blips (a restart, a failover, dropped connections: keel_server.db.transient).
+    db_recovery_attempts: int = Field(
+        default=10,
+        ge=0,
+        description="Times in a row (with no step completed in between) a worker resumes a job "
+        "from its last checkpoint after the database dropped its connections, before the job "
+        "fails; 0 = fail at once.",
+    )
+    db_recovery_backoff_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds a worker waits before resuming a job after a database blip, doubled "
+        "for each further blip in a row (up to `db_recovery_wait_s`), so a flapping database "
+        "does not use up `db_recovery_attempts` in a second.",
+    )
+    db_recovery_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a worker waits for the database to answer again after a dropped "
+        "connection before it gives the job up (another worker takes it over later).",
     )
 
     # The `vllm` rollout engine on this worker (keel_worker.engines.vllm.VLLMOptions).

@@ -19,6 +19,7 @@ every later download streams, and the SDK can verify them.
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,14 @@ def archive_kinds(directory: Path) -> dict[str, dict[str, int | str]]:
             size_bytes, sha256 = archive_digest(directory, kind=kind)
             kinds[kind] = {"size_bytes": size_bytes, "sha256": sha256}
     return kinds
+
+
+# Checkpoints, uploads, logs and the SQLite file hold a project's weights, prompts and key hashes:
+# readable by the service's user only, whichever program (`keel up`, `keel server`, the worker)
+# writes them. The API and the workers run as one user (the images' `keel`).
+PRIVATE_UMASK = 0o077
+
+
+def keep_files_private() -> None:
+    """Everything this process (and what it starts) creates is its user's alone."""
+    os.umask(PRIVATE_UMASK)

@@ -7,6 +7,10 @@ link-local, shared, multicast, reserved or unspecified) unless the operator allo
 (`10.1.0.0/16`, `127.0.0.1`). Embedded mode (`keel up`) allows loopback. The API checks at job
 creation (a 422); the worker checks again before each delivery and connects to the very address
 it checked, so a DNS answer that changes in between (rebinding) cannot redirect it.
+
+An IPv6 address that carries an IPv4 one (NAT64 `64:ff9b::/96`, 6to4 `2002::/16`, Teredo,
+IPv4-mapped) is public only when the IPv4 address it carries is: `64:ff9b::7f00:1` reaches
+127.0.0.1 through a NAT64 gateway, `2002:a00:1::` is 10.0.0.1's 6to4 address.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 LOOPBACK = "127.0.0.0/8,::1"
@@ -49,7 +54,25 @@ class WebhookAllow:
             return True
         if any(address in net for net in self.networks):
             return True
+        carried = embedded_ipv4(address)
+        if carried is not None:
+            return self.permits(host, carried)
         return address.is_global and not address.is_multicast
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (NAT64, 6to4, Teredo client, IPv4-mapped)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address
+    return None
 
 
 def system_resolver(host: str, port: int) -> list[str]:

@@ -56,8 +56,18 @@ def authenticate(ctx: ServiceContext, token: str | None) -> Principal:
         else:
             key = keys_db.find_active_key(session, hash_secret(token))
             if key is not None:
-                return Principal(key.project_id)
+                return Principal(key.project_id, key_id=key.id)
     raise ServiceError("unauthorized", "unknown or revoked API key")
+
+
+def still_valid(ctx: ServiceContext, principal: Principal) -> bool:
+    """Whether the key `principal` authenticated with is still active (an open event stream
+    asks; the admin key, reward tokens and episode keys cannot be revoked)."""
+    if principal.key_id is None:
+        return True
+    with session_scope(ctx.sessions) as session:
+        row = keys_db.get_key(session, principal.key_id)
+        return row is not None and row.revoked_at is None
 
 
 def _episode_principal(ctx: ServiceContext, session: Session, token: str) -> Principal | None:

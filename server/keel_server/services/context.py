@@ -14,6 +14,7 @@ from keel_server.platform.leases import LeaseReaper, start_reaper
 from keel_server.platform.queue import make_producer
 from keel_server.platform.settings import Settings, api_process_connections
 from keel_server.platform.telemetry import Telemetry
+from keel_server.services.streams import StreamRegistry
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class ServiceContext:
     producer: Celery
     telemetry: Telemetry = field(default_factory=Telemetry)
     reward_tokens: RewardTokenCache = field(default_factory=lambda: RewardTokenCache())
+    streams: StreamRegistry = field(default_factory=StreamRegistry)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceContext:
@@ -52,6 +54,18 @@ class Principal:
     is_admin: bool = False
     job_id: str | None = None
     episode_id: str | None = None
+    key_id: str | None = None  # the API key's row (None: admin key, reward token, episode key)
+
+    @property
+    def owner(self) -> str:
+        """Who holds what this caller opens (its event streams): one name per key."""
+        if self.key_id is not None:
+            return f"key:{self.key_id}"
+        if self.is_admin:
+            return "admin"
+        if self.episode_id is not None:
+            return f"episode:{self.episode_id}"
+        return f"job:{self.job_id}"
 
     @property
     def is_reward_token(self) -> bool:

@@ -30,6 +30,7 @@ from keel.types.jobs import (
 from keel_server.db import jobs as jobs_db
 from keel_server.db import new_id, session_scope, stored
 from keel_server.db import prompts as prompts_db
+from keel_server.platform.prompt_bounds import first_too_long
 from keel_server.platform.queue import enqueue_run_job
 from keel_server.platform.reward_pattern import RewardPatternRefused, compile_reward_pattern
 from keel_server.platform.security import (
@@ -74,6 +75,7 @@ def create(
         if replay is not None:
             return replay, False
     dataset = _dataset_prompts(ctx, principal, req)
+    _check_prompt_lengths(req, dataset)
     try:
         created = _insert(ctx, principal, req, dataset, idempotency_key, fingerprint)
     except IntegrityError:
@@ -167,6 +169,18 @@ def _dataset_prompts(
             f"verifier `{verifier}` needs a `reference` on every line of the file",
         )
     return items
+
+
+def _check_prompt_lengths(req: JobCreate, dataset: list[tuple[str, str | None]]) -> None:
+    if not isinstance(req.prompts, DatasetPrompts):
+        return
+    too_long = first_too_long(req.config, (text for text, _ in dataset))
+    if too_long is not None:
+        index, reason = too_long
+        where = ["body", "prompts", "prompts", index, "text"]
+        if req.prompts.file_id is not None:
+            where = ["body", "prompts", "file_id", f"line {index + 1}"]
+        raise invalid(where, reason)
 
 
 def _prompt_source_summary(req: JobCreate) -> dict:

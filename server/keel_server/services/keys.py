@@ -1,5 +1,10 @@
 """API keys: created (shown once) by the admin for any project or by a key for its own project;
-listed and revoked within the caller's project."""
+listed within the caller's project, revoked there or, by the admin, in any project.
+
+A key minted by another key records it (`parent_key_id`) and is revoked with it, and so are the
+keys it minted in turn: a key handed out never outlives the key it came from. Revoking ends the
+revoked keys' event streams (`services.streams`: at once in this process).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def create(ctx: ServiceContext, principal: Principal, req: ApiKeyCreate) -> ApiK
             key_hash=hash_secret(secret),
             prefix=secret[:PREFIX_CHARS],
             name=req.name,
+            parent_key_id=principal.key_id,
         )
         return ApiKeyCreated(**_key(row).model_dump(), key=secret, project=project.name)
 
@@ -47,11 +53,14 @@ def revoke(ctx: ServiceContext, principal: Principal, key_id: str) -> ApiKey:
     require_api_key(principal)
     with session_scope(ctx.sessions) as session:
         row = keys_db.get_key(session, key_id)
-        if row is None or row.project_id != principal.project_id:
+        if row is None or (row.project_id != principal.project_id and not principal.is_admin):
             raise not_found("key", key_id)
-        keys_db.revoke_key(session, key_id)
+        revoked = keys_db.revoke_key(session, key_id)
         session.refresh(row)
-        return _key(row)
+        key = _key(row)
+    for revoked_id in revoked:
+        ctx.streams.close_owner(Principal(key.project_id, key_id=revoked_id).owner, "revoked")
+    return key
 
 
 def whoami(principal: Principal) -> Whoami:

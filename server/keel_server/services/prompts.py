@@ -7,6 +7,7 @@ from keel.types.jobs import REFERENCE_VERIFIERS, TERMINAL_STATUSES, BuiltinRewar
 from keel.types.prompts import Prompt, PromptBatch, PromptBatchResult
 from keel_server.db import prompts as prompts_db
 from keel_server.db import session_scope, stored
+from keel_server.platform.prompt_bounds import first_too_long
 from keel_server.services import convert
 from keel_server.services.auth import load_job
 from keel_server.services.context import Principal, ServiceContext
@@ -42,6 +43,10 @@ def add_batch(
                     ["body", "prompts", missing[0], "reference"],
                     f"verifier `{verifier}` needs a reference on every prompt",
                 )
+        too_long = first_too_long(stored.training_config(job), (p.text for p in batch.prompts))
+        if too_long is not None:
+            index, reason = too_long
+            raise invalid(["body", "prompts", index, "text"], reason)
         pairs = [(p.text, p.reference) for p in batch.prompts]
         if idempotency_key:
             earlier = prompts_db.batch_prompts(session, job_id, idempotency_key)

@@ -68,7 +68,11 @@ def _post(
     # expired or rewarded one answers as usual: its own state is the more precise 409, and the
     # same value again stays an idempotent 200.)
     open_ = rollout.status == "awaiting_reward" and rollout.deadline_at > utcnow()
-    if job.status in TERMINAL_STATUSES and open_:
+    # Expired before its deadline: closed when its job ended (`db.jobs.close_awaiting_rollouts`).
+    closed_by_end = rollout.status == "expired" and (
+        rollout.expired_at is not None and rollout.expired_at < rollout.deadline_at
+    )
+    if job.status in TERMINAL_STATUSES and (open_ or closed_by_end):
         raise ServiceError(
             "conflict",
             f"job {job.id} is {job.status}: it takes no more rewards",

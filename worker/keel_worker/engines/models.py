@@ -103,6 +103,10 @@ def _load_hf_dir(directory: Path, dtype: torch.dtype, *, name: str) -> LoadedMod
     return _finish(model, tokenizer, name)
 
 
+# What a causal LM and its tokenizer need from a hub repository (not its other formats).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
 def _load_from_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
     from huggingface_hub import constants
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -112,9 +116,14 @@ def _load_from_hub(repo_id: str, dtype: torch.dtype) -> LoadedModel:
             f"{repo_id!r} is not a built-in ({', '.join(BUILTIN_MODELS)}) or a local path, and "
             "the Hugging Face hub is disabled (HF_HUB_OFFLINE)"
         )
+    from huggingface_hub import snapshot_download
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(repo_id)
+        # Through the hub's cache only: `from_pretrained("org/name")` would load a folder
+        # `org/name` under the worker's working directory first, past KEEL_MODEL_ROOTS.
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except OSError as exc:
         raise ModelNotFoundError(
             f"could not load {repo_id!r} from the Hugging Face hub ({exc}); built-in models: "

@@ -69,13 +69,15 @@ from keel_worker.jobrunner.checkpoints import (
     register_checkpoint_dir,
 )
 from keel_worker.jobrunner.control import JobControl, StopRun
+from keel_worker.jobrunner.disk_space import NoSpaceLeft, no_space_reason
 from keel_worker.jobrunner.episodes import EpisodeCalls
 from keel_worker.jobrunner.follow import Lead
 from keel_worker.jobrunner.guarding import JobGuard
+from keel_worker.jobrunner.prompt_length import check_prompt_lengths
 from keel_worker.jobrunner.prompts import make_prompt_source
 from keel_worker.jobrunner.rewards import RewardContext, StepScorer, builtin_verifier
 from keel_worker.jobrunner.spec import JobSpec
-from keel_worker.training.checkpoint import capture_rng
+from keel_worker.training.checkpoint import capture_rng, checkpoint_dir
 from keel_worker.training.evaluate import evaluate
 from keel_worker.training.guard_policy import Decision
 from keel_worker.training.schedule import StepSchedule
@@ -127,14 +129,20 @@ class JobLoop:
 
     def run(self) -> str:
         """Train to `config.steps`; returns succeeded | paused | cancelled (lost: StopRun).
-        Raises TrainedOnNothing when no step updated the model."""
-        self._setup()
+        Raises TrainedOnNothing when no step updated the model. A checkpoint that found its
+        disk full pauses the job with the reason (`jobrunner.disk_space`)."""
         try:
-            return self._steps()
-        finally:
-            if self.agent is not None:
-                self.agent.server.close()
-            self.trackers.close()
+            self._setup()
+            try:
+                return self._steps()
+            finally:
+                if self.agent is not None:
+                    self.agent.server.close()
+                self.trackers.close()
+        except NoSpaceLeft as full:
+            log.error("job %s: %s", self.spec.id, full)
+            self.end_reason = str(full)
+            return "paused"
 
     def _steps(self) -> str:
         cfg = self.spec.config
@@ -323,6 +331,12 @@ class JobLoop:
         if self.agent is not None:
             metrics.update(self.agent.run(step + 1, items, seed=schedule.seed_of(step)))
             return metrics
+        check_prompt_lengths(
+            items,
+            self.tokenizer,
+            context=self._context_tokens(),
+            max_new_tokens=cfg.rollout.max_new_tokens,
+        )
         self._tell("step", step, items)
         scorer = StepScorer(self.rewards, step=step + 1, policy_version=self.trainer.policy_version)
         metrics.update(
@@ -338,6 +352,14 @@ class JobLoop:
         if self.task is not None and schedule.evaluates_after(step):
             metrics.update({f"{k}_final": v for k, v in self._evaluate().items()})
         return metrics
+
+    def _context_tokens(self) -> int:
+        """The longest prompt + answer the model serves (the vllm engine's own cap, if lower)."""
+        context = self.run_state.model.config.max_position_embeddings
+        cap = (
+            self.settings.vllm_max_model_len if self.spec.config.rollout.engine == "vllm" else None
+        )
+        return min(context, cap) if cap is not None else context
 
     def _evaluate(self) -> dict[str, float]:
         assert self.task is not None
@@ -359,9 +381,21 @@ class JobLoop:
     def _checkpoint(self, step: int, cursor: int, rng: dict[str, Any]) -> None:
         self.control.progress("checkpoint")
         self._tell("checkpoint", step, cursor, rng)
-        path, state = self.run_state.save(
-            step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
-        )
+        try:
+            path, state = self.run_state.save(
+                step, data_cursor=cursor, rng=rng, summary={"job_id": self.spec.id}
+            )
+        except Exception as exc:
+            reason = no_space_reason(
+                exc,
+                checkpoint_dir(self.workdir, step),
+                artifacts_dir=Path(self.settings.artifacts_dir),
+                step=step,
+                model_bytes=_weight_bytes(self.run_state.model),
+            )
+            if reason is None:
+                raise
+            raise NoSpaceLeft(reason) from exc
         self._register(path, state.step, state.policy_version)
         keep_last = self.spec.config.checkpoint_keep_last
         if keep_last is not None:
@@ -433,3 +467,7 @@ def _reward_counts(session, job_id: str, step: int) -> dict[str, float]:
         metric.REWARDS_REWARDED: float(counts.get("rewarded", 0)),
         metric.REWARDS_EXPIRED: float(counts.get("expired", 0)),
     }
+
+
+def _weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())

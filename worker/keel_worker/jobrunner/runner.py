@@ -9,6 +9,15 @@
 3. End the run as succeeded | paused | cancelled, or failed with the error and the step reached.
    A lost lease (another worker took over) ends it without touching the job.
 
+A database blip (a restart, a failover, every connection dropped: `keel_server.db.transient`)
+is no reason to fail the job: the worker waits for the database to answer, checks that it still
+holds the lease, and runs the loop again from the latest checkpoint, as a worker taking the job
+over would (the step in flight re-runs and finds its rollouts and rewards already stored). At
+most `db_recovery_attempts` times in a row without a step completed in between, each after a
+wait that doubles from `db_recovery_backoff_s` (a flapping database settles); a database gone
+past `db_recovery_wait_s` leaves the job running, for the reaper to hand over once its lease is
+stale.
+
 A job of several processes (`config.distributed`) runs its ranks under torch.distributed's
 launcher while this process keeps the lease (`jobrunner.group`); the workers of its other
 machines join it through `keel.join_job` (`jobrunner.joining`).
@@ -17,12 +26,14 @@ machines join it through `keel.join_job` (`jobrunner.joining`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
 from keel_server.db import jobs as jobs_db
 from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
+from keel_server.db.transient import is_transient, wait_until_reachable
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
 from keel_server.platform.settings import Settings
@@ -96,7 +107,8 @@ def run_job(
     try:
         spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
     except ValueError as exc:
-        _end(factory, job_id, owner, "failed", error=describe(exc, lease.job.step))
+        error = describe(exc, lease.job.step)
+        _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
         return RunOutcome(job_id, "failed", lease.job.step)
     log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
     tensor_parallel = spec.config.distributed.tensor_parallel
@@ -129,7 +141,8 @@ def _run_group(
     (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
     refused = own_refusal(spec.config.distributed, settings)
     if refused is not None:
-        _end(factory, spec.id, control.owner, "failed", error=refused)
+        wait_s = settings.db_recovery_wait_s
+        _end(factory, spec.id, control.owner, "failed", error=refused, wait_s=wait_s)
         return RunOutcome(spec.id, "failed", 0)
     request = spec.config.distributed
 
@@ -153,7 +166,15 @@ def _run_group(
         if calls.requeue is not None:
             calls.requeue()
         return RunOutcome(spec.id, "requeued", _step_of(factory, spec.id))
-    _end(factory, spec.id, control.owner, end.status, error=end.error, reason=end.reason)
+    _end(
+        factory,
+        spec.id,
+        control.owner,
+        end.status,
+        error=end.error,
+        reason=end.reason,
+        wait_s=settings.db_recovery_wait_s,
+    )
     step = end.step if end.step is not None else _step_of(factory, spec.id)
     return RunOutcome(spec.id, end.status, step)
 
@@ -197,6 +218,59 @@ def _step_of(factory: SessionFactory, job_id: str) -> int:
 def _run_leased(
     spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
 ) -> RunOutcome:
+    recoveries, progress = 0, -1  # blips since the loop last completed a step; that step
+    while True:
+        outcome = _run_loop_once(spec, settings, factory, control)
+        if not isinstance(outcome, _DatabaseBlip):
+            return outcome
+        blip = outcome
+        if blip.step > progress:  # a job that advances between blips may meet any number
+            recoveries, progress = 0, blip.step
+        if recoveries >= settings.db_recovery_attempts:
+            log.error("job %s: database blip number %d: giving up", spec.id, recoveries + 1)
+            end_wait_s = settings.db_recovery_wait_s
+            _end(factory, spec.id, control.owner, "failed", error=blip.error, wait_s=end_wait_s)
+            return RunOutcome(spec.id, "failed", blip.step)
+        recoveries += 1
+        control.progress("load")  # waiting for the database, then loading the model again
+        log.warning(
+            "job %s: database blip (%s); resuming from the last checkpoint (recovery %d of %d)",
+            spec.id,
+            blip.error,
+            recoveries,
+            settings.db_recovery_attempts,
+        )
+        backoff = settings.db_recovery_backoff_s * 2 ** (recoveries - 1)
+        time.sleep(min(backoff, settings.db_recovery_wait_s))  # a flapping database settles
+        if not wait_until_reachable(factory, timeout_s=settings.db_recovery_wait_s):
+            log.error(
+                "job %s: the database did not come back; leaving the job to the reaper", spec.id
+            )
+            return RunOutcome(spec.id, "lost", blip.step)
+        try:
+            control.check(refresh=True)  # still the holder? a cancel or pause during the blip?
+        except StopRun as stop:
+            if stop.reason == "lost":
+                return RunOutcome(spec.id, "lost", blip.step)
+            # A pause or cancel requested meanwhile: the next loop honours it before any step.
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Down again already: the next loop meets it and counts one more blip.
+
+
+@dataclass(frozen=True)
+class _DatabaseBlip:
+    """A loop that ended on a dropped connection. Only the text of the error is kept: its
+    traceback would hold the old loop (model, optimizer, engine) alive while the next loads."""
+
+    error: str
+    step: int
+
+
+def _run_loop_once(
+    spec: JobSpec, settings: Settings, factory: SessionFactory, control: JobControl
+) -> RunOutcome | _DatabaseBlip:
     # torch stays out of light imports
     if spec.prompt_type == "tinker":
         from keel_worker.jobrunner.tinker_loop import TinkerLoop as Loop
@@ -212,11 +286,27 @@ def _run_leased(
         return RunOutcome(spec.id, "lost", loop.step_reached if loop else 0)
     except Exception as exc:
         step = loop.step_reached if loop else 0
+        if is_transient(exc):
+            log.warning("job %s: database error after step %d", spec.id, step, exc_info=True)
+            return _DatabaseBlip(describe(exc, step), step)
         log.exception("job %s failed at step %d", spec.id, step)
-        _end(factory, spec.id, control.owner, "failed", error=describe(exc, step))
-        return RunOutcome(spec.id, "failed", step)
-    _end(factory, spec.id, control.owner, status, reason=loop.end_reason)
+        return _fail(factory, settings, spec.id, control.owner, exc, step)
+    end_wait_s = settings.db_recovery_wait_s
+    _end(factory, spec.id, control.owner, status, reason=loop.end_reason, wait_s=end_wait_s)
     return RunOutcome(spec.id, status, loop.step_reached)
+
+
+def _fail(
+    factory: SessionFactory,
+    settings: Settings,
+    job_id: str,
+    owner: str,
+    exc: BaseException,
+    step: int,
+) -> RunOutcome:
+    error = describe(exc, step)
+    _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
+    return RunOutcome(job_id, "failed", step)
 
 
 def _end(
@@ -227,10 +317,23 @@ def _end(
     *,
     error: str | None = None,
     reason: str | None = None,
+    wait_s: float,
 ) -> None:
-    with session_scope(factory) as session:
-        if not finish_job(session, job_id, owner, status, error=error, reason=reason):
-            log.warning("job %s: could not record %s (lease no longer held)", job_id, status)
+    # finish_job changes only a running job this owner holds: repeating it after a blip that
+    # may have committed it already is safe (the second one finds the lease released).
+    for attempt in range(3):
+        try:
+            with session_scope(factory) as session:
+                if not finish_job(session, job_id, owner, status, error=error, reason=reason):
+                    log.warning(
+                        "job %s: could not record %s (lease no longer held)", job_id, status
+                    )
+            return
+        except Exception as exc:
+            if attempt == 2 or not is_transient(exc):
+                raise
+            log.warning("job %s: recording %s met a database blip; retrying", job_id, status)
+            wait_until_reachable(factory, timeout_s=wait_s)
 
 
 def describe(exc: BaseException, step: int) -> str:

@@ -17,8 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from keel.types.errors import ErrorBody, ErrorCode
-from keel_server.db.transient import is_transient
-from keel_server.services.errors import ServiceError
+from keel_server.services.errors import ServiceError, is_database_blip
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
-        if not is_transient(exc):
+        if not is_database_blip(exc):
             return await _unexpected(request, exc)
         # A restart or failover dropped the connection (the pool's pre-ping replaces it at the
         # next checkout) or the database does not answer yet: the request's transaction was

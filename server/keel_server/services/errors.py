@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from keel.types.errors import STATUS_OF_CODE, ErrorCode
+from keel_server.db.transient import is_transient
 
 
 class ServiceError(Exception):
@@ -39,3 +40,9 @@ def invalid(loc: list[str | int], msg: str) -> ServiceError:
         f"{where}: {msg}",
         errors=[{"loc": loc, "msg": msg, "type": "value_error"}],
     )
+
+
+def is_database_blip(exc: BaseException) -> bool:
+    """Whether a request failed on a dropped or unanswering database (answered 503, retry),
+    for the API layer, which does not import the database package (`db.transient`)."""
+    return is_transient(exc)

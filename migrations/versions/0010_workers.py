@@ -1,8 +1,8 @@
 """workers: what each worker advertises (max trainer processes per job, rollout engines); the
 rendezvous of a job of several machines
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-05
 
 A worker upserts its row when it starts and on every heartbeat; job creation checks a job's
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

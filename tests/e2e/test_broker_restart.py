@@ -2,8 +2,9 @@
 a restart loses every message), the API and a Celery worker on PostgreSQL.
 
 The running job never needs the broker: it ends with every step once. While Redis is down a new
-job is refused at once with a 503 (every broker wait is bounded), and once Redis is back the same
-API and worker, never restarted, run the next job.
+job is stored, stays queued and is answered at once with a 503 (every broker wait is bounded);
+once Redis is back, the same request again (as the SDK's retry sends it, same Idempotency-Key)
+answers that job and sends it, and the same API and worker, never restarted, run it and the next.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import signal
 import time
 
+import httpx
 import pytest
 
 import keel
@@ -42,12 +44,20 @@ def test_a_broker_restart_mid_job_loses_nothing(production_stack, helpers):
 
     redis.kill(signal.SIGKILL)
     assert client.jobs.retrieve(job.id).step < STEPS, "the outage came too late"
+    # A job created meanwhile is stored and stays queued (not failed): 503, at once.
+    body = {"config": helpers.job_config(steps=1), "reward": {"type": "builtin"}}
+    headers = {"Authorization": f"Bearer {helpers.admin_key}", "Idempotency-Key": "outage-1"}
     started = time.monotonic()
-    with pytest.raises(keel.APIStatusError) as refused:
-        client.jobs.create(helpers.job_config(steps=1), reward={"type": "builtin"})
-    assert refused.value.status_code == 503 and time.monotonic() - started < 30
+    refused = httpx.post(f"{base_url}/v1/jobs", json=body, headers=headers, timeout=60)
+    assert refused.status_code == 503 and time.monotonic() - started < 30, refused.text
+    stored = refused.json()["state"]["job_id"]
+    assert client.jobs.retrieve(stored).status == "queued"
     time.sleep(3)
     _redis(production_stack, helpers, port)
+    # The same request again (as the SDK's retry sends it) answers the stored job and sends it.
+    replayed = httpx.post(f"{base_url}/v1/jobs", json=body, headers=headers, timeout=60)
+    assert replayed.status_code in (200, 201) and replayed.json()["id"] == stored, replayed.text
+    assert client.jobs.wait(stored, timeout_s=180, poll_interval_s=0.5).status == "succeeded"
 
     done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
     assert (done.status, done.step, done.attempts) == ("succeeded", STEPS, 1)

@@ -284,3 +284,22 @@ def test_a_cancel_ends_a_webhook_delivery_between_attempts(sdk, settings):
     assert outcome[0].status == "cancelled"
     assert len(receiver.deliveries) == 1
     assert not [e for e in sdk.jobs.events(job.id) if e.type == "webhook"]  # not a failure
+
+
+def test_a_cancel_during_the_last_step_ends_the_job_cancelled(sdk, settings):
+    """The heartbeat never runs during this 1-step job (its interval is an hour), so the cancel,
+    asked while the step waits for its prompts, is seen only by the check after the last step."""
+    deaf = settings.model_copy(update={"heartbeat_interval_s": 3600.0})
+    reward = {"type": "builtin", "verifier": "numeric"}
+    job = sdk.jobs.create(job_config(steps=1), prompts={"type": "client"}, reward=reward)
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(run_job(job.id, deaf)))
+    worker.start()
+    time.sleep(1.0)  # running, waiting for prompts
+    assert sdk.jobs.cancel(job.id).requested == "cancel"
+    sdk.prompts.create(
+        job.id, [{"text": f"What is {a} + 1?", "reference": str(a + 1)} for a in range(2)]
+    )
+    worker.join(120)
+    assert outcome[0].status == "cancelled"
+    assert sdk.jobs.retrieve(job.id).status == "cancelled"

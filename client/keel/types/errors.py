@@ -23,7 +23,7 @@ ErrorCode = Literal[
     "idempotency_conflict",  # 409: the Idempotency-Key was used with a different request
     "payload_too_large",  # 413
     "rate_limited",  # 429: too many requests or running jobs for the project; see Retry-After
-    "broker_unavailable",  # 503: the job was stored but could not be enqueued
+    "broker_unavailable",  # 503: the job was stored, stays queued, but could not be enqueued
     "unavailable",  # 503: readiness failed
     "policy_unavailable",  # 503: the worker serving the job's policy is stopping or gone
     "policy_timeout",  # 504: the policy did not answer an agent call in time

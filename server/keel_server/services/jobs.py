@@ -73,6 +73,8 @@ def create(
     if idempotency_key:
         replay = _replay(ctx, principal, idempotency_key, fingerprint)
         if replay is not None:
+            if replay.status == "queued":  # the first answer may have been a broker's 503
+                enqueue(ctx, replay.id)
             return replay, False
     dataset = _dataset_prompts(ctx, principal, req)
     _check_prompt_lengths(req, dataset)
@@ -228,26 +230,20 @@ def _webhook_secret(req: JobCreate) -> str | None:
     return req.reward.secret or new_webhook_secret()
 
 
-def enqueue(ctx: ServiceContext, job_id: str, *, fail_job: bool = True) -> None:
-    """Send `keel.run_job`; when the broker refuses, answer 503, failing the job first when
-    nothing else would start it (`fail_job`; a queued job is re-sent by the reaper)."""
+def enqueue(ctx: ServiceContext, job_id: str) -> None:
+    """Send `keel.run_job`; when the broker refuses, answer 503. The job stays queued, never
+    failed: the reaper sends it again once it has been queued `KEEL_QUEUED_TIMEOUT_S`, and a
+    repeat of the create request with the same `Idempotency-Key` sends it at once."""
     try:
         enqueue_run_job(ctx.producer, ctx.settings, job_id)
     except Exception as exc:
-        if not fail_job:
-            raise ServiceError(
-                "broker_unavailable", f"the broker refused job {job_id}'s message: {exc}"
-            ) from exc
-        with session_scope(ctx.sessions) as session:
-            jobs_db.transition(
-                session,
-                job_id,
-                from_statuses=("queued",),
-                to="failed",
-                values={"error": f"could not enqueue the job: {exc}"},
-            )
         raise ServiceError(
-            "broker_unavailable", f"the job {job_id} was stored but the broker refused it: {exc}"
+            "broker_unavailable",
+            f"job {job_id} is stored and stays queued, but the broker refused its message "
+            f"({exc}); it is sent again when the broker is back, or repeat the request with the "
+            "same Idempotency-Key",
+            state={"job_id": job_id, "status": "queued"},
+            retry_after_s=1.0,
         ) from exc
 
 
@@ -367,8 +363,8 @@ def resume(
 
     result = _control(ctx, principal, job_id, attempt)
     if resumed or requeue:
-        # A queued job stays queued when the broker is away: the reaper sends it later.
-        enqueue(ctx, job_id, fail_job=bool(resumed))
+        # A job stays queued when the broker is away: the reaper sends it later.
+        enqueue(ctx, job_id)
     return result
 
 

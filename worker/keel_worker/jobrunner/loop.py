@@ -184,6 +184,11 @@ class JobLoop:
             if self.schedule.checkpoints_after(done):
                 self._checkpoint(done, self.prompts.cursor, capture_rng())
             step = done
+        # A cancel asked during the last step came after its last check: honour it, not
+        # "succeeded" (the steps are done and checkpointed; a pause has nothing left to pause).
+        self.control.beat()
+        if self.control.stop_reason() == "cancel":
+            return "cancelled"
         if self.trainer.policy_version == 0:
             raise TrainedOnNothing(
                 f"trained on nothing: none of the {cfg.steps} steps kept a complete reward group "

@@ -51,13 +51,15 @@ def test_a_broker_restart_mid_job_loses_nothing(production_stack, helpers):
     refused = httpx.post(f"{base_url}/v1/jobs", json=body, headers=headers, timeout=60)
     assert refused.status_code == 503 and time.monotonic() - started < 30, refused.text
     stored = refused.json()["state"]["job_id"]
-    assert client.jobs.retrieve(stored).status == "queued"
+    waiting = client.jobs.retrieve(stored)
+    assert waiting.status == "queued" and "the broker refused its message" in waiting.error
     time.sleep(3)
     _redis(production_stack, helpers, port)
     # The same request again (as the SDK's retry sends it) answers the stored job and sends it.
     replayed = httpx.post(f"{base_url}/v1/jobs", json=body, headers=headers, timeout=60)
     assert replayed.status_code in (200, 201) and replayed.json()["id"] == stored, replayed.text
-    assert client.jobs.wait(stored, timeout_s=180, poll_interval_s=0.5).status == "succeeded"
+    ran = client.jobs.wait(stored, timeout_s=180, poll_interval_s=0.5)
+    assert (ran.status, ran.error) == ("succeeded", None)  # the worker cleared the note
 
     done = client.jobs.wait(job.id, timeout_s=300, poll_interval_s=0.5)
     assert (done.status, done.step, done.attempts) == ("succeeded", STEPS, 1)

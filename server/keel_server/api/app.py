@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
     for router, prefix in includes:
         app.include_router(router, prefix=prefix)
     app.state.method_table = errors.method_table(includes)
+    app.openapi = _openapi_with_page_size(app, settings.page_size_max)
     # Outermost: it also counts the requests refused before a route runs (401, 413, 429).
     app.add_middleware(
         prometheus.RequestMetricsMiddleware,
@@ -92,6 +93,31 @@ def create_app(settings: Settings | None = None, *, ctx: ServiceContext | None =
         templates=prometheus.route_templates(includes),
     )
     return app
+
+
+def _openapi_with_page_size(app: FastAPI, page_size_max: int) -> Callable[[], dict]:
+    """The OpenAPI document with each paginated list's `limit` bounded by this server's page size
+    (a setting, so not known where the routes are declared): the document promises no more than
+    the server takes (services.paging)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                query = {
+                    p["name"]: p for p in operation.get("parameters", []) if p["in"] == "query"
+                }
+                if "cursor" not in query or "limit" not in query:  # not a paginated list
+                    continue
+                limit = query["limit"]["schema"]
+                for branch in limit.get("anyOf", [limit]):
+                    if branch.get("type") == "integer":
+                        branch["maximum"] = page_size_max
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 @contextlib.contextmanager

@@ -43,6 +43,13 @@ IdempotencyKey = Annotated[
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)]
 # Path and query values reach SQL: bounded, NUL-free, integers within the INTEGER columns.
 Id = Annotated[str, Path(max_length=40, pattern=_NO_NUL)]
-Cursor = Annotated[str | None, Query(max_length=100, pattern=r"^[0-9A-Za-z_.]+$")]
+# A cursor is what the list returned before, in the list's own format (services.paging): the
+# schema says exactly that, so a client validating against it is refused nothing the server takes.
+JobCursor = Annotated[str | None, Query(max_length=40, pattern=r"^job_[0-9a-f]{24}$")]
+Cursor = Annotated[str | None, Query(max_length=10, pattern=r"^[0-9]{1,10}$")]
+RolloutCursor = Annotated[
+    str | None, Query(max_length=32, pattern=r"^[0-9]{1,10}\.[0-9]{1,10}\.[0-9]{1,10}$")
+]
 Step = Annotated[int | None, Query(ge=0, le=MAX_INT)]
+# Its maximum in the OpenAPI document is the server's `KEEL_PAGE_SIZE_MAX` (api.app).
 Limit = Annotated[int | None, Query(ge=1, le=MAX_INT)]

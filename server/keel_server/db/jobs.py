@@ -139,6 +139,12 @@ def close_awaiting_rollouts(session: Session, job_id: str, *, now: datetime) -> 
     return session.execute(stmt).rowcount
 
 
+def note_queued(session: Session, job_id: str, error: str | None) -> None:
+    """Set (or clear) why a queued job's message was not sent; a job no longer queued keeps its
+    own error."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(error=error))
+
+
 def set_requested(
     session: Session, job_id: str, requested: str | None, *, from_statuses: Iterable[str]
 ) -> bool:
@@ -190,6 +196,7 @@ def take_lease(
             heartbeat_at=now,
             phase="load",
             progress_at=now,
+            error=None,  # a note of a refused send while it was queued
             attempts=Job.attempts + 1,
             started_at=func.coalesce(Job.started_at, now),
             updated_at=now,

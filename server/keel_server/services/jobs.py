@@ -73,7 +73,7 @@ def create(
     if idempotency_key:
         replay = _replay(ctx, principal, idempotency_key, fingerprint)
         if replay is not None:
-            if replay.status == "queued":  # the first answer may have been a broker's 503
+            if unsent(replay):  # the first answer was the broker's 503: send it now
                 enqueue(ctx, replay.id)
             return replay, False
     dataset = _dataset_prompts(ctx, principal, req)
@@ -232,19 +232,27 @@ def _webhook_secret(req: JobCreate) -> str | None:
 
 def enqueue(ctx: ServiceContext, job_id: str) -> None:
     """Send `keel.run_job`; when the broker refuses, answer 503. The job stays queued, never
-    failed: the reaper sends it again once it has been queued `KEEL_QUEUED_TIMEOUT_S`, and a
-    repeat of the create request with the same `Idempotency-Key` sends it at once."""
+    failed, with the refusal as its `error` until a worker takes it: the reaper sends it again
+    once it has been queued `KEEL_QUEUED_TIMEOUT_S`, and a repeat of the create request with the
+    same `Idempotency-Key` (`unsent`) sends it at once."""
     try:
         enqueue_run_job(ctx.producer, ctx.settings, job_id)
     except Exception as exc:
+        note = f"the broker refused its message ({exc}); it is sent again when the broker is back"
+        with session_scope(ctx.sessions) as session:
+            jobs_db.note_queued(session, job_id, note)
         raise ServiceError(
             "broker_unavailable",
-            f"job {job_id} is stored and stays queued, but the broker refused its message "
-            f"({exc}); it is sent again when the broker is back, or repeat the request with the "
-            "same Idempotency-Key",
+            f"job {job_id} is stored and stays queued, but {note}, or repeat the request with "
+            "the same Idempotency-Key",
             state={"job_id": job_id, "status": "queued"},
             retry_after_s=1.0,
         ) from exc
+
+
+def unsent(job: JobCreated) -> bool:
+    """A queued job whose last send the broker refused."""
+    return job.status == "queued" and job.error is not None
 
 
 def retrieve(ctx: ServiceContext, principal: Principal, job_id: str) -> Job:

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from keel.types.common import Page, Text
 from keel.types.jobs import Job, JobCreate, JobCreated, JobResume
 from keel_server.api.authenticated import UploadRoute
-from keel_server.api.deps import Caller, Ctx, Cursor, Id, IdempotencyKey, LastEventId, Limit
+from keel_server.api.deps import Caller, Ctx, Id, IdempotencyKey, JobCursor, LastEventId, Limit
 from keel_server.api.errors import ROUTE_ERRORS, error_responses
 from keel_server.services import auth
 from keel_server.services import events as events_service
@@ -57,7 +57,7 @@ def list_jobs(
     ctx: Ctx,
     caller: Caller,
     status: Annotated[list[Text], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
-    cursor: Cursor = None,
+    cursor: JobCursor = None,
     limit: Limit = None,
 ) -> Page[Job]:
     statuses = [s for value in status for s in value.split(",") if s]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from keel.types.common import Text
 from keel.types.metrics import MetricPoint
 from keel_server.api.authenticated import AuthenticatedRoute
-from keel_server.api.deps import Caller, Ctx, Id, Limit, Step
+from keel_server.api.deps import Caller, Ctx, Id, Step
 from keel_server.api.errors import ROUTE_ERRORS
 from keel_server.services import metrics as service
 
@@ -24,7 +24,7 @@ def list_metrics(
     name: Annotated[list[Text], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
     step_min: Step = None,
     step_max: Step = None,
-    limit: Limit = None,
+    limit: Annotated[int | None, Query(ge=1, le=service.MAX_POINTS)] = None,
 ) -> list[MetricPoint]:
     names = [n for value in name for n in value.split(",") if n]
     return service.list_(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from keel.types.common import Page, Text
 from keel.types.rollouts import Rollout
 from keel_server.api.authenticated import AuthenticatedRoute
-from keel_server.api.deps import Caller, Ctx, Cursor, Id, Limit, Step
+from keel_server.api.deps import Caller, Ctx, Id, Limit, RolloutCursor, Step
 from keel_server.api.errors import ROUTE_ERRORS
 from keel_server.services import rollouts as service
 
@@ -23,7 +23,7 @@ def list_rollouts(
     caller: Caller,
     status: Annotated[list[Text], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
     step: Step = None,
-    cursor: Cursor = None,
+    cursor: RolloutCursor = None,
     limit: Limit = None,
 ) -> Page[Rollout]:
     statuses = [s for value in status for s in value.split(",") if s]

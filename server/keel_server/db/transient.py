@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -27,6 +28,11 @@ def is_transient(exc: BaseException) -> bool:
     SQLAlchemy's pre-ping on a psycopg connection whose socket was closed fails, then setting
     `autocommit` back on it raises "can't change 'autocommit' now: connection in transaction
     status ACTIVE", a `ProgrammingError` whose context is the dropped connection."""
+    return any(_transient_itself(e) for e in exception_chain(exc))
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception it was raised from or while handling, each once."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -34,10 +40,8 @@ def is_transient(exc: BaseException) -> bool:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if _transient_itself(current):
-            return True
+        yield current
         todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-    return False
 
 
 def _transient_itself(exc: BaseException) -> bool:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import errno
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
+
+from keel_server.db.transient import exception_chain
 
 MIB = 1024 * 1024
 
@@ -43,20 +44,8 @@ def no_space_reason(
     )
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-
-
 def _enospc_in(exc: BaseException) -> bool:
-    return any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in _chain(exc))
+    return any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in exception_chain(exc))
 
 
 def _existing(path: Path) -> Path:

@@ -25,6 +25,12 @@ PG_POOL_SIZE, PG_MAX_OVERFLOW = 40, 10
 # connection, and each statement (a lock held by a wedged transaction). Defaults for what
 # `KEEL_DATABASE_URL` leaves unset (`?connect_timeout=…`, `?options=-c statement_timeout=…`).
 PG_CONNECT_TIMEOUT_S, PG_POOL_TIMEOUT_S, PG_STATEMENT_TIMEOUT_MS = 10, 30, 300_000
+# A client stopped inside a transaction (SIGSTOP, a frozen VM, a partitioned host) keeps its row
+# locks: a worker stopped mid-heartbeat would block the job row, so the worker taking the job
+# over would wait out the statement bound. The server ends a transaction idle this long, so the
+# takeover waits at most a minute longer than the lease timeout; keel's transactions are never
+# idle between statements for more than a fraction of a second.
+PG_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 
 
 def make_engine(database_url: str, *, max_connections: int | None = None) -> Engine:
@@ -67,12 +73,16 @@ def make_engine(database_url: str, *, max_connections: int | None = None) -> Eng
 
 
 def _pg_bounds(query) -> dict[str, object]:
-    """libpq's connect timeout and the server's statement timeout, unless the URL sets them."""
+    """libpq's connect timeout and the server's statement and idle-transaction timeouts, unless
+    the URL sets them (its `options` replace both server bounds)."""
     args: dict[str, object] = {}
     if "connect_timeout" not in query:
         args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     if "options" not in query:
-        args["options"] = f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+        args["options"] = (
+            f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+            f" -c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        )
     return args
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, heartbeat
+from keel_server.db.jobs import LeaseLost, finish_job, heartbeat, step_reached
 from keel_worker.jobrunner.progress import ProgressClock, stuck_reason
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,7 @@ class JobControl:
         overrun = self.clock.overrun(now)
         if overrun is not None:
             with session_scope(self.factory) as session:
-                job = get_job(session, self.job_id)
-                step = job.step if job is not None else 0
+                step = step_reached(session, self.job_id)
             return self._give_up("failed", error=stuck_reason(overrun, step))
         return False
 

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
 from keel_server.db import jobs as jobs_db
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
+from keel_server.db.jobs import (
+    LeaseLost,
+    finish_job,
+    get_job,
+    record_rendezvous,
+    step_reached,
+    take_lease,
+)
 from keel_server.db.transient import is_transient, wait_until_reachable
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
@@ -211,8 +218,7 @@ def _requeued(
 
 def _step_of(factory: SessionFactory, job_id: str) -> int:
     with session_scope(factory) as session:
-        job = get_job(session, job_id)
-        return job.step if job is not None else 0
+        return step_reached(session, job_id)
 
 
 def _run_leased(

@@ -26,6 +26,7 @@ def _control(session_factory, job_id, *, stopped: list[str], grace_s: float = 30
         job_id,
         "w",
         interval_s=3600,  # beats and watches are driven by the test
+        db_wait_s=5.0,
         bound_of=BOUNDS.__getitem__,
         stall_grace_s=grace_s,
         on_stuck=lambda: stopped.append("stopped"),

@@ -1,5 +1,6 @@
-"""The lease holder's side of a job: a heartbeat thread, the cooperative stop checks, and the
-watchdog that ends a job that stopped making progress.
+"""The lease holder's side of a job: a heartbeat thread, the cooperative stop checks, the
+watchdog that ends a job that stopped making progress, and the write of the run's end state
+(`end`), which rides out a database blip.
 
 The heartbeat renews the lease every `heartbeat_interval_s` (a training step may take longer
 than the lease timeout) and picks up the pause/cancel request the API stored on the job row.
@@ -27,9 +28,11 @@ from collections.abc import Callable
 
 from keel_server.db import SessionFactory, session_scope
 from keel_server.db.jobs import LeaseLost, finish_job, heartbeat, step_reached
+from keel_server.db.transient import is_transient, wait_until_reachable
 from keel_worker.jobrunner.progress import ProgressClock, stuck_reason
 
 log = logging.getLogger(__name__)
+END_TRIES = 3  # recording a run's end: the first write and two after a database blip
 
 
 class StopRun(Exception):
@@ -53,6 +56,7 @@ class JobControl:
         owner: str,
         *,
         interval_s: float,
+        db_wait_s: float,
         bound_of: Callable[[str], float] = lambda phase: float("inf"),
         stall_grace_s: float = float("inf"),
         on_stuck: Callable[[], None] | None = None,
@@ -61,6 +65,7 @@ class JobControl:
         self.job_id = job_id
         self.owner = owner
         self.interval_s = interval_s
+        self.db_wait_s = db_wait_s  # how long recording the end waits out a database blip
         self.stall_grace_s = stall_grace_s
         self.on_stuck = on_stuck
         self.clock = ProgressClock(bound_of)
@@ -130,6 +135,31 @@ class JobControl:
         reason = self.stop_reason()
         if reason is not None:
             raise StopRun(reason)
+
+    def end(self, status: str, *, error: str | None = None, reason: str | None = None) -> bool:
+        """Record the run's end state (`finish_job`); returns whether it was recorded. A write
+        that meets a database blip (`keel_server.db.transient`) is tried again once the database
+        answers (waiting at most `db_wait_s`), up to `END_TRIES` tries in all."""
+        # finish_job changes only a running job this owner holds: repeating it after a blip that
+        # may have committed it already is safe (the second one finds the lease released).
+        for _ in range(END_TRIES - 1):
+            try:
+                return self._record_end(status, error=error, reason=reason)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning(
+                    "job %s: recording %s met a database blip; retrying", self.job_id, status
+                )
+                wait_until_reachable(self.factory, timeout_s=self.db_wait_s)
+        return self._record_end(status, error=error, reason=reason)
+
+    def _record_end(self, status: str, *, error: str | None, reason: str | None) -> bool:
+        with session_scope(self.factory) as session:
+            ended = finish_job(session, self.job_id, self.owner, status, error=error, reason=reason)
+        if not ended:
+            log.warning("job %s: could not record %s (lease no longer held)", self.job_id, status)
+        return ended
 
     def watch(self, now_monotonic: float | None = None) -> bool:
         """One watchdog check (the heartbeat thread runs it after each beat): end the run when

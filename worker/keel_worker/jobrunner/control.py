@@ -15,8 +15,9 @@ stores the latest on the job row, and the heartbeat thread gives up on the run w
 - a pause or cancel was requested and the loop neither acted on it nor made progress within
   `stall_grace_s` (it is inside a call no check can interrupt): the job ends paused (resuming
   from its latest checkpoint) or cancelled, as asked.
-Then `on_stuck` runs; the Celery task passes one that kills the pool process, since the stuck
-thread cannot be stopped from inside, and the pool starts a fresh process in its place.
+The give-up is written through `end`, so a database blip delays it instead of failing it. Then
+`on_stuck` runs; the Celery task passes one that kills the pool process, since the stuck thread
+cannot be stopped from inside, and the pool starts a fresh process in its place.
 """
 
 from __future__ import annotations
@@ -187,8 +188,7 @@ class JobControl:
 
     def _give_up(self, status: str, *, error: str | None = None, reason: str | None = None) -> bool:
         log.error("job %s: giving up on the run as %s: %s", self.job_id, status, error or reason)
-        with session_scope(self.factory) as session:
-            ended = finish_job(session, self.job_id, self.owner, status, error=error, reason=reason)
+        ended = self.end(status, error=error, reason=reason)
         # Whether or not this write won (another worker may hold the job now), this run must not
         # write again: the loop sees a lost lease at its next check.
         self._lost = True

@@ -18,13 +18,15 @@ different value once. Whichever arrives first wins, so per rollout exactly one p
 value is a 409, and the stored reward is the winner's: checked per point against the database
 afterwards.
 
-The clients are `bench/reward_clients.py` (one asyncio loop of minimal HTTP/1.1). The bench
-servers' per-project request-rate limit and active-job quota are raised (an operator's settings;
-the defaults, 200 requests/s per project and 16 active jobs, would answer this load with 429s).
+The clients are `bench/reward_clients.py` (one asyncio loop of minimal HTTP/1.1), the servers
+`bench/reward_server.py`. The bench servers' per-project request-rate limit and active-job quota
+are raised (an operator's settings; the defaults, 200 requests/s per project and 16 active jobs,
+would answer this load with 429s).
 
 Reports requests per second, latency percentiles and the CPU milliseconds per request of the
 server processes and of the clients for each concurrency and process count, with the CPU and the
-load averages before and after, and writes `bench/results/reward_ingest_<db>.json` and `.md`.
+load averages before and after, and writes `bench/results/reward_ingest_<db>.json` and `.md`
+(`bench/reward_ingest_report.py`).
 
     .venv/bin/python -m bench.reward_ingest --db sqlite
     .venv/bin/python -m bench.reward_ingest --db postgres --server-workers 1,2 --rollouts 500

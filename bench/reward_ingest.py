@@ -18,13 +18,15 @@ different value once. Whichever arrives first wins, so per rollout exactly one p
 value is a 409, and the stored reward is the winner's: checked per point against the database
 afterwards.
 
-The clients are `bench/reward_clients.py` (one asyncio loop of minimal HTTP/1.1). The bench
-servers' per-project request-rate limit and active-job quota are raised (an operator's settings;
-the defaults, 200 requests/s per project and 16 active jobs, would answer this load with 429s).
+The clients are `bench/reward_clients.py` (one asyncio loop of minimal HTTP/1.1), the servers
+`bench/reward_server.py`. The bench servers' per-project request-rate limit and active-job quota
+are raised (an operator's settings; the defaults, 200 requests/s per project and 16 active jobs,
+would answer this load with 429s).
 
 Reports requests per second, latency percentiles and the CPU milliseconds per request of the
 server processes and of the clients for each concurrency and process count, with the CPU and the
-load averages before and after, and writes `bench/results/reward_ingest_<db>.json` and `.md`.
+load averages before and after, and writes `bench/results/reward_ingest_<db>.json` and `.md`
+(`bench/reward_ingest_report.py`).
 
     .venv/bin/python -m bench.reward_ingest --db sqlite
     .venv/bin/python -m bench.reward_ingest --db postgres --server-workers 1,2 --rollouts 500
@@ -34,244 +36,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import random
-import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
 from bench.machine import describe_machine, load_averages, uptime
+from bench.proc_cpu import cpu_delta_ms
 from bench.reward_clients import Post, Result, post_all
+from bench.reward_ingest_report import Report, Sweep, write_results
+from bench.reward_server import ADMIN_KEY, Server
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ADMIN_KEY = "keel_admin_bench_0123456789abcdef"
-PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/5"
-DB_CONNECTIONS_PER_SERVER = 32  # half the largest concurrency swept
 DEFAULT_CLIENTS = (1, 2, 4, 8, 16, 32, 64)
 WARMUP_ROLLOUTS = 100
-TARGET_REQUESTS_PER_S, TARGET_P99_MS = 1000.0, 50.0  # the sweep's target
-
-
-@dataclass(frozen=True)
-class Report:
-    """One point of the sweep: `clients` concurrent clients."""
-
-    db: str
-    clients: int
-    rollouts: int
-    requests: int
-    wall_s: float
-    requests_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    statuses: dict[str, int]
-    exactly_once: bool
-    violations: list[str]
-    server_cpu_ms_per_request: float | None = None  # the server process(es); None without /proc
-    client_cpu_ms_per_request: float | None = None  # this process, which runs the clients
-    # The PostgreSQL backends serving the server's database and the Redis server, where this
-    # machine runs them (None elsewhere): with the two above, the CPU a post costs in all.
-    database_cpu_ms_per_request: float | None = None
-    redis_cpu_ms_per_request: float | None = None
-
-    @property
-    def total_cpu_ms_per_request(self) -> float | None:
-        parts = (
-            self.server_cpu_ms_per_request,
-            self.client_cpu_ms_per_request,
-            self.database_cpu_ms_per_request,
-        )
-        if any(part is None for part in parts):
-            return None
-        return round(sum(parts) + (self.redis_cpu_ms_per_request or 0.0), 2)
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The points of one server: `server_workers` API processes."""
-
-    db: str
-    rollouts: int
-    server_workers: int
-    points: list[Report]
-    warmup_exactly_once: bool
-    shared_rate_limit: bool = False  # its broker was Redis: every request took a shared token
-
-    @property
-    def exactly_once(self) -> bool:
-        return self.warmup_exactly_once and all(p.exactly_once for p in self.points)
-
-
-# ---------------------------------------------------------------- the server
-
-
-class Server:
-    """`keel migrate` then `keel server` on a database of its own, in a temporary home."""
-
-    def __init__(
-        self, db: str, home: Path, *, workers: int = 1, redis_url: str | None = None
-    ) -> None:
-        self.db, self.home, self.workers, self.redis_url = db, home, workers, redis_url
-        self.database_url = self._database()
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        self.env.update(
-            KEEL_HOME=str(home),
-            KEEL_ADMIN_KEY=ADMIN_KEY,
-            KEEL_DATABASE_URL=self.database_url,
-            KEEL_RATE_LIMIT_PER_S="1000000",
-            KEEL_RATE_LIMIT_BURST="1000000",
-            KEEL_MAX_ACTIVE_JOBS_PER_PROJECT="1000",
-            # The compared servers are up together on one PostgreSQL (max_connections 100 by
-            # default, shared with whatever else runs): each holds at most this many in all.
-            KEEL_API_DATABASE_CONNECTIONS=str(DB_CONNECTIONS_PER_SERVER),
-        )
-        if redis_url:
-            self.env["KEEL_BROKER_URL"] = redis_url  # the rate-limit buckets live there
-        cli = [sys.executable, "-m", "keel"]
-        try:
-            subprocess.run([*cli, "migrate"], env=self.env, check=True, capture_output=True)
-        except BaseException:
-            self._drop_database()
-            raise
-        self.log = open(home / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        command = [*cli, "server", "--port", str(port), "--workers", str(workers)]
-        self.process = subprocess.Popen(
-            command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        try:
-            self._wait_live()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _database(self) -> str:
-        if self.db == "sqlite":
-            return f"sqlite:///{self.home / 'keel.db'}"
-        import psycopg
-
-        self.pg_name = f"keel_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.pg_name}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.pg_name}"
-
-    def _wait_live(self) -> None:
-        deadline = time.monotonic() + 180  # a loaded 2-core machine starts it slowly
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.home / "server.log").read_text())
-            try:
-                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("keel server did not come up")
-
-    def cpu_s(self) -> float | None:
-        """CPU seconds used so far by the server process and its children (uvicorn's workers),
-        from /proc; None where there is none."""
-        return _tree_cpu_s(self.process.pid)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(30)
-        self.log.close()
-        self._drop_database()
-
-    def _drop_database(self) -> None:
-        if self.db == "postgres":
-            import psycopg
-
-            with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
-
-    def database_cpu_s(self) -> dict[int, float] | None:
-        """CPU seconds so far of each PostgreSQL backend connected to this server's database
-        (local PostgreSQL only: None where /proc does not show its processes)."""
-        if self.db != "postgres":
-            return None
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.pg_name,)
-            ).fetchall()
-        cpu = {pid: _pid_cpu_s(pid) for (pid,) in rows}
-        return None if not cpu or None in cpu.values() else cpu
-
-    def redis_cpu_s(self) -> float | None:
-        """CPU seconds so far of the Redis server the broker URL names, if it runs here."""
-        if not self.redis_url:
-            return None
-        import redis
-
-        with redis.Redis.from_url(self.redis_url) as client:
-            return _pid_cpu_s(int(client.info("server")["process_id"]))
-
-
-def _pid_cpu_s(pid: int) -> float | None:
-    """utime + stime of one process; None where /proc does not show it."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_delta_ms(before: dict[int, float] | None, after: dict[int, float] | None, n: int):
-    """CPU ms per request of the backends between two snapshots (a backend that appeared
-    meanwhile counts from zero; one that ended meanwhile is missed: the server's pool keeps
-    its connections, so few do)."""
-    if before is None or after is None:
-        return None
-    return round(sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items()) / n * 1e3, 2)
-
-
-def _tree_cpu_s(root: int) -> float | None:
-    """utime + stime of `root` and its live descendants, plus what its reaped children used."""
-    if not Path("/proc/self/stat").exists():
-        return None
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # fields[1] is the parent pid; [11], [12] utime, stime; [13], [14] the children's
-            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
-    tree, grew = {root}, True
-    while grew:
-        grown = tree | {pid for pid, (ppid, _) in stats.items() if ppid in tree}
-        grew, tree = grown != tree, grown
-    ticks = sum(stats[pid][1] for pid in tree if pid in stats)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def prepare_job(server: Server, rollouts: int) -> tuple[str, list[str]]:
@@ -457,7 +241,7 @@ def _point(server: Server, clients: int, rollouts: int, seed: int) -> Report:
         violations=violations[:20],
         server_cpu_ms_per_request=per_request,
         client_cpu_ms_per_request=round((client_cpu1 - client_cpu0) / n * 1e3, 2),
-        database_cpu_ms_per_request=_cpu_delta_ms(db_cpu0, db_cpu1, n),
+        database_cpu_ms_per_request=cpu_delta_ms(db_cpu0, db_cpu1, n),
         redis_cpu_ms_per_request=(
             None
             if redis_cpu0 is None or redis_cpu1 is None
@@ -469,166 +253,6 @@ def _point(server: Server, clients: int, rollouts: int, seed: int) -> Report:
 def _pct(sorted_values: list[float], q: float) -> float:
     index = min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))
     return round(sorted_values[index], 1)
-
-
-def write_results(sweeps: Sequence[Sweep], *, machine: dict | None = None, note: str = "") -> Path:
-    """`reward_ingest_<db>.json` (every point of every server in full) and `.md` (one table per
-    server: the curve). `machine` is what `bench.machine` recorded around the run."""
-    RESULTS.mkdir(exist_ok=True)
-    db = sweeps[0].db
-    machine = {**(machine or {}), "load_average_after": load_averages()}
-    target = {"requests_per_s": TARGET_REQUESTS_PER_S, "p99_ms": TARGET_P99_MS}
-    data = {
-        "db": db,
-        "rollouts": sweeps[0].rollouts,
-        "exactly_once": all(s.exactly_once for s in sweeps),
-        "target": target,
-        "verdict": _verdict(sweeps),
-        "cpu_ms_per_post": _cpu_per_post(sweeps),
-        "note": note,
-        "servers": [
-            {
-                "server_workers": s.server_workers,
-                "shared_rate_limit": s.shared_rate_limit,
-                "exactly_once": s.exactly_once,
-                "warmup_exactly_once": s.warmup_exactly_once,
-                "target_met_at_clients": [p.clients for p in s.points if _meets_target(p)],
-                "points": [
-                    {**asdict(p), "total_cpu_ms_per_request": p.total_cpu_ms_per_request}
-                    for p in s.points
-                ],
-            }
-            for s in sweeps
-        ],
-        "machine": machine,
-    }
-    path = RESULTS / f"reward_ingest_{db}.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    cpu = machine.get("cpu", "an unnamed CPU")
-    cores = machine.get("cores", os.cpu_count())
-    counts = " and ".join(str(s.server_workers) for s in sweeps[:-1])
-    counts = (
-        _processes(sweeps[-1].server_workers)
-        if not counts
-        else (f"{counts} and {_processes(sweeps[-1].server_workers)}")
-    )
-    interleaved = ", the servers' points interleaved" if len(sweeps) > 1 else ""
-    rate = (
-        " Their broker is Redis, so each request also takes a token from its project's "
-        "rate-limit bucket shared through Redis, as deployed."
-        if sweeps[0].shared_rate_limit
-        else ""
-    )
-    loads = ""
-    if machine.get("uptime_before"):
-        loads = (
-            f" `uptime` before: `{machine['uptime_before']}`; load averages after: "
-            f"{machine['load_average_after']}. The cores were shared with the clients, the "
-            "database and other programs running on the machine."
-        )
-    parts = [
-        f"# Reward ingestion, {db}\n",
-        f"`keel server` with {counts} on {cores} cores ({cpu}), shared with the "
-        f"clients and the database; per point a job of {sweeps[0].rollouts} rollouts × 3 posts "
-        f"(the value twice, another once){interleaved}.{rate} Target: "
-        f"≥ {TARGET_REQUESTS_PER_S:g} posts/s with p99 < {TARGET_P99_MS:g} ms: "
-        f"{data['verdict']}. Exactly once at every point: "
-        f"{'yes' if data['exactly_once'] else 'NO'}.{loads}\n",
-    ]
-    cost = data["cpu_ms_per_post"]
-    if cost is not None:
-        parts.append(
-            f"A post costs {cost} ms of CPU in all (server, clients, database and Redis; the "
-            "median over the points), whatever else the machine runs: "
-            f"{TARGET_REQUESTS_PER_S:g} posts/s takes about "
-            f"{cost * TARGET_REQUESTS_PER_S / 1000:.1f} cores of this CPU free for them, "
-            f"against {cores} here.\n"
-        )
-    for s in sweeps:
-        parts.append(f"## {_processes(s.server_workers)}\n\n" + _table(s) + "\n")
-    if note:
-        parts.append(note + "\n")
-    path.with_suffix(".md").write_text("\n".join(parts))
-    return path
-
-
-def _cpu_per_post(sweeps: Sequence[Sweep]) -> float | None:
-    """The median over every point of the CPU a post costs in all; None where a part was not
-    measured."""
-    totals = [p.total_cpu_ms_per_request for s in sweeps for p in s.points]
-    if not totals or None in totals:
-        return None
-    return sorted(totals)[len(totals) // 2]
-
-
-def _processes(n: int) -> str:
-    return f"{n} API process{'es' if n != 1 else ''}"
-
-
-def _table(result: Sweep) -> str:
-    rows = [
-        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
-        "| exactly once | CPU ms/req: server | clients | database | Redis | all |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for p in result.points:
-        statuses = ", ".join(f"{k}: {v}" for k, v in p.statuses.items())
-        once = "yes" if p.exactly_once else "NO: " + "; ".join(p.violations)
-        rows.append(
-            f"| {p.clients} | {p.requests} | {p.requests_per_s} | {p.p50_ms} | {p.p95_ms} "
-            f"| {p.p99_ms} | {p.max_ms} | {statuses} | {once} "
-            f"| {_cell(p.server_cpu_ms_per_request)} | {_cell(p.client_cpu_ms_per_request)} "
-            f"| {_cell(p.database_cpu_ms_per_request)} | {_cell(p.redis_cpu_ms_per_request)} "
-            f"| {_cell(p.total_cpu_ms_per_request)} |"
-        )
-    return "\n".join(rows)
-
-
-def _verdict(sweeps: Sequence[Sweep]) -> str:
-    met = [
-        f"{_processes(s.server_workers)} at {p.clients} clients"
-        for s in sweeps
-        for p in s.points
-        if _meets_target(p)
-    ]
-    if met:
-        return "met with " + ", ".join(met)
-    within = []
-    for s in sweeps:
-        fast = [p for p in s.points if p.exactly_once and p.p99_ms < TARGET_P99_MS]
-        best = max(fast, key=lambda p: p.requests_per_s, default=None)
-        within.append(
-            f"{best.requests_per_s} posts/s at {best.clients} clients (p99 {best.p99_ms} ms) "
-            f"with {_processes(s.server_workers)}"
-            if best
-            else f"no point of {_processes(s.server_workers)}"
-        )
-    most = []
-    for s in sweeps:
-        best = max(s.points, key=lambda p: p.requests_per_s)
-        most.append(
-            f"{best.requests_per_s} at {best.clients} clients (p99 {best.p99_ms} ms) with "
-            f"{_processes(s.server_workers)}"
-        )
-    return (
-        f"not met: the most posts/s with p99 under {TARGET_P99_MS:g} ms are "
-        + "; ".join(within)
-        + " (the most at any latency: "
-        + "; ".join(most)
-        + ")"
-    )
-
-
-def _meets_target(point: Report) -> bool:
-    return (
-        point.exactly_once
-        and point.requests_per_s >= TARGET_REQUESTS_PER_S
-        and point.p99_ms < TARGET_P99_MS
-    )
-
-
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value}"
 
 
 def _clients(text: str) -> list[int]:

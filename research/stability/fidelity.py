@@ -59,139 +59,28 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from statistics import fmean, median, pstdev
+from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
-from research.stability.criterion import (
-    MIN_EFFECT,
-    SE_MULTIPLIER,
-    TAIL_EVALS,
-    RunSeries,
-    compare,
-    judge,
+from research.stability.fidelity_stats import (
+    BOOTSTRAP_SEED,
+    CI,
+    Effect,
+    Rows,
+    bootstrap_diff,
+    effect,
+    finals,
+    noise_band,
+    permutation_p,
 )
-from research.stability.findings import _combine, _missing, better, group_by_cell
+from research.stability.findings import _combine, _missing, group_by_cell
 from research.stability.matrix import OFF_POLICY_N
-from research.stability.results import Run, run_summary
 
-SMOOTH_EVALS = 2
-CI = 0.95
-BOOTSTRAP_RESAMPLES = 4000
-BOOTSTRAP_SEED = 30
 K3_FLOOR = 1e-2
 ROUTING_FLOOR = 0.10
-NOISE_Z = 2.0
-F8_PERMUTATIONS = 4000
 F8_ALPHA = 0.05
-SEQUENCE_KL_GOAL = 10.0
-SEEDS_GOAL = 4
-POWER_AT = 0.05
-POWER_SIMULATIONS = 20_000
-LR_SHOCK_STEP = 8  # the first evaluation after step 0: where the issue saw the lr shock
 UNTESTABLE = "cannot be tested here"
-
-Rows = dict[str, list[dict[str, Any]]]
-
-
-# ------------------------------------------------------------------ rule 1: smoothed collapse
-
-
-def smoothed(values: Sequence[float], window: int = SMOOTH_EVALS) -> list[float]:
-    """Each value averaged with the `window` − 1 before it (fewer at the start)."""
-    return [fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-
-
-def judge_smoothed(series: RunSeries):
-    """`criterion.judge` on the moving mean of the evaluations; final/peak/initial stay raw."""
-    raw = judge(series)
-    verdict = judge(replace(series, eval_acc=smoothed(list(series.eval_acc))))
-    return replace(
-        verdict, final_acc=raw.final_acc, peak_acc=raw.peak_acc, initial_acc=raw.initial_acc
-    )
-
-
-def run_row(run: Run) -> dict[str, Any]:
-    """`results.run_summary` with rule 1's collapse, plus what rules 6 and 7 need."""
-    row = run_summary(run)
-    v = judge_smoothed(run.series())
-    row["collapsed_first_rule"] = row["collapsed"]
-    row["first_rule_step"] = row["collapse_step"]
-    row["collapsed"] = int(v.collapsed)
-    row["reason"] = v.reason
-    row["collapse_step"] = "" if v.step is None else v.step
-    _, lengths = run.column("response_len")
-    row["mean_response_len"] = _mean(lengths)
-    budget = run.meta.get("budget", {})
-    row["eval_n"] = budget.get("eval_prompts", 0) * budget.get("eval_samples", 0)
-    per_step = budget.get("prompts_per_minibatch", 0) * budget.get("group_size", 0)
-    truncated = [
-        r["is_trunc_frac"] * r["response_len"] * per_step
-        for r in run.rows
-        if r.get("is_trunc_frac") is not None and r.get("response_len") is not None
-    ]
-    row["tis_truncated_tokens"] = sum(truncated) if truncated else math.nan
-    steps, acc = run.column("eval_acc")
-    early = [a for s, a in zip(steps, acc, strict=True) if 0 < s <= LR_SHOCK_STEP]
-    row["acc_at_shock"] = early[0] if early else math.nan
-    row["precision"] = run.meta.get("precision", "")
-    row["cpu"] = run.meta.get("cpu", "")
-    return row
-
-
-def noise_band(p: float, n: int) -> float:
-    """Rule 6: NOISE_Z × the binomial SE of one run's Δ(final − initial)."""
-    if n <= 0 or not math.isfinite(p):
-        return math.nan
-    return NOISE_Z * math.sqrt(p * (1 - p) / n * (1 / TAIL_EVALS + 1))
-
-
-# ------------------------------------------------------------------ rule 2: effect sizes
-
-
-@dataclass(frozen=True)
-class Effect:
-    a: str
-    b: str
-    diff: float
-    low: float
-    high: float
-    detectable: float  # the smallest |Δ| the comparison rule could call at these seeds
-    seeds_a: tuple[float, ...]
-    seeds_b: tuple[float, ...]
-    sign: int  # findings.better(a, b)
-
-    def text(self) -> str:
-        dots = "; ".join(
-            f"`{c}` " + ", ".join(f"{x:.3f}" for x in s)
-            for c, s in ((self.a, self.seeds_a), (self.b, self.seeds_b))
-        )
-        return (
-            f"`{self.a}` − `{self.b}`: Δ {self.diff:+.3f} [{self.low:+.3f}, {self.high:+.3f}] "
-            f"({CI:.0%} bootstrap), callable at |Δ| > {self.detectable:.3f}; seeds: {dots}"
-        )
-
-
-def bootstrap_diff(a: Sequence[float], b: Sequence[float], rng: random.Random) -> tuple:
-    """(low, high) percentile interval of mean(a*) − mean(b*) over resampled seeds."""
-    if not a or not b:
-        return math.nan, math.nan
-    draws = sorted(
-        fmean(rng.choices(a, k=len(a))) - fmean(rng.choices(b, k=len(b)))
-        for _ in range(BOOTSTRAP_RESAMPLES)
-    )
-    tail = (1 - CI) / 2
-    return draws[int(tail * len(draws))], draws[min(len(draws) - 1, int((1 - tail) * len(draws)))]
-
-
-def effect(rows: Rows, a: str, b: str) -> Effect:
-    fa, fb = _finals(rows, a), _finals(rows, b)
-    rng = random.Random(f"{BOOTSTRAP_SEED}:{a}:{b}")
-    low, high = bootstrap_diff(fa, fb, rng)
-    se = compare(fa, fb).se
-    detectable = max(MIN_EFFECT, SE_MULTIPLIER * se) if math.isfinite(se) else math.nan
-    diff = fmean(fa) - fmean(fb) if fa and fb else math.nan
-    return Effect(a, b, diff, low, high, detectable, tuple(fa), tuple(fb), better(rows, a, b))
 
 
 def _verdict(sign: int) -> str:
@@ -391,20 +280,6 @@ def f8(rows: Rows) -> Judged:
     return Judged(key, title, claim, verdict, lines, [])
 
 
-def permutation_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """One-sided p values of mean(a) − mean(b) being this high (and this low) by chance."""
-    observed = fmean(a) - fmean(b)
-    pooled, k = [*a, *b], len(a)
-    rng = random.Random(f"{BOOTSTRAP_SEED}:perm")
-    high = low = 0
-    for _ in range(F8_PERMUTATIONS):
-        rng.shuffle(pooled)
-        d = fmean(pooled[:k]) - fmean(pooled[k:])
-        high += d >= observed
-        low += d <= observed
-    return (high + 1) / (F8_PERMUTATIONS + 1), (low + 1) / (F8_PERMUTATIONS + 1)
-
-
 def f9(rows: Rows) -> Judged:
     key, title = "F9", "DPPO: the trust region must be anchored on μ, not the recomputed π_old"
     claim = "MiniRL (π_old anchor) fails as the mismatch grows; DPPO's μ-anchored mask is stable."
@@ -458,146 +333,10 @@ def judge_all(run_rows: list[dict[str, Any]], aliases: dict[str, str]) -> list[J
     return [rule(rows) for rule in RULES]
 
 
-# ------------------------------------------------------------------ rule 7: goals
-
-
-def rule_error_rates(sd: float, seeds: int, *, at: float = POWER_AT) -> tuple[float, float]:
-    """(false-positive rate, power at Δ = `at`) of `criterion.compare` on `seeds` seeds a side
-    drawn from normals with standard deviation `sd` (collapse counts left out)."""
-    rng = random.Random(f"{BOOTSTRAP_SEED}:power")
-    fp = hit = 0
-    for _ in range(POWER_SIMULATIONS):
-        base = [rng.gauss(0, sd) for _ in range(seeds)]
-        same = [rng.gauss(0, sd) for _ in range(seeds)]
-        shifted = [rng.gauss(at, sd) for _ in range(seeds)]
-        fp += compare(same, base).sign != 0
-        hit += compare(shifted, base).sign == 1
-    return fp / POWER_SIMULATIONS, hit / POWER_SIMULATIONS
-
-
-@dataclass(frozen=True)
-class Goal:
-    what: str
-    goal: str
-    reached: str
-    met: bool | None  # None: no declared goal, a measurement only
-
-
-def goals(run_rows: list[dict[str, Any]]) -> list[Goal]:
-    """Rule 7's table from the runs (every stress run; the dialled ones for the mismatch)."""
-    dialled = [r for r in run_rows if r["precision"] not in ("", "fp32")]
-    k3 = [r["mean_kl_k3"] for r in dialled if math.isfinite(r["mean_kl_k3"])]
-    seq = [
-        r["mean_kl_k3"] * r["mean_response_len"]
-        for r in dialled
-        if math.isfinite(r["mean_kl_k3"]) and math.isfinite(r["mean_response_len"])
-    ]
-    trunc = [r["tis_truncated_tokens"] for r in dialled if math.isfinite(r["tis_truncated_tokens"])]
-    eng = [
-        r["max_layer_routing_infer_vs_train"]
-        for r in dialled
-        if math.isfinite(r["max_layer_routing_infer_vs_train"])
-    ]
-    stale = [
-        r["max_layer_routing_old_vs_current"]
-        for r in run_rows
-        if math.isfinite(r["max_layer_routing_old_vs_current"])
-    ]
-    rows = group(run_rows)
-    findings_cells = [c for c in rows if not c.startswith("map/")]
-    seeds = [len(rows[c]) for c in findings_cells]
-    sds = [pstdev([r["final_acc"] for r in rows[c]]) for c in findings_cells if len(rows[c]) > 1]
-    # Pooled sd (root mean variance) with the sample correction of a median seed count.
-    n_typ = int(median(seeds)) if seeds else 0
-    sd = math.sqrt(fmean(s * s for s in sds) * n_typ / max(1, n_typ - 1)) if sds else math.nan
-    fp, power = rule_error_rates(sd, n_typ) if math.isfinite(sd) and n_typ > 1 else (math.nan,) * 2
-    shock = [
-        (r["initial_acc"] - r["acc_at_shock"]) / r["initial_acc"]
-        for r in run_rows
-        if math.isfinite(r["acc_at_shock"]) and r["initial_acc"] > 0
-    ]
-    collapses = [r for r in run_rows if r["collapsed"]]
-    early = [r for r in collapses if r["collapse_step"] != "" and r["collapse_step"] <= 8]
-    cpus = sorted({r["cpu"] for r in run_rows if r["cpu"]})
-
-    def spread(values: list[float], fmt: str) -> str:
-        if not values:
-            return "–"
-        low, high = format(min(values), fmt), format(max(values), fmt)
-        return f"median {format(median(values), fmt)} (range {low}–{high})"
-
-    return [
-        Goal(
-            "per-token k3 KL(μ‖π_old), mean over a run",
-            f"≥ {K3_FLOOR:g}",
-            f"{spread(k3, '.1e')}; {sum(v >= K3_FLOOR for v in k3)} of {len(k3)} runs reach it",
-            bool(k3) and median(k3) >= K3_FLOOR,
-        ),
-        Goal(
-            "k3 summed over a response (per-token mean × mean length)",
-            f"≥ {SEQUENCE_KL_GOAL:g} nats",
-            f"{spread(seq, '.2f')} nats",
-            bool(seq) and median(seq) >= SEQUENCE_KL_GOAL,
-        ),
-        Goal("tokens TIS truncated per run", "–", spread(trunc, ".1f"), None),
-        Goal(
-            "worst-layer routing flip, engine vs trainer",
-            f"≥ {ROUTING_FLOOR:.0%}",
-            spread(eng, ".3f"),
-            bool(eng) and median(eng) >= ROUTING_FLOOR,
-        ),
-        Goal(
-            "worst-layer routing flip, θ_old vs θ (N > 1)",
-            f"≥ {ROUTING_FLOOR:.0%}",
-            spread(stale, ".3f"),
-            bool(stale) and median(stale) >= ROUTING_FLOOR,
-        ),
-        Goal(
-            "seeds per findings / F9 / auto cell",
-            f"≥ {SEEDS_GOAL}",
-            spread([float(s) for s in seeds], ".0f"),
-            bool(seeds) and min(seeds) >= SEEDS_GOAL,
-        ),
-        Goal(
-            f"comparison rule at {n_typ} seeds, seed sd {sd:.3f}",
-            "–",
-            f"false positives {fp:.0%}, power {power:.0%} at Δ = {POWER_AT:g}",
-            None,
-        ),
-        Goal(
-            f"held-out accuracy lost by grad step {LR_SHOCK_STEP} (share of the start)",
-            "–",
-            spread(shock, ".2f"),
-            None,
-        ),
-        Goal(
-            f"collapses dated at grad step ≤ {LR_SHOCK_STEP}",
-            "–",
-            f"{len(early)} of {len(collapses)}",
-            None,
-        ),
-        Goal(
-            "CPU kinds the runs pooled", "1 (or a declared factor)", ", ".join(cpus), len(cpus) <= 1
-        ),
-    ]
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _finals(rows: Rows, cell: str) -> list[float]:
-    return [r["final_acc"] for r in rows.get(cell, []) if math.isfinite(r["final_acc"])]
-
-
 def _collapses(rows: Rows, cell: str) -> int:
     return sum(r["collapsed"] for r in rows.get(cell, []))
 
 
 def _cell_mean(rows: Rows, cell: str) -> float:
-    finals = _finals(rows, cell)
-    return fmean(finals) if finals else -math.inf
-
-
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return fmean(finite) if finite else math.nan
+    values = finals(rows, cell)
+    return fmean(values) if values else -math.inf

@@ -2,8 +2,8 @@
 
 1. `delta_vs_n.png`: Δ held-out accuracy (final − start) against N, one panel per recipe, one dot
    per seed, the cell mean joined by a line, and the evaluation-noise band of
-   `fidelity.noise_band` shaded around 0; a last panel gives the measured per-token k3 and clip
-   fraction per N (MiniRL cells).
+   `fidelity_stats.noise_band` shaded around 0; a last panel gives the measured per-token k3 and
+   clip fraction per N (MiniRL cells).
 2. `map_delta.png`: the stability map as Δ (final − start), on a diverging scale centred on 0
    (no change from the start) whose limits are the largest |Δ| of the map (fitted to the data,
    not 0–1); rungs labelled with their measured k3, each cell with its seed count and collapses.
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from matplotlib.colors import TwoSlopeNorm
 
 from research.stability import stress
-from research.stability.fidelity import Rows, noise_band
+from research.stability.fidelity_stats import Rows, noise_band
 
 NS = (1, 2, 4, 8)
 FIG_RUNG = "int4+top_p0.9"  # the regime's dial: the rung the findings cells ran at

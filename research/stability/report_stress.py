@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from research.stability import fidelity, stress
+from research.stability import fidelity_stats, stress
 from research.stability.criterion import COLLAPSE_FRACTION, MIN_SEEDS
 from research.stability.figures import collapse_figure, stability_map_figure
 from research.stability.findings import FINDINGS, better, dppo_critique, evaluate_findings
@@ -398,7 +398,7 @@ def _runs(out_dir: Path, report_dir: Path, runs: list[Run]) -> list[str]:
     findings = evaluate_findings(rows, aliases=aliases, findings=(*FINDINGS, dppo_critique))
     lines = [
         *fidelity_section(
-            [fidelity.run_row(r) for r in runs], aliases, findings, out_dir, report_dir
+            [fidelity_stats.run_row(r) for r in runs], aliases, findings, out_dir, report_dir
         ),
         *_findings(rows, aliases, findings),
         *auto_table(runs, rows, aliases),

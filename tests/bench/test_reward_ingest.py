@@ -10,8 +10,9 @@ import json
 
 import pytest
 
-from bench import reward_ingest
-from bench.reward_ingest import Report, Result, Sweep, check_exactly_once, compare, run, sweep
+from bench import reward_ingest, reward_ingest_report
+from bench.reward_clients import Result
+from bench.reward_ingest import check_exactly_once, compare, run, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +34,8 @@ def test_a_sweep_checks_every_point_and_writes_the_curve(db, tmp_path, monkeypat
         assert point.requests == 24 and set(point.statuses) == {"200", "409"}, point
         assert point.p50_ms <= point.p95_ms <= point.p99_ms <= point.max_ms
         assert point.client_cpu_ms_per_request is not None
-    monkeypatch.setattr(reward_ingest, "RESULTS", tmp_path)
-    path = reward_ingest.write_results([result])
+    monkeypatch.setattr(reward_ingest_report, "RESULTS", tmp_path)
+    path = reward_ingest_report.write_results([result])
     data = json.loads(path.read_text())
     (server,) = data["servers"]
     assert [p["clients"] for p in server["points"]] == [1, 4] and data["exactly_once"] is True
@@ -62,8 +63,8 @@ def test_one_and_two_api_processes_on_postgres_and_redis(tmp_path, monkeypatch):
     for result in (one, two):
         assert result.shared_rate_limit and result.exactly_once, result.points
         assert set(result.points[0].statuses) == {"200", "409"}
-    monkeypatch.setattr(reward_ingest, "RESULTS", tmp_path)
-    path = reward_ingest.write_results([one, two], machine={"cpu": "a test CPU", "cores": 2})
+    monkeypatch.setattr(reward_ingest_report, "RESULTS", tmp_path)
+    path = reward_ingest_report.write_results([one, two], machine={"cpu": "a test CPU", "cores": 2})
     data = json.loads(path.read_text())
     assert [s["server_workers"] for s in data["servers"]] == [1, 2]
     # Every part of a post's CPU is measured here (PostgreSQL and Redis run on this machine;
@@ -77,25 +78,6 @@ def test_one_and_two_api_processes_on_postgres_and_redis(tmp_path, monkeypatch):
     )
     md = path.with_suffix(".md").read_text()
     assert "## 1 API process\n" in md and "## 2 API processes\n" in md
-
-
-def test_the_verdict_names_where_the_target_was_met_or_the_best_points():
-    def point(clients: int, per_s: float, p99_ms: float, once: bool = True) -> Report:
-        return Report("postgres", clients, 1, 3, 1.0, per_s, 1.0, 1.0, p99_ms, 1.0, {}, once, [])
-
-    def server(workers: int, *points: Report) -> Sweep:
-        return Sweep("postgres", 1, workers, list(points), True)
-
-    slow = server(1, point(4, 300.0, 20.0), point(16, 350.0, 80.0))
-    fast = server(2, point(4, 900.0, 10.0), point(16, 1100.0, 40.0), point(32, 1200.0, 60.0))
-    assert reward_ingest._verdict([slow, fast]) == "met with 2 API processes at 16 clients"
-    broken = server(2, point(8, 700.0, 30.0), point(16, 1100.0, 40.0, once=False))
-    assert reward_ingest._verdict([slow, broken]) == (
-        "not met: the most posts/s with p99 under 50 ms are 300.0 posts/s at 4 clients "
-        "(p99 20.0 ms) with 1 API process; 700.0 posts/s at 8 clients (p99 30.0 ms) with "
-        "2 API processes (the most at any latency: 350.0 at 16 clients (p99 80.0 ms) with "
-        "1 API process; 1100.0 at 16 clients (p99 40.0 ms) with 2 API processes)"
-    )
 
 
 def test_the_clients_list_parses():

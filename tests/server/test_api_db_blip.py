@@ -5,9 +5,9 @@ refuses connections every request answers 503 with `Retry-After` (the SDK retrie
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from pg_blip import admin, allow_connections, drop_connections
 
 from keel_server.api.app import create_app
 from keel_server.platform.settings import Settings
@@ -17,21 +17,6 @@ pytestmark = pytest.mark.services
 ADMIN_KEY = "keel_admin_blip_test_0123456789"
 
 
-def _admin(pg_url: str):
-    """A connection to the server's `postgres` database (the test's own one gets closed)."""
-    server = pg_url.replace("+psycopg", "", 1).rsplit("/", 1)[0]
-    return psycopg.connect(f"{server}/postgres", autocommit=True)
-
-
-def _drop_connections(admin, database: str) -> int:
-    rows = admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = %s AND pid <> pg_backend_pid()",
-        (database,),
-    ).fetchall()
-    return sum(1 for (dropped,) in rows if dropped)
-
-
 def test_requests_during_and_after_a_database_blip(pg_url: str, tmp_path):
     from keel_server.migrate import upgrade
 
@@ -39,19 +24,19 @@ def test_requests_during_and_after_a_database_blip(pg_url: str, tmp_path):
     database = pg_url.rsplit("/", 1)[1]
     settings = Settings(home=tmp_path / "home", database_url=pg_url, admin_key=ADMIN_KEY)
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    with TestClient(create_app(settings)) as client, _admin(pg_url) as admin:
+    with TestClient(create_app(settings)) as client, admin(pg_url) as conn:
         assert client.get("/v1/jobs", headers=auth).status_code == 200
-        assert _drop_connections(admin, database) >= 1  # the pooled connection of that request
+        assert drop_connections(conn, database) >= 1  # the pooled connection of that request
         assert client.get("/v1/jobs", headers=auth).status_code == 200
 
-        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        allow_connections(conn, database, False)
         try:
-            _drop_connections(admin, database)
+            drop_connections(conn, database)
             down = client.get("/v1/jobs", headers=auth)
             assert down.status_code == 503, down.text
             assert down.json()["code"] == "unavailable"
             assert "database" in down.json()["detail"]
             assert int(down.headers["retry-after"]) >= 1
         finally:
-            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            allow_connections(conn, database, True)
         assert client.get("/v1/jobs", headers=auth).status_code == 200

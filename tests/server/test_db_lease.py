@@ -79,3 +79,13 @@ def test_pause_request_reaches_the_lease_holder(session_factory, job_id) -> None
         session_scope(session_factory) as s,
     ):
         jobs_db.finish_job(s, job_id, "w", "queued")
+
+
+def test_the_step_reached_is_the_recorded_step_and_zero_for_a_missing_job(session_factory, job_id):
+    with session_scope(session_factory) as s:
+        assert jobs_db.step_reached(s, job_id) == 0
+        assert jobs_db.take_lease(s, job_id, "w", lease_timeout_s=60).acquired
+        jobs_db.record_progress(s, job_id, "w", step=3, policy_version=3)
+    with session_scope(session_factory) as s:
+        assert jobs_db.step_reached(s, job_id) == 3
+        assert jobs_db.step_reached(s, "job_missing") == 0

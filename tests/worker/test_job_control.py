@@ -1,7 +1,8 @@
 """The lease holder's watchdog (`jobrunner.control`): liveness is progress by phase, on SQLite and
 PostgreSQL. A phase past its bound fails the job naming the phase; a pause or cancel the loop
 does not act on ends the job as asked; progress keeps a live loop alive; every give-up stops the
-process through `on_stuck` (the Celery task's replaces the pool process: tests/e2e/test_stuck.py).
+process through `on_stuck` (the Celery task's replaces the pool process: tests/e2e/test_stuck.py),
+and a give-up that meets a database blip is recorded once the database answers.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from pg_blip import refusing_connections
 
 from keel_server.db import jobs as jobs_db
 from keel_server.db import session_scope
@@ -26,6 +28,7 @@ def _control(session_factory, job_id, *, stopped: list[str], grace_s: float = 30
         job_id,
         "w",
         interval_s=3600,  # beats and watches are driven by the test
+        db_wait_s=5.0,
         bound_of=BOUNDS.__getitem__,
         stall_grace_s=grace_s,
         on_stuck=lambda: stopped.append("stopped"),
@@ -111,6 +114,27 @@ def test_a_stop_the_loop_does_not_act_on_ends_the_job_as_asked(
     job, events = _job(session_factory, job_id)
     assert job.status == status and job.error is None
     assert f"did not stop within 30 s of the {request_} request" in events[-1]["reason"]
+    assert stopped == ["stopped"]
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_give_up_that_meets_a_database_blip_is_recorded_once_the_database_answers(
+    session_factory, job_id, db_url
+) -> None:
+    stopped: list[str] = []
+    control = _control(session_factory, job_id, stopped=stopped, grace_s=30.0)
+    control.progress("generate")
+    with session_scope(session_factory) as s:
+        assert jobs_db.set_requested(s, job_id, "cancel", from_statuses=("running",))
+    control.beat()
+    # Every connection dropped and new ones refused for a second: the first write fails; the
+    # next, once the database answers (well within `db_wait_s`), records the end.
+    with refusing_connections(db_url, for_s=1.0):
+        assert control.watch(time.monotonic() + 31)
+    job, events = _job(session_factory, job_id)
+    assert job.status == "cancelled" and job.lease_owner is None
+    assert "did not stop within 30 s of the cancel request" in events[-1]["reason"]
     assert stopped == ["stopped"]
 
 

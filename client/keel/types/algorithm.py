@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from keel.types.common import Float
+from keel.types.common import Float, FrozenConfig
 
 ObjectiveName = Literal[
     "minirl",
@@ -88,11 +88,7 @@ _TRAIN_INFER_IS = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _Bounds(_Strict):
+class _Bounds(FrozenConfig):
     lower: Float = Field(ge=0.0, le=1e6)
     upper: PositiveBound
 
@@ -106,7 +102,7 @@ class _Bounds(_Strict):
 # ---- importance-sampling corrections (docs/concepts/algorithm.md §8.1–8.3) ----------------------
 
 
-class TokenTruncate(_Strict):
+class TokenTruncate(FrozenConfig):
     """TIS: w_t = min(ρ_t, cap). Cap 5 is the paper's (paper §4.2); the largest cap (1e6) is the
     untruncated ("vanilla-IS") weight in practice."""
 
@@ -137,7 +133,7 @@ class TokenMask(_Bounds):
     )
 
 
-class SeqTruncate(_Strict):
+class SeqTruncate(FrozenConfig):
     """Seq-TIS: every token gets min(ρ(y), cap) (Liu et al. stabilize with C = 2)."""
 
     mode: Literal["seq_truncate"] = Field(
@@ -202,7 +198,7 @@ ISCorrection = Annotated[
 # ---- objectives -----------------------------------------------------------------------------
 
 
-class MiniRLConfig(_Strict):
+class MiniRLConfig(FrozenConfig):
     """MiniRL, paper Eq. 7, with its ablation switches (docs/concepts/algorithm.md §3.1, §3.4).
 
     ``is_correction`` corrects the token IS weight; ``None`` drops the training–inference factor
@@ -263,7 +259,7 @@ class MiniRLConfig(_Strict):
         return self
 
 
-class ReinforceConfig(_Strict):
+class ReinforceConfig(FrozenConfig):
     """REINFORCE without any IS weight: the paper's "w/o train-infer IS" objective
     (docs/concepts/algorithm.md §8.8)."""
 
@@ -272,7 +268,7 @@ class ReinforceConfig(_Strict):
     advantage: AdvantageMode = Field("group_mean", description=_ADVANTAGE)
 
 
-class GRPOConfig(_Strict):
+class GRPOConfig(FrozenConfig):
     """GRPO as written in the paper's App. A (ε_low/ε_high of the GSPO paper's GRPO baseline)."""
 
     name: Literal["grpo"] = Field("grpo", description=_NAME)
@@ -283,7 +279,7 @@ class GRPOConfig(_Strict):
     advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
-class DrGRPOConfig(_Strict):
+class DrGRPOConfig(FrozenConfig):
     """Dr. GRPO (docs/concepts/algorithm.md §8.6): no 1/|y|, no std; constant divisor via
     ``seq_mean_token_sum_norm``."""
 
@@ -295,7 +291,7 @@ class DrGRPOConfig(_Strict):
     advantage: AdvantageMode = Field("group_mean", description=_ADVANTAGE)
 
 
-class DAPOConfig(_Strict):
+class DAPOConfig(FrozenConfig):
     """DAPO (docs/concepts/algorithm.md §8.7): clip-higher (0.2 / 0.28), token-mean aggregation."""
 
     name: Literal["dapo"] = Field("dapo", description=_NAME)
@@ -306,7 +302,7 @@ class DAPOConfig(_Strict):
     advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
-class CISPOConfig(_Strict):
+class CISPOConfig(FrozenConfig):
     """CISPO (docs/concepts/algorithm.md §8.5): ε_low 1.0 = no lower bound on the weight, as
     MiniMax use it in practice."""
 
@@ -318,7 +314,7 @@ class CISPOConfig(_Strict):
     advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
-class GSPOConfig(_Strict):
+class GSPOConfig(FrozenConfig):
     """GSPO (docs/concepts/algorithm.md §8.4): sequence ratio with the paper's clip range
     3e-4 / 4e-4."""
 
@@ -330,7 +326,7 @@ class GSPOConfig(_Strict):
     advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
-class GSPOTokenConfig(_Strict):
+class GSPOTokenConfig(FrozenConfig):
     """GSPO-token (docs/concepts/algorithm.md §8.4): GSPO's sequence ratio with a per-token
     gradient path."""
 
@@ -342,7 +338,7 @@ class GSPOTokenConfig(_Strict):
     advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
-class DecoupledPPOTISConfig(_Strict):
+class DecoupledPPOTISConfig(FrozenConfig):
     """Decoupled PPO with TIS (Yao et al., docs/concepts/algorithm.md §8.1): symmetric ε 0.2,
     weight min(π_old/μ_old, 2) (verl's default threshold)."""
 
@@ -358,7 +354,7 @@ class DecoupledPPOTISConfig(_Strict):
     advantage: AdvantageMode = Field("mean_std", description=_ADVANTAGE)
 
 
-class DPPOTVConfig(_Strict):
+class DPPOTVConfig(FrozenConfig):
     """DPPO-Binary-TV, anchored on μ_old (Qi et al., arXiv 2602.04879;
     docs/concepts/algorithm.md §8.9).
 
@@ -388,7 +384,7 @@ class DPPOTVConfig(_Strict):
     (``norm_adv_by_std_in_grpo=False``) and MiniRL."""
 
 
-class DPPOKLConfig(_Strict):
+class DPPOKLConfig(FrozenConfig):
     """DPPO-Binary-KL, anchored on μ_old (Qi et al., arXiv 2602.04879;
     docs/concepts/algorithm.md §8.9).
 

@@ -29,6 +29,13 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FrozenConfig(BaseModel):
+    """A part of a run's configuration: strict like a request, and frozen (a run's settings do not
+    change under it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

@@ -27,19 +27,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from keel.types.common import Float, Int
+from keel.types.common import Float, FrozenConfig, Int
 
 GuardAction = Literal["alert", "pause", "rollback"]
 # The triggers in the order the guard checks them; `GuardConfig` has one field per name.
 TriggerName = Literal["kl", "is_fraction", "clip", "entropy", "grad_norm", "reward", "accuracy"]
 MAX_PATIENCE = 1000
 MAX_WINDOW = 10_000
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _patience(default: int):
@@ -55,7 +51,7 @@ def _patience(default: int):
 _ACTION = "What a firing does: alert (event + metric), pause or rollback."
 
 
-class KlTrigger(_Strict):
+class KlTrigger(FrozenConfig):
     """k3 KL(μ‖π_old) (`mismatch/kl_k3`) above `ratio` × its running baseline (the median of the
     steps seen so far that did not breach; the first `warmup` steps only build it) and above
     `min_value`: an exact-copy rollout's KL is float noise around 0, whose ratios mean nothing."""
@@ -69,7 +65,7 @@ class KlTrigger(_Strict):
     warmup: Int = Field(1, ge=1, le=MAX_WINDOW, description="Steps before the trigger can breach.")
 
 
-class IsFractionTrigger(_Strict):
+class IsFractionTrigger(FrozenConfig):
     """The share of tokens whose IS weight was truncated or masked (`is/truncated_frac`,
     `is/masked_frac`, whichever is larger) above `max_frac`."""
 
@@ -78,7 +74,7 @@ class IsFractionTrigger(_Strict):
     max_frac: Float = Field(0.05, gt=0.0, le=1.0, description="The fraction that breaches.")
 
 
-class ClipTrigger(_Strict):
+class ClipTrigger(FrozenConfig):
     """The share of tokens the trust-region mask drops (`clip/frac`) above `max_frac`."""
 
     action: GuardAction = Field("alert", description=_ACTION)
@@ -86,7 +82,7 @@ class ClipTrigger(_Strict):
     max_frac: Float = Field(0.05, gt=0.0, le=1.0, description="The fraction that breaches.")
 
 
-class EntropyTrigger(_Strict):
+class EntropyTrigger(FrozenConfig):
     """Policy entropy (`train/entropy`) below `min_ratio` × its early level (the mean of the
     first `warmup` steps) while the reward has fallen: the mean `reward/mean` of the last
     `reward_window` steps below that of the first `reward_window` steps. A policy that grows
@@ -109,7 +105,7 @@ class EntropyTrigger(_Strict):
     )
 
 
-class GradNormTrigger(_Strict):
+class GradNormTrigger(FrozenConfig):
     """The gradient norm before clipping (`optim/grad_norm`) non-finite (breaches and fires at
     once, whatever `patience`), or above `ratio` × the running median of the non-breaching steps
     (after `warmup` steps)."""
@@ -120,7 +116,7 @@ class GradNormTrigger(_Strict):
     warmup: Int = Field(4, ge=1, le=MAX_WINDOW, description="Steps before the ratio can breach.")
 
 
-class RewardTrigger(_Strict):
+class RewardTrigger(FrozenConfig):
     """The step's mean reward (`reward/mean`), averaged over the last `window` steps, below
     `min_ratio` × its running baseline (the median of the earlier averages that did not breach;
     the first `warmup` only build it), once that baseline is at least `min_baseline`. A median,
@@ -141,7 +137,7 @@ class RewardTrigger(_Strict):
     warmup: Int = Field(1, ge=1, le=MAX_WINDOW, description="Averages before it can breach.")
 
 
-class AccuracyTrigger(_Strict):
+class AccuracyTrigger(FrozenConfig):
     """Held-out accuracy (`eval/accuracy`, on evaluated steps only) below `min_ratio` × its
     running peak, once the peak is at least `min_peak`."""
 
@@ -153,7 +149,7 @@ class AccuracyTrigger(_Strict):
     )
 
 
-class RollbackConfig(_Strict):
+class RollbackConfig(FrozenConfig):
     """How `rollback` actions go on."""
 
     max_attempts: Int = Field(
@@ -164,7 +160,7 @@ class RollbackConfig(_Strict):
     )
 
 
-class GuardConfig(_Strict):
+class GuardConfig(FrozenConfig):
     """The stability guard of a run; a trigger set to null is off."""
 
     kl: KlTrigger | None = Field(

@@ -48,6 +48,12 @@ def get_job(session: Session, job_id: str, *, project_id: str | None = None) -> 
     return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
+def step_reached(session: Session, job_id: str) -> int:
+    """The last step the job recorded; 0 for a job that is gone."""
+    job = get_job(session, job_id)
+    return job.step if job is not None else 0
+
+
 def get_job_by_idempotency_key(session: Session, project_id: str, key: str) -> Job | None:
     stmt = select(Job).where(Job.project_id == project_id, Job.idempotency_key == key)
     return session.execute(stmt).scalar_one_or_none()

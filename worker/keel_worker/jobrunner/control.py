@@ -1,5 +1,6 @@
-"""The lease holder's side of a job: a heartbeat thread, the cooperative stop checks, and the
-watchdog that ends a job that stopped making progress.
+"""The lease holder's side of a job: a heartbeat thread, the cooperative stop checks, the
+watchdog that ends a job that stopped making progress, and the write of the run's end state
+(`end`), which rides out a database blip.
 
 The heartbeat renews the lease every `heartbeat_interval_s` (a training step may take longer
 than the lease timeout) and picks up the pause/cancel request the API stored on the job row.
@@ -14,8 +15,9 @@ stores the latest on the job row, and the heartbeat thread gives up on the run w
 - a pause or cancel was requested and the loop neither acted on it nor made progress within
   `stall_grace_s` (it is inside a call no check can interrupt): the job ends paused (resuming
   from its latest checkpoint) or cancelled, as asked.
-Then `on_stuck` runs; the Celery task passes one that kills the pool process, since the stuck
-thread cannot be stopped from inside, and the pool starts a fresh process in its place.
+The give-up is written through `end`, so a database blip delays it instead of failing it. Then
+`on_stuck` runs; the Celery task passes one that kills the pool process, since the stuck thread
+cannot be stopped from inside, and the pool starts a fresh process in its place.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import time
 from collections.abc import Callable
 
 from keel_server.db import SessionFactory, session_scope
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, heartbeat
+from keel_server.db.jobs import LeaseLost, finish_job, heartbeat, step_reached
+from keel_server.db.transient import is_transient, wait_until_reachable
 from keel_worker.jobrunner.progress import ProgressClock, stuck_reason
 
 log = logging.getLogger(__name__)
+END_TRIES = 3  # recording a run's end: the first write and two after a database blip
 
 
 class StopRun(Exception):
@@ -53,6 +57,7 @@ class JobControl:
         owner: str,
         *,
         interval_s: float,
+        db_wait_s: float,
         bound_of: Callable[[str], float] = lambda phase: float("inf"),
         stall_grace_s: float = float("inf"),
         on_stuck: Callable[[], None] | None = None,
@@ -61,6 +66,7 @@ class JobControl:
         self.job_id = job_id
         self.owner = owner
         self.interval_s = interval_s
+        self.db_wait_s = db_wait_s  # how long recording the end waits out a database blip
         self.stall_grace_s = stall_grace_s
         self.on_stuck = on_stuck
         self.clock = ProgressClock(bound_of)
@@ -131,6 +137,31 @@ class JobControl:
         if reason is not None:
             raise StopRun(reason)
 
+    def end(self, status: str, *, error: str | None = None, reason: str | None = None) -> bool:
+        """Record the run's end state (`finish_job`); returns whether it was recorded. A write
+        that meets a database blip (`keel_server.db.transient`) is tried again once the database
+        answers (waiting at most `db_wait_s`), up to `END_TRIES` tries in all."""
+        # finish_job changes only a running job this owner holds: repeating it after a blip that
+        # may have committed it already is safe (the second one finds the lease released).
+        for _ in range(END_TRIES - 1):
+            try:
+                return self._record_end(status, error=error, reason=reason)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning(
+                    "job %s: recording %s met a database blip; retrying", self.job_id, status
+                )
+                wait_until_reachable(self.factory, timeout_s=self.db_wait_s)
+        return self._record_end(status, error=error, reason=reason)
+
+    def _record_end(self, status: str, *, error: str | None, reason: str | None) -> bool:
+        with session_scope(self.factory) as session:
+            ended = finish_job(session, self.job_id, self.owner, status, error=error, reason=reason)
+        if not ended:
+            log.warning("job %s: could not record %s (lease no longer held)", self.job_id, status)
+        return ended
+
     def watch(self, now_monotonic: float | None = None) -> bool:
         """One watchdog check (the heartbeat thread runs it after each beat): end the run when
         it is stuck; returns whether it did."""
@@ -151,15 +182,13 @@ class JobControl:
         overrun = self.clock.overrun(now)
         if overrun is not None:
             with session_scope(self.factory) as session:
-                job = get_job(session, self.job_id)
-                step = job.step if job is not None else 0
+                step = step_reached(session, self.job_id)
             return self._give_up("failed", error=stuck_reason(overrun, step))
         return False
 
     def _give_up(self, status: str, *, error: str | None = None, reason: str | None = None) -> bool:
         log.error("job %s: giving up on the run as %s: %s", self.job_id, status, error or reason)
-        with session_scope(self.factory) as session:
-            ended = finish_job(session, self.job_id, self.owner, status, error=error, reason=reason)
+        ended = self.end(status, error=error, reason=reason)
         # Whether or not this write won (another worker may hold the job now), this run must not
         # write again: the loop sees a lost lease at its next check.
         self._lost = True

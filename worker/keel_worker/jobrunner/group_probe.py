@@ -48,7 +48,13 @@ def run_probe(
     factory = session_factory(settings) if job_id and rank == 0 else None
     control = None
     if factory is not None:
-        control = RankControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s)
+        control = RankControl(
+            factory,
+            job_id,
+            owner,
+            interval_s=settings.heartbeat_interval_s,
+            db_wait_s=settings.db_recovery_wait_s,
+        )
         control.__enter__()
     status, done = "succeeded", 0
     try:

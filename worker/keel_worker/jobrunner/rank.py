@@ -142,7 +142,13 @@ def run_job_rank(job_id: str, owner: str, settings: Settings) -> Outcome:
             return follow(spec, settings, factory, dp)
         lead = Lead(dp)
         loop = None
-        with RankControl(factory, job_id, owner, interval_s=settings.heartbeat_interval_s) as ctl:
+        with RankControl(
+            factory,
+            job_id,
+            owner,
+            interval_s=settings.heartbeat_interval_s,
+            db_wait_s=settings.db_recovery_wait_s,
+        ) as ctl:
             try:
                 loop = JobLoop(spec, settings, factory, ctl, lead=lead)
                 status = loop.run()

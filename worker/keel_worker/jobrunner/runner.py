@@ -32,7 +32,13 @@ from dataclasses import dataclass
 
 from keel_server.db import SessionFactory, make_engine, make_session_factory, session_scope
 from keel_server.db import jobs as jobs_db
-from keel_server.db.jobs import LeaseLost, finish_job, get_job, record_rendezvous, take_lease
+from keel_server.db.jobs import (
+    LeaseLost,
+    get_job,
+    record_rendezvous,
+    step_reached,
+    take_lease,
+)
 from keel_server.db.transient import is_transient, wait_until_reachable
 from keel_server.platform.leases import new_owner, owner_is_dead
 from keel_server.platform.security import sealing_key
@@ -104,25 +110,25 @@ def run_job(
     if not lease.acquired:
         log.info("job %s: not taken (%s)", job_id, lease.reason)
         return RunOutcome(job_id, lease.reason)
-    try:
-        spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
-    except ValueError as exc:
-        error = describe(exc, lease.job.step)
-        _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
-        return RunOutcome(job_id, "failed", lease.job.step)
-    log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
-    tensor_parallel = spec.config.distributed.tensor_parallel
-    if tensor_parallel is not None:  # the job's vLLM tensor-parallel size over the worker's
-        settings = settings.model_copy(update={"vllm_tensor_parallel_size": tensor_parallel})
     control = JobControl(
         factory,
         job_id,
         owner,
         interval_s=settings.heartbeat_interval_s,
+        db_wait_s=settings.db_recovery_wait_s,
         bound_of=settings.phase_timeout_s,
         stall_grace_s=settings.stall_grace_s,
         on_stuck=on_stuck,
     )
+    try:
+        spec = JobSpec.from_row(lease.job, sealing_key=sealing_key(settings))
+    except ValueError as exc:
+        control.end("failed", error=describe(exc, lease.job.step))
+        return RunOutcome(job_id, "failed", lease.job.step)
+    log.info("job %s: lease taken by %s (attempt %d)", job_id, owner, lease.job.attempts)
+    tensor_parallel = spec.config.distributed.tensor_parallel
+    if tensor_parallel is not None:  # the job's vLLM tensor-parallel size over the worker's
+        settings = settings.model_copy(update={"vllm_tensor_parallel_size": tensor_parallel})
     with control:
         if spec.config.distributed.world_size > 1:
             calls = _GroupCalls(rank_args, call_machines, requeue)
@@ -141,8 +147,7 @@ def _run_group(
     (`jobrunner.group`); rank 0 writes the job's progress, this process its end."""
     refused = own_refusal(spec.config.distributed, settings)
     if refused is not None:
-        wait_s = settings.db_recovery_wait_s
-        _end(factory, spec.id, control.owner, "failed", error=refused, wait_s=wait_s)
+        control.end("failed", error=refused)
         return RunOutcome(spec.id, "failed", 0)
     request = spec.config.distributed
 
@@ -166,15 +171,7 @@ def _run_group(
         if calls.requeue is not None:
             calls.requeue()
         return RunOutcome(spec.id, "requeued", _step_of(factory, spec.id))
-    _end(
-        factory,
-        spec.id,
-        control.owner,
-        end.status,
-        error=end.error,
-        reason=end.reason,
-        wait_s=settings.db_recovery_wait_s,
-    )
+    control.end(end.status, error=end.error, reason=end.reason)
     step = end.step if end.step is not None else _step_of(factory, spec.id)
     return RunOutcome(spec.id, end.status, step)
 
@@ -211,8 +208,7 @@ def _requeued(
 
 def _step_of(factory: SessionFactory, job_id: str) -> int:
     with session_scope(factory) as session:
-        job = get_job(session, job_id)
-        return job.step if job is not None else 0
+        return step_reached(session, job_id)
 
 
 def _run_leased(
@@ -228,8 +224,7 @@ def _run_leased(
             recoveries, progress = 0, blip.step
         if recoveries >= settings.db_recovery_attempts:
             log.error("job %s: database blip number %d: giving up", spec.id, recoveries + 1)
-            end_wait_s = settings.db_recovery_wait_s
-            _end(factory, spec.id, control.owner, "failed", error=blip.error, wait_s=end_wait_s)
+            control.end("failed", error=blip.error)
             return RunOutcome(spec.id, "failed", blip.step)
         recoveries += 1
         control.progress("load")  # waiting for the database, then loading the model again
@@ -290,50 +285,10 @@ def _run_loop_once(
             log.warning("job %s: database error after step %d", spec.id, step, exc_info=True)
             return _DatabaseBlip(describe(exc, step), step)
         log.exception("job %s failed at step %d", spec.id, step)
-        return _fail(factory, settings, spec.id, control.owner, exc, step)
-    end_wait_s = settings.db_recovery_wait_s
-    _end(factory, spec.id, control.owner, status, reason=loop.end_reason, wait_s=end_wait_s)
+        control.end("failed", error=describe(exc, step))
+        return RunOutcome(spec.id, "failed", step)
+    control.end(status, reason=loop.end_reason)
     return RunOutcome(spec.id, status, loop.step_reached)
-
-
-def _fail(
-    factory: SessionFactory,
-    settings: Settings,
-    job_id: str,
-    owner: str,
-    exc: BaseException,
-    step: int,
-) -> RunOutcome:
-    error = describe(exc, step)
-    _end(factory, job_id, owner, "failed", error=error, wait_s=settings.db_recovery_wait_s)
-    return RunOutcome(job_id, "failed", step)
-
-
-def _end(
-    factory: SessionFactory,
-    job_id: str,
-    owner: str,
-    status: str,
-    *,
-    error: str | None = None,
-    reason: str | None = None,
-    wait_s: float,
-) -> None:
-    # finish_job changes only a running job this owner holds: repeating it after a blip that
-    # may have committed it already is safe (the second one finds the lease released).
-    for attempt in range(3):
-        try:
-            with session_scope(factory) as session:
-                if not finish_job(session, job_id, owner, status, error=error, reason=reason):
-                    log.warning(
-                        "job %s: could not record %s (lease no longer held)", job_id, status
-                    )
-            return
-        except Exception as exc:
-            if attempt == 2 or not is_transient(exc):
-                raise
-            log.warning("job %s: recording %s met a database blip; retrying", job_id, status)
-            wait_until_reachable(factory, timeout_s=wait_s)
 
 
 def describe(exc: BaseException, step: int) -> str:

@@ -35,9 +35,14 @@ def repo_modules() -> set[str]:
     return modules
 
 
-def contract_sources() -> dict[str, set[str]]:
+def linter_config() -> configparser.ConfigParser:
     config = configparser.ConfigParser()
     config.read(ROOT / ".importlinter")
+    return config
+
+
+def contract_sources() -> dict[str, set[str]]:
+    config = linter_config()
     return {
         section: set(config[section]["source_modules"].split())
         for section in config.sections()
@@ -68,6 +73,14 @@ def test_every_contract_source_exists():
         assert sources, section
         missing = sorted(s for s in sources if s not in modules)
         assert not missing, f"{section} names modules that do not exist: {missing}"
+
+
+def test_the_guard_cases_reach_no_benchmark_but_the_embedded_service():
+    service = linter_config()["importlinter:contract:research-service"]
+    forbidden = set(service["forbidden_modules"].split())
+    bench = {m for m in repo_modules() if _within(m, "bench") and m != "bench"}
+    unlisted = sorted(bench - forbidden - {"bench.embedded"})
+    assert not unlisted, f"bench modules research.guard_service is not kept from: {unlisted}"
 
 
 # The research harness's allow list (the comment above `research-allowed` in .importlinter).

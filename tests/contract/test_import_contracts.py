@@ -76,8 +76,7 @@ def test_every_contract_source_exists():
 
 
 def test_the_guard_cases_reach_no_benchmark_but_the_embedded_service():
-    service = linter_config()["importlinter:contract:research-service"]
-    forbidden = set(service["forbidden_modules"].split())
+    forbidden = set(contract_sources_key("importlinter:contract:research-service"))
     bench = {m for m in repo_modules() if _within(m, "bench") and m != "bench"}
     unlisted = sorted(bench - forbidden - {"bench.embedded"})
     assert not unlisted, f"bench modules research.guard_service is not kept from: {unlisted}"
@@ -115,6 +114,4 @@ def test_every_product_module_is_allowed_to_or_forbidden_for_the_research_harnes
 
 
 def contract_sources_key(section: str) -> list[str]:
-    config = configparser.ConfigParser()
-    config.read(ROOT / ".importlinter")
-    return config[section]["forbidden_modules"].split()
+    return linter_config()[section]["forbidden_modules"].split()

@@ -12,7 +12,7 @@ from keel_server.db import rollouts as rollouts_db
 from keel_server.db import session_scope, stored, utcnow
 from keel_server.db.rollouts import RewardOutcome
 from keel_server.services import convert
-from keel_server.services.auth import load_rollout
+from keel_server.services.auth import load_reward_target
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
 
@@ -63,7 +63,7 @@ def _counted(
 def _post(
     session: Session, principal: Principal, rollout_id: str, value: float, *, loc: list
 ) -> RewardResult:
-    rollout, job = load_rollout(session, principal, rollout_id)
+    rollout = load_reward_target(session, principal, rollout_id)
     # A rollout still open for a reward, of a job that has ended: nobody will read it. (An
     # expired or rewarded one answers as usual: its own state is the more precise 409, and the
     # same value again stays an idempotent 200.)
@@ -72,13 +72,13 @@ def _post(
     closed_by_end = rollout.status == "expired" and (
         rollout.expired_at is not None and rollout.expired_at < rollout.deadline_at
     )
-    if job.status in TERMINAL_STATUSES and (open_ or closed_by_end):
+    if rollout.job_status in TERMINAL_STATUSES and (open_ or closed_by_end):
         raise ServiceError(
             "conflict",
-            f"job {job.id} is {job.status}: it takes no more rewards",
-            state={"job_id": job.id, "status": job.status},
+            f"job {rollout.job_id} is {rollout.job_status}: it takes no more rewards",
+            state={"job_id": rollout.job_id, "status": rollout.job_status},
         )
-    source = stored.reward_source(job)
+    source = stored.reward_source(rollout)
     problem = reward_problem(value, min_value=source.min_value, max_value=source.max_value)
     if problem:
         raise invalid(loc, problem)

@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
-from sqlalchemy import Double, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, Double, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, load_only
 
 from keel_server.db.base import UTCDateTime, new_id, utcnow
@@ -177,7 +177,9 @@ def get_rollout_and_job(
     return None if row is None else (row[0], row[1])
 
 
-def reward_target(session: Session, rollout_id: str, *, project_id: str) -> RewardTarget | None:
+def reward_target(
+    session: Session | Connection, rollout_id: str, *, project_id: str
+) -> RewardTarget | None:
     """The rollout with its job's status and reward source, when the job is `project_id`'s: one
     query, of a plain row."""
     params = {"rollout_id": rollout_id, "project_id": project_id}
@@ -225,7 +227,7 @@ def delete_after(session: Session, job_id: str, step: int) -> int:
 
 
 def set_reward(
-    session: Session,
+    session: Session | Connection,
     rollout_id: str,
     value: float,
     *,
@@ -258,12 +260,12 @@ def set_reward(
     return RewardOutcome.EXPIRED, row
 
 
-def _reward_state(session: Session, rollout_id: str) -> RewardState | None:
+def _reward_state(session: Session | Connection, rollout_id: str) -> RewardState | None:
     return session.execute(_GET_REWARD_STATE, {"rollout_id": rollout_id}).one_or_none()
 
 
 def expire_due(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     *,
     now: datetime | None = None,

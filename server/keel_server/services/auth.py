@@ -5,6 +5,7 @@ so ids do not leak)."""
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from keel_server.db import checkpoints as ckpt_db
@@ -119,7 +120,7 @@ def load_rollout(session: Session, principal: Principal, rollout_id: str) -> tup
 
 
 def load_reward_target(
-    session: Session, principal: Principal, rollout_id: str
+    session: Session | Connection, principal: Principal, rollout_id: str
 ) -> rollouts_db.RewardTarget:
     """`load_rollout` for a reward post: the rollout with its job's status and reward source, as
     one plain row."""

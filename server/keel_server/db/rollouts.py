@@ -90,8 +90,9 @@ def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
     return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-# What reading a rollout with its job reads. The other columns (a rollout's payload of token ids,
-# a job's config and summaries) load when touched.
+# What `get_rollout_and_job` reads of a rollout and of its job (an episode's or a rollout's
+# retrieval). The other columns (a rollout's payload of token ids, a job's config and summaries)
+# load when touched.
 _REWARD_COLUMNS = (
     Rollout.id,
     Rollout.job_id,
@@ -236,7 +237,7 @@ def set_reward(
 ) -> tuple[RewardOutcome, RewardState | None]:
     """Record a reward once. Idempotent for the same value; never overwrites a different one.
 
-    `current` is the rollout as this transaction already read it. A rewarded rollout stays
+    `current` is the rollout as this post already read it. A rewarded rollout stays
     rewarded with that reward (only this function sets one, once), so when `current` is already
     rewarded the answer is known without another statement; otherwise the guarded UPDATE decides,
     and returns the row it changed."""

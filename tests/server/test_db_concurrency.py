@@ -6,9 +6,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
+
 from keel_server.db import jobs as jobs_db
 from keel_server.db import rollouts as ro
-from keel_server.db import session_scope, utcnow
+from keel_server.db import session_scope, statement_scope, utcnow
 
 THREADS = 6
 
@@ -24,7 +26,9 @@ def test_exactly_one_worker_takes_the_lease(session_factory, job_id) -> None:
     assert sum(results) == 1
 
 
-def test_exactly_one_reward_value_wins(session_factory, job_id) -> None:
+# statement_scope: the API's single post, each statement committing on its own on PostgreSQL.
+@pytest.mark.parametrize("scope", [session_scope, statement_scope])
+def test_exactly_one_reward_value_wins(session_factory, job_id, scope) -> None:
     with session_scope(session_factory) as s:
         (row,) = ro.record_rollouts(
             s,
@@ -36,7 +40,7 @@ def test_exactly_one_reward_value_wins(session_factory, job_id) -> None:
         )
 
     def post(i: int) -> ro.RewardOutcome:
-        with session_scope(session_factory) as s:
+        with scope(session_factory) as s:
             return ro.set_reward(s, row.id, float(i))[0]
 
     with ThreadPoolExecutor(THREADS) as pool:

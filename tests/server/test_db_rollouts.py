@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from keel_server.db import prompts, session_scope, utcnow
+import pytest
+
+from keel_server.db import prompts, session_scope, statement_scope, utcnow
 from keel_server.db import rollouts as ro
 from keel_server.db.metrics import step_metrics, write_step_metrics
 
@@ -24,9 +26,10 @@ def _record(factory, job_id, *, step=1, deadline_s=60.0, rewards=None):
         return [r.id for r in rows]
 
 
-def test_reward_outcomes(session_factory, job_id) -> None:
+@pytest.mark.parametrize("scope", [session_scope, statement_scope])
+def test_reward_outcomes(session_factory, job_id, scope) -> None:
     ids = _record(session_factory, job_id)
-    with session_scope(session_factory) as s:
+    with scope(session_factory) as s:
         assert ro.set_reward(s, ids[0], 1.0)[0] is ro.RewardOutcome.CREATED
         assert ro.set_reward(s, ids[0], 1.0)[0] is ro.RewardOutcome.SAME
         assert ro.set_reward(s, ids[0], 0.0)[0] is ro.RewardOutcome.CONFLICT
@@ -40,6 +43,17 @@ def test_reward_outcomes(session_factory, job_id) -> None:
             "expired": 1,
             "awaiting_reward": 2,
         }
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_statement_scope_commits_each_statement_on_postgres(session_factory, job_id) -> None:
+    ids = _record(session_factory, job_id)
+    with statement_scope(session_factory) as connection:
+        assert ro.set_reward(connection, ids[0], 1.0)[0] is ro.RewardOutcome.CREATED
+        # Another connection sees the reward before the scope ends: no transaction holds it.
+        with session_scope(session_factory) as other:
+            assert ro.get_rollout(other, ids[0]).reward == 1.0
 
 
 def test_builtin_rewards_are_recorded_with_the_rollouts(session_factory, job_id) -> None:

@@ -1,8 +1,8 @@
 """Persistence: SQLAlchemy models and the only module tree that issues SQL.
 
-Submodules by concept: `models`, `session` (engines, `session_scope`), `jobs` (state machine and
-lease), `prompts`, `rollouts` (reward life cycle), `episodes` (agent episodes: claims, turns),
-`metrics`, `checkpoints`, `keys`, `events`.
+Submodules by concept: `models`, `session` (engines, `session_scope`, `statement_scope`), `jobs`
+(state machine and lease), `prompts`, `rollouts` (reward life cycle), `episodes` (agent episodes:
+claims, turns), `metrics`, `checkpoints`, `keys`, `events`.
 The worker imports these directly; the API reaches them through `keel_server.services`.
 """
 
@@ -12,6 +12,7 @@ from keel_server.db.session import (
     make_engine,
     make_session_factory,
     session_scope,
+    statement_scope,
 )
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "make_session_factory",
     "new_id",
     "session_scope",
+    "statement_scope",
     "utcnow",
 ]

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Any, Protocol
 
-from sqlalchemy import Double, bindparam, delete, func, select, tuple_, update
+from sqlalchemy import Connection, Double, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, load_only
 
 from keel_server.db.base import UTCDateTime, new_id, utcnow
@@ -89,8 +90,9 @@ def get_rollout(session: Session, rollout_id: str) -> Rollout | None:
     return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
 
 
-# What a reward post reads of a rollout and of its job. The other columns (a rollout's payload
-# of token ids, a job's config and summaries) load when touched; a reward post never does.
+# What `get_rollout_and_job` reads of a rollout and of its job (an episode's or a rollout's
+# retrieval). The other columns (a rollout's payload of token ids, a job's config and summaries)
+# load when touched.
 _REWARD_COLUMNS = (
     Rollout.id,
     Rollout.job_id,
@@ -101,9 +103,6 @@ _REWARD_COLUMNS = (
 )
 _JOB_OWNER_COLUMNS = (Job.id, Job.project_id, Job.status, Job.reward_source)
 
-# The two statements of a reward post, built once: building an ORM statement and its loader
-# options costs more CPU per post than executing it (SQLAlchemy caches the compiled SQL, not the
-# construction).
 _ROLLOUT_AND_JOB = (
     select(Rollout, Job)
     .join(Job, Rollout.job_id == Job.id)
@@ -111,22 +110,62 @@ _ROLLOUT_AND_JOB = (
     .options(load_only(*_REWARD_COLUMNS), load_only(*_JOB_OWNER_COLUMNS))
     .execution_options(populate_existing=True)
 )
+
+# A reward post's statements, built once, on the tables rather than the mapped classes: they
+# return plain rows, not ORM objects, and a post runs no ORM machinery (loading, identity map,
+# the ORM's cache keys), which cost it more CPU than the statements themselves.
+_rollouts, _jobs = Rollout.__table__, Job.__table__
+# What a reward post reads and answers of a rollout (`RewardState`).
+_REWARD_STATE = (
+    _rollouts.c.id,
+    _rollouts.c.job_id,
+    _rollouts.c.status,
+    _rollouts.c.reward,
+    _rollouts.c.deadline_at,
+    _rollouts.c.rewarded_at,
+    _rollouts.c.expired_at,
+)
+_REWARD_TARGET = (
+    select(*_REWARD_STATE, _jobs.c.status.label("job_status"), _jobs.c.reward_source)
+    .join_from(_rollouts, _jobs, _rollouts.c.job_id == _jobs.c.id)
+    .where(_rollouts.c.id == bindparam("rollout_id"), _jobs.c.project_id == bindparam("project_id"))
+)
+_GET_REWARD_STATE = select(*_REWARD_STATE).where(_rollouts.c.id == bindparam("rollout_id"))
 _SET_REWARD = (
-    update(Rollout)
+    update(_rollouts)
     .where(
-        Rollout.id == bindparam("rollout_id"),
-        Rollout.status == "awaiting_reward",
-        Rollout.deadline_at > bindparam("now", type_=UTCDateTime()),
+        _rollouts.c.id == bindparam("rollout_id"),
+        _rollouts.c.status == "awaiting_reward",
+        _rollouts.c.deadline_at > bindparam("now", type_=UTCDateTime()),
     )
     .values(
         status="rewarded",
         reward=bindparam("value", type_=Double()),
         rewarded_at=bindparam("now", type_=UTCDateTime()),
     )
-    .returning(Rollout)
-    .options(load_only(*_REWARD_COLUMNS))
-    .execution_options(synchronize_session=False, populate_existing=True)
+    .returning(*_REWARD_STATE)
 )
+
+
+class RewardState(Protocol):
+    """A rollout's row as a reward post reads it: `id`, `job_id`, `status`, `reward`,
+    `deadline_at`, `rewarded_at`, `expired_at` (a plain row, or the mapped `Rollout`)."""
+
+    id: str
+    job_id: str
+    status: str
+    reward: float | None
+    deadline_at: datetime
+    rewarded_at: datetime | None
+    expired_at: datetime | None
+
+
+class RewardTarget(RewardState, Protocol):
+    """A rollout as a reward post decides on it, with its job's `job_status` and
+    `reward_source`."""
+
+    job_status: str
+    reward_source: dict[str, Any]
 
 
 def get_rollout_and_job(
@@ -137,6 +176,15 @@ def get_rollout_and_job(
     params = {"rollout_id": rollout_id, "project_id": project_id}
     row = session.execute(_ROLLOUT_AND_JOB, params).one_or_none()
     return None if row is None else (row[0], row[1])
+
+
+def reward_target(
+    session: Session | Connection, rollout_id: str, *, project_id: str
+) -> RewardTarget | None:
+    """The rollout with its job's status and reward source, when the job is `project_id`'s: one
+    query, of a plain row."""
+    params = {"rollout_id": rollout_id, "project_id": project_id}
+    return session.execute(_REWARD_TARGET, params).one_or_none()
 
 
 def list_rollouts(
@@ -180,16 +228,16 @@ def delete_after(session: Session, job_id: str, step: int) -> int:
 
 
 def set_reward(
-    session: Session,
+    session: Session | Connection,
     rollout_id: str,
     value: float,
     *,
     now: datetime | None = None,
-    current: Rollout | None = None,
-) -> tuple[RewardOutcome, Rollout | None]:
+    current: RewardState | None = None,
+) -> tuple[RewardOutcome, RewardState | None]:
     """Record a reward once. Idempotent for the same value; never overwrites a different one.
 
-    `current` is the rollout as this transaction already read it. A rewarded rollout stays
+    `current` is the rollout as this post already read it. A rewarded rollout stays
     rewarded with that reward (only this function sets one, once), so when `current` is already
     rewarded the answer is known without another statement; otherwise the guarded UPDATE decides,
     and returns the row it changed."""
@@ -197,24 +245,28 @@ def set_reward(
         return (RewardOutcome.SAME if current.reward == value else RewardOutcome.CONFLICT), current
     now = now or utcnow()
     params = {"rollout_id": rollout_id, "value": value, "now": now}
-    created = session.execute(_SET_REWARD, params).scalar_one_or_none()
+    created = session.execute(_SET_REWARD, params).one_or_none()
     if created is not None:
         return RewardOutcome.CREATED, created
-    row = get_rollout(session, rollout_id)
+    row = _reward_state(session, rollout_id)
     if row is None:
         return RewardOutcome.NOT_FOUND, None
     if row.status == "rewarded":
         return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
     if row.status == "awaiting_reward":  # past its deadline but not swept yet: expire it now
         expire_due(session, row.job_id, now=now, rollout_id=rollout_id)
-        row = get_rollout(session, rollout_id)
+        row = _reward_state(session, rollout_id)
         if row is not None and row.status == "rewarded":  # lost a race to a valid post
             return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
     return RewardOutcome.EXPIRED, row
 
 
+def _reward_state(session: Session | Connection, rollout_id: str) -> RewardState | None:
+    return session.execute(_GET_REWARD_STATE, {"rollout_id": rollout_id}).one_or_none()
+
+
 def expire_due(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     *,
     now: datetime | None = None,

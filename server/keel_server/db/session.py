@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
@@ -124,6 +124,23 @@ def session_scope(factory: SessionFactory) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def statement_scope(factory: SessionFactory) -> Iterator[Connection]:
+    """A connection whose statements each commit on their own, for work in which every write is
+    one guarded (compare-and-set) statement: a transaction around them would add nothing, as each
+    statement of a READ COMMITTED transaction reads the latest commits anyway. On PostgreSQL it
+    saves the BEGIN and the COMMIT, a round trip each (psycopg turns autocommit on and off
+    without one). On SQLite it is one transaction, as `session_scope`: every transaction there
+    starts with BEGIN IMMEDIATE, and one writer at a time holds the file anyway."""
+    engine = factory.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    with engine.connect() as connection:
+        yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def ping(factory: SessionFactory) -> None:

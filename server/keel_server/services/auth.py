@@ -5,6 +5,7 @@ so ids do not leak)."""
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from keel_server.db import checkpoints as ckpt_db
@@ -114,11 +115,27 @@ def load_rollout(session: Session, principal: Principal, rollout_id: str) -> tup
     """The rollout and its job, read together; a rollout of another project's job, or of another
     job than a reward token's, is not found (as `load_job` would say of the job)."""
     found = rollouts_db.get_rollout_and_job(session, rollout_id, project_id=principal.project_id)
-    if found is None or (principal.is_reward_token and found[1].id != principal.job_id):
+    _check_rollout_owner(principal, rollout_id, None if found is None else found[1].id)
+    return found
+
+
+def load_reward_target(
+    session: Session | Connection, principal: Principal, rollout_id: str
+) -> rollouts_db.RewardTarget:
+    """`load_rollout` for a reward post: the rollout with its job's status and reward source, as
+    one plain row."""
+    found = rollouts_db.reward_target(session, rollout_id, project_id=principal.project_id)
+    _check_rollout_owner(principal, rollout_id, None if found is None else found.job_id)
+    return found
+
+
+def _check_rollout_owner(principal: Principal, rollout_id: str, job_id: str | None) -> None:
+    """Not found unless the rollout exists in the principal's project (`job_id` is its job's,
+    None when it does not), is of a reward token's job, and is an episode key's episode."""
+    if job_id is None or (principal.is_reward_token and job_id != principal.job_id):
         raise not_found("rollout", rollout_id)
     if principal.episode_id and principal.episode_id != rollout_id:
         raise not_found("rollout", rollout_id)
-    return found
 
 
 def load_checkpoint(session: Session, principal: Principal, checkpoint_id: str) -> Checkpoint:

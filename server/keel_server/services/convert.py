@@ -10,6 +10,7 @@ from keel.types.jobs import Job
 from keel.types.prompts import Prompt
 from keel.types.rollouts import Rollout
 from keel_server.db import models, stored
+from keel_server.db.rollouts import RewardState
 
 
 def job(row: models.Job) -> Job:
@@ -87,7 +88,7 @@ def prompt(row: models.Prompt) -> Prompt:
     )
 
 
-def rollout_state(row: models.Rollout) -> dict:
+def rollout_state(row: RewardState) -> dict:
     """The state a 409 about a reward carries."""
     return {
         "rollout_id": row.id,

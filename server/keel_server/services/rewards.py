@@ -3,27 +3,30 @@ value, refused past the deadline with the rollout's state, bounded by the job's 
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from keel.types.errors import ErrorBody
 from keel.types.jobs import TERMINAL_STATUSES
 from keel.types.rewards import RewardBatch, RewardBatchResult, RewardResult, reward_problem
 from keel_server.db import rollouts as rollouts_db
-from keel_server.db import session_scope, stored, utcnow
+from keel_server.db import session_scope, statement_scope, stored, utcnow
 from keel_server.db.rollouts import RewardOutcome
 from keel_server.services import convert
-from keel_server.services.auth import load_rollout
+from keel_server.services.auth import load_reward_target
 from keel_server.services.context import Principal, ServiceContext
 from keel_server.services.errors import ServiceError, invalid
 
 
 def post(ctx: ServiceContext, principal: Principal, rollout_id: str, value: float) -> RewardResult:
-    with session_scope(ctx.sessions) as session:
-        return _counted(ctx, session, principal, rollout_id, value, loc=["body", "value"])
+    # No transaction: the one write is `set_reward`'s guarded UPDATE (`db.session.statement_scope`).
+    with statement_scope(ctx.sessions) as connection:
+        return _counted(ctx, connection, principal, rollout_id, value, loc=["body", "value"])
 
 
 def post_batch(ctx: ServiceContext, principal: Principal, batch: RewardBatch) -> RewardBatchResult:
-    """Each item succeeds or fails on its own (a retry of the whole batch is safe)."""
+    """Each item succeeds or fails on its own (a retry of the whole batch is safe); one
+    transaction, so a batch costs one commit, not one per item."""
     results = []
     with session_scope(ctx.sessions) as session:
         for i, item in enumerate(batch.rewards):
@@ -42,7 +45,7 @@ def post_batch(ctx: ServiceContext, principal: Principal, batch: RewardBatch) ->
 
 def _counted(
     ctx: ServiceContext,
-    session: Session,
+    session: Session | Connection,
     principal: Principal,
     rollout_id: str,
     value: float,
@@ -61,9 +64,9 @@ def _counted(
 
 
 def _post(
-    session: Session, principal: Principal, rollout_id: str, value: float, *, loc: list
+    session: Session | Connection, principal: Principal, rollout_id: str, value: float, *, loc: list
 ) -> RewardResult:
-    rollout, job = load_rollout(session, principal, rollout_id)
+    rollout = load_reward_target(session, principal, rollout_id)
     # A rollout still open for a reward, of a job that has ended: nobody will read it. (An
     # expired or rewarded one answers as usual: its own state is the more precise 409, and the
     # same value again stays an idempotent 200.)
@@ -72,13 +75,13 @@ def _post(
     closed_by_end = rollout.status == "expired" and (
         rollout.expired_at is not None and rollout.expired_at < rollout.deadline_at
     )
-    if job.status in TERMINAL_STATUSES and (open_ or closed_by_end):
+    if rollout.job_status in TERMINAL_STATUSES and (open_ or closed_by_end):
         raise ServiceError(
             "conflict",
-            f"job {job.id} is {job.status}: it takes no more rewards",
-            state={"job_id": job.id, "status": job.status},
+            f"job {rollout.job_id} is {rollout.job_status}: it takes no more rewards",
+            state={"job_id": rollout.job_id, "status": rollout.job_status},
         )
-    source = stored.reward_source(job)
+    source = stored.reward_source(rollout)
     problem = reward_problem(value, min_value=source.min_value, max_value=source.max_value)
     if problem:
         raise invalid(loc, problem)

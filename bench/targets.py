@@ -185,7 +185,8 @@ def ingest_rows() -> list[Row]:
             if point["p99_ms"] < POST_P99_MS and point["requests_per_s"] > best[0]:
                 best = (point["requests_per_s"], server["server_workers"], point["p99_ms"])
     measured = (
-        f"{best[0]:.0f} /s at p99 {best[2]:.0f} ms ({best[1]} API processes); "
+        f"{best[0]:.0f} /s at p99 {best[2]:.0f} ms ({best[1]} API process"
+        f"{'es' if best[1] != 1 else ''}); "
         f"{result['cpu_ms_per_post']} ms CPU per post"
     )
     machine = result["machine"]

@@ -128,8 +128,9 @@ def keel_limits(cache_dir: Path, preset: str, raw: dict, warmup: int) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[compute]
     gemm = {compute: roofline.gemm_peak(dtype, roofline.model_gemm_shapes(model, int(tokens)))}
     bandwidth = roofline.memory_bandwidth()
-    # The engine decodes from a copy of the weights in its compute dtype (fp32 where bf16 is
-    # emulated: bf16-rounded values stored as fp32), read once per decode step for all B × G.
+    # The engine decodes from the weights in its compute dtype (fp32: the trainer's own tensors;
+    # fp32 too where bf16 is emulated: bf16-rounded values), read once per decode step for all
+    # B × G.
     params = sum(p.numel() for p in model.parameters())  # the tied embedding once: the LM head
     weight_bytes = params * (2 if compute == "bf16" else 4)
     generated = [n * B * G for n in raw["response_len"][measured]]

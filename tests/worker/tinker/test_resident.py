@@ -8,6 +8,7 @@ import pytest
 import torch
 from tinker_helpers import grads_of, resident, rl_datum, toy_datum, weights_of
 
+from keel_worker.engines.hf import HFEngine
 from keel_worker.tinker.batch import AdamParams, Datum, SamplingParams
 
 ADAM = AdamParams(learning_rate=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.01)
@@ -222,6 +223,44 @@ def test_sampling_follows_the_weights_after_optim_step():
     model.optim_step(AdamParams(learning_rate=1e-2))
     after = model.sample([1, 72], params, 1).sequences[0].logprobs
     assert not np.allclose(before, after, atol=1e-4)
+
+
+def _sequences(result) -> list[tuple[list[int], list[float]]]:
+    return [(s.tokens, s.logprobs) for s in result.sequences]
+
+
+@pytest.mark.parametrize("lora_rank", [None, 4])
+def test_sampling_saved_weights_leaves_the_live_ones_untouched(tmp_path, lora_rank):
+    """The engine shares the policy's tensors; `weights_from` loads the saved weights into a
+    private copy, so the policy stays bit-identical and the next sample is the live one's."""
+    from transformers import AutoModelForCausalLM
+
+    model = resident(lora_rank=lora_rank)
+    adam = AdamParams(learning_rate=1e-2)
+    model.forward(_batch(), "importance_sampling", None, backward=True)
+    model.optim_step(adam)
+    model.save_for_sampler(tmp_path)
+    model.forward(_batch(), "importance_sampling", None, backward=True)
+    model.optim_step(adam)  # the live weights move on from the saved ones
+    live = weights_of(model)
+    params = SamplingParams(max_tokens=6, seed=5, temperature=1.0, stop=[])
+    before = _sequences(model.sample([1, 72], params, 2))
+
+    with model.weights_from(tmp_path):
+        saved = _sequences(model.sample([1, 72], params, 2))
+
+    assert _max_diff(live, weights_of(model)) == 0.0
+    assert _sequences(model.sample([1, 72], params, 2)) == before
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    reference = HFEngine(plain, model.tokenizer).generate(
+        [[1, 72]], n=2, max_new_tokens=6, temperature=1.0, seed=5, stop_ids=[]
+    )
+    expected = [
+        (tokens, logprobs.tolist())
+        for tokens, logprobs in zip(reference.response_ids, reference.rollout_logprobs, strict=True)
+    ]
+    assert saved == expected
+    assert saved != before  # the saved weights are not the live ones: the checks above can fail
 
 
 def test_stop_token_ids_end_a_sequence():

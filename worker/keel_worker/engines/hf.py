@@ -48,7 +48,13 @@ class _Rows:
 
 
 class HFEngine:
-    """Rollout engine on a private copy of a transformers causal LM at an inference precision."""
+    """Rollout engine on a copy of a transformers causal LM at an inference precision.
+
+    The copy's modules are always its own; its fp32 weights may be the trainer's own tensors
+    (`share_weights`), which spares a second copy of every weight: the trainer's in-place
+    optimizer steps reach the engine as they happen, and `load_weights` of another model (Tinker's
+    saved sampler weights) gives the engine a private copy instead of writing into the trainer's.
+    """
 
     def __init__(
         self,
@@ -57,20 +63,36 @@ class HFEngine:
         *,
         precision: Precision = "fp32",
         bf16_native: bool | None = None,
+        share_weights: bool = False,
     ) -> None:
         """`bf16_native`: compute bf16/fp8 in native bfloat16 or emulate it in float32 (None:
-        as the CPU measures, `engines.precision.engine_bf16_native`)."""
+        as the CPU measures, `engines.precision.engine_bf16_native`). `share_weights`: alias
+        `model`'s weights where that is exact (an fp32 engine on `model`'s device; a LoRA
+        policy's merged layers stay the engine's own); the caller asks only where `model` is not
+        sharded and trains on the engine's device, and an engine of another precision keeps its
+        own copy."""
         self.precision = precision
         self.tokenizer = tokenizer
-        self.model = make_engine_copy(model, precision, bf16_native=bf16_native)
+        # The model whose storage the engine's parameters may alias: the trainer's.
+        self.shares_with = model if share_weights and precision == "fp32" else None
+        self.model = make_engine_copy(
+            model, precision, bf16_native=bf16_native, share=self.shares_with is not None
+        )
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.replay = RoutingReplay(self.model) if find_routers(self.model) else None
         self.cache_kwarg = cache_kwarg(self.model)
 
     def load_weights(self, model: nn.Module) -> None:
-        """Sync the engine copy from the trainer's weights (after each optimizer step)."""
-        copy_weights(self.model, model, self.precision)
+        """Sync the engine from the trainer's weights (after each optimizer step), or load
+        another model's. Sharing the trainer's storage, a sync only re-aliases what no longer
+        is (a tensor the trainer replaced, or after another model's load), and another model's
+        weights become the engine's private copy: the trainer's tensors are never written."""
+        if self.shares_with is None:
+            write = "in_place"
+        else:
+            write = "alias" if model is self.shares_with else "private"
+        copy_weights(self.model, model, self.precision, write=write)
 
     @torch.inference_mode()
     def generate(

@@ -64,6 +64,16 @@ def plain_copy(model: nn.Module) -> nn.Module:
     return duplicate.merge_and_unload() if is_adapter_model(duplicate) else duplicate
 
 
+def aliasing_copy(model: nn.Module) -> nn.Module:
+    """`plain_copy` without copying the weights of a plain model: its own modules (hooks on them
+    reach only the copy) whose parameters are frozen views of `model`'s storage. A LoRA policy's
+    is a `plain_copy`: merging writes W + ΔW into the copied weights, which must be its own."""
+    if is_adapter_model(model):
+        return plain_copy(model)
+    memo = {id(p): nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
 def save_policy(model: nn.Module, directory: Path) -> None:
     """Write the policy's merged weights as a Hugging Face directory plain transformers loads."""
     if not is_adapter_model(model):

@@ -54,7 +54,7 @@ gradients included, computed in fp32.
 from __future__ import annotations
 
 import math
-from typing import get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from keel.types.jobs import ComputeChoice, DeviceProfile, JobRuntime
 from keel_worker.engines.base import Precision
 from keel_worker.engines.hardware import device_profile
-from keel_worker.engines.merged import plain_copy, policy_tensors
+from keel_worker.engines.merged import aliasing_copy, plain_copy, policy_tensors
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 INT4_GROUP = 128  # AWQ's default q_group_size (GPTQ uses 32–128)
@@ -241,21 +241,29 @@ _FP8_KV_CACHE = frozenset({"kv_fp8", "int4_kv_fp8", "int3_kv_fp8"})
 
 
 def make_engine_copy(
-    model: nn.Module, precision: Precision, *, bf16_native: bool | None = None
+    model: nn.Module,
+    precision: Precision,
+    *,
+    bf16_native: bool | None = None,
+    share: bool = False,
 ) -> nn.Module:
     """A frozen, eval-mode copy of `model` holding the weights at `precision`.
 
     A LoRA policy's copy is the plain model with its adapters merged. `bf16_native` says
     whether bf16/fp8 compute in native bfloat16 or emulate it in float32; None measures the CPU
-    (`engine_bf16_native`). Copy before hooking: `copy.deepcopy` also copies forward hooks, so
-    the trainer must not be inside a RoutingReplay context when the engine is built.
+    (`engine_bf16_native`). `share` (fp32 only): the copy's parameters alias `model`'s storage
+    where that is exact (`copy_weights`' "alias"); its modules are its own either way. Copy
+    before hooking: `copy.deepcopy` also copies forward hooks, so the trainer must not be inside
+    a RoutingReplay context when the engine is built.
     """
+    if share and precision != "fp32":
+        raise ValueError(f"only an fp32 engine can share the trainer's weights, not {precision}")
     if bf16_native is None:
         bf16_native = engine_bf16_native(precision)
-    engine_model = plain_copy(model).eval()
+    engine_model = (aliasing_copy(model) if share else plain_copy(model)).eval()
     engine_model.to(compute_dtype(precision, bf16_native=bf16_native))
     engine_model.requires_grad_(False)
-    copy_weights(engine_model, model, precision)
+    copy_weights(engine_model, model, precision, write="alias" if share else "in_place")
     if precision in _BF16_COMPUTE and not bf16_native:
         _emulate_bf16_storage(engine_model)
     else:
@@ -353,11 +361,31 @@ def _round_activations(engine_model: nn.Module, precision: Precision) -> None:
             module.register_forward_pre_hook(hook)
 
 
+WeightWrite = Literal["in_place", "alias", "private"]
+
+
 @torch.no_grad()
-def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precision) -> None:
-    """Overwrite the engine copy in place with `source`'s weights at `precision`; a LoRA
-    policy's adapters are merged first (engines.merged), so the engine samples base + adapter
-    (bf16 and fp8 round to bfloat16 whether the copy holds bfloat16 or emulates it in float32)."""
+def copy_weights(
+    engine_model: nn.Module,
+    source: nn.Module,
+    precision: Precision,
+    *,
+    write: WeightWrite = "in_place",
+) -> None:
+    """Give the engine copy `source`'s weights at `precision`; a LoRA policy's adapters are
+    merged first (engines.merged), so the engine samples base + adapter (bf16 and fp8 round to
+    bfloat16 whether the copy holds bfloat16 or emulates it in float32).
+
+    `write` says how a parameter takes its value:
+    - "in_place": copied into the engine's own storage (an engine that shares nothing);
+    - "alias": the parameter becomes a view of `source`'s tensor where that is exact (fp32,
+      same dtype and device, a plain tensor; a LoRA layer's merged matrix is a fresh tensor the
+      engine then holds alone), so `source`'s in-place updates reach the engine without a copy;
+      elsewhere it gets a private copy;
+    - "private": a fresh private copy, never a write into the storage the parameter held,
+      which may be the trainer's: how a sharing engine loads weights that are not the trainer's.
+    Floating buffers (rotary frequencies) are the engine's own and copied in place.
+    """
     quantize = _QUANTIZERS.get(precision)
     routers = precision in _QUANTIZED_ROUTERS
     quantized = _quantized_parameter_names(engine_model, routers=routers) if quantize else set()
@@ -367,12 +395,33 @@ def copy_weights(engine_model: nn.Module, source: nn.Module, precision: Precisio
     written: set[str] = set()
     for name, value in policy_tensors(source):
         if name in params:
-            params[name].copy_((quantize(value) if name in quantized else value).to(storage))
+            weight = (quantize(value) if name in quantized else value).to(storage)
+            _write(params[name], weight, write)
             written.add(name)
         elif name in buffers:
             buffers[name].copy_(value.to(storage))
     if missing := sorted(params.keys() - written):
         raise ValueError(f"the policy has no weights for engine parameters {missing[:5]}")
+
+
+def _write(param: nn.Parameter, weight: torch.Tensor, write: WeightWrite) -> None:
+    if write == "in_place":
+        param.copy_(weight)
+    elif write == "alias" and _can_alias(param, weight):
+        param.data = weight  # `weight` is `source`'s tensor itself: `.to` of its own dtype
+    else:
+        param.data = weight.to(device=param.device, dtype=param.dtype, copy=True)
+
+
+def _can_alias(param: nn.Parameter, weight: torch.Tensor) -> bool:
+    """Whether `param` can be `weight` itself: a plain tensor (not a sharded DTensor) of the
+    same dtype, shape and device."""
+    return (
+        type(weight) is torch.Tensor
+        and weight.dtype == param.dtype
+        and weight.shape == param.shape
+        and weight.device == param.device
+    )
 
 
 def _quantized_parameter_names(model: nn.Module, *, routers: bool = False) -> set[str]:

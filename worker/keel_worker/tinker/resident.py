@@ -12,7 +12,9 @@ the merged-weights export (`engines.merged`).
 - `optim_step` is AdamW with the request's hyperparameters set on the parameter groups (its
   moments persist across calls), the global gradient norm clipped when `grad_clip_norm` > 0; a
   non-finite gradient skips the update (as keel's step does) and zeroes the gradients either way.
-- `sample` draws from the engine's copy of the weights, synced after each update or load.
+- `sample` draws from the engine, which holds the policy's own fp32 tensors (updated in place
+  by `optim_step`), re-synced after a load; inside `weights_from` it holds a private copy of the
+  saved weights, so the policy's tensors are never overwritten.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class ResidentModel:
         self.optimizer = self._fresh_optimizer()
         # Tinker's logprobs are under softmax(logits): temperature 1, fp32, no routing replay.
         self.policy_forward = PolicyForward(self.model, temperature=1.0, bf16=False, replay=None)
-        self.engine = HFEngine(self.model, self.tokenizer, precision="fp32")
+        # The engine's weights are the policy's own tensors (one copy in memory): `optim_step`
+        # updates both, and `weights_from` gives the engine a private copy of the saved ones.
+        self.engine = HFEngine(self.model, self.tokenizer, precision="fp32", share_weights=True)
         self.engine_stale = False
         self.version = 0
 
@@ -283,8 +287,9 @@ class ResidentModel:
 
     @contextmanager
     def weights_from(self, directory: Path) -> Iterator[None]:
-        """Sample from a `save_for_sampler` directory: the engine holds its weights inside the
-        block and takes the live ones back at the next sample."""
+        """Sample from a `save_for_sampler` directory: the engine holds a private copy of its
+        weights inside the block (the policy's tensors it otherwise shares stay untouched) and
+        takes the live ones back at the next sample."""
         from transformers import AutoModelForCausalLM
 
         saved = AutoModelForCausalLM.from_pretrained(Path(directory), dtype=torch.float32)

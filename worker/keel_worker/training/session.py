@@ -61,9 +61,11 @@ def build_engine(
     *,
     workdir: Path,
     vllm_options: VLLMOptions | None = None,
+    share_weights: bool = False,
 ) -> RolloutEngine:
     """The configured rollout engine; `vllm` needs the worker's `vllm_options`
-    (`VLLMOptions.from_settings`)."""
+    (`VLLMOptions.from_settings`). `share_weights`: an fp32 `hf` engine aliases `model`'s weights
+    (`HFEngine`), for a caller whose `model` trains unsharded on the CPU."""
     if config.rollout.engine == "vllm":
         from keel_worker.engines.vllm import VLLMEngine
 
@@ -78,7 +80,9 @@ def build_engine(
         )
     from keel_worker.engines.hf import HFEngine
 
-    return HFEngine(model, tokenizer, precision=config.rollout.precision)
+    return HFEngine(
+        model, tokenizer, precision=config.rollout.precision, share_weights=share_weights
+    )
 
 
 LORA_UNDER_FSDP = (
@@ -151,10 +155,18 @@ class TrainingSession:
         # tokens, cache and sampling generator on the CPU (engines/hf.py); a GPU worker samples
         # with `vllm` (RolloutConfig.engine says so). Each step's weight sync copies across.
         # Data-parallel: rank 0 alone holds an engine; the others receive its batches.
+        # A CPU run of one process shares its fp32 weights with the engine: the sync is then a
+        # no-op; FSDP2 replaces the weights with shards, and a GPU trainer's are on another device.
         engine = None
         if dp is None or dp.is_writer:
+            share = dp is None and torch.device(device).type == "cpu"
             engine = build_engine(
-                config, model, tokenizer, workdir=workdir, vllm_options=vllm_options
+                config,
+                model,
+                tokenizer,
+                workdir=workdir,
+                vllm_options=vllm_options,
+                share_weights=share,
             )
         is_moe = is_moe_model(model)
         model.to(device)

@@ -1,4 +1,4 @@
-"""Time `make demo` as a user runs it and write `bench/results/demo.json`.
+"""Time `make demo` as a user runs it and write `bench/results/demo_<CPU ISA>.json`.
 
 Runs `scripts/demo.py` (its defaults, or the arguments given after `--`) as a subprocess and
 records its wall time from start to exit (install and the one-time model conversion excluded:
@@ -15,7 +15,9 @@ updates, sync, and `outside_steps` = model load + the held-out evaluations), and
 `--isa avx2`, runs the demo on torch's AVX2 kernels (`ATEN_CPU_CAPABILITY=avx2`,
 `ONEDNN_MAX_CPU_ISA=AVX2`: bf16 then runs emulated, as on an AVX2-only CPU) so any machine can
 show where an AVX2 machine's time goes; that result goes to `demo_avx2_kernels.json` and says
-it is this CPU on AVX2 kernels, not an AVX2 CPU.
+it is this CPU on AVX2 kernels, not an AVX2 CPU. A native run's file is named after the vector
+ISA the worker measured (`demo_avx2.json`, `demo_avx512.json`, `demo_amx.json`): the same demo
+differs by 2× and more between them, so each CPU kind keeps its own result.
 
     python bench/demo_time.py [--isa avx2] [-- --steps 4 ...]
 """
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 # The kernel ISA torch and oneDNN may use: "native" (what the CPU has) or "avx2".
 ISA_ENV = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
-RESULT_NAME = {"native": "demo.json", "avx2": "demo_avx2_kernels.json"}
+KERNELS_RESULT = "demo_avx2_kernels.json"
 SAMPLE_S = 5.0
 
 
@@ -86,7 +88,6 @@ def main(argv: list[str]) -> int:
     isa = own[own.index("--isa") + 1] if "--isa" in own else "native"
     if isa not in ISA_ENV:
         raise SystemExit(f"--isa is one of {sorted(ISA_ENV)}, not {isa!r}")
-    result_path = RESULTS / RESULT_NAME[isa]
     samples: list[float] = []
     cpu_s: dict[int, float] = {}  # per process: the most seen (a process's CPU only grows)
     done = threading.Event()
@@ -139,6 +140,8 @@ def main(argv: list[str]) -> int:
         "config": summary["config"],
         "job_id": summary["job_id"],
     }
+    capability = summary["runtime"]["devices"][0]["capability"].lower()
+    result_path = RESULTS / (KERNELS_RESULT if isa == "avx2" else f"demo_{capability}.json")
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -209,7 +209,17 @@ def ingest_rows() -> list[Row]:
 SECTIONS: list[Callable[[], list[Row]]] = [demo_rows, step_rows, vllm_rows, ingest_rows]
 
 
-def render(rows: list[Row]) -> str:
+def newest_kind() -> str | None:
+    """The vector ISA of the CPU of the newest native demo run: what the newest results ran on."""
+    runs = [json.loads(p.read_text()) for p in RESULTS.glob("demo_*.json")]
+    native = [r for r in runs if r.get("kernel_isa", "native") == "native"]
+    if not native:
+        return None
+    return max(native, key=lambda r: r["measured_at"])["runtime"]["devices"][0]["capability"]
+
+
+def render(rows: list[Row], newest: str | None = None) -> str:
+    """The page; a row measured on another CPU kind than `newest` is marked stale for it."""
     verdict = {True: "met", False: "**not met**", None: "not measured"}
     lines = [
         "# Speed targets",
@@ -217,19 +227,26 @@ def render(rows: list[Row]) -> str:
         "`bench/targets.py` writes this page from the committed results files (it measures",
         "nothing). The load is the machine's 1-minute load average when the row was measured:",
         "on these 2-core machines, a load above 2 means other work shared the cores.",
+        f"The newest demo ran on {newest or 'no CPU yet'}; a row measured on another CPU kind is",
+        "marked *stale* (it holds for its own kind, and was not rerun on the newest).",
         "",
         "| target | goal | measured | | CPU | load | results (command) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [r.target, r.goal, r.measured, verdict[r.met], r.machine, r.load, r.source]
+        kind = re.search(r"\((AVX512|AVX2|AMX)\b", r.machine)
+        machine = f"{r.machine}, *stale*" if newest and kind and kind[1] != newest else r.machine
+        cells = [r.target, r.goal, r.measured, verdict[r.met], machine, r.load, r.source]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def page() -> str:
+    return render([row for section in SECTIONS for row in section()], newest_kind())
+
+
 def main() -> int:
-    rows = [row for section in SECTIONS for row in section()]
-    OUT.write_text(render(rows))
+    OUT.write_text(page())
     print(f"wrote {OUT.relative_to(RESULTS.parent.parent)}")
     return 0
 

@@ -8,8 +8,7 @@ from bench import targets
 
 
 def test_the_committed_page_is_the_rendering_of_the_results_files() -> None:
-    rows = [row for section in targets.SECTIONS for row in section()]
-    assert targets.OUT.read_text() == targets.render(rows), "run: python -m bench.targets"
+    assert targets.OUT.read_text() == targets.page(), "run: python -m bench.targets"
 
 
 def _ingest(tmp_path, monkeypatch, points: list[tuple[float, float]]):
@@ -39,3 +38,9 @@ def test_a_missing_results_file_is_not_measured(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(targets, "RESULTS", tmp_path)
     assert [r.met for r in targets.demo_rows()] == [None]
     assert "not measured" in targets.render(targets.demo_rows())
+
+
+def test_a_row_of_another_cpu_kind_than_the_newest_run_is_stale() -> None:
+    row = targets.Row("t", "g", "m", True, "AMD EPYC (AVX512)", "1", "f")
+    assert "(AVX512), *stale* |" in targets.render([row], newest="AVX2")
+    assert "(AVX512) |" in targets.render([row], newest="AVX512")

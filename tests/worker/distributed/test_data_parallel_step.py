@@ -27,6 +27,11 @@ pytestmark = pytest.mark.slow
 
 WEIGHT_TOL = 1e-6
 METRIC_RTOL = 1e-5
+# The training–inference mismatch of an fp32 run is rounding noise (~1e-7): the engine's and the
+# trainer's logprobs of the same weights, whose last bits depend on the batch shapes a forward
+# runs at, and a rank runs its share of the micro-batches. Measured apart by 1.4e-7 on an AVX2
+# EPYC (within 1e-7 on AVX-512); any real aggregation error is orders of magnitude larger.
+MISMATCH_NOISE = 1e-6
 
 
 # (model, Routing Replay mode) of each compared run.
@@ -90,7 +95,8 @@ def test_two_ranks_report_the_one_process_metrics(runs):
         for name, value in m1.items():
             if name.startswith("time/"):
                 continue
-            assert m2[name] == pytest.approx(value, rel=METRIC_RTOL, abs=1e-7), name
+            noise = MISMATCH_NOISE if name.startswith("mismatch/") else 1e-7
+            assert m2[name] == pytest.approx(value, rel=METRIC_RTOL, abs=noise), name
 
 
 def test_a_two_rank_checkpoint_resumes_on_one_process(runs, tmp_path):

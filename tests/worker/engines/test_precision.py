@@ -11,22 +11,24 @@ from keel_worker.engines.hardware import cpu_model_name, device_profile, gemm_gf
 from keel_worker.engines.hf import HFEngine
 from keel_worker.engines.precision import (
     FP8_KV_SDPA,
-    INT2_GROUP,
-    INT4_GROUP,
     EmulatedBf16,
     compute_dtype,
     engine_bf16_native,
+    make_engine_copy,
+    sdpa_bf16,
+)
+from keel_worker.engines.quantize import (
+    INT2_GROUP,
+    INT4_GROUP,
     fake_quantize_fp8,
     fake_quantize_fp8_tensor,
     fake_quantize_int2,
     fake_quantize_int3,
     fake_quantize_int4,
     fake_quantize_int4_channel,
-    make_engine_copy,
     round_activation_bf16,
     round_activation_fp8,
     round_kv_fp8,
-    sdpa_bf16,
 )
 from keel_worker.engines.vllm import VLLMEngine, VLLMOptions
 

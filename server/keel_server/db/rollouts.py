@@ -242,7 +242,7 @@ def set_reward(
     rewarded the answer is known without another statement; otherwise the guarded UPDATE decides,
     and returns the row it changed."""
     if current is not None and current.status == "rewarded":
-        return (RewardOutcome.SAME if current.reward == value else RewardOutcome.CONFLICT), current
+        return _rewarded_again(current, value)
     now = now or utcnow()
     params = {"rollout_id": rollout_id, "value": value, "now": now}
     created = session.execute(_SET_REWARD, params).one_or_none()
@@ -252,13 +252,18 @@ def set_reward(
     if row is None:
         return RewardOutcome.NOT_FOUND, None
     if row.status == "rewarded":
-        return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
+        return _rewarded_again(row, value)
     if row.status == "awaiting_reward":  # past its deadline but not swept yet: expire it now
         expire_due(session, row.job_id, now=now, rollout_id=rollout_id)
         row = _reward_state(session, rollout_id)
         if row is not None and row.status == "rewarded":  # lost a race to a valid post
-            return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
+            return _rewarded_again(row, value)
     return RewardOutcome.EXPIRED, row
+
+
+def _rewarded_again(row: RewardState, value: float) -> tuple[RewardOutcome, RewardState]:
+    """The answer to a post on a rollout already rewarded: the same value again, or another."""
+    return (RewardOutcome.SAME if row.reward == value else RewardOutcome.CONFLICT), row
 
 
 def _reward_state(session: Session | Connection, rollout_id: str) -> RewardState | None:

@@ -83,7 +83,7 @@ F8_ALPHA = 0.05
 UNTESTABLE = "cannot be tested here"
 
 
-def _verdict(sign: int) -> str:
+def verdict_for(sign: int) -> str:
     return {1: "agrees", 0: "not reproduced", -1: "disagrees"}[sign]
 
 
@@ -145,7 +145,7 @@ def f2(rows: Rows) -> Judged:
         return Judged(key, title, claim, "missing", ["missing cells"], [])
     lines, effects = _pairs(rows, [(a, b)])
     stable = _collapses(rows, b) * 2 <= len(rows[b])
-    worse = _verdict(effects[0].sign)
+    worse = verdict_for(effects[0].sign)
     lines.append(f"length-norm stable in a majority of seeds: {stable}")
     verdict = worse if stable or worse != "agrees" else "partial"
     return Judged(key, title, claim, verdict, lines, effects)
@@ -166,16 +166,16 @@ def f3(rows: Rows) -> Judged:
     no_gain = "agrees" if effects[0].sign <= 0 else "disagrees"
     kl = [mechanism(rows, [c], "mean_kl_k3") for c in cells[:2]]
     lower = "agrees" if kl[1] < kl[0] else "disagrees"
-    verdict = _combine([no_gain, lower, _verdict(effects[1].sign)])
+    verdict = _combine([no_gain, lower, verdict_for(effects[1].sign)])
     return Judged(key, title, claim, verdict, lines, effects)
 
 
-def f4a(rows: Rows) -> Judged:
+def f4a(rows: Rows, ns: Sequence[int] = OFF_POLICY_N) -> Judged:
     key, title = "F4a", "Off-policy: clipping is needed"
     claim = "With N > 1, MiniRL without clipping falls behind or collapses, with replay or not."
     pairs = [
         pair
-        for n in OFF_POLICY_N
+        for n in ns
         for pair in (
             (f"N{n}/minirl+R2", f"N{n}/minirl+R2-noclip"),
             (f"auto/N{n}/minirl+none", f"N{n}/minirl-noclip"),
@@ -184,11 +184,11 @@ def f4a(rows: Rows) -> Judged:
     return _combined_pairs(rows, key, title, claim, pairs)
 
 
-def f4b(rows: Rows) -> Judged:
+def f4b(rows: Rows, ns: Sequence[int] = OFF_POLICY_N) -> Judged:
     key, title = "F4b", "Off-policy: Routing Replay is needed"
     claim = "With N > 1, MiniRL without Routing Replay falls behind or collapses."
     pairs = []
-    for n in OFF_POLICY_N:
+    for n in ns:
         r2, r3, none = f"N{n}/minirl+R2", f"N{n}/minirl+R3", f"auto/N{n}/minirl+none"
         best = r2 if _cell_mean(rows, r2) >= _cell_mean(rows, r3) else r3
         pairs += [(best, none), (f"N{n}/minirl+R2-noclip", f"N{n}/minirl-noclip")]
@@ -210,7 +210,7 @@ def f5(rows: Rows) -> Judged:
     ok, gate = _gate(max(stale, bias), ROUTING_FLOOR, "larger worst-layer routing flip")
     lines, effects = _pairs(rows, pairs)
     lines.append(f"{gate} (θ_old vs θ {stale:.3f}, engine vs trainer {bias:.3f})")
-    verdict = _combine([_verdict(e.sign) for e in effects]) if ok else UNTESTABLE
+    verdict = _combine([verdict_for(e.sign) for e in effects]) if ok else UNTESTABLE
     return Judged(key, title, claim, verdict, lines, effects)
 
 
@@ -280,10 +280,12 @@ def f8(rows: Rows) -> Judged:
     return Judged(key, title, claim, verdict, lines, [])
 
 
-def f9(rows: Rows) -> Judged:
+F9_RUNGS = ("fp32", "int4", "int4+top_p0.9")  # the stress suite's F9 cells
+
+
+def f9(rows: Rows, rungs: Sequence[str] = F9_RUNGS) -> Judged:
     key, title = "F9", "DPPO: the trust region must be anchored on μ, not the recomputed π_old"
     claim = "MiniRL (π_old anchor) fails as the mismatch grows; DPPO's μ-anchored mask is stable."
-    rungs = ("fp32", "int4", "int4+top_p0.9")
     pairs = [
         (f"F9/{rung}/{v}", f"F9/{rung}/minirl") for rung in rungs for v in ("dppo_tv", "minirl-mu")
     ]
@@ -311,7 +313,7 @@ def _gated_ordering(rows, key, title, claim, pairs, cells, combine=None) -> Judg
     if not ok:
         return Judged(key, title, claim, UNTESTABLE, lines, effects)
     signs = [e.sign for e in effects]
-    verdict = combine(signs) if combine else _combine([_verdict(s) for s in signs])
+    verdict = combine(signs) if combine else _combine([verdict_for(s) for s in signs])
     return Judged(key, title, claim, verdict, lines, effects)
 
 
@@ -319,7 +321,9 @@ def _combined_pairs(rows, key, title, claim, pairs) -> Judged:
     if _missing(rows, *{c for p in pairs for c in p}):
         return Judged(key, title, claim, "missing", ["missing cells"], [])
     lines, effects = _pairs(rows, pairs)
-    return Judged(key, title, claim, _combine([_verdict(e.sign) for e in effects]), lines, effects)
+    return Judged(
+        key, title, claim, _combine([verdict_for(e.sign) for e in effects]), lines, effects
+    )
 
 
 RULES: tuple[Callable[[Rows], Judged], ...] = (f1, f2, f3, f4a, f4b, f5, f6, f7, f8, f9)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from research.stability import fidelity, fidelity_goals, fidelity_stats, reruns
+from research.stability import fidelity, fidelity_goals, fidelity_stats, reruns, reruns_verdicts
 from research.stability.figures_fidelity import delta_vs_n_figure, map_delta_figure
 from research.stability.findings import Finding
 
@@ -87,28 +87,47 @@ def fidelity_section(
 
 
 def reruns_section(out_dir: Path) -> list[str]:
-    """The fidelity reruns as declared in `reruns` (not run), and what they cut."""
-    probe = out_dir / "discrepancy.csv"
-    if not probe.is_file():
+    """The fidelity reruns: the plan declared in `reruns`, what it cuts, and each part's state
+    or verdict by `reruns_verdicts`."""
+    probe_file = out_dir / "discrepancy.csv"
+    if not probe_file.is_file():
         return []
+    probe = reruns.read_probe(out_dir)
     doc = reruns.__doc__ or ""
     cut = next((b for b in doc.split("\n\n") if b.startswith("**Cut**")), "")
-    return [
-        "### Reruns prepared, not run",
+    results = reruns_verdicts.judge_reruns(out_dir, probe)
+    lines = [
+        "### Reruns",
         "",
         "Declared in `research/stability/reruns.py` (rules, rung choice, budget, one CPU kind per "
         "part); each part runs with `python -m research.stability rerun --part NAME` into "
         "`stress/reruns/NAME/`, resumably, under two hours on 2 cores by the declared estimate. "
         "The GPU part is `scripts/gpu_fidelity.sh`, seven parts of under 10 "
-        "minutes each (what it cuts is in `scripts/gpu_fidelity.py`).",
+        "minutes each (what it cuts is in `scripts/gpu_fidelity.py`). A part is judged by "
+        "the rules in `research/stability/reruns_verdicts.py` once all its runs are in, and "
+        "only when they come from one kind of CPU; until then only its count of runs shows.",
         "",
         "```text",
-        *reruns.plan_lines(reruns.read_probe(out_dir)),
+        *reruns.plan_lines(probe),
         "```",
         "",
         " ".join(line.strip() for line in cut.splitlines()),
         "",
+        "| part | runs in | CPU | verdict |",
+        "|---|---|---|---|",
+        *[
+            f"| `{r.name}`: {r.what} | {r.done}/{r.expected} | {', '.join(r.cpus) or '–'} "
+            f"| {'**' + r.verdict + '**' if r.verdict != reruns_verdicts.NOT_JUDGED else r.verdict}"
+            f" |"
+            for r in results
+        ],
+        "",
     ]
+    for r in results:
+        if r.verdict != reruns_verdicts.NOT_JUDGED:
+            lines += [f"#### `{r.name}` — **{r.verdict}**", "", f"*{r.what}.*", ""]
+            lines += [f"- {line}" for line in r.lines] + [""]
+    return lines
 
 
 # The rules' constants as REPORT.md lists them, each from the module that declares it.

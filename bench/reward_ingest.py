@@ -255,14 +255,8 @@ def _pct(sorted_values: list[float], q: float) -> float:
     return round(sorted_values[index], 1)
 
 
-def _clients(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("a comma-separated list of client counts, each >= 1")
-    return values
-
-
 def _counts(text: str) -> list[int]:
+    """A comma-separated list of counts, each >= 1 (client concurrencies, server workers)."""
     values = [int(v) for v in text.split(",") if v.strip()]
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("a comma-separated list of counts, each >= 1")
@@ -277,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument(
         "--clients",
-        type=_clients,
+        type=_counts,
         default=list(DEFAULT_CLIENTS),
         help="concurrencies to sweep, e.g. 1,2,4,8,16,32,64",
     )

@@ -80,10 +80,10 @@ def test_one_and_two_api_processes_on_postgres_and_redis(tmp_path, monkeypatch):
     assert "## 1 API process\n" in md and "## 2 API processes\n" in md
 
 
-def test_the_clients_list_parses():
-    assert reward_ingest._clients("1,2,4") == [1, 2, 4]
+def test_the_counts_lists_parse():
+    assert reward_ingest._counts("1,2,4") == [1, 2, 4]
     with pytest.raises(Exception, match="comma-separated"):
-        reward_ingest._clients("0,2")
+        reward_ingest._counts("0,2")
 
 
 def test_the_check_sees_a_double_write_and_a_lost_one():

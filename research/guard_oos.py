@@ -16,6 +16,9 @@ refits saw subsets of them, so every run on that list played a part.
 
 1. *Suite runs committed after `FROZEN_AT`*: every run under the suites' `runs/` folders that the
    list does not name. Replayed as `guard_thresholds` replays (one observation per CSV row).
+   The fidelity reruns (`stress/reruns/<part>/runs/`, all committed after `FROZEN_AT`, which
+   `guard_thresholds` never reads) are their own set, *reruns*: new seeds and new rungs of the
+   mismatch ladder (added to the rules when the first reruns came in, before they were scored).
 2. *Guard service jobs* (`results/guard/service/`): stress cells run as jobs through the API; the
    threshold replay never read them. Only a job whose trajectory the guard left alone is scored:
    it succeeded and no firing paused it or rolled it back. Their stored metrics are
@@ -88,6 +91,7 @@ GUARD = ROOT / "guard"
 IN_SAMPLE = GUARD / "in_sample_runs.txt"
 SERVICE = GUARD / "service"
 DEMO = GUARD / "demo_metrics.json"
+RERUNS = SUITES["stress"] / "reruns"
 
 
 def frozen_config() -> GuardConfig:
@@ -130,6 +134,20 @@ def suite_runs(*, in_sample: bool) -> Iterator[Replayable]:
             yield Replayable(
                 f"{suite}:{run.cell}@seed{run.meta['seed']}",
                 "suite" if not in_sample else "in-sample",
+                step_metrics(run),
+                verdict.collapsed,
+                verdict.step,
+            )
+
+
+def rerun_runs() -> Iterator[Replayable]:
+    """Rule 1's reruns: every run of every part under the stress suite's `reruns/` folder."""
+    for part in sorted(p for p in RERUNS.glob("*") if p.is_dir()):
+        for run in load_runs(part):
+            verdict = run.verdict()
+            yield Replayable(
+                f"rerun:{part.name}:{run.cell}@seed{run.meta['seed']}",
+                "rerun",
                 step_metrics(run),
                 verdict.collapsed,
                 verdict.step,
@@ -233,6 +251,7 @@ def main() -> None:
     started = time.perf_counter()
     sets = {
         "suite runs after the fit": list(suite_runs(in_sample=False)),
+        "reruns": list(rerun_runs()),
         "service jobs": list(service_runs()),
         "the demo": list(demo_runs()),
     }

@@ -50,3 +50,12 @@ def test_runs_after_the_fit_are_out_of_sample():
     assert "research/results/stability/stress/runs/N8__cispo+R3/seed2.csv" not in listed
     after = {r.name for r in guard_oos.suite_runs(in_sample=False)}
     assert "stress:N8/cispo+R3@seed2" in after and "stress:N8/cispo+R3@seed1" not in after
+
+
+def test_the_reruns_are_their_own_out_of_sample_set():
+    reruns = list(guard_oos.rerun_runs())
+    names = {r.name for r in reruns}
+    assert "rerun:f1-rung3:N1/minirl@seed0" in names
+    assert all(r.source == "rerun" and r.observations for r in reruns)
+    # No rerun path was on the fit's list: the fit never saw them.
+    assert not any("/reruns/" in name for name in guard_oos.in_sample_names())

@@ -46,6 +46,14 @@ every step: an entropy breach counts only while the mean training reward of the 
 entropy trigger's other fields stay frozen. This rule is scored on the same out-of-sample runs
 as the frozen defaults, and on the in-sample runs for the record (it was chosen on none of them).
 
+**The re-sweep** (declared before it was scored). `guard_thresholds`'s rule, rerun with today's
+code (the reward clause on) over the suite runs the tree holds now, chooses other entropy and
+reward thresholds (`results/guard/resweep/`). It saw every suite run, so it is scored only on
+what it did not see: the reruns, the service jobs and the demo. `RESWEEP_RULE`: it replaces the
+defaults only if there it alarms on no more stable runs than the demo rule and catches strictly
+more collapses before the fall; otherwise the defaults stay, and the re-sweep is kept as a
+pilot.
+
     python -m research.guard_oos   # writes research/results/guard/out_of_sample.{json,md}
 """
 
@@ -92,6 +100,7 @@ IN_SAMPLE = GUARD / "in_sample_runs.txt"
 SERVICE = GUARD / "service"
 DEMO = GUARD / "demo_metrics.json"
 RERUNS = SUITES["stress"] / "reruns"
+RESWEEP = GUARD / "resweep" / "thresholds.json"
 
 
 def frozen_config() -> GuardConfig:
@@ -106,6 +115,33 @@ def demo_rule_config() -> GuardConfig:
     fields = {name: dict(values) for name, values in FROZEN.items()}
     fields["entropy"]["reward_window"] = ENTROPY_REWARD_WINDOW
     return GuardConfig(**fields)
+
+
+def resweep_config() -> GuardConfig:
+    """The demo rule's defaults with each trigger the re-sweep chose a value for set to it."""
+    chosen = json.loads(RESWEEP.read_text())["triggers"]
+    fields = {name: dict(values) for name, values in FROZEN.items()}
+    fields["entropy"]["reward_window"] = ENTROPY_REWARD_WINDOW
+    for trigger, values in chosen.items():
+        fields[trigger].update(values["chosen"] or {})
+    return GuardConfig(**fields)
+
+
+RESWEEP_RULE = (
+    "the re-sweep replaces the defaults only if, on the runs it did not see, it alarms on no more "
+    "stable runs than the demo rule and catches strictly more collapses before the fall"
+)
+UNSEEN_BY_RESWEEP = ("reruns", "service jobs", "the demo")
+
+
+def resweep_adopted(scores: dict[str, dict[str, Any]]) -> bool:
+    """`RESWEEP_RULE` on `main`'s scores."""
+    mine = scores["re-sweep"]["unseen by the re-sweep"]
+    base = scores["demo rule"]["unseen by the re-sweep"]
+    return (
+        mine["stable_alarmed"] <= base["stable_alarmed"]
+        and mine["caught_before"] > base["caught_before"]
+    )
 
 
 @dataclass(frozen=True)
@@ -256,18 +292,33 @@ def main() -> None:
         "the demo": list(demo_runs()),
     }
     sets["all out of sample"] = [r for runs in sets.values() for r in runs]
+    sets["unseen by the re-sweep"] = [r for name in UNSEEN_BY_RESWEEP for r in sets[name]]
     sets["in sample (for the record)"] = list(suite_runs(in_sample=True))
+    scores = {
+        label: {n: score(make(), runs) for n, runs in sets.items()}
+        for label, make in CONFIGS.items()
+    }
+    if RESWEEP.is_file():
+        scores["re-sweep"] = {
+            n: score(resweep_config(), sets[n])
+            for n in (*UNSEEN_BY_RESWEEP, "unseen by the re-sweep")
+        }
     result: dict[str, Any] = {
         "frozen_at": FROZEN_AT,
         "frozen": FROZEN,
         "entropy_reward_window": ENTROPY_REWARD_WINDOW,
         "in_sample_listed": len(in_sample_names()),
         "machine_load": os.getloadavg()[0],
-        "scores": {
-            label: {name: score(make(), runs) for name, runs in sets.items()}
-            for label, make in CONFIGS.items()
-        },
+        "scores": scores,
     }
+    if "re-sweep" in scores:
+        result["resweep"] = {
+            "rule": RESWEEP_RULE,
+            "chosen": {
+                t: v["chosen"] for t, v in json.loads(RESWEEP.read_text())["triggers"].items()
+            },
+            "adopted": resweep_adopted(scores),
+        }
     result["wall_s"] = time.perf_counter() - started
     GUARD.mkdir(parents=True, exist_ok=True)
     (GUARD / "out_of_sample.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -287,11 +338,12 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         *guard_table(result),
         "",
+        *_resweep_lines(result.get("resweep")),
     ]
     for label, per_set in result["scores"].items():
         lines += [f"## {label}", ""]
         for name, s in per_set.items():
-            if name.startswith("in sample") or name == "all out of sample":
+            if name.startswith("in sample") or name.startswith(("all ", "unseen ")):
                 continue
             flagged = [r for r in s["per_run"] if r["firings"] or r["collapsed"]]
             lines.append(f"{name}: {s['runs']} runs; those that fired or collapsed:")
@@ -299,6 +351,21 @@ def markdown(result: dict[str, Any]) -> str:
             lines += [_run_line(r) for r in flagged] or ["- none"]
             lines.append("")
     return "\n".join(lines)
+
+
+def _resweep_lines(resweep: dict[str, Any] | None) -> list[str]:
+    if resweep is None:
+        return []
+    chosen = "; ".join(
+        f"{t}: " + ", ".join(f"{k}={v:g}" for k, v in values.items())
+        for t, values in resweep["chosen"].items()
+        if values
+    )
+    verdict = "adopted" if resweep["adopted"] else "not adopted: the defaults stay"
+    return [
+        f"Re-sweep (`results/guard/resweep/`): {chosen}. Rule: {resweep['rule']}. **{verdict}**.",
+        "",
+    ]
 
 
 def _run_line(r: dict[str, Any]) -> str:

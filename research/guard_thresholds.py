@@ -15,10 +15,18 @@ no stable run. The chosen values are written beside the grid; `keel.types.guard`
 (a test keeps the two equal).
 
     python -m research.guard_thresholds   # writes research/results/guard/thresholds.{json,md}
+
+The committed `thresholds.*` are the replay that chose today's defaults (with the entropy
+trigger in its first form). A replay with today's code and runs (the entropy trigger's reward
+clause on, the runs the tree holds now) is a *re-sweep*; it goes to its own folder, so that it
+never overwrites that record, and `research.guard_oos` scores it where it did not look:
+
+    python -m research.guard_thresholds --out research/results/guard/resweep
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -167,12 +175,17 @@ def _name(run: Run) -> str:
     return f"{run.meta.get('suite', 'gentle')}:{run.cell}@seed{run.meta['seed']}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m research.guard_thresholds")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"results folder (default {OUT})")
+    out = parser.parse_args(argv).out
     started = time.perf_counter()
     runs = [run for root in SUITES.values() for run in load_runs(root)]
     stable = [r for r in runs if not r.verdict().collapsed]
     collapsed = [r for r in runs if r.verdict().collapsed]
+    where = "" if out == OUT else f" --out {out.as_posix()}"
     result: dict[str, Any] = {
+        "command": f"python -m research.guard_thresholds{where}",
         "rule": "per trigger alone, over the product of its grids: no alert on any stable run; "
         "then the most collapses alerted before the criterion dates them, the largest total "
         "lead, the most collapses alerted at all, the tightest setting",
@@ -202,10 +215,10 @@ def main() -> None:
     result["defaults"] = defaults
     result["combined_defaults"] = _combined(stable, collapsed)
     result["wall_s"] = time.perf_counter() - started
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "thresholds.json").write_text(json.dumps(result, indent=2) + "\n")
-    (OUT / "thresholds.md").write_text(_markdown(result))
-    print((OUT / "thresholds.md").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "thresholds.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "thresholds.md").write_text(_markdown(result))
+    print((out / "thresholds.md").read_text())
 
 
 def _default(trigger: str) -> dict[str, float]:
@@ -248,7 +261,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Guard thresholds from the stability suites' runs",
         "",
-        "Written by `python -m research.guard_thresholds` "
+        f"Written by `{result.get('command', 'python -m research.guard_thresholds')}` "
         f"(load average {result['machine_load']:.1f}; the replay is pure Python over committed "
         f"CSVs: {result['wall_s']:.0f} s). "
         f"{result['stable_runs']} stable runs (false alarms) and {len(result['collapsed_runs'])} "

@@ -59,3 +59,25 @@ def test_the_reruns_are_their_own_out_of_sample_set():
     assert all(r.source == "rerun" and r.observations for r in reruns)
     # No rerun path was on the fit's list: the fit never saw them.
     assert not any("/reruns/" in name for name in guard_oos.in_sample_names())
+
+
+def test_the_resweep_config_takes_each_chosen_value_over_the_demo_rules_defaults():
+    chosen = json.loads(guard_oos.RESWEEP.read_text())["triggers"]
+    config = guard_oos.resweep_config()
+    for trigger, values in chosen.items():
+        for field, value in (values["chosen"] or {}).items():
+            assert getattr(getattr(config, trigger), field) == value, (trigger, field)
+    assert config.entropy.reward_window == guard_oos.ENTROPY_REWARD_WINDOW
+    # The fields the re-sweep's grid does not name stay as frozen.
+    assert config.kl.action == guard_oos.FROZEN["kl"]["action"]
+
+
+def test_the_resweep_replaces_the_defaults_only_by_catching_more_without_more_alarms():
+    def scores(alarmed, caught):
+        unseen = {"stable_alarmed": alarmed, "caught_before": caught}
+        return {"unseen by the re-sweep": unseen}
+
+    base = scores(alarmed=1, caught=2)
+    assert guard_oos.resweep_adopted({"demo rule": base, "re-sweep": scores(1, 3)})
+    assert not guard_oos.resweep_adopted({"demo rule": base, "re-sweep": scores(1, 2)})
+    assert not guard_oos.resweep_adopted({"demo rule": base, "re-sweep": scores(2, 5)})

@@ -8,9 +8,12 @@ deadline still covers every cell. Completed runs are skipped, so an interrupted 
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import multiprocessing
+import os
 import shutil
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
@@ -27,6 +30,23 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    _die_with_parent()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the process that spawned it dies. Without it, a
+    killed `run`/`rerun` leaves its workers finishing their runs (and the ones queued behind
+    them) into the results folder, unseen. Elsewhere it does nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request: nothing would signal us
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _cold_start_job(suite_name: str, name: str, sft: coldstart.SFTBudget, cache_dir: Path):

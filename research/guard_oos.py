@@ -73,7 +73,7 @@ from keel_worker.training.guard import StabilityGuard
 from research.guard_thresholds import SUITES, step_metrics
 from research.stability.criterion import RunSeries, judge
 from research.stability.report_fidelity import guard_table
-from research.stability.results import load_runs
+from research.stability.results import Run, load_runs
 
 FROZEN_AT = "13449b42817768d16d490e042fb54dc65737ff9b"
 FROZEN: dict[str, dict[str, Any]] = {
@@ -163,31 +163,22 @@ def suite_runs(*, in_sample: bool) -> Iterator[Replayable]:
     names = in_sample_names()
     for suite, root in SUITES.items():
         for run in load_runs(root):
-            rel = _rel(root, run)
-            if (rel in names) != in_sample:
-                continue
-            verdict = run.verdict()
-            yield Replayable(
-                f"{suite}:{run.cell}@seed{run.meta['seed']}",
-                "suite" if not in_sample else "in-sample",
-                step_metrics(run),
-                verdict.collapsed,
-                verdict.step,
-            )
+            if (_rel(root, run) in names) == in_sample:
+                source = "in-sample" if in_sample else "suite"
+                yield _replayed(f"{suite}:{run.cell}@seed{run.meta['seed']}", source, run)
 
 
 def rerun_runs() -> Iterator[Replayable]:
     """Rule 1's reruns: every run of every part under the stress suite's `reruns/` folder."""
     for part in sorted(p for p in RERUNS.glob("*") if p.is_dir()):
         for run in load_runs(part):
-            verdict = run.verdict()
-            yield Replayable(
-                f"rerun:{part.name}:{run.cell}@seed{run.meta['seed']}",
-                "rerun",
-                step_metrics(run),
-                verdict.collapsed,
-                verdict.step,
-            )
+            yield _replayed(f"rerun:{part.name}:{run.cell}@seed{run.meta['seed']}", "rerun", run)
+
+
+def _replayed(name: str, source: str, run: Run) -> Replayable:
+    """A saved suite run as the threshold replay feeds it, judged by the collapse criterion."""
+    verdict = run.verdict()
+    return Replayable(name, source, step_metrics(run), verdict.collapsed, verdict.step)
 
 
 def _rel(root: Path, run) -> str:

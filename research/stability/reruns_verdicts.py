@@ -27,7 +27,7 @@ was judged (4 of `f1-rung3`'s runs were committed, unread, when this module was 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,7 @@ def _map(cells: tuple[Cell, ...], rows: Rows) -> Judgement:
     return REPORTED, [*lines, _collapse_counts(rows, [c.name for c in cells])]
 
 
-def _collapse_counts(rows: Rows, cells) -> str:
+def _collapse_counts(rows: Rows, cells: Sequence[str]) -> str:
     counts = ", ".join(
         f"`{c}` {sum(r['collapsed'] for r in rows[c])}/{len(rows[c])}" for c in cells
     )

@@ -45,7 +45,8 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the request: nothing would signal us
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request
         os.kill(os.getpid(), signal.SIGTERM)
 
 

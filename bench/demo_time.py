@@ -82,6 +82,13 @@ def newest_summary(after: float) -> dict:
     return json.loads(max(summaries, key=lambda p: p.stat().st_mtime).read_text())
 
 
+def cpu_kind(device: dict) -> str:
+    """The kind of a run's CPU (`job.runtime`'s device), which names a native run's file: `amx`
+    where the CPU has AMX bf16 tiles (torch calls such a CPU AVX512 too, but its bf16 runs
+    several times faster), else torch's vector ISA (`avx2`, `avx512`)."""
+    return "amx" if "amx_bf16" in device.get("bf16_support", ()) else device["capability"].lower()
+
+
 def main(argv: list[str]) -> int:
     demo_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
@@ -140,8 +147,8 @@ def main(argv: list[str]) -> int:
         "config": summary["config"],
         "job_id": summary["job_id"],
     }
-    capability = summary["runtime"]["devices"][0]["capability"].lower()
-    result_path = RESULTS / (KERNELS_RESULT if isa == "avx2" else f"demo_{capability}.json")
+    device = summary["runtime"]["devices"][0]
+    result_path = RESULTS / (KERNELS_RESULT if isa == "avx2" else f"demo_{cpu_kind(device)}.json")
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.demo_time import cpu_kind
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "targets.md"
 
@@ -77,7 +79,8 @@ def demo_rows() -> list[Row]:
                 goal,
                 measured,
                 wall <= DEMO_WALL_S and gain >= DEMO_GAIN,
-                f"{device['name']} ({device['capability']}{kind}), {result['measured_at'][:10]}",
+                f"{device['name']} ({cpu_kind(device).upper()}{kind}), "
+                f"{result['measured_at'][:10]}",
                 f"{result['load_1min_before']} before, {result['load_1min_during_mean']} during",
                 f"`{name}` (`{command}`)",
             )
@@ -215,7 +218,7 @@ def newest_kind() -> str | None:
     native = [r for r in runs if r.get("kernel_isa", "native") == "native"]
     if not native:
         return None
-    return max(native, key=lambda r: r["measured_at"])["runtime"]["devices"][0]["capability"]
+    return cpu_kind(max(native, key=lambda r: r["measured_at"])["runtime"]["devices"][0]).upper()
 
 
 def render(rows: list[Row], newest: str | None = None) -> str:

@@ -93,7 +93,7 @@ def _step_time(name: str) -> tuple[dict | None, str, str]:
     if result is None:
         return None, "", ""
     profile = result["device_profile"]
-    machine = f"{profile['name']} ({profile['capability']})"
+    machine = f"{profile['name']} ({cpu_kind(profile).upper()})"
     return result, machine, _load_of(result["keel"]["uptime_before"])
 
 
@@ -213,7 +213,8 @@ SECTIONS: list[Callable[[], list[Row]]] = [demo_rows, step_rows, vllm_rows, inge
 
 
 def newest_kind() -> str | None:
-    """The vector ISA of the CPU of the newest native demo run: what the newest results ran on."""
+    """The CPU kind (`demo_time.cpu_kind`) of the newest native demo run: what the newest
+    results ran on."""
     runs = [json.loads(p.read_text()) for p in RESULTS.glob("demo_*.json")]
     native = [r for r in runs if r.get("kernel_isa", "native") == "native"]
     if not native:

@@ -117,13 +117,18 @@ def demo_rule_config() -> GuardConfig:
     return GuardConfig(**fields)
 
 
-def resweep_config() -> GuardConfig:
+def resweep_chosen() -> dict[str, dict[str, float] | None]:
+    """Per trigger, the values the re-sweep chose (None where its grid gave no evidence)."""
+    triggers = json.loads(RESWEEP.read_text())["triggers"]
+    return {trigger: values["chosen"] for trigger, values in triggers.items()}
+
+
+def resweep_config(chosen: dict[str, dict[str, float] | None]) -> GuardConfig:
     """The demo rule's defaults with each trigger the re-sweep chose a value for set to it."""
-    chosen = json.loads(RESWEEP.read_text())["triggers"]
     fields = {name: dict(values) for name, values in FROZEN.items()}
     fields["entropy"]["reward_window"] = ENTROPY_REWARD_WINDOW
     for trigger, values in chosen.items():
-        fields[trigger].update(values["chosen"] or {})
+        fields[trigger].update(values or {})
     return GuardConfig(**fields)
 
 
@@ -289,10 +294,11 @@ def main() -> None:
         label: {n: score(make(), runs) for n, runs in sets.items()}
         for label, make in CONFIGS.items()
     }
-    if RESWEEP.is_file():
+    chosen = resweep_chosen() if RESWEEP.is_file() else None
+    if chosen is not None:
+        resweep = resweep_config(chosen)
         scores["re-sweep"] = {
-            n: score(resweep_config(), sets[n])
-            for n in (*UNSEEN_BY_RESWEEP, "unseen by the re-sweep")
+            n: score(resweep, sets[n]) for n in (*UNSEEN_BY_RESWEEP, "unseen by the re-sweep")
         }
     result: dict[str, Any] = {
         "frozen_at": FROZEN_AT,
@@ -302,12 +308,10 @@ def main() -> None:
         "machine_load": os.getloadavg()[0],
         "scores": scores,
     }
-    if "re-sweep" in scores:
+    if chosen is not None:
         result["resweep"] = {
             "rule": RESWEEP_RULE,
-            "chosen": {
-                t: v["chosen"] for t, v in json.loads(RESWEEP.read_text())["triggers"].items()
-            },
+            "chosen": chosen,
             "adopted": resweep_adopted(scores),
         }
     result["wall_s"] = time.perf_counter() - started

@@ -261,7 +261,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Guard thresholds from the stability suites' runs",
         "",
-        f"Written by `{result.get('command', 'python -m research.guard_thresholds')}` "
+        f"Written by `{result['command']}` "
         f"(load average {result['machine_load']:.1f}; the replay is pure Python over committed "
         f"CSVs: {result['wall_s']:.0f} s). "
         f"{result['stable_runs']} stable runs (false alarms) and {len(result['collapsed_runs'])} "

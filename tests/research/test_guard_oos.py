@@ -63,7 +63,7 @@ def test_the_reruns_are_their_own_out_of_sample_set():
 
 def test_the_resweep_config_takes_each_chosen_value_over_the_demo_rules_defaults():
     chosen = json.loads(guard_oos.RESWEEP.read_text())["triggers"]
-    config = guard_oos.resweep_config()
+    config = guard_oos.resweep_config(guard_oos.resweep_chosen())
     for trigger, values in chosen.items():
         for field, value in (values["chosen"] or {}).items():
             assert getattr(getattr(config, trigger), field) == value, (trigger, field)

@@ -15,8 +15,8 @@ import pytest
 
 import keel
 
-# Two vLLM engine starts and a SmolLM2 conversion per worker: past the suite's 900 s on a loaded
-# 2-core machine.
+# Two vLLM engine starts and a SmolLM2 conversion per worker: past the suite's per-test limit
+# on a loaded 2-core machine.
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(1800)]
 
 VLLM_ENV = {"KEEL_VLLM_KV_CACHE_GIB": "0.5", "KEEL_VLLM_MAX_MODEL_LEN": "512"}

@@ -199,7 +199,7 @@ def run_rerun(
     from research.stability.reruns import foreign_cpus
 
     if not part.cells:
-        raise SystemExit(f"{part.name}: cut ({part.what})")
+        raise SystemExit(f"{part.name}: cut ({part.cut})")
     foreign = foreign_cpus(out_dir, coldstart.cpu_kind())
     if foreign:
         raise SystemExit(f"{part.name}: {out_dir} holds runs of {sorted(foreign)}; not pooling")

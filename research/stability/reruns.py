@@ -50,7 +50,12 @@ names), plus:
 **Cut** (declared with the parts): lr warmup (keel's optimizer has a constant learning rate, no
 schedule to warm up); any rung `chosen_rungs` does not reach (`--list` names them); the guard's
 SmolLM2 addition jobs at several learning rates (service jobs of ≈ 6 min each:
-`research.guard_service` runs them, not this module).
+`research.guard_service` runs them, not this module). Added before any of the parts it cuts ran:
+an F1 or F9 part whose rung's probe k3 lies below `fidelity.K3_FLOOR` by more than
+`RUNG_TOLERANCE` (`gated_out`), since `fidelity` gates both findings on that floor, so the part
+could only read "cannot be tested here" (a run's k3 has stayed within 5 % of its rung's probe).
+By the rung rule's tolerance this cuts F1 and F9 at the 3e-3 rung whatever the probe measured
+there, and never at the 1e-2 rung; the map keeps all three rungs, being reported, not judged.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from research.stability.fidelity import K3_FLOOR
 from research.stability.matrix import Budget, Cell
 from research.stability.suites import LADDER, NO_MISMATCH, RUNG_CANDIDATES, STRESS, Dial
 
@@ -100,6 +106,7 @@ class Part:
     seeds: tuple[int, ...]
     grad_steps: int
     needs_rung: int | None = None  # index into RUNG_TARGETS, or ROUTING_PART
+    cut: str = ""  # why the part has no cells, when it has none
 
     def budget(self) -> Budget:
         return replace(
@@ -187,6 +194,12 @@ def chosen_rungs(probe: Probe) -> Rungs:
     return Rungs(tuple(rung_for(t, probe) for t in RUNG_TARGETS), routing_rung(probe))
 
 
+def gated_out(name: str, probe: Probe) -> bool:
+    """Whether `name`'s probe k3 is too far below `K3_FLOOR` for a k3-gated finding to be judged
+    there (see the docstring's **Cut**)."""
+    return probe[name]["kl_k3"] * RUNG_TOLERANCE < K3_FLOOR
+
+
 def _dial(name: str) -> Dial:
     return next(d for d in (NO_MISMATCH, *RUNG_CANDIDATES) if d.name == name)
 
@@ -197,7 +210,7 @@ def _cell(name: str, algorithm: dict, dial: Dial, *, n: int = 1, replay: str = "
 
 
 def parts(probe: Probe) -> list[Part]:
-    """Every part in the order to run them; a part whose rung is unreached has no cells."""
+    """Every part in the order to run them; a cut part (its `cut` says why) has no cells."""
     rungs = chosen_rungs(probe)
     rung = rungs.k3
     out: list[Part] = []
@@ -205,22 +218,29 @@ def parts(probe: Probe) -> list[Part]:
         dial = _dial(rung[i]) if rung[i] else None
         tag = f"rung{i + 1}"
         where = f"k3 ≈ {target:g}" + (f" (`{dial.name}`)" if dial else " (not reached)")
-        f1 = (
-            tuple(_cell(f"N1/{v}", {"name": v}, dial) for v in ("minirl", "reinforce"))
-            if dial
-            else ()
+        unreached = "" if dial else "rung not reached"
+        gated = unreached or (
+            f"k3 {probe[dial.name]['kl_k3']:.2g}, under the gate"
+            if gated_out(dial.name, probe)
+            else ""
         )
-        out.append(Part(f"f1-{tag}", f"F1 at {where}: MiniRL vs no IS, N = 1", f1, SEEDS, 64, i))
+        f1 = (
+            ()
+            if gated
+            else tuple(_cell(f"N1/{v}", {"name": v}, dial) for v in ("minirl", "reinforce"))
+        )
+        what = f"F1 at {where}: MiniRL vs no IS, N = 1"
+        out.append(Part(f"f1-{tag}", what, f1, SEEDS, 64, i, gated))
         f9 = (
-            tuple(
+            ()
+            if gated
+            else tuple(
                 _cell(f"F9/{d.name}/{v}", a, d, n=4, replay="R3")
                 for d in (NO_MISMATCH, dial)
                 for v, a in F9_VARIANTS.items()
             )
-            if dial
-            else ()
         )
-        out.append(Part(f"f9-{tag}", f"F9 at {where} and fp32, N = 4", f9, SEEDS, 64, i))
+        out.append(Part(f"f9-{tag}", f"F9 at {where} and fp32, N = 4", f9, SEEDS, 64, i, gated))
         mapped = (
             tuple(
                 _cell(f"map/{d.name}/N2/{a}", alg, d, n=2, replay="R2")
@@ -238,6 +258,7 @@ def parts(probe: Probe) -> list[Part]:
                 SEEDS,
                 64,
                 i,
+                unreached,
             )
         )
     out += _routing_parts(rungs.routing)
@@ -280,6 +301,7 @@ def _routing_parts(name: str | None) -> list[Part]:
     rung; cut when no candidate reaches `ROUTING_TARGET`."""
     dial = _dial(name) if name else None
     where = f"the routing rung ({f'`{name}`' if name else 'not reached'})"
+    cut = "" if dial else "rung not reached"
     f3 = (
         (
             _cell("N1/minirl", {"name": "minirl"}, dial),
@@ -299,8 +321,10 @@ def _routing_parts(name: str | None) -> list[Part]:
         else ()
     )
     return [
-        Part("f3-routing", f"F3 at {where}: R3 on-policy, N = 1", f3, SEEDS, 64, ROUTING_PART),
-        Part("f5-routing", f"F5 at {where}: R2 vs R3, N = 2, 4, 8", f5, SEEDS, 64, ROUTING_PART),
+        Part("f3-routing", f"F3 at {where}: R3 on-policy, N = 1", f3, SEEDS, 64, ROUTING_PART, cut),
+        Part(
+            "f5-routing", f"F5 at {where}: R2 vs R3, N = 2, 4, 8", f5, SEEDS, 64, ROUTING_PART, cut
+        ),
     ]
 
 
@@ -337,6 +361,6 @@ def plan_lines(probe: Probe) -> list[str]:
         *(f"  {line}" for line in chosen_rungs(probe).lines(probe)),
     ]
     for p in parts(probe):
-        state = "CUT: rung not reached" if not p.cells else f"≈ {p.minutes():.0f} min on 2 cores"
+        state = f"CUT: {p.cut}" if not p.cells else f"≈ {p.minutes():.0f} min on 2 cores"
         lines.append(f"{p.name:18s} {p.runs():3d} runs  {state:28s} {p.what}")
     return lines

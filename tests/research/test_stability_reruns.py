@@ -55,9 +55,11 @@ def test_every_part_fits_its_limit_and_a_part_without_its_rung_is_cut():
         assert part.minutes() < reruns.PART_LIMIT_MIN, part.name
         if part.needs_rung is not None and part.needs_rung > 0:
             # 1e-2, 3e-2 and the routing flip are out of the old ladder's reach
-            assert not part.cells, part.name
+            assert not part.cells and part.cut == "rung not reached", part.name
+        elif part.name.startswith(("f1-", "f9-")):
+            assert not part.cells and part.cut == "k3 0.002, under the gate", part.name
         else:
-            assert part.cells and part.seeds, part.name
+            assert part.cells and part.seeds and not part.cut, part.name
     # Split parts keep every seed between their pieces: each finding has 4 seeds in all.
     seeds: dict[str, set[int]] = {}
     for p in parts:
@@ -72,7 +74,7 @@ def test_every_cell_of_every_part_is_a_valid_training_config():
         {"int4_router": 0.2},
     )
     parts = reruns.parts(every_rung)
-    assert all(p.cells for p in parts), [p.name for p in parts if not p.cells]
+    assert all(p.cells for p in parts if not p.cut), [p.name for p in parts if not p.cells]
     routing = [c for p in parts if p.needs_rung == reruns.ROUTING_PART for c in p.cells]
     assert routing and {c.precision for c in routing} == {"int4_router"}
     for part in parts:
@@ -91,3 +93,17 @@ def test_a_part_refuses_runs_from_another_kind_of_cpu(tmp_path: Path):
     (run / "seed0.json").write_text('{"cpu": "AMD EPYC (AVX512)"}')
     assert reruns.foreign_cpus(tmp_path, "AMD EPYC (AVX512)") == set()
     assert reruns.foreign_cpus(tmp_path, "Intel Xeon (AVX512)") == {"AMD EPYC (AVX512)"}
+
+
+def test_f1_and_f9_are_cut_where_their_k3_gate_cannot_be_met_and_nothing_else_is():
+    """The gate's floor is 1e-2; a rung more than `RUNG_TOLERANCE` below it (5.6e-3) is cut for F1
+    and F9, whose verdict there could only be "cannot be tested here", and never for the map. The
+    3e-3 rung always is; the 1e-2 rung never is, however low within its tolerance."""
+    probe = _probe(
+        {"fp32": 0.0, "int4_router": 5.3e-3, "int4_kv_fp8": 5.7e-3, "int3": 2e-2},
+        {"int4_router": 0.2},
+    )
+    assert reruns.gated_out("int4_router", probe) and not reruns.gated_out("int4_kv_fp8", probe)
+    assert reruns.chosen_rungs(probe).k3 == ("int4_router", "int4_kv_fp8", "int3")
+    cut = {p.name: p.cut for p in reruns.parts(probe) if not p.cells}
+    assert cut == {"f1-rung1": "k3 0.0053, under the gate", "f9-rung1": "k3 0.0053, under the gate"}

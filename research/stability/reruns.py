@@ -336,12 +336,7 @@ def fit(part: Part) -> list[Part]:
     for k in range(2, len(part.seeds) + 1):
         chunks = [part.seeds[i::k] for i in range(k)]
         pieces = [
-            replace(
-                part,
-                name=f"{part.name}-s{j + 1}",
-                seeds=tuple(sorted(c)),
-                what=f"{part.what}, seeds {tuple(sorted(c))}",
-            )
+            replace(part, name=f"{part.name}-s{j + 1}", seeds=tuple(sorted(c)))
             for j, c in enumerate(chunks)
         ]
         if all(p.minutes() <= PART_LIMIT_MIN for p in pieces):
@@ -362,5 +357,6 @@ def plan_lines(probe: Probe) -> list[str]:
     ]
     for p in parts(probe):
         state = f"CUT: {p.cut}" if not p.cells else f"≈ {p.minutes():.0f} min on 2 cores"
-        lines.append(f"{p.name:18s} {p.runs():3d} runs  {state:28s} {p.what}")
+        seeds = f", seeds {p.seeds}" if p.seeds != SEEDS and p.cells else ""
+        lines.append(f"{p.name:18s} {p.runs():3d} runs  {state:30s} {p.what}{seeds}")
     return lines

@@ -69,7 +69,7 @@ def pieces_by_part(probe: reruns.Probe) -> dict[str, list[reruns.Part]]:
 
 def judge_part(name: str, pieces: list[reruns.Part], run_rows: list[dict[str, Any]]) -> PartResult:
     """`name`'s result from the run summaries of its pieces (`fidelity_stats.run_row`)."""
-    what = re.sub(r", seeds \(.*\)$", "", pieces[0].what)
+    what = pieces[0].what
     expected = sum(p.runs() for p in pieces)
     cpus = tuple(sorted({r.get("cpu", "") for r in run_rows}))
     head = (name, what, len(run_rows), expected, cpus)

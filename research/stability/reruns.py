@@ -45,7 +45,9 @@ names), plus:
 - *long_heavy at fp32 against the regime's dial* (F6 apart from the mismatch): the mismatch
   explains long_heavy's fall when `findings.better(fp32, dial)` is +1, the cold start when 0.
 - *long runs* (`LONG_GRAD_STEPS`): MiniRL + R3 against MiniRL without clipping at N = 4, collapse
-  counts by the moving-mean criterion; a long run is one unit, resumable only between runs.
+  counts by the moving-mean criterion; a long run is one unit, resumable only between runs. They
+  run at the strongest k3 rung reached (`strongest_dial`), as the plan asks; the regime's dial
+  when none is (moved there from the regime's dial before either long run started).
 
 **Cut** (declared with the parts): lr warmup (keel's optimizer has a constant learning rate, no
 schedule to warm up); any rung `chosen_rungs` does not reach (`--list` names them); the guard's
@@ -200,6 +202,12 @@ def gated_out(name: str, probe: Probe) -> bool:
     return probe[name]["kl_k3"] * RUNG_TOLERANCE < K3_FLOOR
 
 
+def strongest_dial(rungs: Rungs) -> Dial:
+    """The reached k3 rung of the largest target; the regime's dial when none is reached."""
+    reached = [name for name in rungs.k3 if name]
+    return _dial(reached[-1]) if reached else REGIME_DIAL
+
+
 def _dial(name: str) -> Dial:
     return next(d for d in (NO_MISMATCH, *RUNG_CANDIDATES) if d.name == name)
 
@@ -286,13 +294,13 @@ def parts(probe: Probe) -> list[Part]:
         for d in (NO_MISMATCH, REGIME_DIAL)
     )
     out.append(Part("f6-long-heavy", "long_heavy at fp32 vs the regime's dial", cold, SEEDS, 64))
+    strongest = strongest_dial(rungs)
     long = (
-        _cell("N4/minirl+R3", {"name": "minirl"}, REGIME_DIAL, n=4, replay="R3"),
-        _cell("N4/minirl-noclip", {"name": "minirl", "use_clip": False}, REGIME_DIAL, n=4),
+        _cell("N4/minirl+R3", {"name": "minirl"}, strongest, n=4, replay="R3"),
+        _cell("N4/minirl-noclip", {"name": "minirl", "use_clip": False}, strongest, n=4),
     )
-    out.append(
-        Part("long-512", f"{LONG_GRAD_STEPS} grad steps at the regime's dial", long, (0, 1), 512)
-    )
+    what = f"{LONG_GRAD_STEPS} grad steps at `{strongest.name}`"
+    out.append(Part("long-512", what, long, (0, 1), LONG_GRAD_STEPS))
     return [piece for part in out for piece in fit(part)]
 
 

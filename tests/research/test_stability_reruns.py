@@ -107,3 +107,16 @@ def test_f1_and_f9_are_cut_where_their_k3_gate_cannot_be_met_and_nothing_else_is
     assert reruns.chosen_rungs(probe).k3 == ("int4_router", "int4_kv_fp8", "int3")
     cut = {p.name: p.cut for p in reruns.parts(probe) if not p.cells}
     assert cut == {"f1-rung1": "k3 0.0053, under the gate", "f9-rung1": "k3 0.0053, under the gate"}
+
+
+def test_the_long_runs_are_at_the_strongest_rung_reached():
+    every = _probe({"fp32": 0.0, "int4": 3e-3, "int4_kv_fp8": 1e-2, "int3": 2.5e-2})
+
+    def long_runs(probe):
+        return [p for p in reruns.parts(probe) if p.grad_steps == reruns.LONG_GRAD_STEPS]
+
+    assert {c.precision for p in long_runs(every) for c in p.cells} == {"int3"}
+    assert all("`int3`" in p.what for p in long_runs(every))
+    # The old ladder reaches only the 3e-3 rung, with int4: that is the strongest.
+    assert {c.precision for p in long_runs(LADDER_K3) for c in p.cells} == {"int4"}
+    assert reruns.strongest_dial(reruns.Rungs((None, None, None), None)) == reruns.REGIME_DIAL

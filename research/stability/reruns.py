@@ -46,8 +46,9 @@ names), plus:
   explains long_heavy's fall when `findings.better(fp32, dial)` is +1, the cold start when 0.
 - *long runs* (`LONG_GRAD_STEPS`): MiniRL + R3 against MiniRL without clipping at N = 4, collapse
   counts by the moving-mean criterion; a long run is one unit, resumable only between runs. They
-  run at the strongest k3 rung reached (`strongest_dial`), as the plan asks; the regime's dial
-  when none is (moved there from the regime's dial before either long run started).
+  run at the strongest k3 rung reached (`strongest_dial`), as the plan asks, or at the regime's
+  dial when no rung is reached (the regime's dial was their first declaration, changed before
+  either long run started).
 
 **Cut** (declared with the parts): lr warmup (keel's optimizer has a constant learning rate, no
 schedule to warm up); any rung `chosen_rungs` does not reach (`--list` names them); the guard's

@@ -117,17 +117,22 @@ def reruns_section(out_dir: Path) -> list[str]:
         "|---|---|---|---|",
         *[
             f"| `{r.name}`: {r.what} | {r.done}/{r.expected} | {', '.join(r.cpus) or '–'} "
-            f"| {'**' + r.verdict + '**' if r.verdict != reruns_verdicts.NOT_JUDGED else r.verdict}"
-            f" |"
+            f"| {_verdict_cell(r)} |"
             for r in results
         ],
         "",
     ]
     for r in results:
-        if r.verdict != reruns_verdicts.NOT_JUDGED:
+        if r.verdict not in (reruns_verdicts.NOT_JUDGED, reruns_verdicts.CUT):
             lines += [f"#### `{r.name}` — **{r.verdict}**", "", f"*{r.what}.*", ""]
             lines += [f"- {line}" for line in r.lines] + [""]
     return lines
+
+
+def _verdict_cell(r: reruns_verdicts.PartResult) -> str:
+    if r.verdict == reruns_verdicts.CUT:
+        return f"cut: {r.lines[0]}"
+    return r.verdict if r.verdict == reruns_verdicts.NOT_JUDGED else f"**{r.verdict}**"
 
 
 # The rules' constants as REPORT.md lists them, each from the module that declares it.

@@ -40,6 +40,7 @@ from research.stability.results import load_runs
 
 NOT_JUDGED = "not judged"
 REPORTED = "reported"
+CUT = "cut"
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def judge_part(name: str, pieces: list[reruns.Part], run_rows: list[dict[str, An
     cpus = tuple(sorted({r.get("cpu", "") for r in run_rows}))
     head = (name, what, len(run_rows), expected, cpus)
     if not pieces[0].cells:
-        return PartResult(*head, NOT_JUDGED, (f"cut: {pieces[0].cut}",))
+        return PartResult(*head, CUT, (pieces[0].cut,))
     if len(run_rows) < expected:
         return PartResult(*head, NOT_JUDGED, (f"{len(run_rows)} of {expected} runs in",))
     if len(cpus) > 1:

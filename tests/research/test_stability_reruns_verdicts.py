@@ -119,4 +119,6 @@ def test_a_part_without_its_rung_is_cut():
     probe = {k: v for k, v in PROBE.items() if k != "int3"}
     parts = reruns_verdicts.pieces_by_part(probe)
     result = reruns_verdicts.judge_part("f1-rung3", parts["f1-rung3"], [])
-    assert result.verdict == reruns_verdicts.NOT_JUDGED and "cut" in result.lines[0]
+    assert result.verdict == reruns_verdicts.CUT and result.lines == ("rung not reached",)
+    gated = reruns_verdicts.judge_part("f9-rung1", PARTS["f9-rung1"], [])
+    assert gated.verdict == reruns_verdicts.CUT and gated.lines == ("k3 0.0033, under the gate",)

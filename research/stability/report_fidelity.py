@@ -200,7 +200,8 @@ def guard_section(path: Path) -> list[str]:
         "",
         f"The guard's defaults frozen as commit `{result['frozen_at'][:10]}` left them, scored "
         "without refitting on runs that played no part in choosing them (suite runs committed "
-        "after that commit, guard service jobs the guard never acted on, `make demo`'s job); "
+        "after that commit, the fidelity reruns, guard service jobs the guard never acted on, "
+        "`make demo`'s job); "
         "the demo rule (an entropy drop alerts only with a reward fall) beside them. Rules in "
         "`research/guard_oos.py`; per-run detail in `research/results/guard/out_of_sample.md`. "
         f"The fit saw {result['in_sample_listed']} runs; the in-sample rows replay the "
@@ -209,7 +210,7 @@ def guard_section(path: Path) -> list[str]:
         "held-out accuracy only, and its cells are suite cells (`A/lr0.003/fp32/N1/reinforce`, "
         "`N4/minirl-noclip`, `N1/minirl`, `N4/minirl+R3`) run again as jobs: new runs of "
         f"configurations the fit knew, not new configurations. {oos['runs']} runs with "
-        f"{oos['collapsing']} collapses is a small out-of-sample set; the reruns below add to it.",
+        f"{oos['collapsing']} collapses is a small out-of-sample set.",
         "",
         *guard_table(result),
     ]

@@ -89,6 +89,7 @@ LR_REGIME = 3e-4  # the regime's rules A and C (stress/regime.json)
 LR_CONTROL = 1e-4
 LONG_GRAD_STEPS = 512
 REGIME_DIAL = LADDER[2]  # rule B's dial, int4 + top-p 0.9
+UNREACHED = "rung not reached"  # a part's `cut` when its rung is not reached
 MAP_ALGORITHMS = {
     "minirl": {"name": "minirl"},
     "minirl-noIS": {"name": "reinforce"},
@@ -229,7 +230,7 @@ def parts(probe: Probe) -> list[Part]:
         dial = _dial(rung[i]) if rung[i] else None
         tag = f"rung{i + 1}"
         where = f"k3 ≈ {target:g}" + (f" (`{dial.name}`)" if dial else " (not reached)")
-        unreached = "" if dial else "rung not reached"
+        unreached = "" if dial else UNREACHED
         gated = unreached or (
             f"k3 {probe[dial.name]['kl_k3']:.2g}, under the gate"
             if gated_out(dial.name, probe)
@@ -312,7 +313,7 @@ def _routing_parts(name: str | None) -> list[Part]:
     rung; cut when no candidate reaches `ROUTING_TARGET`."""
     dial = _dial(name) if name else None
     where = f"the routing rung ({f'`{name}`' if name else 'not reached'})"
-    cut = "" if dial else "rung not reached"
+    cut = "" if dial else UNREACHED
     f3 = (
         (
             _cell("N1/minirl", {"name": "minirl"}, dial),

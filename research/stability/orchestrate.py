@@ -96,6 +96,7 @@ def _run_job(
         model_dir=Path(model_dir),
         out_dir=out_dir,
         work_dir=cache_dir / "work",
+        progress=_log,
     )
 
 

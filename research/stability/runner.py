@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,12 @@ def run_one(
     model_dir: Path,
     out_dir: Path,
     work_dir: Path,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Train `cell` at `seed` from the cold start in `model_dir`; write its CSV and JSON."""
+    """Train `cell` at `seed` from the cold start in `model_dir`; write its CSV and JSON.
+
+    `progress` gets a line at each evaluation that ends a quarter of the run: the files appear
+    only when the run ends, which for a 512-step run is over half an hour on 2 cores."""
     torch.manual_seed(seed)
     config = training_config(cell, budget, seed=seed, model_dir=str(model_dir))
     model, tokenizer = load_policy(str(model_dir), cache_dir=work_dir)
@@ -145,6 +150,11 @@ def run_one(
         try:
             if grad_step % budget.eval_every == 0:
                 row |= evaluate(engine, tokenizer, held_out, budget, seed=10_000 + grad_step)
+                if grad_step and grad_step % max(budget.grad_steps // 4, 1) == 0:
+                    progress(
+                        f"{cell.name} seed {seed}: grad step {grad_step}/{budget.grad_steps}, "
+                        f"held-out {row['eval_acc']:.3f}"
+                    )
             items = stream.take(config.prompts_per_step)
             row |= _row(trainer.step(items, score, seed=step_seed(seed, step)))
         except RuntimeError as exc:  # e.g. sampling from NaN logits after a blow-up

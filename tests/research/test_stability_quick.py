@@ -22,7 +22,9 @@ TINY = [
 @pytest.mark.slow
 def test_quick_mode_writes_runs_summaries_figures_and_report(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run_harness("run", "--quick", "--out", str(out), *TINY, cache=cache)
+    result = run_harness("run", "--quick", "--out", str(out), *TINY, cache=cache)
+    # A run says how far it is at each quarter (here every grad step with an evaluation).
+    assert "N2/minirl+R2 seed 0: grad step 2/4, held-out " in result.stdout
 
     # Cells matched by the filter: N1/reinforce, N1/reinforce+R3, bf16/N1/reinforce,
     # N2/minirl+R2, N2/minirl+R2-noclip; one seed each.

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from statistics import fmean
+from statistics import fmean, stdev
 from typing import Any
 
 from research.stability.criterion import (
     MIN_EFFECT,
+    MIN_SEEDS,
     SE_MULTIPLIER,
     TAIL_EVALS,
     RunSeries,
@@ -116,12 +117,24 @@ def bootstrap_diff(a: Sequence[float], b: Sequence[float], rng: random.Random) -
     """(low, high) percentile interval of mean(a*) − mean(b*) over resampled seeds."""
     if not a or not b:
         return math.nan, math.nan
-    draws = sorted(
+    return _interval(
         fmean(rng.choices(a, k=len(a))) - fmean(rng.choices(b, k=len(b)))
         for _ in range(BOOTSTRAP_RESAMPLES)
     )
+
+
+def bootstrap_mean(values: Sequence[float], rng: random.Random) -> tuple:
+    """(low, high) percentile interval of mean(values*) over resampled seeds."""
+    if not values:
+        return math.nan, math.nan
+    return _interval(fmean(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP_RESAMPLES))
+
+
+def _interval(draws: Iterable[float]) -> tuple[float, float]:
+    ordered = sorted(draws)
     tail = (1 - CI) / 2
-    return draws[int(tail * len(draws))], draws[min(len(draws) - 1, int((1 - tail) * len(draws)))]
+    high = min(len(ordered) - 1, int((1 - tail) * len(ordered)))
+    return ordered[int(tail * len(ordered))], ordered[high]
 
 
 def effect(rows: Rows, a: str, b: str) -> Effect:
@@ -132,6 +145,27 @@ def effect(rows: Rows, a: str, b: str) -> Effect:
     detectable = max(MIN_EFFECT, SE_MULTIPLIER * se) if math.isfinite(se) else math.nan
     diff = fmean(fa) - fmean(fb) if fa and fb else math.nan
     return Effect(a, b, diff, low, high, detectable, tuple(fa), tuple(fb), better(rows, a, b))
+
+
+def paired_effect(rows: Rows, a: str, b: str) -> Effect:
+    """`effect` for a design in blocks (`reruns`'s map): Δ is the mean over the seeds both cells
+    ran of a − b within a seed, its interval resampled over those differences, and callable
+    beyond the comparison rule's threshold on their standard error."""
+    by_seed = {c: {r["seed"]: r["final_acc"] for r in rows.get(c, [])} for c in (a, b)}
+    seeds = sorted(
+        s
+        for s in by_seed[a].keys() & by_seed[b].keys()
+        if math.isfinite(by_seed[a][s]) and math.isfinite(by_seed[b][s])
+    )
+    diffs = [by_seed[a][s] - by_seed[b][s] for s in seeds]
+    rng = random.Random(f"{BOOTSTRAP_SEED}:{a}:{b}")
+    low, high = bootstrap_mean(diffs, rng)
+    se = stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= MIN_SEEDS else math.nan
+    detectable = max(MIN_EFFECT, SE_MULTIPLIER * se) if math.isfinite(se) else math.nan
+    diff = fmean(diffs) if diffs else math.nan
+    sign = int(math.copysign(1, diff)) if math.isfinite(se) and abs(diff) > detectable else 0
+    dots = tuple(tuple(by_seed[c][s] for s in seeds) for c in (a, b))
+    return Effect(a, b, diff, low, high, detectable, *dots, sign)
 
 
 # ------------------------------------------------------------------ rule 5: the noise floor

@@ -105,7 +105,8 @@ def reruns_section(out_dir: Path) -> list[str]:
         "The GPU part is `scripts/gpu_fidelity.sh`, seven parts of under 10 "
         "minutes each (what it cuts is in `scripts/gpu_fidelity.py`). A part is judged by "
         "the rules in `research/stability/reruns_verdicts.py` once all its runs are in, and "
-        "only when they come from one kind of CPU; until then only its count of runs shows.",
+        "only when they come from one kind of CPU (the map, in blocks of one seed, is read across "
+        "kinds by differences within a seed); until then only its count of runs shows.",
         "",
         "```text",
         *reruns.plan_lines(probe),

@@ -33,6 +33,14 @@ so a part there needs `--deadline` and a second sitting. A part whose estimate e
 **CPU kinds.** A part's folder (`stress/reruns/<part>/`) holds runs of one kind of CPU: `run`
 refuses to add a run on another kind, so no rerun pools CPU kinds as seeds.
 
+**The map in blocks** (declared before any map run, when the CPU kind of the sessions left to
+run it could not be chosen): a `map-n2-rungK` part is split into one piece per seed (`blocks`),
+each piece holding both of its dials, fp32 and the rung, for every algorithm. A piece runs on one
+kind of CPU, but its pieces may run on different kinds: the CPU kind is a declared block factor,
+and the map reads the rung's effect as the mean of per-seed differences (rung − fp32 within a
+seed, so within one kind of CPU), never by pooling a kind's runs as another's seeds
+(`fidelity_stats.paired_effect`). The other parts keep one kind per part.
+
 **Parts at the routing rung**: F3 (N = 1: MiniRL, + R3, reinforce + R3) and F5 (N = 2, 4, 8:
 MiniRL + R2 against + R3), the findings that `fidelity` marks untestable below a 10 % flip.
 
@@ -113,6 +121,7 @@ class Part:
     grad_steps: int
     needs_rung: int | None = None  # index into RUNG_TARGETS, or ROUTING_PART
     cut: str = ""  # why the part has no cells, when it has none
+    blocks: bool = False  # one piece per seed, CPU kind a block factor (the map)
 
     def budget(self) -> Budget:
         return replace(
@@ -271,6 +280,7 @@ def parts(probe: Probe) -> list[Part]:
                 64,
                 i,
                 unreached,
+                blocks=True,
             )
         )
     out += _routing_parts(rungs.routing)
@@ -342,7 +352,13 @@ def _routing_parts(name: str | None) -> list[Part]:
 
 def fit(part: Part) -> list[Part]:
     """`part` as is when its estimate fits `PART_LIMIT_MIN`, else split by seeds into the
-    fewest pieces that each fit (a single run over the limit stays one piece)."""
+    fewest pieces that each fit (a single run over the limit stays one piece); a part in
+    `blocks` is split into one piece per seed."""
+    if part.blocks and part.cells:
+        return [
+            replace(part, name=f"{part.name}-s{j + 1}", seeds=(seed,))
+            for j, seed in enumerate(part.seeds)
+        ]
     if not part.cells or part.minutes() <= PART_LIMIT_MIN:
         return [part]
     for k in range(2, len(part.seeds) + 1):

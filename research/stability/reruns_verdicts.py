@@ -6,7 +6,8 @@ was judged (4 of `f1-rung3`'s runs were committed, unread, when this module was 
   shows its count of runs and nothing of their accuracies.
 - **One CPU kind.** A part's runs are pooled as seeds only when they share one kind of CPU;
   pieces run on different kinds leave the part "not judged" (it needs a rerun on one kind),
-  never pooled.
+  never pooled. A part in blocks (`reruns`'s map) is read across kinds, by differences within
+  a seed.
 - **Rules, per part** (`fidelity`'s rules unchanged, on the part's cells, which carry the
   findings' names):
   - `f1-rungK`: F1 (`fidelity.f1`), its mechanism gate included.
@@ -21,7 +22,8 @@ was judged (4 of `f1-rung3`'s runs were committed, unread, when this module was 
     `agrees` (clipping is needed) when `findings.better` says +1, `disagrees` at −1, else
     `not reproduced`; the collapse counts by the moving-mean criterion beside it.
   - `map-n2-rungK`: the map is read, not judged: the effect of the rung against fp32 for each
-    algorithm (Δ with its interval and seeds), verdict `reported`.
+    algorithm (Δ with its interval and seeds, `fidelity_stats.paired_effect` since the map was
+    put in blocks), verdict `reported`, and the CPU kind of each seed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from research.stability import fidelity, reruns
-from research.stability.fidelity_stats import Rows, effect, run_row
+from research.stability.fidelity_stats import Rows, effect, paired_effect, run_row
 from research.stability.findings import better
 from research.stability.matrix import Cell
 from research.stability.results import load_runs
@@ -78,7 +80,7 @@ def judge_part(name: str, pieces: list[reruns.Part], run_rows: list[dict[str, An
         return PartResult(*head, CUT, (pieces[0].cut,))
     if len(run_rows) < expected:
         return PartResult(*head, NOT_JUDGED, (f"{len(run_rows)} of {expected} runs in",))
-    if len(cpus) > 1:
+    if len(cpus) > 1 and not pieces[0].blocks:
         return PartResult(*head, NOT_JUDGED, ("its runs come from more than one kind of CPU",))
     rows = fidelity.group(run_rows, {})
     verdict, lines = _rule(name)(pieces[0].cells, rows)
@@ -149,10 +151,16 @@ def _long(cells: tuple[Cell, ...], rows: Rows) -> Judgement:
 def _map(cells: tuple[Cell, ...], rows: Rows) -> Judgement:
     rung = next(c.name.split("/")[1] for c in cells if not c.name.startswith("map/fp32/"))
     lines = [
-        effect(rows, f"map/{rung}/N2/{alg}", f"map/fp32/N2/{alg}").text()
+        paired_effect(rows, f"map/{rung}/N2/{alg}", f"map/fp32/N2/{alg}").text()
         for alg in reruns.MAP_ALGORITHMS
     ]
-    return REPORTED, [*lines, _collapse_counts(rows, [c.name for c in cells])]
+    kinds = sorted({(r["seed"], r["cpu"]) for cell in rows.values() for r in cell})
+    blocks = "; ".join(f"seed {seed}: {cpu or '–'}" for seed, cpu in kinds)
+    return REPORTED, [
+        *lines,
+        _collapse_counts(rows, [c.name for c in cells]),
+        f"CPU kind per seed (the blocks): {blocks}",
+    ]
 
 
 def _collapse_counts(rows: Rows, cells: Sequence[str]) -> str:

@@ -2,7 +2,10 @@
 
 import math
 
+import pytest
+
 from research.stability import fidelity, fidelity_stats
+from research.stability.criterion import compare
 
 
 def runs(cell, finals, collapsed=None, *, k3=2e-2, flip=0.2, initial=0.2, precision="int4"):
@@ -88,3 +91,22 @@ def test_effects_carry_a_bootstrap_interval_around_the_difference_and_the_seed_d
     assert e.low <= e.diff <= e.high and e.low > 0.0
     assert e.seeds_a == (0.40, 0.45, 0.50)
     assert fidelity_stats.effect(rows, "A", "B") == e  # seeded: the report rebuilds identical
+
+
+def test_a_paired_effect_differences_within_a_seed_first():
+    # Seeds far apart (as two CPU kinds may be), the rung 0.05 below fp32 within every seed:
+    # unpaired, the spread between seeds hides it; paired, it is the whole effect.
+    rows = {"R": [], "F": []}
+    for seed, level, wobble in ((0, 0.20, 0.000), (1, 0.50, 0.004), (2, 0.35, -0.004)):
+        rows["R"].append({"cell": "R", "seed": seed, "final_acc": level - 0.05 + wobble})
+        rows["F"].append({"cell": "F", "seed": seed, "final_acc": level})
+    rows["R"].append({"cell": "R", "seed": 3, "final_acc": 0.9})  # no fp32 seed 3: left out
+    e = fidelity_stats.paired_effect(rows, "R", "F")
+    assert math.isclose(e.diff, -0.05)
+    # The differences (−0.05, −0.046, −0.054) have sd 0.004, se 0.004 / √3: the rule's threshold
+    # is its floor, MIN_EFFECT 0.03, and 0.05 is beyond it.
+    assert math.isclose(e.detectable, 0.03)
+    assert e.sign == -1 and e.low < e.diff < e.high < 0.0
+    assert e.seeds_a == pytest.approx((0.15, 0.454, 0.296)) and e.seeds_b == (0.20, 0.50, 0.35)
+    unpaired = compare([r["final_acc"] for r in rows["R"][:3]], [r["final_acc"] for r in rows["F"]])
+    assert unpaired.sign == 0 and unpaired.se > 0.1

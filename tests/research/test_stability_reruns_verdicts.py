@@ -23,6 +23,7 @@ def rows_for(part: str, finals: dict[str, float], *, cpu=AMX, k3=2e-2, collapsed
                 out.append(
                     {
                         "cell": cell.name,
+                        "seed": seed,
                         "final_acc": finals.get(cell.name, 0.30) + 0.005 * seed,
                         "collapsed": int(cell.name in collapsed),
                         "initial_acc": 0.2,
@@ -113,6 +114,26 @@ def test_the_map_is_reported_per_algorithm_not_judged():
     effects = [line for line in result.lines if " − `map/fp32/N2/" in line]
     assert len(effects) == len(reruns.MAP_ALGORITHMS)
     assert any(line.startswith("`map/int3/N2/grpo`") and "Δ -0.200" in line for line in effects)
+
+
+def test_the_map_runs_in_blocks_of_one_seed_read_across_cpu_kinds():
+    pieces = PARTS["map-n2-rung3"]
+    assert [(p.name, p.seeds) for p in pieces] == [
+        (f"map-n2-rung3-s{s + 1}", (s,)) for s in reruns.SEEDS
+    ]
+    cells = {c.name for c in pieces[0].cells}
+    assert all(f"map/{d}/N2/{a}" in cells for d in ("fp32", "int3") for a in reruns.MAP_ALGORITHMS)
+    rows = rows_for("map-n2-rung3", {"map/int3/N2/grpo": 0.1})
+    mixed = [{**r, "cpu": AVX2} if r["seed"] % 2 else r for r in rows]
+    result = judge("map-n2-rung3", mixed)
+    assert result.verdict == reruns_verdicts.REPORTED and result.cpus == (AVX2, AMX)
+    assert result.lines[-1] == (
+        f"CPU kind per seed (the blocks): seed 0: {AMX}; seed 1: {AVX2}; seed 2: {AMX}; "
+        f"seed 3: {AVX2}"
+    )
+    # Every other part still needs one kind.
+    f1 = [{**r, "cpu": AVX2} if r["seed"] % 2 else r for r in rows_for("f1-rung3", {})]
+    assert judge("f1-rung3", f1).verdict == reruns_verdicts.NOT_JUDGED
 
 
 def test_a_part_without_its_rung_is_cut():

@@ -69,6 +69,10 @@ within 5 % at int4_kv_fp8 and int3, but 1.6× at int4_router (F3's MiniRL runs a
 F1's MiniRL cell there, measured 5.1e-3 against the probe's 3.3e-3: still half the floor).
 By the rung rule's tolerance this cuts F1 and F9 at the 3e-3 rung whatever the probe measured
 there, and never at the 1e-2 rung; the map keeps all three rungs, being reported, not judged.
+Left unrun for compute (a budget, not a rule; declared before any map run was read): the map
+runs its strongest rung first, `map-n2-rung3` in seed order, and its other two rungs (80 runs,
+their k3 below `K3_FLOOR`, where F1 at the 1e-2 rung read "cannot be tested here") wait, with
+the 20 runs `f9-rung2` lacks; they stay in `--list`, resumable with `--part`.
 """
 
 from __future__ import annotations

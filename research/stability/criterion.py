@@ -131,6 +131,11 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
     var_a = variance(a) if len(a) > 1 else 0.0
     var_b = variance(b) if len(b) > 1 else 0.0
     se = math.sqrt(var_a / len(a) + var_b / len(b))
-    if abs(diff) > max(MIN_EFFECT, SE_MULTIPLIER * se):
+    if abs(diff) > callable_at(se):
         return Comparison(1 if diff > 0 else -1, diff, se)
     return Comparison(0, diff, se)
+
+
+def callable_at(se: float) -> float:
+    """The smallest |Δ| the comparison rule calls at standard error `se` (NaN without one)."""
+    return max(MIN_EFFECT, SE_MULTIPLIER * se) if math.isfinite(se) else math.nan

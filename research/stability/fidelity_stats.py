@@ -9,18 +9,10 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from statistics import fmean, stdev
+from statistics import fmean
 from typing import Any
 
-from research.stability.criterion import (
-    MIN_EFFECT,
-    MIN_SEEDS,
-    SE_MULTIPLIER,
-    TAIL_EVALS,
-    RunSeries,
-    compare,
-    judge,
-)
+from research.stability.criterion import TAIL_EVALS, RunSeries, callable_at, compare, judge
 from research.stability.findings import better
 from research.stability.results import Run, run_summary
 
@@ -141,8 +133,7 @@ def effect(rows: Rows, a: str, b: str) -> Effect:
     fa, fb = finals(rows, a), finals(rows, b)
     rng = random.Random(f"{BOOTSTRAP_SEED}:{a}:{b}")
     low, high = bootstrap_diff(fa, fb, rng)
-    se = compare(fa, fb).se
-    detectable = max(MIN_EFFECT, SE_MULTIPLIER * se) if math.isfinite(se) else math.nan
+    detectable = callable_at(compare(fa, fb).se)
     diff = fmean(fa) - fmean(fb) if fa and fb else math.nan
     return Effect(a, b, diff, low, high, detectable, tuple(fa), tuple(fb), better(rows, a, b))
 
@@ -160,12 +151,11 @@ def paired_effect(rows: Rows, a: str, b: str) -> Effect:
     diffs = [by_seed[a][s] - by_seed[b][s] for s in seeds]
     rng = random.Random(f"{BOOTSTRAP_SEED}:{a}:{b}")
     low, high = bootstrap_mean(diffs, rng)
-    se = stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) >= MIN_SEEDS else math.nan
-    detectable = max(MIN_EFFECT, SE_MULTIPLIER * se) if math.isfinite(se) else math.nan
-    diff = fmean(diffs) if diffs else math.nan
-    sign = int(math.copysign(1, diff)) if math.isfinite(se) and abs(diff) > detectable else 0
+    # The comparison rule on the differences against zero: a side with no spread leaves the
+    # standard error of the differences alone, so its threshold and sign are the rule's own.
+    paired = compare(diffs, [0.0] * len(diffs))
     dots = tuple(tuple(by_seed[c][s] for s in seeds) for c in (a, b))
-    return Effect(a, b, diff, low, high, detectable, *dots, sign)
+    return Effect(a, b, paired.diff, low, high, callable_at(paired.se), *dots, paired.sign)
 
 
 # ------------------------------------------------------------------ rule 5: the noise floor
